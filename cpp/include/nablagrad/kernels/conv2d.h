@@ -1,0 +1,891 @@
+// nablagrad/kernels/conv2d.h - 2-D convolution on contiguous NHWC buffers (float, double).
+//
+// Overview
+// --------
+// Layouts (see docs/convolution.md for the derivation and a worked example):
+//   input  x  : (N, H, W, C)      rows H, columns W, channels innermost
+//   kernel w  : (Q, FH, FW, C)    Q filters (output channels)
+//   bias   b  : (Q,)              may be nullptr
+//   output y  : (N, Ho, Wo, Q)    Ho = (H + pad_top + pad_bottom - FH) / stride_h + 1 (floor)
+//
+// Two implementations of every pass live here:
+//   * conv2d_reference_*  : the design document's equations written literally (pad, dilate,
+//                           flip_kernel, stride-1 convolution, crop). Slow, serial, the oracle.
+//   * conv2d_forward / conv2d_backward_input / conv2d_backward_weight : the fast path,
+//                           multithreaded on the pool, AVX2+FMA chosen at run time with a
+//                           portable fallback, bitwise identical for any thread count.
+//
+//     auto g = make_conv2d_geometry(N, H, W, C, Q, FH, FW, C, 1, 1, 1, 1, 1, 1);
+//     std::vector<float> y(g.N * g.Ho * g.Wo * g.Q);
+//     conv2d_forward(g, x.data(), w.data(), b.data(), y.data());
+//     conv2d_backward_input(g, dy.data(), w.data(), dx.data());
+//     conv2d_backward_weight(g, x.data(), dy.data(), dw.data(), db.data());
+//
+// All output buffers are overwritten (not accumulated into). Buffers must not alias.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "../threading.h"
+#include "simd.h"
+
+namespace nablagrad {
+namespace kernels {
+
+/// Shape of one 2-D convolution. All sizes are element counts; padding may be asymmetric
+/// (padding="same" with an even kernel puts the extra row/column at the bottom/right).
+struct Conv2dGeometry {
+  int64_t N, H, W, C;        // input (N, H, W, C)
+  int64_t Q, FH, FW;         // kernel (Q, FH, FW, C)
+  int64_t stride_h, stride_w;
+  int64_t pad_top, pad_bottom, pad_left, pad_right;
+  int64_t Ho, Wo;            // output (N, Ho, Wo, Q)
+};
+
+namespace conv_detail {
+inline std::string conv_shapes(int64_t N, int64_t H, int64_t W, int64_t C, int64_t Q,
+                               int64_t FH, int64_t FW, int64_t Cw) {
+  std::ostringstream s;
+  s << "(input (" << N << "," << H << "," << W << "," << C << "), kernel (" << Q << "," << FH
+    << "," << FW << "," << Cw << "))";
+  return s.str();
+}
+}  // namespace conv_detail
+
+/// Validates a convolution and computes its output size. Throws std::invalid_argument naming
+/// the shapes when: C != Cw, a size is not positive (N may be 0), a stride is < 1, a padding
+/// is negative, or the kernel is larger than the padded input.
+inline Conv2dGeometry make_conv2d_geometry(int64_t N, int64_t H, int64_t W, int64_t C,  //
+                                           int64_t Q, int64_t FH, int64_t FW, int64_t Cw,
+                                           int64_t stride_h, int64_t stride_w,  //
+                                           int64_t pad_top, int64_t pad_bottom,  //
+                                           int64_t pad_left, int64_t pad_right) {
+  const std::string shapes = conv_detail::conv_shapes(N, H, W, C, Q, FH, FW, Cw);
+  auto fail = [&](const std::string& what) {
+    throw std::invalid_argument("conv2d: " + what + " " + shapes);
+  };
+  if (C != Cw)
+    fail("input has C=" + std::to_string(C) + " channels but kernel expects C=" +
+         std::to_string(Cw));
+  if (N < 0) fail("batch size N must be >= 0, got N=" + std::to_string(N));
+  if (H < 1 || W < 1 || C < 1)
+    fail("input sizes H, W, C must be >= 1");
+  if (Q < 1 || FH < 1 || FW < 1) fail("kernel sizes Q, FH, FW must be >= 1");
+  if (stride_h < 1 || stride_w < 1)
+    fail("stride must be >= 1, got (" + std::to_string(stride_h) + "," +
+         std::to_string(stride_w) + ")");
+  if (pad_top < 0 || pad_bottom < 0 || pad_left < 0 || pad_right < 0)
+    fail("padding must be >= 0, got (top=" + std::to_string(pad_top) +
+         ",bottom=" + std::to_string(pad_bottom) + ",left=" + std::to_string(pad_left) +
+         ",right=" + std::to_string(pad_right) + ")");
+  const int64_t hp = H + pad_top + pad_bottom, wp = W + pad_left + pad_right;
+  if (FH > hp || FW > wp)
+    fail("kernel " + std::to_string(FH) + "x" + std::to_string(FW) +
+         " is larger than the padded input " + std::to_string(hp) + "x" + std::to_string(wp));
+  Conv2dGeometry g{N, H, W, C, Q, FH, FW, stride_h, stride_w, pad_top, pad_bottom, pad_left,
+                   pad_right, (hp - FH) / stride_h + 1, (wp - FW) / stride_w + 1};
+  return g;
+}
+
+// ============================================================================================
+// Reference path: the design document, literally.
+// ============================================================================================
+
+/// Number of entries after inserting S-1 zeros between n entries: (n-1)*S + 1.
+inline int64_t dilated_size(int64_t n, int64_t s) { return n == 0 ? 0 : (n - 1) * s + 1; }
+
+/// dilate: (N, H, W, C) -> (N, (H-1)*sh+1, (W-1)*sw+1, C), inserting sh-1 (sw-1) zeros
+/// between neighbouring rows (columns). out[n, i*sh, j*sw, c] = in[n, i, j, c], else 0.
+template <typename T>
+void dilate(const T* in, int64_t N, int64_t H, int64_t W, int64_t C, int64_t sh, int64_t sw,
+            T* out) {
+  const int64_t Hd = dilated_size(H, sh), Wd = dilated_size(W, sw);
+  std::fill(out, out + N * Hd * Wd * C, T(0));
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t i = 0; i < H; ++i)
+      for (int64_t j = 0; j < W; ++j)
+        for (int64_t c = 0; c < C; ++c)
+          out[((n * Hd + i * sh) * Wd + j * sw) * C + c] = in[((n * H + i) * W + j) * C + c];
+}
+
+/// pad: (N, H, W, C) -> (N, top+H+bottom, left+W+right, C) with zeros around (all >= 0).
+template <typename T>
+void pad(const T* in, int64_t N, int64_t H, int64_t W, int64_t C, int64_t top, int64_t bottom,
+         int64_t left, int64_t right, T* out) {
+  const int64_t Hp = H + top + bottom, Wp = W + left + right;
+  std::fill(out, out + N * Hp * Wp * C, T(0));
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t i = 0; i < H; ++i)
+      for (int64_t j = 0; j < W; ++j)
+        for (int64_t c = 0; c < C; ++c)
+          out[((n * Hp + i + top) * Wp + j + left) * C + c] = in[((n * H + i) * W + j) * C + c];
+}
+
+/// flip_kernel: (Q, FH, FW, C) -> (C, FH, FW, Q), k_r(c, a, b, q) = k(q, FH-1-a, FW-1-b, c):
+/// both spatial axes flipped and the roles of Q and C exchanged (the document's k_r).
+template <typename T>
+void flip_kernel(const T* w, int64_t Q, int64_t FH, int64_t FW, int64_t C, T* out) {
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t a = 0; a < FH; ++a)
+      for (int64_t b = 0; b < FW; ++b)
+        for (int64_t q = 0; q < Q; ++q)
+          out[((c * FH + a) * FW + b) * Q + q] =
+              w[((q * FH + (FH - 1 - a)) * FW + (FW - 1 - b)) * C + c];
+}
+
+namespace conv_detail {
+// The document's first multi-channel equation on an already padded input:
+// R(v,i,j,f) = sum_p sum_a sum_b I(v, iS+a, jS+b, p) k(f,a,b,p) + t(f).
+template <typename T>
+void reference_valid_conv(const T* xp, int64_t N, int64_t Hp, int64_t Wp, int64_t C,
+                          const T* w, int64_t Q, int64_t FH, int64_t FW, int64_t sh,
+                          int64_t sw, const T* bias, T* y) {
+  const int64_t Ho = (Hp - FH) / sh + 1, Wo = (Wp - FW) / sw + 1;
+  for (int64_t v = 0; v < N; ++v)
+    for (int64_t i = 0; i < Ho; ++i)
+      for (int64_t j = 0; j < Wo; ++j)
+        for (int64_t f = 0; f < Q; ++f) {
+          T sum = 0;
+          for (int64_t p = 0; p < C; ++p)
+            for (int64_t a = 0; a < FH; ++a)
+              for (int64_t b = 0; b < FW; ++b)
+                sum += xp[((v * Hp + i * sh + a) * Wp + j * sw + b) * C + p] *
+                       w[((f * FH + a) * FW + b) * C + p];
+          y[((v * Ho + i) * Wo + j) * Q + f] = sum + (bias ? bias[f] : T(0));
+        }
+}
+}  // namespace conv_detail
+
+/// Reference forward: pad the input, then the document's strided convolution equation.
+template <typename T>
+void conv2d_reference_forward(const Conv2dGeometry& g, const T* x, const T* w, const T* bias,
+                              T* y) {
+  const int64_t Hp = g.H + g.pad_top + g.pad_bottom, Wp = g.W + g.pad_left + g.pad_right;
+  std::vector<T> xp(static_cast<size_t>(g.N * Hp * Wp * g.C));
+  pad(x, g.N, g.H, g.W, g.C, g.pad_top, g.pad_bottom, g.pad_left, g.pad_right, xp.data());
+  conv_detail::reference_valid_conv(xp.data(), g.N, Hp, Wp, g.C, w, g.Q, g.FH, g.FW,
+                                    g.stride_h, g.stride_w, bias, y);
+}
+
+/// Reference input gradient, the document's route:
+///   1. dilate dY by the stride (S-1 zeros between entries);
+///   2. pad it with F-1 on both ends, plus r extra zeros at the bottom/right, where
+///      r = (H + pads - F) mod S are the trailing padded-input rows the forward pass never
+///      reached (PITFALLS item 1: e.g. 28 -> 14 with F=3, S=2, P=1 has r = 1);
+///   3. stride-1 convolution with the flipped kernel k_r (Q and C exchanged)
+///      -> gradient with respect to the padded input, (H + pads) x (W + pads);
+///   4. crop the forward padding away.
+template <typename T>
+void conv2d_reference_backward_input(const Conv2dGeometry& g, const T* dy, const T* w, T* dx) {
+  const int64_t Hp = g.H + g.pad_top + g.pad_bottom, Wp = g.W + g.pad_left + g.pad_right;
+  const int64_t Hd = dilated_size(g.Ho, g.stride_h), Wd = dilated_size(g.Wo, g.stride_w);
+  const int64_t rh = Hp - (Hd + g.FH - 1), rw = Wp - (Wd + g.FW - 1);  // untouched rows/cols
+  std::vector<T> dyd(static_cast<size_t>(g.N * Hd * Wd * g.Q));
+  dilate(dy, g.N, g.Ho, g.Wo, g.Q, g.stride_h, g.stride_w, dyd.data());
+  const int64_t Hpp = Hd + 2 * (g.FH - 1) + rh, Wpp = Wd + 2 * (g.FW - 1) + rw;
+  std::vector<T> dydp(static_cast<size_t>(g.N * Hpp * Wpp * g.Q));
+  pad(dyd.data(), g.N, Hd, Wd, g.Q, g.FH - 1, g.FH - 1 + rh, g.FW - 1, g.FW - 1 + rw,
+      dydp.data());
+  std::vector<T> wr(static_cast<size_t>(g.C * g.FH * g.FW * g.Q));
+  flip_kernel(w, g.Q, g.FH, g.FW, g.C, wr.data());
+  std::vector<T> dxp(static_cast<size_t>(g.N * Hp * Wp * g.C));  // (Hpp - FH + 1) == Hp
+  conv_detail::reference_valid_conv(dydp.data(), g.N, Hpp, Wpp, g.Q, wr.data(), g.C, g.FH,
+                                    g.FW, int64_t{1}, int64_t{1}, static_cast<const T*>(nullptr),
+                                    dxp.data());
+  for (int64_t n = 0; n < g.N; ++n)  // crop
+    for (int64_t i = 0; i < g.H; ++i)
+      for (int64_t j = 0; j < g.W; ++j)
+        for (int64_t c = 0; c < g.C; ++c)
+          dx[((n * g.H + i) * g.W + j) * g.C + c] =
+              dxp[((n * Hp + i + g.pad_top) * Wp + j + g.pad_left) * g.C + c];
+}
+
+/// Reference kernel (and bias) gradient: the padded input convolved (stride 1) with the
+/// dilated output gradient, summed over the batch:
+///   dk(h,c,d,r) = sum_{w,i,j} gamma(i,j) dR(w,i,j,h) I(w, c+i, d+j, r),   db(h) = sum dR(.,h).
+/// db may be nullptr.
+template <typename T>
+void conv2d_reference_backward_weight(const Conv2dGeometry& g, const T* x, const T* dy, T* dw,
+                                      T* db) {
+  const int64_t Hp = g.H + g.pad_top + g.pad_bottom, Wp = g.W + g.pad_left + g.pad_right;
+  std::vector<T> xp(static_cast<size_t>(g.N * Hp * Wp * g.C));
+  pad(x, g.N, g.H, g.W, g.C, g.pad_top, g.pad_bottom, g.pad_left, g.pad_right, xp.data());
+  const int64_t Hd = dilated_size(g.Ho, g.stride_h), Wd = dilated_size(g.Wo, g.stride_w);
+  std::vector<T> dyd(static_cast<size_t>(g.N * Hd * Wd * g.Q));
+  dilate(dy, g.N, g.Ho, g.Wo, g.Q, g.stride_h, g.stride_w, dyd.data());
+  for (int64_t h = 0; h < g.Q; ++h)
+    for (int64_t c = 0; c < g.FH; ++c)
+      for (int64_t d = 0; d < g.FW; ++d)
+        for (int64_t r = 0; r < g.C; ++r) {
+          T sum = 0;
+          for (int64_t v = 0; v < g.N; ++v)
+            for (int64_t i = 0; i < Hd; ++i)
+              for (int64_t j = 0; j < Wd; ++j)
+                sum += dyd[((v * Hd + i) * Wd + j) * g.Q + h] *
+                       xp[((v * Hp + c + i) * Wp + d + j) * g.C + r];
+          dw[((h * g.FH + c) * g.FW + d) * g.C + r] = sum;
+        }
+  if (db) {
+    for (int64_t h = 0; h < g.Q; ++h) db[h] = 0;
+    for (int64_t p = 0; p < g.N * g.Ho * g.Wo; ++p)
+      for (int64_t h = 0; h < g.Q; ++h) db[h] += dy[p * g.Q + h];
+  }
+}
+
+// ============================================================================================
+// Fast path.
+// ============================================================================================
+//
+// Every pass is a "gather GEMM": out(r, j) = sum_k A(r, k) B(k, j), where the rows r are
+// output pixels, A's row r is gathered from an NHWC tensor (one contiguous run of channels
+// per kernel tap: im2col of a tile of rows, never of the whole matrix) and B is the kernel,
+// packed once into panels of NR columns. A register-blocked MR x NR micro-kernel (6 x 16
+// floats / 6 x 8 doubles, 12 ymm accumulators) does the arithmetic.
+//
+// Determinism: each output element is produced by one thread, summed in a fixed order over
+// fixed tiles (the tiling depends on the shape only); the weight gradient reduces over pixels
+// in fixed chunks whose partial sums are added in chunk order. So results do not depend on
+// the thread count.
+
+namespace conv_detail {
+
+constexpr int64_t kMR = 6;
+template <typename T>
+struct Tile;
+template <>
+struct Tile<float> {
+  static constexpr int64_t NR = 16;
+  static constexpr int64_t KC = 256;
+};
+template <>
+struct Tile<double> {
+  static constexpr int64_t NR = 8;
+  static constexpr int64_t KC = 128;
+};
+
+inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
+// C[MR x NR] (row stride ldc) += sum_{d < depth} A(i, d) * b[d*NR + j], A(i,d) = a[i*a_rs + d*a_cs].
+template <typename T>
+inline void micro_kernel_portable(int64_t depth, const T* a, int64_t a_rs, int64_t a_cs,
+                                  const T* b, T* c, int64_t ldc) {
+  constexpr int64_t NR = Tile<T>::NR;
+  T acc[kMR][NR] = {};
+  for (int64_t d = 0; d < depth; ++d) {
+    const T* bd = b + d * NR;
+    const T* ad = a + d * a_cs;
+    for (int64_t i = 0; i < kMR; ++i) {
+      const T ai = ad[i * a_rs];
+      for (int64_t j = 0; j < NR; ++j) acc[i][j] += ai * bd[j];
+    }
+  }
+  for (int64_t i = 0; i < kMR; ++i)
+    for (int64_t j = 0; j < NR; ++j) c[i * ldc + j] += acc[i][j];
+}
+
+// Dot product of length n (the narrow-output path), fixed summation order.
+template <typename T>
+inline T dot_portable(const T* a, const T* b, int64_t n) {
+  T s[4] = {0, 0, 0, 0};
+  int64_t k = 0;
+  for (; k + 4 <= n; k += 4)
+    for (int64_t l = 0; l < 4; ++l) s[l] += a[k + l] * b[k + l];
+  T sum = (s[0] + s[1]) + (s[2] + s[3]);
+  for (; k < n; ++k) sum += a[k] * b[k];
+  return sum;
+}
+
+#if NABLAGRAD_X86
+#define NG_UKR_ROW(i)                                                   \
+  {                                                                     \
+    const VT ai = BCAST(ad + (i) * a_rs);                               \
+    c##i##0 = FMA(ai, b0, c##i##0);                                     \
+    c##i##1 = FMA(ai, b1, c##i##1);                                     \
+  }
+#define NG_UKR_STORE(i)                                                          \
+  {                                                                              \
+    STORE(c + (i) * ldc, ADD(LOAD(c + (i) * ldc), c##i##0));                     \
+    STORE(c + (i) * ldc + W, ADD(LOAD(c + (i) * ldc + W), c##i##1));             \
+  }
+#define NG_UKR_BODY                                                                   \
+  VT c00 = ZERO(), c01 = ZERO(), c10 = ZERO(), c11 = ZERO(), c20 = ZERO(), c21 = ZERO(); \
+  VT c30 = ZERO(), c31 = ZERO(), c40 = ZERO(), c41 = ZERO(), c50 = ZERO(), c51 = ZERO(); \
+  for (int64_t d = 0; d < depth; ++d) {                                               \
+    const VT b0 = LOAD(b + d * 2 * W);                                                \
+    const VT b1 = LOAD(b + d * 2 * W + W);                                            \
+    const auto* ad = a + d * a_cs;                                                    \
+    NG_UKR_ROW(0) NG_UKR_ROW(1) NG_UKR_ROW(2) NG_UKR_ROW(3) NG_UKR_ROW(4) NG_UKR_ROW(5) \
+  }                                                                                   \
+  NG_UKR_STORE(0) NG_UKR_STORE(1) NG_UKR_STORE(2) NG_UKR_STORE(3) NG_UKR_STORE(4)     \
+  NG_UKR_STORE(5)
+
+__attribute__((target("avx2,fma"))) inline void micro_kernel_avx2(int64_t depth, const float* a,
+                                                                  int64_t a_rs, int64_t a_cs,
+                                                                  const float* b, float* c,
+                                                                  int64_t ldc) {
+  using VT = __m256;
+  constexpr int64_t W = 8;
+#define ZERO _mm256_setzero_ps
+#define LOAD _mm256_loadu_ps
+#define STORE _mm256_storeu_ps
+#define ADD _mm256_add_ps
+#define FMA _mm256_fmadd_ps
+#define BCAST _mm256_broadcast_ss
+  NG_UKR_BODY
+#undef ZERO
+#undef LOAD
+#undef STORE
+#undef ADD
+#undef FMA
+#undef BCAST
+}
+
+__attribute__((target("avx2,fma"))) inline void micro_kernel_avx2(int64_t depth, const double* a,
+                                                                  int64_t a_rs, int64_t a_cs,
+                                                                  const double* b, double* c,
+                                                                  int64_t ldc) {
+  using VT = __m256d;
+  constexpr int64_t W = 4;
+#define ZERO _mm256_setzero_pd
+#define LOAD _mm256_loadu_pd
+#define STORE _mm256_storeu_pd
+#define ADD _mm256_add_pd
+#define FMA _mm256_fmadd_pd
+#define BCAST _mm256_broadcast_sd
+  NG_UKR_BODY
+#undef ZERO
+#undef LOAD
+#undef STORE
+#undef ADD
+#undef FMA
+#undef BCAST
+}
+#undef NG_UKR_ROW
+#undef NG_UKR_STORE
+#undef NG_UKR_BODY
+
+__attribute__((target("avx2,fma"))) inline float dot_avx2(const float* a, const float* b,
+                                                          int64_t n) {
+  __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+  int64_t k = 0;
+  for (; k + 16 <= n; k += 16) {
+    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + k), _mm256_loadu_ps(b + k), s0);
+    s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + k + 8), _mm256_loadu_ps(b + k + 8), s1);
+  }
+  for (; k + 8 <= n; k += 8)
+    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + k), _mm256_loadu_ps(b + k), s0);
+  alignas(32) float t[8];
+  _mm256_store_ps(t, _mm256_add_ps(s0, s1));
+  float sum = ((t[0] + t[1]) + (t[2] + t[3])) + ((t[4] + t[5]) + (t[6] + t[7]));
+  for (; k < n; ++k) sum += a[k] * b[k];
+  return sum;
+}
+
+__attribute__((target("avx2,fma"))) inline double dot_avx2(const double* a, const double* b,
+                                                           int64_t n) {
+  __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
+  int64_t k = 0;
+  for (; k + 8 <= n; k += 8) {
+    s0 = _mm256_fmadd_pd(_mm256_loadu_pd(a + k), _mm256_loadu_pd(b + k), s0);
+    s1 = _mm256_fmadd_pd(_mm256_loadu_pd(a + k + 4), _mm256_loadu_pd(b + k + 4), s1);
+  }
+  for (; k + 4 <= n; k += 4)
+    s0 = _mm256_fmadd_pd(_mm256_loadu_pd(a + k), _mm256_loadu_pd(b + k), s0);
+  alignas(32) double t[4];
+  _mm256_store_pd(t, _mm256_add_pd(s0, s1));
+  double sum = (t[0] + t[1]) + (t[2] + t[3]);
+  for (; k < n; ++k) sum += a[k] * b[k];
+  return sum;
+}
+#endif
+
+// Narrow outputs (few columns, e.g. the input gradient of a C=1 or C=3 layer): no im2col
+// copy at all. out[j] = sum_t sum_{q<len} src[t][q] * bt[j*K + t*len + q], src[t] == nullptr
+// meaning a zero (padding) segment; vector partial sums run across all segments.
+template <typename T>
+inline void narrow_row_portable(const T* const* src, int64_t nseg, int64_t len, const T* bt,
+                                int64_t K, int64_t ncols, T* out) {
+  for (int64_t j = 0; j < ncols; ++j) {
+    T s[4] = {0, 0, 0, 0};
+    for (int64_t t = 0; t < nseg; ++t) {
+      if (!src[t]) continue;
+      const T* a = src[t];
+      const T* b = bt + j * K + t * len;
+      int64_t k = 0;
+      for (; k + 4 <= len; k += 4)
+        for (int64_t l = 0; l < 4; ++l) s[l] += a[k + l] * b[k + l];
+      for (; k < len; ++k) s[0] += a[k] * b[k];
+    }
+    out[j] = (s[0] + s[1]) + (s[2] + s[3]);
+  }
+}
+
+#if NABLAGRAD_X86
+// All (<= 4) columns at once: each 8-float load of a dY run feeds NC FMAs.
+template <int NC>
+__attribute__((target("avx2,fma"))) inline void narrow_row_avx2_nc(const float* const* src,
+                                                                   int64_t nseg, int64_t len,
+                                                                   const float* bt, int64_t K,
+                                                                   float* out) {
+  __m256 s[NC];
+  float tail[NC];
+  for (int j = 0; j < NC; ++j) {
+    s[j] = _mm256_setzero_ps();
+    tail[j] = 0;
+  }
+  for (int64_t t = 0; t < nseg; ++t) {
+    if (!src[t]) continue;
+    const float* a = src[t];
+    const float* b = bt + t * len;
+    int64_t k = 0;
+    for (; k + 8 <= len; k += 8) {
+      const __m256 av = _mm256_loadu_ps(a + k);
+      for (int j = 0; j < NC; ++j)
+        s[j] = _mm256_fmadd_ps(av, _mm256_loadu_ps(b + j * K + k), s[j]);
+    }
+    for (; k < len; ++k)
+      for (int j = 0; j < NC; ++j) tail[j] += a[k] * b[j * K + k];
+  }
+  for (int j = 0; j < NC; ++j) {
+    alignas(32) float v[8];
+    _mm256_store_ps(v, s[j]);
+    out[j] = (((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]))) + tail[j];
+  }
+}
+
+__attribute__((target("avx2,fma"))) inline void narrow_row_avx2(const float* const* src,
+                                                                int64_t nseg, int64_t len,
+                                                                const float* bt, int64_t K,
+                                                                int64_t ncols, float* out) {
+  int64_t j = 0;
+  for (; j + 4 <= ncols; j += 4) narrow_row_avx2_nc<4>(src, nseg, len, bt + j * K, K, out + j);
+  switch (ncols - j) {
+    case 3: narrow_row_avx2_nc<3>(src, nseg, len, bt + j * K, K, out + j); break;
+    case 2: narrow_row_avx2_nc<2>(src, nseg, len, bt + j * K, K, out + j); break;
+    case 1: narrow_row_avx2_nc<1>(src, nseg, len, bt + j * K, K, out + j); break;
+    default: break;
+  }
+}
+__attribute__((target("avx2,fma"))) inline void narrow_row_avx2(const double* const* src,
+                                                                int64_t nseg, int64_t len,
+                                                                const double* bt, int64_t K,
+                                                                int64_t ncols, double* out) {
+  for (int64_t j = 0; j < ncols; ++j) {
+    __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
+    double tail = 0;
+    for (int64_t t = 0; t < nseg; ++t) {
+      if (!src[t]) continue;
+      const double* a = src[t];
+      const double* b = bt + j * K + t * len;
+      int64_t k = 0;
+      for (; k + 8 <= len; k += 8) {
+        s0 = _mm256_fmadd_pd(_mm256_loadu_pd(a + k), _mm256_loadu_pd(b + k), s0);
+        s1 = _mm256_fmadd_pd(_mm256_loadu_pd(a + k + 4), _mm256_loadu_pd(b + k + 4), s1);
+      }
+      for (; k + 4 <= len; k += 4)
+        s0 = _mm256_fmadd_pd(_mm256_loadu_pd(a + k), _mm256_loadu_pd(b + k), s0);
+      for (; k < len; ++k) tail += a[k] * b[k];
+    }
+    alignas(32) double v[4];
+    _mm256_store_pd(v, _mm256_add_pd(s0, s1));
+    out[j] = ((v[0] + v[1]) + (v[2] + v[3])) + tail;
+  }
+}
+#endif
+
+template <typename T>
+inline void narrow_row(bool avx2, const T* const* src, int64_t nseg, int64_t len, const T* bt,
+                       int64_t K, int64_t ncols, T* out) {
+#if NABLAGRAD_X86
+  if (avx2) return narrow_row_avx2(src, nseg, len, bt, K, ncols, out);
+#endif
+  (void)avx2;
+  narrow_row_portable(src, nseg, len, bt, K, ncols, out);
+}
+
+template <typename T>
+inline void micro_kernel(bool avx2, int64_t depth, const T* a, int64_t a_rs, int64_t a_cs,
+                         const T* b, T* c, int64_t ldc) {
+#if NABLAGRAD_X86
+  if (avx2) return micro_kernel_avx2(depth, a, a_rs, a_cs, b, c, ldc);
+#endif
+  (void)avx2;
+  micro_kernel_portable(depth, a, a_rs, a_cs, b, c, ldc);
+}
+
+template <typename T>
+inline T dot(bool avx2, const T* a, const T* b, int64_t n) {
+#if NABLAGRAD_X86
+  if (avx2) return dot_avx2(a, b, n);
+#endif
+  (void)avx2;
+  return dot_portable(a, b, n);
+}
+
+inline bool use_avx2() { return simd_level() == SimdLevel::AVX2; }
+
+// The kernel matrix B (K x ncols) of a gather GEMM, packed for the micro-kernel (panels of NR
+// columns, zero-padded: panel p holds B(k, p*NR + j) at [p*K*NR + k*NR + j]) or, when the
+// output is narrow (few columns), transposed for dot products (B(k, j) at [j*K + k]).
+template <typename T>
+struct PackedB {
+  int64_t K = 0, ncols = 0;
+  bool narrow = false;
+  std::vector<T> data;
+  template <typename F>
+  void pack(int64_t K_, int64_t ncols_, const F& at) {
+    constexpr int64_t NR = Tile<T>::NR;
+    K = K_;
+    ncols = ncols_;
+    narrow = ncols * 4 <= NR;
+    if (narrow) {
+      data.assign(static_cast<size_t>(K * ncols), T(0));
+      for (int64_t j = 0; j < ncols; ++j)
+        for (int64_t k = 0; k < K; ++k) data[j * K + k] = at(k, j);
+    } else {
+      const int64_t panels = (ncols + NR - 1) / NR;
+      data.assign(static_cast<size_t>(panels * K * NR), T(0));
+      for (int64_t p = 0; p < panels; ++p)
+        for (int64_t k = 0; k < K; ++k)
+          for (int64_t j = 0; j < NR && p * NR + j < ncols; ++j)
+            data[(p * K + k) * NR + j] = at(k, p * NR + j);
+    }
+  }
+};
+
+// Rows per tile: the gathered A tile (rows x K) should stay in L2 (~192 KiB of it).
+template <typename T>
+inline int64_t tile_rows(int64_t K) {
+  int64_t rows = (192 * 1024) / (std::max<int64_t>(K, 1) * static_cast<int64_t>(sizeof(T)));
+  rows = rows / kMR * kMR;
+  return std::max<int64_t>(kMR, std::min<int64_t>(rows, 20 * kMR));
+}
+
+// out rows [0, rows): C(r, :) = A(r, :) B. build(r0, r1, tile, lda) writes A's rows r0..r1-1
+// (K values each) into tile; store(r0, r1, ctile, ldc) consumes the finished rows.
+// Tiles are fixed (shape-only) and handed to the threads with parallel_for.
+template <typename T, typename Build, typename Store>
+void gather_gemm(int64_t rows, const PackedB<T>& B, const Build& build, const Store& store) {
+  constexpr int64_t NR = Tile<T>::NR, KC = Tile<T>::KC;
+  const int64_t K = B.K, ncols = B.ncols;
+  const int64_t lda = std::max<int64_t>(K, 1);
+  const int64_t MT = tile_rows<T>(K);
+  const int64_t ntiles = (rows + MT - 1) / MT;
+  const int64_t panels = (ncols + NR - 1) / NR;
+  const int64_t ldc = B.narrow ? ncols : panels * NR;
+  const bool avx2 = use_avx2();
+  parallel_for(0, ntiles, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<T> tile(static_cast<size_t>(MT * lda));
+    std::vector<T> ctile(static_cast<size_t>(MT * ldc));
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t r0 = t * MT, r1 = std::min(rows, r0 + MT), nr = r1 - r0;
+      build(r0, r1, tile.data(), lda);
+      if (B.narrow) {
+        for (int64_t r = 0; r < nr; ++r)
+          for (int64_t j = 0; j < ncols; ++j)
+            ctile[r * ldc + j] = dot(avx2, tile.data() + r * lda, B.data.data() + j * K, K);
+      } else {
+        const int64_t nr_pad = round_up(nr, kMR);
+        if (nr_pad > nr)
+          std::fill(tile.data() + nr * lda, tile.data() + nr_pad * lda, T(0));
+        std::fill(ctile.begin(), ctile.begin() + nr_pad * ldc, T(0));
+        for (int64_t k0 = 0; k0 < K; k0 += KC) {
+          const int64_t kc = std::min(KC, K - k0);
+          for (int64_t p = 0; p < panels; ++p) {
+            const T* bp = B.data.data() + (p * K + k0) * NR;
+            for (int64_t i = 0; i < nr_pad; i += kMR)
+              micro_kernel(avx2, kc, tile.data() + i * lda + k0, lda, int64_t{1}, bp,
+                           ctile.data() + i * ldc + p * NR, ldc);
+          }
+        }
+      }
+      store(r0, r1, ctile.data(), ldc);
+    }
+  });
+}
+
+// Copies / zeroes a short run of channels without a library call per run (runs are often
+// only 1-3 values when C is small); long runs go to memcpy / memset.
+template <typename T>
+inline void copy_run(T* dst, const T* src, int64_t n) {
+  if (n > 64) {
+    std::memcpy(dst, src, sizeof(T) * static_cast<size_t>(n));
+    return;
+  }
+  constexpr int64_t B = 32 / sizeof(T);
+  int64_t i = 0;
+  for (; i + B <= n; i += B) __builtin_memcpy(dst + i, src + i, 32);
+  for (; i < n; ++i) dst[i] = src[i];
+}
+template <typename T>
+inline void zero_run(T* dst, int64_t n) {
+  if (n > 64) {
+    std::memset(dst, 0, sizeof(T) * static_cast<size_t>(n));
+    return;
+  }
+  for (int64_t i = 0; i < n; ++i) dst[i] = T(0);
+}
+
+// im2col of output pixels [r0, r1) of the forward pass into tile (row r: FH*FW*C values,
+// tap-major then channel, matching the kernel's (Q, FH, FW, C) layout). Padding reads as 0.
+template <typename T>
+void forward_im2col(const Conv2dGeometry& g, const T* x, int64_t r0, int64_t r1, T* tile,
+                    int64_t lda) {
+  const int64_t C = g.C, FW = g.FW;
+  int64_t n = r0 / (g.Ho * g.Wo), ho = (r0 % (g.Ho * g.Wo)) / g.Wo, wo = r0 % g.Wo;
+  for (int64_t r = r0; r < r1; ++r) {
+    T* row = tile + (r - r0) * lda;
+    const int64_t iw0 = wo * g.stride_w - g.pad_left;
+    const bool w_inside = iw0 >= 0 && iw0 + FW <= g.W;
+    for (int64_t fh = 0; fh < g.FH; ++fh) {
+      T* dst = row + fh * FW * C;
+      const int64_t ih = ho * g.stride_h + fh - g.pad_top;
+      if (ih < 0 || ih >= g.H) {
+        zero_run(dst, FW * C);
+        continue;
+      }
+      const T* src = x + ((n * g.H + ih) * g.W) * C;
+      if (w_inside) {  // FW taps of one input row are one contiguous run in NHWC
+        copy_run(dst, src + iw0 * C, FW * C);
+        continue;
+      }
+      for (int64_t fw = 0; fw < FW; ++fw) {
+        const int64_t iw = iw0 + fw;
+        if (iw < 0 || iw >= g.W)
+          zero_run(dst + fw * C, C);
+        else
+          copy_run(dst + fw * C, src + iw * C, C);
+      }
+    }
+    if (++wo == g.Wo) {
+      wo = 0;
+      if (++ho == g.Ho) {
+        ho = 0;
+        ++n;
+      }
+    }
+  }
+}
+
+}  // namespace conv_detail
+
+/// Fast forward: y = conv(x, w) + bias, an implicit GEMM
+///   Y[(n,ho,wo), q] = sum_{(fh,fw,c)} X[n, ho*S_h+fh-pt, wo*S_w+fw-pl, c] * W[q, fh, fw, c] + b[q]
+/// which is the document's first multi-channel equation (R(v,i,j,f)) with padding read as
+/// zeros: rows = N*Ho*Wo pixels, columns = Q, depth = FH*FW*C.
+template <typename T>
+void conv2d_forward(const Conv2dGeometry& g, const T* x, const T* w, const T* bias, T* y) {
+  const int64_t K = g.FH * g.FW * g.C, Q = g.Q;
+  conv_detail::PackedB<T> B;
+  B.pack(K, Q, [&](int64_t k, int64_t q) { return w[q * K + k]; });
+  const int64_t rows = g.N * g.Ho * g.Wo;
+  conv_detail::gather_gemm<T>(
+      rows, B,
+      [&](int64_t r0, int64_t r1, T* tile, int64_t lda) {
+        conv_detail::forward_im2col(g, x, r0, r1, tile, lda);
+      },
+      [&](int64_t r0, int64_t r1, const T* ctile, int64_t ldc) {
+        for (int64_t r = r0; r < r1; ++r) {
+          const T* src = ctile + (r - r0) * ldc;
+          T* dst = y + r * Q;
+          if (bias)
+            for (int64_t q = 0; q < Q; ++q) dst[q] = src[q] + bias[q];
+          else
+            std::memcpy(dst, src, sizeof(T) * Q);
+        }
+      });
+}
+
+/// Fast input gradient by S_h x S_w phase decomposition. The document computes
+///   dX = crop( conv_stride1( pad(dilate(dY, S), F-1 [+ r]), flip_kernel(W) ) ).
+/// Of the F_h*F_w flipped taps that meet a padded-input row yp = y + pt, only those with
+/// fh = yp (mod S_h) land on a non-inserted (non-zero) entry of the dilated dY, at
+/// ho = (yp - fh) / S_h. So the pixels of dX split into phases (yp mod S_h, xp mod S_w); each
+/// phase is a stride-1 gather GEMM of the UNdilated dY with the sub-kernel of its taps:
+///   dX[n,y,x,c] = sum_{fh = yp mod S, fw = xp mod S} sum_q dY[n, (yp-fh)/S, (xp-fw)/S, q] W[q,fh,fw,c]
+/// (terms with ho, wo outside [0,Ho) x [0,Wo) are the padding zeros). No multiplications by
+/// the inserted zeros; for S = 1 it is exactly the padded flipped-kernel convolution. Rows the
+/// forward pass never reached, and phases with no taps (S > F), get zeros.
+template <typename T>
+void conv2d_backward_input(const Conv2dGeometry& g, const T* dy, const T* w, T* dx) {
+  const int64_t S_h = g.stride_h, S_w = g.stride_w, Q = g.Q, C = g.C;
+  for (int64_t ph = 0; ph < S_h; ++ph) {
+    // Rows y of this phase: (y + pad_top) mod S_h == ph.
+    const int64_t y0 = ((ph - g.pad_top) % S_h + S_h) % S_h;
+    const int64_t Hph = y0 < g.H ? (g.H - 1 - y0) / S_h + 1 : 0;
+    std::vector<int64_t> taps_h;
+    for (int64_t fh = ph; fh < g.FH; fh += S_h) taps_h.push_back(fh);
+    for (int64_t pw = 0; pw < S_w; ++pw) {
+      const int64_t x0 = ((pw - g.pad_left) % S_w + S_w) % S_w;
+      const int64_t Wph = x0 < g.W ? (g.W - 1 - x0) / S_w + 1 : 0;
+      const int64_t rows = g.N * Hph * Wph;
+      if (rows == 0) continue;
+      std::vector<int64_t> taps_w;
+      for (int64_t fw = pw; fw < g.FW; fw += S_w) taps_w.push_back(fw);
+      const int64_t nth = static_cast<int64_t>(taps_h.size()), ntw = static_cast<int64_t>(taps_w.size());
+      auto pixel = [&](int64_t r, int64_t& n, int64_t& iy, int64_t& ix) {
+        n = r / (Hph * Wph);
+        const int64_t rem = r % (Hph * Wph);
+        iy = rem / Wph;
+        ix = rem % Wph;
+      };
+      auto next_pixel = [&](int64_t& n, int64_t& iy, int64_t& ix) {
+        if (++ix == Wph) {
+          ix = 0;
+          if (++iy == Hph) {
+            iy = 0;
+            ++n;
+          }
+        }
+      };
+      if (nth * ntw == 0) {  // no kernel tap ever reaches these pixels
+        parallel_for(0, rows, 1024, [&](int64_t r0, int64_t r1) {
+          int64_t n, iy, ix;
+          pixel(r0, n, iy, ix);
+          for (int64_t r = r0; r < r1; ++r, next_pixel(n, iy, ix))
+            conv_detail::zero_run(dx + ((n * g.H + y0 + iy * S_h) * g.W + x0 + ix * S_w) * C, C);
+        });
+        continue;
+      }
+      // For y = y0 + iy*S_h and a tap fh of this phase, (y + pt - fh) is a multiple of S_h:
+      // ho = iy + off_h[th] with off_h[th] = (y0 + pt - fh) / S_h (exact). Same for columns.
+      std::vector<int64_t> off_h(nth), off_w(ntw);
+      for (int64_t th = 0; th < nth; ++th) off_h[th] = (y0 + g.pad_top - taps_h[th]) / S_h;
+      for (int64_t tw = 0; tw < ntw; ++tw) off_w[tw] = (x0 + g.pad_left - taps_w[tw]) / S_w;
+      // Sub-kernel of this phase: B((th, tw, q), c) = W[q, taps_h[th], taps_w[tw], c].
+      const int64_t K = nth * ntw * Q;
+      conv_detail::PackedB<T> B;
+      B.pack(K, C, [&](int64_t k, int64_t c) {
+        const int64_t q = k % Q, t = k / Q;
+        const int64_t fh = taps_h[t / ntw], fw = taps_w[t % ntw];
+        return w[((q * g.FH + fh) * g.FW + fw) * C + c];
+      });
+      if (B.narrow) {  // few input channels: dot products straight from dY, no im2col
+        const bool avx2 = conv_detail::use_avx2();
+        parallel_for(0, rows, 256, [&](int64_t r0, int64_t r1) {
+          std::vector<const T*> src(static_cast<size_t>(nth * ntw));
+          int64_t n, iy, ix;
+          pixel(r0, n, iy, ix);
+          for (int64_t r = r0; r < r1; ++r, next_pixel(n, iy, ix)) {
+            for (int64_t th = 0; th < nth; ++th) {
+              const int64_t ho = iy + off_h[th];
+              const bool h_ok = ho >= 0 && ho < g.Ho;
+              for (int64_t tw = 0; tw < ntw; ++tw) {
+                const int64_t wo = ix + off_w[tw];
+                src[th * ntw + tw] =
+                    h_ok && wo >= 0 && wo < g.Wo ? dy + ((n * g.Ho + ho) * g.Wo + wo) * Q : nullptr;
+              }
+            }
+            conv_detail::narrow_row(avx2, src.data(), nth * ntw, Q, B.data.data(), K, C,
+                                    dx + ((n * g.H + y0 + iy * S_h) * g.W + x0 + ix * S_w) * C);
+          }
+        });
+        continue;
+      }
+      conv_detail::gather_gemm<T>(
+          rows, B,
+          [&](int64_t r0, int64_t r1, T* tile, int64_t lda) {
+            int64_t n, iy, ix;
+            pixel(r0, n, iy, ix);
+            for (int64_t r = r0; r < r1; ++r, next_pixel(n, iy, ix)) {
+              T* row = tile + (r - r0) * lda;
+              for (int64_t th = 0; th < nth; ++th) {
+                const int64_t ho = iy + off_h[th];
+                const bool h_ok = ho >= 0 && ho < g.Ho;
+                const T* src_row = dy + (n * g.Ho + ho) * g.Wo * Q;
+                for (int64_t tw = 0; tw < ntw; ++tw) {
+                  T* dst = row + (th * ntw + tw) * Q;
+                  const int64_t wo = ix + off_w[tw];
+                  if (h_ok && wo >= 0 && wo < g.Wo)
+                    conv_detail::copy_run(dst, src_row + wo * Q, Q);
+                  else
+                    conv_detail::zero_run(dst, Q);
+                }
+              }
+            }
+          },
+          [&](int64_t r0, int64_t r1, const T* ctile, int64_t ldc) {
+            int64_t n, iy, ix;
+            pixel(r0, n, iy, ix);
+            for (int64_t r = r0; r < r1; ++r, next_pixel(n, iy, ix))
+              conv_detail::copy_run(dx + ((n * g.H + y0 + iy * S_h) * g.W + x0 + ix * S_w) * C,
+                                    ctile + (r - r0) * ldc, C);
+          });
+    }
+  }
+}
+
+/// Fast kernel gradient (and bias gradient when db != nullptr):
+///   dW[q, (fh,fw,c)] = sum_{(n,ho,wo)} dY[n,ho,wo,q] * X[n, ho*S_h+fh-pt, wo*S_w+fw-pl, c]
+///   db[q]            = sum_{(n,ho,wo)} dY[n,ho,wo,q]
+/// This is the document's dk(h,c,d,r) = sum_{w,i,j} gamma(i,j) dR(w,i,j,h) I(w,c+i,d+j,r)
+/// summed only over the non-zero (gamma = 1) entries i = ho*S, j = wo*S of the dilated dY.
+/// As a GEMM: dW^T (K x Q) = im2col(X)^T (K x pixels) * dY (pixels x Q). The pixel reduction is
+/// split into fixed chunks (a function of the shape only); each chunk accumulates into its own
+/// partial buffer, the partials are added in chunk order. db is fused into the dY packing.
+template <typename T>
+void conv2d_backward_weight(const Conv2dGeometry& g, const T* x, const T* dy, T* dw, T* db) {
+  using namespace conv_detail;
+  constexpr int64_t NR = Tile<T>::NR;
+  const int64_t K = g.FH * g.FW * g.C, Q = g.Q;
+  const int64_t Kpad = round_up(K, kMR);
+  const int64_t panels = (Q + NR - 1) / NR, ldq = panels * NR;
+  const int64_t pixels = g.N * g.Ho * g.Wo;
+  // Pixel sub-tile: the im2col tile (PT x Kpad) stays in L2.
+  int64_t PT = (160 * 1024) / (Kpad * static_cast<int64_t>(sizeof(T)));
+  PT = std::max<int64_t>(16, std::min<int64_t>(256, PT / 16 * 16));
+  // Fixed chunking: about 16 chunks, a whole number of sub-tiles each, partials capped ~64 MiB.
+  int64_t nchunk_target = 16;
+  const int64_t partial_bytes = Kpad * ldq * static_cast<int64_t>(sizeof(T));
+  nchunk_target = std::max<int64_t>(1, std::min<int64_t>(nchunk_target, (64 << 20) / partial_bytes));
+  const int64_t chunk = std::max<int64_t>(PT, round_up((pixels + nchunk_target - 1) / nchunk_target, PT));
+  const int64_t nchunks = std::max<int64_t>(1, (pixels + chunk - 1) / chunk);
+  std::vector<T> partial(static_cast<size_t>(nchunks * Kpad * ldq), T(0));
+  std::vector<T> dbpartial(static_cast<size_t>(nchunks * Q), T(0));
+  const bool avx2 = use_avx2();
+  parallel_chunks(pixels, chunk, [&](int64_t ci, int64_t lo, int64_t hi) {
+    std::vector<T> tile(static_cast<size_t>(PT * Kpad), T(0));  // columns K..Kpad stay zero
+    std::vector<T> dyp(static_cast<size_t>(panels * PT * NR), T(0));
+    T* P = partial.data() + ci * Kpad * ldq;
+    T* dbp = dbpartial.data() + ci * Q;
+    for (int64_t p0 = lo; p0 < hi; p0 += PT) {
+      const int64_t p1 = std::min(hi, p0 + PT), np = p1 - p0;
+      forward_im2col(g, x, p0, p1, tile.data(), Kpad);
+      for (int64_t p = p0; p < p1; ++p) {  // pack dY rows into NR-wide panels; fused db
+        const T* src = dy + p * Q;
+        for (int64_t q = 0; q < Q; ++q) {
+          dyp[((q / NR) * PT + (p - p0)) * NR + q % NR] = src[q];
+          dbp[q] += src[q];
+        }
+      }
+      for (int64_t pn = 0; pn < panels; ++pn)
+        for (int64_t i = 0; i < Kpad; i += kMR)
+          micro_kernel(avx2, np, tile.data() + i, int64_t{1}, Kpad, dyp.data() + pn * PT * NR,
+                       P + i * ldq + pn * NR, ldq);
+    }
+  });
+  // Partials in chunk order: dW[q, k] = sum_c P_c[k, q].
+  parallel_for(0, K, 64, [&](int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k)
+      for (int64_t q = 0; q < Q; ++q) {
+        T s = partial[k * ldq + q];
+        for (int64_t c = 1; c < nchunks; ++c) s += partial[(c * Kpad + k) * ldq + q];
+        dw[q * K + k] = s;
+      }
+  });
+  if (db)
+    for (int64_t q = 0; q < Q; ++q) {
+      T s = dbpartial[q];
+      for (int64_t c = 1; c < nchunks; ++c) s += dbpartial[c * Q + q];
+      db[q] = s;
+    }
+}
+
+}  // namespace kernels
+}  // namespace nablagrad

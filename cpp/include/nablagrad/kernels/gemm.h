@@ -1,0 +1,614 @@
+// nablagrad/kernels/gemm.h - dense matrix multiply, C = (accumulate ? C : 0) + A * B.
+//
+// Overview
+//   gemm<T>() is the engine's one general matrix multiply (T = float or double). Operands
+//   are described by a pointer and two strides, so a transposed operand (or any strided
+//   view) is passed without a copy:
+//
+//     // C[M,N] = A[M,K] * B[K,N], all row-major and contiguous:
+//     kernels::gemm<float>(M, N, K, A, K, 1, B, N, 1, C, N, /*accumulate=*/false);
+//     // C[M,N] += A^T * B where A is stored row-major as [K,M]:
+//     kernels::gemm<float>(M, N, K, A, 1, M, B, N, 1, C, N, /*accumulate=*/true);
+//
+//   gemm_reference<T>() has the same signature: the naive triple loop, kept as the oracle
+//   the tests compare the fast kernel against.
+//
+// How the fast path works (BLIS / GotoBLAS structure)
+//   for each NC-wide column block of B                 (B block lives in L3)
+//     for each KC-deep slice of K (fixed order)        pack B slice into NR-wide panels
+//       for each MC-tall row block of A                pack A block into MR-tall panels (L2)
+//         for each NR panel of B, MR panel of A        micro-kernel: an MR x NR tile of C is
+//                                                      held in registers across the KC loop
+//   The AVX2+FMA micro-kernels are 6x16 (float) and 6x8 (double): 12 ymm accumulators.
+//   A portable C++ micro-kernel (plain loops, auto-vectorised by the compiler) is used on
+//   other CPUs or when simd_level() is SimdLevel::Portable.
+//
+// Determinism
+//   Threads split the M and N ranges (never K). Every element of C is computed by one
+//   thread as: for each KC slice in ascending order, acc = sum over k of the slice (one
+//   FMA chain started from zero, k ascending), then C = C + acc (C = acc for the first
+//   slice when !accumulate). The slicing of K depends on K only, and partial (edge) tiles
+//   run the same micro-kernel as full ones, so the result is bitwise identical for any
+//   thread count (for a given simd_level()).
+//
+// Threading and reentrancy
+//   Large products run on the process-wide pool (threading.h). Packing buffers are
+//   thread_local, 64-byte aligned and reused across calls, so gemm may be called
+//   concurrently from several user threads (the pool serialises parallel regions; a caller
+//   whose region is waiting simply blocks). Small products (M*N*K below
+//   gemm_parallel_threshold()) run on the calling thread with no pool round trip, and tiny
+//   ones (M*N*K <= kGemmDirectThreshold) skip packing altogether.
+// Include guard rather than #pragma once so that the header can also be compiled as a main
+// file (g++ -fsyntax-only -x c++ gemm.h) under -Werror.
+#ifndef NABLAGRAD_KERNELS_GEMM_H
+#define NABLAGRAD_KERNELS_GEMM_H
+
+#include <algorithm>
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <type_traits>
+
+#include "nablagrad/kernels/simd.h"
+#include "nablagrad/threading.h"
+
+namespace nablagrad {
+namespace kernels {
+
+/// Products with M*N*K below this many multiply-adds run single-threaded on the caller.
+/// Waking the pool's sleeping workers costs ~100-150 us on the 2-vCPU dev machine, so a
+/// second thread only pays off from roughly 200^3 on; lower it if the pool spins instead of
+/// sleeping. Tests set it to 0 to push small shapes through the threaded path. The split
+/// never changes results, so this is a speed knob only.
+inline std::atomic<int64_t>& gemm_parallel_threshold() {
+  static std::atomic<int64_t> threshold{int64_t{1} << 23};
+  return threshold;
+}
+
+/// Products with M*N*K at or below this skip packing and run the plain triple loop (faster
+/// than packing for a handful of elements).
+constexpr int64_t kGemmDirectThreshold = 512;
+
+/// The oracle: C[M,N] = (accumulate ? C : 0) + A[M,K] * B[K,N], naive triple loop with the
+/// sum over k in ascending order (in T).
+///   M, N, K     : problem sizes (>= 0)
+///   A, a_rs,a_cs: A(i,k) = A[i*a_rs + k*a_cs]
+///   B, b_rs,b_cs: B(k,j) = B[k*b_rs + j*b_cs]
+///   C, ldc      : C(i,j) = C[i*ldc + j] (row-major, leading dimension ldc)
+///   accumulate  : add to the existing C instead of overwriting it
+template <typename T>
+void gemm_reference(int64_t M, int64_t N, int64_t K,
+                    const T* A, int64_t a_rs, int64_t a_cs,
+                    const T* B, int64_t b_rs, int64_t b_cs,
+                    T* C, int64_t ldc, bool accumulate) {
+  static_assert(std::is_same<T, float>::value || std::is_same<T, double>::value,
+                "gemm_reference: T must be float or double");
+  for (int64_t i = 0; i < M; ++i) {
+    for (int64_t j = 0; j < N; ++j) {
+      T sum = T(0);
+      for (int64_t k = 0; k < K; ++k) sum += A[i * a_rs + k * a_cs] * B[k * b_rs + j * b_cs];
+      C[i * ldc + j] = accumulate ? C[i * ldc + j] + sum : sum;
+    }
+  }
+}
+
+namespace gemm_detail {
+
+// ---------------------------------------------------------------------------------------
+// Thread-local, 64-byte aligned scratch buffers, grown on demand and kept for reuse.
+// ---------------------------------------------------------------------------------------
+class AlignedBuffer {
+ public:
+  AlignedBuffer() = default;
+  AlignedBuffer(const AlignedBuffer&) = delete;
+  AlignedBuffer& operator=(const AlignedBuffer&) = delete;
+  ~AlignedBuffer() { std::free(data_); }
+
+  /// Returns at least `bytes` bytes, 64-byte aligned. Previous contents are not kept.
+  void* get(size_t bytes) {
+    if (bytes > capacity_) {
+      std::free(data_);
+      data_ = nullptr;
+      capacity_ = 0;
+      const size_t rounded = (bytes + 4095) & ~size_t{4095};
+      data_ = std::aligned_alloc(64, rounded);
+      if (data_ == nullptr) throw std::bad_alloc();
+      capacity_ = rounded;
+    }
+    return data_;
+  }
+
+ private:
+  void* data_ = nullptr;
+  size_t capacity_ = 0;
+};
+
+inline AlignedBuffer& packed_a_buffer() {
+  static thread_local AlignedBuffer buffer;
+  return buffer;
+}
+inline AlignedBuffer& packed_b_buffer() {
+  static thread_local AlignedBuffer buffer;
+  return buffer;
+}
+
+// A micro-kernel computes one MR x NR tile: acc = sum_{k<kc} Ap[k*MR + i] * Bp[k*NR + j]
+// (one chain per element, k ascending, starting from zero), then C = add ? C + acc : acc.
+template <typename T>
+using MicroKernel = void (*)(int64_t kc, const T* Ap, const T* Bp, T* C, int64_t ldc, bool add);
+
+/// Block sizes and micro-kernel of one (type, simd level) variant.
+template <typename T>
+struct GemmConfig {
+  int64_t MR, NR;  // register tile
+  int64_t MC;      // rows of A packed per block (multiple of MR): MC x KC sits in L2
+  int64_t KC;      // depth of a packed slice: an NR x KC panel of B sits in L1
+  int64_t NC;      // columns of B packed per block (multiple of NR): KC x NC sits in L3
+  MicroKernel<T> kernel;
+};
+
+// ---------------------------------------------------------------------------------------
+// Portable micro-kernel: fixed-size loops the compiler unrolls and vectorises.
+// ---------------------------------------------------------------------------------------
+template <typename T, int MR, int NR>
+inline void micro_kernel_portable(int64_t kc, const T* Ap, const T* Bp, T* C, int64_t ldc,
+                                  bool add) {
+  T acc[MR][NR];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) acc[i][j] = T(0);
+  for (int64_t k = 0; k < kc; ++k) {
+    const T* a = Ap + k * MR;
+    const T* b = Bp + k * NR;
+    for (int i = 0; i < MR; ++i) {
+      const T ai = a[i];
+      for (int j = 0; j < NR; ++j) acc[i][j] += ai * b[j];
+    }
+  }
+  for (int i = 0; i < MR; ++i) {
+    T* c = C + i * ldc;
+    if (add) {
+      for (int j = 0; j < NR; ++j) c[j] = c[j] + acc[i][j];
+    } else {
+      for (int j = 0; j < NR; ++j) c[j] = acc[i][j];
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// AVX2 + FMA micro-kernels (compiled for AVX2 via the target attribute, chosen at run time).
+// ---------------------------------------------------------------------------------------
+#if NABLAGRAD_X86
+
+// float, 6 x 16: 12 ymm accumulators, 2 ymm for the B row, 1 for the broadcast of A.
+__attribute__((target("avx2,fma"))) inline void micro_kernel_avx2_f32_6x16(
+    int64_t kc, const float* Ap, const float* Bp, float* C, int64_t ldc, bool add) {
+  __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
+  __m256 c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
+  __m256 c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps();
+  __m256 c30 = _mm256_setzero_ps(), c31 = _mm256_setzero_ps();
+  __m256 c40 = _mm256_setzero_ps(), c41 = _mm256_setzero_ps();
+  __m256 c50 = _mm256_setzero_ps(), c51 = _mm256_setzero_ps();
+  for (int i = 0; i < 6; ++i) _mm_prefetch(reinterpret_cast<const char*>(C + i * ldc), _MM_HINT_T0);
+  for (int i = 0; i < 6; ++i)
+    _mm_prefetch(reinterpret_cast<const char*>(C + i * ldc + 15), _MM_HINT_T0);
+
+#define NABLAGRAD_GEMM_F32_STEP(a, b)                           \
+  do {                                                          \
+    const __m256 b0 = _mm256_load_ps(b);                        \
+    const __m256 b1 = _mm256_load_ps((b) + 8);                  \
+    __m256 av = _mm256_broadcast_ss(a);                         \
+    c00 = _mm256_fmadd_ps(av, b0, c00);                         \
+    c01 = _mm256_fmadd_ps(av, b1, c01);                         \
+    av = _mm256_broadcast_ss((a) + 1);                          \
+    c10 = _mm256_fmadd_ps(av, b0, c10);                         \
+    c11 = _mm256_fmadd_ps(av, b1, c11);                         \
+    av = _mm256_broadcast_ss((a) + 2);                          \
+    c20 = _mm256_fmadd_ps(av, b0, c20);                         \
+    c21 = _mm256_fmadd_ps(av, b1, c21);                         \
+    av = _mm256_broadcast_ss((a) + 3);                          \
+    c30 = _mm256_fmadd_ps(av, b0, c30);                         \
+    c31 = _mm256_fmadd_ps(av, b1, c31);                         \
+    av = _mm256_broadcast_ss((a) + 4);                          \
+    c40 = _mm256_fmadd_ps(av, b0, c40);                         \
+    c41 = _mm256_fmadd_ps(av, b1, c41);                         \
+    av = _mm256_broadcast_ss((a) + 5);                          \
+    c50 = _mm256_fmadd_ps(av, b0, c50);                         \
+    c51 = _mm256_fmadd_ps(av, b1, c51);                         \
+  } while (0)
+
+  int64_t k = 0;
+  for (; k + 4 <= kc; k += 4) {
+    _mm_prefetch(reinterpret_cast<const char*>(Ap + 96), _MM_HINT_T0);
+    NABLAGRAD_GEMM_F32_STEP(Ap, Bp);
+    NABLAGRAD_GEMM_F32_STEP(Ap + 6, Bp + 16);
+    _mm_prefetch(reinterpret_cast<const char*>(Ap + 112), _MM_HINT_T0);
+    NABLAGRAD_GEMM_F32_STEP(Ap + 12, Bp + 32);
+    NABLAGRAD_GEMM_F32_STEP(Ap + 18, Bp + 48);
+    Ap += 24;
+    Bp += 64;
+  }
+  for (; k < kc; ++k) {
+    NABLAGRAD_GEMM_F32_STEP(Ap, Bp);
+    Ap += 6;
+    Bp += 16;
+  }
+#undef NABLAGRAD_GEMM_F32_STEP
+
+  float* c0 = C;
+  float* c1 = C + ldc;
+  float* c2 = C + 2 * ldc;
+  float* c3 = C + 3 * ldc;
+  float* c4 = C + 4 * ldc;
+  float* c5 = C + 5 * ldc;
+  if (add) {
+    c00 = _mm256_add_ps(_mm256_loadu_ps(c0), c00);
+    c01 = _mm256_add_ps(_mm256_loadu_ps(c0 + 8), c01);
+    c10 = _mm256_add_ps(_mm256_loadu_ps(c1), c10);
+    c11 = _mm256_add_ps(_mm256_loadu_ps(c1 + 8), c11);
+    c20 = _mm256_add_ps(_mm256_loadu_ps(c2), c20);
+    c21 = _mm256_add_ps(_mm256_loadu_ps(c2 + 8), c21);
+    c30 = _mm256_add_ps(_mm256_loadu_ps(c3), c30);
+    c31 = _mm256_add_ps(_mm256_loadu_ps(c3 + 8), c31);
+    c40 = _mm256_add_ps(_mm256_loadu_ps(c4), c40);
+    c41 = _mm256_add_ps(_mm256_loadu_ps(c4 + 8), c41);
+    c50 = _mm256_add_ps(_mm256_loadu_ps(c5), c50);
+    c51 = _mm256_add_ps(_mm256_loadu_ps(c5 + 8), c51);
+  }
+  _mm256_storeu_ps(c0, c00);
+  _mm256_storeu_ps(c0 + 8, c01);
+  _mm256_storeu_ps(c1, c10);
+  _mm256_storeu_ps(c1 + 8, c11);
+  _mm256_storeu_ps(c2, c20);
+  _mm256_storeu_ps(c2 + 8, c21);
+  _mm256_storeu_ps(c3, c30);
+  _mm256_storeu_ps(c3 + 8, c31);
+  _mm256_storeu_ps(c4, c40);
+  _mm256_storeu_ps(c4 + 8, c41);
+  _mm256_storeu_ps(c5, c50);
+  _mm256_storeu_ps(c5 + 8, c51);
+}
+
+// double, 6 x 8: 12 ymm accumulators.
+__attribute__((target("avx2,fma"))) inline void micro_kernel_avx2_f64_6x8(
+    int64_t kc, const double* Ap, const double* Bp, double* C, int64_t ldc, bool add) {
+  __m256d c00 = _mm256_setzero_pd(), c01 = _mm256_setzero_pd();
+  __m256d c10 = _mm256_setzero_pd(), c11 = _mm256_setzero_pd();
+  __m256d c20 = _mm256_setzero_pd(), c21 = _mm256_setzero_pd();
+  __m256d c30 = _mm256_setzero_pd(), c31 = _mm256_setzero_pd();
+  __m256d c40 = _mm256_setzero_pd(), c41 = _mm256_setzero_pd();
+  __m256d c50 = _mm256_setzero_pd(), c51 = _mm256_setzero_pd();
+  for (int i = 0; i < 6; ++i) _mm_prefetch(reinterpret_cast<const char*>(C + i * ldc), _MM_HINT_T0);
+  for (int i = 0; i < 6; ++i)
+    _mm_prefetch(reinterpret_cast<const char*>(C + i * ldc + 7), _MM_HINT_T0);
+
+#define NABLAGRAD_GEMM_F64_STEP(a, b)                           \
+  do {                                                          \
+    const __m256d b0 = _mm256_load_pd(b);                       \
+    const __m256d b1 = _mm256_load_pd((b) + 4);                 \
+    __m256d av = _mm256_broadcast_sd(a);                        \
+    c00 = _mm256_fmadd_pd(av, b0, c00);                         \
+    c01 = _mm256_fmadd_pd(av, b1, c01);                         \
+    av = _mm256_broadcast_sd((a) + 1);                          \
+    c10 = _mm256_fmadd_pd(av, b0, c10);                         \
+    c11 = _mm256_fmadd_pd(av, b1, c11);                         \
+    av = _mm256_broadcast_sd((a) + 2);                          \
+    c20 = _mm256_fmadd_pd(av, b0, c20);                         \
+    c21 = _mm256_fmadd_pd(av, b1, c21);                         \
+    av = _mm256_broadcast_sd((a) + 3);                          \
+    c30 = _mm256_fmadd_pd(av, b0, c30);                         \
+    c31 = _mm256_fmadd_pd(av, b1, c31);                         \
+    av = _mm256_broadcast_sd((a) + 4);                          \
+    c40 = _mm256_fmadd_pd(av, b0, c40);                         \
+    c41 = _mm256_fmadd_pd(av, b1, c41);                         \
+    av = _mm256_broadcast_sd((a) + 5);                          \
+    c50 = _mm256_fmadd_pd(av, b0, c50);                         \
+    c51 = _mm256_fmadd_pd(av, b1, c51);                         \
+  } while (0)
+
+  int64_t k = 0;
+  for (; k + 4 <= kc; k += 4) {
+    _mm_prefetch(reinterpret_cast<const char*>(Ap + 48), _MM_HINT_T0);
+    NABLAGRAD_GEMM_F64_STEP(Ap, Bp);
+    NABLAGRAD_GEMM_F64_STEP(Ap + 6, Bp + 8);
+    _mm_prefetch(reinterpret_cast<const char*>(Ap + 56), _MM_HINT_T0);
+    NABLAGRAD_GEMM_F64_STEP(Ap + 12, Bp + 16);
+    _mm_prefetch(reinterpret_cast<const char*>(Ap + 64), _MM_HINT_T0);
+    NABLAGRAD_GEMM_F64_STEP(Ap + 18, Bp + 24);
+    Ap += 24;
+    Bp += 32;
+  }
+  for (; k < kc; ++k) {
+    NABLAGRAD_GEMM_F64_STEP(Ap, Bp);
+    Ap += 6;
+    Bp += 8;
+  }
+#undef NABLAGRAD_GEMM_F64_STEP
+
+  double* c0 = C;
+  double* c1 = C + ldc;
+  double* c2 = C + 2 * ldc;
+  double* c3 = C + 3 * ldc;
+  double* c4 = C + 4 * ldc;
+  double* c5 = C + 5 * ldc;
+  if (add) {
+    c00 = _mm256_add_pd(_mm256_loadu_pd(c0), c00);
+    c01 = _mm256_add_pd(_mm256_loadu_pd(c0 + 4), c01);
+    c10 = _mm256_add_pd(_mm256_loadu_pd(c1), c10);
+    c11 = _mm256_add_pd(_mm256_loadu_pd(c1 + 4), c11);
+    c20 = _mm256_add_pd(_mm256_loadu_pd(c2), c20);
+    c21 = _mm256_add_pd(_mm256_loadu_pd(c2 + 4), c21);
+    c30 = _mm256_add_pd(_mm256_loadu_pd(c3), c30);
+    c31 = _mm256_add_pd(_mm256_loadu_pd(c3 + 4), c31);
+    c40 = _mm256_add_pd(_mm256_loadu_pd(c4), c40);
+    c41 = _mm256_add_pd(_mm256_loadu_pd(c4 + 4), c41);
+    c50 = _mm256_add_pd(_mm256_loadu_pd(c5), c50);
+    c51 = _mm256_add_pd(_mm256_loadu_pd(c5 + 4), c51);
+  }
+  _mm256_storeu_pd(c0, c00);
+  _mm256_storeu_pd(c0 + 4, c01);
+  _mm256_storeu_pd(c1, c10);
+  _mm256_storeu_pd(c1 + 4, c11);
+  _mm256_storeu_pd(c2, c20);
+  _mm256_storeu_pd(c2 + 4, c21);
+  _mm256_storeu_pd(c3, c30);
+  _mm256_storeu_pd(c3 + 4, c31);
+  _mm256_storeu_pd(c4, c40);
+  _mm256_storeu_pd(c4 + 4, c41);
+  _mm256_storeu_pd(c5, c50);
+  _mm256_storeu_pd(c5 + 4, c51);
+}
+
+#endif  // NABLAGRAD_X86
+
+/// The variant to run for T at the current simd_level(). MC and NC must be multiples of MR
+/// and NR. The AVX2 block sizes are BLIS's Zen ones (L1 32 KiB: a 16 x 256 float panel of B
+/// is 16 KiB; L2 512 KiB: a 144 x 256 block of A is 144 KiB); measured on the 2-core Zen 3
+/// dev machine, KC in 256..512 and MC in 72..240 were all within its run-to-run noise.
+template <typename T>
+inline GemmConfig<T> gemm_config();
+
+template <>
+inline GemmConfig<float> gemm_config<float>() {
+#if NABLAGRAD_X86
+  if (simd_level() == SimdLevel::AVX2) return {6, 16, 144, 256, 4080, &micro_kernel_avx2_f32_6x16};
+#endif
+  return {4, 8, 128, 256, 4080, &micro_kernel_portable<float, 4, 8>};
+}
+
+template <>
+inline GemmConfig<double> gemm_config<double>() {
+#if NABLAGRAD_X86
+  if (simd_level() == SimdLevel::AVX2) return {6, 8, 72, 256, 4080, &micro_kernel_avx2_f64_6x8};
+#endif
+  return {4, 4, 96, 256, 4080, &micro_kernel_portable<double, 4, 4>};
+}
+
+// ---------------------------------------------------------------------------------------
+// Packing. Both write whole panels, zero-padding the rows/columns past the matrix edge, so
+// the micro-kernel always runs on full MR x NR tiles.
+// ---------------------------------------------------------------------------------------
+
+/// Packs the mc x kc block A(i,k) = A[i*rs + k*cs] into ceil(mc/MR) panels; panel p holds
+/// rows p*MR.. as Ap[p*MR*kc + k*MR + i].
+template <typename T>
+inline void pack_a(int64_t mc, int64_t kc, const T* A, int64_t rs, int64_t cs, int64_t MR,
+                   T* out) {
+  for (int64_t ir = 0; ir < mc; ir += MR) {
+    const int64_t mr = std::min(MR, mc - ir);
+    const T* a = A + ir * rs;
+    if (rs == 1) {  // column-major block (A transposed): each k is a contiguous run of rows
+      for (int64_t k = 0; k < kc; ++k) {
+        const T* src = a + k * cs;
+        T* dst = out + k * MR;
+        for (int64_t i = 0; i < mr; ++i) dst[i] = src[i];
+        for (int64_t i = mr; i < MR; ++i) dst[i] = T(0);
+      }
+    } else if (mr == MR && MR == 6) {
+      const T* r0 = a;
+      const T* r1 = a + rs;
+      const T* r2 = a + 2 * rs;
+      const T* r3 = a + 3 * rs;
+      const T* r4 = a + 4 * rs;
+      const T* r5 = a + 5 * rs;
+      T* dst = out;
+      for (int64_t k = 0; k < kc; ++k) {
+        const int64_t o = k * cs;
+        dst[0] = r0[o];
+        dst[1] = r1[o];
+        dst[2] = r2[o];
+        dst[3] = r3[o];
+        dst[4] = r4[o];
+        dst[5] = r5[o];
+        dst += 6;
+      }
+    } else {
+      for (int64_t i = 0; i < mr; ++i) {
+        const T* src = a + i * rs;
+        for (int64_t k = 0; k < kc; ++k) out[k * MR + i] = src[k * cs];
+      }
+      for (int64_t k = 0; k < kc; ++k)
+        for (int64_t i = mr; i < MR; ++i) out[k * MR + i] = T(0);
+    }
+    out += MR * kc;
+  }
+}
+
+/// Packs the kc x nc block B(k,j) = B[k*rs + j*cs] into ceil(nc/NR) panels; panel p holds
+/// columns p*NR.. as Bp[p*NR*kc + k*NR + j].
+template <typename T>
+inline void pack_b(int64_t kc, int64_t nc, const T* B, int64_t rs, int64_t cs, int64_t NR,
+                   T* out) {
+  for (int64_t jr = 0; jr < nc; jr += NR) {
+    const int64_t nr = std::min(NR, nc - jr);
+    const T* b = B + jr * cs;
+    if (cs == 1) {  // row-major block: each k is a contiguous run of columns
+      if (nr == NR) {
+        for (int64_t k = 0; k < kc; ++k) std::memcpy(out + k * NR, b + k * rs, sizeof(T) * NR);
+      } else {
+        for (int64_t k = 0; k < kc; ++k) {
+          const T* src = b + k * rs;
+          T* dst = out + k * NR;
+          for (int64_t j = 0; j < nr; ++j) dst[j] = src[j];
+          for (int64_t j = nr; j < NR; ++j) dst[j] = T(0);
+        }
+      }
+    } else {  // read each column along k (contiguous when B is transposed, rs == 1)
+      for (int64_t j = 0; j < nr; ++j) {
+        const T* src = b + j * cs;
+        for (int64_t k = 0; k < kc; ++k) out[k * NR + j] = src[k * rs];
+      }
+      for (int64_t k = 0; k < kc; ++k)
+        for (int64_t j = nr; j < NR; ++j) out[k * NR + j] = T(0);
+    }
+    out += NR * kc;
+  }
+}
+
+/// Runs the micro-kernel over a packed mc x nc block: C[0:mc, 0:nc] (+)= Ap * Bp.
+template <typename T>
+inline void macro_kernel(const GemmConfig<T>& cfg, int64_t mc, int64_t nc, int64_t kc,
+                         const T* Ap, const T* Bp, T* C, int64_t ldc, bool add) {
+  const int64_t MR = cfg.MR, NR = cfg.NR;
+  alignas(64) T edge[16 * 16];  // MR x NR scratch for partial tiles (MR, NR <= 16)
+  for (int64_t jr = 0; jr < nc; jr += NR) {
+    const int64_t nr = std::min(NR, nc - jr);
+    const T* b = Bp + jr * kc;
+    for (int64_t ir = 0; ir < mc; ir += MR) {
+      const int64_t mr = std::min(MR, mc - ir);
+      const T* a = Ap + ir * kc;
+      T* c = C + ir * ldc + jr;
+      if (mr == MR && nr == NR) {
+        cfg.kernel(kc, a, b, c, ldc, add);
+      } else {
+        // Same kernel (same per-element arithmetic) into scratch, then C = C + acc.
+        cfg.kernel(kc, a, b, edge, NR, false);
+        for (int64_t i = 0; i < mr; ++i) {
+          T* ci = c + i * ldc;
+          const T* ei = edge + i * NR;
+          if (add) {
+            for (int64_t j = 0; j < nr; ++j) ci[j] = ci[j] + ei[j];
+          } else {
+            for (int64_t j = 0; j < nr; ++j) ci[j] = ei[j];
+          }
+        }
+      }
+    }
+  }
+}
+
+/// Number and size of the K slices: depends on K only (never on the thread count), and
+/// balanced so that no slice is much thinner than the others.
+inline int64_t k_slice_depth(int64_t K, int64_t KC) {
+  const int64_t slices = (K + KC - 1) / KC;
+  return (K + slices - 1) / slices;
+}
+
+/// Computes the block C[m0:m1, n0:n1] on the calling thread.
+template <typename T>
+inline void gemm_block(const GemmConfig<T>& cfg, int64_t m0, int64_t m1, int64_t n0, int64_t n1,
+                       int64_t K, const T* A, int64_t a_rs, int64_t a_cs, const T* B,
+                       int64_t b_rs, int64_t b_cs, T* C, int64_t ldc, bool accumulate) {
+  const int64_t MR = cfg.MR, NR = cfg.NR;
+  const int64_t kc_max = k_slice_depth(K, cfg.KC);
+  const int64_t m_len = m1 - m0, n_len = n1 - n0;
+  const int64_t mc_max = std::min(cfg.MC, (m_len + MR - 1) / MR * MR);
+  const int64_t nc_max = std::min(cfg.NC, (n_len + NR - 1) / NR * NR);
+  T* Ap = static_cast<T*>(packed_a_buffer().get(sizeof(T) * mc_max * kc_max));
+  T* Bp = static_cast<T*>(packed_b_buffer().get(sizeof(T) * nc_max * kc_max));
+
+  for (int64_t jc = n0; jc < n1; jc += cfg.NC) {
+    const int64_t nc = std::min(cfg.NC, n1 - jc);
+    for (int64_t pc = 0; pc < K; pc += kc_max) {
+      const int64_t kc = std::min(kc_max, K - pc);
+      const bool add = accumulate || pc > 0;
+      pack_b(kc, nc, B + pc * b_rs + jc * b_cs, b_rs, b_cs, NR, Bp);
+      for (int64_t ic = m0; ic < m1; ic += cfg.MC) {
+        const int64_t mc = std::min(cfg.MC, m1 - ic);
+        pack_a(mc, kc, A + ic * a_rs + pc * a_cs, a_rs, a_cs, MR, Ap);
+        macro_kernel(cfg, mc, nc, kc, Ap, Bp, C + ic * ldc + jc, ldc, add);
+      }
+    }
+  }
+}
+
+}  // namespace gemm_detail
+
+/// C[M,N] (row-major with leading dimension ldc) = (accumulate ? C : 0) + A[M,K] * B[K,N].
+/// A(i,k) = A[i*a_rs + k*a_cs], B(k,j) = B[k*b_rs + j*b_cs]: arbitrary strides, so transposed
+/// operands need no copy (the packing step absorbs them).
+///   M, N, K      : sizes (>= 0). M or N == 0 is a no-op; K == 0 zeroes C (or leaves it
+///                  unchanged when accumulate).
+///   A, a_rs, a_cs: left operand and its row / column strides (in elements)
+///   B, b_rs, b_cs: right operand and its row / column strides (in elements)
+///   C, ldc       : output, C(i,j) = C[i*ldc + j]; must not overlap A or B
+///   accumulate   : C += A*B instead of C = A*B
+/// Results are bitwise identical for any thread count (see the header comment).
+template <typename T>  // T = float or double
+void gemm(int64_t M, int64_t N, int64_t K,
+          const T* A, int64_t a_rs, int64_t a_cs,
+          const T* B, int64_t b_rs, int64_t b_cs,
+          T* C, int64_t ldc, bool accumulate) {
+  static_assert(std::is_same<T, float>::value || std::is_same<T, double>::value,
+                "gemm: T must be float or double");
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0) {
+    if (!accumulate)
+      for (int64_t i = 0; i < M; ++i) std::fill(C + i * ldc, C + i * ldc + N, T(0));
+    return;
+  }
+  const int64_t work = M * N * K;
+  if (work <= kGemmDirectThreshold) {
+    gemm_reference(M, N, K, A, a_rs, a_cs, B, b_rs, b_cs, C, ldc, accumulate);
+    return;
+  }
+  const gemm_detail::GemmConfig<T> cfg = gemm_detail::gemm_config<T>();
+  const int64_t threshold = gemm_parallel_threshold().load(std::memory_order_relaxed);
+  int64_t threads = get_num_threads();
+  if (work < threshold || threads <= 1) {
+    gemm_detail::gemm_block(cfg, 0, M, 0, N, K, A, a_rs, a_cs, B, b_rs, b_cs, C, ldc, accumulate);
+    return;
+  }
+  // Give every thread at least ~threshold/2 of work.
+  if (threshold > 0) threads = std::min<int64_t>(threads, std::max<int64_t>(1, 2 * work / threshold));
+
+  // Split M x N into a tm x tn grid of blocks whose edges fall on tile boundaries. Pick the
+  // grid that minimises the largest block (in tiles), then the packing traffic per thread.
+  const int64_t m_tiles = (M + cfg.MR - 1) / cfg.MR;
+  const int64_t n_tiles = (N + cfg.NR - 1) / cfg.NR;
+  int64_t best_tm = 1, best_tn = 1, best_tiles = -1, best_edge = 0;
+  for (int64_t tm = 1; tm <= threads; ++tm) {
+    const int64_t tn = threads / tm;
+    if (tm * tn != threads || tm > m_tiles || tn > n_tiles) continue;
+    const int64_t bm = (m_tiles + tm - 1) / tm, bn = (n_tiles + tn - 1) / tn;
+    const int64_t tiles = bm * bn;
+    const int64_t edge = bm * cfg.MR + bn * cfg.NR;
+    if (best_tiles < 0 || tiles < best_tiles || (tiles == best_tiles && edge < best_edge)) {
+      best_tm = tm, best_tn = tn, best_tiles = tiles, best_edge = edge;
+    }
+  }
+  if (best_tiles < 0) {  // e.g. a prime thread count larger than both tile counts
+    best_tm = std::min(threads, m_tiles);
+    best_tn = 1;
+  }
+  const int64_t tm = best_tm, tn = best_tn;
+  const int64_t bm = (m_tiles + tm - 1) / tm, bn = (n_tiles + tn - 1) / tn;
+  parallel_for(0, tm * tn, 1, [&](int64_t lo, int64_t hi) {
+    for (int64_t t = lo; t < hi; ++t) {
+      const int64_t m0 = std::min(M, (t / tn) * bm * cfg.MR);
+      const int64_t m1 = std::min(M, m0 + bm * cfg.MR);
+      const int64_t n0 = std::min(N, (t % tn) * bn * cfg.NR);
+      const int64_t n1 = std::min(N, n0 + bn * cfg.NR);
+      if (m0 < m1 && n0 < n1)
+        gemm_detail::gemm_block(cfg, m0, m1, n0, n1, K, A, a_rs, a_cs, B, b_rs, b_cs, C, ldc,
+                                accumulate);
+    }
+  });
+}
+
+}  // namespace kernels
+}  // namespace nablagrad
+
+#endif  // NABLAGRAD_KERNELS_GEMM_H

@@ -1,0 +1,201 @@
+// nablagrad/kernels/pool2d.h - 2-D max and average pooling on contiguous NHWC buffers.
+//
+// Layouts: input x (N, H, W, C), output y (N, Ho, Wo, C) with (PyTorch, ceil_mode=False)
+//   Ho = (H + 2*pad_h - KH) / stride_h + 1,   Wo = (W + 2*pad_w - KW) / stride_w + 1.
+// Semantics follow PyTorch:
+//   * max pooling: padding acts as -inf; ties keep the first maximum in window scan order
+//     (rows, then columns); a NaN in the window wins (the last NaN, as in PyTorch). argmax holds, per output element, the
+//     flat index ih*W + iw of the chosen input in its (n, c) plane (as PyTorch's indices).
+//   * average pooling: count_include_pad=true divides by the window clipped to the padded
+//     extent, (min(hs+KH, H+pad_h) - hs) * (min(ws+KW, W+pad_w) - ws) with hs = ho*S_h - pad_h;
+//     count_include_pad=false divides by the number of real input elements in the window.
+//
+//     auto g = make_pool2d_geometry(N, H, W, C, 2, 2, 0, 0, 0, 0);  // stride 0 = kernel size
+//     max_pool2d_forward(g, x, y, argmax);  max_pool2d_backward(g, dy, argmax, dx);
+//
+// Backward passes overwrite dx (every element of every n and c). Work is split over
+// (n, output row) for the forward passes and over n for the backward passes; each output
+// element is written by one thread in a fixed order, so results do not depend on the thread
+// count.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "../threading.h"
+
+namespace nablagrad {
+namespace kernels {
+
+struct Pool2dGeometry {
+  int64_t N, H, W, C;
+  int64_t KH, KW;              // window
+  int64_t stride_h, stride_w;
+  int64_t pad_h, pad_w;        // symmetric padding
+  int64_t Ho, Wo;
+};
+
+/// Validates a pooling and computes its output size. A stride of 0 means "the kernel size"
+/// (PyTorch's stride=None). Throws std::invalid_argument naming the shapes when a size is not
+/// positive (N may be 0), a stride is negative, a padding is negative or larger than half the
+/// window (PyTorch's rule: pad <= kernel/2), or the window does not fit the padded input.
+inline Pool2dGeometry make_pool2d_geometry(int64_t N, int64_t H, int64_t W, int64_t C,
+                                           int64_t KH, int64_t KW, int64_t stride_h,
+                                           int64_t stride_w, int64_t pad_h, int64_t pad_w) {
+  std::ostringstream desc;
+  desc << "(input (" << N << "," << H << "," << W << "," << C << "), kernel_size (" << KH << ","
+       << KW << "), stride (" << stride_h << "," << stride_w << "), padding (" << pad_h << ","
+       << pad_w << "))";
+  auto fail = [&](const std::string& what) {
+    throw std::invalid_argument("pool2d: " + what + " " + desc.str());
+  };
+  if (N < 0 || H < 1 || W < 1 || C < 1) fail("input sizes must be positive (N >= 0)");
+  if (KH < 1 || KW < 1) fail("kernel_size must be >= 1");
+  if (stride_h < 0 || stride_w < 0) fail("stride must be >= 1 (or 0 for kernel_size)");
+  if (stride_h == 0) stride_h = KH;
+  if (stride_w == 0) stride_w = KW;
+  if (pad_h < 0 || pad_w < 0) fail("padding must be >= 0");
+  if (2 * pad_h > KH || 2 * pad_w > KW) fail("padding must be at most half the kernel size");
+  if (KH > H + 2 * pad_h || KW > W + 2 * pad_w) fail("kernel is larger than the padded input");
+  return Pool2dGeometry{N,        H,        W,     C,     KH,
+                        KW,       stride_h, stride_w, pad_h, pad_w,
+                        (H + 2 * pad_h - KH) / stride_h + 1, (W + 2 * pad_w - KW) / stride_w + 1};
+}
+
+/// y[n,ho,wo,c] = max over the window; argmax[n,ho,wo,c] = ih*W + iw of the first maximum.
+/// argmax may be nullptr (inference).
+template <typename T>
+void max_pool2d_forward(const Pool2dGeometry& g, const T* x, T* y, int64_t* argmax) {
+  const int64_t C = g.C;
+  parallel_for(0, g.N * g.Ho, 4, [&](int64_t lo, int64_t hi) {
+    std::vector<T> best(static_cast<size_t>(C));
+    std::vector<int64_t> where(static_cast<size_t>(C));
+    for (int64_t nh = lo; nh < hi; ++nh) {
+      const int64_t n = nh / g.Ho, ho = nh % g.Ho;
+      const int64_t h0 = std::max<int64_t>(ho * g.stride_h - g.pad_h, 0);
+      const int64_t h1 = std::min<int64_t>(ho * g.stride_h - g.pad_h + g.KH, g.H);
+      for (int64_t wo = 0; wo < g.Wo; ++wo) {
+        const int64_t w0 = std::max<int64_t>(wo * g.stride_w - g.pad_w, 0);
+        const int64_t w1 = std::min<int64_t>(wo * g.stride_w - g.pad_w + g.KW, g.W);
+        std::fill(best.begin(), best.end(), -std::numeric_limits<T>::infinity());
+        std::fill(where.begin(), where.end(), h0 * g.W + w0);  // as PyTorch
+        for (int64_t ih = h0; ih < h1; ++ih)
+          for (int64_t iw = w0; iw < w1; ++iw) {
+            const T* src = x + ((n * g.H + ih) * g.W + iw) * C;
+            const int64_t idx = ih * g.W + iw;
+            for (int64_t c = 0; c < C; ++c) {
+              const T v = src[c];
+              if (v > best[c] || std::isnan(v)) {  // PyTorch's rule, strict: first max wins
+                best[c] = v;
+                where[c] = idx;
+              }
+            }
+          }
+        T* dst = y + ((n * g.Ho + ho) * g.Wo + wo) * C;
+        std::memcpy(dst, best.data(), sizeof(T) * C);
+        if (argmax) std::memcpy(argmax + ((n * g.Ho + ho) * g.Wo + wo) * C, where.data(),
+                                sizeof(int64_t) * C);
+      }
+    }
+  });
+}
+
+/// dx = 0, then dx[n, argmax, c] += dy[n, ho, wo, c] for every output element (overlapping
+/// windows accumulate, in output order).
+template <typename T>
+void max_pool2d_backward(const Pool2dGeometry& g, const T* dy, const int64_t* argmax, T* dx) {
+  const int64_t C = g.C, plane = g.H * g.W;
+  parallel_for(0, g.N, 1, [&](int64_t lo, int64_t hi) {
+    for (int64_t n = lo; n < hi; ++n) {
+      T* dxn = dx + n * plane * C;
+      std::fill(dxn, dxn + plane * C, T(0));
+      const int64_t base = n * g.Ho * g.Wo * C;
+      for (int64_t o = 0; o < g.Ho * g.Wo; ++o)
+        for (int64_t c = 0; c < C; ++c) {
+          const int64_t idx = argmax[base + o * C + c];
+          dxn[idx * C + c] += dy[base + o * C + c];
+        }
+    }
+  });
+}
+
+namespace pool_detail {
+// PyTorch's divisor for one window (ceil_mode=False).
+inline int64_t avg_divisor(const Pool2dGeometry& g, int64_t ho, int64_t wo,
+                           bool count_include_pad) {
+  int64_t hs = ho * g.stride_h - g.pad_h, ws = wo * g.stride_w - g.pad_w;
+  int64_t he = std::min(hs + g.KH, g.H + g.pad_h), we = std::min(ws + g.KW, g.W + g.pad_w);
+  if (count_include_pad) return (he - hs) * (we - ws);
+  hs = std::max<int64_t>(hs, 0);
+  ws = std::max<int64_t>(ws, 0);
+  he = std::min(he, g.H);
+  we = std::min(we, g.W);
+  return (he - hs) * (we - ws);
+}
+}  // namespace pool_detail
+
+/// y = mean over the window (see the divisor rule at the top of the file).
+template <typename T>
+void avg_pool2d_forward(const Pool2dGeometry& g, const T* x, T* y, bool count_include_pad = true) {
+  const int64_t C = g.C;
+  parallel_for(0, g.N * g.Ho, 4, [&](int64_t lo, int64_t hi) {
+    std::vector<T> sum(static_cast<size_t>(C));
+    for (int64_t nh = lo; nh < hi; ++nh) {
+      const int64_t n = nh / g.Ho, ho = nh % g.Ho;
+      const int64_t h0 = std::max<int64_t>(ho * g.stride_h - g.pad_h, 0);
+      const int64_t h1 = std::min<int64_t>(ho * g.stride_h - g.pad_h + g.KH, g.H);
+      for (int64_t wo = 0; wo < g.Wo; ++wo) {
+        const int64_t w0 = std::max<int64_t>(wo * g.stride_w - g.pad_w, 0);
+        const int64_t w1 = std::min<int64_t>(wo * g.stride_w - g.pad_w + g.KW, g.W);
+        std::fill(sum.begin(), sum.end(), T(0));
+        for (int64_t ih = h0; ih < h1; ++ih)
+          for (int64_t iw = w0; iw < w1; ++iw) {
+            const T* src = x + ((n * g.H + ih) * g.W + iw) * C;
+            for (int64_t c = 0; c < C; ++c) sum[c] += src[c];
+          }
+        const T div = static_cast<T>(pool_detail::avg_divisor(g, ho, wo, count_include_pad));
+        T* dst = y + ((n * g.Ho + ho) * g.Wo + wo) * C;
+        for (int64_t c = 0; c < C; ++c) dst[c] = sum[c] / div;
+      }
+    }
+  });
+}
+
+/// dx = 0, then every input element of a window gets dy / divisor (overlaps accumulate in
+/// output order).
+template <typename T>
+void avg_pool2d_backward(const Pool2dGeometry& g, const T* dy, T* dx,
+                         bool count_include_pad = true) {
+  const int64_t C = g.C, plane = g.H * g.W;
+  parallel_for(0, g.N, 1, [&](int64_t lo, int64_t hi) {
+    for (int64_t n = lo; n < hi; ++n) {
+      T* dxn = dx + n * plane * C;
+      std::fill(dxn, dxn + plane * C, T(0));
+      for (int64_t ho = 0; ho < g.Ho; ++ho) {
+        const int64_t h0 = std::max<int64_t>(ho * g.stride_h - g.pad_h, 0);
+        const int64_t h1 = std::min<int64_t>(ho * g.stride_h - g.pad_h + g.KH, g.H);
+        for (int64_t wo = 0; wo < g.Wo; ++wo) {
+          const int64_t w0 = std::max<int64_t>(wo * g.stride_w - g.pad_w, 0);
+          const int64_t w1 = std::min<int64_t>(wo * g.stride_w - g.pad_w + g.KW, g.W);
+          const T div = static_cast<T>(pool_detail::avg_divisor(g, ho, wo, count_include_pad));
+          const T* src = dy + ((n * g.Ho + ho) * g.Wo + wo) * C;
+          for (int64_t ih = h0; ih < h1; ++ih)
+            for (int64_t iw = w0; iw < w1; ++iw) {
+              T* dst = dxn + (ih * g.W + iw) * C;
+              for (int64_t c = 0; c < C; ++c) dst[c] += src[c] / div;
+            }
+        }
+      }
+    }
+  });
+}
+
+}  // namespace kernels
+}  // namespace nablagrad

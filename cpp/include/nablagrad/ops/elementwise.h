@@ -1,0 +1,434 @@
+// nablagrad/ops/elementwise.h - broadcasting elementwise ops (forward + backward together).
+// Included by tensor_operations.h; see that header for the conventions.
+#pragma once
+
+#include <cmath>
+
+#include "../autograd.h"
+#include "../threading.h"
+#include "reduction.h"
+
+namespace nablagrad {
+
+/// Copy converted to another dtype (raw: no graph). Returns `t` itself if the dtype matches.
+inline Tensor cast_raw(const Tensor& t, DType dtype) {
+  if (t.dtype() == dtype) return t;
+  Tensor out = Tensor::empty(t.shape(), dtype);
+  Tensor::copy_into(out, t);
+  return out;
+}
+
+/// Gradient `g` (of a broadcast result) reduced to the shape and dtype of `input`.
+inline Tensor grad_for(const Tensor& g, const Tensor& input) {
+  return cast_raw(sum_to(g, input.shape()), input.dtype());
+}
+
+namespace detail {
+
+constexpr int64_t kElementwiseGrain = 1 << 15;
+
+/// Strides of `t` broadcast to `out_shape` (0 along broadcast dimensions).
+inline Shape broadcast_strides(const Tensor& t, const Shape& out_shape) {
+  const std::size_t n = out_shape.size(), k = t.shape().size();
+  Shape st(n, 0);
+  for (std::size_t i = 0; i < k; ++i)
+    if (t.shape()[i] != 1) st[n - k + i] = t.strides()[i];
+  return st;
+}
+
+/// out = f(a, b) with broadcasting. a and b are of type A, B; out is a fresh contiguous R tensor.
+template <typename A, typename B, typename R, typename F>
+inline Tensor binary_map(const Tensor& a, const Tensor& b, const Shape& out_shape, DType out_dtype, F f) {
+  Tensor out = Tensor::empty(out_shape, out_dtype);
+  const int64_t n = out.numel();
+  if (n == 0) return out;
+  R* o = static_cast<R*>(out.raw_data());
+  const A* pa = static_cast<const A*>(a.raw_data());
+  const B* pb = static_cast<const B*>(b.raw_data());
+  const bool a_full = a.shape() == out_shape && a.is_contiguous();
+  const bool b_full = b.shape() == out_shape && b.is_contiguous();
+  if (a_full && b_full) {
+    parallel_for(0, n, kElementwiseGrain, [&](int64_t lo, int64_t hi) {
+      for (int64_t i = lo; i < hi; ++i) o[i] = f(pa[i], pb[i]);
+    });
+  } else if (a_full && b.numel() == 1) {
+    const B s = pb[0];
+    parallel_for(0, n, kElementwiseGrain, [&](int64_t lo, int64_t hi) {
+      for (int64_t i = lo; i < hi; ++i) o[i] = f(pa[i], s);
+    });
+  } else if (b_full && a.numel() == 1) {
+    const A s = pa[0];
+    parallel_for(0, n, kElementwiseGrain, [&](int64_t lo, int64_t hi) {
+      for (int64_t i = lo; i < hi; ++i) o[i] = f(s, pb[i]);
+    });
+  } else {
+    const Shape sa = broadcast_strides(a, out_shape), sb = broadcast_strides(b, out_shape);
+    int64_t i = 0;
+    Tensor::for_each_offset2(out_shape, sa, sb, [&](int64_t oa, int64_t ob) { o[i++] = f(pa[oa], pb[ob]); });
+  }
+  return out;
+}
+
+/// out = f(x) elementwise, same shape, output dtype R.
+template <typename T, typename R, typename F>
+inline Tensor unary_map(const Tensor& x, DType out_dtype, F f) {
+  Tensor out = Tensor::empty(x.shape(), out_dtype);
+  const int64_t n = out.numel();
+  R* o = static_cast<R*>(out.raw_data());
+  const T* px = static_cast<const T*>(x.raw_data());
+  if (x.is_contiguous()) {
+    parallel_for(0, n, kElementwiseGrain, [&](int64_t lo, int64_t hi) {
+      for (int64_t i = lo; i < hi; ++i) o[i] = f(px[i]);
+    });
+  } else {
+    int64_t i = 0;
+    Tensor::for_each_offset(x.shape(), x.strides(), [&](int64_t off) { o[i++] = f(px[off]); });
+  }
+  return out;
+}
+
+/// Elementwise combination of three same-shape contiguous tensors (backward helpers).
+template <typename T, typename F>
+inline Tensor ternary_map_same(const Tensor& a, const Tensor& b, const Tensor& c, F f) {
+  Tensor ac = a.contiguous_data(), bc = b.contiguous_data(), cc = c.contiguous_data();
+  Tensor out = Tensor::empty(a.shape(), a.dtype());
+  const T* pa = ac.data<T>();
+  const T* pb = bc.data<T>();
+  const T* pc = cc.data<T>();
+  T* o = out.data<T>();
+  parallel_for(0, out.numel(), kElementwiseGrain, [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; ++i) o[i] = f(pa[i], pb[i], pc[i]);
+  });
+  return out;
+}
+
+template <typename T, typename F>
+inline Tensor binary_map_same(const Tensor& a, const Tensor& b, F f) {
+  return binary_map<T, T, T>(a, b, a.shape(), a.dtype(), f);
+}
+
+enum class BinaryOp { Add, Sub, Mul, Div, Pow };
+
+inline const char* binary_op_name(BinaryOp op) {
+  switch (op) {
+    case BinaryOp::Add: return "add";
+    case BinaryOp::Sub: return "sub";
+    case BinaryOp::Mul: return "mul";
+    case BinaryOp::Div: return "div";
+    case BinaryOp::Pow: return "pow";
+  }
+  return "?";
+}
+
+template <typename T>
+inline Tensor arith_forward(BinaryOp op, const Tensor& a, const Tensor& b, const Shape& shape, DType dt) {
+  switch (op) {
+    case BinaryOp::Add: return binary_map<T, T, T>(a, b, shape, dt, [](T x, T y) { return static_cast<T>(x + y); });
+    case BinaryOp::Sub: return binary_map<T, T, T>(a, b, shape, dt, [](T x, T y) { return static_cast<T>(x - y); });
+    case BinaryOp::Mul: return binary_map<T, T, T>(a, b, shape, dt, [](T x, T y) { return static_cast<T>(x * y); });
+    case BinaryOp::Div: return binary_map<T, T, T>(a, b, shape, dt, [](T x, T y) { return static_cast<T>(x / y); });
+    case BinaryOp::Pow:
+      return binary_map<T, T, T>(a, b, shape, dt, [](T x, T y) {
+        if constexpr (std::is_floating_point<T>::value) {
+          return static_cast<T>(std::pow(x, y));
+        } else {
+          // integer power by squaring; negative exponents give 0 (PyTorch errors on those)
+          if (y < 0) return static_cast<T>(x == 1 ? 1 : 0);
+          T r = 1, base = x;
+          for (T e = y; e > 0; e >>= 1) {
+            if (e & 1) r = static_cast<T>(r * base);
+            base = static_cast<T>(base * base);
+          }
+          return r;
+        }
+      });
+  }
+  return Tensor();
+}
+
+}  // namespace detail
+
+/// a OP b with NumPy broadcasting and PyTorch type promotion. Int64/bool division gives float32.
+inline Tensor arith(detail::BinaryOp op, const Tensor& a_in, const Tensor& b_in) {
+  using detail::BinaryOp;
+  const char* name = detail::binary_op_name(op);
+  const Shape shape = broadcast_shapes(a_in.shape(), b_in.shape(), name);
+  DType dt = promote_types(a_in.dtype(), b_in.dtype());
+  if (dt == DType::Bool && (op == BinaryOp::Add || op == BinaryOp::Sub || op == BinaryOp::Pow || op == BinaryOp::Mul))
+    dt = DType::Int64;  // bool arithmetic computes in int64 (PyTorch: add/mul give bool; keep it simple and exact)
+  if (op == BinaryOp::Div && !is_floating(dt)) dt = DType::Float32;
+  const Tensor a = cast_raw(a_in, dt), b = cast_raw(b_in, dt);
+  Tensor out = dispatch_all(dt, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    if constexpr (std::is_same<T, bool>::value) {
+      return Tensor();
+    } else {
+      return detail::arith_forward<T>(op, a, b, shape, dt);
+    }
+  });
+  if (!any_requires_grad({&a_in, &b_in})) return out;
+  const Tensor sa = a.alias(), sb = b.alias(), so = out.alias();
+  const Tensor ra = a_in.alias(), rb = b_in.alias();  // shapes/dtypes of the original inputs
+  record(out, name, {a_in, b_in}, [op, sa, sb, so, ra, rb](const Tensor& g, std::vector<Tensor>& gi) {
+    dispatch_float(g.dtype(), "backward", [&](auto tag) {
+      using T = typename decltype(tag)::type;
+      using detail::binary_map;
+      const Shape& s = g.shape();
+      switch (op) {
+        case BinaryOp::Add:
+          gi[0] = grad_for(g, ra);
+          gi[1] = grad_for(g, rb);
+          break;
+        case BinaryOp::Sub:
+          gi[0] = grad_for(g, ra);
+          gi[1] = grad_for(binary_map<T, T, T>(g, g, s, g.dtype(), [](T x, T) { return -x; }), rb);
+          break;
+        case BinaryOp::Mul:
+          gi[0] = grad_for(binary_map<T, T, T>(g, sb, s, g.dtype(), [](T x, T y) { return x * y; }), ra);
+          gi[1] = grad_for(binary_map<T, T, T>(g, sa, s, g.dtype(), [](T x, T y) { return x * y; }), rb);
+          break;
+        case BinaryOp::Div: {
+          Tensor ga = binary_map<T, T, T>(g, sb, s, g.dtype(), [](T x, T y) { return x / y; });
+          gi[0] = grad_for(ga, ra);
+          // d(a/b)/db = -out / b
+          Tensor gb = binary_map<T, T, T>(ga, so, s, g.dtype(), [](T x, T y) { return -x * y; });
+          gi[1] = grad_for(binary_map<T, T, T>(gb, sb, s, g.dtype(), [](T x, T y) { return x / y; }), rb);
+          break;
+        }
+        case BinaryOp::Pow: {
+          // d(a^b)/da = b * a^(b-1); d(a^b)/db = out * log(a)
+          Tensor ab = binary_map<T, T, T>(sa, sb, s, g.dtype(), [](T x, T y) {
+            return y == T(0) ? T(0) : y * std::pow(x, y - T(1));
+          });
+          gi[0] = grad_for(binary_map<T, T, T>(g, ab, s, g.dtype(), [](T x, T y) { return x * y; }), ra);
+          if (rb.defined() && gi.size() > 1) {
+            Tensor la = binary_map<T, T, T>(so, sa, s, g.dtype(), [](T o, T x) {
+              return o == T(0) ? T(0) : o * std::log(x);
+            });
+            gi[1] = grad_for(binary_map<T, T, T>(g, la, s, g.dtype(), [](T x, T y) { return x * y; }), rb);
+          }
+          break;
+        }
+      }
+    });
+  });
+  return out;
+}
+
+inline Tensor add(const Tensor& a, const Tensor& b) { return arith(detail::BinaryOp::Add, a, b); }
+inline Tensor sub(const Tensor& a, const Tensor& b) { return arith(detail::BinaryOp::Sub, a, b); }
+inline Tensor mul(const Tensor& a, const Tensor& b) { return arith(detail::BinaryOp::Mul, a, b); }
+inline Tensor div(const Tensor& a, const Tensor& b) { return arith(detail::BinaryOp::Div, a, b); }
+inline Tensor pow(const Tensor& a, const Tensor& b) { return arith(detail::BinaryOp::Pow, a, b); }
+
+/// x ** p for a constant exponent (no gradient for p).
+inline Tensor pow_scalar(const Tensor& x, double p) {
+  return dispatch_float(x.dtype(), "pow", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    const T e = static_cast<T>(p);
+    Tensor out;
+    if (p == 2.0)
+      out = detail::unary_map<T, T>(x, x.dtype(), [](T v) { return v * v; });
+    else
+      out = detail::unary_map<T, T>(x, x.dtype(), [e](T v) { return static_cast<T>(std::pow(v, e)); });
+    if (any_requires_grad({&x})) {
+      const Tensor sx = x.alias();
+      record(out, "pow", {x}, [sx, e](const Tensor& g, std::vector<Tensor>& gi) {
+        gi[0] = detail::binary_map_same<T>(g, sx, [e](T gv, T v) {
+          return e == T(0) ? T(0) : gv * e * static_cast<T>(std::pow(v, e - T(1)));
+        });
+      });
+    }
+    return out;
+  });
+}
+
+// ---------------------------------------------------------------------------------------
+// Unary float ops. Each: forward map, and the derivative expressed from (x, y=f(x)).
+// ---------------------------------------------------------------------------------------
+namespace detail {
+/// Records y = f(x) with dy/dx = df(x, y); both lambdas are templated over T by the caller.
+template <typename T, typename Fwd, typename Der>
+inline Tensor unary_float_op(const Tensor& x, const char* name, Fwd fwd, Der der) {
+  Tensor y = unary_map<T, T>(x, x.dtype(), fwd);
+  if (any_requires_grad({&x})) {
+    const Tensor sx = x.alias(), sy = y.alias();
+    record(y, name, {x}, [sx, sy, der](const Tensor& g, std::vector<Tensor>& gi) {
+      gi[0] = ternary_map_same<T>(g, sx, sy, [der](T gv, T xv, T yv) { return gv * der(xv, yv); });
+    });
+  }
+  return y;
+}
+}  // namespace detail
+
+#define NABLAGRAD_UNARY_FLOAT_OP(NAME, FWD, DER)                                               \
+  inline Tensor NAME(const Tensor& x) {                                                         \
+    return dispatch_float(x.dtype(), #NAME, [&](auto tag) {                                     \
+      using T = typename decltype(tag)::type;                                                   \
+      return detail::unary_float_op<T>(x, #NAME, [](T v) -> T { return FWD; },                  \
+                                       [](T v, T y) -> T { (void)v; (void)y; return DER; });    \
+    });                                                                                         \
+  }
+
+NABLAGRAD_UNARY_FLOAT_OP(exp, std::exp(v), y)
+NABLAGRAD_UNARY_FLOAT_OP(log, std::log(v), T(1) / v)
+NABLAGRAD_UNARY_FLOAT_OP(sqrt, std::sqrt(v), T(0.5) / y)
+NABLAGRAD_UNARY_FLOAT_OP(tanh, std::tanh(v), T(1) - y * y)
+NABLAGRAD_UNARY_FLOAT_OP(sigmoid, v >= T(0) ? T(1) / (T(1) + std::exp(-v)) : std::exp(v) / (T(1) + std::exp(v)),
+                         y * (T(1) - y))
+NABLAGRAD_UNARY_FLOAT_OP(relu, v > T(0) ? v : T(0), v > T(0) ? T(1) : T(0))
+#undef NABLAGRAD_UNARY_FLOAT_OP
+
+inline Tensor leaky_relu(const Tensor& x, double slope = 0.01) {
+  return dispatch_float(x.dtype(), "leaky_relu", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    const T s = static_cast<T>(slope);
+    return detail::unary_float_op<T>(x, "leaky_relu", [s](T v) { return v > T(0) ? v : s * v; },
+                                     [s](T v, T) { return v > T(0) ? T(1) : s; });
+  });
+}
+
+/// GELU: exact x * Phi(x) (approximate=false) or the tanh approximation.
+inline Tensor gelu(const Tensor& x, bool tanh_approximation = false) {
+  return dispatch_float(x.dtype(), "gelu", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    const T inv_sqrt2 = T(0.70710678118654752440), inv_sqrt2pi = T(0.39894228040143267794);
+    const T k = T(0.79788456080286535588), c = T(0.044715);  // sqrt(2/pi)
+    if (!tanh_approximation)
+      return detail::unary_float_op<T>(
+          x, "gelu", [=](T v) { return T(0.5) * v * (T(1) + std::erf(v * inv_sqrt2)); },
+          [=](T v, T) { return T(0.5) * (T(1) + std::erf(v * inv_sqrt2)) + v * inv_sqrt2pi * std::exp(T(-0.5) * v * v); });
+    return detail::unary_float_op<T>(
+        x, "gelu", [=](T v) { return T(0.5) * v * (T(1) + std::tanh(k * (v + c * v * v * v))); },
+        [=](T v, T) {
+          const T t = std::tanh(k * (v + c * v * v * v));
+          return T(0.5) * (T(1) + t) + T(0.5) * v * (T(1) - t * t) * k * (T(1) + T(3) * c * v * v);
+        });
+  });
+}
+
+/// |x|; the gradient at 0 is 0 (as PyTorch). Works on int64 too (no gradient there).
+inline Tensor abs(const Tensor& x) {
+  if (!is_floating(x.dtype())) {
+    if (x.dtype() == DType::Bool) return x.contiguous_data();
+    return detail::unary_map<int64_t, int64_t>(x, x.dtype(), [](int64_t v) { return v < 0 ? -v : v; });
+  }
+  return dispatch_float(x.dtype(), "abs", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    return detail::unary_float_op<T>(x, "abs", [](T v) { return std::fabs(v); },
+                                     [](T v, T) { return v > T(0) ? T(1) : (v < T(0) ? T(-1) : T(0)); });
+  });
+}
+
+/// -x (any dtype but bool).
+inline Tensor neg(const Tensor& x) {
+  if (x.dtype() == DType::Bool) throw std::domain_error("neg: negation is not supported for bool tensors");
+  if (x.dtype() == DType::Int64)
+    return detail::unary_map<int64_t, int64_t>(x, x.dtype(), [](int64_t v) { return -v; });
+  return dispatch_float(x.dtype(), "neg", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    Tensor y = detail::unary_map<T, T>(x, x.dtype(), [](T v) { return -v; });
+    if (any_requires_grad({&x}))
+      record(y, "neg", {x}, [](const Tensor& g, std::vector<Tensor>& gi) {
+        gi[0] = detail::unary_map<T, T>(g, g.dtype(), [](T v) { return -v; });
+      });
+    return y;
+  });
+}
+
+/// Clamps to [lo, hi]; NaN bounds mean "no bound". Gradient 1 strictly inside, else 0... at the
+/// bounds themselves PyTorch passes the gradient (lo <= x <= hi); we do the same.
+inline Tensor clip(const Tensor& x, double lo, double hi) {
+  return dispatch_float(x.dtype(), "clip", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    const bool has_lo = !std::isnan(lo), has_hi = !std::isnan(hi);
+    const T l = static_cast<T>(lo), h = static_cast<T>(hi);
+    return detail::unary_float_op<T>(
+        x, "clip",
+        [=](T v) {
+          if (std::isnan(v)) return v;
+          if (has_lo && v < l) v = l;
+          if (has_hi && v > h) v = h;
+          return v;
+        },
+        [=](T v, T) { return ((!has_lo || v >= l) && (!has_hi || v <= h)) ? T(1) : T(0); });
+  });
+}
+
+/// Converts to another dtype; differentiable between float dtypes.
+inline Tensor astype(const Tensor& x, DType dtype) {
+  Tensor out = Tensor::empty(x.shape(), dtype);
+  Tensor::copy_into(out, x);
+  if (is_floating(dtype) && is_floating(x.dtype()) && any_requires_grad({&x})) {
+    const DType src = x.dtype();
+    record(out, "astype", {x}, [src](const Tensor& g, std::vector<Tensor>& gi) { gi[0] = cast_raw(g, src); });
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------
+// Comparisons (bool results, not differentiable) and where.
+// ---------------------------------------------------------------------------------------
+enum class CompareOp { Lt, Le, Gt, Ge, Eq, Ne };
+
+inline Tensor compare(CompareOp op, const Tensor& a_in, const Tensor& b_in) {
+  const Shape shape = broadcast_shapes(a_in.shape(), b_in.shape(), "compare");
+  const DType dt = promote_types(a_in.dtype(), b_in.dtype());
+  const Tensor a = cast_raw(a_in, dt), b = cast_raw(b_in, dt);
+  return dispatch_all(dt, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    using detail::binary_map;
+    switch (op) {
+      case CompareOp::Lt: return binary_map<T, T, bool>(a, b, shape, DType::Bool, [](T x, T y) { return x < y; });
+      case CompareOp::Le: return binary_map<T, T, bool>(a, b, shape, DType::Bool, [](T x, T y) { return x <= y; });
+      case CompareOp::Gt: return binary_map<T, T, bool>(a, b, shape, DType::Bool, [](T x, T y) { return x > y; });
+      case CompareOp::Ge: return binary_map<T, T, bool>(a, b, shape, DType::Bool, [](T x, T y) { return x >= y; });
+      case CompareOp::Eq: return binary_map<T, T, bool>(a, b, shape, DType::Bool, [](T x, T y) { return x == y; });
+      case CompareOp::Ne: break;
+    }
+    return binary_map<T, T, bool>(a, b, shape, DType::Bool, [](T x, T y) { return x != y; });
+  });
+}
+
+/// cond ? a : b with broadcasting of all three; differentiable in a and b.
+inline Tensor where(const Tensor& cond_in, const Tensor& a_in, const Tensor& b_in) {
+  const Shape shape = broadcast_shapes(broadcast_shapes(cond_in.shape(), a_in.shape(), "where"), b_in.shape(), "where");
+  const DType dt = promote_types(a_in.dtype(), b_in.dtype());
+  const Tensor a = cast_raw(a_in, dt), b = cast_raw(b_in, dt);
+  const Tensor cond = cast_raw(cond_in, DType::Bool);
+  // Select via a broadcast walk over all three operands.
+  Tensor out = Tensor::empty(shape, dt);
+  const Shape sc = detail::broadcast_strides(cond, shape), sa = detail::broadcast_strides(a, shape),
+              sb = detail::broadcast_strides(b, shape);
+  const bool* pc = static_cast<const bool*>(cond.raw_data());
+  dispatch_all(dt, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    const T* pa = static_cast<const T*>(a.raw_data());
+    const T* pb = static_cast<const T*>(b.raw_data());
+    T* o = static_cast<T*>(out.raw_data());
+    // walk cond+a jointly, b with a second counter
+    int64_t i = 0;
+    Shape sab(shape.size());
+    Tensor::for_each_offset2(shape, sc, sa, [&](int64_t oc, int64_t oa) { o[i++] = pc[oc] ? pa[oa] : T(0); });
+    i = 0;
+    Tensor::for_each_offset2(shape, sc, sb, [&](int64_t oc, int64_t ob) {
+      if (!pc[oc]) o[i] = pb[ob];
+      ++i;
+    });
+  });
+  if (any_requires_grad({&a_in, &b_in})) {
+    const Tensor sc_mask = cond.alias(), ra = a_in.alias(), rb = b_in.alias();
+    record(out, "where", {a_in, b_in}, [sc_mask, ra, rb](const Tensor& g, std::vector<Tensor>& gi) {
+      dispatch_float(g.dtype(), "where", [&](auto tag) {
+        using T = typename decltype(tag)::type;
+        using detail::binary_map;
+        const Shape& s = g.shape();
+        gi[0] = grad_for(binary_map<T, bool, T>(g, sc_mask, s, g.dtype(), [](T v, bool c) { return c ? v : T(0); }), ra);
+        gi[1] = grad_for(binary_map<T, bool, T>(g, sc_mask, s, g.dtype(), [](T v, bool c) { return c ? T(0) : v; }), rb);
+      });
+    });
+  }
+  return out;
+}
+
+}  // namespace nablagrad

@@ -1,0 +1,125 @@
+// nablagrad/ops/linalg.h - matmul (NumPy semantics, batch broadcasting) and linear.
+// The heavy lifting is kernels::gemm, which takes strided operands: transposes in the
+// backward pass are stride swaps, never copies.
+#pragma once
+
+#include "../autograd.h"
+#include "../kernels/gemm.h"
+#include "reduction.h"
+
+namespace nablagrad {
+
+namespace detail {
+
+/// View with the last two axes swapped (no copy).
+inline Tensor swap_last_two(const Tensor& t) {
+  Shape s = t.shape(), st = t.strides();
+  std::swap(s[s.size() - 1], s[s.size() - 2]);
+  std::swap(st[st.size() - 1], st[st.size() - 2]);
+  return t.as_strided(s, st, t.offset());
+}
+
+/// C = A @ B for strided views A (..., M, K) and B (..., K, N) whose batch dims broadcast.
+/// Returns a contiguous (batch..., M, N) tensor. Raw: no graph.
+inline Tensor bmm_raw(const Tensor& a, const Tensor& b) {
+  const int64_t M = a.shape()[a.dim() - 2], K = a.shape()[a.dim() - 1], N = b.shape()[b.dim() - 1];
+  const Shape a_batch(a.shape().begin(), a.shape().end() - 2), b_batch(b.shape().begin(), b.shape().end() - 2);
+  const Shape batch = broadcast_shapes(a_batch, b_batch, "matmul");
+  Shape out_shape = batch;
+  out_shape.push_back(M);
+  out_shape.push_back(N);
+  Tensor out = Tensor::empty(out_shape, a.dtype());
+  const int64_t nb = shape_numel(batch);
+  // Batch strides of each operand, broadcast (0 along broadcast axes).
+  auto batch_strides = [&](const Tensor& t, const Shape& tb) {
+    Shape st(batch.size(), 0);
+    for (std::size_t i = 0; i < tb.size(); ++i)
+      if (tb[i] != 1) st[batch.size() - tb.size() + i] = t.strides()[i];
+    return st;
+  };
+  const Shape sa = batch_strides(a, a_batch), sb = batch_strides(b, b_batch);
+  const int64_t a_rs = a.strides()[a.dim() - 2], a_cs = a.strides()[a.dim() - 1];
+  const int64_t b_rs = b.strides()[b.dim() - 2], b_cs = b.strides()[b.dim() - 1];
+  dispatch_float(a.dtype(), "matmul", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    const T* pa = a.data<T>();
+    const T* pb = b.data<T>();
+    T* pc = out.data<T>();
+    for (int64_t i = 0; i < nb; ++i) {
+      int64_t oa = 0, ob = 0, rem = i;
+      for (std::size_t d = batch.size(); d-- > 0;) {
+        const int64_t idx = rem % batch[d];
+        rem /= batch[d];
+        oa += idx * sa[d];
+        ob += idx * sb[d];
+      }
+      kernels::gemm<T>(M, N, K, pa + oa, a_rs, a_cs, pb + ob, b_rs, b_cs, pc + i * M * N, N, false);
+    }
+  });
+  return out;
+}
+
+inline Tensor reshape_raw(const Tensor& t, const Shape& shape) {
+  const Tensor c = t.contiguous_data();
+  return c.as_strided(shape, contiguous_strides(shape), c.offset());
+}
+
+}  // namespace detail
+
+/// Matrix product with NumPy's rules: 1-D operands are promoted (and the added axis removed),
+/// batch dimensions broadcast. Float dtypes; both operands must have the same dtype.
+inline Tensor matmul(const Tensor& a_in, const Tensor& b_in) {
+  if (a_in.dim() == 0 || b_in.dim() == 0)
+    throw std::invalid_argument("matmul: both operands must have at least one dimension, got shapes " +
+                                shape_str(a_in.shape()) + " and " + shape_str(b_in.shape()));
+  if (!is_floating(a_in.dtype()) || !is_floating(b_in.dtype()))
+    throw std::domain_error(std::string("matmul: expected float tensors, got ") + dtype_name(a_in.dtype()) + " and " +
+                            dtype_name(b_in.dtype()));
+  if (a_in.dtype() != b_in.dtype())
+    throw std::domain_error(std::string("matmul: dtypes differ (") + dtype_name(a_in.dtype()) + " and " +
+                            dtype_name(b_in.dtype()) + "); convert one with astype");
+  const int64_t ka = a_in.shape().back();
+  const int64_t kb = b_in.dim() == 1 ? b_in.shape()[0] : b_in.shape()[b_in.dim() - 2];
+  if (ka != kb)
+    throw std::invalid_argument("matmul: shapes " + shape_str(a_in.shape()) + " and " + shape_str(b_in.shape()) +
+                                " are not aligned (" + std::to_string(ka) + " != " + std::to_string(kb) + ")");
+  // 1-D promotion as views.
+  Tensor a = a_in, b = b_in;
+  if (a.dim() == 1) a = a.as_strided({1, a.shape()[0]}, {0, a.strides()[0]}, a.offset());
+  if (b.dim() == 1) b = b.as_strided({b.shape()[0], 1}, {b.strides()[0], 0}, b.offset());
+  Shape result_shape;  // final shape, with promoted axes removed
+  {
+    Shape ab(a.shape().begin(), a.shape().end() - 2), bb(b.shape().begin(), b.shape().end() - 2);
+    result_shape = broadcast_shapes(ab, bb, "matmul");
+    if (a_in.dim() > 1) result_shape.push_back(a.shape()[a.dim() - 2]);
+    if (b_in.dim() > 1) result_shape.push_back(b.shape().back());
+  }
+  // A batched a times a 2-D b folds the batch into the rows: one GEMM, and the weight
+  // gradient of a linear layer becomes one GEMM too.
+  const bool fold = b.dim() == 2 && a.dim() > 2;
+  const Tensor a2 = fold ? detail::reshape_raw(a, {shape_numel(a.shape()) / ka, ka}) : a;
+  Tensor out = detail::bmm_raw(a2, b);
+  out = out.as_strided(result_shape, contiguous_strides(result_shape), out.offset());
+  if (any_requires_grad({&a_in, &b_in})) {
+    const Tensor sa = a2.alias(), sb = b.alias(), ra = a_in.alias(), rb = b_in.alias();
+    record(out, "matmul", {a_in, b_in}, [sa, sb, ra, rb](const Tensor& g_in, std::vector<Tensor>& gi) {
+      // g viewed with the shape of bmm's output (promoted axes back in).
+      Shape gs(sa.shape().begin(), sa.shape().end() - 2);
+      gs = broadcast_shapes(gs, Shape(sb.shape().begin(), sb.shape().end() - 2), "matmul");
+      gs.push_back(sa.shape()[sa.dim() - 2]);
+      gs.push_back(sb.shape().back());
+      const Tensor g = detail::reshape_raw(g_in, gs);
+      // dA = dC @ B^T, dB = A^T @ dC; each reduced over the batch axes it was broadcast along.
+      Tensor ga = detail::bmm_raw(g, detail::swap_last_two(sb));
+      Tensor gb = detail::bmm_raw(detail::swap_last_two(sa), g);
+      Shape a_full(sa.shape()), b_full(sb.shape());
+      ga = sum_to(ga, a_full);
+      gb = sum_to(gb, b_full);
+      gi[0] = detail::reshape_raw(ga, ra.shape());
+      gi[1] = detail::reshape_raw(gb, rb.shape());
+    });
+  }
+  return out;
+}
+
+}  // namespace nablagrad

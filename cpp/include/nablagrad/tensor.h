@@ -1,0 +1,419 @@
+// nablagrad/tensor.h - dtypes, aligned storage and strided tensor views.
+//
+// A Tensor is a cheap handle (a shared pointer) to a TensorImpl:
+//     storage (64-byte aligned bytes, shared by views) + shape + strides + offset + dtype,
+// plus the autograd fields (requires_grad, grad, grad_fn) used by autograd.h.
+// Views (reshape of contiguous data, transpose, permute, slicing, expand) share storage;
+// `contiguous()` copies only when the layout is not already row-major and dense.
+// Strides and offsets are counted in elements, not bytes.
+//
+//     using namespace nablagrad;
+//     Tensor a = Tensor::zeros({2, 3});            // float32
+//     a.data<float>()[0] = 1.0f;                   // contiguous: plain pointer access
+//     Tensor b = a.as_strided({3, 2}, {1, 3}, 0);  // a transposed view, same storage
+//
+// Everything in this header is raw data handling: no graph is recorded here. The
+// differentiable operations live in tensor_operations.h.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <new>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+namespace nablagrad {
+
+// ---------------------------------------------------------------------------------------
+// dtypes
+// ---------------------------------------------------------------------------------------
+enum class DType : uint8_t { Float32 = 0, Float64 = 1, Int64 = 2, Bool = 3 };
+
+inline std::size_t dtype_size(DType d) {
+  switch (d) {
+    case DType::Float32: return 4;
+    case DType::Float64: return 8;
+    case DType::Int64: return 8;
+    case DType::Bool: return 1;
+  }
+  return 1;
+}
+
+inline const char* dtype_name(DType d) {
+  switch (d) {
+    case DType::Float32: return "float32";
+    case DType::Float64: return "float64";
+    case DType::Int64: return "int64";
+    case DType::Bool: return "bool";
+  }
+  return "?";
+}
+
+inline bool is_floating(DType d) { return d == DType::Float32 || d == DType::Float64; }
+
+/// Result dtype of a binary op between two tensors (PyTorch's rules for these four).
+inline DType promote_types(DType a, DType b) {
+  if (a == b) return a;
+  if (a == DType::Float64 || b == DType::Float64) return DType::Float64;
+  if (a == DType::Float32 || b == DType::Float32) return DType::Float32;
+  if (a == DType::Int64 || b == DType::Int64) return DType::Int64;
+  return DType::Bool;
+}
+
+template <typename T> struct dtype_of;
+template <> struct dtype_of<float> { static constexpr DType value = DType::Float32; };
+template <> struct dtype_of<double> { static constexpr DType value = DType::Float64; };
+template <> struct dtype_of<int64_t> { static constexpr DType value = DType::Int64; };
+template <> struct dtype_of<bool> { static constexpr DType value = DType::Bool; };
+
+template <typename T> struct type_tag { using type = T; };
+
+/// Calls fn(type_tag<T>{}) with T the C++ type of a float dtype; other dtypes throw
+/// std::invalid_argument naming the op (an op that needs a float dtype).
+template <typename F>
+inline decltype(auto) dispatch_float(DType d, const char* op, F&& fn) {
+  switch (d) {
+    case DType::Float32: return fn(type_tag<float>{});
+    case DType::Float64: return fn(type_tag<double>{});
+    default: break;
+  }
+  throw std::domain_error(std::string(op) + ": expected a float32 or float64 tensor, got " +
+                          dtype_name(d));
+}
+
+/// Calls fn(type_tag<T>{}) for any dtype.
+template <typename F>
+inline decltype(auto) dispatch_all(DType d, F&& fn) {
+  switch (d) {
+    case DType::Float32: return fn(type_tag<float>{});
+    case DType::Float64: return fn(type_tag<double>{});
+    case DType::Int64: return fn(type_tag<int64_t>{});
+    case DType::Bool: break;
+  }
+  return fn(type_tag<bool>{});
+}
+
+// ---------------------------------------------------------------------------------------
+// shapes
+// ---------------------------------------------------------------------------------------
+using Shape = std::vector<int64_t>;
+
+inline std::string shape_str(const Shape& s) {
+  std::string out = "(";
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    if (i) out += ", ";
+    out += std::to_string(s[i]);
+  }
+  if (s.size() == 1) out += ",";
+  return out + ")";
+}
+
+inline int64_t shape_numel(const Shape& s) {
+  int64_t n = 1;
+  for (int64_t d : s) n *= d;
+  return n;
+}
+
+inline Shape contiguous_strides(const Shape& shape) {
+  Shape strides(shape.size());
+  int64_t st = 1;
+  for (std::size_t i = shape.size(); i-- > 0;) {
+    strides[i] = st;
+    st *= std::max<int64_t>(shape[i], 1);
+  }
+  return strides;
+}
+
+/// Normalises a possibly negative axis; throws std::out_of_range when it is outside [-ndim, ndim).
+inline int64_t normalize_axis(int64_t axis, int64_t ndim, const char* op) {
+  const int64_t a = axis < 0 ? axis + ndim : axis;
+  if (a < 0 || a >= ndim)
+    throw std::out_of_range(std::string(op) + ": axis " + std::to_string(axis) +
+                            " is out of range for a tensor with " + std::to_string(ndim) +
+                            " dimension(s)");
+  return a;
+}
+
+/// NumPy broadcasting of two shapes; throws std::invalid_argument naming both.
+inline Shape broadcast_shapes(const Shape& a, const Shape& b, const char* op) {
+  const std::size_t n = std::max(a.size(), b.size());
+  Shape out(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    const int64_t da = i < n - a.size() ? 1 : a[i - (n - a.size())];
+    const int64_t db = i < n - b.size() ? 1 : b[i - (n - b.size())];
+    if (da != db && da != 1 && db != 1)
+      throw std::invalid_argument(std::string(op) + ": shapes " + shape_str(a) + " and " +
+                                  shape_str(b) + " cannot be broadcast together");
+    out[i] = da == 1 ? db : da;
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------
+// storage
+// ---------------------------------------------------------------------------------------
+constexpr std::size_t kAlignment = 64;
+
+/// A block of bytes, either owned (64-byte aligned, freed on destruction) or borrowed from
+/// another owner (e.g. a NumPy array) that is kept alive through `owner`.
+class Storage {
+ public:
+  static std::shared_ptr<Storage> allocate(std::size_t nbytes) {
+    const std::size_t rounded = (std::max<std::size_t>(nbytes, 1) + kAlignment - 1) / kAlignment * kAlignment;
+    void* p = std::aligned_alloc(kAlignment, rounded);
+    if (p == nullptr) throw std::bad_alloc();
+    auto s = std::make_shared<Storage>();
+    s->data_ = p;
+    s->nbytes_ = nbytes;
+    s->owned_ = true;
+    return s;
+  }
+  static std::shared_ptr<Storage> borrow(void* data, std::size_t nbytes, std::shared_ptr<void> owner) {
+    auto s = std::make_shared<Storage>();
+    s->data_ = data;
+    s->nbytes_ = nbytes;
+    s->owner_ = std::move(owner);
+    return s;
+  }
+  Storage() = default;
+  Storage(const Storage&) = delete;
+  Storage& operator=(const Storage&) = delete;
+  ~Storage() {
+    if (owned_) std::free(data_);
+  }
+  void* data() const { return data_; }
+  std::size_t nbytes() const { return nbytes_; }
+
+ private:
+  void* data_ = nullptr;
+  std::size_t nbytes_ = 0;
+  bool owned_ = false;
+  std::shared_ptr<void> owner_;
+};
+
+// ---------------------------------------------------------------------------------------
+// tensor
+// ---------------------------------------------------------------------------------------
+struct Node;  // autograd.h
+
+struct TensorImpl {
+  std::shared_ptr<Storage> storage;
+  Shape shape;
+  Shape strides;  // in elements
+  int64_t offset = 0;  // in elements
+  DType dtype = DType::Float32;
+  // autograd state (see autograd.h)
+  bool requires_grad = false;
+  std::shared_ptr<Node> grad_fn;          // set on results of recorded ops
+  std::shared_ptr<TensorImpl> grad;       // accumulated gradient of a leaf
+  uint64_t version = 0;                   // bumped by in-place writes
+};
+
+class Tensor {
+ public:
+  Tensor() = default;
+  explicit Tensor(std::shared_ptr<TensorImpl> impl) : impl_(std::move(impl)) {}
+
+  /// Uninitialised contiguous tensor.
+  static Tensor empty(const Shape& shape, DType dtype = DType::Float32) {
+    for (int64_t d : shape)
+      if (d < 0) throw std::invalid_argument("negative dimension in shape " + shape_str(shape));
+    auto impl = std::make_shared<TensorImpl>();
+    const int64_t n = shape_numel(shape);
+    impl->storage = Storage::allocate(static_cast<std::size_t>(n) * dtype_size(dtype));
+    impl->shape = shape;
+    impl->strides = contiguous_strides(shape);
+    impl->dtype = dtype;
+    return Tensor(std::move(impl));
+  }
+  static Tensor zeros(const Shape& shape, DType dtype = DType::Float32) {
+    Tensor t = empty(shape, dtype);
+    std::memset(t.raw_data(), 0, static_cast<std::size_t>(t.numel()) * dtype_size(dtype));
+    return t;
+  }
+  static Tensor full(const Shape& shape, double value, DType dtype = DType::Float32) {
+    Tensor t = empty(shape, dtype);
+    t.fill(value);
+    return t;
+  }
+  /// A 0-d tensor.
+  static Tensor scalar(double value, DType dtype = DType::Float32) { return full({}, value, dtype); }
+
+  /// Wraps existing memory (not copied); `owner` keeps it alive.
+  static Tensor from_blob(void* data, const Shape& shape, const Shape& strides, DType dtype,
+                          std::shared_ptr<void> owner) {
+    auto impl = std::make_shared<TensorImpl>();
+    std::size_t span = 1;
+    for (std::size_t i = 0; i < shape.size(); ++i) span += static_cast<std::size_t>((shape[i] - 1) * strides[i]);
+    impl->storage = Storage::borrow(data, span * dtype_size(dtype), std::move(owner));
+    impl->shape = shape;
+    impl->strides = strides;
+    impl->dtype = dtype;
+    return Tensor(std::move(impl));
+  }
+
+  bool defined() const { return impl_ != nullptr; }
+  TensorImpl& impl() const { return *impl_; }
+  const std::shared_ptr<TensorImpl>& impl_ptr() const { return impl_; }
+
+  const Shape& shape() const { return impl_->shape; }
+  const Shape& strides() const { return impl_->strides; }
+  int64_t offset() const { return impl_->offset; }
+  int64_t dim() const { return static_cast<int64_t>(impl_->shape.size()); }
+  int64_t size(int64_t axis) const { return impl_->shape[normalize_axis(axis, dim(), "size")]; }
+  int64_t numel() const { return shape_numel(impl_->shape); }
+  DType dtype() const { return impl_->dtype; }
+  bool requires_grad() const { return impl_->requires_grad; }
+
+  void* raw_data() const {
+    return static_cast<char*>(impl_->storage->data()) + impl_->offset * static_cast<int64_t>(dtype_size(impl_->dtype));
+  }
+  /// Pointer to the first element; T must match the dtype.
+  template <typename T>
+  T* data() const {
+    if (dtype_of<T>::value != impl_->dtype)
+      throw std::domain_error(std::string("tensor has dtype ") + dtype_name(impl_->dtype) +
+                              ", accessed as " + dtype_name(dtype_of<T>::value));
+    return static_cast<T*>(raw_data());
+  }
+
+  bool is_contiguous() const {
+    int64_t expected = 1;
+    for (std::size_t i = impl_->shape.size(); i-- > 0;) {
+      if (impl_->shape[i] == 1) continue;
+      if (impl_->strides[i] != expected) return false;
+      expected *= impl_->shape[i];
+    }
+    return true;
+  }
+
+  /// A view of the same storage with another shape/strides/offset (no checks; no graph).
+  Tensor as_strided(const Shape& shape, const Shape& strides, int64_t offset) const {
+    auto impl = std::make_shared<TensorImpl>();
+    impl->storage = impl_->storage;
+    impl->shape = shape;
+    impl->strides = strides;
+    impl->offset = offset;
+    impl->dtype = impl_->dtype;
+    return Tensor(std::move(impl));
+  }
+
+  /// Same data and layout, no autograd history (shares storage).
+  Tensor alias() const { return as_strided(impl_->shape, impl_->strides, impl_->offset); }
+
+  /// Contiguous copy when needed, else an alias (raw; no graph).
+  Tensor contiguous_data() const {
+    if (is_contiguous()) return *this;
+    Tensor out = empty(shape(), dtype());
+    copy_into(out, *this);
+    return out;
+  }
+
+  /// Element (flat index in row-major order) as double; for tests and item().
+  double item_at(int64_t flat) const {
+    int64_t off = 0;
+    for (std::size_t i = impl_->shape.size(); i-- > 0;) {
+      const int64_t d = impl_->shape[i];
+      off += (flat % d) * impl_->strides[i];
+      flat /= d;
+    }
+    return dispatch_all(dtype(), [&](auto tag) {
+      using T = typename decltype(tag)::type;
+      return static_cast<double>(static_cast<const T*>(raw_data())[off]);
+    });
+  }
+
+  /// Fills every element (respecting strides).
+  void fill(double value) {
+    dispatch_all(dtype(), [&](auto tag) {
+      using T = typename decltype(tag)::type;
+      const T v = static_cast<T>(value);
+      for_each_offset(shape(), strides(), [&](int64_t off) { static_cast<T*>(raw_data())[off] = v; });
+    });
+  }
+
+  /// Copies src into dst elementwise (same shape; converting dtypes). Raw: no graph.
+  static void copy_into(const Tensor& dst, const Tensor& src) {
+    if (dst.shape() != src.shape())
+      throw std::invalid_argument("copy: shape mismatch " + shape_str(dst.shape()) + " vs " + shape_str(src.shape()));
+    const int64_t n = dst.numel();
+    if (n == 0) return;
+    if (dst.dtype() == src.dtype() && dst.is_contiguous() && src.is_contiguous()) {
+      std::memmove(dst.raw_data(), src.raw_data(), static_cast<std::size_t>(n) * dtype_size(dst.dtype()));
+      return;
+    }
+    dispatch_all(dst.dtype(), [&](auto dtag) {
+      using D = typename decltype(dtag)::type;
+      dispatch_all(src.dtype(), [&](auto stag) {
+        using S = typename decltype(stag)::type;
+        D* d = static_cast<D*>(dst.raw_data());
+        const S* s = static_cast<const S*>(src.raw_data());
+        for_each_offset2(dst.shape(), dst.strides(), src.strides(),
+                         [&](int64_t od, int64_t os) { d[od] = static_cast<D>(s[os]); });
+      });
+    });
+  }
+
+  /// Visits the element offsets of a strided layout in row-major order.
+  template <typename F>
+  static void for_each_offset(const Shape& shape, const Shape& strides, F&& fn) {
+    const int64_t nd = static_cast<int64_t>(shape.size());
+    if (shape_numel(shape) == 0) return;
+    if (nd == 0) {
+      fn(int64_t{0});
+      return;
+    }
+    std::vector<int64_t> idx(nd, 0);
+    const int64_t inner = shape[nd - 1], inner_stride = strides[nd - 1];
+    int64_t base = 0;
+    for (;;) {
+      for (int64_t i = 0; i < inner; ++i) fn(base + i * inner_stride);
+      int64_t d = nd - 2;
+      for (; d >= 0; --d) {
+        base += strides[d];
+        if (++idx[d] < shape[d]) break;
+        base -= strides[d] * shape[d];
+        idx[d] = 0;
+      }
+      if (d < 0) return;
+    }
+  }
+
+  /// Visits pairs of offsets of two layouts of the same shape, in row-major order.
+  template <typename F>
+  static void for_each_offset2(const Shape& shape, const Shape& sa, const Shape& sb, F&& fn) {
+    const int64_t nd = static_cast<int64_t>(shape.size());
+    if (shape_numel(shape) == 0) return;
+    if (nd == 0) {
+      fn(int64_t{0}, int64_t{0});
+      return;
+    }
+    std::vector<int64_t> idx(nd, 0);
+    const int64_t inner = shape[nd - 1], ia = sa[nd - 1], ib = sb[nd - 1];
+    int64_t a = 0, b = 0;
+    for (;;) {
+      for (int64_t i = 0; i < inner; ++i) fn(a + i * ia, b + i * ib);
+      int64_t d = nd - 2;
+      for (; d >= 0; --d) {
+        a += sa[d];
+        b += sb[d];
+        if (++idx[d] < shape[d]) break;
+        a -= sa[d] * shape[d];
+        b -= sb[d] * shape[d];
+        idx[d] = 0;
+      }
+      if (d < 0) return;
+    }
+  }
+
+ private:
+  std::shared_ptr<TensorImpl> impl_;
+};
+
+}  // namespace nablagrad

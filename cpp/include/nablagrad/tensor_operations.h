@@ -1,0 +1,25 @@
+// nablagrad/tensor_operations.h - the differentiable operations.
+//
+// Each op checks its arguments at entry (std::invalid_argument for shapes and arguments,
+// std::domain_error for dtypes, std::out_of_range for indices and axes), computes its
+// result, and - when an input requires grad and grad mode is on - records a node whose
+// backward closure sits right below the forward code. The ops are grouped by kind in
+// ops/*.h; this header includes them all:
+//   ops/elementwise.h  add sub mul div pow, exp log sqrt abs tanh sigmoid relu leaky_relu
+//                      gelu clip neg astype, comparisons, where
+//   ops/reduction.h    sum mean max min (any axes, keepdims), sum_to
+//   ops/linalg.h       matmul (batched, broadcasting) and linear
+//   ops/shape.h        reshape transpose permute flatten expand squeeze/unsqueeze slicing
+//                      indexing concatenate stack contiguous
+//   ops/nn.h           softmax log_softmax layer_norm dropout and the losses
+//
+//     using namespace nablagrad;
+//     Tensor w = Tensor::full({3}, 0.5); w.impl().requires_grad = true;
+//     Tensor loss = sum(mul(w, w));
+//     backward(loss);                      // w.grad = 2 * w
+#pragma once
+
+#include "autograd.h"
+#include "ops/elementwise.h"
+#include "ops/linalg.h"
+#include "ops/reduction.h"

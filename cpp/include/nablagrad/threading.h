@@ -1,0 +1,210 @@
+// nablagrad/threading.h - the persistent kernel thread pool.
+//
+// One process-wide pool of worker threads, created lazily and kept for the life of the
+// process (threads are never spawned per call). Kernels hand it work with
+//
+//     nablagrad::parallel_for(begin, end, grain, [&](int64_t lo, int64_t hi) { ... });
+//
+// which splits [begin, end) into contiguous chunks of at least `grain` items. The caller
+// thread takes part in the work. Rules that keep results deterministic:
+//   * a kernel must write each output element from exactly one chunk, in a fixed order;
+//   * reductions across chunks use a fixed chunking (see `fixed_chunks`) that does not
+//     depend on the thread count, then combine the partials in chunk order.
+// A task that throws does not hang the pool: the first exception is rethrown to the caller
+// once every chunk has finished. A parallel_for called from inside a task runs inline
+// (serially) instead of deadlocking.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace nablagrad {
+
+class ThreadPool {
+ public:
+  /// The process-wide pool. Its default size is std::thread::hardware_concurrency().
+  static ThreadPool& instance() {
+    static ThreadPool pool;
+    return pool;
+  }
+
+  ThreadPool(const ThreadPool&) = delete;
+  ThreadPool& operator=(const ThreadPool&) = delete;
+  ~ThreadPool() { stop_workers(); }
+
+  /// Number of threads that run a parallel region (the caller included), >= 1.
+  int num_threads() const { return num_threads_; }
+
+  /// Resizes the pool; n < 1 is an error. Not to be called from inside a task.
+  void set_num_threads(int n) {
+    if (n < 1) throw std::invalid_argument("set_num_threads: n must be >= 1, got " + std::to_string(n));
+    std::lock_guard<std::mutex> guard(run_mutex_);
+    if (n == num_threads_) return;
+    stop_workers();
+    num_threads_ = n;
+    start_workers();
+  }
+
+  /// Runs fn(i) for every i in [0, ntasks) and returns when all are done.
+  void run(int64_t ntasks, const std::function<void(int64_t)>& fn) {
+    if (ntasks <= 0) return;
+    if (ntasks == 1 || num_threads_ == 1 || in_task()) {
+      for (int64_t i = 0; i < ntasks; ++i) fn(i);
+      return;
+    }
+    std::lock_guard<std::mutex> guard(run_mutex_);  // one parallel region at a time
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      job_ = &fn;
+      job_tasks_ = ntasks;
+      next_task_.store(0);
+      pending_.store(ntasks);
+      error_ = nullptr;
+      ++generation_;
+    }
+    wake_.notify_all();
+    work_on_current_job();
+    // Wait for the workers to finish the chunks they picked up.
+    while (pending_.load(std::memory_order_acquire) != 0) {
+      std::unique_lock<std::mutex> lock(mutex_);
+      done_.wait(lock, [&] { return pending_.load() == 0; });
+    }
+    std::exception_ptr error;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      job_ = nullptr;
+      error = error_;
+      error_ = nullptr;
+    }
+    if (error) std::rethrow_exception(error);
+  }
+
+ private:
+  ThreadPool() {
+    unsigned hw = std::thread::hardware_concurrency();
+    num_threads_ = hw == 0 ? 1 : static_cast<int>(hw);
+    start_workers();
+  }
+
+  static bool& in_task() {
+    static thread_local bool flag = false;
+    return flag;
+  }
+
+  void work_on_current_job() {
+    bool& flag = in_task();
+    const bool was = flag;
+    flag = true;
+    for (;;) {
+      int64_t i = next_task_.fetch_add(1);
+      if (i >= job_tasks_) break;
+      try {
+        (*job_)(i);
+      } catch (...) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (!error_) error_ = std::current_exception();
+      }
+      if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        done_.notify_all();
+      }
+    }
+    flag = was;
+  }
+
+  void worker_loop() {
+    uint64_t seen = 0;
+    for (;;) {
+      {
+        std::unique_lock<std::mutex> lock(mutex_);
+        wake_.wait(lock, [&] { return stopping_ || (generation_ != seen && job_ != nullptr); });
+        if (stopping_) return;
+        seen = generation_;
+      }
+      work_on_current_job();
+    }
+  }
+
+  void start_workers() {
+    stopping_ = false;
+    for (int i = 1; i < num_threads_; ++i) workers_.emplace_back([this] { worker_loop(); });
+  }
+
+  void stop_workers() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      stopping_ = true;
+    }
+    wake_.notify_all();
+    for (auto& t : workers_) t.join();
+    workers_.clear();
+  }
+
+  int num_threads_ = 1;
+  std::vector<std::thread> workers_;
+  std::mutex run_mutex_;  // serialises parallel regions started by different user threads
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  std::condition_variable done_;
+  const std::function<void(int64_t)>* job_ = nullptr;
+  int64_t job_tasks_ = 0;
+  std::atomic<int64_t> next_task_{0};
+  std::atomic<int64_t> pending_{0};
+  std::exception_ptr error_;
+  uint64_t generation_ = 0;
+  bool stopping_ = false;
+};
+
+inline int get_num_threads() { return ThreadPool::instance().num_threads(); }
+inline void set_num_threads(int n) { ThreadPool::instance().set_num_threads(n); }
+
+/// Splits [begin, end) into at most num_threads chunks of at least `grain` items and calls
+/// fn(lo, hi) on each, in parallel. Each index is visited exactly once.
+template <typename F>
+inline void parallel_for(int64_t begin, int64_t end, int64_t grain, const F& fn) {
+  const int64_t n = end - begin;
+  if (n <= 0) return;
+  if (grain < 1) grain = 1;
+  const int64_t threads = get_num_threads();
+  int64_t chunks = std::min<int64_t>(threads, (n + grain - 1) / grain);
+  if (chunks <= 1) {
+    fn(begin, end);
+    return;
+  }
+  const int64_t per = (n + chunks - 1) / chunks;
+  chunks = (n + per - 1) / per;
+  ThreadPool::instance().run(chunks, [&](int64_t c) {
+    const int64_t lo = begin + c * per;
+    const int64_t hi = std::min(end, lo + per);
+    fn(lo, hi);
+  });
+}
+
+/// Calls fn(chunk, lo, hi) for fixed chunks of `chunk_size` items, in parallel. The chunking
+/// depends only on n and chunk_size, never on the thread count, so per-chunk partial results
+/// combined in chunk order are bitwise reproducible.
+template <typename F>
+inline void parallel_chunks(int64_t n, int64_t chunk_size, const F& fn) {
+  if (n <= 0) return;
+  if (chunk_size < 1) chunk_size = 1;
+  const int64_t chunks = (n + chunk_size - 1) / chunk_size;
+  if (chunks == 1) {
+    fn(int64_t{0}, int64_t{0}, n);
+    return;
+  }
+  ThreadPool::instance().run(chunks, [&](int64_t c) {
+    const int64_t lo = c * chunk_size;
+    fn(c, lo, std::min(n, lo + chunk_size));
+  });
+}
+
+}  // namespace nablagrad

@@ -1,0 +1,68 @@
+"""nablagrad: a small deep-learning engine with a C++17 autograd core.
+
+    >>> import nablagrad as ng
+    >>> x = ng.tensor([1.0, 2.0, 3.0], requires_grad=True)
+    >>> (x * x).sum().backward()
+    >>> x.grad
+    tensor([2., 4., 6.])
+"""
+
+from __future__ import annotations
+
+from . import _core
+from ._tensor import (
+    Tensor,
+    arange,
+    bool_,
+    dtype,
+    empty,
+    enable_grad,
+    float32,
+    float64,
+    from_numpy,
+    full,
+    int64,
+    no_grad,
+    ones,
+    ones_like,
+    rand,
+    randn,
+    tensor,
+    zeros,
+    zeros_like,
+)
+
+# `ng.bool` is the bool dtype, as in the API contract (the builtin stays reachable as builtins.bool).
+globals()["bool"] = bool_
+
+manual_seed = _core.manual_seed
+set_num_threads = _core.set_num_threads
+get_num_threads = _core.get_num_threads
+is_grad_enabled = _core.is_grad_enabled
+
+
+def where(cond, a, b):  # type: ignore[no-untyped-def]
+    """Elementwise ``a`` where ``cond`` is true, else ``b`` (broadcasting; differentiable in a, b)."""
+    return _core.where(cond, a, b)
+
+
+def concatenate(tensors, axis=0):  # type: ignore[no-untyped-def]
+    """Joins tensors along an existing axis (differentiable)."""
+    return _core.concatenate(list(tensors), int(axis))
+
+
+def stack(tensors, axis=0):  # type: ignore[no-untyped-def]
+    """Joins tensors along a new axis (differentiable)."""
+    return _core.stack(list(tensors), int(axis))
+
+
+from . import autograd, functional  # noqa: E402
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Tensor", "dtype", "float32", "float64", "int64", "bool", "tensor", "from_numpy", "zeros", "ones",
+    "full", "empty", "zeros_like", "ones_like", "arange", "rand", "randn", "manual_seed", "concatenate",
+    "stack", "where", "no_grad", "enable_grad", "set_num_threads", "get_num_threads", "is_grad_enabled",
+    "functional", "autograd",
+]

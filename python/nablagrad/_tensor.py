@@ -1,0 +1,265 @@
+"""Tensor construction, conversion rules and the Python-side Tensor methods.
+
+The Tensor class itself is the C++ ``_core.Tensor``; this module adds the few methods
+that are clearer in Python (``repr``, ``T``) and the factories with PyTorch's dtype rules.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from typing import Any, Callable, Iterator, Optional, Sequence, TypeVar, Union
+
+import numpy as np
+
+from . import _core
+
+Tensor = _core.Tensor
+dtype = _core.dtype
+float32 = _core.dtype.float32
+float64 = _core.dtype.float64
+int64 = _core.dtype.int64
+bool_ = _core.dtype.bool
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _resolve_dtype(d: Any) -> Optional[_core.dtype]:
+    """None stays None; nablagrad dtypes, NumPy dtypes/types and names are accepted."""
+    if d is None or isinstance(d, _core.dtype):
+        return d
+    if d is bool:
+        return bool_
+    if d is float:
+        return float32
+    if d is int:
+        return int64
+    if isinstance(d, str) and d in ("float32", "float64", "int64", "bool"):
+        return getattr(_core.dtype, d)
+    try:
+        npd = np.dtype(d)
+    except TypeError:
+        raise TypeError(f"not a dtype: {d!r}") from None
+    if npd == np.float32:
+        return float32
+    if npd == np.float64:
+        return float64
+    if npd == np.int64:
+        return int64
+    if npd == np.bool_:
+        return bool_
+    raise TypeError(f"unsupported dtype {npd} (nablagrad supports float32, float64, int64 and bool)")
+
+
+def _infer_numpy(data: Any) -> np.ndarray:
+    """Data -> NumPy array following PyTorch's inference: Python floats -> float32."""
+    if isinstance(data, np.ndarray) or isinstance(data, np.generic):
+        arr = np.asarray(data)
+        kind = arr.dtype.kind
+        if kind == "f" and arr.dtype.itemsize in (4, 8):
+            return arr
+        if kind == "b":
+            return arr
+        if kind in "iu":
+            return arr.astype(np.int64)
+        raise TypeError(
+            f"unsupported NumPy dtype {arr.dtype} (nablagrad supports float32, float64, int64 and bool)"
+        )
+    if isinstance(data, Tensor):
+        return np.asarray(data)
+    if isinstance(data, (list, tuple)):
+        data = [np.asarray(d) if isinstance(d, Tensor) else d for d in data]
+    try:
+        arr = np.array(data)
+    except ValueError as e:
+        raise ValueError(f"cannot build a tensor from ragged or malformed data: {e}") from None
+    kind = arr.dtype.kind
+    if kind == "f":
+        # Python floats default to float32 (a float64 array inside a list keeps float64).
+        return arr.astype(np.float32) if not _contains_float64_array(data) else arr
+    if kind == "b":
+        return arr
+    if kind in "iu":
+        return arr.astype(np.int64)
+    raise TypeError(f"cannot build a tensor from {type(data).__name__} data (NumPy made dtype {arr.dtype})")
+
+
+def _contains_float64_array(data: Any) -> bool:
+    if isinstance(data, np.ndarray):
+        return data.dtype == np.float64
+    if isinstance(data, (list, tuple)):
+        return any(_contains_float64_array(d) for d in data)
+    return False
+
+
+def _as_tensor(data: Any) -> Tensor:
+    """Converter used by the C++ bindings for non-scalar operands (copies)."""
+    if isinstance(data, Tensor):
+        return data
+    arr = _infer_numpy(data)
+    return _core._copy_from_numpy(np.ascontiguousarray(arr), _core._dtype_of_numpy(arr.dtype))
+
+
+def tensor(data: Any, dtype: Any = None, requires_grad: bool = False) -> Tensor:
+    """A new tensor holding a copy of ``data`` (nested lists, scalars, arrays or tensors).
+
+    >>> ng.tensor([[1.0, 2.0], [3.0, 4.0]]).shape
+    (2, 2)
+    """
+    d = _resolve_dtype(dtype)
+    if isinstance(data, Tensor):
+        arr = np.asarray(data)
+    else:
+        arr = _infer_numpy(data)
+    target = d if d is not None else _core._dtype_of_numpy(arr.dtype)
+    t = _core._copy_from_numpy(np.ascontiguousarray(arr), target)
+    if requires_grad:
+        t.requires_grad = True
+    return t
+
+
+def from_numpy(a: np.ndarray) -> Tensor:
+    """A tensor sharing memory with ``a`` (float32, float64, int64 or bool)."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"from_numpy expects a NumPy array, got {type(a).__name__}")
+    return _core.from_numpy(a)
+
+
+def _shape_arg(shape: Sequence[Any]) -> tuple:
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+        shape = tuple(shape[0])
+    for s in shape:
+        if not isinstance(s, (int, np.integer)) or isinstance(s, bool):
+            raise TypeError(f"shape entries must be integers, got {s!r}")
+        if s < 0:
+            raise ValueError(f"negative dimension {s} in shape {tuple(shape)}")
+    return tuple(int(s) for s in shape)
+
+
+def _finish(t: Tensor, requires_grad: bool) -> Tensor:
+    if requires_grad:
+        t.requires_grad = True
+    return t
+
+
+def _float_dtype(dtype: Any, name: str) -> _core.dtype:
+    d = _resolve_dtype(dtype) or float32
+    return d
+
+
+def zeros(*shape: Any, dtype: Any = None, requires_grad: bool = False) -> Tensor:
+    return _finish(_core.zeros(_shape_arg(shape), _resolve_dtype(dtype) or float32), requires_grad)
+
+
+def ones(*shape: Any, dtype: Any = None, requires_grad: bool = False) -> Tensor:
+    return _finish(_core.full(_shape_arg(shape), 1.0, _resolve_dtype(dtype) or float32), requires_grad)
+
+
+def empty(*shape: Any, dtype: Any = None, requires_grad: bool = False) -> Tensor:
+    return _finish(_core.empty(_shape_arg(shape), _resolve_dtype(dtype) or float32), requires_grad)
+
+
+def full(shape: Any, fill_value: Union[int, float, bool], dtype: Any = None, requires_grad: bool = False) -> Tensor:
+    if isinstance(shape, (int, np.integer)):
+        shape = (shape,)
+    d = _resolve_dtype(dtype)
+    if d is None:
+        d = bool_ if isinstance(fill_value, bool) else int64 if isinstance(fill_value, int) else float32
+    return _finish(_core.full(_shape_arg(tuple(shape)), float(fill_value), d), requires_grad)
+
+
+def zeros_like(t: Tensor, dtype: Any = None, requires_grad: bool = False) -> Tensor:
+    return zeros(t.shape, dtype=dtype or t.dtype, requires_grad=requires_grad)
+
+
+def ones_like(t: Tensor, dtype: Any = None, requires_grad: bool = False) -> Tensor:
+    return ones(t.shape, dtype=dtype or t.dtype, requires_grad=requires_grad)
+
+
+def arange(start: float, stop: Optional[float] = None, step: float = 1, dtype: Any = None,
+           requires_grad: bool = False) -> Tensor:
+    """Values from ``start`` to ``stop`` (exclusive) by ``step``; ints give int64, floats float32."""
+    if stop is None:
+        start, stop = 0, start
+    if step == 0:
+        raise ValueError("arange: step must be nonzero")
+    d = _resolve_dtype(dtype)
+    all_int = all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in (start, stop, step))
+    if d is None:
+        d = int64 if all_int else float32
+    np_dtype = {float32: np.float32, float64: np.float64, int64: np.int64, bool_: np.bool_}[d]
+    arr = np.arange(start, stop, step, dtype=np.float64 if not all_int else np.int64).astype(np_dtype)
+    return _finish(_core._copy_from_numpy(np.ascontiguousarray(arr), d), requires_grad)
+
+
+def rand(*shape: Any, dtype: Any = None, requires_grad: bool = False) -> Tensor:
+    d = _resolve_dtype(dtype) or float32
+    return _finish(_core.rand(_shape_arg(shape), d), requires_grad)
+
+
+def randn(*shape: Any, dtype: Any = None, requires_grad: bool = False) -> Tensor:
+    d = _resolve_dtype(dtype) or float32
+    return _finish(_core.randn(_shape_arg(shape), d), requires_grad)
+
+
+class no_grad(contextlib.ContextDecorator):
+    """Context manager (and decorator) under which no graph is recorded."""
+
+    def __enter__(self) -> "no_grad":
+        self._prev = _core._set_grad_enabled(False)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        _core._set_grad_enabled(self._prev)
+
+
+class enable_grad(contextlib.ContextDecorator):
+    """Context manager re-enabling graph recording inside ``no_grad``."""
+
+    def __enter__(self) -> "enable_grad":
+        self._prev = _core._set_grad_enabled(True)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        _core._set_grad_enabled(self._prev)
+
+
+# ---------------------------------------------------------------------------------------
+# Python-side Tensor methods
+# ---------------------------------------------------------------------------------------
+def _repr(self: Tensor) -> str:
+    arr = np.asarray(self)
+    extras = []
+    if self.dtype not in (float32, int64, bool_):
+        extras.append(f"dtype={self.dtype!r}")
+    if self.requires_grad:
+        if self.grad_fn_name is not None:
+            extras.append(f"grad_fn=<{self.grad_fn_name}>")
+        else:
+            extras.append("requires_grad=True")
+    if arr.size == 0:
+        body = f"[], size={self.shape}" if arr.ndim > 1 else "[]"
+    else:
+        body = np.array2string(arr, separator=", ", prefix="tensor(",
+                               precision=4, suppress_small=False, threshold=1000)
+    return "tensor(" + body + "".join(", " + e for e in extras) + ")"
+
+
+def _T(self: Tensor) -> Tensor:
+    if self.ndim != 2:
+        raise ValueError(f".T expects a 2-D tensor, got shape {self.shape}; use permute for other ranks")
+    return self.transpose(0, 1)
+
+
+Tensor.__repr__ = _repr
+Tensor.__str__ = _repr
+Tensor.T = property(_T)
+Tensor.__module__ = "nablagrad"
+
+
+def _dtype_repr(self: _core.dtype) -> str:
+    return f"nablagrad.{self.name}"
+
+
+_core.dtype.__repr__ = _dtype_repr
+_core.dtype.__str__ = _dtype_repr

@@ -1,0 +1,316 @@
+// Tests of kernels/conv2d.h: the reference (the design document, literally) against finite
+// differences and a hand-checked example; the fast path against the reference over odd shapes,
+// strides, paddings, thread counts (bitwise) and both SIMD levels; the geometry checks.
+#include "nablagrad/kernels/conv2d.h"
+
+#include <cmath>
+#include <cstdio>
+#include <random>
+#include <vector>
+
+#include "test_util.h"
+
+using nablagrad::SimdLevel;
+using namespace nablagrad::kernels;
+
+namespace {
+
+template <typename T>
+std::vector<T> random_vector(int64_t n, std::mt19937& rng) {
+  std::uniform_real_distribution<double> dist(-1.0, 1.0);
+  std::vector<T> v(static_cast<size_t>(n));
+  for (auto& e : v) e = static_cast<T>(dist(rng));
+  return v;
+}
+
+template <typename T>
+double max_rel_diff(const std::vector<T>& a, const std::vector<T>& b) {
+  double m = 0;
+  for (size_t i = 0; i < a.size(); ++i)
+    m = std::max(m, std::fabs(double(a[i]) - double(b[i])) / (1.0 + std::fabs(double(b[i]))));
+  return m;
+}
+
+template <typename T>
+bool bitwise_equal(const std::vector<T>& a, const std::vector<T>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0;
+}
+
+struct Results {
+  std::vector<double> y, dx, dw, db;
+};
+
+// --- the worked example (also in docs/convolution.md) --------------------------------------
+// x (1,4,4,1) = 1..16 row-major, kernel (1,2,2,1) = [[1,2],[3,4]], bias 0.5, stride 2, no pad.
+// y = [[1+4+15+24, 3+8+21+32],[9+20+39+56, 11+24+45+64]] + 0.5 = [[44.5, 64.5],[124.5, 144.5]]
+// dy = [[1,2],[3,4]]:
+//   dx = each 2x2 block of x gets dy(i,j) * k  -> rows [1 2 2 4; 3 4 6 8; 3 6 4 8; 9 12 12 16]
+//   dw(a,b) = sum_ij dy(i,j) x(2i+a, 2j+b)      -> [[1+6+27+44, 2+8+30+48],[5+14+39+60, 6+16+42+64]]
+//              = [[78, 88],[118, 128]],  db = 10.
+void test_worked_example() {
+  auto g = make_conv2d_geometry(1, 4, 4, 1, 1, 2, 2, 1, 2, 2, 0, 0, 0, 0);
+  CHECK(g.Ho == 2 && g.Wo == 2);
+  std::vector<double> x(16), w = {1, 2, 3, 4}, b = {0.5}, dy = {1, 2, 3, 4};
+  for (int i = 0; i < 16; ++i) x[i] = i + 1;
+  const std::vector<double> y_expect = {44.5, 64.5, 124.5, 144.5};
+  const std::vector<double> dx_expect = {1, 2, 2, 4, 3, 4, 6, 8, 3, 6, 4, 8, 9, 12, 12, 16};
+  const std::vector<double> dw_expect = {78, 88, 118, 128};
+  for (int fast = 0; fast < 2; ++fast) {
+    std::vector<double> y(4), dx(16), dw(4), db(1);
+    if (fast) {
+      conv2d_forward(g, x.data(), w.data(), b.data(), y.data());
+      conv2d_backward_input(g, dy.data(), w.data(), dx.data());
+      conv2d_backward_weight(g, x.data(), dy.data(), dw.data(), db.data());
+    } else {
+      conv2d_reference_forward(g, x.data(), w.data(), b.data(), y.data());
+      conv2d_reference_backward_input(g, dy.data(), w.data(), dx.data());
+      conv2d_reference_backward_weight(g, x.data(), dy.data(), dw.data(), db.data());
+    }
+    CHECK(y == y_expect);
+    CHECK(dx == dx_expect);
+    CHECK(dw == dw_expect);
+    CHECK(db[0] == 10.0);
+  }
+}
+
+void test_helpers() {
+  // dilate: 2x2 with stride (2,3) -> 3x4
+  std::vector<double> in = {1, 2, 3, 4}, out(12);
+  dilate(in.data(), 1, 2, 2, 1, 2, 3, out.data());
+  CHECK((out == std::vector<double>{1, 0, 0, 2, 0, 0, 0, 0, 3, 0, 0, 4}));
+  std::vector<double> p(3 * 5);
+  pad(in.data(), 1, 2, 2, 1, 0, 1, 2, 1, p.data());
+  CHECK((p == std::vector<double>{0, 0, 1, 2, 0, 0, 0, 3, 4, 0, 0, 0, 0, 0, 0}));
+  // flip: Q=2, 2x1 kernel, C=1: k(q, a, 0, 0) -> kr(0, a, 0, q) = k(q, 1-a, 0, 0)
+  std::vector<double> k = {1, 2, 3, 4}, kr(4);
+  flip_kernel(k.data(), 2, 2, 1, 1, kr.data());
+  CHECK((kr == std::vector<double>{2, 4, 1, 3}));
+}
+
+// Finite differences of the reference forward check the reference backward.
+void test_reference_gradcheck() {
+  std::mt19937 rng(7);
+  struct Case { int64_t N, H, W, C, Q, FH, FW, sh, sw, pt, pb, pl, pr; };
+  const Case cases[] = {{2, 5, 6, 2, 3, 3, 2, 2, 1, 1, 0, 0, 1},
+                        {1, 7, 5, 3, 2, 3, 3, 2, 3, 1, 1, 1, 1},
+                        {1, 6, 6, 1, 2, 2, 2, 1, 1, 0, 1, 0, 1},
+                        {2, 5, 5, 2, 1, 1, 1, 2, 2, 0, 0, 0, 0}};
+  for (const Case& c : cases) {
+    auto g = make_conv2d_geometry(c.N, c.H, c.W, c.C, c.Q, c.FH, c.FW, c.C, c.sh, c.sw, c.pt,
+                                  c.pb, c.pl, c.pr);
+    const int64_t nx = g.N * g.H * g.W * g.C, nw = g.Q * g.FH * g.FW * g.C,
+                  ny = g.N * g.Ho * g.Wo * g.Q;
+    auto x = random_vector<double>(nx, rng), w = random_vector<double>(nw, rng),
+         b = random_vector<double>(g.Q, rng), dy = random_vector<double>(ny, rng);
+    std::vector<double> dx(nx), dw(nw), db(g.Q), y(ny);
+    conv2d_reference_backward_input(g, dy.data(), w.data(), dx.data());
+    conv2d_reference_backward_weight(g, x.data(), dy.data(), dw.data(), db.data());
+    auto loss = [&]() {
+      conv2d_reference_forward(g, x.data(), w.data(), b.data(), y.data());
+      double s = 0;
+      for (int64_t i = 0; i < ny; ++i) s += y[i] * dy[i];
+      return s;
+    };
+    const double h = 1e-6;
+    auto fd = [&](std::vector<double>& v, int64_t i) {
+      const double old = v[i];
+      v[i] = old + h;
+      const double lp = loss();
+      v[i] = old - h;
+      const double lm = loss();
+      v[i] = old;
+      return (lp - lm) / (2 * h);
+    };
+    for (int64_t i = 0; i < nx; ++i) CHECK_NEAR(dx[i], fd(x, i), 1e-6);
+    for (int64_t i = 0; i < nw; ++i) CHECK_NEAR(dw[i], fd(w, i), 1e-6);
+    for (int64_t i = 0; i < g.Q; ++i) CHECK_NEAR(db[i], fd(b, i), 1e-6);
+  }
+}
+
+// PITFALLS item 1: 28 -> 14 with F=3, S=2, P=1; the last input row/col is never read.
+void test_uneven_stride_28_to_14() {
+  auto g = make_conv2d_geometry(2, 28, 28, 3, 4, 3, 3, 3, 2, 2, 1, 1, 1, 1);
+  CHECK(g.Ho == 14 && g.Wo == 14);
+  std::mt19937 rng(28);
+  auto w = random_vector<double>(4 * 9 * 3, rng);
+  auto dy = random_vector<double>(2 * 14 * 14 * 4, rng);
+  std::vector<double> dx_ref(2 * 28 * 28 * 3), dx(2 * 28 * 28 * 3, 99.0);
+  conv2d_reference_backward_input(g, dy.data(), w.data(), dx_ref.data());
+  conv2d_backward_input(g, dy.data(), w.data(), dx.data());
+  CHECK(max_rel_diff(dx, dx_ref) < 1e-12);
+  // padded row 28 (= input row 27) is only reached by tap fh=2 from ho=13: 13*2+2 = 28 -> yes;
+  // so here every row is touched; with P=0 the last row is not:
+  auto g0 = make_conv2d_geometry(1, 28, 28, 1, 1, 3, 3, 1, 2, 2, 0, 0, 0, 0);
+  CHECK(g0.Ho == 13);
+  std::vector<double> w0(9, 1.0), dy0(13 * 13, 1.0), dx0(28 * 28, 99.0), dx0r(28 * 28);
+  conv2d_backward_input(g0, dy0.data(), w0.data(), dx0.data());
+  conv2d_reference_backward_input(g0, dy0.data(), w0.data(), dx0r.data());
+  CHECK(dx0 == dx0r);
+  CHECK(dx0[27 * 28 + 5] == 0.0 && dx0[5 * 28 + 27] == 0.0);
+}
+
+template <typename T>
+Results run_fast(const Conv2dGeometry& g, const std::vector<T>& x, const std::vector<T>& w,
+                 const std::vector<T>& b, const std::vector<T>& dy, bool with_bias) {
+  std::vector<T> y(g.N * g.Ho * g.Wo * g.Q, T(77)), dx(x.size(), T(77)), dw(w.size(), T(77)),
+      db(g.Q, T(77));
+  conv2d_forward(g, x.data(), w.data(), with_bias ? b.data() : nullptr, y.data());
+  conv2d_backward_input(g, dy.data(), w.data(), dx.data());
+  conv2d_backward_weight(g, x.data(), dy.data(), dw.data(), with_bias ? db.data() : nullptr);
+  Results r;
+  r.y.assign(y.begin(), y.end());
+  r.dx.assign(dx.begin(), dx.end());
+  r.dw.assign(dw.begin(), dw.end());
+  if (with_bias) r.db.assign(db.begin(), db.end());
+  return r;
+}
+
+template <typename T>
+Results run_reference(const Conv2dGeometry& g, const std::vector<T>& x, const std::vector<T>& w,
+                      const std::vector<T>& b, const std::vector<T>& dy, bool with_bias) {
+  std::vector<T> y(g.N * g.Ho * g.Wo * g.Q), dx(x.size()), dw(w.size()), db(g.Q);
+  conv2d_reference_forward(g, x.data(), w.data(), with_bias ? b.data() : nullptr, y.data());
+  conv2d_reference_backward_input(g, dy.data(), w.data(), dx.data());
+  conv2d_reference_backward_weight(g, x.data(), dy.data(), dw.data(), with_bias ? db.data() : nullptr);
+  Results r;
+  r.y.assign(y.begin(), y.end());
+  r.dx.assign(dx.begin(), dx.end());
+  r.dw.assign(dw.begin(), dw.end());
+  if (with_bias) r.db.assign(db.begin(), db.end());
+  return r;
+}
+
+// Fast vs reference over random shapes, at 1, 2 and 3 threads (bitwise equal) and both SIMD
+// levels. Every failure prints the full parameter set.
+template <typename T>
+void sweep(int cases, uint32_t seed, double tol) {
+  std::mt19937 rng(seed);
+  auto pick = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
+  const bool have_avx2 = nablagrad::cpu_has_avx2_fma();
+  for (int t = 0; t < cases; ++t) {
+    const int64_t N = pick(1, 3), C = (t % 5 == 0) ? pick(1, 3) : pick(1, 19),
+                  Q = (t % 7 == 0) ? pick(1, 3) : pick(1, 21);
+    const int64_t FH = pick(1, 5), FW = pick(1, 5), sh = pick(1, 3), sw = pick(1, 3);
+    const int64_t pt = pick(0, FH - 1), pb = pick(0, FH - 1), pl = pick(0, FW - 1),
+                  pr = pick(0, FW - 1);
+    const int64_t H = std::max<int64_t>(pick(1, 13), FH - pt - pb),
+                  W = std::max<int64_t>(pick(1, 13), FW - pl - pr);
+    const Conv2dGeometry g =
+        make_conv2d_geometry(N, H, W, C, Q, FH, FW, C, sh, sw, pt, pb, pl, pr);
+    auto x = random_vector<T>(N * H * W * C, rng), w = random_vector<T>(Q * FH * FW * C, rng),
+         b = random_vector<T>(Q, rng), dy = random_vector<T>(N * g.Ho * g.Wo * Q, rng);
+    const bool with_bias = t % 3 != 0;
+    const Results ref = run_reference(g, x, w, b, dy, with_bias);
+    for (int level = 0; level < (have_avx2 ? 2 : 1); ++level) {
+      nablagrad::set_simd_level(level ? SimdLevel::AVX2 : SimdLevel::Portable);
+      Results first;
+      for (int threads = 1; threads <= 3; ++threads) {
+        nablagrad::set_num_threads(threads);
+        const Results r = run_fast(g, x, w, b, dy, with_bias);
+        const double ey = max_rel_diff(r.y, ref.y), edx = max_rel_diff(r.dx, ref.dx),
+                     edw = max_rel_diff(r.dw, ref.dw),
+                     edb = with_bias ? max_rel_diff(r.db, ref.db) : 0.0;
+        bool same = true;
+        if (threads == 1)
+          first = r;
+        else
+          same = bitwise_equal(r.y, first.y) && bitwise_equal(r.dx, first.dx) &&
+                 bitwise_equal(r.dw, first.dw) && bitwise_equal(r.db, first.db);
+        CHECK(ey < tol && edx < tol && edw < tol && edb < tol && same);
+        if (!(ey < tol && edx < tol && edw < tol && edb < tol && same))
+          std::printf(
+              "  %s case %d: N=%lld H=%lld W=%lld C=%lld Q=%lld F=%lldx%lld S=%lldx%lld "
+              "pad(t%lld,b%lld,l%lld,r%lld) bias=%d simd=%d threads=%d: err y=%g dx=%g dw=%g "
+              "db=%g bitwise_same=%d\n",
+              sizeof(T) == 4 ? "float" : "double", t, (long long)N, (long long)H, (long long)W,
+              (long long)C, (long long)Q, (long long)FH, (long long)FW, (long long)sh,
+              (long long)sw, (long long)pt, (long long)pb, (long long)pl, (long long)pr,
+              with_bias, level, threads, ey, edx, edw, edb, same);
+      }
+    }
+  }
+  nablagrad::set_simd_level(have_avx2 ? SimdLevel::AVX2 : SimdLevel::Portable);
+  nablagrad::set_num_threads(2);
+}
+
+void test_sweep_double() { sweep<double>(150, 1234, 1e-12); }
+void test_sweep_float() { sweep<float>(40, 99, 2e-5); }
+
+// A few larger shapes (several tiles, several weight-gradient chunks, K blocking) to exercise
+// the tiling and the chunked reduction; checked against the reference and across threads.
+void test_larger_shapes() {
+  struct Case { int64_t N, H, W, C, Q, F, S, P; };
+  const Case cases[] = {{2, 17, 19, 40, 33, 3, 1, 1}, {3, 24, 20, 7, 18, 5, 2, 2},
+                        {1, 30, 30, 3, 8, 7, 2, 3}, {2, 12, 12, 70, 5, 2, 1, 0}};
+  std::mt19937 rng(5);
+  for (const Case& c : cases) {
+    auto g = make_conv2d_geometry(c.N, c.H, c.W, c.C, c.Q, c.F, c.F, c.C, c.S, c.S, c.P, c.P,
+                                  c.P, c.P);
+    auto x = random_vector<double>(c.N * c.H * c.W * c.C, rng),
+         w = random_vector<double>(c.Q * c.F * c.F * c.C, rng), b = random_vector<double>(c.Q, rng),
+         dy = random_vector<double>(c.N * g.Ho * g.Wo * c.Q, rng);
+    const Results ref = run_reference(g, x, w, b, dy, true);
+    nablagrad::set_num_threads(1);
+    const Results r1 = run_fast(g, x, w, b, dy, true);
+    nablagrad::set_num_threads(3);
+    const Results r3 = run_fast(g, x, w, b, dy, true);
+    CHECK(max_rel_diff(r1.y, ref.y) < 1e-12);
+    CHECK(max_rel_diff(r1.dx, ref.dx) < 1e-12);
+    CHECK(max_rel_diff(r1.dw, ref.dw) < 1e-12);
+    CHECK(max_rel_diff(r1.db, ref.db) < 1e-12);
+    CHECK(bitwise_equal(r1.y, r3.y) && bitwise_equal(r1.dx, r3.dx) &&
+          bitwise_equal(r1.dw, r3.dw) && bitwise_equal(r1.db, r3.db));
+  }
+  nablagrad::set_num_threads(2);
+}
+
+void test_geometry_errors() {
+  CHECK_THROWS(make_conv2d_geometry(2, 8, 8, 3, 4, 3, 3, 4, 1, 1, 0, 0, 0, 0),
+               std::invalid_argument);
+  try {
+    make_conv2d_geometry(2, 8, 8, 3, 4, 3, 3, 4, 1, 1, 0, 0, 0, 0);
+  } catch (const std::invalid_argument& e) {
+    CHECK(std::string(e.what()) ==
+          "conv2d: input has C=3 channels but kernel expects C=4 (input (2,8,8,3), kernel "
+          "(4,3,3,4))");
+  }
+  CHECK_THROWS(make_conv2d_geometry(1, 2, 8, 1, 1, 3, 3, 1, 1, 1, 0, 0, 0, 0),
+               std::invalid_argument);  // kernel taller than input
+  CHECK_THROWS(make_conv2d_geometry(1, 8, 8, 1, 1, 3, 3, 1, 0, 1, 0, 0, 0, 0),
+               std::invalid_argument);  // stride 0
+  CHECK_THROWS(make_conv2d_geometry(1, 8, 8, 1, 1, 3, 3, 1, 1, -1, 0, 0, 0, 0),
+               std::invalid_argument);  // negative stride
+  CHECK_THROWS(make_conv2d_geometry(1, 8, 8, 1, 1, 3, 3, 1, 1, 1, -1, 0, 0, 0),
+               std::invalid_argument);  // negative padding
+  CHECK_THROWS(make_conv2d_geometry(1, 8, 8, 0, 1, 3, 3, 0, 1, 1, 0, 0, 0, 0),
+               std::invalid_argument);  // C = 0
+  CHECK_THROWS(make_conv2d_geometry(1, 8, 8, 1, 0, 3, 3, 1, 1, 1, 0, 0, 0, 0),
+               std::invalid_argument);  // Q = 0
+  CHECK_THROWS(make_conv2d_geometry(-1, 8, 8, 1, 1, 3, 3, 1, 1, 1, 0, 0, 0, 0),
+               std::invalid_argument);  // N < 0
+  // Kernel fits only thanks to padding: fine. padding="same" with an even kernel.
+  auto g = make_conv2d_geometry(1, 2, 2, 1, 1, 3, 3, 1, 1, 1, 1, 1, 1, 1);
+  CHECK(g.Ho == 2 && g.Wo == 2);
+  auto s = make_conv2d_geometry(1, 9, 7, 1, 1, 4, 4, 1, 1, 1, 1, 2, 1, 2);
+  CHECK(s.Ho == 9 && s.Wo == 7);
+  // N = 0 is an empty batch: no work, zero weight gradient.
+  auto e = make_conv2d_geometry(0, 5, 5, 2, 3, 3, 3, 2, 1, 1, 1, 1, 1, 1);
+  std::vector<double> dw(3 * 9 * 2, 1.0), db(3, 1.0);
+  conv2d_backward_weight<double>(e, nullptr, nullptr, dw.data(), db.data());
+  CHECK(dw == std::vector<double>(3 * 9 * 2, 0.0));
+  CHECK(db == std::vector<double>(3, 0.0));
+}
+
+}  // namespace
+
+int main() {
+  RUN_TEST(test_worked_example);
+  RUN_TEST(test_helpers);
+  RUN_TEST(test_reference_gradcheck);
+  RUN_TEST(test_uneven_stride_28_to_14);
+  RUN_TEST(test_geometry_errors);
+  RUN_TEST(test_sweep_double);
+  RUN_TEST(test_sweep_float);
+  RUN_TEST(test_larger_shapes);
+  return test_util::finish();
+}

@@ -1,0 +1,271 @@
+// Tests for kernels::gemm against the kernels::gemm_reference oracle.
+//
+// Every case runs gemm for each simd level (portable, and AVX2 when the CPU has it) and for
+// 1, 2 and 3 threads, and checks
+//   * the error against a float64 reference is within the worst-case rounding bound,
+//   * the result is bitwise identical for every thread count (fixed simd level).
+// Shapes sweep odd sizes (1..70, not multiples of the 6x16 / 4x8 tiles) and a few large
+// ones, all four transpose combinations (through strides), accumulate on/off, padded leading
+// dimensions, float and double. main() lowers gemm_parallel_threshold() to 0 so that small
+// shapes take the multithreaded path too.
+//
+//   g++ -std=c++17 -O2 -Wall -Wextra -Werror -pthread -I cpp/include tests/cpp/test_gemm.cpp
+#include "nablagrad/kernels/gemm.h"
+
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include "test_util.h"
+
+namespace {
+
+using nablagrad::SimdLevel;
+using nablagrad::kernels::gemm;
+using nablagrad::kernels::gemm_reference;
+
+std::vector<SimdLevel> simd_levels() {
+  std::vector<SimdLevel> levels = {SimdLevel::Portable};
+  if (nablagrad::cpu_has_avx2_fma()) levels.push_back(SimdLevel::AVX2);
+  return levels;
+}
+
+const char* level_name(SimdLevel level) { return level == SimdLevel::AVX2 ? "avx2" : "portable"; }
+
+struct Shape {
+  int64_t M, N, K;
+};
+
+// One problem: operands stored with padded leading dimensions, optionally transposed.
+template <typename T>
+struct Problem {
+  int64_t M, N, K;
+  bool trans_a, trans_b, accumulate;
+  int64_t lda, ldb, ldc;
+  std::vector<T> a, b, c0;
+  // A(i,k) = a[i*a_rs + k*a_cs], B(k,j) = b[k*b_rs + j*b_cs]
+  int64_t a_rs, a_cs, b_rs, b_cs;
+
+  Problem(Shape s, bool ta, bool tb, bool acc, std::mt19937& rng)
+      : M(s.M), N(s.N), K(s.K), trans_a(ta), trans_b(tb), accumulate(acc) {
+    std::uniform_real_distribution<double> dist(-1.0, 1.0);
+    // Stored as [M,K] (or [K,M] when transposed) with 0..2 elements of row padding.
+    const int64_t pad_a = static_cast<int64_t>(rng() % 3), pad_b = static_cast<int64_t>(rng() % 3);
+    lda = (ta ? M : K) + pad_a;
+    ldb = (tb ? K : N) + pad_b;
+    ldc = N + static_cast<int64_t>(rng() % 3);
+    a.resize(static_cast<size_t>((ta ? K : M) * lda + 1));
+    b.resize(static_cast<size_t>((tb ? N : K) * ldb + 1));
+    c0.resize(static_cast<size_t>(M * ldc + 1));
+    for (auto& x : a) x = static_cast<T>(dist(rng));
+    for (auto& x : b) x = static_cast<T>(dist(rng));
+    for (auto& x : c0) x = static_cast<T>(dist(rng));
+    a_rs = ta ? 1 : lda;
+    a_cs = ta ? lda : 1;
+    b_rs = tb ? 1 : ldb;
+    b_cs = tb ? ldb : 1;
+    compute_reference();
+  }
+
+  std::vector<T> run_gemm() const {
+    std::vector<T> c = c0;
+    gemm<T>(M, N, K, a.data(), a_rs, a_cs, b.data(), b_rs, b_cs, c.data(), ldc, accumulate);
+    return c;
+  }
+
+  // float64 reference and, per element, sum|a b| (+ |c0| when accumulating).
+  std::vector<double> ref, abs_ref;
+
+  void compute_reference() {
+    std::vector<double> ad(a.begin(), a.end()), bd(b.begin(), b.end());
+    std::vector<double> abs_a(ad.size()), abs_b(bd.size());
+    for (size_t i = 0; i < ad.size(); ++i) abs_a[i] = std::fabs(ad[i]);
+    for (size_t i = 0; i < bd.size(); ++i) abs_b[i] = std::fabs(bd[i]);
+    ref.assign(c0.begin(), c0.end());
+    abs_ref.resize(ref.size());
+    for (size_t i = 0; i < ref.size(); ++i) abs_ref[i] = std::fabs(ref[i]);
+    gemm_reference<double>(M, N, K, ad.data(), a_rs, a_cs, bd.data(), b_rs, b_cs, ref.data(), ldc,
+                           accumulate);
+    gemm_reference<double>(M, N, K, abs_a.data(), a_rs, a_cs, abs_b.data(), b_rs, b_cs,
+                           abs_ref.data(), ldc, accumulate);
+  }
+
+  // Worst-case check against the float64 reference: |c - ref| <= (K + 2) eps (sum|a b| + |c0|).
+  // Also checks that the padding of C (columns N..ldc) was left untouched.
+  bool matches_reference(const std::vector<T>& c, double* worst_ratio) const {
+    const std::vector<double>& cd = ref;
+    const std::vector<double>& abs_c = abs_ref;
+    const double eps = std::numeric_limits<T>::epsilon();
+    bool ok = true;
+    *worst_ratio = 0.0;
+    for (int64_t i = 0; i < M; ++i) {
+      for (int64_t j = 0; j < ldc; ++j) {
+        const size_t idx = static_cast<size_t>(i * ldc + j);
+        if (j >= N) {
+          if (std::memcmp(&c[idx], &c0[idx], sizeof(T)) != 0) ok = false;
+          continue;
+        }
+        const double bound = (static_cast<double>(K) + 2.0) * eps * (abs_c[idx] + 1e-30);
+        const double err = std::fabs(static_cast<double>(c[idx]) - cd[idx]);
+        if (!(err <= bound)) ok = false;
+        *worst_ratio = std::max(*worst_ratio, err / bound);
+      }
+    }
+    if (std::memcmp(&c.back(), &c0.back(), sizeof(T)) != 0) ok = false;  // element past the end
+    return ok;
+  }
+};
+
+template <typename T>
+void check_shape(Shape s, std::mt19937& rng) {
+  for (int trans = 0; trans < 4; ++trans) {
+    for (int acc = 0; acc < 2; ++acc) {
+      const Problem<T> p(s, trans & 1, trans & 2, acc == 1, rng);
+      for (SimdLevel level : simd_levels()) {
+        nablagrad::set_simd_level(level);
+        std::vector<T> first;
+        for (int threads : {1, 2, 3}) {
+          nablagrad::set_num_threads(threads);
+          const std::vector<T> c = p.run_gemm();
+          double ratio = 0.0;
+          const bool ok = p.matches_reference(c, &ratio);
+          CHECK(ok);
+          if (!ok)
+            std::printf("  %s M=%lld N=%lld K=%lld trans_a=%d trans_b=%d accumulate=%d simd=%s "
+                        "threads=%d lda=%lld ldb=%lld ldc=%lld: error/bound=%.3g\n",
+                        sizeof(T) == 4 ? "float" : "double", static_cast<long long>(s.M),
+                        static_cast<long long>(s.N), static_cast<long long>(s.K), trans & 1,
+                        (trans >> 1) & 1, acc, level_name(level), threads,
+                        static_cast<long long>(p.lda), static_cast<long long>(p.ldb),
+                        static_cast<long long>(p.ldc), ratio);
+          if (threads == 1) {
+            first = c;
+          } else {
+            const bool same = std::memcmp(first.data(), c.data(), sizeof(T) * c.size()) == 0;
+            CHECK(same);
+            if (!same)
+              std::printf("  %s M=%lld N=%lld K=%lld trans=%d accumulate=%d simd=%s: threads=%d "
+                          "differs bitwise from threads=1\n",
+                          sizeof(T) == 4 ? "float" : "double", static_cast<long long>(s.M),
+                          static_cast<long long>(s.N), static_cast<long long>(s.K), trans, acc,
+                          level_name(level), threads);
+          }
+        }
+      }
+    }
+  }
+}
+
+std::vector<Shape> small_shapes() {
+  std::vector<Shape> shapes;
+  // Degenerate dimensions and tile edges.
+  const int64_t edges[] = {1, 2, 5, 6, 7, 8, 9, 15, 16, 17};
+  for (int64_t m : {1, 5, 6, 7, 13})
+    for (int64_t n : {1, 8, 15, 16, 17, 33})
+      for (int64_t k : {1, 3, 17}) shapes.push_back({m, n, k});
+  for (int64_t e : edges) shapes.push_back({e, e, e});
+  // Random odd sizes up to 70 (some big enough to take the threaded path).
+  std::mt19937 rng(1234);
+  for (int i = 0; i < 40; ++i) {
+    shapes.push_back({1 + static_cast<int64_t>(rng() % 70), 1 + static_cast<int64_t>(rng() % 70),
+                      1 + static_cast<int64_t>(rng() % 70)});
+  }
+  shapes.push_back({70, 70, 70});
+  shapes.push_back({64, 64, 64});
+  shapes.push_back({67, 1, 69});
+  shapes.push_back({1, 69, 67});
+  return shapes;
+}
+
+void test_small_shapes_float() {
+  std::mt19937 rng(1);
+  for (const Shape& s : small_shapes()) check_shape<float>(s, rng);
+}
+
+void test_small_shapes_double() {
+  std::mt19937 rng(2);
+  for (const Shape& s : small_shapes()) check_shape<double>(s, rng);
+}
+
+// Sizes beyond one MC / KC block and big enough for the threaded path, including K slices
+// (K > KC) and thin / wide matrices that force an M-only or N-only thread split.
+void test_large_shapes() {
+  std::mt19937 rng(3);
+  const Shape shapes[] = {{211, 263, 297}, {300, 7, 290}, {5, 301, 280}, {257, 255, 513}};
+  for (const Shape& s : shapes) check_shape<float>(s, rng);
+  const Shape double_shapes[] = {{211, 263, 297}, {97, 203, 300}};
+  for (const Shape& s : double_shapes) check_shape<double>(s, rng);
+}
+
+// The shipped threshold (the other tests use 0): a shape that is threaded either way.
+void test_default_threshold() {
+  std::mt19937 rng(4);
+  check_shape<float>({213, 199, 230}, rng);
+}
+
+template <typename T>
+void check_degenerate() {
+  const T a[6] = {1, 2, 3, 4, 5, 6}, b[6] = {1, 2, 3, 4, 5, 6};
+  for (SimdLevel level : simd_levels()) {
+    nablagrad::set_simd_level(level);
+    // K == 0: C = 0, or unchanged when accumulating.
+    T c[6] = {7, 7, 7, 7, 7, 7};
+    gemm<T>(2, 3, 0, a, 1, 1, b, 1, 1, c, 3, true);
+    for (T x : c) CHECK(x == T(7));
+    gemm<T>(2, 3, 0, a, 1, 1, b, 1, 1, c, 3, false);
+    for (T x : c) CHECK(x == T(0));
+    // M == 0 or N == 0: nothing is touched (C may even be null).
+    gemm<T>(0, 3, 2, a, 2, 1, b, 3, 1, static_cast<T*>(nullptr), 3, false);
+    gemm<T>(2, 0, 2, a, 2, 1, b, 3, 1, static_cast<T*>(nullptr), 0, false);
+    // 1x1x1.
+    T one = 5;
+    gemm<T>(1, 1, 1, a + 2, 1, 1, b + 3, 1, 1, &one, 1, true);
+    CHECK(one == T(5 + 3 * 4));
+    // A 2x3 times 3x2, exact in any precision.
+    T c2[4] = {0, 0, 0, 0};
+    gemm<T>(2, 2, 3, a, 3, 1, b, 2, 1, c2, 2, false);
+    CHECK(c2[0] == T(1 * 1 + 2 * 3 + 3 * 5));
+    CHECK(c2[1] == T(1 * 2 + 2 * 4 + 3 * 6));
+    CHECK(c2[2] == T(4 * 1 + 5 * 3 + 6 * 5));
+    CHECK(c2[3] == T(4 * 2 + 5 * 4 + 6 * 6));
+  }
+}
+
+void test_degenerate() {
+  check_degenerate<float>();
+  check_degenerate<double>();
+}
+
+// Reference agrees with a hand-computed product (the oracle is itself checked).
+void test_reference() {
+  const double a[4] = {1, 2, 3, 4}, b[4] = {5, 6, 7, 8};
+  double c[4] = {1, 1, 1, 1};
+  gemm_reference<double>(2, 2, 2, a, 2, 1, b, 2, 1, c, 2, true);
+  CHECK(c[0] == 1 + 19 && c[1] == 1 + 22 && c[2] == 1 + 43 && c[3] == 1 + 50);
+  gemm_reference<double>(2, 2, 2, a, 1, 2, b, 1, 2, c, 2, false);  // A^T B^T
+  CHECK(c[0] == 23 && c[1] == 31 && c[2] == 34 && c[3] == 46);
+}
+
+}  // namespace
+
+int main() {
+  const SimdLevel initial_level = nablagrad::simd_level();
+  const int initial_threads = nablagrad::get_num_threads();
+  // Send every shape above the direct-loop size through the threaded path.
+  const int64_t initial_threshold = nablagrad::kernels::gemm_parallel_threshold().load();
+  nablagrad::kernels::gemm_parallel_threshold().store(0);
+  RUN_TEST(test_reference);
+  RUN_TEST(test_degenerate);
+  RUN_TEST(test_small_shapes_float);
+  RUN_TEST(test_small_shapes_double);
+  RUN_TEST(test_large_shapes);
+  nablagrad::kernels::gemm_parallel_threshold().store(initial_threshold);
+  RUN_TEST(test_default_threshold);
+  nablagrad::set_simd_level(initial_level);
+  nablagrad::set_num_threads(initial_threads);
+  return test_util::finish();
+}
