@@ -12,6 +12,7 @@
 //   ops/shape.h        reshape transpose permute flatten expand squeeze/unsqueeze slicing
 //                      indexing concatenate stack contiguous
 //   ops/nn.h           softmax log_softmax layer_norm dropout and the losses
+//   ops/conv.h         conv2d max_pool2d avg_pool2d (kernels in kernels/conv2d.h, pool2d.h)
 //
 //     using namespace nablagrad;
 //     Tensor w = Tensor::full({3}, 0.5); w.impl().requires_grad = true;
@@ -20,6 +21,9 @@
 #pragma once
 
 #include "autograd.h"
+#include "ops/conv.h"
 #include "ops/elementwise.h"
 #include "ops/linalg.h"
+#include "ops/nn.h"
 #include "ops/reduction.h"
+#include "ops/shape.h"

@@ -1,0 +1,4 @@
+// nablagrad/ops/conv.h
+#pragma once
+
+#include "../autograd.h"

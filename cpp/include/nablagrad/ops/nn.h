@@ -1,0 +1,4 @@
+// nablagrad/ops/nn.h
+#pragma once
+
+#include "../autograd.h"

@@ -1,0 +1,4 @@
+// nablagrad/ops/shape.h
+#pragma once
+
+#include "../autograd.h"
