@@ -92,12 +92,17 @@ def _contains_float64_array(data: Any) -> bool:
     return False
 
 
+def _c_contiguous(arr: np.ndarray) -> np.ndarray:
+    """C-contiguous version of ``arr`` keeping 0-d arrays 0-d (np.ascontiguousarray makes them 1-d)."""
+    return arr if arr.flags.c_contiguous else np.ascontiguousarray(arr)
+
+
 def _as_tensor(data: Any) -> Tensor:
     """Converter used by the C++ bindings for non-scalar operands (copies)."""
     if isinstance(data, Tensor):
         return data
     arr = _infer_numpy(data)
-    return _core._copy_from_numpy(np.ascontiguousarray(arr), _core._dtype_of_numpy(arr.dtype))
+    return _core._copy_from_numpy(_c_contiguous(arr), _core._dtype_of_numpy(arr.dtype))
 
 
 def tensor(data: Any, dtype: Any = None, requires_grad: bool = False) -> Tensor:
@@ -112,7 +117,7 @@ def tensor(data: Any, dtype: Any = None, requires_grad: bool = False) -> Tensor:
     else:
         arr = _infer_numpy(data)
     target = d if d is not None else _core._dtype_of_numpy(arr.dtype)
-    t = _core._copy_from_numpy(np.ascontiguousarray(arr), target)
+    t = _core._copy_from_numpy(_c_contiguous(arr), target)
     if requires_grad:
         t.requires_grad = True
     return t
@@ -189,7 +194,7 @@ def arange(start: float, stop: Optional[float] = None, step: float = 1, dtype: A
         d = int64 if all_int else float32
     np_dtype = {float32: np.float32, float64: np.float64, int64: np.int64, bool_: np.bool_}[d]
     arr = np.arange(start, stop, step, dtype=np.float64 if not all_int else np.int64).astype(np_dtype)
-    return _finish(_core._copy_from_numpy(np.ascontiguousarray(arr), d), requires_grad)
+    return _finish(_core._copy_from_numpy(_c_contiguous(arr), d), requires_grad)
 
 
 def rand(*shape: Any, dtype: Any = None, requires_grad: bool = False) -> Tensor:

@@ -70,7 +70,7 @@ def gradcheck(fn: Callable[..., Tensor], inputs: Sequence[Tensor], eps: float = 
     for o, w in zip(outs_t, weights):
         if not o.requires_grad:
             continue
-        term = (o * _core._copy_from_numpy(np.ascontiguousarray(w), o.dtype)).sum()
+        term = (o * _core._copy_from_numpy(np.array(w, order="C"), o.dtype)).sum()
         total = term if total is None else total + term
     if total is not None:
         total.backward()

@@ -69,11 +69,13 @@ class ThreadPool {
       next_task_.store(0);
       pending_.store(ntasks);
       error_ = nullptr;
-      ++generation_;
+      generation_.fetch_add(1, std::memory_order_release);
     }
     wake_.notify_all();
     work_on_current_job();
-    // Wait for the workers to finish the chunks they picked up.
+    // Wait for the workers to finish the chunks they picked up (spin briefly first: chunks
+    // of one region usually end close together).
+    for (int spin = 0; spin < kSpinIterations && pending_.load(std::memory_order_acquire) != 0; ++spin) cpu_relax();
     while (pending_.load(std::memory_order_acquire) != 0) {
       std::unique_lock<std::mutex> lock(mutex_);
       done_.wait(lock, [&] { return pending_.load() == 0; });
@@ -93,6 +95,16 @@ class ThreadPool {
     unsigned hw = std::thread::hardware_concurrency();
     num_threads_ = hw == 0 ? 1 : static_cast<int>(hw);
     start_workers();
+  }
+
+  static constexpr int kSpinIterations = 20000;
+
+  static void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#else
+    std::this_thread::yield();
+#endif
   }
 
   static bool& in_task() {
@@ -124,6 +136,12 @@ class ThreadPool {
   void worker_loop() {
     uint64_t seen = 0;
     for (;;) {
+      // Spin a little before sleeping: back-to-back regions (a GEMM's blocks, a training
+      // step's ops) then start without a condition-variable wake-up (~100 us).
+      for (int spin = 0; spin < kSpinIterations; ++spin) {
+        if (generation_.load(std::memory_order_acquire) != seen || stopping_flag_.load(std::memory_order_relaxed)) break;
+        cpu_relax();
+      }
       {
         std::unique_lock<std::mutex> lock(mutex_);
         wake_.wait(lock, [&] { return stopping_ || (generation_ != seen && job_ != nullptr); });
@@ -136,6 +154,7 @@ class ThreadPool {
 
   void start_workers() {
     stopping_ = false;
+    stopping_flag_.store(false);
     for (int i = 1; i < num_threads_; ++i) workers_.emplace_back([this] { worker_loop(); });
   }
 
@@ -143,6 +162,7 @@ class ThreadPool {
     {
       std::lock_guard<std::mutex> lock(mutex_);
       stopping_ = true;
+      stopping_flag_.store(true);
     }
     wake_.notify_all();
     for (auto& t : workers_) t.join();
@@ -160,8 +180,9 @@ class ThreadPool {
   std::atomic<int64_t> next_task_{0};
   std::atomic<int64_t> pending_{0};
   std::exception_ptr error_;
-  uint64_t generation_ = 0;
+  std::atomic<uint64_t> generation_{0};
   bool stopping_ = false;
+  std::atomic<bool> stopping_flag_{false};
 };
 
 inline int get_num_threads() { return ThreadPool::instance().num_threads(); }

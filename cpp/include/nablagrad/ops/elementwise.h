@@ -190,9 +190,8 @@ inline Tensor arith(detail::BinaryOp op, const Tensor& a_in, const Tensor& b_in)
         case BinaryOp::Div: {
           Tensor ga = binary_map<T, T, T>(g, sb, s, g.dtype(), [](T x, T y) { return x / y; });
           gi[0] = grad_for(ga, ra);
-          // d(a/b)/db = -out / b
-          Tensor gb = binary_map<T, T, T>(ga, so, s, g.dtype(), [](T x, T y) { return -x * y; });
-          gi[1] = grad_for(binary_map<T, T, T>(gb, sb, s, g.dtype(), [](T x, T y) { return x / y; }), rb);
+          // d(a/b)/db = -a / b^2 = -out / b, so the gradient is -(g / b) * out
+          gi[1] = grad_for(binary_map<T, T, T>(ga, so, s, g.dtype(), [](T x, T y) { return -x * y; }), rb);
           break;
         }
         case BinaryOp::Pow: {

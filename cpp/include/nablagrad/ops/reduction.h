@@ -202,8 +202,11 @@ namespace detail {
 inline Tensor extremum(const Tensor& x, const std::vector<int64_t>& axes_in, bool keepdims, ReduceKind kind) {
   const char* name = kind == ReduceKind::Max ? "max" : "min";
   const std::vector<int64_t> axes = normalize_axes(axes_in, x.dim(), name);
-  if (x.numel() == 0)
-    throw std::invalid_argument(std::string(name) + ": cannot reduce an empty tensor of shape " + shape_str(x.shape()));
+  int64_t reduced = 1;
+  for (int64_t a : axes) reduced *= x.shape()[a];
+  if (reduced == 0)  // no identity for max/min; an empty result over other axes is fine (NumPy)
+    throw std::invalid_argument(std::string(name) + ": cannot reduce over a zero-size dimension of a tensor of shape " +
+                                shape_str(x.shape()));
   Tensor out = reduce_raw(x, axes, keepdims, kind);
   if (any_requires_grad({&x})) {
     const Tensor sx = x.alias(), so = out.alias();

@@ -1,0 +1,201 @@
+// Autograd engine, views, broadcasting and the thread pool, from C++.
+#include <nablagrad/nablagrad.h>
+
+#include <atomic>
+#include <cmath>
+#include <functional>
+#include <stdexcept>
+
+#include "test_util.h"
+
+using namespace nablagrad;
+
+namespace {
+
+Tensor leaf(const Shape& shape, DType dt = DType::Float64) {
+  Tensor t = randn(shape, dt);
+  t.impl().requires_grad = true;
+  return t;
+}
+
+Tensor grad_of(const Tensor& t) { return Tensor(t.impl().grad); }
+
+/// Central-difference check of d sum(f(x)) / dx against backward().
+void check_fd(const std::function<Tensor(const Tensor&)>& f, const Shape& shape, double tol = 1e-6) {
+  Tensor x = leaf(shape);
+  backward(sum(f(x)));
+  Tensor g = grad_of(x);
+  double* p = x.data<double>();
+  for (int64_t i = 0; i < x.numel(); ++i) {
+    const double orig = p[i], eps = 1e-6;
+    NoGradGuard ng;
+    p[i] = orig + eps;
+    const double fp = sum(f(x)).item_at(0);
+    p[i] = orig - eps;
+    const double fm = sum(f(x)).item_at(0);
+    p[i] = orig;
+    CHECK_NEAR(g.item_at(i), (fp - fm) / (2 * eps), tol);
+  }
+}
+
+void test_backward_basic() {
+  Tensor x = Tensor::full({3}, 2.0, DType::Float64);
+  x.impl().requires_grad = true;
+  Tensor y = sum(mul(x, x));
+  backward(y);
+  CHECK_NEAR(grad_of(x).item_at(0), 4.0, 1e-12);
+  CHECK(grad_of(x).dtype() == DType::Float64);
+}
+
+void test_backward_twice_and_retain() {
+  Tensor x = leaf({4});
+  Tensor y = sum(exp(x));
+  backward(y);
+  CHECK_THROWS(backward(y), std::runtime_error);
+  Tensor z = sum(exp(x));
+  x.impl().grad.reset();
+  backward(z, Tensor(), /*retain_graph=*/true);
+  const double g1 = grad_of(x).item_at(0);
+  backward(z);
+  CHECK_NEAR(grad_of(x).item_at(0), 2 * g1, 1e-12);
+}
+
+void test_shared_intermediate() {
+  // h is used by two consumers: its gradient must be the sum before its own backward runs.
+  Tensor x = leaf({5});
+  Tensor h = tanh(x);
+  Tensor y = sum(add(mul(h, h), mul(h, Tensor::scalar(3.0, DType::Float64))));
+  backward(y);
+  for (int64_t i = 0; i < 5; ++i) {
+    const double hv = std::tanh(x.item_at(i));
+    CHECK_NEAR(grad_of(x).item_at(i), (2 * hv + 3) * (1 - hv * hv), 1e-12);
+  }
+}
+
+void test_deep_graph() {
+  // 10^5 nodes: iterative topological walk and iterative destruction (no stack overflow).
+  Tensor x = Tensor::full({1}, 1.0, DType::Float64);
+  x.impl().requires_grad = true;
+  Tensor y = x;
+  Tensor c = Tensor::scalar(1.0, DType::Float64);
+  for (int i = 0; i < 100000; ++i) y = add(y, c);
+  backward(sum(y));
+  CHECK_NEAR(grad_of(x).item_at(0), 1.0, 0);
+  Tensor z = x;
+  for (int i = 0; i < 100000; ++i) z = mul(z, c);
+  z = Tensor();  // frees the chain without recursion
+  CHECK(true);
+}
+
+void test_no_grad_and_leaf_rules() {
+  Tensor x = leaf({2});
+  {
+    NoGradGuard guard;
+    Tensor y = mul(x, x);
+    CHECK(!y.requires_grad());
+    CHECK(!y.impl().grad_fn);
+  }
+  CHECK(grad_enabled());
+  Tensor n = randn({2});
+  CHECK_THROWS(backward(sum(n)), std::runtime_error);
+  Tensor v = mul(x, x);
+  CHECK_THROWS(backward(v), std::runtime_error);  // non-scalar without a gradient
+}
+
+void test_broadcast_gradients() {
+  Tensor a = leaf({3, 1});
+  Tensor b = leaf({1, 4});
+  backward(sum(mul(a, b)));
+  // d/da = sum_j b[j]
+  double sb = 0;
+  for (int j = 0; j < 4; ++j) sb += b.item_at(j);
+  for (int i = 0; i < 3; ++i) CHECK_NEAR(grad_of(a).item_at(i), sb, 1e-12);
+  CHECK(grad_of(a).shape() == Shape({3, 1}));
+  CHECK(grad_of(b).shape() == Shape({1, 4}));
+  // mixed dtypes: the float32 leaf gets a float32 gradient
+  Tensor f = leaf({2}, DType::Float32);
+  Tensor d = leaf({2}, DType::Float64);
+  Tensor s = sum(mul(f, d));
+  CHECK(s.dtype() == DType::Float64);
+  backward(s);
+  CHECK(grad_of(f).dtype() == DType::Float32);
+}
+
+void test_finite_differences() {
+  check_fd([](const Tensor& x) { return sigmoid(x); }, {5});
+  check_fd([](const Tensor& x) { return gelu(x); }, {5});
+  check_fd([](const Tensor& x) { return gelu(x, true); }, {5});
+  check_fd([](const Tensor& x) { return div(Tensor::scalar(1.5, DType::Float64), add(exp(x), Tensor::scalar(1.0, DType::Float64))); }, {4});
+  check_fd([](const Tensor& x) { return mean(pow_scalar(x, 3.0), {1}); }, {2, 3});
+  check_fd([](const Tensor& x) { return max(x, {0}); }, {3, 2});
+  check_fd([](const Tensor& x) { return matmul(x, Tensor::full({3, 2}, 0.5, DType::Float64)); }, {2, 3});
+  check_fd([](const Tensor& x) { return matmul(x, x); }, {2, 3, 3});
+}
+
+void test_views_share_storage() {
+  Tensor a = Tensor::zeros({2, 3}, DType::Float32);
+  Tensor t = a.as_strided({3, 2}, {1, 3}, 0);
+  CHECK(!t.is_contiguous());
+  t.data<float>()[3] = 7.0f;  // element (0, 1) of a
+  CHECK(a.item_at(1) == 0.0);
+  CHECK(a.item_at(3) == 7.0);
+  CHECK(t.item_at(1) == 7.0);
+  Tensor c = t.contiguous_data();
+  CHECK(c.is_contiguous());
+  CHECK(c.item_at(1) == 7.0);
+  CHECK(c.impl().storage != a.impl().storage);
+  CHECK(reinterpret_cast<uintptr_t>(Tensor::empty({17}).raw_data()) % kAlignment == 0);
+}
+
+void test_thread_pool() {
+  // exceptions propagate without hanging; nested regions run inline; sizes change safely
+  for (int n : {1, 2, 3}) {
+    set_num_threads(n);
+    std::atomic<int64_t> total{0};
+    parallel_for(0, 1000, 1, [&](int64_t lo, int64_t hi) {
+      parallel_for(0, 10, 1, [&](int64_t l2, int64_t h2) { total += (hi - lo) * (h2 - l2); });
+    });
+    CHECK(total.load() == 10000);
+    CHECK_THROWS(parallel_for(0, 100, 1, [](int64_t, int64_t hi) {
+                   if (hi > 50) throw std::invalid_argument("boom");
+                 }),
+                 std::invalid_argument);
+  }
+  CHECK_THROWS(set_num_threads(0), std::invalid_argument);
+  // the same reduction gives bitwise the same result for any thread count
+  Tensor x = randn({300, 257}, DType::Float32);
+  set_num_threads(1);
+  Tensor s1 = sum(x, {0});
+  Tensor m1 = matmul(x, Tensor::full({257, 65}, 0.25f));
+  set_num_threads(3);
+  Tensor s3 = sum(x, {0});
+  Tensor m3 = matmul(x, Tensor::full({257, 65}, 0.25f));
+  CHECK(std::memcmp(s1.raw_data(), s3.raw_data(), s1.numel() * 4) == 0);
+  CHECK(std::memcmp(m1.raw_data(), m3.raw_data(), m1.numel() * 4) == 0);
+  set_num_threads(2);
+}
+
+void test_errors() {
+  CHECK_THROWS(add(Tensor::zeros({2}), Tensor::zeros({3})), std::invalid_argument);
+  CHECK_THROWS(matmul(Tensor::zeros({2, 3}), Tensor::zeros({2, 3})), std::invalid_argument);
+  CHECK_THROWS(exp(Tensor::zeros({2}, DType::Int64)), std::domain_error);
+  CHECK_THROWS(sum(Tensor::zeros({2}), {3}), std::out_of_range);
+  CHECK_THROWS(max(Tensor::zeros({0})), std::invalid_argument);
+}
+
+}  // namespace
+
+int main() {
+  manual_seed(7);
+  RUN_TEST(test_backward_basic);
+  RUN_TEST(test_backward_twice_and_retain);
+  RUN_TEST(test_shared_intermediate);
+  RUN_TEST(test_deep_graph);
+  RUN_TEST(test_no_grad_and_leaf_rules);
+  RUN_TEST(test_broadcast_gradients);
+  RUN_TEST(test_finite_differences);
+  RUN_TEST(test_views_share_storage);
+  RUN_TEST(test_thread_pool);
+  RUN_TEST(test_errors);
+  return test_util::finish();
+}

@@ -1,0 +1,83 @@
+"""Builds the C++ tests with CMake (-Wall -Wextra -Werror) and runs them with CTest.
+
+This keeps the C++ and Python suites under the one test command (pytest). The build
+directory (build/cpp-tests) persists between runs, so only changed files recompile.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BUILD = ROOT / "build" / "cpp-tests"
+
+
+def _tool(name: str) -> str:
+    """A build tool, preferring the one installed beside this interpreter (the venv's)."""
+    local = Path(sys.executable).parent / name
+    found = str(local) if local.exists() else shutil.which(name)
+    if found is None:
+        pytest.fail(f"{name} is required to build the C++ tests (pip install {name})")
+    return found
+
+
+def _run(cmd: list, timeout: int) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def cpp_build() -> Path:
+    cmake = _tool("cmake")
+    ninja = Path(sys.executable).parent / "ninja"
+    gen = ["-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={ninja if ninja.exists() else _tool('ninja')}"]
+    cfg = _run([cmake, "-S", str(ROOT), "-B", str(BUILD), *gen, "-DCMAKE_BUILD_TYPE=Release",
+                "-DNABLAGRAD_BUILD_TESTS=ON"], timeout=600)
+    assert cfg.returncode == 0, cfg.stdout + cfg.stderr
+    jobs = str(os.cpu_count() or 2)
+    build = _run([cmake, "--build", str(BUILD), "-j", jobs], timeout=3000)
+    assert build.returncode == 0, "C++ build failed (warnings are errors):\n" + build.stdout[-20000:] + build.stderr[-20000:]
+    return BUILD
+
+
+def _ctest_names(build: Path) -> list:
+    out = _run([_tool("ctest"), "--test-dir", str(build), "-N"], timeout=120).stdout
+    names = [line.split(":", 1)[1].strip() for line in out.splitlines() if line.strip().startswith("Test")
+             and ":" in line]
+    return names
+
+
+def test_cpp_suite(cpp_build: Path) -> None:
+    """Every CTest test (each tests/cpp/test_*.cpp, the link test) passes."""
+    names = _ctest_names(cpp_build)
+    assert "link_test" in names and len(names) >= 3, names
+    res = _run([_tool("ctest"), "--test-dir", str(cpp_build), "--output-on-failure", "-j", "1"], timeout=1800)
+    sys.stdout.write(res.stdout[-5000:])
+    assert res.returncode == 0, res.stdout[-20000:] + res.stderr[-5000:]
+
+
+def test_cpp_suite_portable_simd(cpp_build: Path) -> None:
+    """The kernels' portable fallback passes the same tests (NABLAGRAD_SIMD=portable)."""
+    env = dict(os.environ, NABLAGRAD_SIMD="portable")
+    res = subprocess.run([_tool("ctest"), "--test-dir", str(cpp_build), "--output-on-failure", "-j", "1"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=1800, env=env)
+    assert res.returncode == 0, res.stdout[-20000:] + res.stderr[-5000:]
+
+
+def test_headers_compile_standalone() -> None:
+    """Each public header compiles alone with plain `g++ -std=c++17 -pthread` (no other flags)."""
+    cxx = shutil.which("g++") or shutil.which("c++")
+    if cxx is None:
+        pytest.fail("a C++ compiler is required")
+    headers = sorted((ROOT / "cpp" / "include").rglob("*.h"))
+    assert headers
+    src = "\n".join(f"#include <{h.relative_to(ROOT / 'cpp' / 'include').as_posix()}>" for h in headers)
+    # all headers together, syntax only (each alone is checked by the CMake header_check target)
+    res = subprocess.run([cxx, "-std=c++17", "-pthread", "-I", str(ROOT / "cpp" / "include"), "-fsyntax-only",
+                          "-x", "c++", "-"], input=src, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-5000:]
