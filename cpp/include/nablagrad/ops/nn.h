@@ -84,7 +84,7 @@ inline Tensor softmax_forward(const Tensor& x, int64_t axis, bool log) {
       T* yr = py + l.base(r);
       T m = xr[0];
       for (int64_t k = 1; k < l.n; ++k) m = std::max(m, xr[k * l.inner]);
-      if (std::isinf(m) && m < T(0)) m = T(0);  // a row of -inf: keep exp(-inf) = 0, not NaN
+      if (std::isinf(m) && m < T(0)) m = T(0);  // all -inf: avoid -inf - -inf (the row is 0/0 = NaN, as PyTorch)
       double s = 0.0;
       for (int64_t k = 0; k < l.n; ++k) s += std::exp(static_cast<double>(xr[k * l.inner] - m));
       if (log) {
@@ -128,28 +128,19 @@ inline Tensor softmax_backward(const Tensor& g_in, const Tensor& y, int64_t axis
   return gx;
 }
 
-inline Tensor softmax_impl(const Tensor& x_in, int64_t axis_in, bool log) {
+inline Tensor softmax_impl(const Tensor& x, int64_t axis_in, bool log) {
   const char* name = log ? "log_softmax" : "softmax";
-  return dispatch_float(x_in.dtype(), name, [&](auto tag) {
+  return dispatch_float(x.dtype(), name, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    const int64_t axis = x_in.dim() == 0 && (axis_in == 0 || axis_in == -1) ? 0 : normalize_axis(axis_in, x_in.dim(), name);
-    // A 0-d tensor is one row of one element.
-    const Tensor x = x_in.dim() == 0 ? x_in.contiguous_data().as_strided({1}, {1}, x_in.contiguous_data().offset())
-                                     : x_in.contiguous_data();
-    Tensor y = softmax_forward<T>(x, axis, log);
-    y = y.as_strided(x_in.shape(), contiguous_strides(x_in.shape()), 0);
-    if (any_requires_grad({&x_in})) {
+    // A 0-d tensor is one row of one element (axis 0 or -1, as PyTorch allows).
+    const bool scalar = x.dim() == 0 && (axis_in == 0 || axis_in == -1);
+    const int64_t axis = scalar ? 0 : normalize_axis(axis_in, x.dim(), name);
+    const Shape work = scalar ? Shape{1} : x.shape();
+    Tensor y = reshape_raw(softmax_forward<T>(reshape_raw(x, work), axis, log), x.shape());
+    if (any_requires_grad({&x})) {
       const Tensor sy = y.alias();
-      record(y, name, {x_in}, [sy, axis, log](const Tensor& g, std::vector<Tensor>& gi) {
-        if (sy.dim() == 0) {
-          const Shape one{1};
-          const Tensor y1 = sy.as_strided(one, {1}, sy.offset());
-          const Tensor g1 = g.contiguous_data().as_strided(one, {1}, g.contiguous_data().offset());
-          const Tensor r = softmax_backward<T>(g1, y1, 0, log);
-          gi[0] = r.as_strided({}, {}, 0);
-        } else {
-          gi[0] = softmax_backward<T>(g, sy, axis, log);
-        }
+      record(y, name, {x}, [sy, axis, log, work](const Tensor& g, std::vector<Tensor>& gi) {
+        gi[0] = reshape_raw(softmax_backward<T>(reshape_raw(g, work), reshape_raw(sy, work), axis, log), sy.shape());
       });
     }
     return y;
@@ -213,13 +204,14 @@ inline Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias =
   if (any_requires_grad({&x, &weight, &bias})) {
     const Tensor sx = x2.alias(), sw = weight.alias();
     const Shape x_shape = x.shape();
-    const bool has_bias = bias.defined();
-    record(out, "linear", {x, weight, bias}, [sx, sw, x_shape, has_bias, M, out_f](const Tensor& g_in,
-                                                                                  std::vector<Tensor>& gi) {
+    const bool need_x = x.requires_grad(), need_w = weight.requires_grad();
+    const bool need_b = bias.defined() && bias.requires_grad();
+    record(out, "linear", {x, weight, bias}, [sx, sw, x_shape, need_x, need_w, need_b, M, out_f](
+                                                 const Tensor& g_in, std::vector<Tensor>& gi) {
       const Tensor g = detail::reshape_raw(g_in, {M, out_f});
-      gi[0] = detail::reshape_raw(detail::bmm_raw(g, sw), x_shape);
-      gi[1] = detail::bmm_raw(detail::swap_last_two(g), sx);
-      if (has_bias) gi[2] = detail::reduce_raw(g, {0}, false, detail::ReduceKind::Sum);
+      if (need_x) gi[0] = detail::reshape_raw(detail::bmm_raw(g, sw), x_shape);
+      if (need_w) gi[1] = detail::bmm_raw(detail::swap_last_two(g), sx);
+      if (need_b) gi[2] = detail::reduce_raw(g, {0}, false, detail::ReduceKind::Sum);
     });
   }
   return out;
@@ -294,15 +286,28 @@ inline Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const T
     });
     if (any_requires_grad({&x, &weight, &bias})) {
       const Tensor sh = xhat.alias(), sr = rstd.alias(), sw = weight.defined() ? wc.alias() : Tensor();
-      const bool has_bias = bias.defined();
+      const bool need_x = x.requires_grad(), need_w = weight.defined() && weight.requires_grad();
+      const bool need_b = bias.defined() && bias.requires_grad();
       const Shape norm_shape = normalized_shape;
-      record(y, "layer_norm", {x, weight, bias}, [sh, sr, sw, has_bias, rows, D, norm_shape](const Tensor& g_in,
-                                                                              std::vector<Tensor>& gi) {
+      record(y, "layer_norm", {x, weight, bias}, [sh, sr, sw, need_x, need_w, need_b, rows, D, norm_shape](
+                                                     const Tensor& g_in, std::vector<Tensor>& gi) {
         const Tensor g = g_in.contiguous_data();
         const T* pg = g.data<T>();
         const T* ph = sh.data<T>();
         const T* pw = sw.defined() ? sw.data<T>() : nullptr;
         const double* pr = sr.data<double>();
+        const Tensor g2 = g.as_strided({rows, D}, {D, 1}, g.offset());
+        if (need_w) {  // dweight = sum over rows of g * xhat
+          const Tensor gh = detail::binary_map_same<T>(g2, sh.as_strided({rows, D}, {D, 1}, sh.offset()),
+                                                       [](T a, T b) { return a * b; });
+          const Tensor gw = detail::reduce_raw(gh, {0}, false, detail::ReduceKind::Sum);
+          gi[1] = gw.as_strided(norm_shape, contiguous_strides(norm_shape), gw.offset());
+        }
+        if (need_b) {  // dbias = sum over rows of g
+          const Tensor gb = detail::reduce_raw(g2, {0}, false, detail::ReduceKind::Sum);
+          gi[2] = gb.as_strided(norm_shape, contiguous_strides(norm_shape), gb.offset());
+        }
+        if (!need_x) return;
         // dx = rstd * (gh - mean(gh) - xhat * mean(gh * xhat)), gh = g * weight
         Tensor gx = Tensor::empty(sh.shape(), sh.dtype());
         T* pgx = gx.data<T>();
@@ -325,17 +330,6 @@ inline Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const T
           }
         });
         gi[0] = gx;
-        const Tensor g2 = g.as_strided({rows, D}, {D, 1}, g.offset());
-        if (sw.defined()) {
-          const Tensor gh = detail::binary_map_same<T>(g2, sh.as_strided({rows, D}, {D, 1}, sh.offset()),
-                                                       [](T a, T b) { return a * b; });
-          const Tensor gw = detail::reduce_raw(gh, {0}, false, detail::ReduceKind::Sum);
-          gi[1] = gw.as_strided(norm_shape, contiguous_strides(norm_shape), gw.offset());
-        }
-        if (has_bias) {
-          const Tensor gb = detail::reduce_raw(g2, {0}, false, detail::ReduceKind::Sum);
-          gi[2] = gb.as_strided(norm_shape, contiguous_strides(norm_shape), gb.offset());
-        }
       });
     }
     return y;
