@@ -35,6 +35,7 @@ def check(shape, ng_fn, np_fn, grad=True):
 # ---------------------------------------------------------------------------------------
 def test_reshape_args(): check((2, 3, 4), lambda x: x.reshape(6, 4), lambda a: a.reshape(6, 4))
 def test_reshape_tuple(): check((2, 3, 4), lambda x: x.reshape((4, -1)), lambda a: a.reshape((4, -1)))
+def test_view(): check((2, 3), lambda x: x.view(3, 2), lambda a: a.reshape(3, 2))
 def test_reshape_module(): check((2, 3), lambda x: ng._core.reshape(x, (3, 2)), lambda a: a.reshape(3, 2))
 def test_reshape_0d(): check((), lambda x: x.reshape(1, 1), lambda a: a.reshape(1, 1))
 def test_reshape_to_0d(): check((1,), lambda x: x.reshape(()), lambda a: a.reshape(()))
@@ -244,7 +245,7 @@ def test_setitem_errors():
         y[0] = 1.0
     t = ng.zeros(2, 3)
     with pytest.raises(RuntimeError):
-        t[None].expand(4, 2, 3)[0] = 1.0  # stride-0 (broadcast) memory
+        t[None].expand(4, 2, 3)[:, 0] = 1.0  # stride-0 (broadcast) memory
     with pytest.raises(ValueError):
         t[0] = np.ones(4)
     with pytest.raises(IndexError):
