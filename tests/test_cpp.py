@@ -81,3 +81,31 @@ def test_headers_compile_standalone() -> None:
     res = subprocess.run([cxx, "-std=c++17", "-pthread", "-I", str(ROOT / "cpp" / "include"), "-fsyntax-only",
                           "-x", "c++", "-"], input=src, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-5000:]
+
+
+def test_installed_cmake_package(tmp_path: Path) -> None:
+    """`cmake --install` exports nablagrad::nablagrad; a consumer builds against it."""
+    cmake = _tool("cmake")
+    gen = ["-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={_tool('ninja')}"]
+    prefix = tmp_path / "prefix"
+    res = _run([cmake, "-S", str(ROOT), "-B", str(tmp_path / "lib"), *gen], timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    res = _run([cmake, "--install", str(tmp_path / "lib"), "--prefix", str(prefix)], timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert (prefix / "include" / "nablagrad" / "nablagrad.h").exists()
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "CMakeLists.txt").write_text(
+        "cmake_minimum_required(VERSION 3.18)\nproject(app CXX)\n"
+        "find_package(nablagrad 0.1 REQUIRED)\n"
+        "add_executable(app main.cpp)\ntarget_link_libraries(app PRIVATE nablagrad::nablagrad)\n")
+    (app / "main.cpp").write_text(
+        "#include <nablagrad/nablagrad.h>\nusing namespace nablagrad;\n"
+        "int main() { Tensor w = Tensor::full({3}, 2.0); w.impl().requires_grad = true;\n"
+        "  backward(sum(mul(w, w))); return Tensor(w.impl().grad).item_at(2) == 4.0 ? 0 : 1; }\n")
+    res = _run([cmake, "-S", str(app), "-B", str(app / "build"), *gen, f"-DCMAKE_PREFIX_PATH={prefix}",
+                "-DCMAKE_BUILD_TYPE=Release"], timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    res = _run([cmake, "--build", str(app / "build")], timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert subprocess.run([str(app / "build" / "app")], timeout=60).returncode == 0
