@@ -94,12 +94,15 @@ Tensor to_tensor(py::handle obj, const Tensor* like) {
     return Tensor::scalar(obj.cast<bool>() ? 1.0 : 0.0, DType::Bool);
   }
   if (py::isinstance<py::int_>(obj)) {
-    DType d = DType::Int64;
-    if (like && is_floating(like->dtype())) d = like->dtype();
-    const int64_t v = obj.cast<int64_t>();
-    Tensor t = Tensor::empty({}, d);
-    if (d == DType::Int64) *t.data<int64_t>() = v;
-    else t.fill(static_cast<double>(v));
+    if (like && is_floating(like->dtype())) return Tensor::scalar(obj.cast<double>(), like->dtype());
+    int64_t v = 0;
+    try {
+      v = obj.cast<int64_t>();
+    } catch (const py::cast_error&) {
+      throw std::overflow_error("Python int " + std::string(py::repr(obj)) + " does not fit in int64");
+    }
+    Tensor t = Tensor::empty({}, DType::Int64);
+    *t.data<int64_t>() = v;
     return t;
   }
   if (py::isinstance<py::float_>(obj)) {

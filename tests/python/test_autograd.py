@@ -250,3 +250,23 @@ def test_gradcheck_multiple_outputs():
     a = ng.tensor([0.3, -0.7], dtype=ng.float64, requires_grad=True)
     b = ng.tensor([1.5, 0.2], dtype=ng.float64, requires_grad=True)
     assert ng.autograd.gradcheck(lambda x, y: (x * y, (x + y).tanh()), [a, b])
+
+
+def test_leaf_gradients_are_private():
+    # add passes its incoming gradient through unchanged: each leaf must still own its .grad
+    a, b = leaf([1.0, 2.0]), leaf([3.0, 4.0])
+    (a + b).sum().backward()
+    assert not a.grad._same_storage(b.grad)
+    a.grad.numpy()[:] = 0.0  # e.g. an in-place gradient clip on one parameter
+    assert_close(b.grad, [1.0, 1.0])
+    # a user-supplied output gradient is copied, not adopted
+    x = leaf([1.0, 2.0])
+    v = ng.tensor([1.0, 1.0])
+    (x + 0.0).backward(v)
+    assert not x.grad._same_storage(v)
+    x2 = leaf([1.0, 2.0])
+    x2.backward(v)
+    assert not x2.grad._same_storage(v)
+    v.numpy()[:] = 5.0
+    assert_close(x.grad, [1.0, 1.0])
+    assert_close(x2.grad, [1.0, 1.0])

@@ -239,8 +239,9 @@ def test_matmul_gradients_float32():
 # --------------------------------------------------------------------------------------
 def test_concurrent_no_grad_forward():
     ng.manual_seed(3)
-    w = ng.randn(64, 48, requires_grad=True)
-    xs = [ng.randn(32, 64) for _ in range(4)]
+    # big enough that the GEMM and the elementwise op use the thread pool
+    w = ng.randn(256, 192, requires_grad=True)
+    xs = [ng.randn(256, 256) for _ in range(4)]
 
     def forward(x):
         with ng.no_grad():

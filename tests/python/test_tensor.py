@@ -329,3 +329,9 @@ def test_broadcast_mismatch_is_value_error():
 def test_bool_neg_is_type_error():
     with pytest.raises(TypeError):
         -ng.tensor([True])
+
+
+def test_python_int_out_of_int64_range():
+    assert_close(ng.tensor([1.0]) + 2**70, [2.0**70], rtol=1e-6)  # converted to the float dtype
+    with pytest.raises(OverflowError):
+        ng.tensor([1]) + 2**70

@@ -138,10 +138,12 @@ inline void check_grad(const Tensor& g, const TensorImpl& target, const char* wh
                            shape_str(target.shape) + " " + dtype_name(target.dtype));
 }
 
+/// Pass `g` by std::move: when no other handle or view refers to it, the leaf takes it over;
+/// otherwise (the same gradient for two leaves, a user's grad argument) it gets a private copy.
 inline void accumulate_leaf(TensorImpl& leaf, Tensor g) {
   if (!leaf.grad) {
-    // Keep the gradient private: copy when its storage is shared with anything else.
-    if (!g.is_contiguous() || g.impl().storage.use_count() > 1) {
+    // Keep the gradient private: copy when the tensor or its storage is referenced elsewhere.
+    if (!g.is_contiguous() || g.impl_ptr().use_count() > 1 || g.impl().storage.use_count() > 1) {
       Tensor c = Tensor::empty(g.shape(), g.dtype());
       Tensor::copy_into(c, g);
       g = c;
@@ -174,7 +176,7 @@ inline void backward(const Tensor& root, Tensor grad = Tensor(), bool retain_gra
   NoGradGuard no_grad;
   const std::shared_ptr<Node>& root_node = root.impl().grad_fn;
   if (!root_node) {  // a leaf
-    detail::accumulate_leaf(root.impl(), grad);
+    detail::accumulate_leaf(root.impl(), std::move(grad));
     return;
   }
   // 1. Discover the graph and count consumers (iteratively).
@@ -218,7 +220,7 @@ inline void backward(const Tensor& root, Tensor grad = Tensor(), bool retain_gra
       if (e.leaf) {
         if (!gi.defined()) continue;
         detail::check_grad(gi, *e.leaf, n->name);
-        detail::accumulate_leaf(*e.leaf, gi);
+        detail::accumulate_leaf(*e.leaf, std::move(gi));
         continue;
       }
       Node* child = e.node.get();
