@@ -330,7 +330,11 @@ void bind_math_ops(py::module_& m) {
     return matmul(bt, a);
   }, py::is_operator());
   auto cmp = [&](const char* name, CompareOp op) {
-    cls.def(name, [op](const Tensor& a, py::handle b) { return compare(op, a, to_tensor(b, &a)); }, py::is_operator());
+    cls.def(name, [op](const Tensor& a, py::handle b) -> py::object {
+      // t == None (and other non-numeric operands of == / !=) fall back to identity, as in PyTorch
+      if (b.is_none() && (op == CompareOp::Eq || op == CompareOp::Ne)) return py::reinterpret_borrow<py::object>(Py_NotImplemented);
+      return py::cast(compare(op, a, to_tensor(b, &a)));
+    }, py::is_operator());
   };
   cmp("__lt__", CompareOp::Lt);
   cmp("__le__", CompareOp::Le);

@@ -335,3 +335,22 @@ def test_python_int_out_of_int64_range():
     assert_close(ng.tensor([1.0]) + 2**70, [2.0**70], rtol=1e-6)  # converted to the float dtype
     with pytest.raises(OverflowError):
         ng.tensor([1]) + 2**70
+
+
+def test_zero_dim_operand_does_not_widen_same_category() -> None:
+    # PyTorch's rule: a 0-d float64 operand leaves a float32 tensor float32 ...
+    a = ng.ones(3)
+    assert (a + ng.tensor(2.0, dtype=ng.float64)).dtype == ng.float32
+    assert (ng.tensor(np.float64(2.0)) * a).dtype == ng.float32
+    # ... but a 0-d operand of a higher category decides the kind
+    i = ng.tensor([1, 2, 3])
+    assert (i + ng.tensor(0.5, dtype=ng.float64)).dtype == ng.float64
+    # dimensioned operands of both dtypes still promote
+    assert (a + ng.ones(3, dtype=ng.float64)).dtype == ng.float64
+    assert (a < ng.tensor(2.0, dtype=ng.float64)).dtype == ng.bool
+
+
+def test_compare_with_none_is_identity() -> None:
+    a = ng.ones(2)
+    assert (a == None) is False  # noqa: E711
+    assert (a != None) is True  # noqa: E711

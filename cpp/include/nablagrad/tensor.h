@@ -66,6 +66,9 @@ inline DType promote_types(DType a, DType b) {
   return DType::Bool;
 }
 
+/// 0 for bool, 1 for int64, 2 for the float dtypes (PyTorch's promotion categories).
+inline int dtype_category(DType d) { return d == DType::Bool ? 0 : d == DType::Int64 ? 1 : 2; }
+
 template <typename T> struct dtype_of;
 template <> struct dtype_of<float> { static constexpr DType value = DType::Float32; };
 template <> struct dtype_of<double> { static constexpr DType value = DType::Float64; };
@@ -201,6 +204,8 @@ class Storage {
 // tensor
 // ---------------------------------------------------------------------------------------
 struct Node;  // autograd.h
+class Tensor;
+inline DType result_type(const Tensor& a, const Tensor& b);
 
 struct TensorImpl {
   std::shared_ptr<Storage> storage;
@@ -415,5 +420,17 @@ class Tensor {
  private:
   std::shared_ptr<TensorImpl> impl_;
 };
+
+/// Result dtype of a binary op, as PyTorch: a 0-d operand does not widen a dimensioned one
+/// of the same category (float32 tensor + 0-d float64 -> float32); a 0-d operand of a
+/// higher category still decides (int64 tensor + 0-d float64 -> float64).
+inline DType result_type(const Tensor& a, const Tensor& b) {
+  const bool a0 = a.dim() == 0, b0 = b.dim() == 0;
+  if (a0 == b0) return promote_types(a.dtype(), b.dtype());
+  const Tensor& dimmed = a0 ? b : a;
+  const Tensor& zero = a0 ? a : b;
+  if (dtype_category(zero.dtype()) > dtype_category(dimmed.dtype())) return zero.dtype();
+  return dimmed.dtype();
+}
 
 }  // namespace nablagrad

@@ -153,7 +153,7 @@ inline Tensor arith(detail::BinaryOp op, const Tensor& a_in, const Tensor& b_in)
   using detail::BinaryOp;
   const char* name = detail::binary_op_name(op);
   const Shape shape = broadcast_shapes(a_in.shape(), b_in.shape(), name);
-  DType dt = promote_types(a_in.dtype(), b_in.dtype());
+  DType dt = result_type(a_in, b_in);
   if (dt == DType::Bool && (op == BinaryOp::Add || op == BinaryOp::Sub || op == BinaryOp::Pow || op == BinaryOp::Mul))
     dt = DType::Int64;  // bool arithmetic computes in int64 (PyTorch: add/mul give bool; keep it simple and exact)
   if (op == BinaryOp::Div && !is_floating(dt)) dt = DType::Float32;
@@ -372,7 +372,7 @@ enum class CompareOp { Lt, Le, Gt, Ge, Eq, Ne };
 
 inline Tensor compare(CompareOp op, const Tensor& a_in, const Tensor& b_in) {
   const Shape shape = broadcast_shapes(a_in.shape(), b_in.shape(), "compare");
-  const DType dt = promote_types(a_in.dtype(), b_in.dtype());
+  const DType dt = result_type(a_in, b_in);
   const Tensor a = cast_raw(a_in, dt), b = cast_raw(b_in, dt);
   return dispatch_all(dt, [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -392,7 +392,7 @@ inline Tensor compare(CompareOp op, const Tensor& a_in, const Tensor& b_in) {
 /// cond ? a : b with broadcasting of all three; differentiable in a and b.
 inline Tensor where(const Tensor& cond_in, const Tensor& a_in, const Tensor& b_in) {
   const Shape shape = broadcast_shapes(broadcast_shapes(cond_in.shape(), a_in.shape(), "where"), b_in.shape(), "where");
-  const DType dt = promote_types(a_in.dtype(), b_in.dtype());
+  const DType dt = result_type(a_in, b_in);
   const Tensor a = cast_raw(a_in, dt), b = cast_raw(b_in, dt);
   const Tensor cond = cast_raw(cond_in, DType::Bool);
   // Select via a broadcast walk over all three operands.
