@@ -4,8 +4,8 @@
                                                                [--shapes 0,4] [--markdown]
 
 For every shape, forward (no grad) and forward+backward (input, weight and bias gradients)
-are timed in the same process, alternating torch and nablagrad call by call, and the median
-over rounds is reported. ratio = torch_time / nablagrad_time (> 1: we are faster). GF/s counts
+are timed in the same process, alternating torch and nablagrad block by block (see measure()),
+and the median over rounds is reported. ratio = torch_time / nablagrad_time (> 1: we are faster). GF/s counts
 2*N*Ho*Wo*Q*FH*FW*C FLOPs for the forward pass and 3x that for forward+backward; "%peak" is
 relative to the machine's fp32 peak (185 GFLOP/s on 2 Zen 3 cores, 92.5 per core). The
 "scale" column is t(1 thread) / t(2 threads) of nablagrad's forward+backward. Without torch
@@ -83,8 +83,16 @@ class Case:
         torch.nn.functional.conv2d(self.tx, self.tk, self.tb, stride=self.s, padding=self.p).backward(self.tdy)
 
 
-def measure(case: Case, nthreads: int, rounds: int):
-    """Median seconds {(lib, pass): t}, torch and ours alternating call by call."""
+def measure(case: Case, nthreads: int, rounds: int, reps: int = 3, settle: float = 0.05):
+    """Median seconds {(lib, pass): t}; torch and ours alternate block by block.
+
+    Each round runs, for each pass, a block of torch calls then a block of ours. A block
+    starts with a pause of `settle` seconds and one untimed call, then times `reps` calls:
+    PyTorch's OpenMP workers spin-wait for several milliseconds after a parallel region, and
+    a contender timed right after a torch call finds them still burning the second core
+    (measured: nablagrad's 2-thread (8,64,64,3->32,7,2,3) f+b 2.7 ms alone, 7.2 ms right after a
+    torch call). The pause lets the other library's threads go idle in both directions.
+    """
     ng.set_num_threads(nthreads)
     if torch is not None:
         torch.set_num_threads(nthreads)
@@ -99,7 +107,10 @@ def measure(case: Case, nthreads: int, rounds: int):
         for pas in ("fwd", "fb"):
             for lib in ("torch", "ours"):
                 if (lib, pas) in fns:
-                    times[(lib, pas)].append(timed(fns[(lib, pas)]))
+                    fn = fns[(lib, pas)]
+                    time.sleep(settle)
+                    fn()
+                    times[(lib, pas)].extend(timed(fn) for _ in range(reps))
     return {key: statistics.median(v) for key, v in times.items()}
 
 

@@ -240,8 +240,11 @@ void test_sweep_float() { sweep<float>(40, 99, 2e-5); }
 // the tiling and the chunked reduction; checked against the reference and across threads.
 void test_larger_shapes() {
   struct Case { int64_t N, H, W, C, Q, F, S, P; };
+  // The last two take the small-depth direct forward and the GEMM + col2im input gradient
+  // (C <= 2 in double), with Wo not a multiple of 6 and Q not a multiple of the panel width.
   const Case cases[] = {{2, 17, 19, 40, 33, 3, 1, 1}, {3, 24, 20, 7, 18, 5, 2, 2},
-                        {1, 30, 30, 3, 8, 7, 2, 3}, {2, 12, 12, 70, 5, 2, 1, 0}};
+                        {1, 30, 30, 3, 8, 7, 2, 3},   {2, 12, 12, 70, 5, 2, 1, 0},
+                        {3, 16, 13, 1, 20, 3, 1, 1},  {2, 21, 17, 2, 12, 5, 2, 2}};
   std::mt19937 rng(5);
   for (const Case& c : cases) {
     auto g = make_conv2d_geometry(c.N, c.H, c.W, c.C, c.Q, c.F, c.F, c.C, c.S, c.S, c.P, c.P,

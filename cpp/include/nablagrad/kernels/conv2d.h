@@ -14,6 +14,10 @@
 //   * conv2d_forward / conv2d_backward_input / conv2d_backward_weight : the fast path,
 //                           multithreaded on the pool, AVX2+FMA chosen at run time with a
 //                           portable fallback, bitwise identical for any thread count.
+//                           Shape-dependent variants: a small-depth forward straight from a
+//                           zero-padded copy of the input (forward_direct: C = 1..3 first
+//                           layers), and for few input channels an input gradient computed
+//                           as dY.W (one GEMM) followed by col2im (backward_input_col2im).
 //
 //     auto g = make_conv2d_geometry(N, H, W, C, Q, FH, FW, C, 1, 1, 1, 1, 1, 1);
 //     std::vector<float> y(g.N * g.Ho * g.Wo * g.Q);
@@ -27,6 +31,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -530,6 +535,111 @@ inline T dot(bool avx2, const T* a, const T* b, int64_t n) {
 
 inline bool use_avx2() { return simd_level() == SimdLevel::AVX2; }
 
+// Direct micro-kernel for the small-depth forward pass (no im2col copy): the A operand is read
+// straight from the zero-padded input, the depth being nh kernel rows of len = FW*C
+// contiguous values each:
+//   out[i*NR + j] = sum_{h < nh} sum_{d < len} a[i*a_rs + h*a_hs + d] * b[(h*len + d)*NR + j]
+// for i < kMR, j < NR; out is overwritten (one FMA chain per element, (h, d) ascending, which
+// is the same order as the im2col GEMM).
+template <typename T>
+inline void direct_kernel_portable(int64_t nh, int64_t len, const T* a, int64_t a_rs,
+                                   int64_t a_hs, const T* b, T* out) {
+  constexpr int64_t NR = Tile<T>::NR;
+  T acc[kMR][NR] = {};
+  for (int64_t h = 0; h < nh; ++h) {
+    const T* ah = a + h * a_hs;
+    const T* bh = b + h * len * NR;
+    for (int64_t d = 0; d < len; ++d) {
+      const T* bd = bh + d * NR;
+      for (int64_t i = 0; i < kMR; ++i) {
+        const T ai = ah[i * a_rs + d];
+        for (int64_t j = 0; j < NR; ++j) acc[i][j] += ai * bd[j];
+      }
+    }
+  }
+  for (int64_t i = 0; i < kMR; ++i)
+    for (int64_t j = 0; j < NR; ++j) out[i * NR + j] = acc[i][j];
+}
+
+#if NABLAGRAD_X86
+#define NG_DK_ROW(i)                                                    \
+  {                                                                     \
+    const VT ai = BCAST(ad + (i) * a_rs);                               \
+    c##i##0 = FMA(ai, b0, c##i##0);                                     \
+    c##i##1 = FMA(ai, b1, c##i##1);                                     \
+  }
+#define NG_DK_STORE(i)                        \
+  {                                           \
+    STORE(out + (i) * 2 * W, c##i##0);        \
+    STORE(out + (i) * 2 * W + W, c##i##1);    \
+  }
+#define NG_DK_BODY                                                                    \
+  VT c00 = ZERO(), c01 = ZERO(), c10 = ZERO(), c11 = ZERO(), c20 = ZERO(), c21 = ZERO(); \
+  VT c30 = ZERO(), c31 = ZERO(), c40 = ZERO(), c41 = ZERO(), c50 = ZERO(), c51 = ZERO(); \
+  for (int64_t h = 0; h < nh; ++h) {                                                  \
+    const auto* ah = a + h * a_hs;                                                    \
+    const auto* bh = b + h * len * 2 * W;                                             \
+    for (int64_t d = 0; d < len; ++d) {                                               \
+      const VT b0 = LOAD(bh + d * 2 * W);                                             \
+      const VT b1 = LOAD(bh + d * 2 * W + W);                                         \
+      const auto* ad = ah + d;                                                        \
+      NG_DK_ROW(0) NG_DK_ROW(1) NG_DK_ROW(2) NG_DK_ROW(3) NG_DK_ROW(4) NG_DK_ROW(5)   \
+    }                                                                                 \
+  }                                                                                   \
+  NG_DK_STORE(0) NG_DK_STORE(1) NG_DK_STORE(2) NG_DK_STORE(3) NG_DK_STORE(4) NG_DK_STORE(5)
+
+__attribute__((target("avx2,fma"))) inline void direct_kernel_avx2(int64_t nh, int64_t len,
+                                                                   const float* a, int64_t a_rs,
+                                                                   int64_t a_hs, const float* b,
+                                                                   float* out) {
+  using VT = __m256;
+  constexpr int64_t W = 8;
+#define ZERO _mm256_setzero_ps
+#define LOAD _mm256_loadu_ps
+#define STORE _mm256_storeu_ps
+#define FMA _mm256_fmadd_ps
+#define BCAST _mm256_broadcast_ss
+  NG_DK_BODY
+#undef ZERO
+#undef LOAD
+#undef STORE
+#undef FMA
+#undef BCAST
+}
+
+__attribute__((target("avx2,fma"))) inline void direct_kernel_avx2(int64_t nh, int64_t len,
+                                                                   const double* a, int64_t a_rs,
+                                                                   int64_t a_hs, const double* b,
+                                                                   double* out) {
+  using VT = __m256d;
+  constexpr int64_t W = 4;
+#define ZERO _mm256_setzero_pd
+#define LOAD _mm256_loadu_pd
+#define STORE _mm256_storeu_pd
+#define FMA _mm256_fmadd_pd
+#define BCAST _mm256_broadcast_sd
+  NG_DK_BODY
+#undef ZERO
+#undef LOAD
+#undef STORE
+#undef FMA
+#undef BCAST
+}
+#undef NG_DK_ROW
+#undef NG_DK_STORE
+#undef NG_DK_BODY
+#endif
+
+template <typename T>
+inline void direct_kernel(bool avx2, int64_t nh, int64_t len, const T* a, int64_t a_rs,
+                          int64_t a_hs, const T* b, T* out) {
+#if NABLAGRAD_X86
+  if (avx2) return direct_kernel_avx2(nh, len, a, a_rs, a_hs, b, out);
+#endif
+  (void)avx2;
+  direct_kernel_portable(nh, len, a, a_rs, a_hs, b, out);
+}
+
 // The kernel matrix B (K x ncols) of a gather GEMM, packed for the micro-kernel (panels of NR
 // columns, zero-padded: panel p holds B(k, p*NR + j) at [p*K*NR + k*NR + j]) or, when the
 // output is narrow (few columns), transposed for dot products (B(k, j) at [j*K + k]).
@@ -559,6 +669,16 @@ struct PackedB {
   }
 };
 
+// Per-thread scratch buffers, reused across calls (no allocation or page faults per tile).
+// Slot tells buffers apart that are live at the same time. A kernel never calls another
+// kernel while it holds a slot (nested parallel regions run inline on the same thread).
+template <typename T, int Slot>
+inline T* scratch(size_t n) {
+  static thread_local std::vector<T> buf;
+  if (buf.size() < n) buf.resize(n);
+  return buf.data();
+}
+
 // Rows per tile: the gathered A tile (rows x K) should stay in L2 (~192 KiB of it).
 template <typename T>
 inline int64_t tile_rows(int64_t K) {
@@ -580,32 +700,35 @@ void gather_gemm(int64_t rows, const PackedB<T>& B, const Build& build, const St
   const int64_t panels = (ncols + NR - 1) / NR;
   const int64_t ldc = B.narrow ? ncols : panels * NR;
   const bool avx2 = use_avx2();
-  parallel_for(0, ntiles, 1, [&](int64_t t0, int64_t t1) {
-    std::vector<T> tile(static_cast<size_t>(MT * lda));
-    std::vector<T> ctile(static_cast<size_t>(MT * ldc));
+  // One task per tile, claimed dynamically by the pool's threads: a thread that shares its
+  // core with another process simply does fewer tiles (a static half-and-half split would wait
+  // for the slow half). The tiles are fixed, so the results do not depend on who runs them.
+  parallel_chunks(ntiles, 1, [&](int64_t, int64_t t0, int64_t t1) {
+    T* tile = scratch<T, 0>(static_cast<size_t>(MT * lda));
+    T* ctile = scratch<T, 1>(static_cast<size_t>(MT * ldc));
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t r0 = t * MT, r1 = std::min(rows, r0 + MT), nr = r1 - r0;
-      build(r0, r1, tile.data(), lda);
+      build(r0, r1, tile, lda);
       if (B.narrow) {
         for (int64_t r = 0; r < nr; ++r)
           for (int64_t j = 0; j < ncols; ++j)
-            ctile[r * ldc + j] = dot(avx2, tile.data() + r * lda, B.data.data() + j * K, K);
+            ctile[r * ldc + j] = dot(avx2, tile + r * lda, B.data.data() + j * K, K);
       } else {
         const int64_t nr_pad = round_up(nr, kMR);
         if (nr_pad > nr)
-          std::fill(tile.data() + nr * lda, tile.data() + nr_pad * lda, T(0));
-        std::fill(ctile.begin(), ctile.begin() + nr_pad * ldc, T(0));
+          std::fill(tile + nr * lda, tile + nr_pad * lda, T(0));
+        std::fill(ctile, ctile + nr_pad * ldc, T(0));
         for (int64_t k0 = 0; k0 < K; k0 += KC) {
           const int64_t kc = std::min(KC, K - k0);
           for (int64_t p = 0; p < panels; ++p) {
             const T* bp = B.data.data() + (p * K + k0) * NR;
             for (int64_t i = 0; i < nr_pad; i += kMR)
-              micro_kernel(avx2, kc, tile.data() + i * lda + k0, lda, int64_t{1}, bp,
-                           ctile.data() + i * ldc + p * NR, ldc);
+              micro_kernel(avx2, kc, tile + i * lda + k0, lda, int64_t{1}, bp,
+                           ctile + i * ldc + p * NR, ldc);
           }
         }
       }
-      store(r0, r1, ctile.data(), ldc);
+      store(r0, r1, ctile, ldc);
     }
   });
 }
@@ -673,6 +796,72 @@ void forward_im2col(const Conv2dGeometry& g, const T* x, int64_t r0, int64_t r1,
   }
 }
 
+// Small-depth forward (K = FH*FW*C <= KC, at least NR/4 filters): no im2col. The input is
+// copied once into a zero-padded buffer (one pass; extra zero columns on the right so the
+// last block of kMR output columns never reads past a row), then for each output row and
+// each block of kMR consecutive output columns the direct micro-kernel reads the FH runs of
+// FW*C values of its kMR pixels in place (pixel stride S_w*C, kernel-row stride Wpe*C) and
+// the results are stored with the bias added: one pass over the output, no C tile to zero
+// and re-read. Work is split over (n, ho) output rows; every output element is computed by
+// one thread in the same order for any thread count.
+template <typename T>
+void forward_direct(const Conv2dGeometry& g, const T* x, const T* w, const T* bias, T* y) {
+  constexpr int64_t NR = Tile<T>::NR;
+  const int64_t C = g.C, FH = g.FH, FW = g.FW, Q = g.Q, S_h = g.stride_h, S_w = g.stride_w;
+  const int64_t len = FW * C, K = FH * len;
+  const int64_t Hp = g.H + g.pad_top + g.pad_bottom;
+  const int64_t wblocks = (g.Wo + kMR - 1) / kMR;
+  const int64_t Wpe = std::max(g.W + g.pad_left + g.pad_right, (wblocks * kMR - 1) * S_w + FW);
+  const int64_t prow = Wpe * C;  // values per padded row
+  std::unique_ptr<T[]> xp(new T[static_cast<size_t>(std::max<int64_t>(g.N * Hp * prow, 1))]);
+  // Split only when the copy is large: a pool round trip costs ~0.1 ms, a 1 MiB copy about as much.
+  parallel_for(0, g.N * Hp, std::max<int64_t>(1, (int64_t{1} << 18) / prow), [&](int64_t lo, int64_t hi) {
+    for (int64_t r = lo; r < hi; ++r) {
+      T* dst = xp.get() + r * prow;
+      const int64_t n = r / Hp, ih = r % Hp - g.pad_top;
+      if (ih < 0 || ih >= g.H) {
+        std::memset(dst, 0, sizeof(T) * static_cast<size_t>(prow));
+        continue;
+      }
+      std::memset(dst, 0, sizeof(T) * static_cast<size_t>(g.pad_left * C));
+      std::memcpy(dst + g.pad_left * C, x + (n * g.H + ih) * g.W * C,
+                  sizeof(T) * static_cast<size_t>(g.W * C));
+      std::memset(dst + (g.pad_left + g.W) * C, 0,
+                  sizeof(T) * static_cast<size_t>(prow - (g.pad_left + g.W) * C));
+    }
+  });
+  PackedB<T> B;
+  B.pack(K, Q, [&](int64_t k, int64_t q) { return w[q * K + k]; });
+  const int64_t panels = (Q + NR - 1) / NR;
+  const bool avx2 = use_avx2();
+  const int64_t row_work = std::max<int64_t>(1, g.Wo * Q * K);
+  // Tasks of whole output rows (>= ~64K multiply-adds each), claimed dynamically.
+  parallel_chunks(g.N * g.Ho, std::max<int64_t>(1, (1 << 16) / row_work), [&](int64_t, int64_t lo, int64_t hi) {
+    alignas(64) T out[kMR * NR];
+    for (int64_t r = lo; r < hi; ++r) {
+      const int64_t n = r / g.Ho, ho = r % g.Ho;
+      const T* xrow = xp.get() + (n * Hp + ho * S_h) * prow;
+      T* yrow = y + r * g.Wo * Q;
+      for (int64_t wb = 0; wb < g.Wo; wb += kMR) {
+        const int64_t nw = std::min(kMR, g.Wo - wb);
+        const T* a = xrow + wb * S_w * C;
+        for (int64_t p = 0; p < panels; ++p) {
+          direct_kernel(avx2, FH, len, a, S_w * C, prow, B.data.data() + p * K * NR, out);
+          const int64_t q0 = p * NR, nq = std::min(NR, Q - q0);
+          for (int64_t i = 0; i < nw; ++i) {
+            T* dst = yrow + (wb + i) * Q + q0;
+            const T* src = out + i * NR;
+            if (bias)
+              for (int64_t j = 0; j < nq; ++j) dst[j] = src[j] + bias[q0 + j];
+            else
+              for (int64_t j = 0; j < nq; ++j) dst[j] = src[j];
+          }
+        }
+      }
+    }
+  });
+}
+
 }  // namespace conv_detail
 
 /// Fast forward: y = conv(x, w) + bias, an implicit GEMM
@@ -682,6 +871,10 @@ void forward_im2col(const Conv2dGeometry& g, const T* x, int64_t r0, int64_t r1,
 template <typename T>
 void conv2d_forward(const Conv2dGeometry& g, const T* x, const T* w, const T* bias, T* y) {
   const int64_t K = g.FH * g.FW * g.C, Q = g.Q;
+  if (K <= conv_detail::Tile<T>::KC && Q * 4 > conv_detail::Tile<T>::NR) {
+    conv_detail::forward_direct(g, x, w, bias, y);  // small depth: no im2col (see above)
+    return;
+  }
   conv_detail::PackedB<T> B;
   B.pack(K, Q, [&](int64_t k, int64_t q) { return w[q * K + k]; });
   const int64_t rows = g.N * g.Ho * g.Wo;
@@ -702,6 +895,66 @@ void conv2d_forward(const Conv2dGeometry& g, const T* x, const T* w, const T* bi
       });
 }
 
+namespace conv_detail {
+
+// Input gradient for few input channels (C*4 <= NR), in two passes instead of per-phase dot
+// products:
+//   1. dcol = dY (N*Ho*Wo x Q) . W (Q x FH*FW*C): one gather GEMM whose rows are dY's
+//      contiguous Q-runs (the depth Q is the long axis, the columns FH*FW*C fill whole panels);
+//   2. dX[n, ho*S_h+fh-pt, wo*S_w+fw-pl, c] += dcol[(n,ho,wo), (fh,fw,c)] (col2im): each
+//      dcol entry is the contribution of one tap of one output pixel, i.e. the terms of the
+//      phase sums of conv2d_backward_input, added in output-pixel order instead of gathered.
+// The products with the dilation zeros are never formed here either; input rows the forward
+// pass never reached receive nothing and stay 0.
+template <typename T>
+void backward_input_col2im(const Conv2dGeometry& g, const T* dy, const T* w, T* dx) {
+  const int64_t C = g.C, Q = g.Q, FW = g.FW, K = g.FH * FW * C;
+  const int64_t rows = g.N * g.Ho * g.Wo;
+  std::unique_ptr<T[]> dcol(new T[static_cast<size_t>(std::max<int64_t>(rows * K, 1))]);
+  PackedB<T> B;
+  B.pack(Q, K, [&](int64_t q, int64_t k) { return w[q * K + k]; });
+  gather_gemm<T>(
+      rows, B,
+      [&](int64_t r0, int64_t r1, T* tile, int64_t lda) {
+        if (lda == Q)
+          std::memcpy(tile, dy + r0 * Q, sizeof(T) * static_cast<size_t>((r1 - r0) * Q));
+        else
+          for (int64_t r = r0; r < r1; ++r) copy_run(tile + (r - r0) * lda, dy + r * Q, Q);
+      },
+      [&](int64_t r0, int64_t r1, const T* ctile, int64_t ldc) {
+        for (int64_t r = r0; r < r1; ++r) copy_run(dcol.get() + r * K, ctile + (r - r0) * ldc, K);
+      });
+  // col2im, image by image (one thread per image, so every dX element receives its
+  // contributions in the same (ho, wo, fh) order for any thread count): the FW taps of kernel
+  // row fh of output pixel (ho, wo) land on FW consecutive input columns, so each (pixel, fh)
+  // adds one contiguous run of FW*C values (clipped at the left/right padding) into dX.
+  const T* dc = dcol.get();
+  const int64_t run = FW * C;
+  parallel_chunks(g.N, 1, [&](int64_t, int64_t lo, int64_t hi) {
+    for (int64_t n = lo; n < hi; ++n) {
+      T* dxn = dx + n * g.H * g.W * C;
+      std::memset(dxn, 0, sizeof(T) * static_cast<size_t>(g.H * g.W * C));
+      for (int64_t oh = 0; oh < g.Ho; ++oh)
+        for (int64_t ow = 0; ow < g.Wo; ++ow) {
+          const T* src = dc + ((n * g.Ho + oh) * g.Wo + ow) * K;
+          const int64_t iw0 = ow * g.stride_w - g.pad_left;
+          const int64_t f0 = std::max<int64_t>(0, -iw0), f1 = std::min<int64_t>(FW, g.W - iw0);
+          if (f1 <= f0) continue;
+          for (int64_t fh = 0; fh < g.FH; ++fh) {
+            const int64_t ih = oh * g.stride_h + fh - g.pad_top;
+            if (ih < 0 || ih >= g.H) continue;
+            T* d = dxn + (ih * g.W + iw0 + f0) * C;
+            const T* sr = src + fh * run + f0 * C;
+            const int64_t len = (f1 - f0) * C;
+            for (int64_t k = 0; k < len; ++k) d[k] += sr[k];
+          }
+        }
+    }
+  });
+}
+
+}  // namespace conv_detail
+
 /// Fast input gradient by S_h x S_w phase decomposition. The document computes
 ///   dX = crop( conv_stride1( pad(dilate(dY, S), F-1 [+ r]), flip_kernel(W) ) ).
 /// Of the F_h*F_w flipped taps that meet a padded-input row yp = y + pt, only those with
@@ -715,6 +968,12 @@ void conv2d_forward(const Conv2dGeometry& g, const T* x, const T* w, const T* bi
 template <typename T>
 void conv2d_backward_input(const Conv2dGeometry& g, const T* dy, const T* w, T* dx) {
   const int64_t S_h = g.stride_h, S_w = g.stride_w, Q = g.Q, C = g.C;
+  const int64_t Kfull = g.FH * g.FW * C;
+  if (C * 4 <= conv_detail::Tile<T>::NR && Kfull * 4 > conv_detail::Tile<T>::NR &&
+      g.N * g.Ho * g.Wo * Kfull <= (int64_t{1} << 26)) {
+    conv_detail::backward_input_col2im(g, dy, w, dx);  // few channels: GEMM + tap-table gather
+    return;
+  }
   for (int64_t ph = 0; ph < S_h; ++ph) {
     // Rows y of this phase: (y + pad_top) mod S_h == ph.
     const int64_t y0 = ((ph - g.pad_top) % S_h + S_h) % S_h;
@@ -871,7 +1130,7 @@ void conv2d_backward_weight(const Conv2dGeometry& g, const T* x, const T* dy, T*
     }
   });
   // Partials in chunk order: dW[q, k] = sum_c P_c[k, q].
-  parallel_for(0, K, 64, [&](int64_t k0, int64_t k1) {
+  parallel_for(0, K, std::max<int64_t>(64, (int64_t{1} << 16) / (Q * nchunks)), [&](int64_t k0, int64_t k1) {
     for (int64_t k = k0; k < k1; ++k)
       for (int64_t q = 0; q < Q; ++q) {
         T s = partial[k * ldq + q];
