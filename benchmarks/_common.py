@@ -21,11 +21,19 @@ def time_call(fn: Callable[[], object], min_time: float = 0.05) -> float:
         n *= 2 if dt <= 0 else max(2, int(min_time / dt * 1.2))
 
 
-def race(contenders: Dict[str, Callable[[], object]], rounds: int = 7, min_time: float = 0.05) -> Dict[str, float]:
-    """Median seconds per call for each contender, measured in alternation (same run)."""
+def race(contenders: Dict[str, Callable[[], object]], rounds: int = 7, min_time: float = 0.05,
+         settle: float = 0.2) -> Dict[str, float]:
+    """Median seconds per call for each contender, measured in alternation (same run).
+
+    Each contender's block starts after a `settle` pause: OpenBLAS's and PyTorch's worker
+    threads keep spinning for a while after a call and would otherwise steal the second
+    core from whichever library runs next.
+    """
     samples: Dict[str, List[float]] = {k: [] for k in contenders}
     for _ in range(rounds):
         for name, fn in contenders.items():
+            if settle > 0:
+                time.sleep(settle)
             samples[name].append(time_call(fn, min_time))
     return {k: statistics.median(v) for k, v in samples.items()}
 

@@ -59,12 +59,11 @@ namespace nablagrad {
 namespace kernels {
 
 /// Products with M*N*K below this many multiply-adds run single-threaded on the caller.
-/// Waking the pool's sleeping workers costs ~100-150 us on the 2-vCPU dev machine, so a
-/// second thread only pays off from roughly 200^3 on; lower it if the pool spins instead of
-/// sleeping. Tests set it to 0 to push small shapes through the threaded path. The split
+/// The pool's workers spin briefly between regions (threading.h), so back-to-back products
+/// start without a sleeping-thread wake-up; from roughly 100^3 on a second thread pays. Tests set it to 0 to push small shapes through the threaded path. The split
 /// never changes results, so this is a speed knob only.
 inline std::atomic<int64_t>& gemm_parallel_threshold() {
-  static std::atomic<int64_t> threshold{int64_t{1} << 23};
+  static std::atomic<int64_t> threshold{int64_t{1} << 20};
   return threshold;
 }
 
