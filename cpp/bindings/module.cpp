@@ -429,6 +429,10 @@ void bind_math_ops(py::module_& m) {
     grad_mode_flag() = flag;
     return prev;
   });
+  m.def("_cached_bytes", []() { return BlockCache::instance().cached_bytes(); },
+        "Bytes held by the large-block cache for reuse.");
+  m.def("_empty_cache", []() { BlockCache::instance().release_cached(); },
+        "Returns every cached large block to the system allocator.");
   m.def("_simd_level", []() { return simd_level() == SimdLevel::AVX2 ? "avx2" : "portable"; });
   m.def("_set_simd_level", [](const std::string& level) {
     if (level == "avx2") set_simd_level(SimdLevel::AVX2);

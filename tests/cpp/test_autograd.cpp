@@ -175,6 +175,28 @@ void test_thread_pool() {
   set_num_threads(2);
 }
 
+void test_block_cache() {
+  BlockCache& cache = BlockCache::instance();
+  cache.release_cached();
+  void* first = nullptr;
+  {
+    Tensor big = Tensor::zeros({1 << 16});  // 256 KiB: cached on release
+    first = big.raw_data();
+  }
+  CHECK(cache.cached_bytes() >= (std::size_t{1} << 18));
+  Tensor again = Tensor::full({1 << 16}, 3.0);
+  CHECK(again.raw_data() == first);
+  CHECK(again.item_at(12345) == 3.0);
+  {
+    Tensor small = Tensor::zeros({16});  // small blocks bypass the cache
+    (void)small;
+  }
+  const std::size_t held = cache.cached_bytes();
+  CHECK(held == 0);
+  cache.release_cached();
+  CHECK(cache.cached_bytes() == 0);
+}
+
 void test_errors() {
   CHECK_THROWS(add(Tensor::zeros({2}), Tensor::zeros({3})), std::invalid_argument);
   CHECK_THROWS(matmul(Tensor::zeros({2, 3}), Tensor::zeros({2, 3})), std::invalid_argument);
@@ -196,6 +218,7 @@ int main() {
   RUN_TEST(test_finite_differences);
   RUN_TEST(test_views_share_storage);
   RUN_TEST(test_thread_pool);
+  RUN_TEST(test_block_cache);
   RUN_TEST(test_errors);
   return test_util::finish();
 }

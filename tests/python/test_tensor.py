@@ -354,3 +354,20 @@ def test_compare_with_none_is_identity() -> None:
     a = ng.ones(2)
     assert (a == None) is False  # noqa: E711
     assert (a != None) is True  # noqa: E711
+
+
+def test_large_blocks_are_cached_and_reused() -> None:
+    from nablagrad import _core
+
+    _core._empty_cache()
+    assert _core._cached_bytes() == 0
+    t = ng.zeros(512, 1024)  # 2 MiB: above the cache's 128 KiB floor
+    ptr = t._data_ptr()
+    del t
+    assert _core._cached_bytes() >= 512 * 1024 * 4
+    u = ng.ones(512, 1024)  # same size: the cached block comes back, filled anew
+    assert u._data_ptr() == ptr
+    assert float(u.sum().item()) == 512 * 1024
+    del u
+    _core._empty_cache()
+    assert _core._cached_bytes() == 0

@@ -78,12 +78,13 @@ def test_usage_snippet_runs():
 
 def test_mypy_on_usage_snippet():
     pytest.importorskip("mypy")
-    root = STUB.parent.parent.parent
+    root = HERE.parent.parent  # the repository (pyproject.toml holds the mypy settings)
     # A persistent cache: the first run parses NumPy's stubs (~15 s), later runs take ~1 s.
     cache = Path(tempfile.gettempdir()) / "nablagrad-mypy-cache"
 
     env = dict(os.environ)
-    env["MYPYPATH"] = str(STUB.parent.parent)
+    if "site-packages" not in STUB.parts:  # a dev layout (PYTHONPATH=...): point mypy at it
+        env["MYPYPATH"] = str(STUB.parent.parent)
     cmd = [
         sys.executable, "-m", "mypy", str(USAGE),
         "--follow-imports=silent",  # check the snippet against the package's types only

@@ -21,11 +21,13 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <new>
 #include <sstream>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
+#include <unordered_map>
 #include <vector>
 
 namespace nablagrad {
@@ -163,17 +165,76 @@ inline Shape broadcast_shapes(const Shape& a, const Shape& b, const char* op) {
 // ---------------------------------------------------------------------------------------
 constexpr std::size_t kAlignment = 64;
 
-/// A block of bytes, either owned (64-byte aligned, freed on destruction) or borrowed from
-/// another owner (e.g. a NumPy array) that is kept alive through `owner`.
+/// Caching allocator for large blocks. Training repeats the same shapes every step, and
+/// a fresh multi-megabyte allocation costs page faults on first touch (~2 ms for 8 MiB),
+/// so freed blocks of at least kMinBytes are kept, keyed by their exact rounded size, up to
+/// kCapacity bytes in all, and handed out again. Small blocks go straight to malloc (its
+/// thread caches are faster than a lock). Thread-safe; `release_cached()` empties it.
+class BlockCache {
+ public:
+  static constexpr std::size_t kMinBytes = std::size_t{1} << 17;   // 128 KiB
+  static constexpr std::size_t kCapacity = std::size_t{1} << 30;   // 1 GiB cached at most
+
+  static BlockCache& instance() {
+    static BlockCache* cache = new BlockCache();  // leaked: outlives every static tensor
+    return *cache;
+  }
+
+  /// A cached block of exactly `bytes` (a multiple of kAlignment), or nullptr.
+  void* take(std::size_t bytes) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = free_.find(bytes);
+    if (it == free_.end() || it->second.empty()) return nullptr;
+    void* p = it->second.back();
+    it->second.pop_back();
+    cached_ -= bytes;
+    return p;
+  }
+
+  /// Keeps the block for reuse; returns false (caller frees) when the cache is full.
+  bool give(void* p, std::size_t bytes) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (cached_ + bytes > kCapacity) return false;
+    free_[bytes].push_back(p);
+    cached_ += bytes;
+    return true;
+  }
+
+  /// Frees every cached block.
+  void release_cached() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (auto& kv : free_)
+      for (void* p : kv.second) std::free(p);
+    free_.clear();
+    cached_ = 0;
+  }
+
+  std::size_t cached_bytes() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return cached_;
+  }
+
+ private:
+  BlockCache() = default;
+  std::mutex mutex_;
+  std::unordered_map<std::size_t, std::vector<void*>> free_;
+  std::size_t cached_ = 0;
+};
+
+/// A block of bytes, either owned (64-byte aligned, returned to the allocator on
+/// destruction) or borrowed from another owner (e.g. a NumPy array) that is kept alive
+/// through `owner`.
 class Storage {
  public:
   static std::shared_ptr<Storage> allocate(std::size_t nbytes) {
     const std::size_t rounded = (std::max<std::size_t>(nbytes, 1) + kAlignment - 1) / kAlignment * kAlignment;
-    void* p = std::aligned_alloc(kAlignment, rounded);
+    void* p = rounded >= BlockCache::kMinBytes ? BlockCache::instance().take(rounded) : nullptr;
+    if (p == nullptr) p = std::aligned_alloc(kAlignment, rounded);
     if (p == nullptr) throw std::bad_alloc();
     auto s = std::make_shared<Storage>();
     s->data_ = p;
     s->nbytes_ = nbytes;
+    s->capacity_ = rounded;
     s->owned_ = true;
     return s;
   }
@@ -188,7 +249,9 @@ class Storage {
   Storage(const Storage&) = delete;
   Storage& operator=(const Storage&) = delete;
   ~Storage() {
-    if (owned_) std::free(data_);
+    if (!owned_) return;
+    if (capacity_ >= BlockCache::kMinBytes && BlockCache::instance().give(data_, capacity_)) return;
+    std::free(data_);
   }
   void* data() const { return data_; }
   std::size_t nbytes() const { return nbytes_; }
@@ -196,6 +259,7 @@ class Storage {
  private:
   void* data_ = nullptr;
   std::size_t nbytes_ = 0;
+  std::size_t capacity_ = 0;
   bool owned_ = false;
   std::shared_ptr<void> owner_;
 };
