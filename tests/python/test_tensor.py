@@ -371,3 +371,12 @@ def test_large_blocks_are_cached_and_reused() -> None:
     del u
     _core._empty_cache()
     assert _core._cached_bytes() == 0
+
+
+def test_nn_functional_is_the_functional_api() -> None:
+    import nablagrad.functional as F
+    import nablagrad.nn.functional as NF
+
+    assert ng.nn.functional.relu is F.relu
+    assert set(F.__all__) <= set(dir(NF))
+    assert NF.cross_entropy is F.cross_entropy
