@@ -181,7 +181,7 @@ void copy_from(Tensor& self, py::handle src_obj) {
   }
   Tensor::copy_into(tmp, src.as_strided(bs, st, src.offset()));
   Tensor::copy_into(self, tmp);
-  ++self.impl().version;
+  self.bump_version();
 }
 
 }  // namespace
@@ -274,7 +274,7 @@ void bind_tensor(py::module_& m) {
         return self;
       }, py::arg("src"))
       .def("is_contiguous", &Tensor::is_contiguous)
-      .def_property_readonly("_version", [](const Tensor& t) { return t.impl().version; })
+      .def_property_readonly("_version", [](const Tensor& t) { return t.version(); })
       .def("_data_ptr", [](const Tensor& t) { return reinterpret_cast<std::uintptr_t>(t.raw_data()); })
       .def("_same_storage", [](const Tensor& a, const Tensor& b) { return a.impl().storage == b.impl().storage; });
   // NumPy must defer binary operators to the Tensor (ndarray * tensor -> Tensor.__rmul__).

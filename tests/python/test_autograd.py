@@ -270,3 +270,25 @@ def test_leaf_gradients_are_private():
     v.numpy()[:] = 5.0
     assert_close(x.grad, [1.0, 1.0])
     assert_close(x2.grad, [1.0, 1.0])
+
+
+def test_inplace_write_to_a_saved_input_is_refused_at_backward() -> None:
+    w = ng.tensor([1.0, 2.0], requires_grad=True)
+    y = (w * w).sum()
+    with ng.no_grad():
+        w.copy_(ng.tensor([5.0, 5.0]))
+    with pytest.raises(RuntimeError, match="modified in place"):
+        y.backward()
+    # a write through a view of a saved (non-grad) input counts too: views share the counter
+    a = ng.ones(4, requires_grad=True)
+    x = ng.ones(4)
+    z = (a * x).sum()
+    x[1:3] = 7.0
+    with pytest.raises(RuntimeError, match="modified in place"):
+        z.backward()
+    # writes after backward are fine (the optimizer's step)
+    b = ng.ones(3, requires_grad=True)
+    (b * b).sum().backward()
+    with ng.no_grad():
+        b.copy_(b - 0.1 * b.grad)
+    assert np.allclose(np.asarray(b), 0.8)

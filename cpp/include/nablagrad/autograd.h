@@ -61,6 +61,9 @@ struct Node {
   std::vector<Edge> next;
   BackwardFn backward;
   bool released = false;
+  // The inputs' storages and their versions when the op ran: closures read saved inputs,
+  // so an in-place write to one of them before backward would give a wrong gradient.
+  std::vector<std::pair<std::weak_ptr<Storage>, uint64_t>> saved_versions;
 
   bool needs(std::size_t i) const { return i < next.size() && next[i].active(); }
 
@@ -102,8 +105,10 @@ inline void record(Tensor& out, const char* name, const std::vector<Tensor>& inp
   auto node = std::make_shared<Node>();
   node->name = name;
   node->next.resize(inputs.size());
+  node->saved_versions.reserve(inputs.size());
   for (std::size_t i = 0; i < inputs.size(); ++i) {
     const Tensor& t = inputs[i];
+    if (t.defined()) node->saved_versions.emplace_back(t.impl().storage, t.version());
     if (!t.defined() || !t.requires_grad()) continue;
     if (t.impl().grad_fn)
       node->next[i].node = t.impl().grad_fn;
@@ -211,6 +216,15 @@ inline void backward(const Tensor& root, Tensor grad = Tensor(), bool retain_gra
     Tensor g = std::move(pending[n]);
     pending.erase(n);
     input_grads.assign(n->next.size(), Tensor());
+    for (const auto& sv : n->saved_versions) {
+      const std::shared_ptr<Storage> st = sv.first.lock();
+      if (st && st->version != sv.second)
+        throw std::runtime_error(std::string("backward: an input of '") + n->name +
+                                 "' was modified in place after the op used it (its version is " +
+                                 std::to_string(st->version) + ", expected " + std::to_string(sv.second) +
+                                 "); the gradient would be wrong. Clone the tensor before modifying it, "
+                                 "or modify it after backward()");
+    }
     if (g.defined()) n->backward(g, input_grads);  // else no gradient reached it: pass nothing on
     g = Tensor();
     for (std::size_t i = 0; i < n->next.size(); ++i) {

@@ -256,6 +256,10 @@ class Storage {
   void* data() const { return data_; }
   std::size_t nbytes() const { return nbytes_; }
 
+  /// Bumped by every in-place write through any view; autograd compares it with the value
+  /// seen when an op saved the data, to refuse gradients computed from overwritten values.
+  uint64_t version = 0;
+
  private:
   void* data_ = nullptr;
   std::size_t nbytes_ = 0;
@@ -281,7 +285,6 @@ struct TensorImpl {
   bool requires_grad = false;
   std::shared_ptr<Node> grad_fn;          // set on results of recorded ops
   std::shared_ptr<TensorImpl> grad;       // accumulated gradient of a leaf
-  uint64_t version = 0;                   // bumped by in-place writes
 };
 
 class Tensor {
@@ -339,6 +342,9 @@ class Tensor {
   int64_t numel() const { return shape_numel(impl_->shape); }
   DType dtype() const { return impl_->dtype; }
   bool requires_grad() const { return impl_->requires_grad; }
+  /// In-place write counter of the underlying storage (shared by all views).
+  uint64_t version() const { return impl_->storage->version; }
+  void bump_version() const { ++impl_->storage->version; }
 
   void* raw_data() const {
     return static_cast<char*>(impl_->storage->data()) + impl_->offset * static_cast<int64_t>(dtype_size(impl_->dtype));

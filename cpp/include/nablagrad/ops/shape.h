@@ -634,7 +634,7 @@ inline void index_put_(const Tensor& self, const std::vector<TensorIndex>& items
       Tensor::copy_into(view.as_strided(dst.shape, dst.strides, dst.offsets[j]),
                         vc.as_strided(dst.shape, buf.strides, j * buf.stride));
   }
-  ++self.impl().version;
+  self.bump_version();
 }
 
 // ---------------------------------------------------------------------------------------
