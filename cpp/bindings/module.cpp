@@ -15,6 +15,10 @@ namespace {
 
 DType numpy_dtype_to_dtype(const py::dtype& dt, bool allow_convert) {
   const char kind = dt.kind();
+  const char order = dt.byteorder();  // '=' native, '|' not applicable, '<' / '>' explicit
+  if (order != '=' && order != '|')  // NumPy reports native order as '=' even when spelled '<' / '>'
+    throw py::type_error("NumPy dtype " + std::string(py::str(dt)) +
+                         " has non-native byte order; convert it with a.astype(a.dtype.newbyteorder('='))");
   const auto size = dt.itemsize();
   if (kind == 'f' && size == 4) return DType::Float32;
   if (kind == 'f' && size == 8) return DType::Float64;
@@ -35,9 +39,16 @@ py::dtype dtype_to_numpy(DType d) {
   return py::dtype::of<float>();
 }
 
-/// Shares the memory of a NumPy array (non-negative strides that are multiples of the item size).
-Tensor share_numpy(py::array arr, DType dt) {
+/// Shares the memory of a NumPy array (non-negative strides that are multiples of the item size,
+/// aligned data). `writable`: the tensor may be written to, so a read-only array is refused.
+Tensor share_numpy(py::array arr, DType dt, bool writable) {
   const auto item = static_cast<int64_t>(arr.itemsize());
+  if (writable && !arr.writeable())
+    throw py::value_error("from_numpy: the array is read-only (not writeable), and a tensor sharing its memory "
+                          "could be written to; use ng.tensor(a) to copy it, or pass a writeable array");
+  if (reinterpret_cast<std::uintptr_t>(arr.data()) % static_cast<std::uintptr_t>(item) != 0)
+    throw py::value_error("from_numpy: the array's data is not aligned to its item size; "
+                          "pass np.ascontiguousarray(a) or ng.tensor(a) to copy it");
   Shape shape(arr.ndim()), strides(arr.ndim());
   for (py::ssize_t i = 0; i < arr.ndim(); ++i) {
     shape[i] = arr.shape(i);
@@ -53,7 +64,7 @@ Tensor share_numpy(py::array arr, DType dt) {
     py::gil_scoped_acquire gil;
     delete static_cast<py::object*>(p);
   });
-  return Tensor::from_blob(arr.mutable_data(), shape, strides, dt, std::move(owner));
+  return Tensor::from_blob(const_cast<void*>(arr.data()), shape, strides, dt, std::move(owner));
 }
 
 }  // namespace
@@ -70,6 +81,7 @@ py::array to_numpy(const Tensor& t) {
 
 DType to_dtype(py::handle obj) {
   if (py::isinstance<DType>(obj)) return obj.cast<DType>();
+  if (obj.is_none()) throw py::type_error("expected a dtype, got None");
   if (py::isinstance<py::str>(obj)) {
     const std::string s = obj.cast<std::string>();
     if (s == "float32" || s == "float") return DType::Float32;
@@ -115,22 +127,47 @@ Tensor to_tensor(py::handle obj, const Tensor* like) {
   return conv(obj).cast<Tensor>();
 }
 
+namespace {
+/// One axis: an int (or an object with __index__); a huge one is out of range (IndexError).
+int64_t to_axis(py::handle a) {
+  if (py::isinstance<py::bool_>(a) || (!py::isinstance<py::int_>(a) && !py::hasattr(a, "__index__")))
+    throw py::type_error("axis must be an int, a tuple of ints or None, got " +
+                         std::string(py::str(py::type::of(a).attr("__name__"))));
+  const py::int_ v(py::reinterpret_borrow<py::object>(a));
+  try {
+    return v.cast<int64_t>();
+  } catch (const py::cast_error&) {
+    throw py::index_error("axis " + std::string(py::str(v)) + " is out of range");
+  }
+}
+}  // namespace
+
 std::vector<int64_t> to_axes(py::handle axis) {
   if (axis.is_none()) return {};
-  if (py::isinstance<py::int_>(axis)) return {axis.cast<int64_t>()};
+  if (!py::isinstance<py::tuple>(axis) && !py::isinstance<py::list>(axis)) return {to_axis(axis)};
   std::vector<int64_t> out;
-  for (py::handle a : axis) out.push_back(a.cast<int64_t>());
+  for (py::handle a : axis) out.push_back(to_axis(a));
   if (out.empty()) throw py::value_error("axis: an empty tuple of axes is not allowed (use None for all axes)");
   return out;
 }
 
 Shape to_shape(py::handle obj) {
-  if (py::isinstance<py::int_>(obj)) return {obj.cast<int64_t>()};
+  if (py::isinstance<py::int_>(obj) && !py::isinstance<py::bool_>(obj)) return to_shape(py::make_tuple(obj));
+  if (!py::isinstance<py::sequence>(obj) || py::isinstance<py::str>(obj))
+    throw py::type_error("a shape must be an int or a sequence of ints, got " +
+                         std::string(py::str(py::type::of(obj).attr("__name__"))));
   Shape s;
   for (py::handle d : obj) {
     if (!py::isinstance<py::int_>(d) && !py::hasattr(d, "__index__"))
       throw py::type_error("shape entries must be integers, got " + std::string(py::repr(d)));
-    s.push_back(py::int_(py::reinterpret_borrow<py::object>(d)).cast<int64_t>());
+    if (py::isinstance<py::bool_>(d))
+      throw py::type_error("shape entries must be integers, got " + std::string(py::repr(d)));
+    const py::int_ v(py::reinterpret_borrow<py::object>(d));
+    try {
+      s.push_back(v.cast<int64_t>());
+    } catch (const py::cast_error&) {
+      throw py::value_error("shape entry " + std::string(py::str(v)) + " is too large");
+    }
   }
   return s;
 }
@@ -167,6 +204,10 @@ void copy_from(Tensor& self, py::handle src_obj) {
                              "ng.no_grad()");
   if (self.impl().grad_fn && grad_enabled())
     throw std::runtime_error("copy_: in-place changes to a tensor that is part of a graph are not supported");
+  for (int64_t d = 0; d < self.dim(); ++d)
+    if (self.strides()[d] == 0 && self.shape()[d] > 1)
+      throw std::runtime_error("copy_: the tensor has several elements sharing one memory location (an expand()ed "
+                               "tensor of shape " + shape_str(self.shape()) + "); copy into a contiguous() copy instead");
   Tensor src = to_tensor(src_obj, &self);
   const Shape bs = broadcast_shapes(self.shape(), src.shape(), "copy_");
   if (bs != self.shape())
@@ -281,11 +322,11 @@ void bind_tensor(py::module_& m) {
   cls.attr("__array_ufunc__") = py::none();
   cls.attr("__array_priority__") = 1000;
 
-  m.def("from_numpy", [](py::array arr) { return share_numpy(arr, numpy_dtype_to_dtype(arr.dtype(), false)); },
+  m.def("from_numpy", [](py::array arr) { return share_numpy(arr, numpy_dtype_to_dtype(arr.dtype(), false), true); },
         py::arg("array"), "A tensor sharing memory with a NumPy array (float32, float64, int64 or bool).");
   m.def("_copy_from_numpy",
         [](py::array arr, DType dt) {
-          Tensor shared = share_numpy(arr, numpy_dtype_to_dtype(arr.dtype(), true));
+          Tensor shared = share_numpy(arr, numpy_dtype_to_dtype(arr.dtype(), true), false);  // read only
           Tensor out = Tensor::empty(shared.shape(), dt);
           Tensor::copy_into(out, shared);
           return out;
@@ -345,7 +386,8 @@ void bind_math_ops(py::module_& m) {
   cls.attr("__hash__") = py::none();  // __eq__ is elementwise, as in NumPy
   cls.def("__bool__", [](const Tensor& t) {
     if (t.numel() != 1)
-      throw py::value_error("the truth value of a tensor with more than one element is ambiguous (shape " +
+      throw py::value_error(std::string("the truth value of a tensor with ") +
+                            (t.numel() == 0 ? "no elements" : "more than one element") + " is ambiguous (shape " +
                             shape_str(t.shape()) + ")");
     return t.item_at(0) != 0.0;
   });
@@ -353,9 +395,11 @@ void bind_math_ops(py::module_& m) {
     if (t.numel() != 1) throw py::value_error("only one-element tensors can be converted to float");
     return t.item_at(0);
   });
-  cls.def("__int__", [](const Tensor& t) {
+  cls.def("__int__", [](const Tensor& t) -> py::object {
     if (t.numel() != 1) throw py::value_error("only one-element tensors can be converted to int");
-    return static_cast<int64_t>(t.item_at(0));
+    if (t.dtype() == DType::Int64) return item(t);
+    // Python's own float -> int: truncates; NaN raises ValueError, inf OverflowError.
+    return py::int_(py::float_(t.item_at(0)));
   });
 
   // Unary ops: methods and module functions.
@@ -374,6 +418,12 @@ void bind_math_ops(py::module_& m) {
   m.def("leaky_relu", &leaky_relu, py::arg("x"), py::arg("slope") = 0.01);
   m.def("gelu", &gelu, py::arg("x"), py::arg("tanh_approximation") = false);
   auto clip_fn = [](const Tensor& x, py::object lo, py::object hi) {
+    for (const py::object* b : {&lo, &hi})
+      if (!b->is_none() && (py::isinstance<py::bool_>(*b) || !(py::isinstance<py::float_>(*b) ||
+                                                               py::isinstance<py::int_>(*b) ||
+                                                               py::hasattr(*b, "__float__"))))
+        throw py::type_error("clip: bounds must be numbers or None, got " +
+                             std::string(py::str(py::type::of(*b).attr("__name__"))));
     const double nan = std::numeric_limits<double>::quiet_NaN();
     const double l = lo.is_none() ? nan : lo.cast<double>(), h = hi.is_none() ? nan : hi.cast<double>();
     if (!lo.is_none() && !hi.is_none() && l > h)
@@ -454,6 +504,8 @@ PYBIND11_MODULE(_core, m) {
       PyErr_SetString(PyExc_TypeError, e.what());
     } catch (const std::length_error& e) {
       PyErr_SetString(PyExc_ValueError, e.what());
+    } catch (const nablagrad::OutOfMemory& e) {
+      PyErr_SetString(PyExc_MemoryError, e.what());
     } catch (const std::bad_alloc&) {
       PyErr_SetString(PyExc_MemoryError, "nablagrad: out of memory");
     }

@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import operator
+
 from . import _core
 from ._tensor import (
     Tensor,
@@ -48,12 +50,12 @@ def where(cond, a, b):  # type: ignore[no-untyped-def]
 
 def concatenate(tensors, axis=0):  # type: ignore[no-untyped-def]
     """Joins tensors along an existing axis (differentiable)."""
-    return _core.concatenate(list(tensors), int(axis))
+    return _core.concatenate(list(tensors), operator.index(axis))
 
 
 def stack(tensors, axis=0):  # type: ignore[no-untyped-def]
     """Joins tensors along a new axis (differentiable)."""
-    return _core.stack(list(tensors), int(axis))
+    return _core.stack(list(tensors), operator.index(axis))
 
 
 from . import autograd, functional, nn  # noqa: E402

@@ -51,6 +51,24 @@ def _resolve_dtype(d: Any) -> Optional[_core.dtype]:
     raise TypeError(f"unsupported dtype {npd} (nablagrad supports float32, float64, int64 and bool)")
 
 
+_INT64_MAX = np.iinfo(np.int64).max
+
+
+def _to_int64(arr: np.ndarray) -> np.ndarray:
+    """Integer array -> int64; uint64 values above int64's range raise OverflowError (no wrap-around)."""
+    if arr.dtype == np.uint64 and arr.size and int(arr.max()) > _INT64_MAX:
+        raise OverflowError(f"value {int(arr.max())} does not fit in int64")
+    return arr.astype(np.int64)
+
+
+def _check_object_array(arr: np.ndarray, data: Any) -> None:
+    """NumPy makes object arrays from Python ints beyond int64: report those as an overflow."""
+    if arr.dtype.kind == "O" and arr.size and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in arr.flat):
+        big = max(arr.flat, key=abs)
+        raise OverflowError(f"Python int {big} does not fit in int64")
+
+
 def _infer_numpy(data: Any) -> np.ndarray:
     """Data -> NumPy array following PyTorch's inference: Python floats -> float32."""
     if isinstance(data, np.ndarray) or isinstance(data, np.generic):
@@ -61,7 +79,7 @@ def _infer_numpy(data: Any) -> np.ndarray:
         if kind == "b":
             return arr
         if kind in "iu":
-            return arr.astype(np.int64)
+            return _to_int64(arr)
         raise TypeError(
             f"unsupported NumPy dtype {arr.dtype} (nablagrad supports float32, float64, int64 and bool)"
         )
@@ -73,6 +91,9 @@ def _infer_numpy(data: Any) -> np.ndarray:
         arr = np.array(data)
     except ValueError as e:
         raise ValueError(f"cannot build a tensor from ragged or malformed data: {e}") from None
+    except OverflowError as e:
+        raise OverflowError(f"cannot build a tensor: {e} (nablagrad's integers are int64)") from None
+    _check_object_array(arr, data)
     kind = arr.dtype.kind
     if kind == "f":
         # Python floats default to float32 (a float64 array inside a list keeps float64).
@@ -80,7 +101,7 @@ def _infer_numpy(data: Any) -> np.ndarray:
     if kind == "b":
         return arr
     if kind in "iu":
-        return arr.astype(np.int64)
+        return _to_int64(arr)
     raise TypeError(f"cannot build a tensor from {type(data).__name__} data (NumPy made dtype {arr.dtype})")
 
 
@@ -93,16 +114,20 @@ def _contains_float64_array(data: Any) -> bool:
 
 
 def _c_contiguous(arr: np.ndarray) -> np.ndarray:
-    """C-contiguous version of ``arr`` keeping 0-d arrays 0-d (np.ascontiguousarray makes them 1-d)."""
-    return arr if arr.flags.c_contiguous else np.ascontiguousarray(arr)
+    """C-contiguous, aligned, native-byte-order version of ``arr`` (a copy only when needed);
+    keeps 0-d arrays 0-d (np.ascontiguousarray makes them 1-d)."""
+    native = arr.dtype.newbyteorder("=")
+    if arr.flags.c_contiguous and arr.flags.aligned and arr.dtype == native and arr.dtype.byteorder in "=|":
+        return arr
+    return np.array(arr, dtype=native, order="C", copy=True)
 
 
 def _as_tensor(data: Any) -> Tensor:
     """Converter used by the C++ bindings for non-scalar operands (copies)."""
     if isinstance(data, Tensor):
         return data
-    arr = _infer_numpy(data)
-    return _core._copy_from_numpy(_c_contiguous(arr), _core._dtype_of_numpy(arr.dtype))
+    arr = _c_contiguous(_infer_numpy(data))
+    return _core._copy_from_numpy(arr, _core._dtype_of_numpy(arr.dtype))
 
 
 def tensor(data: Any, dtype: Any = None, requires_grad: bool = False) -> Tensor:
@@ -116,8 +141,9 @@ def tensor(data: Any, dtype: Any = None, requires_grad: bool = False) -> Tensor:
         arr = np.asarray(data)
     else:
         arr = _infer_numpy(data)
+    arr = _c_contiguous(arr)
     target = d if d is not None else _core._dtype_of_numpy(arr.dtype)
-    t = _core._copy_from_numpy(_c_contiguous(arr), target)
+    t = _core._copy_from_numpy(arr, target)
     if requires_grad:
         t.requires_grad = True
     return t
@@ -170,14 +196,27 @@ def full(shape: Any, fill_value: Union[int, float, bool], dtype: Any = None, req
     d = _resolve_dtype(dtype)
     if d is None:
         d = bool_ if isinstance(fill_value, bool) else int64 if isinstance(fill_value, int) else float32
+    if d == int64 and isinstance(fill_value, int) and not -_INT64_MAX - 1 <= fill_value <= _INT64_MAX:
+        raise OverflowError(f"full: fill value {fill_value} does not fit in int64")
+    if d == int64 and isinstance(fill_value, int) and abs(fill_value) > 2**53:  # beyond float64's exact ints
+        t = _core.zeros(_shape_arg(tuple(shape)), d)
+        t.copy_(fill_value)
+        return _finish(t, requires_grad)
     return _finish(_core.full(_shape_arg(tuple(shape)), float(fill_value), d), requires_grad)
 
 
+def _like(t: Any, name: str) -> None:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} expects a Tensor, got {type(t).__name__}")
+
+
 def zeros_like(t: Tensor, dtype: Any = None, requires_grad: bool = False) -> Tensor:
+    _like(t, "zeros_like")
     return zeros(t.shape, dtype=dtype or t.dtype, requires_grad=requires_grad)
 
 
 def ones_like(t: Tensor, dtype: Any = None, requires_grad: bool = False) -> Tensor:
+    _like(t, "ones_like")
     return ones(t.shape, dtype=dtype or t.dtype, requires_grad=requires_grad)
 
 
@@ -256,6 +295,13 @@ def _T(self: Tensor) -> Tensor:
     return self.transpose(0, 1)
 
 
+def _iter(self: Tensor) -> Iterator[Tensor]:
+    if self.ndim == 0:
+        raise TypeError("iteration over a 0-d tensor")
+    return (self[i] for i in range(self.shape[0]))
+
+
+Tensor.__iter__ = _iter
 Tensor.__repr__ = _repr
 Tensor.__str__ = _repr
 Tensor.T = property(_T)

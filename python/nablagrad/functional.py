@@ -6,7 +6,11 @@ Images are NHWC, convolution kernels (Q, FH, FW, C), sequences batch first.
 
 from __future__ import annotations
 
+import numbers
+import operator
 from typing import Optional, Sequence, Tuple, Union
+
+import numpy as np
 
 from . import _core
 from ._tensor import Tensor
@@ -60,12 +64,12 @@ def gelu(x: Tensor, approximate: str = "none") -> Tensor:
 
 def softmax(x: Tensor, axis: int = -1) -> Tensor:
     """exp(x) / sum(exp(x)) along ``axis`` (max-shifted, so large inputs do not overflow)."""
-    return _core.softmax(x, int(axis))
+    return _core.softmax(x, operator.index(axis))
 
 
 def log_softmax(x: Tensor, axis: int = -1) -> Tensor:
     """x - logsumexp(x) along ``axis``, computed stably."""
-    return _core.log_softmax(x, int(axis))
+    return _core.log_softmax(x, operator.index(axis))
 
 
 def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
@@ -73,12 +77,15 @@ def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
     return _core.linear(x, weight, bias)
 
 
+def _is_int(v: object) -> bool:
+    """Python or NumPy integer (not bool)."""
+    return isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
+
+
 def _pair(v: object, name: str, fn: str) -> Tuple[int, int]:
-    if isinstance(v, bool):
-        raise TypeError(f"{fn}: {name} must be an int or a pair of ints, got {v!r}")
-    if isinstance(v, int):
-        return (v, v)
-    if isinstance(v, (tuple, list)) and len(v) == 2 and all(isinstance(e, int) and not isinstance(e, bool) for e in v):
+    if _is_int(v):
+        return (int(v), int(v))  # type: ignore[call-overload]
+    if isinstance(v, (tuple, list)) and len(v) == 2 and all(_is_int(e) for e in v):
         return (int(v[0]), int(v[1]))
     raise TypeError(f"{fn}: {name} must be an int or a pair of ints, got {v!r}")
 
@@ -142,7 +149,9 @@ def layer_norm(x: Tensor, normalized_shape: Union[int, Sequence[int]], weight: O
     """Normalises over the trailing ``normalized_shape`` dims, then scales and shifts."""
     if isinstance(normalized_shape, int):
         normalized_shape = (normalized_shape,)
-    return _core.layer_norm(x, [int(d) for d in normalized_shape], weight, bias, float(eps))
+    if isinstance(normalized_shape, str):
+        raise TypeError(f"layer_norm: normalized_shape must be an int or a sequence of ints, got {normalized_shape!r}")
+    return _core.layer_norm(x, [operator.index(d) for d in normalized_shape], weight, bias, float(eps))
 
 
 def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor] = None,

@@ -132,7 +132,7 @@ void test_expand_and_setitem() {
   Tensor t = Tensor::zeros({2, 3}, DType::Float64);
   index_put_(t, {TensorIndex::slice(), TensorIndex::integer(1)}, Tensor::scalar(7.0));
   CHECK((values(t) == std::vector<double>{0, 7, 0, 0, 7, 0}));
-  CHECK(t.impl().version == 1);
+  CHECK(t.version() == 1);
   CHECK_THROWS(index_put_(x, {TensorIndex::integer(0)}, Tensor::scalar(1.0)), std::runtime_error);
 }
 

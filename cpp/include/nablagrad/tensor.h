@@ -27,8 +27,14 @@
 #include <stdexcept>
 #include <string>
 #include <type_traits>
+#include <limits>
+#include <utility>
 #include <unordered_map>
 #include <vector>
+
+#if defined(__unix__) || defined(__APPLE__)
+#include <unistd.h>
+#endif
 
 namespace nablagrad {
 
@@ -119,10 +125,21 @@ inline std::string shape_str(const Shape& s) {
   return out + ")";
 }
 
+/// Element count of a shape. Throws std::invalid_argument when the product of the nonzero
+/// sizes overflows int64 (NumPy's rule), so a huge shape can never wrap to a small count.
 inline int64_t shape_numel(const Shape& s) {
   int64_t n = 1;
-  for (int64_t d : s) n *= d;
-  return n;
+  bool zero = false;
+  for (int64_t d : s) {
+    if (d == 0) {
+      zero = true;
+      continue;
+    }
+    if (d < 0 || __builtin_mul_overflow(n, d, &n))
+      throw std::invalid_argument("shape " + shape_str(s) +
+                                  (d < 0 ? " has a negative dimension" : " has too many elements (overflows int64)"));
+  }
+  return zero ? 0 : n;
 }
 
 inline Shape contiguous_strides(const Shape& shape) {
@@ -224,9 +241,38 @@ class BlockCache {
 /// A block of bytes, either owned (64-byte aligned, returned to the allocator on
 /// destruction) or borrowed from another owner (e.g. a NumPy array) that is kept alive
 /// through `owner`.
+/// std::bad_alloc with a message (Python MemoryError) for allocations refused up front.
+class OutOfMemory : public std::bad_alloc {
+ public:
+  explicit OutOfMemory(std::string msg) : msg_(std::move(msg)) {}
+  const char* what() const noexcept override { return msg_.c_str(); }
+
+ private:
+  std::string msg_;
+};
+
+/// Total physical memory in bytes (0 when unknown). Larger requests are refused at once
+/// instead of being overcommitted and faulted in page by page.
+inline std::size_t physical_memory_bytes() {
+#if defined(_SC_PHYS_PAGES) && defined(_SC_PAGE_SIZE)
+  static const std::size_t bytes = [] {
+    const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+    return pages > 0 && page > 0 ? static_cast<std::size_t>(pages) * static_cast<std::size_t>(page) : std::size_t{0};
+  }();
+  return bytes;
+#else
+  return 0;
+#endif
+}
+
 class Storage {
  public:
   static std::shared_ptr<Storage> allocate(std::size_t nbytes) {
+    const std::size_t phys = physical_memory_bytes();
+    if (nbytes > (std::size_t{1} << 62) || (phys != 0 && nbytes > phys))
+      throw OutOfMemory("nablagrad: cannot allocate " + std::to_string(nbytes) + " bytes (" +
+                        std::to_string(nbytes >> 30) + " GiB); the machine has " + std::to_string(phys >> 30) +
+                        " GiB of memory");
     const std::size_t rounded = (std::max<std::size_t>(nbytes, 1) + kAlignment - 1) / kAlignment * kAlignment;
     void* p = rounded >= BlockCache::kMinBytes ? BlockCache::instance().take(rounded) : nullptr;
     if (p == nullptr) p = std::aligned_alloc(kAlignment, rounded);
@@ -271,6 +317,16 @@ class Storage {
 // ---------------------------------------------------------------------------------------
 // tensor
 // ---------------------------------------------------------------------------------------
+/// static_cast<D>(v), except that a float that is NaN or outside int64's range becomes
+/// INT64_MIN (what x86, NumPy and PyTorch produce) instead of undefined behaviour.
+template <typename D, typename S>
+inline D convert_value(S v) {
+  if constexpr (std::is_same<D, int64_t>::value && std::is_floating_point<S>::value) {
+    if (!(v >= S(-9223372036854775808.0) && v < S(9223372036854775808.0))) return std::numeric_limits<int64_t>::min();
+  }
+  return static_cast<D>(v);
+}
+
 struct Node;  // autograd.h
 class Tensor;
 inline DType result_type(const Tensor& a, const Tensor& b);
@@ -298,7 +354,10 @@ class Tensor {
       if (d < 0) throw std::invalid_argument("negative dimension in shape " + shape_str(shape));
     auto impl = std::make_shared<TensorImpl>();
     const int64_t n = shape_numel(shape);
-    impl->storage = Storage::allocate(static_cast<std::size_t>(n) * dtype_size(dtype));
+    std::size_t nbytes = 0;
+    if (__builtin_mul_overflow(static_cast<std::size_t>(n), dtype_size(dtype), &nbytes))
+      throw OutOfMemory("nablagrad: a tensor of shape " + shape_str(shape) + " is too large to allocate");
+    impl->storage = Storage::allocate(nbytes);
     impl->shape = shape;
     impl->strides = contiguous_strides(shape);
     impl->dtype = dtype;
@@ -430,7 +489,7 @@ class Tensor {
         D* d = static_cast<D*>(dst.raw_data());
         const S* s = static_cast<const S*>(src.raw_data());
         for_each_offset2(dst.shape(), dst.strides(), src.strides(),
-                         [&](int64_t od, int64_t os) { d[od] = static_cast<D>(s[os]); });
+                         [&](int64_t od, int64_t os) { d[od] = convert_value<D>(s[os]); });
       });
     });
   }

@@ -24,6 +24,7 @@
 #include <mutex>
 #include <stdexcept>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -47,11 +48,21 @@ class ThreadPool {
   /// Resizes the pool; n < 1 is an error. Not to be called from inside a task.
   void set_num_threads(int n) {
     if (n < 1) throw std::invalid_argument("set_num_threads: n must be >= 1, got " + std::to_string(n));
+    if (n > kMaxThreads)
+      throw std::invalid_argument("set_num_threads: n must be <= " + std::to_string(kMaxThreads) + ", got " +
+                                  std::to_string(n));
     std::lock_guard<std::mutex> guard(run_mutex_);
     if (n == num_threads_) return;
     stop_workers();
     num_threads_ = n;
-    start_workers();
+    try {
+      start_workers();
+    } catch (const std::system_error& e) {  // the OS refused a thread: fall back to one thread
+      stop_workers();
+      num_threads_ = 1;
+      throw std::runtime_error(std::string("set_num_threads: could not start ") + std::to_string(n) +
+                               " threads (" + e.what() + "); the pool now runs on 1 thread");
+    }
   }
 
   /// Runs fn(i) for every i in [0, ntasks) and returns when all are done.
@@ -98,6 +109,11 @@ class ThreadPool {
   }
 
   static constexpr int kSpinIterations = 20000;
+
+ public:
+  static constexpr int kMaxThreads = 1024;
+
+ private:
 
   static void cpu_relax() {
 #if defined(__x86_64__) || defined(__i386__)

@@ -89,6 +89,12 @@ inline Conv2dGeometry make_conv2d_geometry(int64_t N, int64_t H, int64_t W, int6
     fail("padding must be >= 0, got (top=" + std::to_string(pad_top) +
          ",bottom=" + std::to_string(pad_bottom) + ",left=" + std::to_string(pad_left) +
          ",right=" + std::to_string(pad_right) + ")");
+  // Padded sizes; a padding so large that they overflow int64 is refused (not wrapped).
+  constexpr int64_t kMaxExtent = int64_t{1} << 40;
+  if (pad_top > kMaxExtent || pad_bottom > kMaxExtent || pad_left > kMaxExtent || pad_right > kMaxExtent)
+    fail("padding must be at most 2^40, got (top=" + std::to_string(pad_top) + ",bottom=" +
+         std::to_string(pad_bottom) + ",left=" + std::to_string(pad_left) + ",right=" +
+         std::to_string(pad_right) + ")");
   const int64_t hp = H + pad_top + pad_bottom, wp = W + pad_left + pad_right;
   if (FH > hp || FW > wp)
     fail("kernel " + std::to_string(FH) + "x" + std::to_string(FW) +

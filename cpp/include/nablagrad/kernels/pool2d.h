@@ -62,7 +62,7 @@ inline Pool2dGeometry make_pool2d_geometry(int64_t N, int64_t H, int64_t W, int6
   if (stride_h == 0) stride_h = KH;
   if (stride_w == 0) stride_w = KW;
   if (pad_h < 0 || pad_w < 0) fail("padding must be >= 0");
-  if (2 * pad_h > KH || 2 * pad_w > KW) fail("padding must be at most half the kernel size");
+  if (pad_h > KH / 2 || pad_w > KW / 2) fail("padding must be at most half the kernel size");  // no 2*pad overflow
   if (KH > H + 2 * pad_h || KW > W + 2 * pad_w) fail("kernel is larger than the padded input");
   return Pool2dGeometry{N,        H,        W,     C,     KH,
                         KW,       stride_h, stride_w, pad_h, pad_w,

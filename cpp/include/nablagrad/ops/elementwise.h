@@ -158,6 +158,14 @@ inline Tensor arith(detail::BinaryOp op, const Tensor& a_in, const Tensor& b_in)
     dt = DType::Int64;  // bool arithmetic computes in int64 (PyTorch: add/mul give bool; keep it simple and exact)
   if (op == BinaryOp::Div && !is_floating(dt)) dt = DType::Float32;
   const Tensor a = cast_raw(a_in, dt), b = cast_raw(b_in, dt);
+  if (op == BinaryOp::Pow && dt == DType::Int64 && b.numel() > 0) {  // NumPy and PyTorch refuse these
+    const Tensor bc = b.contiguous_data();
+    const int64_t* pb = bc.data<int64_t>();
+    for (int64_t i = 0, n = bc.numel(); i < n; ++i)
+      if (pb[i] < 0)
+        throw std::invalid_argument("pow: integers to negative integer powers are not allowed (exponent " +
+                                    std::to_string(pb[i]) + "); use a float tensor");
+  }
   Tensor out = dispatch_all(dt, [&](auto tag) {
     using T = typename decltype(tag)::type;
     if constexpr (std::is_same<T, bool>::value) {
@@ -275,7 +283,7 @@ NABLAGRAD_UNARY_FLOAT_OP(sqrt, std::sqrt(v), T(0.5) / y)
 NABLAGRAD_UNARY_FLOAT_OP(tanh, std::tanh(v), T(1) - y * y)
 NABLAGRAD_UNARY_FLOAT_OP(sigmoid, v >= T(0) ? T(1) / (T(1) + std::exp(-v)) : std::exp(v) / (T(1) + std::exp(v)),
                          y * (T(1) - y))
-NABLAGRAD_UNARY_FLOAT_OP(relu, v > T(0) ? v : T(0), v > T(0) ? T(1) : T(0))
+NABLAGRAD_UNARY_FLOAT_OP(relu, (v > T(0) || v != v) ? v : T(0), v > T(0) ? T(1) : T(0))  // NaN stays NaN
 #undef NABLAGRAD_UNARY_FLOAT_OP
 
 inline Tensor leaky_relu(const Tensor& x, double slope = 0.01) {

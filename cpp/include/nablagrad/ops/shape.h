@@ -50,8 +50,8 @@ inline Shape infer_reshape(const Shape& in, const Shape& spec, const char* op) {
     } else if (spec[i] < 0) {
       throw std::invalid_argument(std::string(op) + ": invalid dimension " + std::to_string(spec[i]) + " in shape " +
                                   shape_str(spec));
-    } else {
-      known *= spec[i];
+    } else if (__builtin_mul_overflow(known, spec[i], &known)) {
+      shape_numel(spec);  // throws: the shape has more elements than int64 can count
     }
   }
   Shape out = spec;
@@ -150,7 +150,11 @@ inline Tensor reshape(const Tensor& x, const Shape& shape_spec) {
 /// Merges dims start..end (inclusive; negative counts from the end) into one. A 0-d
 /// tensor becomes shape (1,).
 inline Tensor flatten(const Tensor& x, int64_t start = 0, int64_t end = -1) {
-  if (x.dim() == 0) return reshape(x, {1});
+  if (x.dim() == 0) {  // axes -1 and 0 name the tensor itself (as PyTorch)
+    normalize_axis(start, 1, "flatten");
+    normalize_axis(end, 1, "flatten");
+    return reshape(x, {1});
+  }
   const int64_t s = normalize_axis(start, x.dim(), "flatten"), e = normalize_axis(end, x.dim(), "flatten");
   if (s > e)
     throw std::invalid_argument("flatten: start dimension " + std::to_string(start) + " comes after end dimension " +
@@ -172,6 +176,7 @@ inline Tensor squeeze(const Tensor& x, const std::vector<int64_t>& axes_in = {})
   } else {
     for (int64_t a : axes_in) {
       const int64_t ax = normalize_axis(a, x.dim(), "squeeze");
+      if (drop[ax]) throw std::invalid_argument("squeeze: repeated axis " + std::to_string(a));
       if (x.shape()[ax] != 1)
         throw std::invalid_argument("squeeze: cannot squeeze axis " + std::to_string(a) + " of size " +
                                     std::to_string(x.shape()[ax]) + " (tensor of shape " + shape_str(x.shape()) + ")");
@@ -256,6 +261,7 @@ inline Tensor expand(const Tensor& x, const Shape& shape_in) {
       throw std::invalid_argument("expand: cannot broadcast a tensor of shape " + shape_str(x.shape()) +
                                   " to shape " + shape_str(shape_in));
   }
+  shape_numel(shape);  // a shape too large to count (overflow) is refused here, not by later ops
   Tensor out = detail::broadcast_view(x, shape);
   if (any_requires_grad({&x})) {
     const Shape in_shape = x.shape();
@@ -618,10 +624,12 @@ inline void index_put_(const Tensor& self, const std::vector<TensorIndex>& items
     Tensor::copy_into(value, value_in);
   }
   const Tensor view = detail::apply_view(self, r.steps);
-  for (int64_t d = 0; d < view.dim(); ++d)
-    if (view.strides()[d] == 0 && view.shape()[d] > 1)
-      throw std::runtime_error("index_put_: the indexed region has several elements sharing one memory location "
-                               "(an expand()ed tensor); write to a contiguous() copy instead");
+  // Any write into an expand()ed tensor (even to one row) changes the elements that alias it.
+  for (int64_t d = 0; d < self.dim(); ++d)
+    if (self.strides()[d] == 0 && self.shape()[d] > 1)
+      throw std::runtime_error("index_put_: the tensor of shape " + shape_str(self.shape()) +
+                               " has several elements sharing one memory location (an expand()ed tensor); "
+                               "write to a contiguous() copy instead");
   if (!r.advanced) {
     Tensor::copy_into(view, detail::broadcast_view(value, r.out_shape));
   } else {
