@@ -30,6 +30,19 @@ Shape to_shape(py::handle obj);
 /// NumPy array sharing the tensor's memory.
 py::array to_numpy(const Tensor& t);
 
+/// Runs fn() with the GIL released when the op touches at least this many elements, so
+/// other Python threads keep running; small ops keep it (releasing costs ~0.1 us).
+constexpr int64_t kGilFreeElements = int64_t{1} << 16;
+
+template <typename F>
+inline auto without_gil_if_large(int64_t elements, F&& fn) -> decltype(fn()) {
+  if (elements >= kGilFreeElements) {
+    py::gil_scoped_release release;
+    return fn();
+  }
+  return fn();
+}
+
 /// The Python class object of Tensor, to add methods from other translation units.
 inline py::class_<Tensor> tensor_class(py::module_& m) {
   return py::reinterpret_borrow<py::class_<Tensor>>(m.attr("Tensor"));

@@ -343,8 +343,14 @@ void bind_math_ops(py::module_& m) {
   using detail::BinaryOp;
   // Binary arithmetic with scalars/arrays on either side.
   auto binop = [&](const char* name, const char* rname, BinaryOp op) {
-    cls.def(name, [op](const Tensor& a, py::handle b) { return arith(op, a, to_tensor(b, &a)); }, py::is_operator());
-    cls.def(rname, [op](const Tensor& a, py::handle b) { return arith(op, to_tensor(b, &a), a); }, py::is_operator());
+    cls.def(name, [op](const Tensor& a, py::handle b) {
+      const Tensor bt = to_tensor(b, &a);
+      return without_gil_if_large(a.numel() + bt.numel(), [&] { return arith(op, a, bt); });
+    }, py::is_operator());
+    cls.def(rname, [op](const Tensor& a, py::handle b) {
+      const Tensor bt = to_tensor(b, &a);
+      return without_gil_if_large(a.numel() + bt.numel(), [&] { return arith(op, bt, a); });
+    }, py::is_operator());
   };
   binop("__add__", "__radd__", BinaryOp::Add);
   binop("__sub__", "__rsub__", BinaryOp::Sub);
@@ -404,8 +410,9 @@ void bind_math_ops(py::module_& m) {
 
   // Unary ops: methods and module functions.
   auto unary = [&](const char* name, Tensor (*fn)(const Tensor&)) {
-    cls.def(name, fn);
-    m.def(name, fn, py::arg("x"));
+    auto f = [fn](const Tensor& x) { return without_gil_if_large(x.numel(), [&] { return fn(x); }); };
+    cls.def(name, f);
+    m.def(name, f, py::arg("x"));
   };
   unary("exp", &exp);
   unary("log", &log);
@@ -452,7 +459,10 @@ void bind_math_ops(py::module_& m) {
 
   // Reductions.
   auto reduction = [&](const char* name, Tensor (*fn)(const Tensor&, const std::vector<int64_t>&, bool)) {
-    auto f = [fn](const Tensor& x, py::object axis, bool keepdims) { return fn(x, to_axes(axis), keepdims); };
+    auto f = [fn](const Tensor& x, py::object axis, bool keepdims) {
+      const std::vector<int64_t> axes = to_axes(axis);
+      return without_gil_if_large(x.numel(), [&] { return fn(x, axes, keepdims); });
+    };
     cls.def(name, f, py::arg("axis") = py::none(), py::arg("keepdims") = false);
     m.def(name, f, py::arg("x"), py::arg("axis") = py::none(), py::arg("keepdims") = false);
   };

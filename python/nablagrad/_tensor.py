@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import threading
 from typing import Any, Callable, Iterator, Optional, Sequence, TypeVar, Union
 
 import numpy as np
@@ -246,26 +247,40 @@ def randn(*shape: Any, dtype: Any = None, requires_grad: bool = False) -> Tensor
     return _finish(_core.randn(_shape_arg(shape), d), requires_grad)
 
 
-class no_grad(contextlib.ContextDecorator):
-    """Context manager (and decorator) under which no graph is recorded."""
+class _GradMode(contextlib.ContextDecorator):
+    """Sets grad mode on entry and restores the previous mode on exit. Each entry pushes its
+    own previous state, and a decorated function gets a fresh instance per call, so
+    recursion, nesting and several threads sharing one instance stay correct."""
 
-    def __enter__(self) -> "no_grad":
-        self._prev = _core._set_grad_enabled(False)
+    _enabled = True
+
+    def __init__(self) -> None:
+        self._prev = threading.local()
+
+    def _recreate_cm(self) -> "_GradMode":
+        return type(self)()
+
+    def __enter__(self) -> "_GradMode":
+        stack = getattr(self._prev, "stack", None)
+        if stack is None:
+            stack = self._prev.stack = []
+        stack.append(_core._set_grad_enabled(self._enabled))
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        _core._set_grad_enabled(self._prev)
+        _core._set_grad_enabled(self._prev.stack.pop())
 
 
-class enable_grad(contextlib.ContextDecorator):
-    """Context manager re-enabling graph recording inside ``no_grad``."""
+class no_grad(_GradMode):
+    """Context manager (and decorator) under which no graph is recorded (per thread)."""
 
-    def __enter__(self) -> "enable_grad":
-        self._prev = _core._set_grad_enabled(True)
-        return self
+    _enabled = False
 
-    def __exit__(self, *exc: Any) -> None:
-        _core._set_grad_enabled(self._prev)
+
+class enable_grad(_GradMode):
+    """Context manager (and decorator) re-enabling graph recording inside ``no_grad``."""
+
+    _enabled = True
 
 
 # ---------------------------------------------------------------------------------------

@@ -292,3 +292,39 @@ def test_inplace_write_to_a_saved_input_is_refused_at_backward() -> None:
     with ng.no_grad():
         b.copy_(b - 0.1 * b.grad)
     assert np.allclose(np.asarray(b), 0.8)
+
+
+def test_no_grad_decorator_survives_recursion() -> None:
+    @ng.no_grad()
+    def rec(n: int) -> bool:
+        inner = ng.is_grad_enabled()
+        if n:
+            rec(n - 1)
+        return inner
+
+    assert rec(3) is False
+    assert ng.is_grad_enabled()
+    shared = ng.no_grad()
+    with shared:
+        with shared:
+            assert not ng.is_grad_enabled()
+        assert not ng.is_grad_enabled()
+    assert ng.is_grad_enabled()
+
+
+def test_concurrent_backward_accumulates_every_update() -> None:
+    import threading
+
+    w = ng.ones(20000, requires_grad=True)
+    x = ng.ones(20000)
+
+    def work() -> None:
+        for _ in range(50):
+            (w * x).sum().backward()
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert np.all(np.asarray(w.grad) == 200.0)

@@ -369,6 +369,15 @@ def test_large_blocks_are_cached_and_reused() -> None:
     assert u._data_ptr() == ptr
     assert float(u.sum().item()) == 512 * 1024
     del u
+    # a slightly smaller request falls in the same size class and reuses the block
+    w = ng.zeros(511, 1024)
+    assert w._data_ptr() == ptr
+    del w
+    # varying shapes do not pile up: the cache stays bounded (256 MiB)
+    for rows in range(100, 1100, 7):
+        x = ng.ones(rows, 1000)
+        del x
+    assert _core._cached_bytes() <= 256 * 2**20
     _core._empty_cache()
     assert _core._cached_bytes() == 0
 

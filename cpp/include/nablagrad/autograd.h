@@ -17,6 +17,7 @@
 
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <unordered_map>
@@ -145,7 +146,15 @@ inline void check_grad(const Tensor& g, const TensorImpl& target, const char* wh
 
 /// Pass `g` by std::move: when no other handle or view refers to it, the leaf takes it over;
 /// otherwise (the same gradient for two leaves, a user's grad argument) it gets a private copy.
+inline std::mutex& leaf_grad_mutex() {
+  static std::mutex m;
+  return m;
+}
+
 inline void accumulate_leaf(TensorImpl& leaf, Tensor g) {
+  // Several threads may run backward through graphs sharing a leaf (e.g. Hogwild-style
+  // training): the read-modify-write of .grad is serialised so no update is lost.
+  std::lock_guard<std::mutex> lock(leaf_grad_mutex());
   if (!leaf.grad) {
     // Keep the gradient private: copy when the tensor or its storage is referenced elsewhere.
     if (!g.is_contiguous() || g.impl_ptr().use_count() > 1 || g.impl().storage.use_count() > 1) {

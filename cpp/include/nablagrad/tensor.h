@@ -184,45 +184,66 @@ constexpr std::size_t kAlignment = 64;
 
 /// Caching allocator for large blocks. Training repeats the same shapes every step, and
 /// a fresh multi-megabyte allocation costs page faults on first touch (~2 ms for 8 MiB),
-/// so freed blocks of at least kMinBytes are kept, keyed by their exact rounded size, up to
-/// kCapacity bytes in all, and handed out again. Small blocks go straight to malloc (its
+/// so freed blocks of at least kMinBytes are kept and handed out again. Sizes are rounded
+/// up to size classes (four per power of two, so at most 25% slack) so that varying shapes
+/// (sequence lengths, a short last batch) still reuse blocks; when more than kCapacity
+/// bytes are cached the oldest blocks are freed. Small blocks go straight to malloc (its
 /// thread caches are faster than a lock). Thread-safe; `release_cached()` empties it.
 class BlockCache {
  public:
   static constexpr std::size_t kMinBytes = std::size_t{1} << 17;   // 128 KiB
-  static constexpr std::size_t kCapacity = std::size_t{1} << 30;   // 1 GiB cached at most
+  static constexpr std::size_t kCapacity = std::size_t{1} << 28;   // 256 MiB cached at most
 
   static BlockCache& instance() {
     static BlockCache* cache = new BlockCache();  // leaked: outlives every static tensor
     return *cache;
   }
 
-  /// A cached block of exactly `bytes` (a multiple of kAlignment), or nullptr.
-  void* take(std::size_t bytes) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    auto it = free_.find(bytes);
-    if (it == free_.end() || it->second.empty()) return nullptr;
-    void* p = it->second.back();
-    it->second.pop_back();
-    cached_ -= bytes;
-    return p;
+  /// The size class of a request of `bytes` (>= kMinBytes): rounded up to a quarter of
+  /// its power of two.
+  static std::size_t size_class(std::size_t bytes) {
+    std::size_t p = kMinBytes;
+    while (p <= bytes / 2) p *= 2;  // p <= bytes < 2p
+    const std::size_t step = p / 4;
+    return (bytes + step - 1) / step * step;
   }
 
-  /// Keeps the block for reuse; returns false (caller frees) when the cache is full.
-  bool give(void* p, std::size_t bytes) {
+  /// A cached block of exactly `bytes` (a size class), most recently freed first, or nullptr.
+  void* take(std::size_t bytes) {
     std::lock_guard<std::mutex> lock(mutex_);
-    if (cached_ + bytes > kCapacity) return false;
-    free_[bytes].push_back(p);
-    cached_ += bytes;
-    return true;
+    for (std::size_t i = blocks_.size(); i-- > 0;) {
+      if (blocks_[i].first != bytes) continue;
+      void* p = blocks_[i].second;
+      blocks_.erase(blocks_.begin() + static_cast<std::ptrdiff_t>(i));
+      cached_ -= bytes;
+      return p;
+    }
+    return nullptr;
+  }
+
+  /// Keeps the block for reuse, freeing the oldest cached blocks beyond the capacity.
+  void give(void* p, std::size_t bytes) {
+    std::vector<void*> evicted;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      blocks_.emplace_back(bytes, p);
+      cached_ += bytes;
+      std::size_t drop = 0;
+      while (cached_ > kCapacity && drop < blocks_.size()) {
+        cached_ -= blocks_[drop].first;
+        evicted.push_back(blocks_[drop].second);
+        ++drop;
+      }
+      blocks_.erase(blocks_.begin(), blocks_.begin() + static_cast<std::ptrdiff_t>(drop));
+    }
+    for (void* q : evicted) std::free(q);
   }
 
   /// Frees every cached block.
   void release_cached() {
     std::lock_guard<std::mutex> lock(mutex_);
-    for (auto& kv : free_)
-      for (void* p : kv.second) std::free(p);
-    free_.clear();
+    for (auto& b : blocks_) std::free(b.second);
+    blocks_.clear();
     cached_ = 0;
   }
 
@@ -234,7 +255,7 @@ class BlockCache {
  private:
   BlockCache() = default;
   std::mutex mutex_;
-  std::unordered_map<std::size_t, std::vector<void*>> free_;
+  std::vector<std::pair<std::size_t, void*>> blocks_;  // oldest first
   std::size_t cached_ = 0;
 };
 
@@ -273,8 +294,12 @@ class Storage {
       throw OutOfMemory("nablagrad: cannot allocate " + std::to_string(nbytes) + " bytes (" +
                         std::to_string(nbytes >> 30) + " GiB); the machine has " + std::to_string(phys >> 30) +
                         " GiB of memory");
-    const std::size_t rounded = (std::max<std::size_t>(nbytes, 1) + kAlignment - 1) / kAlignment * kAlignment;
-    void* p = rounded >= BlockCache::kMinBytes ? BlockCache::instance().take(rounded) : nullptr;
+    std::size_t rounded = (std::max<std::size_t>(nbytes, 1) + kAlignment - 1) / kAlignment * kAlignment;
+    void* p = nullptr;
+    if (rounded >= BlockCache::kMinBytes) {
+      rounded = BlockCache::size_class(rounded);
+      p = BlockCache::instance().take(rounded);
+    }
     if (p == nullptr) p = std::aligned_alloc(kAlignment, rounded);
     if (p == nullptr) throw std::bad_alloc();
     auto s = std::make_shared<Storage>();
@@ -296,8 +321,10 @@ class Storage {
   Storage& operator=(const Storage&) = delete;
   ~Storage() {
     if (!owned_) return;
-    if (capacity_ >= BlockCache::kMinBytes && BlockCache::instance().give(data_, capacity_)) return;
-    std::free(data_);
+    if (capacity_ >= BlockCache::kMinBytes)
+      BlockCache::instance().give(data_, capacity_);
+    else
+      std::free(data_);
   }
   void* data() const { return data_; }
   std::size_t nbytes() const { return nbytes_; }

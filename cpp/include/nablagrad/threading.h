@@ -73,32 +73,32 @@ class ThreadPool {
       return;
     }
     std::lock_guard<std::mutex> guard(run_mutex_);  // one parallel region at a time
+    // The region's state lives on this stack frame. Workers join it only under `mutex_`
+    // while it is published, and the frame is not left before every joined worker has
+    // left it again (`joined` back to 0): a late worker can never touch the next region's
+    // state or a dead frame.
+    Job job(fn, ntasks);
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      job_ = &fn;
-      job_tasks_ = ntasks;
-      next_task_.store(0);
-      pending_.store(ntasks);
-      error_ = nullptr;
+      current_ = &job;
       generation_.fetch_add(1, std::memory_order_release);
     }
     wake_.notify_all();
-    work_on_current_job();
-    // Wait for the workers to finish the chunks they picked up (spin briefly first: chunks
-    // of one region usually end close together).
-    for (int spin = 0; spin < kSpinIterations && pending_.load(std::memory_order_acquire) != 0; ++spin) cpu_relax();
-    while (pending_.load(std::memory_order_acquire) != 0) {
+    work_on(job);
+    // Wait for the chunks the workers picked up (spin briefly first: chunks of one region
+    // usually end close together).
+    for (int spin = 0; spin < kSpinIterations && job.pending.load(std::memory_order_acquire) != 0; ++spin)
+      cpu_relax();
+    if (job.pending.load(std::memory_order_acquire) != 0) {
       std::unique_lock<std::mutex> lock(mutex_);
-      done_.wait(lock, [&] { return pending_.load() == 0; });
+      done_.wait(lock, [&] { return job.pending.load(std::memory_order_acquire) == 0; });
     }
-    std::exception_ptr error;
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      job_ = nullptr;
-      error = error_;
-      error_ = nullptr;
+      current_ = nullptr;  // no worker joins from now on
     }
-    if (error) std::rethrow_exception(error);
+    while (job.joined.load(std::memory_order_acquire) != 0) cpu_relax();  // they only check `next` and leave
+    if (job.error) std::rethrow_exception(job.error);
   }
 
  private:
@@ -128,20 +128,30 @@ class ThreadPool {
     return flag;
   }
 
-  void work_on_current_job() {
+  struct Job {
+    Job(const std::function<void(int64_t)>& f, int64_t n) : fn(f), ntasks(n), pending(n) {}
+    const std::function<void(int64_t)>& fn;
+    const int64_t ntasks;
+    std::atomic<int64_t> next{0};
+    std::atomic<int64_t> pending;
+    std::atomic<int> joined{0};  // workers currently inside work_on(*this)
+    std::exception_ptr error;    // first exception, written under mutex_
+  };
+
+  void work_on(Job& job) {
     bool& flag = in_task();
     const bool was = flag;
     flag = true;
     for (;;) {
-      int64_t i = next_task_.fetch_add(1);
-      if (i >= job_tasks_) break;
+      const int64_t i = job.next.fetch_add(1);
+      if (i >= job.ntasks) break;
       try {
-        (*job_)(i);
+        job.fn(i);
       } catch (...) {
         std::lock_guard<std::mutex> lock(mutex_);
-        if (!error_) error_ = std::current_exception();
+        if (!job.error) job.error = std::current_exception();
       }
-      if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+      if (job.pending.fetch_sub(1, std::memory_order_acq_rel) == 1) {
         std::lock_guard<std::mutex> lock(mutex_);
         done_.notify_all();
       }
@@ -158,13 +168,19 @@ class ThreadPool {
         if (generation_.load(std::memory_order_acquire) != seen || stopping_flag_.load(std::memory_order_relaxed)) break;
         cpu_relax();
       }
+      Job* job = nullptr;
       {
         std::unique_lock<std::mutex> lock(mutex_);
-        wake_.wait(lock, [&] { return stopping_ || (generation_ != seen && job_ != nullptr); });
+        wake_.wait(lock, [&] { return stopping_ || generation_.load() != seen; });
         if (stopping_) return;
-        seen = generation_;
+        seen = generation_.load();
+        job = current_;  // null when the region already finished
+        if (job) job->joined.fetch_add(1, std::memory_order_relaxed);
       }
-      work_on_current_job();
+      if (job) {
+        work_on(*job);
+        job->joined.fetch_sub(1, std::memory_order_release);  // last touch of *job
+      }
     }
   }
 
@@ -191,11 +207,7 @@ class ThreadPool {
   std::mutex mutex_;
   std::condition_variable wake_;
   std::condition_variable done_;
-  const std::function<void(int64_t)>* job_ = nullptr;
-  int64_t job_tasks_ = 0;
-  std::atomic<int64_t> next_task_{0};
-  std::atomic<int64_t> pending_{0};
-  std::exception_ptr error_;
+  Job* current_ = nullptr;  // the published region, guarded by mutex_
   std::atomic<uint64_t> generation_{0};
   bool stopping_ = false;
   std::atomic<bool> stopping_flag_{false};

@@ -209,8 +209,9 @@ inline Tensor arith(detail::BinaryOp op, const Tensor& a_in, const Tensor& b_in)
           });
           gi[0] = grad_for(binary_map<T, T, T>(g, ab, s, g.dtype(), [](T x, T y) { return x * y; }), ra);
           if (rb.defined() && gi.size() > 1) {
+            // at a == 0 the exponent's gradient is taken as 0 (as PyTorch), not out * log(0)
             Tensor la = binary_map<T, T, T>(so, sa, s, g.dtype(), [](T o, T x) {
-              return o == T(0) ? T(0) : o * std::log(x);
+              return (o == T(0) || x == T(0)) ? T(0) : o * std::log(x);
             });
             gi[1] = grad_for(binary_map<T, T, T>(g, la, s, g.dtype(), [](T x, T y) { return x * y; }), rb);
           }
