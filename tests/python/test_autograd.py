@@ -328,3 +328,30 @@ def test_concurrent_backward_accumulates_every_update() -> None:
     for t in threads:
         t.join()
     assert np.all(np.asarray(w.grad) == 200.0)
+
+
+@pytest.mark.parametrize("op", ["add", "sub", "mul", "div", "pow", "matmul", "where"])
+def test_gradient_when_only_one_input_requires_it(op: str) -> None:
+    rng = np.random.default_rng(3)
+    an = rng.uniform(0.5, 2.0, (3, 4))
+    bn = rng.uniform(0.5, 2.0, (4, 4) if op == "matmul" else (1, 4))
+    mask = ng.tensor(rng.random((3, 4)) > 0.5)
+    fns = {
+        "add": lambda a, b: a + b, "sub": lambda a, b: a - b, "mul": lambda a, b: a * b,
+        "div": lambda a, b: a / b, "pow": lambda a, b: a ** b, "matmul": lambda a, b: a @ b,
+        "where": lambda a, b: ng.where(mask, a, b),
+    }
+    fn = fns[op]
+
+    def grads(need_a: bool, need_b: bool):  # type: ignore[no-untyped-def]
+        a = ng.tensor(an, requires_grad=need_a)
+        b = ng.tensor(bn, requires_grad=need_b)
+        fn(a, b).sum().backward()
+        return a.grad, b.grad
+
+    both_a, both_b = grads(True, True)
+    only_a, none_b = grads(True, False)
+    none_a, only_b = grads(False, True)
+    assert none_b is None and none_a is None
+    np.testing.assert_array_equal(np.asarray(only_a), np.asarray(both_a))
+    np.testing.assert_array_equal(np.asarray(only_b), np.asarray(both_b))

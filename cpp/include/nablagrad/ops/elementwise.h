@@ -18,11 +18,6 @@ inline Tensor cast_raw(const Tensor& t, DType dtype) {
   return out;
 }
 
-/// Gradient `g` (of a broadcast result) reduced to the shape and dtype of `input`.
-inline Tensor grad_for(const Tensor& g, const Tensor& input) {
-  return cast_raw(sum_to(g, input.shape()), input.dtype());
-}
-
 namespace detail {
 
 constexpr int64_t kElementwiseGrain = 1 << 15;
@@ -175,45 +170,58 @@ inline Tensor arith(detail::BinaryOp op, const Tensor& a_in, const Tensor& b_in)
     }
   });
   if (!any_requires_grad({&a_in, &b_in})) return out;
-  const Tensor sa = a.alias(), sb = b.alias(), so = out.alias();
-  const Tensor ra = a_in.alias(), rb = b_in.alias();  // shapes/dtypes of the original inputs
-  record(out, name, {a_in, b_in}, [op, sa, sb, so, ra, rb](const Tensor& g, std::vector<Tensor>& gi) {
+  // Keep only what the gradients of the inputs that need one will read: an add keeps
+  // nothing alive, a mul keeps the other operand, and so on.
+  const bool need_a = a_in.requires_grad(), need_b = b_in.requires_grad();
+  const bool keep_a = (op == BinaryOp::Mul && need_b) || op == BinaryOp::Pow;
+  const bool keep_b = (op == BinaryOp::Mul && need_a) || op == BinaryOp::Div || op == BinaryOp::Pow;
+  const bool keep_out = (op == BinaryOp::Div || op == BinaryOp::Pow) && need_b;
+  const Tensor sa = keep_a ? a.alias() : Tensor(), sb = keep_b ? b.alias() : Tensor();
+  const Tensor so = keep_out ? out.alias() : Tensor();
+  const Shape shape_a = a_in.shape(), shape_b = b_in.shape();
+  const DType dtype_a = a_in.dtype(), dtype_b = b_in.dtype();
+  record(out, name, {a_in, b_in},
+         [op, need_a, need_b, sa, sb, so, shape_a, shape_b, dtype_a, dtype_b](const Tensor& g, std::vector<Tensor>& gi) {
     dispatch_float(g.dtype(), "backward", [&](auto tag) {
       using T = typename decltype(tag)::type;
       using detail::binary_map;
       const Shape& s = g.shape();
+      auto to_a = [&](const Tensor& full) { return cast_raw(sum_to(full, shape_a), dtype_a); };
+      auto to_b = [&](const Tensor& full) { return cast_raw(sum_to(full, shape_b), dtype_b); };
       switch (op) {
         case BinaryOp::Add:
-          gi[0] = grad_for(g, ra);
-          gi[1] = grad_for(g, rb);
+          if (need_a) gi[0] = to_a(g);
+          if (need_b) gi[1] = to_b(g);
           break;
         case BinaryOp::Sub:
-          gi[0] = grad_for(g, ra);
-          gi[1] = grad_for(binary_map<T, T, T>(g, g, s, g.dtype(), [](T x, T) { return -x; }), rb);
+          if (need_a) gi[0] = to_a(g);
+          if (need_b) gi[1] = to_b(binary_map<T, T, T>(g, g, s, g.dtype(), [](T x, T) { return -x; }));
           break;
         case BinaryOp::Mul:
-          gi[0] = grad_for(binary_map<T, T, T>(g, sb, s, g.dtype(), [](T x, T y) { return x * y; }), ra);
-          gi[1] = grad_for(binary_map<T, T, T>(g, sa, s, g.dtype(), [](T x, T y) { return x * y; }), rb);
+          if (need_a) gi[0] = to_a(binary_map<T, T, T>(g, sb, s, g.dtype(), [](T x, T y) { return x * y; }));
+          if (need_b) gi[1] = to_b(binary_map<T, T, T>(g, sa, s, g.dtype(), [](T x, T y) { return x * y; }));
           break;
         case BinaryOp::Div: {
           Tensor ga = binary_map<T, T, T>(g, sb, s, g.dtype(), [](T x, T y) { return x / y; });
-          gi[0] = grad_for(ga, ra);
+          if (need_a) gi[0] = to_a(ga);
           // d(a/b)/db = -a / b^2 = -out / b, so the gradient is -(g / b) * out
-          gi[1] = grad_for(binary_map<T, T, T>(ga, so, s, g.dtype(), [](T x, T y) { return -x * y; }), rb);
+          if (need_b) gi[1] = to_b(binary_map<T, T, T>(ga, so, s, g.dtype(), [](T x, T y) { return -x * y; }));
           break;
         }
         case BinaryOp::Pow: {
-          // d(a^b)/da = b * a^(b-1); d(a^b)/db = out * log(a)
-          Tensor ab = binary_map<T, T, T>(sa, sb, s, g.dtype(), [](T x, T y) {
-            return y == T(0) ? T(0) : y * std::pow(x, y - T(1));
-          });
-          gi[0] = grad_for(binary_map<T, T, T>(g, ab, s, g.dtype(), [](T x, T y) { return x * y; }), ra);
-          if (rb.defined() && gi.size() > 1) {
-            // at a == 0 the exponent's gradient is taken as 0 (as PyTorch), not out * log(0)
+          if (need_a) {
+            // d(a^b)/da = b * a^(b-1)
+            Tensor ab = binary_map<T, T, T>(sa, sb, s, g.dtype(), [](T x, T y) {
+              return y == T(0) ? T(0) : y * std::pow(x, y - T(1));
+            });
+            gi[0] = to_a(binary_map<T, T, T>(g, ab, s, g.dtype(), [](T x, T y) { return x * y; }));
+          }
+          if (need_b) {
+            // d(a^b)/db = out * log(a); at a == 0 it is taken as 0 (as PyTorch), not out * log(0)
             Tensor la = binary_map<T, T, T>(so, sa, s, g.dtype(), [](T o, T x) {
               return (o == T(0) || x == T(0)) ? T(0) : o * std::log(x);
             });
-            gi[1] = grad_for(binary_map<T, T, T>(g, la, s, g.dtype(), [](T x, T y) { return x * y; }), rb);
+            gi[1] = to_b(binary_map<T, T, T>(g, la, s, g.dtype(), [](T x, T y) { return x * y; }));
           }
           break;
         }
@@ -425,14 +433,22 @@ inline Tensor where(const Tensor& cond_in, const Tensor& a_in, const Tensor& b_i
     });
   });
   if (any_requires_grad({&a_in, &b_in})) {
-    const Tensor sc_mask = cond.alias(), ra = a_in.alias(), rb = b_in.alias();
-    record(out, "where", {a_in, b_in}, [sc_mask, ra, rb](const Tensor& g, std::vector<Tensor>& gi) {
+    const Tensor sc_mask = cond.alias();
+    const bool need_a = a_in.requires_grad(), need_b = b_in.requires_grad();
+    const Shape shape_a = a_in.shape(), shape_b = b_in.shape();
+    const DType dtype_a = a_in.dtype(), dtype_b = b_in.dtype();
+    record(out, "where", {a_in, b_in},
+           [sc_mask, need_a, need_b, shape_a, shape_b, dtype_a, dtype_b](const Tensor& g, std::vector<Tensor>& gi) {
       dispatch_float(g.dtype(), "where", [&](auto tag) {
         using T = typename decltype(tag)::type;
         using detail::binary_map;
         const Shape& s = g.shape();
-        gi[0] = grad_for(binary_map<T, bool, T>(g, sc_mask, s, g.dtype(), [](T v, bool c) { return c ? v : T(0); }), ra);
-        gi[1] = grad_for(binary_map<T, bool, T>(g, sc_mask, s, g.dtype(), [](T v, bool c) { return c ? T(0) : v; }), rb);
+        if (need_a)
+          gi[0] = cast_raw(sum_to(binary_map<T, bool, T>(g, sc_mask, s, g.dtype(), [](T v, bool c) { return c ? v : T(0); }),
+                                  shape_a), dtype_a);
+        if (need_b)
+          gi[1] = cast_raw(sum_to(binary_map<T, bool, T>(g, sc_mask, s, g.dtype(), [](T v, bool c) { return c ? T(0) : v; }),
+                                  shape_b), dtype_b);
       });
     });
   }

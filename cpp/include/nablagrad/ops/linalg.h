@@ -101,22 +101,21 @@ inline Tensor matmul(const Tensor& a_in, const Tensor& b_in) {
   Tensor out = detail::bmm_raw(a2, b);
   out = out.as_strided(result_shape, contiguous_strides(result_shape), out.offset());
   if (any_requires_grad({&a_in, &b_in})) {
-    const Tensor sa = a2.alias(), sb = b.alias(), ra = a_in.alias(), rb = b_in.alias();
-    record(out, "matmul", {a_in, b_in}, [sa, sb, ra, rb](const Tensor& g_in, std::vector<Tensor>& gi) {
+    // dA needs B and dB needs A: keep only what the inputs requiring grad will read.
+    const bool need_a = a_in.requires_grad(), need_b = b_in.requires_grad();
+    const Tensor sa = need_b ? a2.alias() : Tensor(), sb = need_a ? b.alias() : Tensor();
+    const Shape a2_shape = a2.shape(), b2_shape = b.shape(), shape_a = a_in.shape(), shape_b = b_in.shape();
+    record(out, "matmul", {a_in, b_in},
+           [sa, sb, a2_shape, b2_shape, shape_a, shape_b, need_a, need_b](const Tensor& g_in, std::vector<Tensor>& gi) {
       // g viewed with the shape of bmm's output (promoted axes back in).
-      Shape gs(sa.shape().begin(), sa.shape().end() - 2);
-      gs = broadcast_shapes(gs, Shape(sb.shape().begin(), sb.shape().end() - 2), "matmul");
-      gs.push_back(sa.shape()[sa.dim() - 2]);
-      gs.push_back(sb.shape().back());
+      Shape gs = broadcast_shapes(Shape(a2_shape.begin(), a2_shape.end() - 2), Shape(b2_shape.begin(), b2_shape.end() - 2),
+                                  "matmul");
+      gs.push_back(a2_shape[a2_shape.size() - 2]);
+      gs.push_back(b2_shape.back());
       const Tensor g = detail::reshape_raw(g_in, gs);
       // dA = dC @ B^T, dB = A^T @ dC; each reduced over the batch axes it was broadcast along.
-      Tensor ga = detail::bmm_raw(g, detail::swap_last_two(sb));
-      Tensor gb = detail::bmm_raw(detail::swap_last_two(sa), g);
-      Shape a_full(sa.shape()), b_full(sb.shape());
-      ga = sum_to(ga, a_full);
-      gb = sum_to(gb, b_full);
-      gi[0] = detail::reshape_raw(ga, ra.shape());
-      gi[1] = detail::reshape_raw(gb, rb.shape());
+      if (need_a) gi[0] = detail::reshape_raw(sum_to(detail::bmm_raw(g, detail::swap_last_two(sb)), a2_shape), shape_a);
+      if (need_b) gi[1] = detail::reshape_raw(sum_to(detail::bmm_raw(detail::swap_last_two(sa), g), b2_shape), shape_b);
     });
   }
   return out;
