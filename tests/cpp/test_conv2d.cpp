@@ -244,7 +244,10 @@ void test_larger_shapes() {
   // (C <= 2 in double), with Wo not a multiple of 6 and Q not a multiple of the panel width.
   const Case cases[] = {{2, 17, 19, 40, 33, 3, 1, 1}, {3, 24, 20, 7, 18, 5, 2, 2},
                         {1, 30, 30, 3, 8, 7, 2, 3},   {2, 12, 12, 70, 5, 2, 1, 0},
-                        {3, 16, 13, 1, 20, 3, 1, 1},  {2, 21, 17, 2, 12, 5, 2, 2}};
+                        {3, 16, 13, 1, 20, 3, 1, 1},  {2, 21, 17, 2, 12, 5, 2, 2},
+                        // The small-C weight gradient with many row chunks, a masked last
+                        // filter block (Q mod 4 != 0) and several tap blocks (K = 147).
+                        {9, 30, 30, 2, 19, 3, 1, 1},  {4, 40, 36, 3, 10, 7, 2, 3}};
   std::mt19937 rng(5);
   for (const Case& c : cases) {
     auto g = make_conv2d_geometry(c.N, c.H, c.W, c.C, c.Q, c.F, c.F, c.C, c.S, c.S, c.P, c.P,

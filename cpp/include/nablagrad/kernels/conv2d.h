@@ -17,7 +17,11 @@
 //                           Shape-dependent variants: a small-depth forward straight from a
 //                           zero-padded copy of the input (forward_direct: C = 1..3 first
 //                           layers), and for few input channels an input gradient computed
-//                           as dY.W (one GEMM) followed by col2im (backward_input_col2im).
+//                           as dY.W (one GEMM) followed by col2im (backward_input_col2im),
+//                           and a kernel gradient straight from the padded input and dY
+//                           with register accumulators (backward_weight_smallc, C <= 4),
+//                           and for C <= 2, stride 1, <= 3x3 an input gradient of blocked
+//                           dot products straight from dY (backward_input_smallc, AVX2).
 //
 //     auto g = make_conv2d_geometry(N, H, W, C, Q, FH, FW, C, 1, 1, 1, 1, 1, 1);
 //     std::vector<float> y(g.N * g.Ho * g.Wo * g.Q);
@@ -961,6 +965,209 @@ void backward_input_col2im(const Conv2dGeometry& g, const T* dy, const T* w, T* 
 
 }  // namespace conv_detail
 
+namespace conv_detail {
+
+#if NABLAGRAD_X86
+// AVX2 vector helpers of the small-C kernels (one vector of filters; masked loads for a tail).
+struct SmallCVecF {
+  using T = float;
+  using VT = __m256;
+  static constexpr int64_t L = 8;
+  __attribute__((target("avx2,fma"))) static VT zero() { return _mm256_setzero_ps(); }
+  __attribute__((target("avx2,fma"))) static VT load(const T* p, __m256i m, bool full) {
+    return full ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, m);
+  }
+  __attribute__((target("avx2,fma"))) static VT bcast(const T* p) { return _mm256_broadcast_ss(p); }
+  __attribute__((target("avx2,fma"))) static VT fma(VT a, VT b, VT c) { return _mm256_fmadd_ps(a, b, c); }
+  __attribute__((target("avx2,fma"))) static VT add(VT a, VT b) { return _mm256_add_ps(a, b); }
+  __attribute__((target("avx2,fma"))) static void store(T* p, VT v) { _mm256_storeu_ps(p, v); }
+  __attribute__((target("avx2,fma"))) static __m256i mask(int64_t nq) {
+    alignas(32) int32_t m[8];
+    for (int i = 0; i < 8; ++i) m[i] = i < nq ? -1 : 0;
+    return _mm256_load_si256(reinterpret_cast<const __m256i*>(m));
+  }
+};
+struct SmallCVecD {
+  using T = double;
+  using VT = __m256d;
+  static constexpr int64_t L = 4;
+  __attribute__((target("avx2,fma"))) static VT zero() { return _mm256_setzero_pd(); }
+  __attribute__((target("avx2,fma"))) static VT load(const T* p, __m256i m, bool full) {
+    return full ? _mm256_loadu_pd(p) : _mm256_maskload_pd(p, m);
+  }
+  __attribute__((target("avx2,fma"))) static VT bcast(const T* p) { return _mm256_broadcast_sd(p); }
+  __attribute__((target("avx2,fma"))) static VT fma(VT a, VT b, VT c) { return _mm256_fmadd_pd(a, b, c); }
+  __attribute__((target("avx2,fma"))) static VT add(VT a, VT b) { return _mm256_add_pd(a, b); }
+  __attribute__((target("avx2,fma"))) static void store(T* p, VT v) { _mm256_storeu_pd(p, v); }
+  __attribute__((target("avx2,fma"))) static __m256i mask(int64_t nq) {
+    alignas(32) int64_t m[4];
+    for (int i = 0; i < 4; ++i) m[i] = i < nq ? -1 : 0;
+    return _mm256_load_si256(reinterpret_cast<const __m256i*>(m));
+  }
+};
+template <typename T> struct SmallCVec;
+template <> struct SmallCVec<float> { using type = SmallCVecF; };
+template <> struct SmallCVec<double> { using type = SmallCVecD; };
+
+// Input gradient for few input channels (C <= 4), NP consecutive pixels of one phase row at
+// once. In a phase, tap t = (th, tw) of pixel ix + p reads the dY pixel src[t] + p*Q (the next
+// output column), so one load of the flipped-kernel vector W_t[c, q-block] serves NP pixels:
+//   out[p*ostride + c] = sum_t sum_q src[t][p*Q + q] * bt[c*K + t*Q + q]
+// (the phase sum of conv2d_backward_input; src[t] == nullptr: the tap reads a padding row).
+// NP*C vector accumulators, reduced in a fixed order at the end.
+template <typename V, int C, int NP>
+__attribute__((target("avx2,fma"))) inline void smallc_dx_block_avx2(
+    const typename V::T* const* src, int64_t ntap, int64_t Q, const typename V::T* bt,
+    int64_t K, typename V::T* out, int64_t ostride) {
+  using T = typename V::T;
+  using VT = typename V::VT;
+  constexpr int64_t L = V::L;
+  VT acc[NP * C];
+  T tail[NP * C];
+#pragma GCC unroll 16
+  for (int i = 0; i < NP * C; ++i) {
+    acc[i] = V::zero();
+    tail[i] = 0;
+  }
+  const __m256i m = V::mask(L);
+  for (int64_t t = 0; t < ntap; ++t) {
+    const T* a = src[t];
+    if (!a) continue;
+    const T* b = bt + t * Q;
+    int64_t k = 0;
+    for (; k + L <= Q; k += L) {
+      VT wv[C];
+#pragma GCC unroll 4
+      for (int c = 0; c < C; ++c) wv[c] = V::load(b + c * K + k, m, true);
+#pragma GCC unroll 8
+      for (int p = 0; p < NP; ++p) {
+        const VT d = V::load(a + p * Q + k, m, true);
+#pragma GCC unroll 4
+        for (int c = 0; c < C; ++c) acc[p * C + c] = V::fma(d, wv[c], acc[p * C + c]);
+      }
+    }
+    for (; k < Q; ++k)
+      for (int p = 0; p < NP; ++p)
+        for (int c = 0; c < C; ++c) tail[p * C + c] += a[p * Q + k] * b[c * K + k];
+  }
+  for (int p = 0; p < NP; ++p)
+    for (int c = 0; c < C; ++c) {
+      alignas(32) T v[L];
+      V::store(v, acc[p * C + c]);
+      T s = v[0];
+      if (L == 8)
+        s = ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4 % L] + v[5 % L]) + (v[6 % L] + v[7 % L]));
+      else
+        s = (v[0] + v[1]) + (v[2] + v[3]);
+      out[p * ostride + c] = s + tail[p * C + c];
+    }
+}
+
+// Pixels per block: NP*C <= 8 accumulators.
+template <typename T>
+inline int64_t smallc_dx_np(int64_t C) { return C == 1 ? 8 : C == 2 ? 4 : 2; }
+
+template <typename T>
+inline void smallc_dx_block(int64_t C, const T* const* src, int64_t ntap, int64_t Q,
+                            const T* bt, int64_t K, T* out, int64_t ostride) {
+  using V = typename SmallCVec<T>::type;
+  switch (C) {
+    case 1: return smallc_dx_block_avx2<V, 1, 8>(src, ntap, Q, bt, K, out, ostride);
+    case 2: return smallc_dx_block_avx2<V, 2, 4>(src, ntap, Q, bt, K, out, ostride);
+    case 3: return smallc_dx_block_avx2<V, 3, 2>(src, ntap, Q, bt, K, out, ostride);
+    case 4: return smallc_dx_block_avx2<V, 4, 2>(src, ntap, Q, bt, K, out, ostride);
+    default: break;
+  }
+}
+#endif
+
+// Input gradient for C <= 4 with AVX2: the phase decomposition of conv2d_backward_input,
+//   dX[n,y,x,c] = sum_{fh = yp mod S_h, fw = xp mod S_w} sum_q dY[n, (yp-fh)/S_h, (xp-fw)/S_w, q] W[q,fh,fw,c]
+// computed as dot products straight from dY's Q-runs (no im2col, no dY.W buffer, no col2im).
+// In the interior columns of a phase row every tap is inside [0, Wo), so NP pixels share each
+// kernel load (smallc_dx_block); the few edge pixels, where some taps read the padding, go
+// through narrow_row one by one. Work is split over (n, phase row); each dX element is written
+// by one thread in a fixed order.
+template <typename T>
+void backward_input_smallc(const Conv2dGeometry& g, const T* dy, const T* w, T* dx) {
+#if NABLAGRAD_X86
+  const int64_t S_h = g.stride_h, S_w = g.stride_w, Q = g.Q, C = g.C;
+  const int64_t NP = smallc_dx_np<T>(C);
+  for (int64_t ph = 0; ph < S_h; ++ph) {
+    const int64_t y0 = ((ph - g.pad_top) % S_h + S_h) % S_h;
+    const int64_t Hph = y0 < g.H ? (g.H - 1 - y0) / S_h + 1 : 0;
+    std::vector<int64_t> taps_h;
+    for (int64_t fh = ph; fh < g.FH; fh += S_h) taps_h.push_back(fh);
+    for (int64_t pw = 0; pw < S_w; ++pw) {
+      const int64_t x0 = ((pw - g.pad_left) % S_w + S_w) % S_w;
+      const int64_t Wph = x0 < g.W ? (g.W - 1 - x0) / S_w + 1 : 0;
+      if (g.N * Hph * Wph == 0) continue;
+      std::vector<int64_t> taps_w;
+      for (int64_t fw = pw; fw < g.FW; fw += S_w) taps_w.push_back(fw);
+      const int64_t nth = static_cast<int64_t>(taps_h.size()), ntw = static_cast<int64_t>(taps_w.size());
+      std::vector<int64_t> off_h(nth), off_w(ntw);
+      for (int64_t th = 0; th < nth; ++th) off_h[th] = (y0 + g.pad_top - taps_h[th]) / S_h;
+      for (int64_t tw = 0; tw < ntw; ++tw) off_w[tw] = (x0 + g.pad_left - taps_w[tw]) / S_w;
+      // Interior columns [ix_lo, ix_hi): 0 <= ix + off_w[tw] < Wo for every tap.
+      int64_t ix_lo = 0, ix_hi = Wph;
+      for (int64_t tw = 0; tw < ntw; ++tw) {
+        ix_lo = std::max(ix_lo, -off_w[tw]);
+        ix_hi = std::min(ix_hi, g.Wo - off_w[tw]);
+      }
+      ix_lo = std::min(ix_lo, Wph);
+      ix_hi = std::max(ix_hi, ix_lo);
+      // Flipped sub-kernel of the phase, transposed: bt[c*K + (th*ntw + tw)*Q + q] = W[q,fh,fw,c].
+      const int64_t K = nth * ntw * Q;
+      std::vector<T> bt(static_cast<size_t>(std::max<int64_t>(C * K, 1)));
+      for (int64_t c = 0; c < C; ++c)
+        for (int64_t t = 0; t < nth * ntw; ++t)
+          for (int64_t q = 0; q < Q; ++q)
+            bt[c * K + t * Q + q] =
+                w[((q * g.FH + taps_h[t / ntw]) * g.FW + taps_w[t % ntw]) * C + c];
+      const int64_t prow_work = std::max<int64_t>(1, Wph * K * C);
+      parallel_for(0, g.N * Hph, std::max<int64_t>(1, (int64_t{1} << 15) / prow_work), [&](int64_t lo, int64_t hi) {
+        std::vector<const T*> src(static_cast<size_t>(std::max<int64_t>(nth * ntw, 1)));
+        for (int64_t r = lo; r < hi; ++r) {
+          const int64_t n = r / Hph, iy = r % Hph;
+          T* dxrow = dx + ((n * g.H + y0 + iy * S_h) * g.W + x0) * C;
+          if (nth * ntw == 0) {  // no kernel tap ever reaches these pixels
+            for (int64_t ix = 0; ix < Wph; ++ix) zero_run(dxrow + ix * S_w * C, C);
+            continue;
+          }
+          auto set_src = [&](int64_t ix, bool check_w) {
+            for (int64_t th = 0; th < nth; ++th) {
+              const int64_t ho = iy + off_h[th];
+              const bool h_ok = ho >= 0 && ho < g.Ho;
+              for (int64_t tw = 0; tw < ntw; ++tw) {
+                const int64_t wo = ix + off_w[tw];
+                const bool ok = h_ok && (!check_w || (wo >= 0 && wo < g.Wo));
+                src[th * ntw + tw] = ok ? dy + ((n * g.Ho + ho) * g.Wo + wo) * Q : nullptr;
+              }
+            }
+          };
+          auto one = [&](int64_t ix) {
+            set_src(ix, true);
+            narrow_row(true, src.data(), nth * ntw, Q, bt.data(), K, C, dxrow + ix * S_w * C);
+          };
+          int64_t ix = 0;
+          for (; ix < ix_lo; ++ix) one(ix);
+          for (; ix + NP <= ix_hi; ix += NP) {
+            set_src(ix, false);
+            smallc_dx_block(C, src.data(), nth * ntw, Q, bt.data(), K, dxrow + ix * S_w * C,
+                            S_w * C);
+          }
+          for (; ix < Wph; ++ix) one(ix);
+        }
+      });
+    }
+  }
+#else
+  (void)g, (void)dy, (void)w, (void)dx;
+#endif
+}
+
+}  // namespace conv_detail
+
 /// Fast input gradient by S_h x S_w phase decomposition. The document computes
 ///   dX = crop( conv_stride1( pad(dilate(dY, S), F-1 [+ r]), flip_kernel(W) ) ).
 /// Of the F_h*F_w flipped taps that meet a padded-input row yp = y + pt, only those with
@@ -975,6 +1182,13 @@ template <typename T>
 void conv2d_backward_input(const Conv2dGeometry& g, const T* dy, const T* w, T* dx) {
   const int64_t S_h = g.stride_h, S_w = g.stride_w, Q = g.Q, C = g.C;
   const int64_t Kfull = g.FH * g.FW * C;
+  // 1-2 channels, stride 1, at most 3x3 taps, AVX2: direct dot products (measured faster than
+  // GEMM + col2im only there; e.g. 64x28x28x1 -> 32, 3x3: 1.5 vs 2.2 ms at 1 thread, while
+  // C = 3-4, S = 2 or 5x5 kernels were slower and keep the paths below).
+  if (C <= 2 && S_h == 1 && S_w == 1 && g.FH * g.FW <= 9 && conv_detail::use_avx2()) {
+    conv_detail::backward_input_smallc(g, dy, w, dx);
+    return;
+  }
   if (C * 4 <= conv_detail::Tile<T>::NR && Kfull * 4 > conv_detail::Tile<T>::NR &&
       g.N * g.Ho * g.Wo * Kfull <= (int64_t{1} << 26)) {
     conv_detail::backward_input_col2im(g, dy, w, dx);  // few channels: GEMM + tap-table gather
@@ -1086,6 +1300,207 @@ void conv2d_backward_input(const Conv2dGeometry& g, const T* dy, const T* w, T* 
   }
 }
 
+namespace conv_detail {
+
+// Kernel gradient for few input channels (C <= 4), no im2col and no GEMM packing:
+//   dW[q, fh, fw, c] = sum_{(n,ho,wo)} dY[n,ho,wo,q] * Xp[n, ho*S_h + fh, wo*S_w + fw, c]
+//   db[q]            = sum_{(n,ho,wo)} dY[n,ho,wo,q]
+// (the document's dk(h,c,d,r) over the gamma = 1 entries of the dilated dY, and dL/db = sum G).
+// The input is copied once into a zero-padded buffer Xp (one padded row = prow values), so a
+// tap (fh, j = fw*C + c) of output pixel (n, ho, wo) is Xp_row(n, ho*S_h + fh)[wo*S_w*C + j]:
+// the FW*C taps of one kernel row are one contiguous run. The taps are cut into blocks of
+// NRW <= 4 kernel rows x NCL <= 3 consecutive run values (<= 12 taps), the filters into blocks
+// of one vector (8 floats / 4 doubles, the last one masked); for each (tap block, filter block)
+// the <= 12 vector accumulators acc[t] += X(pixel, t) * dY(pixel, q-block) (plus the bias sum)
+// stay in registers over all pixels of a chunk. Chunks are runs of whole output rows whose
+// size depends on the shape only; each chunk writes its own partial (K x Q) and the partials
+// are added in chunk order, so the result is the same for any thread count.
+struct SmallCPlan {
+  int64_t Hp, prow, xs, K, len;
+  std::vector<int64_t> row_start, row_count, col_start, col_count;  // tap blocks
+};
+
+template <typename T>
+inline void smallc_dw_block_portable(const SmallCPlan& pl, const T* xp, const T* dy,
+                                     int64_t Ho, int64_t Wo, int64_t S_h, int64_t Q, int64_t r0,
+                                     int64_t r1, int64_t fh0, int64_t nrw, int64_t j0,
+                                     int64_t ncl, int64_t q0, int64_t nq, T* acc /*12 x 8*/,
+                                     T* accb /*8 or nullptr*/) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t n = r / Ho, ho = r % Ho;
+    const T* xb = xp + (n * pl.Hp + ho * S_h + fh0) * pl.prow + j0;
+    const T* d = dy + r * Wo * Q + q0;
+    for (int64_t wo = 0; wo < Wo; ++wo, xb += pl.xs, d += Q) {
+      for (int64_t a = 0; a < nrw; ++a)
+        for (int64_t b = 0; b < ncl; ++b) {
+          const T xv = xb[a * pl.prow + b];
+          T* ac = acc + (a * ncl + b) * 8;
+          for (int64_t l = 0; l < nq; ++l) ac[l] += xv * d[l];
+        }
+      if (accb)
+        for (int64_t l = 0; l < nq; ++l) accb[l] += d[l];
+    }
+  }
+}
+
+#if NABLAGRAD_X86
+
+// One (tap block, filter block) over output rows [r0, r1): NRW x NCL accumulators (+ bias).
+template <typename V, int NRW, int NCL>
+__attribute__((target("avx2,fma"))) inline void smallc_dw_block_avx2(
+    const SmallCPlan& pl, const typename V::T* xp, const typename V::T* dy, int64_t Ho,
+    int64_t Wo, int64_t S_h, int64_t Q, int64_t r0, int64_t r1, int64_t fh0, int64_t j0,
+    int64_t q0, int64_t nq, typename V::T* acc, typename V::T* accb) {
+  using T = typename V::T;
+  using VT = typename V::VT;
+  const bool full = nq == V::L;
+  const __m256i m = V::mask(nq);
+  VT a[NRW * NCL];
+#pragma GCC unroll 12
+  for (int t = 0; t < NRW * NCL; ++t) a[t] = V::zero();
+  VT b = V::zero();
+  const int64_t prow = pl.prow, xs = pl.xs;
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t n = r / Ho, ho = r % Ho;
+    const T* xb = xp + (n * pl.Hp + ho * S_h + fh0) * prow + j0;
+    const T* d = dy + r * Wo * Q + q0;
+    for (int64_t wo = 0; wo < Wo; ++wo, xb += xs, d += Q) {
+      const VT dv = V::load(d, m, full);
+#pragma GCC unroll 4
+      for (int ra = 0; ra < NRW; ++ra)
+#pragma GCC unroll 3
+        for (int cb = 0; cb < NCL; ++cb)
+          a[ra * NCL + cb] = V::fma(V::bcast(xb + ra * prow + cb), dv, a[ra * NCL + cb]);
+      b = V::add(b, dv);
+    }
+  }
+#pragma GCC unroll 12
+  for (int t = 0; t < NRW * NCL; ++t) V::store(acc + t * 8, a[t]);
+  if (accb) V::store(accb, b);
+}
+
+template <typename T>
+inline void smallc_dw_block_avx2_dispatch(int64_t nrw, int64_t ncl, const SmallCPlan& pl,
+                                          const T* xp, const T* dy, int64_t Ho, int64_t Wo,
+                                          int64_t S_h, int64_t Q, int64_t r0, int64_t r1,
+                                          int64_t fh0, int64_t j0, int64_t q0, int64_t nq,
+                                          T* acc, T* accb) {
+  using V = typename SmallCVec<T>::type;
+#define NG_SC(R, Cc)                                                                         \
+  case (R) * 4 + (Cc):                                                                       \
+    return smallc_dw_block_avx2<V, R, Cc>(pl, xp, dy, Ho, Wo, S_h, Q, r0, r1, fh0, j0, q0, nq, \
+                                          acc, accb);
+  switch (nrw * 4 + ncl) {
+    NG_SC(1, 1) NG_SC(1, 2) NG_SC(1, 3) NG_SC(2, 1) NG_SC(2, 2) NG_SC(2, 3)
+    NG_SC(3, 1) NG_SC(3, 2) NG_SC(3, 3) NG_SC(4, 1) NG_SC(4, 2) NG_SC(4, 3)
+    default: break;
+  }
+#undef NG_SC
+}
+#endif
+
+template <typename T>
+void backward_weight_smallc(const Conv2dGeometry& g, const T* x, const T* dy, T* dw, T* db) {
+  const int64_t C = g.C, FH = g.FH, FW = g.FW, Q = g.Q, S_h = g.stride_h;
+  SmallCPlan pl;
+  pl.len = FW * C;
+  pl.K = FH * pl.len;
+  pl.Hp = g.H + g.pad_top + g.pad_bottom;
+  pl.prow = (g.W + g.pad_left + g.pad_right) * C;
+  pl.xs = g.stride_w * C;
+  const int64_t K = pl.K;
+  // Tap blocks: kernel rows in groups of <= 4, each run of FW*C values in pieces of <= 3
+  // (balanced sizes), i.e. <= 12 accumulators per block.
+  const int64_t nrg = (FH + 3) / 4, ncg = (pl.len + 2) / 3;
+  for (int64_t i = 0; i < nrg; ++i) {
+    pl.row_start.push_back(FH * i / nrg);
+    pl.row_count.push_back(FH * (i + 1) / nrg - FH * i / nrg);
+  }
+  for (int64_t i = 0; i < ncg; ++i) {
+    pl.col_start.push_back(pl.len * i / ncg);
+    pl.col_count.push_back(pl.len * (i + 1) / ncg - pl.len * i / ncg);
+  }
+  // Zero-padded copy of the input (Xp of the document).
+  const int64_t rows_p = g.N * pl.Hp;
+  std::unique_ptr<T[]> xp(new T[static_cast<size_t>(std::max<int64_t>(rows_p * pl.prow, 1))]);
+  parallel_for(0, rows_p, std::max<int64_t>(1, (int64_t{1} << 18) / pl.prow), [&](int64_t lo, int64_t hi) {
+    for (int64_t r = lo; r < hi; ++r) {
+      T* dst = xp.get() + r * pl.prow;
+      const int64_t n = r / pl.Hp, ih = r % pl.Hp - g.pad_top;
+      if (ih < 0 || ih >= g.H) {
+        std::memset(dst, 0, sizeof(T) * static_cast<size_t>(pl.prow));
+        continue;
+      }
+      std::memset(dst, 0, sizeof(T) * static_cast<size_t>(g.pad_left * C));
+      std::memcpy(dst + g.pad_left * C, x + (n * g.H + ih) * g.W * C,
+                  sizeof(T) * static_cast<size_t>(g.W * C));
+      std::memset(dst + (g.pad_left + g.W) * C, 0,
+                  sizeof(T) * static_cast<size_t>(pl.prow - (g.pad_left + g.W) * C));
+    }
+  });
+  // Fixed chunks of whole output rows: ~32 KiB of dY each (so a chunk's dY stays in L2 while
+  // the tap blocks re-read it), at most 4096 chunks. A function of the shape only.
+  const int64_t out_rows = g.N * g.Ho;
+  const int64_t row_bytes = std::max<int64_t>(1, g.Wo * Q * static_cast<int64_t>(sizeof(T)));
+  int64_t chunk_rows = std::max<int64_t>(1, (int64_t{32} << 10) / row_bytes);
+  chunk_rows = std::max(chunk_rows, (out_rows + 4095) / 4096);
+  const int64_t nchunks = std::max<int64_t>(1, (out_rows + chunk_rows - 1) / chunk_rows);
+  std::vector<T> partial(static_cast<size_t>(nchunks * K * Q), T(0));
+  std::vector<T> dbpartial(static_cast<size_t>(nchunks * Q), T(0));
+  const bool avx2 = use_avx2();
+  constexpr int64_t VL = 32 / sizeof(T);  // filters per block: one AVX2 vector
+  parallel_chunks(out_rows, chunk_rows, [&](int64_t ci, int64_t r0, int64_t r1) {
+    T* P = partial.data() + ci * K * Q;  // P[k*Q + q], k = fh*len + j
+    T* dbp = dbpartial.data() + ci * Q;
+    alignas(32) T acc[12 * 8];
+    alignas(32) T accb[8];
+    for (int64_t q0 = 0; q0 < Q; q0 += VL) {
+      const int64_t nq = std::min(VL, Q - q0);
+      for (size_t ri = 0; ri < pl.row_start.size(); ++ri)
+        for (size_t cj = 0; cj < pl.col_start.size(); ++cj) {
+          const int64_t fh0 = pl.row_start[ri], nrw = pl.row_count[ri];
+          const int64_t j0 = pl.col_start[cj], ncl = pl.col_count[cj];
+          T* accb_p = (ri == 0 && cj == 0) ? accb : nullptr;  // db with the first tap block
+#if NABLAGRAD_X86
+          if (avx2) {
+            smallc_dw_block_avx2_dispatch(nrw, ncl, pl, xp.get(), dy, g.Ho, g.Wo, S_h, Q, r0,
+                                          r1, fh0, j0, q0, nq, acc, accb_p);
+          } else
+#endif
+          {
+            (void)avx2;
+            std::fill(acc, acc + 12 * 8, T(0));
+            std::fill(accb, accb + 8, T(0));
+            smallc_dw_block_portable(pl, xp.get(), dy, g.Ho, g.Wo, S_h, Q, r0, r1, fh0, nrw,
+                                     j0, ncl, q0, nq, acc, accb_p);
+          }
+          for (int64_t a = 0; a < nrw; ++a)
+            for (int64_t b = 0; b < ncl; ++b) {
+              const int64_t k = (fh0 + a) * pl.len + j0 + b;
+              for (int64_t l = 0; l < nq; ++l) P[k * Q + q0 + l] = acc[(a * ncl + b) * 8 + l];
+            }
+          if (accb_p)
+            for (int64_t l = 0; l < nq; ++l) dbp[q0 + l] = accb[l];
+        }
+    }
+  });
+  // Partials in chunk order: dW[q, k] = sum_c P_c[k, q], db[q] = sum_c dbP_c[q].
+  for (int64_t k = 0; k < K; ++k)
+    for (int64_t q = 0; q < Q; ++q) {
+      T s = partial[k * Q + q];
+      for (int64_t c = 1; c < nchunks; ++c) s += partial[(c * K + k) * Q + q];
+      dw[q * K + k] = s;
+    }
+  if (db)
+    for (int64_t q = 0; q < Q; ++q) {
+      T s = dbpartial[q];
+      for (int64_t c = 1; c < nchunks; ++c) s += dbpartial[c * Q + q];
+      db[q] = s;
+    }
+}
+
+}  // namespace conv_detail
+
 /// Fast kernel gradient (and bias gradient when db != nullptr):
 ///   dW[q, (fh,fw,c)] = sum_{(n,ho,wo)} dY[n,ho,wo,q] * X[n, ho*S_h+fh-pt, wo*S_w+fw-pl, c]
 ///   db[q]            = sum_{(n,ho,wo)} dY[n,ho,wo,q]
@@ -1097,6 +1512,10 @@ void conv2d_backward_input(const Conv2dGeometry& g, const T* dy, const T* w, T* 
 template <typename T>
 void conv2d_backward_weight(const Conv2dGeometry& g, const T* x, const T* dy, T* dw, T* db) {
   using namespace conv_detail;
+  if (g.C <= 4 && g.N * g.Ho > 0) {  // few input channels: direct, no im2col (see above)
+    backward_weight_smallc(g, x, dy, dw, db);
+    return;
+  }
   constexpr int64_t NR = Tile<T>::NR;
   const int64_t K = g.FH * g.FW * g.C, Q = g.Q;
   const int64_t Kpad = round_up(K, kMR);
