@@ -1,6 +1,6 @@
 // Times nablagrad's fast NHWC conv2d (float32): forward, and forward + backward
 // (backward_input + backward_weight with the fused bias gradient), at 1 and 2 threads.
-// Median of several repeats (the machine is shared). Compare with benchmarks/conv_bench_torch.py.
+// Median of several repeats (the machine is shared). The PyTorch comparison, in one run, is benchmarks/conv2d.py.
 //
 //   g++ -std=c++17 -O3 -pthread -I cpp/include benchmarks/conv_bench.cpp -o /tmp/conv_bench
 //   /tmp/conv_bench [repeats]        (NG_THREADS=1 NG_CPUTIME=1: CPU time at 1 thread)
