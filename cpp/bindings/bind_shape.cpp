@@ -65,8 +65,9 @@ void bind_shape_ops(py::module_& m) {
           "A tensor of the given shape (one entry may be -1): a view when the layout allows, else a copy.");
   m.def("reshape", [](const Tensor& x, py::handle shape) { return reshape(x, to_shape(shape)); }, py::arg("x"),
         py::arg("shape"));
-  cls.def("view", [](const Tensor& x, const py::args& args) { return reshape(x, shape_from_args(args)); },
-          "Alias of reshape (copies when the layout does not allow a view, unlike PyTorch's view).");
+  cls.def("view", [](const Tensor& x, const py::args& args) { return view(x, shape_from_args(args)); },
+          "A view with the given shape (one entry may be -1), sharing storage; RuntimeError when the "
+          "layout needs a copy (use reshape then).");
 
   cls.def("transpose", &transpose, py::arg("a"), py::arg("b"), "Swaps axes a and b (a view).");
   m.def("transpose", &transpose, py::arg("x"), py::arg("a"), py::arg("b"));

@@ -368,3 +368,14 @@ def test_torch_stack_concatenate():
         return ng.concatenate([ng.stack([x, x * 2], 1), x[:, None]], 1)
 
     _torch_compare((3, 4), fn)
+
+
+def test_view_never_copies() -> None:
+    t = ng.arange(6).reshape(2, 3)
+    v = t.view(3, 2)
+    assert v._same_storage(t) and v.shape == (3, 2)
+    assert t.T.view(1, 3, 2).shape == (1, 3, 2)  # splitting/adding unit dims of a view is fine
+    with pytest.raises(RuntimeError, match="reshape"):
+        t.T.view(-1)  # flattening a transposed matrix needs a copy
+    r = t.T.reshape(-1)  # reshape copies instead
+    np.testing.assert_array_equal(np.asarray(r), np.arange(6).reshape(2, 3).T.reshape(-1))

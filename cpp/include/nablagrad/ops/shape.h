@@ -147,6 +147,18 @@ inline Tensor reshape(const Tensor& x, const Shape& shape_spec) {
   return out;
 }
 
+/// Like reshape, but never copies: a layout that no strides can express as the new shape
+/// (e.g. flattening a transposed matrix) raises std::runtime_error, as PyTorch's view does.
+inline Tensor view(const Tensor& x, const Shape& shape_spec) {
+  const Shape shape = detail::infer_reshape(x.shape(), shape_spec, "view");
+  Shape strides;
+  if (!detail::view_strides(x.shape(), x.strides(), shape, strides))
+    throw std::runtime_error("view: a tensor of shape " + shape_str(x.shape()) + " and strides " +
+                             shape_str(x.strides()) + " cannot be viewed as " + shape_str(shape) +
+                             " without a copy; use reshape() (or contiguous() first)");
+  return reshape(x, shape);  // takes the view branch; records the graph
+}
+
 /// Merges dims start..end (inclusive; negative counts from the end) into one. A 0-d
 /// tensor becomes shape (1,).
 inline Tensor flatten(const Tensor& x, int64_t start = 0, int64_t end = -1) {
