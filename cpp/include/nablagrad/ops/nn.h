@@ -457,13 +457,15 @@ inline Tensor mse_loss(const Tensor& pred, const Tensor& target, Reduction red =
     const Tensor diff = detail::binary_map_same<T>(p, t, [](T a, T b) { return a - b; });
     Tensor out = detail::reduce_loss<T>(detail::unary_map<T, T>(diff, dt, [](T d) { return d * d; }), red);
     if (any_requires_grad({&pred, &target})) {
-      const Tensor sd = diff.alias(), rp = pred.alias(), rt = target.alias();
-      record(out, "mse_loss", {pred, target}, [sd, rp, rt, red](const Tensor& g, std::vector<Tensor>& gi) {
+      // The gradient reads only the difference: the inputs' dtypes suffice, not their data.
+      const Tensor sd = diff.alias();
+      const DType pred_dtype = pred.dtype(), target_dtype = target.dtype();
+      record(out, "mse_loss", {pred, target}, [sd, pred_dtype, target_dtype, red](const Tensor& g, std::vector<Tensor>& gi) {
         const Tensor ge = detail::per_element_grad<T>(g, sd.shape(), red);
         const Tensor gp = detail::binary_map_same<T>(ge, sd, [](T a, T d) { return T(2) * a * d; });
-        gi[0] = cast_raw(gp, rp.dtype());
-        if (is_floating(rt.dtype()))
-          gi[1] = cast_raw(detail::unary_map<T, T>(gp, gp.dtype(), [](T v) { return -v; }), rt.dtype());
+        gi[0] = cast_raw(gp, pred_dtype);
+        if (is_floating(target_dtype))
+          gi[1] = cast_raw(detail::unary_map<T, T>(gp, gp.dtype(), [](T v) { return -v; }), target_dtype);
       });
     }
     return out;
@@ -569,18 +571,19 @@ inline Tensor binary_cross_entropy_with_logits(const Tensor& logits, const Tenso
     });
     Tensor out = detail::reduce_loss<T>(elem, red);
     if (any_requires_grad({&logits, &target})) {
-      const Tensor sx = x.alias(), st = t.alias(), rx = logits.alias(), rt = target.alias();
+      const Tensor sx = x.alias(), st = t.alias();
+      const DType logits_dtype = logits.dtype(), target_dtype = target.dtype();
       record(out, "binary_cross_entropy_with_logits", {logits, target},
-             [sx, st, rx, rt, red](const Tensor& g, std::vector<Tensor>& gi) {
+             [sx, st, logits_dtype, target_dtype, red](const Tensor& g, std::vector<Tensor>& gi) {
                const Tensor ge = detail::per_element_grad<T>(g, sx.shape(), red);
                gi[0] = cast_raw(detail::ternary_map_same<T>(ge, sx, st, [](T gv, T xv, T tv) {
                                   const T sig = xv >= T(0) ? T(1) / (T(1) + std::exp(-xv))
                                                            : std::exp(xv) / (T(1) + std::exp(xv));
                                   return gv * (sig - tv);
                                 }),
-                                rx.dtype());
-               if (is_floating(rt.dtype()))
-                 gi[1] = cast_raw(detail::binary_map_same<T>(ge, sx, [](T gv, T xv) { return -gv * xv; }), rt.dtype());
+                                logits_dtype);
+               if (is_floating(target_dtype))
+                 gi[1] = cast_raw(detail::binary_map_same<T>(ge, sx, [](T gv, T xv) { return -gv * xv; }), target_dtype);
              });
     }
     return out;
