@@ -26,7 +26,7 @@ def numerical_gradient(fn: Callable[..., Tensor], inputs: Sequence[Tensor], inde
                        weights: Sequence[np.ndarray] = ()) -> np.ndarray:
     """Central-difference gradient of sum(weights * fn(*inputs)) w.r.t. inputs[index]."""
     x = inputs[index]
-    arr = np.asarray(x)
+    arr = np.asarray(x.detach())  # writable view of the input's memory (perturbed in place)
     grad = np.zeros(arr.shape, dtype=np.float64)
     flat = arr.reshape(-1)
     with no_grad():

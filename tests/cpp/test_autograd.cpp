@@ -205,6 +205,123 @@ void test_errors() {
   CHECK_THROWS(max(Tensor::zeros({0})), std::invalid_argument);
 }
 
+/// Saved-tensor versions: the tensors a backward reads, output included, are checked before
+/// any gradient is written; tensors it does not read may change.
+void test_saved_tensor_versions() {
+  {
+    Tensor x = leaf({3});
+    Tensor y = exp(x);
+    y.alias().fill(100.0);  // exp's backward reads its output
+    y.bump_version();       // raw C++ writes bump the version themselves
+    bool thrown = false;
+    try {
+      backward(sum(y));
+    } catch (const std::runtime_error& e) {
+      thrown = std::string(e.what()).find("'exp'") != std::string::npos;
+    }
+    CHECK(thrown);
+    CHECK(!x.impl().grad);
+  }
+  {
+    Tensor a = leaf({2}), b = leaf({2});
+    Tensor c = add(a, b);  // add's backward reads nothing
+    a.alias().fill(5.0);
+    a.bump_version();
+    backward(sum(c));
+    CHECK(grad_of(a).item_at(0) == 1.0 && grad_of(b).item_at(1) == 1.0);
+  }
+  {
+    Tensor a = leaf({2}), w = leaf({2});
+    Tensor h = tanh(a);
+    Tensor out = add(sum(mul(h, w)), sum(mul(w, w)));
+    h.bump_version();
+    CHECK_THROWS(backward(out), std::runtime_error);
+    CHECK(!w.impl().grad && !a.impl().grad);  // refused before any gradient was written
+  }
+}
+
+/// A gradient flowing into an intermediate node is checked against that node's output shape
+/// and dtype before its backward runs (a buggy op must not feed a kernel a wrong buffer).
+void test_node_gradients_checked() {
+  Tensor x = leaf({2, 3});
+  Tensor h = tanh(x);  // an intermediate node expecting a (2,3) float64 gradient
+  for (int variant = 0; variant < 2; ++variant) {
+    Tensor out = Tensor::zeros({1}, DType::Float64);
+    record(out, "bad_op", {h}, [variant](const Tensor&, std::vector<Tensor>& gi) {
+      gi[0] = variant == 0 ? Tensor::zeros({3, 2}, DType::Float64) : Tensor::zeros({2, 3}, DType::Float32);
+    });
+    bool thrown = false;
+    try {
+      backward(out, Tensor(), true);
+    } catch (const std::logic_error& e) {
+      thrown = std::string(e.what()).find("bad_op") != std::string::npos;
+    }
+    CHECK(thrown);
+    CHECK(!x.impl().grad);
+  }
+}
+
+/// A two-output op recorded as one node: (2x, x*x). Its backward sees zeros for an output
+/// that received no gradient.
+std::pair<Tensor, Tensor> twice_and_square(const Tensor& x, int* calls) {
+  Tensor a = mul(x.alias(), Tensor::scalar(2.0, x.dtype()));
+  Tensor b = mul(x.alias(), x.alias());
+  if (any_requires_grad({&x})) {
+    const Tensor sx = x.alias();
+    record_multi({&a, &b}, "twice_and_square", {x},
+                 [sx, calls](const std::vector<Tensor>& g, std::vector<Tensor>& gi) {
+                   ++*calls;
+                   CHECK(g.size() == 2 && g[0].defined() && g[1].defined());
+                   gi[0] = add(mul(g[0], Tensor::scalar(2.0, sx.dtype())), mul(mul(g[1], sx), Tensor::scalar(2.0, sx.dtype())));
+                 },
+                 {sx});
+  }
+  return {a, b};
+}
+
+void test_multi_output_nodes() {
+  const double xv[3] = {0.5, -1.0, 2.0};
+  auto make = [&] {
+    Tensor x = Tensor::zeros({3}, DType::Float64);
+    for (int i = 0; i < 3; ++i) x.data<double>()[i] = xv[i];
+    x.impl().requires_grad = true;
+    return x;
+  };
+  int calls = 0;
+  {  // both outputs, each used once
+    Tensor x = make();
+    auto [a, b] = twice_and_square(x, &calls);
+    CHECK(a.impl().output_nr == 0 && b.impl().output_nr == 1 && a.impl().grad_fn == b.impl().grad_fn);
+    backward(add(sum(a), sum(b)));
+    for (int i = 0; i < 3; ++i) CHECK_NEAR(grad_of(x).item_at(i), 2.0 + 2.0 * xv[i], 1e-15);
+    CHECK(calls == 1);  // one node, run once, after both consumers delivered
+  }
+  {  // only the second output reaches the loss: the first gets zeros
+    Tensor x = make();
+    auto [a, b] = twice_and_square(x, &calls);
+    backward(sum(mul(b, b)), Tensor(), false);
+    for (int i = 0; i < 3; ++i) CHECK_NEAR(grad_of(x).item_at(i), 4.0 * xv[i] * xv[i] * xv[i], 1e-14);
+  }
+  {  // backward from an output directly, and an output used twice; retain_graph then freed
+    Tensor x = make();
+    auto [a, b] = twice_and_square(x, &calls);
+    backward(b, Tensor::full({3}, 1.0, DType::Float64), true);
+    for (int i = 0; i < 3; ++i) CHECK_NEAR(grad_of(x).item_at(i), 2.0 * xv[i], 1e-15);
+    x.impl().grad.reset();
+    backward(add(sum(a), sum(a)));
+    for (int i = 0; i < 3; ++i) CHECK_NEAR(grad_of(x).item_at(i), 4.0, 1e-15);
+    CHECK_THROWS(backward(sum(b)), std::runtime_error);  // the node was freed
+  }
+  {  // a wrong-shaped gradient into one output of a multi-output node is refused
+    Tensor x = make();
+    auto [a, b] = twice_and_square(x, &calls);
+    Tensor out = Tensor::zeros({1}, DType::Float64);
+    record(out, "bad_consumer", {b}, [](const Tensor&, std::vector<Tensor>& gi) { gi[0] = Tensor::zeros({4}, DType::Float64); });
+    CHECK_THROWS(backward(out), std::logic_error);
+    CHECK(!x.impl().grad);
+  }
+}
+
 }  // namespace
 
 int main() {
@@ -220,5 +337,8 @@ int main() {
   RUN_TEST(test_thread_pool);
   RUN_TEST(test_block_cache);
   RUN_TEST(test_errors);
+  RUN_TEST(test_saved_tensor_versions);
+  RUN_TEST(test_node_gradients_checked);
+  RUN_TEST(test_multi_output_nodes);
   return test_util::finish();
 }

@@ -153,7 +153,8 @@ inline Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, int64
                }
                if (need_b) gi[2] = db;
              });
-           });
+           },
+           {xs, wsv});
   }
   return out;
 }

@@ -141,7 +141,7 @@ inline Tensor softmax_impl(const Tensor& x, int64_t axis_in, bool log) {
       const Tensor sy = y.alias();
       record(y, name, {x}, [sy, axis, log, work](const Tensor& g, std::vector<Tensor>& gi) {
         gi[0] = reshape_raw(softmax_backward<T>(reshape_raw(g, work), reshape_raw(sy, work), axis, log), sy.shape());
-      });
+      }, {sy});
     }
     return y;
   });
@@ -202,17 +202,18 @@ inline Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias =
   out_shape.push_back(out_f);
   out = out.as_strided(out_shape, contiguous_strides(out_shape), 0);
   if (any_requires_grad({&x, &weight, &bias})) {
-    const Tensor sx = x2.alias(), sw = weight.alias();
     const Shape x_shape = x.shape();
     const bool need_x = x.requires_grad(), need_w = weight.requires_grad();
     const bool need_b = bias.defined() && bias.requires_grad();
+    // dx reads the weight, dW reads x: keep only what the inputs requiring grad need.
+    const Tensor sx = need_w ? x2.alias() : Tensor(), sw = need_x ? weight.alias() : Tensor();
     record(out, "linear", {x, weight, bias}, [sx, sw, x_shape, need_x, need_w, need_b, M, out_f](
                                                  const Tensor& g_in, std::vector<Tensor>& gi) {
       const Tensor g = detail::reshape_raw(g_in, {M, out_f});
       if (need_x) gi[0] = detail::reshape_raw(detail::bmm_raw(g, sw), x_shape);
       if (need_w) gi[1] = detail::bmm_raw(detail::swap_last_two(g), sx);
       if (need_b) gi[2] = detail::reduce_raw(g, {0}, false, detail::ReduceKind::Sum);
-    });
+    }, {sx, sw});
   }
   return out;
 }
@@ -330,7 +331,7 @@ inline Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const T
           }
         });
         gi[0] = gx;
-      });
+      }, {sh, sr, sw});
     }
     return y;
   });
@@ -363,7 +364,7 @@ inline Tensor dropout(const Tensor& x, double p) {
       const Tensor sm = mask.alias();
       record(y, "dropout", {x}, [sm](const Tensor& g, std::vector<Tensor>& gi) {
         gi[0] = detail::binary_map_same<T>(g.contiguous_data(), sm, [](T a, T m) { return a * m; });
-      });
+      }, {sm});
     }
     return y;
   });
@@ -466,7 +467,7 @@ inline Tensor mse_loss(const Tensor& pred, const Tensor& target, Reduction red =
         gi[0] = cast_raw(gp, pred_dtype);
         if (is_floating(target_dtype))
           gi[1] = cast_raw(detail::unary_map<T, T>(gp, gp.dtype(), [](T v) { return -v; }), target_dtype);
-      });
+      }, {sd});
     }
     return out;
   });
@@ -520,7 +521,7 @@ inline Tensor cross_entropy(const Tensor& logits, const Tensor& labels, Reductio
           }
         });
         gi[0] = gx;
-      });
+      }, {sx, sl, ss});
     }
     return out;
   });
@@ -550,7 +551,7 @@ inline Tensor nll_loss(const Tensor& log_probs, const Tensor& labels, Reduction 
         T* pgx = gx.data<T>();
         for (int64_t i = 0; i < N; ++i) pgx[i * K + pl[i]] = -pg[i];
         gi[0] = gx;
-      });
+      }, {sl});
     }
     return out;
   });
@@ -584,7 +585,7 @@ inline Tensor binary_cross_entropy_with_logits(const Tensor& logits, const Tenso
                                 logits_dtype);
                if (is_floating(target_dtype))
                  gi[1] = cast_raw(detail::binary_map_same<T>(ge, sx, [](T gv, T xv) { return -gv * xv; }), target_dtype);
-             });
+             }, {sx, st});
     }
     return out;
   });

@@ -231,7 +231,7 @@ inline Tensor extremum(const Tensor& x, const std::vector<int64_t>& axes_in, boo
         for (int64_t i = 0, n = mask.numel(); i < n; ++i) pk[i] = pk[i] * pg[i] / pc[i];
         gi[0] = mask;
       });
-    });
+    }, {sx, so});
   }
   return out;
 }
