@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import threading
 from typing import Any, Callable, Iterator, Optional, Sequence, TypeVar, Union
 
@@ -233,6 +234,17 @@ def arange(start: float, stop: Optional[float] = None, step: float = 1, dtype: A
     if d is None:
         d = int64 if all_int else float32
     np_dtype = {float32: np.float32, float64: np.float64, int64: np.int64, bool_: np.bool_}[d]
+    # The length, counted exactly before NumPy counts it in int64 (np.arange(-2**62, 2**62)
+    # wraps to an empty array): more elements than int64 holds is a ValueError.
+    if all_int:
+        start, stop, step = int(start), int(stop), int(step)
+        length: float = max(0, -((start - stop) // step))  # ceil((stop - start) / step)
+    else:
+        q = (float(stop) - float(start)) / float(step)
+        length = max(0, math.ceil(q)) if math.isfinite(q) else math.inf
+    if length > _INT64_MAX:
+        raise ValueError(f"arange: start={start}, stop={stop}, step={step} gives {length} elements, "
+                         "more than int64 can count")
     arr = np.arange(start, stop, step, dtype=np.float64 if not all_int else np.int64).astype(np_dtype)
     return _finish(_core._copy_from_numpy(_c_contiguous(arr), d), requires_grad)
 

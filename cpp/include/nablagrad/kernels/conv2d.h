@@ -16,7 +16,8 @@
 //                           portable fallback, bitwise identical for any thread count.
 //                           Shape-dependent variants: a small-depth forward straight from a
 //                           zero-padded copy of the input (forward_direct: C = 1..3 first
-//                           layers), and for few input channels an input gradient computed
+//                           layers; only when that copy is about the input's size, see
+//                           padded_copy_is_small), and for few input channels an input gradient computed
 //                           as dY.W (one GEMM) followed by col2im (backward_input_col2im),
 //                           and a kernel gradient straight from the padded input and dY
 //                           with register accumulators (backward_weight_smallc, C <= 4),
@@ -41,6 +42,8 @@
 #include <string>
 #include <vector>
 
+#include "../checked.h"
+#include "../tensor.h"
 #include "../threading.h"
 #include "simd.h"
 
@@ -99,14 +102,51 @@ inline Conv2dGeometry make_conv2d_geometry(int64_t N, int64_t H, int64_t W, int6
     fail("padding must be at most 2^40, got (top=" + std::to_string(pad_top) + ",bottom=" +
          std::to_string(pad_bottom) + ",left=" + std::to_string(pad_left) + ",right=" +
          std::to_string(pad_right) + ")");
-  const int64_t hp = H + pad_top + pad_bottom, wp = W + pad_left + pad_right;
+  auto about = [&](const char* what) { return [&shapes, what] { return "conv2d: " + std::string(what) + " " + shapes; }; };
+  const int64_t hp = checked_add(H, pad_top + pad_bottom, about("padded height"));
+  const int64_t wp = checked_add(W, pad_left + pad_right, about("padded width"));
   if (FH > hp || FW > wp)
     fail("kernel " + std::to_string(FH) + "x" + std::to_string(FW) +
          " is larger than the padded input " + std::to_string(hp) + "x" + std::to_string(wp));
   Conv2dGeometry g{N, H, W, C, Q, FH, FW, stride_h, stride_w, pad_top, pad_bottom, pad_left,
                    pad_right, (hp - FH) / stride_h + 1, (wp - FW) / stride_w + 1};
+  // Every size the forward and backward passes form from these (shared by both, checked once
+  // here): the zero-padded input (N, Hp, Wp, C) of the design document (materialised by the
+  // reference path and, when it is not much larger than the input, by the fast small-C
+  // paths), the output (N, Ho, Wo, Q), the kernel and the depth FH*FW*C of the im2col rows.
+  // A geometry whose padded input cannot even be counted in int64 is refused.
+  checked_product({N, hp, wp, C}, about("the padded input (N, H+pads, W+pads, C) has too many elements"));
+  checked_product({N, g.Ho, g.Wo, Q}, about("the output (N, Ho, Wo, Q) has too many elements"));
+  checked_product({Q, FH, FW, C}, about("the kernel has too many elements"));
   return g;
 }
+
+namespace conv_detail {
+/// Scratch memory of a kernel: n values of T from the tensor allocator (Storage::allocate), so
+/// large buffers come from the block cache (no page faults when the same shapes repeat) and a
+/// request larger than the machine's memory raises OutOfMemory (Python MemoryError) before
+/// anything is allocated. `what` names the buffer in that message. Uninitialised unless `zero`.
+template <typename T>
+class Scratch {
+ public:
+  Scratch(int64_t n, const char* what, bool zero = false) {
+    std::size_t bytes = 0;
+    if (n < 0 || __builtin_mul_overflow(static_cast<std::size_t>(n), sizeof(T), &bytes))
+      throw OutOfMemory(std::string("nablagrad: ") + what + ": " + std::to_string(n) +
+                        " values are too large to allocate");
+    try {
+      storage_ = Storage::allocate(bytes);
+    } catch (const OutOfMemory& e) {
+      throw OutOfMemory(std::string(e.what()) + " (" + what + ")");
+    }
+    if (zero && bytes) std::memset(storage_->data(), 0, bytes);
+  }
+  T* get() const { return static_cast<T*>(storage_->data()); }
+
+ private:
+  std::shared_ptr<Storage> storage_;
+};
+}  // namespace conv_detail
 
 // ============================================================================================
 // Reference path: the design document, literally.
@@ -182,9 +222,10 @@ template <typename T>
 void conv2d_reference_forward(const Conv2dGeometry& g, const T* x, const T* w, const T* bias,
                               T* y) {
   const int64_t Hp = g.H + g.pad_top + g.pad_bottom, Wp = g.W + g.pad_left + g.pad_right;
-  std::vector<T> xp(static_cast<size_t>(g.N * Hp * Wp * g.C));
-  pad(x, g.N, g.H, g.W, g.C, g.pad_top, g.pad_bottom, g.pad_left, g.pad_right, xp.data());
-  conv_detail::reference_valid_conv(xp.data(), g.N, Hp, Wp, g.C, w, g.Q, g.FH, g.FW,
+  // N*Hp*Wp*C fits in int64 (make_conv2d_geometry); a size beyond memory is a MemoryError.
+  conv_detail::Scratch<T> xp(g.N * Hp * Wp * g.C, "conv2d_reference: padded input");
+  pad(x, g.N, g.H, g.W, g.C, g.pad_top, g.pad_bottom, g.pad_left, g.pad_right, xp.get());
+  conv_detail::reference_valid_conv(xp.get(), g.N, Hp, Wp, g.C, w, g.Q, g.FH, g.FW,
                                     g.stride_h, g.stride_w, bias, y);
 }
 
@@ -201,24 +242,31 @@ void conv2d_reference_backward_input(const Conv2dGeometry& g, const T* dy, const
   const int64_t Hp = g.H + g.pad_top + g.pad_bottom, Wp = g.W + g.pad_left + g.pad_right;
   const int64_t Hd = dilated_size(g.Ho, g.stride_h), Wd = dilated_size(g.Wo, g.stride_w);
   const int64_t rh = Hp - (Hd + g.FH - 1), rw = Wp - (Wd + g.FW - 1);  // untouched rows/cols
-  std::vector<T> dyd(static_cast<size_t>(g.N * Hd * Wd * g.Q));
-  dilate(dy, g.N, g.Ho, g.Wo, g.Q, g.stride_h, g.stride_w, dyd.data());
+  // Hd <= Hp and Hpp = Hp + FH - 1 (both fit: FH <= Hp); the buffer sizes are checked.
+  const std::string shapes = conv_detail::conv_shapes(g.N, g.H, g.W, g.C, g.Q, g.FH, g.FW, g.C);
+  conv_detail::Scratch<T> dyd(
+      checked_product({g.N, Hd, Wd, g.Q}, "conv2d_reference_backward: dilated dY " + shapes),
+      "conv2d_reference_backward: dilated dY");
+  dilate(dy, g.N, g.Ho, g.Wo, g.Q, g.stride_h, g.stride_w, dyd.get());
   const int64_t Hpp = Hd + 2 * (g.FH - 1) + rh, Wpp = Wd + 2 * (g.FW - 1) + rw;
-  std::vector<T> dydp(static_cast<size_t>(g.N * Hpp * Wpp * g.Q));
-  pad(dyd.data(), g.N, Hd, Wd, g.Q, g.FH - 1, g.FH - 1 + rh, g.FW - 1, g.FW - 1 + rw,
-      dydp.data());
-  std::vector<T> wr(static_cast<size_t>(g.C * g.FH * g.FW * g.Q));
-  flip_kernel(w, g.Q, g.FH, g.FW, g.C, wr.data());
-  std::vector<T> dxp(static_cast<size_t>(g.N * Hp * Wp * g.C));  // (Hpp - FH + 1) == Hp
-  conv_detail::reference_valid_conv(dydp.data(), g.N, Hpp, Wpp, g.Q, wr.data(), g.C, g.FH,
+  conv_detail::Scratch<T> dydp(
+      checked_product({g.N, Hpp, Wpp, g.Q}, "conv2d_reference_backward: padded dilated dY " + shapes),
+      "conv2d_reference_backward: padded dilated dY");
+  pad(dyd.get(), g.N, Hd, Wd, g.Q, g.FH - 1, g.FH - 1 + rh, g.FW - 1, g.FW - 1 + rw,
+      dydp.get());
+  conv_detail::Scratch<T> wr(g.C * g.FH * g.FW * g.Q, "conv2d_reference_backward: flipped kernel");
+  flip_kernel(w, g.Q, g.FH, g.FW, g.C, wr.get());
+  conv_detail::Scratch<T> dxp(g.N * Hp * Wp * g.C,  // (Hpp - FH + 1) == Hp; fits (geometry)
+                              "conv2d_reference_backward: padded dX");
+  conv_detail::reference_valid_conv(dydp.get(), g.N, Hpp, Wpp, g.Q, wr.get(), g.C, g.FH,
                                     g.FW, int64_t{1}, int64_t{1}, static_cast<const T*>(nullptr),
-                                    dxp.data());
+                                    dxp.get());
   for (int64_t n = 0; n < g.N; ++n)  // crop
     for (int64_t i = 0; i < g.H; ++i)
       for (int64_t j = 0; j < g.W; ++j)
         for (int64_t c = 0; c < g.C; ++c)
           dx[((n * g.H + i) * g.W + j) * g.C + c] =
-              dxp[((n * Hp + i + g.pad_top) * Wp + j + g.pad_left) * g.C + c];
+              dxp.get()[((n * Hp + i + g.pad_top) * Wp + j + g.pad_left) * g.C + c];
 }
 
 /// Reference kernel (and bias) gradient: the padded input convolved (stride 1) with the
@@ -229,11 +277,18 @@ template <typename T>
 void conv2d_reference_backward_weight(const Conv2dGeometry& g, const T* x, const T* dy, T* dw,
                                       T* db) {
   const int64_t Hp = g.H + g.pad_top + g.pad_bottom, Wp = g.W + g.pad_left + g.pad_right;
-  std::vector<T> xp(static_cast<size_t>(g.N * Hp * Wp * g.C));
-  pad(x, g.N, g.H, g.W, g.C, g.pad_top, g.pad_bottom, g.pad_left, g.pad_right, xp.data());
+  conv_detail::Scratch<T> xps(g.N * Hp * Wp * g.C,  // fits (make_conv2d_geometry)
+                              "conv2d_reference_backward: padded input");
+  const T* xp = xps.get();
+  pad(x, g.N, g.H, g.W, g.C, g.pad_top, g.pad_bottom, g.pad_left, g.pad_right, xps.get());
   const int64_t Hd = dilated_size(g.Ho, g.stride_h), Wd = dilated_size(g.Wo, g.stride_w);
-  std::vector<T> dyd(static_cast<size_t>(g.N * Hd * Wd * g.Q));
-  dilate(dy, g.N, g.Ho, g.Wo, g.Q, g.stride_h, g.stride_w, dyd.data());
+  conv_detail::Scratch<T> dyds(
+      checked_product({g.N, Hd, Wd, g.Q},
+                      "conv2d_reference_backward: dilated dY " +
+                          conv_detail::conv_shapes(g.N, g.H, g.W, g.C, g.Q, g.FH, g.FW, g.C)),
+      "conv2d_reference_backward: dilated dY");
+  const T* dyd = dyds.get();
+  dilate(dy, g.N, g.Ho, g.Wo, g.Q, g.stride_h, g.stride_w, dyds.get());
   for (int64_t h = 0; h < g.Q; ++h)
     for (int64_t c = 0; c < g.FH; ++c)
       for (int64_t d = 0; d < g.FW; ++d)
@@ -664,6 +719,8 @@ struct PackedB {
     K = K_;
     ncols = ncols_;
     narrow = ncols * 4 <= NR;
+    // K x ncols is (a part of) the kernel, already allocated: these sizes fit in int64.
+    checked_product({K, (ncols + NR - 1) / NR * NR}, [] { return "conv2d: packed kernel"; });
     if (narrow) {
       data.assign(static_cast<size_t>(K * ncols), T(0));
       for (int64_t j = 0; j < ncols; ++j)
@@ -806,6 +863,30 @@ void forward_im2col(const Conv2dGeometry& g, const T* x, int64_t r0, int64_t r1,
   }
 }
 
+// The fast paths that first copy the input into a zero-padded buffer (forward_direct,
+// backward_weight_smallc) are worth it only when that copy is about the size of the input.
+// With a huge padding or stride (valid: the output may be a few pixels) the copy would be
+// absurdly large, or its size would not even fit in int64, so those shapes take the im2col
+// paths instead, which read the padding as zeros without materialising it.
+inline bool padded_copy_is_small(const Conv2dGeometry& g, int64_t rows, int64_t row_values) {
+  int64_t elems = 0;
+  if (row_values < 0 || !product_fits({g.N, rows, row_values}, elems)) return false;
+  const int64_t input = g.N * g.H * g.W * g.C, output = g.N * g.Ho * g.Wo * g.Q;  // allocated
+  return elems <= saturating_add(saturating_mul(4, saturating_add(input, output)), int64_t{1} << 22);
+}
+
+// Values per padded input row of forward_direct: the padded width, extended on the right so
+// that the last block of kMR output columns never reads past a row; -1 when it overflows.
+inline int64_t forward_direct_row_values(const Conv2dGeometry& g) {
+  const int64_t wblocks = (g.Wo + kMR - 1) / kMR;
+  int64_t reach = 0, wpe = 0, values = 0;
+  if (!product_fits({wblocks * kMR - 1, g.stride_w}, reach) ||
+      __builtin_add_overflow(reach, g.FW, &reach))
+    return -1;
+  wpe = std::max(g.W + g.pad_left + g.pad_right, reach);
+  return product_fits({wpe, g.C}, values) ? values : -1;
+}
+
 // Small-depth forward (K = FH*FW*C <= KC, at least NR/4 filters): no im2col. The input is
 // copied once into a zero-padded buffer (one pass; extra zero columns on the right so the
 // last block of kMR output columns never reads past a row), then for each output row and
@@ -820,10 +901,8 @@ void forward_direct(const Conv2dGeometry& g, const T* x, const T* w, const T* bi
   const int64_t C = g.C, FH = g.FH, FW = g.FW, Q = g.Q, S_h = g.stride_h, S_w = g.stride_w;
   const int64_t len = FW * C, K = FH * len;
   const int64_t Hp = g.H + g.pad_top + g.pad_bottom;
-  const int64_t wblocks = (g.Wo + kMR - 1) / kMR;
-  const int64_t Wpe = std::max(g.W + g.pad_left + g.pad_right, (wblocks * kMR - 1) * S_w + FW);
-  const int64_t prow = Wpe * C;  // values per padded row
-  std::unique_ptr<T[]> xp(new T[static_cast<size_t>(std::max<int64_t>(g.N * Hp * prow, 1))]);
+  const int64_t prow = forward_direct_row_values(g);  // values per padded row (>= 0: see caller)
+  Scratch<T> xp(std::max<int64_t>(g.N * Hp * prow, 1), "conv2d: padded input copy");
   // Split only when the copy is large: a pool round trip costs ~0.1 ms, a 1 MiB copy about as much.
   parallel_for(0, g.N * Hp, std::max<int64_t>(1, (int64_t{1} << 18) / prow), [&](int64_t lo, int64_t hi) {
     for (int64_t r = lo; r < hi; ++r) {
@@ -881,7 +960,9 @@ void forward_direct(const Conv2dGeometry& g, const T* x, const T* w, const T* bi
 template <typename T>
 void conv2d_forward(const Conv2dGeometry& g, const T* x, const T* w, const T* bias, T* y) {
   const int64_t K = g.FH * g.FW * g.C, Q = g.Q;
-  if (K <= conv_detail::Tile<T>::KC && Q * 4 > conv_detail::Tile<T>::NR) {
+  if (K <= conv_detail::Tile<T>::KC && Q * 4 > conv_detail::Tile<T>::NR &&
+      conv_detail::padded_copy_is_small(g, g.H + g.pad_top + g.pad_bottom,
+                                        conv_detail::forward_direct_row_values(g))) {
     conv_detail::forward_direct(g, x, w, bias, y);  // small depth: no im2col (see above)
     return;
   }
@@ -920,7 +1001,7 @@ template <typename T>
 void backward_input_col2im(const Conv2dGeometry& g, const T* dy, const T* w, T* dx) {
   const int64_t C = g.C, Q = g.Q, FW = g.FW, K = g.FH * FW * C;
   const int64_t rows = g.N * g.Ho * g.Wo;
-  std::unique_ptr<T[]> dcol(new T[static_cast<size_t>(std::max<int64_t>(rows * K, 1))]);
+  Scratch<T> dcol(std::max<int64_t>(rows * K, 1), "conv2d backward: dY.W columns");  // <= 2^26 (caller)
   PackedB<T> B;
   B.pack(Q, K, [&](int64_t q, int64_t k) { return w[q * K + k]; });
   gather_gemm<T>(
@@ -966,6 +1047,13 @@ void backward_input_col2im(const Conv2dGeometry& g, const T* dy, const T* w, T* 
 }  // namespace conv_detail
 
 namespace conv_detail {
+
+// The phase (y + pad) mod S of input row (column) y = y0 < S, without forming y0 + pad mod S
+// from sizes that could overflow (S may be as large as int64 allows).
+inline int64_t phase_of(int64_t y0, int64_t pad, int64_t S) {
+  const int64_t t = pad % S;
+  return y0 < S - t ? y0 + t : y0 - (S - t);
+}
 
 #if NABLAGRAD_X86
 // AVX2 vector helpers of the small-C kernels (one vector of filters; masked loads for a tail).
@@ -1093,14 +1181,14 @@ void backward_input_smallc(const Conv2dGeometry& g, const T* dy, const T* w, T* 
 #if NABLAGRAD_X86
   const int64_t S_h = g.stride_h, S_w = g.stride_w, Q = g.Q, C = g.C;
   const int64_t NP = smallc_dx_np<T>(C);
-  for (int64_t ph = 0; ph < S_h; ++ph) {
-    const int64_t y0 = ((ph - g.pad_top) % S_h + S_h) % S_h;
-    const int64_t Hph = y0 < g.H ? (g.H - 1 - y0) / S_h + 1 : 0;
+  for (int64_t y0 = 0; y0 < std::min(S_h, g.H); ++y0) {  // the phases that own rows
+    const int64_t ph = phase_of(y0, g.pad_top, S_h);
+    const int64_t Hph = (g.H - 1 - y0) / S_h + 1;
     std::vector<int64_t> taps_h;
     for (int64_t fh = ph; fh < g.FH; fh += S_h) taps_h.push_back(fh);
-    for (int64_t pw = 0; pw < S_w; ++pw) {
-      const int64_t x0 = ((pw - g.pad_left) % S_w + S_w) % S_w;
-      const int64_t Wph = x0 < g.W ? (g.W - 1 - x0) / S_w + 1 : 0;
+    for (int64_t x0 = 0; x0 < std::min(S_w, g.W); ++x0) {
+      const int64_t pw = phase_of(x0, g.pad_left, S_w);
+      const int64_t Wph = (g.W - 1 - x0) / S_w + 1;
       if (g.N * Hph * Wph == 0) continue;
       std::vector<int64_t> taps_w;
       for (int64_t fw = pw; fw < g.FW; fw += S_w) taps_w.push_back(fw);
@@ -1189,20 +1277,23 @@ void conv2d_backward_input(const Conv2dGeometry& g, const T* dy, const T* w, T* 
     conv_detail::backward_input_smallc(g, dy, w, dx);
     return;
   }
+  int64_t col_values = 0;  // the dY.W buffer of col2im: N*Ho*Wo*FH*FW*C (may overflow int64)
   if (C * 4 <= conv_detail::Tile<T>::NR && Kfull * 4 > conv_detail::Tile<T>::NR &&
-      g.N * g.Ho * g.Wo * Kfull <= (int64_t{1} << 26)) {
+      product_fits({g.N, g.Ho, g.Wo, Kfull}, col_values) && col_values <= (int64_t{1} << 26)) {
     conv_detail::backward_input_col2im(g, dy, w, dx);  // few channels: GEMM + tap-table gather
     return;
   }
-  for (int64_t ph = 0; ph < S_h; ++ph) {
+  // Phases are visited by their first row y0 (first column x0): only the min(S, H) phases
+  // that own input rows exist (a stride of 2^40 has 2^40 phases, all but H of them empty).
+  for (int64_t y0 = 0; y0 < std::min(S_h, g.H); ++y0) {
     // Rows y of this phase: (y + pad_top) mod S_h == ph.
-    const int64_t y0 = ((ph - g.pad_top) % S_h + S_h) % S_h;
-    const int64_t Hph = y0 < g.H ? (g.H - 1 - y0) / S_h + 1 : 0;
+    const int64_t ph = conv_detail::phase_of(y0, g.pad_top, S_h);
+    const int64_t Hph = (g.H - 1 - y0) / S_h + 1;
     std::vector<int64_t> taps_h;
     for (int64_t fh = ph; fh < g.FH; fh += S_h) taps_h.push_back(fh);
-    for (int64_t pw = 0; pw < S_w; ++pw) {
-      const int64_t x0 = ((pw - g.pad_left) % S_w + S_w) % S_w;
-      const int64_t Wph = x0 < g.W ? (g.W - 1 - x0) / S_w + 1 : 0;
+    for (int64_t x0 = 0; x0 < std::min(S_w, g.W); ++x0) {
+      const int64_t pw = conv_detail::phase_of(x0, g.pad_left, S_w);
+      const int64_t Wph = (g.W - 1 - x0) / S_w + 1;
       const int64_t rows = g.N * Hph * Wph;
       if (rows == 0) continue;
       std::vector<int64_t> taps_w;
@@ -1420,9 +1511,10 @@ void backward_weight_smallc(const Conv2dGeometry& g, const T* x, const T* dy, T*
     pl.col_start.push_back(pl.len * i / ncg);
     pl.col_count.push_back(pl.len * (i + 1) / ncg - pl.len * i / ncg);
   }
-  // Zero-padded copy of the input (Xp of the document).
+  // Zero-padded copy of the input (Xp of the document); the caller checked that its size
+  // fits and is about that of the input (padded_copy_is_small).
   const int64_t rows_p = g.N * pl.Hp;
-  std::unique_ptr<T[]> xp(new T[static_cast<size_t>(std::max<int64_t>(rows_p * pl.prow, 1))]);
+  Scratch<T> xp(std::max<int64_t>(rows_p * pl.prow, 1), "conv2d backward: padded input copy");
   parallel_for(0, rows_p, std::max<int64_t>(1, (int64_t{1} << 18) / pl.prow), [&](int64_t lo, int64_t hi) {
     for (int64_t r = lo; r < hi; ++r) {
       T* dst = xp.get() + r * pl.prow;
@@ -1445,13 +1537,15 @@ void backward_weight_smallc(const Conv2dGeometry& g, const T* x, const T* dy, T*
   int64_t chunk_rows = std::max<int64_t>(1, (int64_t{32} << 10) / row_bytes);
   chunk_rows = std::max(chunk_rows, (out_rows + 4095) / 4096);
   const int64_t nchunks = std::max<int64_t>(1, (out_rows + chunk_rows - 1) / chunk_rows);
-  std::vector<T> partial(static_cast<size_t>(nchunks * K * Q), T(0));
-  std::vector<T> dbpartial(static_cast<size_t>(nchunks * Q), T(0));
+  const char* const what_p = "conv2d backward: weight partial sums";
+  const char* const what_b = "conv2d backward: bias partial sums";
+  Scratch<T> partial(checked_product({nchunks, K, Q}, what_p), what_p, true);
+  Scratch<T> dbpartial(checked_product({nchunks, Q}, what_b), what_b, true);
   const bool avx2 = use_avx2();
   constexpr int64_t VL = 32 / sizeof(T);  // filters per block: one AVX2 vector
   parallel_chunks(out_rows, chunk_rows, [&](int64_t ci, int64_t r0, int64_t r1) {
-    T* P = partial.data() + ci * K * Q;  // P[k*Q + q], k = fh*len + j
-    T* dbp = dbpartial.data() + ci * Q;
+    T* P = partial.get() + ci * K * Q;  // P[k*Q + q], k = fh*len + j
+    T* dbp = dbpartial.get() + ci * Q;
     alignas(32) T acc[12 * 8];
     alignas(32) T accb[8];
     for (int64_t q0 = 0; q0 < Q; q0 += VL) {
@@ -1485,16 +1579,18 @@ void backward_weight_smallc(const Conv2dGeometry& g, const T* x, const T* dy, T*
     }
   });
   // Partials in chunk order: dW[q, k] = sum_c P_c[k, q], db[q] = sum_c dbP_c[q].
+  const T* Pc = partial.get();
+  const T* dbc = dbpartial.get();
   for (int64_t k = 0; k < K; ++k)
     for (int64_t q = 0; q < Q; ++q) {
-      T s = partial[k * Q + q];
-      for (int64_t c = 1; c < nchunks; ++c) s += partial[(c * K + k) * Q + q];
+      T s = Pc[k * Q + q];
+      for (int64_t c = 1; c < nchunks; ++c) s += Pc[(c * K + k) * Q + q];
       dw[q * K + k] = s;
     }
   if (db)
     for (int64_t q = 0; q < Q; ++q) {
-      T s = dbpartial[q];
-      for (int64_t c = 1; c < nchunks; ++c) s += dbpartial[c * Q + q];
+      T s = dbc[q];
+      for (int64_t c = 1; c < nchunks; ++c) s += dbc[c * Q + q];
       db[q] = s;
     }
 }
@@ -1512,7 +1608,8 @@ void backward_weight_smallc(const Conv2dGeometry& g, const T* x, const T* dy, T*
 template <typename T>
 void conv2d_backward_weight(const Conv2dGeometry& g, const T* x, const T* dy, T* dw, T* db) {
   using namespace conv_detail;
-  if (g.C <= 4 && g.N * g.Ho > 0) {  // few input channels: direct, no im2col (see above)
+  if (g.C <= 4 && g.N * g.Ho > 0 &&  // few input channels: direct, no im2col (see above)
+      padded_copy_is_small(g, g.H + g.pad_top + g.pad_bottom, (g.W + g.pad_left + g.pad_right) * g.C)) {
     backward_weight_smallc(g, x, dy, dw, db);
     return;
   }
@@ -1530,14 +1627,18 @@ void conv2d_backward_weight(const Conv2dGeometry& g, const T* x, const T* dy, T*
   nchunk_target = std::max<int64_t>(1, std::min<int64_t>(nchunk_target, (64 << 20) / partial_bytes));
   const int64_t chunk = std::max<int64_t>(PT, round_up((pixels + nchunk_target - 1) / nchunk_target, PT));
   const int64_t nchunks = std::max<int64_t>(1, (pixels + chunk - 1) / chunk);
-  std::vector<T> partial(static_cast<size_t>(nchunks * Kpad * ldq), T(0));
-  std::vector<T> dbpartial(static_cast<size_t>(nchunks * Q), T(0));
+  const char* const what_p = "conv2d backward: weight partial sums";
+  const char* const what_b = "conv2d backward: bias partial sums";
+  Scratch<T> partial_buf(checked_product({nchunks, Kpad, ldq}, what_p), what_p, true);
+  Scratch<T> dbpartial_buf(checked_product({nchunks, Q}, what_b), what_b, true);
+  T* const partial = partial_buf.get();
+  T* const dbpartial = dbpartial_buf.get();
   const bool avx2 = use_avx2();
   parallel_chunks(pixels, chunk, [&](int64_t ci, int64_t lo, int64_t hi) {
     std::vector<T> tile(static_cast<size_t>(PT * Kpad), T(0));  // columns K..Kpad stay zero
     std::vector<T> dyp(static_cast<size_t>(panels * PT * NR), T(0));
-    T* P = partial.data() + ci * Kpad * ldq;
-    T* dbp = dbpartial.data() + ci * Q;
+    T* P = partial + ci * Kpad * ldq;
+    T* dbp = dbpartial + ci * Q;
     for (int64_t p0 = lo; p0 < hi; p0 += PT) {
       const int64_t p1 = std::min(hi, p0 + PT), np = p1 - p0;
       forward_im2col(g, x, p0, p1, tile.data(), Kpad);

@@ -52,6 +52,7 @@
 #include <new>
 #include <type_traits>
 
+#include "nablagrad/checked.h"
 #include "nablagrad/kernels/simd.h"
 #include "nablagrad/threading.h"
 
@@ -558,7 +559,9 @@ void gemm(int64_t M, int64_t N, int64_t K,
       for (int64_t i = 0; i < M; ++i) std::fill(C + i * ldc, C + i * ldc + N, T(0));
     return;
   }
-  const int64_t work = M * N * K;
+  // Multiply-adds, saturated: it only picks a schedule (a wrapped product would send a huge
+  // problem down the single-threaded naive loop).
+  const int64_t work = saturating_mul(saturating_mul(M, N), K);
   if (work <= kGemmDirectThreshold) {
     gemm_reference(M, N, K, A, a_rs, a_cs, B, b_rs, b_cs, C, ldc, accumulate);
     return;
@@ -571,7 +574,7 @@ void gemm(int64_t M, int64_t N, int64_t K,
     return;
   }
   // Give every thread at least ~threshold/2 of work.
-  if (threshold > 0) threads = std::min<int64_t>(threads, std::max<int64_t>(1, 2 * work / threshold));
+  if (threshold > 0) threads = std::min<int64_t>(threads, std::max<int64_t>(1, saturating_mul(2, work) / threshold));
 
   // Split M x N into a tm x tn grid of blocks whose edges fall on tile boundaries. Pick the
   // grid that minimises the largest block (in tiles), then the packing traffic per thread.

@@ -29,6 +29,7 @@
 #include <string>
 #include <vector>
 
+#include "../checked.h"
 #include "../threading.h"
 
 namespace nablagrad {
@@ -63,10 +64,17 @@ inline Pool2dGeometry make_pool2d_geometry(int64_t N, int64_t H, int64_t W, int6
   if (stride_w == 0) stride_w = KW;
   if (pad_h < 0 || pad_w < 0) fail("padding must be >= 0");
   if (pad_h > KH / 2 || pad_w > KW / 2) fail("padding must be at most half the kernel size");  // no 2*pad overflow
-  if (KH > H + 2 * pad_h || KW > W + 2 * pad_w) fail("kernel is larger than the padded input");
-  return Pool2dGeometry{N,        H,        W,     C,     KH,
-                        KW,       stride_h, stride_w, pad_h, pad_w,
-                        (H + 2 * pad_h - KH) / stride_h + 1, (W + 2 * pad_w - KW) / stride_w + 1};
+  auto about = [&](const char* what) { return [&desc, what] { return "pool2d: " + std::string(what) + " " + desc.str(); }; };
+  const int64_t hp = checked_add(H, 2 * pad_h, about("padded height"));
+  const int64_t wp = checked_add(W, 2 * pad_w, about("padded width"));
+  if (KH > hp || KW > wp) fail("kernel is larger than the padded input");
+  // The sizes the kernels form from these: the output (N, Ho, Wo, C) and the window area
+  // KH*KW (the average's divisor with count_include_pad); neither may overflow int64.
+  const Pool2dGeometry g{N,  H,        W,        C,     KH,    KW, stride_h, stride_w, pad_h, pad_w,
+                         (hp - KH) / stride_h + 1, (wp - KW) / stride_w + 1};
+  checked_product({N, g.Ho, g.Wo, C}, about("the output (N, Ho, Wo, C) has too many elements"));
+  checked_mul(KH, KW, about("the window (kernel_size) has too many elements"));
+  return g;
 }
 
 /// y[n,ho,wo,c] = max over the window; argmax[n,ho,wo,c] = ih*W + iw of the first maximum.

@@ -28,8 +28,15 @@ inline Tensor bmm_raw(const Tensor& a, const Tensor& b) {
   Shape out_shape = batch;
   out_shape.push_back(M);
   out_shape.push_back(N);
+  shape_numel(out_shape, [&] { return "matmul: shapes " + shape_str(a.shape()) + " and " + shape_str(b.shape()); });
   Tensor out = Tensor::empty(out_shape, a.dtype());
   const int64_t nb = shape_numel(batch);
+  // Operands may be stride-0 broadcast views of any logical size: a product needing more
+  // multiply-adds than int64 counts (it could never finish) is refused, not wrapped.
+  checked_product({nb, M, N, K}, [&] {
+    return "matmul: shapes " + shape_str(a.shape()) + " and " + shape_str(b.shape()) +
+           " need too many multiply-adds (batch * M * N * K)";
+  });
   // Batch strides of each operand, broadcast (0 along broadcast axes).
   auto batch_strides = [&](const Tensor& t, const Shape& tb) {
     Shape st(batch.size(), 0);
@@ -97,7 +104,8 @@ inline Tensor matmul(const Tensor& a_in, const Tensor& b_in) {
   // A batched a times a 2-D b folds the batch into the rows: one GEMM, and the weight
   // gradient of a linear layer becomes one GEMM too.
   const bool fold = b.dim() == 2 && a.dim() > 2;
-  const Tensor a2 = fold ? detail::reshape_raw(a, {shape_numel(a.shape()) / ka, ka}) : a;
+  // Rows = product of a's leading dims (not numel / K, which divides by zero when K == 0).
+  const Tensor a2 = fold ? detail::reshape_raw(a, {shape_numel(Shape(a.shape().begin(), a.shape().end() - 1)), ka}) : a;
   Tensor out = detail::bmm_raw(a2, b);
   out = out.as_strided(result_shape, contiguous_strides(result_shape), out.offset());
   if (any_requires_grad({&a_in, &b_in})) {
@@ -116,7 +124,7 @@ inline Tensor matmul(const Tensor& a_in, const Tensor& b_in) {
       // dA = dC @ B^T, dB = A^T @ dC; each reduced over the batch axes it was broadcast along.
       if (need_a) gi[0] = detail::reshape_raw(sum_to(detail::bmm_raw(g, detail::swap_last_two(sb)), a2_shape), shape_a);
       if (need_b) gi[1] = detail::reshape_raw(sum_to(detail::bmm_raw(detail::swap_last_two(sa), g), b2_shape), shape_b);
-    });
+    }, {sa, sb});
   }
   return out;
 }

@@ -51,7 +51,8 @@ inline Shape infer_reshape(const Shape& in, const Shape& spec, const char* op) {
       throw std::invalid_argument(std::string(op) + ": invalid dimension " + std::to_string(spec[i]) + " in shape " +
                                   shape_str(spec));
     } else if (__builtin_mul_overflow(known, spec[i], &known)) {
-      shape_numel(spec);  // throws: the shape has more elements than int64 can count
+      throw std::invalid_argument(std::string(op) + ": shape " + shape_str(spec) +
+                                  " has too many elements (overflows int64)");
     }
   }
   Shape out = spec;
@@ -65,6 +66,10 @@ inline Shape infer_reshape(const Shape& in, const Shape& spec, const char* op) {
                                 std::to_string(numel) + " elements) into shape " + shape_str(spec) + " (" +
                                 std::to_string(known) + " elements)");
   }
+  // A zero-size tensor matches any shape with a 0 in it, but the other sizes must still be
+  // countable (NumPy's rule, which every later product of sizes relies on): (0, 2^62, 4) is
+  // refused here instead of overflowing in flatten, strides or a reduction.
+  shape_numel(out);
   return out;
 }
 
@@ -172,8 +177,7 @@ inline Tensor flatten(const Tensor& x, int64_t start = 0, int64_t end = -1) {
     throw std::invalid_argument("flatten: start dimension " + std::to_string(start) + " comes after end dimension " +
                                 std::to_string(end) + " for a tensor of shape " + shape_str(x.shape()));
   Shape shape(x.shape().begin(), x.shape().begin() + s);
-  int64_t merged = 1;
-  for (int64_t i = s; i <= e; ++i) merged *= x.shape()[i];
+  const int64_t merged = shape_numel(Shape(x.shape().begin() + s, x.shape().begin() + e + 1));  // checked
   shape.push_back(merged);
   shape.insert(shape.end(), x.shape().begin() + e + 1, x.shape().end());
   return reshape(x, shape);
@@ -386,7 +390,9 @@ inline Tensor apply_view(const Tensor& t, const std::vector<ViewStep>& steps) {
       case ViewStep::Kind::Slice:
         if (s.len > 0) offset += s.start * t.strides()[s.dim];
         shape.push_back(s.len);
-        strides.push_back(s.step * t.strides()[s.dim]);
+        // With 2+ elements step*stride lies inside the storage; with 0 or 1 it is never used,
+        // and a huge step (x[::2**62]) must not overflow forming it.
+        strides.push_back(s.len > 1 ? s.step * t.strides()[s.dim] : t.strides()[s.dim]);
         break;
       case ViewStep::Kind::NewAxis:
         shape.push_back(1);
@@ -533,6 +539,10 @@ inline ResolvedIndex resolve_index(const Shape& in, const std::vector<TensorInde
   rest.insert(rest.end(), r.view_shape.begin() + a.axis + a.ndims, r.view_shape.end());
   r.out_shape = rest;
   r.out_shape.insert(r.out_shape.begin() + a.out_axis, a.index_shape.begin(), a.index_shape.end());
+  shape_numel(r.out_shape, [&] {
+    return std::string(op) + ": indexing a tensor of shape " + shape_str(in) + " with an index of shape " +
+           shape_str(a.index_shape);
+  });
   return r;
 }
 
@@ -680,9 +690,17 @@ inline Tensor concatenate(const std::vector<Tensor>& xs, int64_t axis_in = 0) {
       throw std::invalid_argument("concatenate: input " + std::to_string(i) + " has shape " + shape_str(s) +
                                   ", which does not match input 0's shape " + shape_str(first) +
                                   " outside axis " + std::to_string(axis));
-    shape[axis] += s[axis];
+    shape[axis] = checked_add(shape[axis], s[axis], [&] {
+      return "concatenate: the joined axis " + std::to_string(axis) + " of " + std::to_string(xs.size()) +
+             " inputs of shape " + shape_str(first) + " (at input " + std::to_string(i) + ", shape " + shape_str(s) +
+             ") has too many elements";
+    });
     dt = promote_types(dt, xs[i].dtype());
   }
+  shape_numel(shape, [&] {
+    return "concatenate: joining " + std::to_string(xs.size()) + " inputs of shape " + shape_str(first) +
+           " along axis " + std::to_string(axis);
+  });
   Tensor out = Tensor::empty(shape, dt);
   const Shape& ost = out.strides();
   std::vector<int64_t> starts;
