@@ -12,7 +12,8 @@
 //     depend on the thread count, then combine the partials in chunk order.
 // A task that throws does not hang the pool: the first exception is rethrown to the caller
 // once every chunk has finished. A parallel_for called from inside a task runs inline
-// (serially) instead of deadlocking.
+// (serially) instead of deadlocking. Any thread may call get/set_num_threads at any time,
+// except set_num_threads from inside a task, which throws instead of waiting for itself.
 #pragma once
 
 #include <algorithm>
@@ -42,24 +43,29 @@ class ThreadPool {
   ThreadPool& operator=(const ThreadPool&) = delete;
   ~ThreadPool() { stop_workers(); }
 
-  /// Number of threads that run a parallel region (the caller included), >= 1.
-  int num_threads() const { return num_threads_; }
+  /// Number of threads that run a parallel region (the caller included), >= 1. Any thread
+  /// may ask at any time, also while another resizes the pool.
+  int num_threads() const { return num_threads_.load(std::memory_order_relaxed); }
 
-  /// Resizes the pool; n < 1 is an error. Not to be called from inside a task.
+  /// Resizes the pool; n < 1 is an error. Safe to call from any thread: it waits for the
+  /// parallel region in progress to finish. Called from inside a task (where that wait could
+  /// never end) it throws std::runtime_error.
   void set_num_threads(int n) {
     if (n < 1) throw std::invalid_argument("set_num_threads: n must be >= 1, got " + std::to_string(n));
     if (n > kMaxThreads)
       throw std::invalid_argument("set_num_threads: n must be <= " + std::to_string(kMaxThreads) + ", got " +
                                   std::to_string(n));
+    if (in_task())
+      throw std::runtime_error("set_num_threads: cannot resize the thread pool from inside a parallel region");
     std::lock_guard<std::mutex> guard(run_mutex_);
-    if (n == num_threads_) return;
+    if (n == num_threads()) return;
     stop_workers();
-    num_threads_ = n;
+    num_threads_.store(n, std::memory_order_relaxed);
     try {
       start_workers();
     } catch (const std::system_error& e) {  // the OS refused a thread: fall back to one thread
       stop_workers();
-      num_threads_ = 1;
+      num_threads_.store(1, std::memory_order_relaxed);
       throw std::runtime_error(std::string("set_num_threads: could not start ") + std::to_string(n) +
                                " threads (" + e.what() + "); the pool now runs on 1 thread");
     }
@@ -68,7 +74,7 @@ class ThreadPool {
   /// Runs fn(i) for every i in [0, ntasks) and returns when all are done.
   void run(int64_t ntasks, const std::function<void(int64_t)>& fn) {
     if (ntasks <= 0) return;
-    if (ntasks == 1 || num_threads_ == 1 || in_task()) {
+    if (ntasks == 1 || num_threads() == 1 || in_task()) {
       for (int64_t i = 0; i < ntasks; ++i) fn(i);
       return;
     }
@@ -104,7 +110,7 @@ class ThreadPool {
  private:
   ThreadPool() {
     unsigned hw = std::thread::hardware_concurrency();
-    num_threads_ = hw == 0 ? 1 : static_cast<int>(hw);
+    num_threads_.store(hw == 0 ? 1 : static_cast<int>(hw), std::memory_order_relaxed);
     start_workers();
   }
 
@@ -184,10 +190,16 @@ class ThreadPool {
     }
   }
 
+  // Called with no worker running (first start, or after stop_workers() joined them all)
+  // and, after construction, under run_mutex_, which also guards workers_.
   void start_workers() {
-    stopping_ = false;
-    stopping_flag_.store(false);
-    for (int i = 1; i < num_threads_; ++i) workers_.emplace_back([this] { worker_loop(); });
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      stopping_ = false;
+      stopping_flag_.store(false);
+    }
+    const int n = num_threads();
+    for (int i = 1; i < n; ++i) workers_.emplace_back([this] { worker_loop(); });
   }
 
   void stop_workers() {
@@ -201,7 +213,7 @@ class ThreadPool {
     workers_.clear();
   }
 
-  int num_threads_ = 1;
+  std::atomic<int> num_threads_{1};  // read without locks by every parallel_for; written under run_mutex_
   std::vector<std::thread> workers_;
   std::mutex run_mutex_;  // serialises parallel regions started by different user threads
   std::mutex mutex_;
