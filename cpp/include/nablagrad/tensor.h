@@ -17,6 +17,7 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -35,6 +36,8 @@
 #if defined(__unix__) || defined(__APPLE__)
 #include <unistd.h>
 #endif
+
+#include "checked.h"
 
 namespace nablagrad {
 
@@ -140,6 +143,17 @@ inline int64_t shape_numel(const Shape& s) {
                                   (d < 0 ? " has a negative dimension" : " has too many elements (overflows int64)"));
   }
   return zero ? 0 : n;
+}
+
+/// shape_numel of a result shape an op computed, with `context` (a string, or a callable
+/// returning one: the op and its input shapes) in front of the message when it overflows.
+template <typename What>
+inline int64_t shape_numel(const Shape& s, const What& context) {
+  try {
+    return shape_numel(s);
+  } catch (const std::invalid_argument& e) {
+    throw std::invalid_argument(checked_detail::describe(context) + ": the result " + e.what());
+  }
 }
 
 inline Shape contiguous_strides(const Shape& shape) {
@@ -331,7 +345,8 @@ class Storage {
 
   /// Bumped by every in-place write through any view; autograd compares it with the value
   /// seen when an op saved the data, to refuse gradients computed from overwritten values.
-  uint64_t version = 0;
+  /// Atomic: one thread may run backward (reading it) while another writes the tensor.
+  std::atomic<uint64_t> version{0};
 
  private:
   void* data_ = nullptr;
@@ -367,13 +382,84 @@ struct TensorImpl {
   // autograd state (see autograd.h)
   bool requires_grad = false;
   std::shared_ptr<Node> grad_fn;          // set on results of recorded ops
+  uint32_t output_nr = 0;                 // which output of grad_fn this tensor is
   std::shared_ptr<TensorImpl> grad;       // accumulated gradient of a leaf
 };
+
+namespace detail {
+// Leaves' .grad pointers are read and replaced under one mutex: several threads may run
+// backward through graphs sharing a leaf (Hogwild-style training) while another reads or
+// resets .grad (the Python getter and setter, which hold the GIL).
+// Lock order: the GIL, then this mutex; never the reverse. So nothing is ever destroyed
+// while the mutex is held: a replaced gradient can be the last owner of memory borrowed
+// from NumPy, whose deleter takes the GIL. Every function below moves the pointer it
+// replaces out under the lock and lets it die after the lock is released.
+inline std::mutex& leaf_grad_mutex() {
+  static std::mutex m;
+  return m;
+}
+
+/// The leaf's accumulated gradient (null when it has none), read under leaf_grad_mutex().
+inline std::shared_ptr<TensorImpl> get_leaf_grad(const TensorImpl& leaf) {
+  std::lock_guard<std::mutex> lock(leaf_grad_mutex());
+  return leaf.grad;
+}
+
+/// Replaces the leaf's gradient (null clears it); shape and dtype are the caller's to check.
+/// The old gradient is released after the lock.
+inline void set_leaf_grad(TensorImpl& leaf, std::shared_ptr<TensorImpl> grad) {
+  {
+    std::lock_guard<std::mutex> lock(leaf_grad_mutex());
+    leaf.grad.swap(grad);
+  }
+  grad.reset();  // the old gradient, outside the lock
+}
+}  // namespace detail
 
 class Tensor {
  public:
   Tensor() = default;
   explicit Tensor(std::shared_ptr<TensorImpl> impl) : impl_(std::move(impl)) {}
+
+  /// 1-D tensors from C++ values; the element type decides the dtype (float -> float32,
+  /// double -> float64, int / int64_t -> int64), as with libtorch's at::tensor:
+  ///     Tensor a{1.f, 2.f, 3.f};                         // float32, shape (3,)
+  ///     Tensor b(std::vector<double>{0.5, 1.5});          // float64, shape (2,)
+  ///     Tensor c = Tensor::from_vector(v, {2, 3});        // any shape; see also tensor()
+  explicit Tensor(const std::vector<float>& values) : Tensor(from_vector(values, {static_cast<int64_t>(values.size())})) {}
+  explicit Tensor(const std::vector<double>& values) : Tensor(from_vector(values, {static_cast<int64_t>(values.size())})) {}
+  explicit Tensor(const std::vector<int64_t>& values) : Tensor(from_vector(values, {static_cast<int64_t>(values.size())})) {}
+  explicit Tensor(std::initializer_list<float> values) : Tensor(std::vector<float>(values)) {}
+  explicit Tensor(std::initializer_list<double> values) : Tensor(std::vector<double>(values)) {}
+  explicit Tensor(std::initializer_list<int> values) : Tensor(std::vector<int64_t>(values.begin(), values.end())) {}
+
+  /// A contiguous tensor of `shape` holding `values` in row-major order, converted to
+  /// `dtype` (default: float -> float32, double -> float64, integers -> int64, bool -> bool).
+  /// std::invalid_argument when the number of values is not the shape's element count.
+  template <typename T>
+  static Tensor from_vector(const std::vector<T>& values, const Shape& shape, DType dtype) {
+    static_assert(std::is_arithmetic<T>::value, "from_vector: values must be numbers or bools");
+    const int64_t n = shape_numel(shape);
+    if (n != static_cast<int64_t>(values.size()))
+      throw std::invalid_argument("from_vector: " + std::to_string(values.size()) +
+                                  " values cannot fill a tensor of shape " + shape_str(shape) + " (" +
+                                  std::to_string(n) + " elements)");
+    Tensor t = empty(shape, dtype);
+    dispatch_all(dtype, [&](auto tag) {
+      using D = typename decltype(tag)::type;
+      D* out = static_cast<D*>(t.raw_data());
+      for (int64_t i = 0; i < n; ++i) out[i] = convert_value<D>(values[static_cast<std::size_t>(i)]);
+    });
+    return t;
+  }
+  template <typename T>
+  static Tensor from_vector(const std::vector<T>& values, const Shape& shape) {
+    constexpr DType d = std::is_same<T, bool>::value ? DType::Bool
+                        : std::is_same<T, double>::value ? DType::Float64
+                        : std::is_floating_point<T>::value ? DType::Float32
+                                                           : DType::Int64;
+    return from_vector(values, shape, d);
+  }
 
   /// Uninitialised contiguous tensor.
   static Tensor empty(const Shape& shape, DType dtype = DType::Float32) {
@@ -407,8 +493,10 @@ class Tensor {
   static Tensor from_blob(void* data, const Shape& shape, const Shape& strides, DType dtype,
                           std::shared_ptr<void> owner) {
     auto impl = std::make_shared<TensorImpl>();
-    std::size_t span = 1;
-    for (std::size_t i = 0; i < shape.size(); ++i) span += static_cast<std::size_t>((shape[i] - 1) * strides[i]);
+    // Elements spanned (non-negative strides); 0 for an empty shape, where (size - 1) * stride
+    // would be negative and wrap.
+    std::size_t span = shape_numel(shape) == 0 ? 0 : 1;
+    for (std::size_t i = 0; span && i < shape.size(); ++i) span += static_cast<std::size_t>((shape[i] - 1) * strides[i]);
     impl->storage = Storage::borrow(data, span * dtype_size(dtype), std::move(owner));
     impl->shape = shape;
     impl->strides = strides;
@@ -428,6 +516,90 @@ class Tensor {
   int64_t numel() const { return shape_numel(impl_->shape); }
   DType dtype() const { return impl_->dtype; }
   bool requires_grad() const { return impl_->requires_grad; }
+
+  // --- autograd and math in libtorch's spelling. The members declared without a body are
+  // defined in tensor_api.h (they need autograd.h and the ops); nablagrad.h and
+  // tensor_operations.h include it.
+  /// Makes a leaf record gradients (on = true) or stop recording them. Throws
+  /// std::runtime_error for a non-float dtype, or for on = false on a non-leaf (a result of a
+  /// recorded op; use detach()). On a non-leaf, on = true is a no-op, as in PyTorch.
+  Tensor& requires_grad_(bool on = true) {
+    if (on && !is_floating(impl_->dtype))
+      throw std::runtime_error(std::string("requires_grad_: only floating point tensors can require gradients, "
+                                           "got dtype ") + dtype_name(impl_->dtype));
+    if (!on && !is_leaf())
+      throw std::runtime_error("requires_grad_: requires_grad can only be changed on leaf tensors; use detach() "
+                               "on a result of an op");
+    impl_->requires_grad = on;
+    return *this;
+  }
+  /// True unless the tensor is the result of a recorded op.
+  bool is_leaf() const { return !impl_->grad_fn; }
+  /// The gradient accumulated by backward() (leaves only); an undefined Tensor (check
+  /// defined()) when there is none.
+  Tensor grad() const {
+    std::shared_ptr<TensorImpl> g = detail::get_leaf_grad(*impl_);  // under the leaf mutex
+    return g ? Tensor(std::move(g)) : Tensor();
+  }
+  /// Replaces the gradient (undefined: clears it). Same shape (std::invalid_argument) and
+  /// dtype (std::domain_error) as the tensor.
+  void set_grad(const Tensor& g) {
+    if (!g.defined()) {
+      detail::set_leaf_grad(*impl_, nullptr);
+      return;
+    }
+    if (g.shape() != shape())
+      throw std::invalid_argument("set_grad: gradient of shape " + shape_str(g.shape()) +
+                                  " for a tensor of shape " + shape_str(shape()));
+    if (g.dtype() != dtype())
+      throw std::domain_error(std::string("set_grad: gradient of dtype ") + dtype_name(g.dtype()) +
+                              " for a tensor of dtype " + dtype_name(dtype()));
+    detail::set_leaf_grad(*impl_, g.impl_ptr());
+  }
+  /// Drops the gradient (the next backward() starts from none).
+  void reset_grad() { detail::set_leaf_grad(*impl_, nullptr); }
+  /// Back-propagates from this tensor (see nablagrad::backward in autograd.h): `grad` is the
+  /// gradient of this tensor (undefined: it must have one element, and the gradient is 1).
+  inline void backward(const Tensor& grad = Tensor(), bool retain_graph = false) const;
+  /// The single element as T (converted from the dtype); std::invalid_argument when the
+  /// tensor does not have exactly one element.
+  template <typename T>
+  T item() const {
+    static_assert(std::is_arithmetic<T>::value, "item<T>: T must be a number or bool");
+    if (numel() != 1)
+      throw std::invalid_argument("item: only a tensor with one element can be converted to a scalar, got shape " +
+                                  shape_str(shape()));
+    return dispatch_all(dtype(), [&](auto tag) {
+      using S = typename decltype(tag)::type;
+      return convert_value<T>(*static_cast<const S*>(raw_data()));
+    });
+  }
+  /// The same data without autograd history (shares storage).
+  Tensor detach() const { return alias(); }
+  inline Tensor to(DType dtype) const;  // astype
+  inline Tensor sum(const std::vector<int64_t>& axes = {}, bool keepdims = false) const;
+  inline Tensor mean(const std::vector<int64_t>& axes = {}, bool keepdims = false) const;
+  inline Tensor max(const std::vector<int64_t>& axes = {}, bool keepdims = false) const;
+  inline Tensor min(const std::vector<int64_t>& axes = {}, bool keepdims = false) const;
+  inline Tensor reshape(const Shape& shape) const;
+  inline Tensor view(const Shape& shape) const;
+  inline Tensor flatten(int64_t start = 0, int64_t end = -1) const;
+  inline Tensor transpose(int64_t axis_a, int64_t axis_b) const;
+  inline Tensor permute(const std::vector<int64_t>& dims) const;
+  inline Tensor contiguous() const;
+  inline Tensor matmul(const Tensor& other) const;
+  template <typename S>
+  inline Tensor pow(S exponent) const;  // scalar exponent (dtype as the operators)
+  inline Tensor pow(const Tensor& exponent) const;
+  inline Tensor relu() const;
+  inline Tensor sigmoid() const;
+  inline Tensor tanh() const;
+  inline Tensor exp() const;
+  inline Tensor log() const;
+  inline Tensor sqrt() const;
+  inline Tensor abs() const;
+  inline Tensor softmax(int64_t axis = -1) const;
+  inline Tensor log_softmax(int64_t axis = -1) const;
   /// In-place write counter of the underlying storage (shared by all views).
   uint64_t version() const { return impl_->storage->version; }
   void bump_version() const { ++impl_->storage->version; }
