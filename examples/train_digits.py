@@ -3,43 +3,30 @@
     python examples/train_digits.py [--epochs 12] [--threads 2]
 
 Data: the UCI 8x8 digits shipped in nablagrad.datasets (1797 images, NHWC). The model is
-written with the functional API only: conv(3x3, 1->16) - relu - maxpool(2) - conv(3x3,
-16->32) - relu - maxpool(2) - linear(128 -> 10), trained with Adam on cross-entropy.
+an nn.Sequential of built-in layers: conv(3x3, 1->16) - relu - maxpool(2) - conv(3x3,
+16->32) - relu - maxpool(2) - flatten - linear(128 -> 10), trained with Adam on
+cross-entropy. (benchmarks/nn_digits.py times an epoch of it against PyTorch.)
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import time
-from typing import Dict, List
+from typing import List
 
 import numpy as np
 
 import nablagrad as ng
 import nablagrad.functional as F
+from nablagrad import nn
 from nablagrad.datasets import load_digits
 
 
-def init_params(rng: np.random.Generator) -> Dict[str, ng.Tensor]:
-    def kaiming(shape: tuple, fan_in: int) -> ng.Tensor:
-        bound = math.sqrt(6.0 / fan_in)
-        return ng.tensor(rng.uniform(-bound, bound, size=shape).astype(np.float32), requires_grad=True)
-
-    return {
-        "conv1.weight": kaiming((16, 3, 3, 1), 9),
-        "conv1.bias": ng.zeros(16, requires_grad=True),
-        "conv2.weight": kaiming((32, 3, 3, 16), 9 * 16),
-        "conv2.bias": ng.zeros(32, requires_grad=True),
-        "fc.weight": kaiming((10, 128), 128),
-        "fc.bias": ng.zeros(10, requires_grad=True),
-    }
-
-
-def forward(p: Dict[str, ng.Tensor], x: ng.Tensor) -> ng.Tensor:
-    h = F.max_pool2d(F.relu(F.conv2d(x, p["conv1.weight"], p["conv1.bias"], padding=1)), 2)  # (N,4,4,16)
-    h = F.max_pool2d(F.relu(F.conv2d(h, p["conv2.weight"], p["conv2.bias"], padding=1)), 2)  # (N,2,2,32)
-    return F.linear(h.reshape(h.shape[0], -1), p["fc.weight"], p["fc.bias"])
+def build_model() -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # (N, 4, 4, 16)
+        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # (N, 2, 2, 32)
+        nn.Flatten(), nn.Linear(128, 10))
 
 
 class Adam:
@@ -67,9 +54,11 @@ class Adam:
             q.grad = None
 
 
-def accuracy(p: Dict[str, ng.Tensor], x: np.ndarray, y: np.ndarray) -> float:
+def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
+    model.eval()
     with ng.no_grad():
-        logits = np.asarray(forward(p, ng.from_numpy(x)))
+        logits = np.asarray(model(ng.from_numpy(x)))
+    model.train()
     return float(np.mean(logits.argmax(axis=1) == y))
 
 
@@ -93,8 +82,9 @@ def main() -> None:
     x_test, y_test = images[:n_test], labels[:n_test]
     print(f"digits: {len(y_train)} train / {len(y_test)} test images of shape {x_train.shape[1:]} (NHWC)")
 
-    params = init_params(rng)
-    opt = Adam(list(params.values()), lr=args.lr)
+    model = build_model()
+    print(model)
+    opt = Adam(list(model.parameters()), lr=args.lr)
     start = time.perf_counter()
     for epoch in range(1, args.epochs + 1):
         perm = rng.permutation(len(y_train))
@@ -102,16 +92,16 @@ def main() -> None:
         for i in range(0, len(perm), args.batch_size):
             idx = perm[i:i + args.batch_size]
             xb, yb = ng.from_numpy(np.ascontiguousarray(x_train[idx])), ng.from_numpy(y_train[idx])
-            loss = F.cross_entropy(forward(params, xb), yb)
+            loss = F.cross_entropy(model(xb), yb)
             opt.zero_grad()
             loss.backward()
             opt.step()
             total += loss.item()
             batches += 1
-        print(f"epoch {epoch:2d}  loss {total / batches:.4f}  train acc {accuracy(params, x_train, y_train):.4f}"
-              f"  test acc {accuracy(params, x_test, y_test):.4f}")
+        print(f"epoch {epoch:2d}  loss {total / batches:.4f}  train acc {accuracy(model, x_train, y_train):.4f}"
+              f"  test acc {accuracy(model, x_test, y_test):.4f}")
     elapsed = time.perf_counter() - start
-    acc = accuracy(params, x_test, y_test)
+    acc = accuracy(model, x_test, y_test)
     print(f"test accuracy: {acc:.4f} ({int(round(acc * len(y_test)))}/{len(y_test)}) after {args.epochs} epochs "
           f"in {elapsed:.1f} s")
 

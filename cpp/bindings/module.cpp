@@ -76,7 +76,12 @@ py::array to_numpy(const Tensor& t) {
   const auto item = static_cast<py::ssize_t>(dtype_size(t.dtype()));
   std::vector<py::ssize_t> shape(t.shape().begin(), t.shape().end()), strides;
   for (int64_t s : t.strides()) strides.push_back(static_cast<py::ssize_t>(s) * item);
-  return py::array(dtype_to_numpy(t.dtype()), shape, strides, t.raw_data(), base);
+  py::array arr(dtype_to_numpy(t.dtype()), shape, strides, t.raw_data(), base);
+  // A NumPy write would bypass the version counter that autograd checks, so the view of a
+  // tensor that requires grad is read-only (as PyTorch refuses .numpy() there); the view of
+  // t.detach() stays writable, and its writes are the user's explicit choice.
+  if (t.requires_grad()) arr.attr("setflags")(py::arg("write") = false);
+  return arr;
 }
 
 DType to_dtype(py::handle obj) {
@@ -239,14 +244,28 @@ void bind_tensor(py::module_& m) {
       .def("__repr__", [](DType d) { return std::string("nablagrad.") + dtype_name(d); })
       .def("__str__", [](DType d) { return std::string("nablagrad.") + dtype_name(d); });
 
-  py::class_<Tensor> cls(m, "Tensor", "An n-dimensional array with reverse-mode autograd.");
-  cls.def(py::init([](py::handle data) {
-            // Tensor(t) aliases t's data as a new leaf; anything else is converted (copied).
-            if (py::isinstance<Tensor>(data)) return data.cast<Tensor>().alias();
-            return to_tensor(data).alias();
-          }),
-          py::arg("data"))
-      .def_property_readonly("shape", [](const Tensor& t) { return py::tuple(py::cast(t.shape())); })
+  // TensorHolder (common.h) keeps the TensorImpl -> wrapper identity table up to date.
+  py::class_<Tensor, TensorHolder<Tensor>> cls(m, "Tensor", "An n-dimensional array with reverse-mode autograd.");
+  // Tensor(t) aliases t's data as a new leaf; anything else is converted (copied). With
+  // _share_impl=True (nn.Parameter wrapping a C++ layer's tensor) the new object wraps t's own
+  // TensorImpl and becomes its Python identity. Written as pybind11's new-style constructor so
+  // the new wrapper can be entered in the identity table.
+  cls.def(
+      "__init__",
+      [](py::detail::value_and_holder& v_h, py::handle data, bool share_impl) {
+        Tensor t;
+        if (py::isinstance<Tensor>(data)) {
+          t = share_impl ? data.cast<Tensor>() : data.cast<Tensor>().alias();
+        } else {
+          if (share_impl) throw py::type_error("Tensor(data, _share_impl=True) needs a Tensor");
+          t = to_tensor(data).alias();
+        }
+        v_h.value_ptr() = new Tensor(std::move(t));
+        v_h.type->init_instance(v_h.inst, nullptr);  // constructs the holder
+        identity::remember(py::handle(reinterpret_cast<PyObject*>(v_h.inst)));
+      },
+      py::detail::is_new_style_constructor(), py::arg("data"), py::kw_only(), py::arg("_share_impl") = false);
+  cls.def_property_readonly("shape", [](const Tensor& t) { return py::tuple(py::cast(t.shape())); })
       .def_property_readonly("ndim", &Tensor::dim)
       .def_property_readonly("dtype", &Tensor::dtype)
       .def_property_readonly("size", &Tensor::numel, "Number of elements (as NumPy's ndarray.size).")
@@ -270,13 +289,17 @@ void bind_tensor(py::module_& m) {
       })
       .def_property(
           "grad",
+          // Another thread may be running backward into this leaf (GIL released): .grad is
+          // read and replaced only through the locked helpers, which hold the leaf mutex
+          // briefly and release a replaced gradient after it (see autograd.h's lock order).
           [](const Tensor& t) -> py::object {
-            if (!t.impl().grad) return py::none();
-            return py::cast(Tensor(t.impl().grad));
+            std::shared_ptr<TensorImpl> g = detail::get_leaf_grad(t.impl());
+            if (!g) return py::none();
+            return py::cast(Tensor(std::move(g)));
           },
           [](Tensor& t, py::object g) {
             if (g.is_none()) {
-              t.impl().grad.reset();
+              detail::set_leaf_grad(t.impl(), nullptr);
               return;
             }
             Tensor gt = to_tensor(g, &t);
@@ -286,7 +309,7 @@ void bind_tensor(py::module_& m) {
             if (gt.dtype() != t.dtype())
               throw std::domain_error(std::string("grad: assigned gradient has dtype ") + dtype_name(gt.dtype()) +
                                       " but the tensor has dtype " + dtype_name(t.dtype()));
-            t.impl().grad = gt.impl_ptr();
+            detail::set_leaf_grad(t.impl(), gt.impl_ptr());
           })
       .def(
           "backward",
@@ -345,11 +368,11 @@ void bind_math_ops(py::module_& m) {
   auto binop = [&](const char* name, const char* rname, BinaryOp op) {
     cls.def(name, [op](const Tensor& a, py::handle b) {
       const Tensor bt = to_tensor(b, &a);
-      return without_gil_if_large(a.numel() + bt.numel(), [&] { return arith(op, a, bt); });
+      return without_gil_if_large(saturating_add(a.numel(), bt.numel()), [&] { return arith(op, a, bt); });
     }, py::is_operator());
     cls.def(rname, [op](const Tensor& a, py::handle b) {
       const Tensor bt = to_tensor(b, &a);
-      return without_gil_if_large(a.numel() + bt.numel(), [&] { return arith(op, bt, a); });
+      return without_gil_if_large(saturating_add(a.numel(), bt.numel()), [&] { return arith(op, bt, a); });
     }, py::is_operator());
   };
   binop("__add__", "__radd__", BinaryOp::Add);
@@ -389,7 +412,9 @@ void bind_math_ops(py::module_& m) {
   cmp("__ge__", CompareOp::Ge);
   cmp("__eq__", CompareOp::Eq);
   cmp("__ne__", CompareOp::Ne);
-  cls.attr("__hash__") = py::none();  // __eq__ is elementwise, as in NumPy
+  // __eq__ is elementwise (as NumPy and PyTorch) while hashing is by identity (as PyTorch),
+  // so tensors can key dicts and sets (optimizer state, de-duplicating tied parameters).
+  cls.attr("__hash__") = py::module_::import("builtins").attr("object").attr("__hash__");
   cls.def("__bool__", [](const Tensor& t) {
     if (t.numel() != 1)
       throw py::value_error(std::string("the truth value of a tensor with ") +
@@ -525,4 +550,9 @@ PYBIND11_MODULE(_core, m) {
   nb::bind_shape_ops(m);
   nb::bind_nn_ops(m);
   nb::bind_conv_ops(m);
+  nb::bind_identity(m);
+  nb::bind_optim(m);
+  nb::bind_layers(m);
+  nb::bind_rnn(m);  // after bind_layers: adds to _core.nn
+  nb::bind_attention(m);  // after bind_layers: adds to _core.nn
 }
