@@ -82,12 +82,19 @@ def _is_int(v: object) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
 
 
+_INT64_MAX = 2**63 - 1
+
+
 def _pair(v: object, name: str, fn: str) -> Tuple[int, int]:
     if _is_int(v):
-        return (int(v), int(v))  # type: ignore[call-overload]
-    if isinstance(v, (tuple, list)) and len(v) == 2 and all(_is_int(e) for e in v):
-        return (int(v[0]), int(v[1]))
-    raise TypeError(f"{fn}: {name} must be an int or a pair of ints, got {v!r}")
+        pair = (int(v), int(v))  # type: ignore[call-overload]
+    elif isinstance(v, (tuple, list)) and len(v) == 2 and all(_is_int(e) for e in v):
+        pair = (int(v[0]), int(v[1]))
+    else:
+        raise TypeError(f"{fn}: {name} must be an int or a pair of ints, got {v!r}")
+    if any(abs(e) > _INT64_MAX for e in pair):  # the C++ side counts in int64
+        raise ValueError(f"{fn}: {name} {pair} is out of range (sizes must fit in int64)")
+    return pair
 
 
 def conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride: _Pair = 1,
@@ -155,14 +162,26 @@ def layer_norm(x: Tensor, normalized_shape: Union[int, Sequence[int]], weight: O
 
 
 def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor] = None,
-                                 is_causal: bool = False) -> Tensor:
-    """softmax(q @ k^T / sqrt(d) + mask) @ v on (N, heads, L, d) tensors.
+                                 is_causal: bool = False, dropout_p: float = 0.0,
+                                 scale: Optional[float] = None) -> Tensor:
+    """softmax(q @ k^T * scale + mask) @ v on (N, heads, L, d) tensors, one fused C++ op.
 
-    A boolean ``attn_mask`` is True where attention IS allowed; a float mask is added.
+    q (..., L, d), k (..., S, d), v (..., S, dv) share their leading dims; returns (..., L, dv).
+    A boolean ``attn_mask`` is True where attention IS allowed; a float mask is added to the
+    scores; either broadcasts to (..., L, S). ``is_causal=True`` lets query i see keys j <= i.
+    ``scale`` defaults to 1/sqrt(d); ``dropout_p`` drops attention weights (seeded generator).
+    A query with no allowed key gets a zero output, as in PyTorch.
+
+        >>> import nablagrad as ng, nablagrad.functional as F
+        >>> q = ng.randn(1, 2, 3, 4); F.scaled_dot_product_attention(q, q, q, is_causal=True).shape
+        (1, 2, 3, 4)
     """
-    from ._attention import scaled_dot_product_attention as _sdpa
-
-    return _sdpa(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        _check_tensor(t, name, "scaled_dot_product_attention")
+    if not 0.0 <= dropout_p <= 1.0:
+        raise ValueError(f"scaled_dot_product_attention: dropout_p must be in [0, 1], got {dropout_p}")
+    return _core.scaled_dot_product_attention(q, k, v, attn_mask, bool(is_causal), float(dropout_p),
+                                              None if scale is None else float(scale))
 
 
 def mse_loss(pred: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
