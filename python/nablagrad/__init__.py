@@ -58,7 +58,9 @@ def stack(tensors, axis=0):  # type: ignore[no-untyped-def]
     return _core.stack(list(tensors), operator.index(axis))
 
 
-from . import autograd, functional, nn  # noqa: E402
+from . import autograd, functional, nn, optim  # noqa: E402
+from . import data  # noqa: E402
+from .io import load, save  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -66,5 +68,6 @@ __all__ = [
     "Tensor", "dtype", "float32", "float64", "int64", "bool", "tensor", "from_numpy", "zeros", "ones",
     "full", "empty", "zeros_like", "ones_like", "arange", "rand", "randn", "manual_seed", "concatenate",
     "stack", "where", "no_grad", "enable_grad", "set_num_threads", "get_num_threads", "is_grad_enabled",
-    "functional", "autograd", "nn",
+    "functional", "autograd", "nn", "optim",
+    "data", "save", "load",
 ]
