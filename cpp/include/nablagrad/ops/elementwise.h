@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "../autograd.h"
+#include "../kernels/vmath.h"
 #include "../threading.h"
 #include "reduction.h"
 
@@ -227,7 +228,7 @@ inline Tensor arith(detail::BinaryOp op, const Tensor& a_in, const Tensor& b_in)
         }
       }
     });
-  });
+  }, {sa, sb, so});
   return out;
 }
 
@@ -253,7 +254,7 @@ inline Tensor pow_scalar(const Tensor& x, double p) {
         gi[0] = detail::binary_map_same<T>(g, sx, [e](T gv, T v) {
           return e == T(0) ? T(0) : gv * e * static_cast<T>(std::pow(v, e - T(1)));
         });
-      });
+      }, {sx});
     }
     return out;
   });
@@ -263,43 +264,81 @@ inline Tensor pow_scalar(const Tensor& x, double p) {
 // Unary float ops. Each: forward map, and the derivative expressed from (x, y=f(x)).
 // ---------------------------------------------------------------------------------------
 namespace detail {
-/// Records y = f(x) with dy/dx = df(x, y); both lambdas are templated over T by the caller.
+/// float32 y = op(x) with the vectorised kernels of kernels/vmath.h, by blocks in parallel
+/// (elementwise, so the split never changes results).
+inline Tensor vmap_f32(const Tensor& x_in, kernels::VOp op) {
+  const Tensor x = x_in.contiguous_data();
+  Tensor y = Tensor::empty(x.shape(), x.dtype());
+  const float* px = x.data<float>();
+  float* py = y.data<float>();
+  parallel_for(0, y.numel(), kElementwiseGrain, [&](int64_t lo, int64_t hi) { kernels::vmap(op, px + lo, py + lo, hi - lo); });
+  return y;
+}
+
+/// float32 out = g * op(x) (g and x of the same shape), as vmap_f32.
+inline Tensor vmap_mul_f32(const Tensor& g_in, const Tensor& x_in, kernels::VOp op) {
+  const Tensor g = g_in.contiguous_data(), x = x_in.contiguous_data();
+  Tensor out = Tensor::empty(g.shape(), g.dtype());
+  const float* pg = g.data<float>();
+  const float* px = x.data<float>();
+  float* po = out.data<float>();
+  parallel_for(0, out.numel(), kElementwiseGrain,
+               [&](int64_t lo, int64_t hi) { kernels::vmap_mul(op, pg + lo, px + lo, po + lo, hi - lo); });
+  return out;
+}
+
+/// Records y = f(x) with dy/dx = der(x, y). The derivative reads either the input or the
+/// output, never both (`der_uses_output`): only that one is saved, and only its in-place
+/// modification invalidates the gradient; der gets 0 for the other argument.
+/// For float32, `fast_fwd` (and `fast_der`, a derivative in terms of the input, only when
+/// !der_uses_output) name vectorised kernels that replace fwd (der); VOp::None keeps fwd (der).
 template <typename T, typename Fwd, typename Der>
-inline Tensor unary_float_op(const Tensor& x, const char* name, Fwd fwd, Der der) {
-  Tensor y = unary_map<T, T>(x, x.dtype(), fwd);
+inline Tensor unary_float_op(const Tensor& x, const char* name, bool der_uses_output, Fwd fwd, Der der,
+                             kernels::VOp fast_fwd = kernels::VOp::None, kernels::VOp fast_der = kernels::VOp::None) {
+  constexpr bool is_f32 = std::is_same<T, float>::value;
+  if (!is_f32) fast_fwd = fast_der = kernels::VOp::None;
+  Tensor y = fast_fwd != kernels::VOp::None ? vmap_f32(x, fast_fwd) : unary_map<T, T>(x, x.dtype(), fwd);
   if (any_requires_grad({&x})) {
-    const Tensor sx = x.alias(), sy = y.alias();
-    record(y, name, {x}, [sx, sy, der](const Tensor& g, std::vector<Tensor>& gi) {
-      gi[0] = ternary_map_same<T>(g, sx, sy, [der](T gv, T xv, T yv) { return gv * der(xv, yv); });
-    });
+    const Tensor saved = der_uses_output ? y.alias() : x.alias();
+    record(y, name, {x}, [saved, der, der_uses_output, fast_der](const Tensor& g, std::vector<Tensor>& gi) {
+      if (der_uses_output)
+        gi[0] = binary_map_same<T>(g, saved, [der](T gv, T yv) { return gv * der(T(0), yv); });
+      else if (fast_der != kernels::VOp::None)
+        gi[0] = vmap_mul_f32(g, saved, fast_der);
+      else
+        gi[0] = binary_map_same<T>(g, saved, [der](T gv, T xv) { return gv * der(xv, T(0)); });
+    }, {saved});
   }
   return y;
 }
 }  // namespace detail
 
-#define NABLAGRAD_UNARY_FLOAT_OP(NAME, FWD, DER)                                               \
+// DER is written in v (the input) and y (the output) but reads only one of them: the output
+// when USES_OUTPUT is true, else the input. FAST: the float32 vectorised forward (VOp::None: FWD).
+#define NABLAGRAD_UNARY_FLOAT_OP(NAME, FWD, DER, USES_OUTPUT, FAST)                            \
   inline Tensor NAME(const Tensor& x) {                                                         \
     return dispatch_float(x.dtype(), #NAME, [&](auto tag) {                                     \
       using T = typename decltype(tag)::type;                                                   \
-      return detail::unary_float_op<T>(x, #NAME, [](T v) -> T { return FWD; },                  \
-                                       [](T v, T y) -> T { (void)v; (void)y; return DER; });    \
+      return detail::unary_float_op<T>(x, #NAME, USES_OUTPUT, [](T v) -> T { return FWD; },     \
+                                       [](T v, T y) -> T { (void)v; (void)y; return DER; },     \
+                                       kernels::VOp::FAST);                                     \
     });                                                                                         \
   }
 
-NABLAGRAD_UNARY_FLOAT_OP(exp, std::exp(v), y)
-NABLAGRAD_UNARY_FLOAT_OP(log, std::log(v), T(1) / v)
-NABLAGRAD_UNARY_FLOAT_OP(sqrt, std::sqrt(v), T(0.5) / y)
-NABLAGRAD_UNARY_FLOAT_OP(tanh, std::tanh(v), T(1) - y * y)
+NABLAGRAD_UNARY_FLOAT_OP(exp, std::exp(v), y, true, Exp)
+NABLAGRAD_UNARY_FLOAT_OP(log, std::log(v), T(1) / v, false, None)
+NABLAGRAD_UNARY_FLOAT_OP(sqrt, std::sqrt(v), T(0.5) / y, true, None)
+NABLAGRAD_UNARY_FLOAT_OP(tanh, std::tanh(v), T(1) - y * y, true, Tanh)
 NABLAGRAD_UNARY_FLOAT_OP(sigmoid, v >= T(0) ? T(1) / (T(1) + std::exp(-v)) : std::exp(v) / (T(1) + std::exp(v)),
-                         y * (T(1) - y))
-NABLAGRAD_UNARY_FLOAT_OP(relu, (v > T(0) || v != v) ? v : T(0), v > T(0) ? T(1) : T(0))  // NaN stays NaN
+                         y * (T(1) - y), true, Sigmoid)
+NABLAGRAD_UNARY_FLOAT_OP(relu, (v > T(0) || v != v) ? v : T(0), v > T(0) ? T(1) : T(0), false, None)  // NaN stays NaN
 #undef NABLAGRAD_UNARY_FLOAT_OP
 
 inline Tensor leaky_relu(const Tensor& x, double slope = 0.01) {
   return dispatch_float(x.dtype(), "leaky_relu", [&](auto tag) {
     using T = typename decltype(tag)::type;
     const T s = static_cast<T>(slope);
-    return detail::unary_float_op<T>(x, "leaky_relu", [s](T v) { return v > T(0) ? v : s * v; },
+    return detail::unary_float_op<T>(x, "leaky_relu", false, [s](T v) { return v > T(0) ? v : s * v; },
                                      [s](T v, T) { return v > T(0) ? T(1) : s; });
   });
 }
@@ -312,14 +351,16 @@ inline Tensor gelu(const Tensor& x, bool tanh_approximation = false) {
     const T k = T(0.79788456080286535588), c = T(0.044715);  // sqrt(2/pi)
     if (!tanh_approximation)
       return detail::unary_float_op<T>(
-          x, "gelu", [=](T v) { return T(0.5) * v * (T(1) + std::erf(v * inv_sqrt2)); },
-          [=](T v, T) { return T(0.5) * (T(1) + std::erf(v * inv_sqrt2)) + v * inv_sqrt2pi * std::exp(T(-0.5) * v * v); });
+          x, "gelu", false, [=](T v) { return T(0.5) * v * (T(1) + std::erf(v * inv_sqrt2)); },
+          [=](T v, T) { return T(0.5) * (T(1) + std::erf(v * inv_sqrt2)) + v * inv_sqrt2pi * std::exp(T(-0.5) * v * v); },
+          kernels::VOp::Gelu, kernels::VOp::GeluDer);
     return detail::unary_float_op<T>(
-        x, "gelu", [=](T v) { return T(0.5) * v * (T(1) + std::tanh(k * (v + c * v * v * v))); },
+        x, "gelu", false, [=](T v) { return T(0.5) * v * (T(1) + std::tanh(k * (v + c * v * v * v))); },
         [=](T v, T) {
           const T t = std::tanh(k * (v + c * v * v * v));
           return T(0.5) * (T(1) + t) + T(0.5) * v * (T(1) - t * t) * k * (T(1) + T(3) * c * v * v);
-        });
+        },
+        kernels::VOp::GeluTanh, kernels::VOp::GeluTanhDer);
   });
 }
 
@@ -331,7 +372,7 @@ inline Tensor abs(const Tensor& x) {
   }
   return dispatch_float(x.dtype(), "abs", [&](auto tag) {
     using T = typename decltype(tag)::type;
-    return detail::unary_float_op<T>(x, "abs", [](T v) { return std::fabs(v); },
+    return detail::unary_float_op<T>(x, "abs", false, [](T v) { return std::fabs(v); },
                                      [](T v, T) { return v > T(0) ? T(1) : (v < T(0) ? T(-1) : T(0)); });
   });
 }
@@ -360,7 +401,7 @@ inline Tensor clip(const Tensor& x, double lo, double hi) {
     const bool has_lo = !std::isnan(lo), has_hi = !std::isnan(hi);
     const T l = static_cast<T>(lo), h = static_cast<T>(hi);
     return detail::unary_float_op<T>(
-        x, "clip",
+        x, "clip", false,
         [=](T v) {
           if (std::isnan(v)) return v;
           if (has_lo && v < l) v = l;
@@ -450,7 +491,7 @@ inline Tensor where(const Tensor& cond_in, const Tensor& a_in, const Tensor& b_i
           gi[1] = cast_raw(sum_to(binary_map<T, bool, T>(g, sc_mask, s, g.dtype(), [](T v, bool c) { return c ? T(0) : v; }),
                                   shape_b), dtype_b);
       });
-    });
+    }, {sc_mask});
   }
   return out;
 }
