@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform
 import statistics
 import time
 from typing import Callable, Dict, List
@@ -44,3 +45,15 @@ def try_import_torch():  # type: ignore[no-untyped-def]
     except ImportError:
         return None
     return torch
+
+
+def cpu_model() -> str:
+    """The CPU's model name (printed beside every result; machines here differ)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"

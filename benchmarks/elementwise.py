@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 
 import numpy as np
@@ -24,18 +23,7 @@ import nablagrad as ng
 import nablagrad.functional as F
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import race, try_import_torch  # noqa: E402
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+from _common import cpu_model, race, try_import_torch  # noqa: E402
 
 
 OPS = {

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
+import sys
 import time
 from typing import Callable, Dict, List, Tuple
 
@@ -28,21 +28,13 @@ import numpy as np
 
 import nablagrad as ng
 
+sys.path.insert(0, os.path.dirname(__file__))
+from _common import cpu_model  # noqa: E402
+
 try:
     import torch
 except ImportError:  # pragma: no cover - exercised when torch is absent
     torch = None
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 class LayerCase:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -31,18 +30,7 @@ from nablagrad import nn
 from nablagrad.datasets import load_digits
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import try_import_torch  # noqa: E402
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+from _common import cpu_model, try_import_torch  # noqa: E402
 
 
 class LocalAdam:
