@@ -1498,7 +1498,7 @@ void backward_weight_smallc(const Conv2dGeometry& g, const T* x, const T* dy, T*
   pl.K = FH * pl.len;
   pl.Hp = g.H + g.pad_top + g.pad_bottom;
   pl.prow = (g.W + g.pad_left + g.pad_right) * C;
-  pl.xs = g.stride_w * C;
+  pl.xs = saturating_mul(g.stride_w, C);  // only multiplied by output columns, which exist
   const int64_t K = pl.K;
   // Tap blocks: kernel rows in groups of <= 4, each run of FW*C values in pieces of <= 3
   // (balanced sizes), i.e. <= 12 accumulators per block.
