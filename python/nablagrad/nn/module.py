@@ -481,7 +481,38 @@ class Module:
     __hash__ = object.__hash__
 
 
-class Sequential(Module):
+class _ModuleContainer(Module):
+    """What Sequential and ModuleList share: integer indexing (negative too) into the
+    registered modules, assignment, deletion (the keys are renumbered 0..n-1, as PyTorch),
+    len and iteration."""
+
+    def _index(self, idx: Any) -> str:
+        n = len(self._modules)
+        i = operator.index(idx)
+        if not -n <= i < n:
+            raise IndexError(f"index {i} is out of range for a {type(self).__name__} of length {n}")
+        return list(self._modules)[i % n]
+
+    def __setitem__(self, idx: int, module: Module) -> None:
+        setattr(self, self._index(idx), module)
+
+    def __delitem__(self, idx: Union[int, slice]) -> None:
+        keys = list(self._modules)[idx] if isinstance(idx, slice) else [self._index(idx)]
+        for k in keys:
+            del self._modules[k]
+        items = list(self._modules.values())
+        self._modules.clear()
+        for i, m in enumerate(items):
+            self._modules[str(i)] = m
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def __iter__(self) -> Iterator[Module]:
+        return iter(self._modules.values())
+
+
+class Sequential(_ModuleContainer):
     """Modules applied in order: ``Sequential(m1, m2, ...)`` or ``Sequential(OrderedDict(name=m))``.
     Supports ``len``, iteration, indexing (negative too), slicing (a new Sequential) and ``append``."""
 
@@ -499,36 +530,10 @@ class Sequential(Module):
             x = m(x)
         return x
 
-    def _index(self, idx: Any) -> str:
-        n = len(self._modules)
-        i = operator.index(idx)
-        if not -n <= i < n:
-            raise IndexError(f"index {i} is out of range for a {type(self).__name__} of length {n}")
-        return list(self._modules)[i % n]
-
     def __getitem__(self, idx: Union[int, slice]) -> Any:
         if isinstance(idx, slice):
             return type(self)(collections.OrderedDict(list(self._modules.items())[idx]))
         return self._modules[self._index(idx)]
-
-    def __setitem__(self, idx: int, module: Module) -> None:
-        setattr(self, self._index(idx), module)
-
-    def __delitem__(self, idx: Union[int, slice]) -> None:
-        keys = list(self._modules)[idx] if isinstance(idx, slice) else [self._index(idx)]
-        for k in keys:
-            del self._modules[k]
-        # keep the keys 0..n-1 like PyTorch
-        items = list(self._modules.values())
-        self._modules.clear()
-        for i, m in enumerate(items):
-            self._modules[str(i)] = m
-
-    def __len__(self) -> int:
-        return len(self._modules)
-
-    def __iter__(self) -> Iterator[Module]:
-        return iter(self._modules.values())
 
     def append(self, module: Module) -> "Sequential":
         self.add_module(str(len(self)), module)
@@ -552,7 +557,7 @@ class Sequential(Module):
         return self
 
 
-class ModuleList(Module):
+class ModuleList(_ModuleContainer):
     """A list of modules that registers them (no forward of its own)."""
 
     def __init__(self, modules: Optional[Iterable[Module]] = None) -> None:
@@ -560,35 +565,10 @@ class ModuleList(Module):
         if modules is not None:
             self.extend(modules)
 
-    def _index(self, idx: Any) -> str:
-        n = len(self._modules)
-        i = operator.index(idx)
-        if not -n <= i < n:
-            raise IndexError(f"index {i} is out of range for a ModuleList of length {n}")
-        return str(i % n)
-
     def __getitem__(self, idx: Union[int, slice]) -> Any:
         if isinstance(idx, slice):
             return ModuleList(list(self._modules.values())[idx])
         return self._modules[self._index(idx)]
-
-    def __setitem__(self, idx: int, module: Module) -> None:
-        setattr(self, self._index(idx), module)
-
-    def __delitem__(self, idx: Union[int, slice]) -> None:
-        keys = list(self._modules)[idx] if isinstance(idx, slice) else [self._index(idx)]
-        for k in keys:
-            del self._modules[k]
-        items = list(self._modules.values())
-        self._modules.clear()
-        for i, m in enumerate(items):
-            self._modules[str(i)] = m
-
-    def __len__(self) -> int:
-        return len(self._modules)
-
-    def __iter__(self) -> Iterator[Module]:
-        return iter(self._modules.values())
 
     def __iadd__(self, modules: Iterable[Module]) -> "ModuleList":
         return self.extend(modules)
