@@ -518,12 +518,12 @@ void bind_math_ops(py::module_& m) {
         "Bytes held by the large-block cache for reuse.");
   m.def("_empty_cache", []() { BlockCache::instance().release_cached(); },
         "Returns every cached large block to the system allocator.");
-  m.def("_simd_level", []() { return simd_level() == SimdLevel::AVX2 ? "avx2" : "portable"; });
-  m.def("_set_simd_level", [](const std::string& level) {
-    if (level == "avx2") set_simd_level(SimdLevel::AVX2);
-    else if (level == "portable") set_simd_level(SimdLevel::Portable);
-    else throw std::invalid_argument("simd level must be 'avx2' or 'portable', got '" + level + "'");
-  });
+  m.def("_simd_level", []() { return std::string(simd_level_name(simd_level())); },
+        "The kernel variant in use: 'portable', 'avx2' or 'avx512'.");
+  m.def("_cpu_simd_level", []() { return std::string(simd_level_name(cpu_simd_level())); },
+        "The best kernel variant this CPU supports.");
+  m.def("_set_simd_level", [](const std::string& level) { set_simd_level(parse_simd_level(level)); },
+        "Chooses the kernel variant; a level above the CPU's raises ValueError.");
 }
 
 }  // namespace bindings

@@ -186,7 +186,7 @@ template <typename T>
 void sweep(int cases, uint32_t seed, double tol) {
   std::mt19937 rng(seed);
   auto pick = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
-  const bool have_avx2 = nablagrad::cpu_has_avx2_fma();
+  const int top_level = static_cast<int>(nablagrad::cpu_simd_level());
   for (int t = 0; t < cases; ++t) {
     const int64_t N = pick(1, 3), C = (t % 5 == 0) ? pick(1, 3) : pick(1, 19),
                   Q = (t % 7 == 0) ? pick(1, 3) : pick(1, 21);
@@ -201,8 +201,8 @@ void sweep(int cases, uint32_t seed, double tol) {
          b = random_vector<T>(Q, rng), dy = random_vector<T>(N * g.Ho * g.Wo * Q, rng);
     const bool with_bias = t % 3 != 0;
     const Results ref = run_reference(g, x, w, b, dy, with_bias);
-    for (int level = 0; level < (have_avx2 ? 2 : 1); ++level) {
-      nablagrad::set_simd_level(level ? SimdLevel::AVX2 : SimdLevel::Portable);
+    for (int level = 0; level <= top_level; ++level) {
+      nablagrad::set_simd_level(static_cast<SimdLevel>(level));
       Results first;
       for (int threads = 1; threads <= 3; ++threads) {
         nablagrad::set_num_threads(threads);
@@ -229,7 +229,7 @@ void sweep(int cases, uint32_t seed, double tol) {
       }
     }
   }
-  nablagrad::set_simd_level(have_avx2 ? SimdLevel::AVX2 : SimdLevel::Portable);
+  nablagrad::set_simd_level(nablagrad::cpu_simd_level());
   nablagrad::set_num_threads(2);
 }
 

@@ -31,10 +31,11 @@ using nablagrad::kernels::gemm_reference;
 std::vector<SimdLevel> simd_levels() {
   std::vector<SimdLevel> levels = {SimdLevel::Portable};
   if (nablagrad::cpu_has_avx2_fma()) levels.push_back(SimdLevel::AVX2);
+  if (nablagrad::cpu_has_avx512f()) levels.push_back(SimdLevel::AVX512);
   return levels;
 }
 
-const char* level_name(SimdLevel level) { return level == SimdLevel::AVX2 ? "avx2" : "portable"; }
+const char* level_name(SimdLevel level) { return nablagrad::simd_level_name(level); }
 
 struct Shape {
   int64_t M, N, K;

@@ -24,6 +24,7 @@ const float kNaN = std::numeric_limits<float>::quiet_NaN();
 std::vector<SimdLevel> simd_levels() {
   std::vector<SimdLevel> levels{SimdLevel::Portable};
   if (nablagrad::cpu_has_avx2_fma()) levels.push_back(SimdLevel::AVX2);
+  if (nablagrad::cpu_has_avx512f()) levels.push_back(SimdLevel::AVX512);
   return levels;
 }
 

@@ -20,6 +20,17 @@ import nablagrad as ng
 
 Shapes = Sequence[Sequence[int]]
 
+# Every SIMD level the kernels have, lowest first; tests run each one this CPU supports.
+SIMD_LEVELS = ["portable", "avx2", "avx512"]
+
+
+def require_simd(level: str) -> None:
+    """Skips the calling test when this CPU lacks `level`."""
+    from nablagrad import _core
+
+    if SIMD_LEVELS.index(level) > SIMD_LEVELS.index(_core._cpu_simd_level()):
+        pytest.skip(f"this CPU does not support {level}")
+
 # Forward tolerances per dtype (float32 results compared with a float64 NumPy reference).
 TOL = {np.float32: dict(rtol=1e-5, atol=1e-6), np.float64: dict(rtol=1e-10, atol=1e-12)}
 

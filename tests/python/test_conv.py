@@ -17,7 +17,7 @@ import pytest
 import nablagrad as ng
 import nablagrad.functional as F
 from nablagrad import _core
-from conftest import check_torch
+from conftest import SIMD_LEVELS, check_torch, require_simd
 
 # ---------------------------------------------------------------------------------------------
 # helpers
@@ -223,11 +223,10 @@ def test_conv_bitwise_across_thread_counts(shape, dtype):
             np.testing.assert_array_equal(a, r)
 
 
-@pytest.mark.parametrize("level", ["portable", "avx2"])
+@pytest.mark.parametrize("level", SIMD_LEVELS)
 @pytest.mark.parametrize("shape", DET_SHAPES, ids=[str(s) for s in DET_SHAPES])
 def test_conv_simd_levels_vs_reference(shape, level):
-    if level == "avx2" and _core._simd_level() != "avx2":
-        pytest.skip("no AVX2+FMA on this CPU")
+    require_simd(level)
     n, h, w_, c, q, fh, fw, s, p = shape
     with simd(level):
         check_conv_vs_reference(n, h, w_, c, q, fh, fw, s, p)

@@ -243,7 +243,7 @@ template <typename T>
 inline T scale_max(T* x, int64_t n, T scale) {
 #if NABLAGRAD_X86
   if constexpr (std::is_same<T, float>::value)
-    if (simd_level() == SimdLevel::AVX2) return scale_max_avx2(x, n, scale);
+    if (simd_at_least(SimdLevel::AVX2)) return scale_max_avx2(x, n, scale);
 #endif
   return scale_max_portable(x, n, scale);
 }
@@ -252,7 +252,7 @@ template <typename T>
 inline T exp_sum(T* x, int64_t n, T m) {
 #if NABLAGRAD_X86
   if constexpr (std::is_same<T, float>::value)
-    if (simd_level() == SimdLevel::AVX2) return exp_sum_avx2(x, n, m);
+    if (simd_at_least(SimdLevel::AVX2)) return exp_sum_avx2(x, n, m);
 #endif
   return exp_sum_portable(x, n, m);
 }
@@ -261,7 +261,7 @@ template <typename T>
 inline T dot(const T* a, const T* b, int64_t n) {
 #if NABLAGRAD_X86
   if constexpr (std::is_same<T, float>::value)
-    if (simd_level() == SimdLevel::AVX2) return dot_avx2(a, b, n);
+    if (simd_at_least(SimdLevel::AVX2)) return dot_avx2(a, b, n);
 #endif
   return dot_portable(a, b, n);
 }
@@ -270,7 +270,7 @@ template <typename T>
 inline void softmax_grad(const T* p, T* y, int64_t n, T d, T scale) {
 #if NABLAGRAD_X86
   if constexpr (std::is_same<T, float>::value)
-    if (simd_level() == SimdLevel::AVX2) {
+    if (simd_at_least(SimdLevel::AVX2)) {
       softmax_grad_avx2(p, y, n, d, scale);
       return;
     }

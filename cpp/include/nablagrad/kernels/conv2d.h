@@ -598,7 +598,7 @@ inline T dot(bool avx2, const T* a, const T* b, int64_t n) {
   return dot_portable(a, b, n);
 }
 
-inline bool use_avx2() { return simd_level() == SimdLevel::AVX2; }
+inline bool use_avx2() { return simd_at_least(SimdLevel::AVX2); }
 
 // Direct micro-kernel for the small-depth forward pass (no im2col copy): the A operand is read
 // straight from the zero-padded input, the depth being nh kernel rows of len = FW*C

@@ -373,7 +373,7 @@ inline GemmConfig<T> gemm_config();
 template <>
 inline GemmConfig<float> gemm_config<float>() {
 #if NABLAGRAD_X86
-  if (simd_level() == SimdLevel::AVX2) return {6, 16, 144, 256, 4080, &micro_kernel_avx2_f32_6x16};
+  if (simd_at_least(SimdLevel::AVX2)) return {6, 16, 144, 256, 4080, &micro_kernel_avx2_f32_6x16};
 #endif
   return {4, 8, 128, 256, 4080, &micro_kernel_portable<float, 4, 8>};
 }
@@ -381,7 +381,7 @@ inline GemmConfig<float> gemm_config<float>() {
 template <>
 inline GemmConfig<double> gemm_config<double>() {
 #if NABLAGRAD_X86
-  if (simd_level() == SimdLevel::AVX2) return {6, 8, 72, 256, 4080, &micro_kernel_avx2_f64_6x8};
+  if (simd_at_least(SimdLevel::AVX2)) return {6, 8, 72, 256, 4080, &micro_kernel_avx2_f64_6x8};
 #endif
   return {4, 4, 96, 256, 4080, &micro_kernel_portable<double, 4, 4>};
 }

@@ -158,7 +158,7 @@ __attribute__((target("avx2,fma"))) inline void apply_avx2(float* p, int64_t n) 
 template <typename T>
 inline void sigmoid_inplace(T* p, int64_t n) {
 #if NABLAGRAD_X86
-  if (std::is_same<T, float>::value && simd_level() == SimdLevel::AVX2) {
+  if (std::is_same<T, float>::value && simd_at_least(SimdLevel::AVX2)) {
     apply_avx2<sigmoid_avx2>(reinterpret_cast<float*>(p), n);
     return;
   }
@@ -170,7 +170,7 @@ inline void sigmoid_inplace(T* p, int64_t n) {
 template <typename T>
 inline void tanh_inplace(T* p, int64_t n) {
 #if NABLAGRAD_X86
-  if (std::is_same<T, float>::value && simd_level() == SimdLevel::AVX2) {
+  if (std::is_same<T, float>::value && simd_at_least(SimdLevel::AVX2)) {
     apply_avx2<tanh_avx2>(reinterpret_cast<float*>(p), n);
     return;
   }

@@ -1,16 +1,19 @@
 // nablagrad/kernels/simd.h - run-time choice of CPU-specific kernels.
 //
-// Kernels come in two variants: a portable one (plain C++, any CPU) and an AVX2+FMA one
-// compiled with __attribute__((target("avx2,fma"))) so that the rest of the program needs
-// no -mavx2 flag. `simd_level()` says which variant to run: AVX2 when the CPU has it,
-// unless the user (or a test) asked for the portable path with set_simd_level() or the
-// environment variable NABLAGRAD_SIMD=portable.
+// Kernels come in up to three variants: a portable one (plain C++, any CPU), an AVX2+FMA one
+// compiled with __attribute__((target("avx2,fma"))) and an AVX-512F one compiled with
+// __attribute__((target("avx512f,avx2,fma"))), so that the rest of the program needs no -m
+// flag. `simd_level()` says which variant to run: the best the CPU has, unless the user (or a
+// test) asked for a lower one with set_simd_level() or the environment variable
+// NABLAGRAD_SIMD=portable|avx2|avx512. Kernels test `simd_at_least(SimdLevel::AVX2)` so that a
+// kernel without an AVX-512 variant runs its AVX2 one at the AVX-512 level.
 #pragma once
 
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <stdexcept>
+#include <string>
 
 #if defined(__x86_64__) || defined(__i386__)
 #define NABLAGRAD_X86 1
@@ -21,7 +24,7 @@
 
 namespace nablagrad {
 
-enum class SimdLevel : int { Portable = 0, AVX2 = 1 };
+enum class SimdLevel : int { Portable = 0, AVX2 = 1, AVX512 = 2 };
 
 /// True when this CPU supports AVX2 and FMA.
 inline bool cpu_has_avx2_fma() {
@@ -33,12 +36,50 @@ inline bool cpu_has_avx2_fma() {
 #endif
 }
 
+/// True when this CPU supports AVX-512F (and AVX2+FMA, which every AVX-512 CPU has).
+inline bool cpu_has_avx512f() {
+#if NABLAGRAD_X86 && (defined(__GNUC__) || defined(__clang__))
+  static const bool has = cpu_has_avx2_fma() && __builtin_cpu_supports("avx512f");
+  return has;
+#else
+  return false;
+#endif
+}
+
+/// The best level this CPU supports.
+inline SimdLevel cpu_simd_level() {
+  if (cpu_has_avx512f()) return SimdLevel::AVX512;
+  return cpu_has_avx2_fma() ? SimdLevel::AVX2 : SimdLevel::Portable;
+}
+
+/// "portable", "avx2" or "avx512".
+inline const char* simd_level_name(SimdLevel level) {
+  switch (level) {
+    case SimdLevel::AVX512: return "avx512";
+    case SimdLevel::AVX2: return "avx2";
+    default: return "portable";
+  }
+}
+
+/// Parses "portable", "avx2" or "avx512"; anything else throws std::invalid_argument.
+inline SimdLevel parse_simd_level(const std::string& name) {
+  if (name == "portable") return SimdLevel::Portable;
+  if (name == "avx2") return SimdLevel::AVX2;
+  if (name == "avx512") return SimdLevel::AVX512;
+  throw std::invalid_argument("simd level must be 'portable', 'avx2' or 'avx512', got '" + name + "'");
+}
+
 namespace detail {
 inline std::atomic<int>& simd_level_setting() {
   static std::atomic<int> level{[] {
+    const int best = static_cast<int>(cpu_simd_level());
     const char* env = std::getenv("NABLAGRAD_SIMD");
-    if (env != nullptr && std::strcmp(env, "portable") == 0) return 0;
-    return cpu_has_avx2_fma() ? 1 : 0;
+    if (env == nullptr || *env == '\0') return best;
+    int want = best;
+    if (std::strcmp(env, "portable") == 0) want = 0;
+    else if (std::strcmp(env, "avx2") == 0) want = 1;
+    else if (std::strcmp(env, "avx512") == 0) want = 2;
+    return want < best ? want : best;  // never above what the CPU has
   }()};
   return level;
 }
@@ -49,11 +90,17 @@ inline SimdLevel simd_level() {
   return static_cast<SimdLevel>(detail::simd_level_setting().load(std::memory_order_relaxed));
 }
 
-/// Chooses the kernel variant (tests use it to run the portable fallback on an AVX2 CPU).
-/// Asking for AVX2 on a CPU without it throws std::invalid_argument.
+/// True when the kernel variant in use is `level` or a higher one.
+inline bool simd_at_least(SimdLevel level) {
+  return detail::simd_level_setting().load(std::memory_order_relaxed) >= static_cast<int>(level);
+}
+
+/// Chooses the kernel variant (tests use it to run every level the CPU has). Asking for a
+/// level the CPU does not support throws std::invalid_argument.
 inline void set_simd_level(SimdLevel level) {
-  if (level == SimdLevel::AVX2 && !cpu_has_avx2_fma())
-    throw std::invalid_argument("set_simd_level: this CPU does not support AVX2+FMA");
+  if (static_cast<int>(level) > static_cast<int>(cpu_simd_level()))
+    throw std::invalid_argument(std::string("set_simd_level: this CPU does not support ") +
+                                simd_level_name(level));
   detail::simd_level_setting().store(static_cast<int>(level));
 }
 

@@ -402,7 +402,7 @@ inline void map_portable_dispatch(VOp op, const float* g, const float* x, float*
 /// y[i] = op(x[i]) for i < n, at the current simd_level(). y may alias x.
 inline void vmap(VOp op, const float* x, float* y, int64_t n) {
 #if NABLAGRAD_VMATH_AVX2
-  if (simd_level() == SimdLevel::AVX2) return vmath_detail::map_avx2_dispatch(op, nullptr, x, y, n);
+  if (simd_at_least(SimdLevel::AVX2)) return vmath_detail::map_avx2_dispatch(op, nullptr, x, y, n);
 #endif
   vmath_detail::map_portable_dispatch(op, nullptr, x, y, n);
 }
@@ -410,7 +410,7 @@ inline void vmap(VOp op, const float* x, float* y, int64_t n) {
 /// y[i] = g[i] * op(x[i]) for i < n (chain rule for the *Der ops). y may alias g or x.
 inline void vmap_mul(VOp op, const float* g, const float* x, float* y, int64_t n) {
 #if NABLAGRAD_VMATH_AVX2
-  if (simd_level() == SimdLevel::AVX2) return vmath_detail::map_avx2_dispatch(op, g, x, y, n);
+  if (simd_at_least(SimdLevel::AVX2)) return vmath_detail::map_avx2_dispatch(op, g, x, y, n);
 #endif
   vmath_detail::map_portable_dispatch(op, g, x, y, n);
 }
