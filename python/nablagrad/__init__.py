@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import operator
+from typing import Any, Iterable
 
 from . import _core
 from ._tensor import (
@@ -43,23 +44,42 @@ get_num_threads = _core.get_num_threads
 is_grad_enabled = _core.is_grad_enabled
 
 
-def where(cond, a, b):  # type: ignore[no-untyped-def]
+def get_include() -> str:
+    """The folder holding the C++ headers (``#include <nablagrad/nablagrad.h>``), for
+    ``g++ -I "$(python -c 'import nablagrad; print(nablagrad.get_include())')"``: the copy
+    installed with the package, or ``cpp/include`` of a source checkout."""
+    import os
+
+    here = os.path.dirname(os.path.realpath(__file__))
+    candidates = [
+        os.path.join(here, "include"),  # installed: the wheel carries the headers
+        os.path.join(os.path.dirname(os.path.dirname(here)), "cpp", "include"),  # checkout
+    ]
+    for c in candidates:
+        if os.path.isfile(os.path.join(c, "nablagrad", "nablagrad.h")):
+            return c
+    raise FileNotFoundError("nablagrad's C++ headers were not found next to the package "
+                            f"(looked in {candidates})")
+
+
+def where(cond: Any, a: Any, b: Any) -> Tensor:
     """Elementwise ``a`` where ``cond`` is true, else ``b`` (broadcasting; differentiable in a, b)."""
     return _core.where(cond, a, b)
 
 
-def concatenate(tensors, axis=0):  # type: ignore[no-untyped-def]
+def concatenate(tensors: Iterable[Tensor], axis: int = 0) -> Tensor:
     """Joins tensors along an existing axis (differentiable)."""
     return _core.concatenate(list(tensors), operator.index(axis))
 
 
-def stack(tensors, axis=0):  # type: ignore[no-untyped-def]
+def stack(tensors: Iterable[Tensor], axis: int = 0) -> Tensor:
     """Joins tensors along a new axis (differentiable)."""
     return _core.stack(list(tensors), operator.index(axis))
 
 
 from . import autograd, functional, nn, optim  # noqa: E402
 from . import data  # noqa: E402
+from . import onnx  # noqa: E402  (ng.onnx.export; the onnx package is imported on first use)
 from .io import load, save  # noqa: E402
 
 __version__ = "0.1.0"
@@ -69,5 +89,6 @@ __all__ = [
     "full", "empty", "zeros_like", "ones_like", "arange", "rand", "randn", "manual_seed", "concatenate",
     "stack", "where", "no_grad", "enable_grad", "set_num_threads", "get_num_threads", "is_grad_enabled",
     "functional", "autograd", "nn", "optim",
-    "data", "save", "load",
+    "data", "save", "load", "get_include",
 ]
+__all__ += ["onnx"]

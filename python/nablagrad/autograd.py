@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence, Tuple
 
 import numpy as np
 
@@ -13,9 +13,8 @@ __all__ = ["gradcheck", "numerical_gradient"]
 
 
 def _scalar_output(fn: Callable[..., Tensor], inputs: Sequence[Tensor], weights: Sequence[np.ndarray]) -> float:
-    outs = fn(*inputs)
-    if isinstance(outs, Tensor):
-        outs = (outs,)
+    result: Any = fn(*inputs)
+    outs: Sequence[Tensor] = (result,) if isinstance(result, Tensor) else tuple(result)
     total = 0.0
     for o, w in zip(outs, weights):
         total += float(np.sum(np.asarray(o, dtype=np.float64) * w))
@@ -59,9 +58,9 @@ def gradcheck(fn: Callable[..., Tensor], inputs: Sequence[Tensor], eps: float = 
         if x.requires_grad and not x.is_contiguous():
             raise ValueError(f"gradcheck: input {i} must be contiguous")
     rng = np.random.default_rng(seed)
-    outs = fn(*inputs)
+    outs: Any = fn(*inputs)
     single = isinstance(outs, Tensor)
-    outs_t = (outs,) if single else tuple(outs)
+    outs_t: Tuple[Tensor, ...] = (outs,) if single else tuple(outs)
     weights = [rng.standard_normal(o.shape) for o in outs_t]
     for x in inputs:
         if x.requires_grad:

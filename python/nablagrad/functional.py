@@ -180,8 +180,9 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Opt
         _check_tensor(t, name, "scaled_dot_product_attention")
     if not 0.0 <= dropout_p <= 1.0:
         raise ValueError(f"scaled_dot_product_attention: dropout_p must be in [0, 1], got {dropout_p}")
-    return _core.scaled_dot_product_attention(q, k, v, attn_mask, bool(is_causal), float(dropout_p),
-                                              None if scale is None else float(scale))
+    out: Tensor = _core.scaled_dot_product_attention(q, k, v, attn_mask, bool(is_causal), float(dropout_p),
+                                                     None if scale is None else float(scale))
+    return out
 
 
 def mse_loss(pred: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from typing import Any, Dict, List, Union
+from typing import Any, Dict, List, Set, Union
 
 import numpy as np
 import safetensors
@@ -149,7 +149,7 @@ class _Corrupt(ValueError):
     pass
 
 
-def _decode(node: Any, tensors: Dict[str, Tensor], used: set) -> Any:
+def _decode(node: Any, tensors: Dict[str, Tensor], used: Set[str]) -> Any:
     if node is None or isinstance(node, (bool, str)):
         return node
     if isinstance(node, int):
@@ -228,7 +228,7 @@ def load(path: _PathLike) -> Any:
             raise _Corrupt("the structure metadata is not a nablagrad structure")
         if doc["version"] > _FORMAT_VERSION:
             raise _Corrupt(f"written by a newer nablagrad (format version {doc['version']})")
-        used: set = set()
+        used: Set[str] = set()
         out = _decode(doc["root"], tensors, used)
     except (json.JSONDecodeError, RecursionError, _Corrupt) as e:
         raise ValueError(f"ng.load: {path!r}: corrupt checkpoint structure: {e}") from None

@@ -1,5 +1,6 @@
 """The type stubs of the extension (python/nablagrad/_core.pyi) stay in sync with the built
-module, and a typed usage snippet passes mypy."""
+module, and a typed usage snippet (tensors, functional, layers, optimizers, schedulers, data,
+save/load) passes mypy in strict mode."""
 
 from __future__ import annotations
 
@@ -71,9 +72,10 @@ def test_py_typed_marker():
     assert (STUB.parent / "py.typed").exists()
 
 
-def test_usage_snippet_runs():
+def test_usage_snippet_runs(tmp_path):
     ns = runpy.run_path(str(USAGE))
     assert isinstance(ns["usage"](), float)
+    assert isinstance(ns["training"](str(tmp_path / "ckpt.safetensors")), float)
 
 
 def test_mypy_on_usage_snippet():
@@ -87,6 +89,7 @@ def test_mypy_on_usage_snippet():
         env["MYPYPATH"] = str(STUB.parent.parent)
     cmd = [
         sys.executable, "-m", "mypy", str(USAGE),
+        "--strict",  # the public API's types are precise enough for strict users
         "--follow-imports=silent",  # check the snippet against the package's types only
         "--warn-unused-ignores", "--no-error-summary", "--hide-error-context",
         "--cache-dir", str(cache), "--config-file", str(root / "pyproject.toml"),

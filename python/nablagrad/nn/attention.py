@@ -17,7 +17,7 @@ A PyTorch ``MultiheadAttention(E, H, batch_first=True)`` maps onto it by splitti
 
 from __future__ import annotations
 
-from typing import Any, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Optional, Tuple
 
 from .. import _core
 from .._tensor import Tensor, _resolve_dtype
@@ -81,6 +81,9 @@ class MultiheadAttention(_CoreModule):
         out, weights = self._layer.forward(query, key, value, key_padding_mask, attn_mask, bool(need_weights),
                                            bool(is_causal))
         return out, weights
+
+    if TYPE_CHECKING:  # calling the layer is typed as its forward
+        __call__ = forward  # type: ignore[assignment]
 
     def extra_repr(self) -> str:
         return str(self._layer.extra_repr())

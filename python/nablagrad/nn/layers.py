@@ -12,7 +12,7 @@ Layouts are nablagrad's: images NHWC, convolution kernels (Q, FH, FW, C), Linear
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Optional, Sequence, Tuple, Union
 
 from .. import _core
 from .._tensor import Tensor, _resolve_dtype, float32
@@ -55,7 +55,7 @@ class _CoreModule(Module):
             self._buffers[name] = t
 
     # training mode lives in the C++ layer (dropout, batch norm read it)
-    @property  # type: ignore[override]
+    @property
     def training(self) -> bool:  # noqa: D102
         return bool(self._layer.is_training())
 
@@ -67,7 +67,10 @@ class _CoreModule(Module):
         self._layer.train(mode)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self._layer.forward(x)
+        return self._layer.forward(x)  # type: ignore[no-any-return]
+
+    if TYPE_CHECKING:  # calling the layer is typed as its forward (subclasses with another
+        __call__ = forward  # forward signature repeat this line)
 
     def _core_owned(self, name: str) -> bool:
         store = self.__dict__.get("_parameters", {})

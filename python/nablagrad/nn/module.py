@@ -26,7 +26,7 @@ import collections
 import itertools
 import operator
 from typing import (Any, Callable, Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Set, Tuple,
-                    TypeVar, Union, overload)
+                    TypeVar, Union, cast, overload)
 
 from .. import _core
 from .._tensor import Tensor, _resolve_dtype, float32, float64, no_grad
@@ -509,7 +509,7 @@ class _ModuleContainer(Module):
         return len(self._modules)
 
     def __iter__(self) -> Iterator[Module]:
-        return iter(self._modules.values())
+        return iter(cast(Dict[str, Module], self._modules).values())
 
 
 class Sequential(_ModuleContainer):
@@ -526,7 +526,7 @@ class Sequential(_ModuleContainer):
                 self.add_module(str(i), m)
 
     def forward(self, x: Any) -> Any:
-        for m in self._modules.values():
+        for m in cast(Dict[str, Module], self._modules).values():
             x = m(x)
         return x
 
@@ -567,7 +567,7 @@ class ModuleList(_ModuleContainer):
 
     def __getitem__(self, idx: Union[int, slice]) -> Any:
         if isinstance(idx, slice):
-            return ModuleList(list(self._modules.values())[idx])
+            return ModuleList(list(cast(Dict[str, Module], self._modules).values())[idx])
         return self._modules[self._index(idx)]
 
     def __iadd__(self, modules: Iterable[Module]) -> "ModuleList":

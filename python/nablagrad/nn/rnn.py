@@ -14,7 +14,7 @@ batch_first=True)`` state dict loads as it is: ``weight_ih_l{k}`` (G*H, in), ``w
 
 from __future__ import annotations
 
-from typing import Any, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Optional, Tuple
 
 from .. import _core
 from .._tensor import Tensor
@@ -69,6 +69,9 @@ class RNN(_RecurrentBase):
         out, h_n = self._layer.forward(x, h0)
         return out, h_n
 
+    if TYPE_CHECKING:  # calling the layer is typed as its forward
+        __call__ = forward  # type: ignore[assignment]
+
 
 class LSTM(_RecurrentBase):
     """LSTM (gates i, f, g, o): ``c_t = f*c_{t-1} + i*g``, ``h_t = o*tanh(c_t)``.
@@ -84,6 +87,9 @@ class LSTM(_RecurrentBase):
         out, (h_n, c_n) = self._layer.forward(x, hx)
         return out, (h_n, c_n)
 
+    if TYPE_CHECKING:
+        __call__ = forward  # type: ignore[assignment]
+
 
 class GRU(_RecurrentBase):
     """GRU (gates r, z, n): ``n = tanh(W_in x + b_in + r*(W_hn h + b_hn))``,
@@ -98,3 +104,6 @@ class GRU(_RecurrentBase):
                 h0: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
         out, h_n = self._layer.forward(x, h0)
         return out, h_n
+
+    if TYPE_CHECKING:
+        __call__ = forward  # type: ignore[assignment]
