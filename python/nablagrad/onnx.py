@@ -1182,8 +1182,9 @@ def export(model: Any, example_input: Any, path: Union[str, "os.PathLike[str]", 
         example_input: a Tensor (or NumPy array), or a tuple/list of them for a model with several
             inputs (passed positionally). The graph's inputs and all shapes are fixed to these.
         path: where to write the ``.onnx`` file (None: only return the model).
-        input_names, output_names: the graph's input/output names (default ``input``/``output``,
-            numbered ``input_0, input_1, ...`` when there are several).
+        input_names: the graph's input names (default ``input``, numbered ``input_0, input_1, ...``
+            when there are several).
+        output_names: the graph's output names (default ``output``, numbered likewise).
         opset_version: ONNX opset (17 or newer; default 18).
         dynamic_batch: make axis 0 of every input (the batch) a symbolic dimension ``batch``. The model
             is traced at three batch sizes (N, N+1, N+2, the extra rows copies of the first); shape
