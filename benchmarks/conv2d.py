@@ -1,15 +1,19 @@
-"""conv2d (NHWC, float32) in nablagrad vs PyTorch (channels_last), from Python.
+"""conv2d (NHWC, float32) in nablagrad vs PyTorch (its faster layout per shape), from Python.
 
     PYTHONPATH=build/dev-conv/site python benchmarks/conv2d.py [--rounds 9] [--threads 2,1]
                                                                [--shapes 0,4] [--markdown]
 
 For every shape, forward (no grad) and forward+backward (input, weight and bias gradients)
-are timed in the same process, alternating torch and nablagrad block by block (see measure()),
-and the median over rounds is reported. ratio = torch_time / nablagrad_time (> 1: we are faster). GF/s counts
+are timed in the same process, alternating PyTorch (both layouts: NCHW and channels_last)
+and nablagrad block by block (see measure()), and the median over rounds is reported. The
+PyTorch figure is its faster layout for that shape and pass (the layout is printed). The
+kernels nablagrad chose for each pass (kernels/conv2d/select.h) are printed with the shape.
+ratio = torch_time / nablagrad_time (> 1: we are faster). GF/s counts
 2*N*Ho*Wo*Q*FH*FW*C FLOPs for the forward pass and 3x that for forward+backward; "%peak" is
 relative to the machine's fp32 peak (185 GFLOP/s on 2 Zen 3 cores, 92.5 per core). The
 "scale" column is t(1 thread) / t(2 threads) of nablagrad's forward+backward. Without torch
-only nablagrad's numbers are printed. The machine is shared: check `uptime` first.
+only nablagrad's numbers are printed. The first line names the CPU, the SIMD level and the
+load average: the machine is shared, so check `uptime` first.
 """
 
 from __future__ import annotations
@@ -26,6 +30,11 @@ import nablagrad as ng
 import nablagrad.functional as F
 
 try:
+    from _common import cpu_model
+except ImportError:  # run from elsewhere than benchmarks/ (e.g. loaded by nablagrad.benchmark)
+    from nablagrad.benchmark._common import cpu_model
+
+try:
     import torch
 except ImportError:  # pragma: no cover - exercised when torch is absent
     torch = None
@@ -36,6 +45,9 @@ SHAPES = [  # N, H, W, C -> Q, F, S, P
     (8, 56, 56, 64, 64, 3, 1, 1),
     (16, 32, 32, 32, 64, 3, 2, 1),
     (8, 64, 64, 3, 32, 7, 2, 3),
+    (16, 14, 14, 128, 256, 1, 1, 0),  # 1x1: straight to the GEMM
+    (4, 96, 96, 16, 16, 5, 1, 2),  # 5x5
+    (32, 16, 16, 48, 96, 3, 1, 0),  # unpadded 3x3
 ]
 PEAK_PER_THREAD = 92.5  # GFLOP/s, fp32, one Zen 3 core (2 FMA x 8 lanes x 2 x ~2.9 GHz)
 
@@ -59,12 +71,17 @@ class Case:
         self.flops = 2.0 * n * self.ho * self.wo * q * f * f * c
         self.nx, self.nk, self.nb = (ng.tensor(a, requires_grad=True) for a in (x, k, b))
         self.ndy = ng.tensor(dy)
+        self.algorithm = ng._core._conv_algorithm_for((n, h, w, c), (q, f, f, c), s, s, p, p, p, p)
         if torch is not None:
-            cl = torch.channels_last
-            self.tx = torch.tensor(x).permute(0, 3, 1, 2).contiguous(memory_format=cl).requires_grad_(True)
-            self.tk = torch.tensor(k).permute(0, 3, 1, 2).contiguous(memory_format=cl).requires_grad_(True)
-            self.tb = torch.tensor(b).requires_grad_(True)
-            self.tdy = torch.tensor(dy).permute(0, 3, 1, 2).contiguous(memory_format=cl)
+            # layout -> (x, kernel, bias, dy) in that memory format (NCHW logical shapes)
+            self.t = {}
+            for layout, fmt in (("cl", torch.channels_last), ("nchw", torch.contiguous_format)):
+                self.t[layout] = (
+                    torch.tensor(x).permute(0, 3, 1, 2).contiguous(memory_format=fmt).requires_grad_(True),
+                    torch.tensor(k).permute(0, 3, 1, 2).contiguous(memory_format=fmt).requires_grad_(True),
+                    torch.tensor(b).requires_grad_(True),
+                    torch.tensor(dy).permute(0, 3, 1, 2).contiguous(memory_format=fmt))
+            self.tx, self.tk, self.tb, self.tdy = self.t["cl"]
 
     def ours_fwd(self) -> None:
         with ng.no_grad():
@@ -74,17 +91,22 @@ class Case:
         self.nx.grad = self.nk.grad = self.nb.grad = None
         F.conv2d(self.nx, self.nk, self.nb, stride=self.s, padding=self.p).backward(self.ndy)
 
-    def torch_fwd(self) -> None:
+    def torch_fwd(self, layout: str = "cl") -> None:
+        tx, tk, tb, _ = self.t[layout]
         with torch.no_grad():
-            torch.nn.functional.conv2d(self.tx, self.tk, self.tb, stride=self.s, padding=self.p)
+            torch.nn.functional.conv2d(tx, tk, tb, stride=self.s, padding=self.p)
 
-    def torch_fb(self) -> None:
-        self.tx.grad = self.tk.grad = self.tb.grad = None
-        torch.nn.functional.conv2d(self.tx, self.tk, self.tb, stride=self.s, padding=self.p).backward(self.tdy)
+    def torch_fb(self, layout: str = "cl") -> None:
+        tx, tk, tb, tdy = self.t[layout]
+        tx.grad = tk.grad = tb.grad = None
+        torch.nn.functional.conv2d(tx, tk, tb, stride=self.s, padding=self.p).backward(tdy)
 
 
 def measure(case: Case, nthreads: int, rounds: int, reps: int = 3, settle: float = 0.05):
     """Median seconds {(lib, pass): t}; torch and ours alternate block by block.
+
+    PyTorch runs in both layouts ("torch_cl" channels_last, "torch_nchw"); ("torch", pass) is
+    the faster of the two and ("torch_layout", pass) names it.
 
     Each round runs, for each pass, a block of torch calls then a block of ours. A block
     starts with a pause of `settle` seconds and one untimed call, then times `reps` calls:
@@ -98,20 +120,28 @@ def measure(case: Case, nthreads: int, rounds: int, reps: int = 3, settle: float
         torch.set_num_threads(nthreads)
     fns = {("ours", "fwd"): case.ours_fwd, ("ours", "fb"): case.ours_fb}
     if torch is not None:
-        fns.update({("torch", "fwd"): case.torch_fwd, ("torch", "fb"): case.torch_fb})
+        for layout in ("cl", "nchw"):
+            fns[("torch_" + layout, "fwd")] = lambda layout=layout: case.torch_fwd(layout)
+            fns[("torch_" + layout, "fb")] = lambda layout=layout: case.torch_fb(layout)
     for fn in fns.values():  # warm up (caches, allocator, thread pool)
         fn()
         fn()
     times = {key: [] for key in fns}
     for _ in range(rounds):
         for pas in ("fwd", "fb"):
-            for lib in ("torch", "ours"):
+            for lib in ("torch_cl", "ours", "torch_nchw"):
                 if (lib, pas) in fns:
                     fn = fns[(lib, pas)]
                     time.sleep(settle)
                     fn()
                     times[(lib, pas)].extend(timed(fn) for _ in range(reps))
-    return {key: statistics.median(v) for key, v in times.items()}
+    out = {key: statistics.median(v) for key, v in times.items()}
+    if torch is not None:
+        for pas in ("fwd", "fb"):
+            best = min(("cl", "nchw"), key=lambda layout: out[("torch_" + layout, pas)])
+            out[("torch", pas)] = out[("torch_" + best, pas)]
+            out[("torch_layout", pas)] = "channels_last" if best == "cl" else "NCHW"
+    return out
 
 
 def main() -> None:
@@ -124,15 +154,19 @@ def main() -> None:
     thread_counts = [int(t) for t in args.threads.split(",")]
     shapes = SHAPES if not args.shapes else [SHAPES[int(i)] for i in args.shapes.split(",")]
     have_torch = torch is not None
+    print(f"# CPU: {cpu_model()}; SIMD level: {ng._core._simd_level()} (CPU has {ng._core._cpu_simd_level()}); "
+          f"conv algorithm: {ng.backends.conv_algorithm}")
     print(f"# load average {os.getloadavg()[0]:.2f}; torch {'%s' % torch.__version__ if have_torch else 'absent'}; "
-          f"simd {ng._core._simd_level()}; rounds {args.rounds}; times are medians in ms")
+          f"rounds {args.rounds}; times are medians in ms; torch = its faster layout (NCHW or channels_last)")
     head = thread_counts[0]
-    rows, ratios = [], []
+    rows, ratios, fwd_ratios = [], [], []
     for shape in shapes:
         case = Case(shape)
         res = {t: measure(case, t, args.rounds) for t in thread_counts}
         r = res[head]
+        alg = case.algorithm
         row = {"shape": "({},{},{},{}->{},{},{},{})".format(*shape), "thr": head,
+               "alg": f"{alg['forward']} / {alg['backward_input']}, {alg['backward_weight']}",
                "o_f": r[("ours", "fwd")] * 1e3, "o_fb": r[("ours", "fb")] * 1e3}
         row["gf_f"] = case.flops / r[("ours", "fwd")] * 1e-9
         row["gf_fb"] = 3 * case.flops / r[("ours", "fb")] * 1e-9
@@ -142,21 +176,25 @@ def main() -> None:
         if have_torch:
             row["t_f"], row["t_fb"] = r[("torch", "fwd")] * 1e3, r[("torch", "fb")] * 1e3
             row["r_f"], row["r_fb"] = row["t_f"] / row["o_f"], row["t_fb"] / row["o_fb"]
+            row["lay"] = "{}/{}".format(*("CL" if r[("torch_layout", p)] == "channels_last" else "NCHW"
+                                          for p in ("fwd", "fb")))
             if 1 in res and head != 1:
                 row["t_scale"] = res[1][("torch", "fb")] / r[("torch", "fb")]
             ratios.append(row["r_fb"])
+            fwd_ratios.append(row["r_f"])
         rows.append(row)
         print_row(row, have_torch, args.markdown, first=len(rows) == 1)
     if ratios:
         gm = math.exp(sum(math.log(v) for v in ratios) / len(ratios))
+        gm_f = math.exp(sum(math.log(v) for v in fwd_ratios) / len(fwd_ratios))
         print(f"\ngeometric mean of the forward+backward ratio (torch/ours) at {head} threads: {gm:.2f}"
-              f"  (min {min(ratios):.2f})")
+              f"  (min {min(ratios):.2f}); forward: {gm_f:.2f} (min {min(fwd_ratios):.2f})")
 
 
 def print_row(row, have_torch: bool, markdown: bool, first: bool) -> None:
-    cols = [("shape (N,H,W,C->Q,F,S,P)", "shape", "{}")]
+    cols = [("shape (N,H,W,C->Q,F,S,P)", "shape", "{}"), ("kernels fwd / dX, dW", "alg", "{}")]
     if have_torch:
-        cols += [("torch fwd", "t_f", "{:.2f}")]
+        cols += [("torch layout f/fb", "lay", "{}"), ("torch fwd", "t_f", "{:.2f}")]
     cols += [("ours fwd", "o_f", "{:.2f}")]
     if have_torch:
         cols += [("ratio fwd", "r_f", "{:.2f}"), ("torch f+b", "t_fb", "{:.2f}")]
@@ -175,7 +213,7 @@ def print_row(row, have_torch: bool, markdown: bool, first: bool) -> None:
         print("| " + " | ".join(cells) + " |")
     else:
         widths = [max(len(c[0]), 10) for c in cols]
-        widths[0] = 26
+        widths[0], widths[1] = 26, 34
         if first:
             print("  ".join(c[0].rjust(wd) for c, wd in zip(cols, widths)))
         print("  ".join(cell.rjust(wd) for cell, wd in zip(cells, widths)))

@@ -1,6 +1,7 @@
 // Tests of kernels/conv2d.h: the reference (the design document, literally) against finite
 // differences and a hand-checked example; the fast path against the reference over odd shapes,
-// strides, paddings, thread counts (bitwise) and both SIMD levels; the geometry checks.
+// strides, paddings, thread counts (bitwise) and every SIMD level the CPU has; the geometry
+// checks; 1x1 convolutions through the GEMM; the kernel choice and the algorithm setting.
 #include "nablagrad/kernels/conv2d.h"
 
 #include <cmath>
@@ -270,6 +271,108 @@ void test_larger_shapes() {
   nablagrad::set_num_threads(2);
 }
 
+// Fast vs reference for one shape at every SIMD level the CPU has and 1..3 threads (bitwise).
+template <typename T>
+void check_everywhere(const Conv2dGeometry& g, double tol, uint32_t seed) {
+  std::mt19937 rng(seed);
+  auto x = random_vector<T>(g.N * g.H * g.W * g.C, rng), w = random_vector<T>(g.Q * g.FH * g.FW * g.C, rng),
+       b = random_vector<T>(g.Q, rng), dy = random_vector<T>(g.N * g.Ho * g.Wo * g.Q, rng);
+  const Results ref = run_reference(g, x, w, b, dy, true);
+  for (int level = 0; level <= static_cast<int>(nablagrad::cpu_simd_level()); ++level) {
+    nablagrad::set_simd_level(static_cast<SimdLevel>(level));
+    Results first;
+    for (int threads = 1; threads <= 3; ++threads) {
+      nablagrad::set_num_threads(threads);
+      const Results r = run_fast(g, x, w, b, dy, true);
+      const bool ok = max_rel_diff(r.y, ref.y) < tol && max_rel_diff(r.dx, ref.dx) < tol &&
+                      max_rel_diff(r.dw, ref.dw) < tol && max_rel_diff(r.db, ref.db) < tol;
+      if (threads == 1) first = r;
+      const bool same = bitwise_equal(r.y, first.y) && bitwise_equal(r.dx, first.dx) &&
+                        bitwise_equal(r.dw, first.dw) && bitwise_equal(r.db, first.db);
+      CHECK(ok && same);
+      if (!(ok && same))
+        std::printf("  %s N=%lld H=%lld W=%lld C=%lld Q=%lld F=%lldx%lld S=%lld level=%d threads=%d ok=%d same=%d\n",
+                    sizeof(T) == 4 ? "float" : "double", (long long)g.N, (long long)g.H,
+                    (long long)g.W, (long long)g.C, (long long)g.Q, (long long)g.FH,
+                    (long long)g.FW, (long long)g.stride_h, level, threads, ok, same);
+    }
+  }
+  nablagrad::set_simd_level(nablagrad::cpu_simd_level());
+  nablagrad::set_num_threads(2);
+}
+
+// 1x1 convolutions without padding go straight to the GEMM (stride 1: the input as it lies;
+// strided: gathered rows, and the input gradient scattered back with zeros in between).
+void test_pointwise() {
+  const auto g1 = make_conv2d_geometry(2, 5, 7, 16, 24, 1, 1, 16, 1, 1, 0, 0, 0, 0);
+  const auto g2 = make_conv2d_geometry(2, 9, 8, 12, 20, 1, 1, 12, 2, 3, 0, 0, 0, 0);
+  const auto g3 = make_conv2d_geometry(3, 14, 14, 40, 70, 1, 1, 40, 1, 1, 0, 0, 0, 0);
+  for (const auto* g : {&g1, &g2, &g3}) {
+    const ConvKernelChoice c = conv_kernel_choice<float>(*g);
+    CHECK(std::string(c.forward) == "1x1_gemm" && std::string(c.backward_input) == "1x1_gemm" &&
+          std::string(c.backward_weight) == "1x1_gemm");
+    check_everywhere<double>(*g, 1e-12, 7);
+    check_everywhere<float>(*g, 2e-5, 8);
+  }
+  // A padded 1x1 (its border outputs are the bias alone) is not a plain GEMM.
+  const auto gp = make_conv2d_geometry(1, 5, 5, 16, 16, 1, 1, 16, 1, 1, 1, 1, 1, 1);
+  CHECK(std::string(conv_kernel_choice<float>(gp).forward) != "1x1_gemm");
+  check_everywhere<double>(gp, 1e-12, 9);
+}
+
+// Widths that take each register tile of every level (at AVX-512: the 2-vector tile for 32 /
+// 64 / 128+ columns, the 1-vector one otherwise), through every pass, incl. the direct forward.
+void test_register_tiles() {
+  check_everywhere<float>(make_conv2d_geometry(2, 9, 10, 32, 64, 3, 3, 32, 1, 1, 1, 1, 1, 1), 2e-5, 21);
+  check_everywhere<double>(make_conv2d_geometry(2, 9, 10, 32, 64, 3, 3, 32, 1, 1, 1, 1, 1, 1), 1e-12, 22);
+  check_everywhere<double>(make_conv2d_geometry(1, 11, 13, 16, 48, 3, 3, 16, 2, 2, 1, 1, 1, 1), 1e-12, 23);
+  check_everywhere<float>(make_conv2d_geometry(2, 15, 14, 3, 32, 3, 3, 3, 1, 1, 1, 1, 1, 1), 2e-5, 24);
+  check_everywhere<double>(make_conv2d_geometry(2, 15, 14, 1, 32, 5, 5, 1, 2, 2, 2, 2, 2, 2), 1e-12, 25);
+  check_everywhere<double>(make_conv2d_geometry(1, 8, 9, 130, 16, 3, 3, 130, 1, 1, 0, 0, 0, 0), 1e-12, 26);
+  check_everywhere<double>(make_conv2d_geometry(2, 12, 12, 16, 16, 5, 5, 16, 1, 1, 2, 2, 2, 2), 1e-12, 27);
+}
+
+// Which kernel each pass picks for shapes of each family (select.h), at every level.
+void test_kernel_choice() {
+  for (int level = 0; level <= static_cast<int>(nablagrad::cpu_simd_level()); ++level) {
+    nablagrad::set_simd_level(static_cast<SimdLevel>(level));
+    const auto cfg = nablagrad::kernels::conv_detail::conv_kernels<float>();
+    CHECK(static_cast<int>(cfg.level) <= level);
+    CHECK(cfg.MR * cfg.NR <= nablagrad::kernels::conv_detail::kMaxTileValues);
+    CHECK(cfg.VL <= nablagrad::kernels::conv_detail::kSmallCAccStride);
+    const auto first = make_conv2d_geometry(8, 32, 32, 3, 32, 3, 3, 3, 1, 1, 1, 1, 1, 1);
+    const ConvKernelChoice c = conv_kernel_choice<float>(first);
+    CHECK(std::string(c.forward) == "direct");
+    CHECK(std::string(c.backward_weight) == "smallc");
+    const auto wide = make_conv2d_geometry(2, 16, 16, 128, 64, 3, 3, 128, 2, 2, 1, 1, 1, 1);
+    CHECK(std::string(conv_kernel_choice<float>(wide).forward) == "im2col_gemm");
+    CHECK(std::string(conv_kernel_choice<float>(wide).backward_input) == "phases");
+    CHECK(std::string(conv_kernel_choice<float>(wide).backward_weight) == "gemm");
+    const auto c1 = make_conv2d_geometry(4, 28, 28, 1, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1);
+    CHECK(std::string(conv_kernel_choice<float>(c1).backward_input) == (level >= 1 ? "smallc" : "col2im"));
+  }
+  nablagrad::set_simd_level(nablagrad::cpu_simd_level());
+}
+
+// The process-wide algorithm setting: names, parsing, invalid values; "direct" never picks a
+// Winograd kernel, and every setting computes the same convolution.
+void test_algorithm_setting() {
+  CHECK(conv_algorithm() == ConvAlgorithm::Auto);
+  for (ConvAlgorithm a : {ConvAlgorithm::Auto, ConvAlgorithm::Direct, ConvAlgorithm::Winograd})
+    CHECK(parse_conv_algorithm(conv_algorithm_name(a)) == a);
+  CHECK_THROWS(parse_conv_algorithm("fft"), std::invalid_argument);
+  CHECK_THROWS(parse_conv_algorithm("Auto"), std::invalid_argument);
+  const auto g = make_conv2d_geometry(2, 12, 12, 8, 16, 3, 3, 8, 1, 1, 1, 1, 1, 1);
+  for (ConvAlgorithm a : {ConvAlgorithm::Direct, ConvAlgorithm::Winograd, ConvAlgorithm::Auto}) {
+    set_conv_algorithm(a);
+    CHECK(conv_algorithm() == a);
+    if (a == ConvAlgorithm::Direct)
+      CHECK(std::string(conv_kernel_choice<float>(g).forward).find("winograd") == std::string::npos);
+    check_everywhere<double>(g, 1e-10, 11);
+  }
+  CHECK(conv_algorithm() == ConvAlgorithm::Auto);
+}
+
 void test_geometry_errors() {
   CHECK_THROWS(make_conv2d_geometry(2, 8, 8, 3, 4, 3, 3, 4, 1, 1, 0, 0, 0, 0),
                std::invalid_argument);
@@ -318,5 +421,9 @@ int main() {
   RUN_TEST(test_sweep_double);
   RUN_TEST(test_sweep_float);
   RUN_TEST(test_larger_shapes);
+  RUN_TEST(test_pointwise);
+  RUN_TEST(test_register_tiles);
+  RUN_TEST(test_kernel_choice);
+  RUN_TEST(test_algorithm_setting);
   return test_util::finish();
 }

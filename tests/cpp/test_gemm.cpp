@@ -202,6 +202,51 @@ void test_large_shapes() {
   for (const Shape& s : double_shapes) check_shape<double>(s, rng);
 }
 
+// Edges of the AVX-512 tiles (6x64 / 8x32 float, 6x32 / 8x16 double) and of the row count
+// (48) where gemm_config() switches between them, at every level.
+void test_wide_tile_edges() {
+  std::mt19937 rng(5);
+  for (int64_t m : {7, 8, 9, 47, 48, 49})
+    for (int64_t n : {31, 32, 33, 63, 64, 65, 129})
+      for (int64_t k : {1, 9, 300}) {
+        check_shape<float>({m, n, k}, rng);
+        if (k != 300) check_shape<double>({m, n, k}, rng);
+      }
+  check_shape<double>({49, 65, 300}, rng);
+}
+
+// gemm_config() picks the tile by the row count, which must not change a result: the first 40
+// rows of a 100-row product (large-M tile) equal the 40-row product (small-M tile) bitwise.
+template <typename T>
+void check_row_count_independence() {
+  std::mt19937 rng(6);
+  std::uniform_real_distribution<double> dist(-1.0, 1.0);
+  const int64_t M = 100, Ms = 40, N = 77, K = 600;
+  std::vector<T> a(static_cast<size_t>(M * K)), b(static_cast<size_t>(K * N));
+  for (auto& x : a) x = static_cast<T>(dist(rng));
+  for (auto& x : b) x = static_cast<T>(dist(rng));
+  for (SimdLevel level : simd_levels()) {
+    nablagrad::set_simd_level(level);
+    for (int threads : {1, 2}) {
+      nablagrad::set_num_threads(threads);
+      std::vector<T> big(static_cast<size_t>(M * N)), small(static_cast<size_t>(Ms * N));
+      gemm<T>(M, N, K, a.data(), K, 1, b.data(), N, 1, big.data(), N, false);
+      gemm<T>(Ms, N, K, a.data(), K, 1, b.data(), N, 1, small.data(), N, false);
+      const bool same = std::memcmp(big.data(), small.data(), sizeof(T) * small.size()) == 0;
+      CHECK(same);
+      if (!same)
+        std::printf("  %s simd=%s threads=%d: rows of the %lld-row product differ from the %lld-row one\n",
+                    sizeof(T) == 4 ? "float" : "double", level_name(level), threads,
+                    static_cast<long long>(M), static_cast<long long>(Ms));
+    }
+  }
+}
+
+void test_row_count_independence() {
+  check_row_count_independence<float>();
+  check_row_count_independence<double>();
+}
+
 // The shipped threshold (the other tests use 0): a shape that is threaded either way.
 void test_default_threshold() {
   std::mt19937 rng(4);
@@ -264,6 +309,8 @@ int main() {
   RUN_TEST(test_small_shapes_float);
   RUN_TEST(test_small_shapes_double);
   RUN_TEST(test_large_shapes);
+  RUN_TEST(test_wide_tile_edges);
+  RUN_TEST(test_row_count_independence);
   nablagrad::kernels::gemm_parallel_threshold().store(initial_threshold);
   RUN_TEST(test_default_threshold);
   nablagrad::set_simd_level(initial_level);

@@ -9,6 +9,7 @@
 #include "nablagrad/ops/rnn.h"
 
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <functional>
 #include <stdexcept>
@@ -339,13 +340,24 @@ void test_layers_stack_the_ops() {
 }  // namespace
 
 int main() {
-  RUN_TEST(test_forward_matches_reference);
-  RUN_TEST(test_gradients_finite_differences);
-  RUN_TEST(test_gradient_through_one_output);
-  RUN_TEST(test_one_node_for_all_outputs);
-  RUN_TEST(test_inference_equals_training_forward);
-  RUN_TEST(test_deterministic_across_threads);
-  RUN_TEST(test_argument_errors);
-  RUN_TEST(test_layers_stack_the_ops);
+  // Every SIMD level this CPU has: the float LSTM cells have their own AVX-512 code, the GEMM
+  // its AVX2 and AVX-512 tiles.
+  const SimdLevel initial = simd_level();
+  std::vector<SimdLevel> levels{SimdLevel::Portable};
+  if (cpu_has_avx2_fma()) levels.push_back(SimdLevel::AVX2);
+  if (cpu_has_avx512f()) levels.push_back(SimdLevel::AVX512);
+  for (SimdLevel level : levels) {
+    set_simd_level(level);
+    std::printf("simd level %s\n", simd_level_name(level));
+    RUN_TEST(test_forward_matches_reference);
+    RUN_TEST(test_gradients_finite_differences);
+    RUN_TEST(test_gradient_through_one_output);
+    RUN_TEST(test_one_node_for_all_outputs);
+    RUN_TEST(test_inference_equals_training_forward);
+    RUN_TEST(test_deterministic_across_threads);
+    RUN_TEST(test_argument_errors);
+    RUN_TEST(test_layers_stack_the_ops);
+  }
+  set_simd_level(initial);
   return test_util::finish();
 }

@@ -148,6 +148,13 @@ void test_special_values() {
         }
         CHECK(std::memcmp(full.data(), part.data(), full.size() * sizeof(float)) == 0);
         CHECK(std::memcmp(gfull.data(), gpart.data(), gfull.size() * sizeof(float)) == 0);
+        for (std::size_t i = 0; i < x.size(); ++i)
+          if (std::memcmp(&full[i], &part[i], sizeof(float)) != 0 || std::memcmp(&gfull[i], &gpart[i], sizeof(float)) != 0) {
+            std::printf("  level %s op %d step %lld: element %zu (x = %.9g) whole array %.9g / %.9g, in pieces %.9g / %.9g\n",
+                        nablagrad::simd_level_name(level), static_cast<int>(op), static_cast<long long>(step), i,
+                        x[i], full[i], gfull[i], part[i], gpart[i]);
+            break;
+          }
       }
       bool mul_ok = true;
       for (std::size_t i = 0; i < x.size(); ++i) mul_ok = mul_ok && gfull[i] == 1.5f * full[i];
@@ -159,6 +166,36 @@ void test_special_values() {
       }
     }
   }
+}
+
+// The AVX-512 code is the AVX2 code lane for lane: both levels give the same bits, for full
+// vectors and for tails of every length (and through the *Der chain-rule product).
+void test_avx512_matches_avx2() {
+  if (!nablagrad::cpu_has_avx512f()) {
+    std::printf("  (no AVX-512 on this CPU: skipped)\n");
+    return;
+  }
+  const SimdLevel initial = nablagrad::simd_level();
+  std::vector<float> x = grid(-12.0, 12.0, 4099);
+  x.insert(x.end(), {kInf, -kInf, kNaN, 0.0f, -0.0f, 1e-30f, -100.0f, 88.7f});
+  const std::vector<float> g(x.size(), -0.75f);
+  for (VOp op : {VOp::Exp, VOp::Erf, VOp::Tanh, VOp::Sigmoid, VOp::Gelu, VOp::GeluDer, VOp::GeluTanh, VOp::GeluTanhDer}) {
+    for (int64_t len : {int64_t{1}, int64_t{7}, int64_t{15}, int64_t{16}, int64_t{17}, static_cast<int64_t>(x.size())}) {
+      std::vector<float> y2(static_cast<std::size_t>(len)), y5(y2.size()), m2(y2.size()), m5(y2.size());
+      const float* xs = x.data() + (x.size() - static_cast<std::size_t>(len));  // ends with the specials
+      nablagrad::set_simd_level(SimdLevel::AVX2);
+      nablagrad::kernels::vmap(op, xs, y2.data(), len);
+      nablagrad::kernels::vmap_mul(op, g.data(), xs, m2.data(), len);
+      nablagrad::set_simd_level(SimdLevel::AVX512);
+      nablagrad::kernels::vmap(op, xs, y5.data(), len);
+      nablagrad::kernels::vmap_mul(op, g.data(), xs, m5.data(), len);
+      const bool same = std::memcmp(y2.data(), y5.data(), y2.size() * sizeof(float)) == 0 &&
+                        std::memcmp(m2.data(), m5.data(), m2.size() * sizeof(float)) == 0;
+      CHECK(same);
+      if (!same) std::printf("  op %d len %lld: AVX-512 differs from AVX2\n", static_cast<int>(op), static_cast<long long>(len));
+    }
+  }
+  nablagrad::set_simd_level(initial);
 }
 
 // The tensor ops: float32 forward and gradient against double, non-contiguous inputs,
@@ -227,6 +264,7 @@ void test_tensor_ops() {
 int main() {
   RUN_TEST(test_accuracy);
   RUN_TEST(test_special_values);
+  RUN_TEST(test_avx512_matches_avx2);
   RUN_TEST(test_tensor_ops);
   return test_util::finish();
 }

@@ -133,6 +133,9 @@ def test_conv_random_vs_reference(case):
 
 def test_conv_1x1(): check_conv_vs_reference(2, 5, 7, 16, 24, 1, 1)
 def test_conv_1x1_strided(): check_conv_vs_reference(2, 9, 8, 3, 5, 1, 1, stride=2)
+def test_conv_1x1_strided_gemm(): check_conv_vs_reference(2, 9, 8, 12, 20, 1, 1, stride=(2, 3))
+def test_conv_1x1_padded(): check_conv_vs_reference(1, 5, 6, 16, 9, 1, 1, padding=1)
+def test_conv_1x1_wide(): check_conv_vs_reference(2, 7, 7, 64, 80, 1, 1, bias=False)
 def test_conv_same_even_kernel(): check_conv_vs_reference(2, 7, 6, 3, 4, 4, 2, padding="same")
 def test_conv_same_odd_kernel(): check_conv_vs_reference(1, 9, 9, 8, 17, 5, 3, padding="same")
 def test_conv_kernel_equals_input(): check_conv_vs_reference(2, 5, 4, 3, 2, 5, 4)
@@ -206,6 +209,7 @@ DET_SHAPES = [
     (2, 24, 24, 3, 32, 7, 7, 2, 3),
     (1, 15, 15, 40, 8, 1, 1, 1, 0),
     (2, 13, 13, 8, 3, 5, 5, 3, 2),
+    (2, 9, 9, 24, 40, 1, 1, 2, 0),  # strided 1x1: gathered rows through the GEMM
 ]
 
 
@@ -236,6 +240,66 @@ def test_conv_simd_levels_vs_reference(shape, level):
         got = conv_run(*(a.astype(np.float32) for a in (x, w, b, dy)), s, p)
         for r, g in zip(ref, got):
             np.testing.assert_allclose(g, r, rtol=2e-4, atol=2e-4)
+
+
+# ---------------------------------------------------------------------------------------------
+# kernel choice and the algorithm setting (kernels/conv2d/select.h, nablagrad.backends)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def restore_conv_algorithm() -> Iterator[None]:
+    old = ng.backends.conv_algorithm
+    try:
+        yield
+    finally:
+        ng.backends.conv_algorithm = old
+
+
+def test_conv_algorithm_default_and_set(restore_conv_algorithm):
+    assert ng.backends.conv_algorithm == "auto"
+    for name in ("direct", "winograd", "auto"):
+        ng.backends.conv_algorithm = name
+        assert ng.backends.conv_algorithm == name == ng.backends.get_conv_algorithm()
+        assert _core._conv_algorithm() == name
+    ng.backends.set_conv_algorithm("direct")
+    assert ng.backends.conv_algorithm == "direct"
+
+
+@pytest.mark.parametrize("bad", ["fft", "Auto", "", None, 1])
+def test_conv_algorithm_invalid(bad, restore_conv_algorithm):
+    ng.backends.conv_algorithm = "direct"
+    with pytest.raises(ValueError, match="conv_algorithm"):
+        ng.backends.conv_algorithm = bad
+    with pytest.raises(ValueError):
+        ng.backends.set_conv_algorithm(bad)
+    if isinstance(bad, str):
+        with pytest.raises(ValueError, match="conv algorithm"):
+            _core._set_conv_algorithm(bad)
+    assert ng.backends.conv_algorithm == "direct"  # unchanged
+
+
+@pytest.mark.parametrize("name", ["auto", "direct", "winograd"])
+@pytest.mark.parametrize("shape", [(2, 12, 12, 8, 16, 3, 3, 1, 1), (2, 11, 9, 5, 7, 3, 3, 2, 1),
+                                   (1, 10, 10, 16, 24, 5, 5, 1, 2)])
+def test_conv_algorithm_settings_agree(name, shape, restore_conv_algorithm):
+    ng.backends.conv_algorithm = name
+    n, h, w_, c, q, fh, fw, s, p = shape
+    check_conv_vs_reference(n, h, w_, c, q, fh, fw, s, p, rtol=1e-9, atol=1e-9)
+
+
+def test_conv_algorithm_for():
+    pick = _core._conv_algorithm_for
+    one = pick((16, 14, 14, 128), (256, 1, 1, 128), 1, 1, 0, 0, 0, 0)
+    assert one == {"forward": "1x1_gemm", "backward_input": "1x1_gemm", "backward_weight": "1x1_gemm"}
+    first = pick((8, 32, 32, 3), (32, 3, 3, 3), 1, 1, 1, 1, 1, 1, "float64")
+    assert first["forward"] == "direct" and first["backward_weight"] == "smallc"
+    assert set(pick((2, 16, 16, 64), (64, 3, 3, 64), 1, 1, 1, 1, 1, 1).values()) <= {
+        "im2col_gemm", "phases", "gemm", "winograd"}
+    with pytest.raises(ValueError, match="dtype"):
+        pick((1, 4, 4, 1), (1, 1, 1, 1), 1, 1, 0, 0, 0, 0, "int64")
+    with pytest.raises(ValueError, match="C=2"):
+        pick((1, 4, 4, 1), (1, 1, 1, 2), 1, 1, 0, 0, 0, 0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -397,6 +461,9 @@ TORCH_CONV = [  # (N,H,W,C), (Q,FH,FW), stride, padding
     ((1, 8, 8, 4), (3, 4, 4), 1, "same"),
     ((2, 16, 16, 3), (8, 7, 7), 2, 3),
     ((1, 28, 28, 2), (3, 3, 3), 2, 1),
+    ((2, 6, 6, 32), (48, 1, 1), 1, 0),
+    ((2, 9, 9, 16), (24, 1, 1), 2, 0),
+    ((2, 12, 12, 3), (16, 5, 5), 1, 2),
 ]
 
 

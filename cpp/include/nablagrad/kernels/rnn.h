@@ -47,6 +47,7 @@
 
 #include "nablagrad/kernels/gemm.h"
 #include "nablagrad/kernels/simd.h"
+#include "nablagrad/kernels/vmath.h"
 #include "nablagrad/threading.h"
 
 namespace nablagrad {
@@ -177,6 +178,96 @@ inline void tanh_inplace(T* p, int64_t n) {
 #endif
   for (int64_t i = 0; i < n; ++i) p[i] = std::tanh(p[i]);
 }
+
+// ---------------------------------------------------------------------------------------
+// float LSTM cells at the AVX-512 level: one pass over a batch row, 16 hidden units at a
+// time, with vmath's sigmoid / tanh (the same code as its AVX2 level). The tail runs the same
+// vector code on zero-padded copies, so every element's arithmetic is the same whatever H.
+// The products are written without FMA (mul, then add), like the scalar code.
+// ---------------------------------------------------------------------------------------
+#if NABLAGRAD_VMATH_AVX2
+// No FMA contraction of the mul / add intrinsics, for the reason given in vmath.h.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=off")
+#endif
+#define NABLAGRAD_RNN_AVX512 __attribute__((target("avx512f,avx2,fma"))) inline
+
+/// Forward, 16 units: activations i, f, g, o over their pre-activations (in place), then
+/// c = f c_prev + i g, tc = tanh c, h = o tc.
+NABLAGRAD_RNN_AVX512 void lstm_forward16(float* gi, float* gf, float* gg, float* go, const float* cp, float* c,
+                                         float* tc, float* h) {
+  using namespace vmath_detail;
+  const __m512 i = sigmoid16(_mm512_loadu_ps(gi)), f = sigmoid16(_mm512_loadu_ps(gf));
+  const __m512 g = tanh16(_mm512_loadu_ps(gg)), o = sigmoid16(_mm512_loadu_ps(go));
+  const __m512 cv = _mm512_add_ps(_mm512_mul_ps(f, _mm512_loadu_ps(cp)), _mm512_mul_ps(i, g));
+  const __m512 t = tanh16(cv);
+  _mm512_storeu_ps(gi, i), _mm512_storeu_ps(gf, f), _mm512_storeu_ps(gg, g), _mm512_storeu_ps(go, o);
+  _mm512_storeu_ps(c, cv), _mm512_storeu_ps(tc, t), _mm512_storeu_ps(h, _mm512_mul_ps(o, t));
+}
+
+/// The forward cell of one batch row: g (4H) pre-activations -> activations, c_prev (H) ->
+/// cell (H), tc (H), h (H). cell may alias c_prev (inference updates the state in place).
+NABLAGRAD_RNN_AVX512 void lstm_forward_row_avx512(int64_t H, float* g, const float* c_prev, float* cell, float* tc,
+                                                  float* h) {
+  int64_t j = 0;
+  for (; j + 16 <= H; j += 16)
+    lstm_forward16(g + j, g + H + j, g + 2 * H + j, g + 3 * H + j, c_prev + j, cell + j, tc + j, h + j);
+  if (j < H) {
+    alignas(64) float b[8][16] = {};
+    const size_t bytes = sizeof(float) * static_cast<size_t>(H - j);
+    for (int q = 0; q < 4; ++q) std::memcpy(b[q], g + q * H + j, bytes);
+    std::memcpy(b[4], c_prev + j, bytes);
+    lstm_forward16(b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]);
+    for (int q = 0; q < 4; ++q) std::memcpy(g + q * H + j, b[q], bytes);
+    std::memcpy(cell + j, b[5], bytes), std::memcpy(tc + j, b[6], bytes), std::memcpy(h + j, b[7], bytes);
+  }
+}
+
+/// Backward, 16 units: from dh (incoming, plus d_out), dc, the saved gates and cells, the gate
+/// gradients dgi..dgo and the new dc (in place); the same expressions as the scalar loop.
+NABLAGRAD_RNN_AVX512 void lstm_backward16(const float* dh, const float* dout, float* dc, const float* gi,
+                                          const float* gf, const float* gg, const float* go, const float* tc,
+                                          const float* cp, float* dgi, float* dgf, float* dgg, float* dgo) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  __m512 dht = _mm512_loadu_ps(dh);
+  if (dout) dht = _mm512_add_ps(dht, _mm512_loadu_ps(dout));
+  const __m512 i = _mm512_loadu_ps(gi), f = _mm512_loadu_ps(gf), g = _mm512_loadu_ps(gg), o = _mm512_loadu_ps(go);
+  const __m512 t = _mm512_loadu_ps(tc);
+  const __m512 dct = _mm512_add_ps(_mm512_loadu_ps(dc),
+                                   _mm512_mul_ps(_mm512_mul_ps(dht, o), _mm512_sub_ps(one, _mm512_mul_ps(t, t))));
+  _mm512_storeu_ps(dgi, _mm512_mul_ps(_mm512_mul_ps(_mm512_mul_ps(dct, g), i), _mm512_sub_ps(one, i)));
+  _mm512_storeu_ps(dgf, _mm512_mul_ps(_mm512_mul_ps(_mm512_mul_ps(dct, _mm512_loadu_ps(cp)), f), _mm512_sub_ps(one, f)));
+  _mm512_storeu_ps(dgg, _mm512_mul_ps(_mm512_mul_ps(dct, i), _mm512_sub_ps(one, _mm512_mul_ps(g, g))));
+  _mm512_storeu_ps(dgo, _mm512_mul_ps(_mm512_mul_ps(_mm512_mul_ps(dht, t), o), _mm512_sub_ps(one, o)));
+  _mm512_storeu_ps(dc, _mm512_mul_ps(dct, f));
+}
+
+/// The backward cell of one batch row (s: saved gates 4H, cell: saved c and tanh c 2H).
+NABLAGRAD_RNN_AVX512 void lstm_backward_row_avx512(int64_t H, const float* dh, const float* dout, float* dc,
+                                                   const float* s, const float* tc, const float* cp, float* dg) {
+  int64_t j = 0;
+  for (; j + 16 <= H; j += 16)
+    lstm_backward16(dh + j, dout ? dout + j : nullptr, dc + j, s + j, s + H + j, s + 2 * H + j, s + 3 * H + j,
+                    tc + j, cp + j, dg + j, dg + H + j, dg + 2 * H + j, dg + 3 * H + j);
+  if (j < H) {
+    alignas(64) float b[13][16] = {};
+    const size_t bytes = sizeof(float) * static_cast<size_t>(H - j);
+    std::memcpy(b[0], dh + j, bytes);
+    if (dout) std::memcpy(b[1], dout + j, bytes);
+    std::memcpy(b[2], dc + j, bytes);
+    for (int q = 0; q < 4; ++q) std::memcpy(b[3 + q], s + q * H + j, bytes);
+    std::memcpy(b[7], tc + j, bytes), std::memcpy(b[8], cp + j, bytes);
+    lstm_backward16(b[0], dout ? b[1] : nullptr, b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12]);
+    std::memcpy(dc + j, b[2], bytes);
+    for (int q = 0; q < 4; ++q) std::memcpy(dg + q * H + j, b[9 + q], bytes);
+  }
+}
+#undef NABLAGRAD_RNN_AVX512
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC pop_options
+#endif
+#endif  // NABLAGRAD_VMATH_AVX2
 
 /// Column sums: out[j] = sum over rows r (ascending) of A[r*cols + j]. Columns are split
 /// over threads; each column's sum has a fixed order.
@@ -377,6 +468,17 @@ void rnn_layer_forward(RnnMode mode, const RnnDims& d, const T* x, const T* h0, 
             for (int64_t j = 0; j < H; ++j) h[j] = g[j] > T(0) ? g[j] : T(0);
             break;
           case RnnMode::Lstm: {
+#if NABLAGRAD_VMATH_AVX2
+            if (std::is_same<T, float>::value && simd_at_least(SimdLevel::AVX512)) {
+              float* cellf = reinterpret_cast<float*>(saved_cells ? saved_cells + (n * Tn + t) * 2 * H
+                                                                  : state_owned.get() + n * 2 * H);
+              const float* c_prevf = saved_cells ? (t == 0 ? reinterpret_cast<const float*>(c0 + n * H) : cellf - 2 * H)
+                                                 : cellf;
+              lstm_forward_row_avx512(H, reinterpret_cast<float*>(g), c_prevf, cellf, cellf + H,
+                                      reinterpret_cast<float*>(h));
+              break;
+            }
+#endif
             sigmoid_inplace(g, 2 * H);
             tanh_inplace(g + 2 * H, H);
             sigmoid_inplace(g + 3 * H, H);
@@ -511,6 +613,15 @@ void rnn_layer_backward(RnnMode mode, const RnnDims& d, const T* x, const T* h0,
             const T* tc = cell + H;
             const T* c_prev = t == 0 ? c0 + n * H : cell - 2 * H;
             T* dcr = dc + n * H;
+#if NABLAGRAD_VMATH_AVX2
+            if (std::is_same<T, float>::value && simd_at_least(SimdLevel::AVX512)) {
+              lstm_backward_row_avx512(H, reinterpret_cast<const float*>(dhr), reinterpret_cast<const float*>(dor),
+                                       reinterpret_cast<float*>(dcr), reinterpret_cast<const float*>(s),
+                                       reinterpret_cast<const float*>(tc), reinterpret_cast<const float*>(c_prev),
+                                       reinterpret_cast<float*>(g));
+              break;
+            }
+#endif
             for (int64_t j = 0; j < H; ++j) {
               const T dht = dhr[j] + (dor ? dor[j] : T(0));
               const T dct = dcr[j] + dht * go[j] * (T(1) - tc[j] * tc[j]);

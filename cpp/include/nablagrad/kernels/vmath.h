@@ -1,6 +1,7 @@
 // nablagrad/kernels/vmath.h - float32 exp, erf, tanh, sigmoid and GELU over arrays.
 //
-// Polynomial approximations evaluated 8 lanes at a time with AVX2+FMA (chosen at run time
+// Polynomial approximations evaluated 8 lanes at a time with AVX2+FMA or 16 with AVX-512F
+// (the same operations lane for lane, so both levels agree bitwise; chosen at run time
 // through simd_level(), see simd.h), and the same approximations in scalar C++ for the
 // portable level. Accuracy against double-precision std:: functions (tests/cpp/test_vmath.cpp
 // sweeps dense grids):
@@ -181,6 +182,18 @@ inline float vop_scalar(VOp op, float x) {
 // ---------------------------------------------------------------------------------------
 #if NABLAGRAD_X86 && (defined(__GNUC__) || defined(__clang__))
 #define NABLAGRAD_VMATH_AVX2 1
+// No FMA contraction in the vector code. GCC implements _mm256_mul_ps / _mm256_add_ps (and the
+// 512-bit ones) as plain vector `*` and `+`, so under its default -ffp-contract=fast it may fuse
+// a mul feeding an add into one FMA, or not, depending on the surrounding code after inlining:
+// the ASan+UBSan build did so differently in map_avx2's main loop and its tail, and GELU-tanh
+// then depended (by one ulp) on where an element sat in the array. With contraction off every
+// _mm*_mul/add is one rounded operation and the explicit _mm*_fmadd are the only FMAs, in every
+// build. (Clang contracts only within one source expression, never across intrinsics.)
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=off")
+#define NABLAGRAD_VMATH_POP_OPTIONS 1
+#endif
 namespace vmath_detail {
 #define NABLAGRAD_AVX2_FN __attribute__((target("avx2,fma"))) inline
 
@@ -356,7 +369,204 @@ inline void map_avx2_dispatch(VOp op, const float* g, const float* x, float* y, 
     case VOp::None: break;
   }
 }
+
+// ---------------------------------------------------------------------------------------
+// AVX-512F versions, 16 lanes: the AVX2 code lane for lane (same operations in the same
+// order, exact floor and division), so their results equal the AVX2 level's bitwise.
+// ---------------------------------------------------------------------------------------
+#define NABLAGRAD_AVX512_FN __attribute__((target("avx512f,avx2,fma"))) inline
+// The all-lanes mask: the maskz_ forms of max, min, shifts, ... avoid GCC 12's false
+// -Wmaybe-uninitialized on the _mm512_undefined_*() inside the unmasked intrinsics.
+constexpr __mmask16 kAll16 = 0xFFFF;
+NABLAGRAD_AVX512_FN __m512 and_16(__m512 a, __m512 b) {
+  return _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(a), _mm512_castps_si512(b)));
+}
+NABLAGRAD_AVX512_FN __m512 andnot_16(__m512 a, __m512 b) {
+  return _mm512_castsi512_ps(_mm512_maskz_andnot_epi32(kAll16, _mm512_castps_si512(a), _mm512_castps_si512(b)));
+}
+NABLAGRAD_AVX512_FN __m512 or_16(__m512 a, __m512 b) {
+  return _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(a), _mm512_castps_si512(b)));
+}
+NABLAGRAD_AVX512_FN __m512 floor16(__m512 x) { return _mm512_maskz_roundscale_ps(kAll16, x, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC); }
+// blendv semantics: lanes where `m` is set take b.
+NABLAGRAD_AVX512_FN __m512 blend16(__m512 a, __m512 b, __mmask16 m) { return _mm512_mask_blend_ps(m, a, b); }
+NABLAGRAD_AVX512_FN __mmask16 is_nan16(__m512 x) { return _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q); }
+NABLAGRAD_AVX512_FN __m512 pow2i16(__m512i k) {
+  return _mm512_castsi512_ps(_mm512_maskz_slli_epi32(kAll16, _mm512_add_epi32(k, _mm512_set1_epi32(127)), 23));
+}
+
+NABLAGRAD_AVX512_FN __m512 exp16(__m512 x0) {
+  const __m512 x = _mm512_maskz_min_ps(kAll16, _mm512_maskz_max_ps(kAll16, x0, _mm512_set1_ps(kExpLo)), _mm512_set1_ps(kExpHi));
+  const __m512 n = floor16(_mm512_fmadd_ps(x, _mm512_set1_ps(kLog2e), _mm512_set1_ps(0.5f)));
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kLn2Hi), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kLn2Lo), r);
+  __m512 p = _mm512_set1_ps(kExpP0);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kExpP1));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kExpP2));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kExpP3));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kExpP4));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kExpP5));
+  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  const __m512i ni = _mm512_maskz_cvttps_epi32(kAll16, n);  // n is integral already
+  // n / 2 rounded toward zero, as the scalar code's integer division
+  const __m512i n1 = _mm512_maskz_srai_epi32(kAll16, _mm512_add_epi32(ni, _mm512_maskz_srli_epi32(kAll16, ni, 31)), 1);
+  const __m512i n2 = _mm512_sub_epi32(ni, n1);
+  const __m512 y = _mm512_mul_ps(_mm512_mul_ps(p, pow2i16(n1)), pow2i16(n2));
+  return blend16(y, x0, is_nan16(x0));
+}
+
+NABLAGRAD_AVX512_FN __m512 erf16(__m512 x) {
+  const __m512 sign = _mm512_set1_ps(-0.0f), one = _mm512_set1_ps(1.0f);
+  const __m512 a = andnot_16(sign, x);
+  // |x| < kErfSplit: rational approximation
+  const __m512 x2 = _mm512_mul_ps(x, x);
+  __m512 p = _mm512_set1_ps(kErfA13);
+  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(kErfA11));
+  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(kErfA9));
+  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(kErfA7));
+  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(kErfA5));
+  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(kErfA3));
+  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(kErfA1));
+  p = _mm512_mul_ps(p, x);
+  __m512 q = _mm512_set1_ps(kErfB8);
+  q = _mm512_fmadd_ps(q, x2, _mm512_set1_ps(kErfB6));
+  q = _mm512_fmadd_ps(q, x2, _mm512_set1_ps(kErfB4));
+  q = _mm512_fmadd_ps(q, x2, _mm512_set1_ps(kErfB2));
+  q = _mm512_fmadd_ps(q, x2, _mm512_set1_ps(kErfB0));
+  const __m512 small = _mm512_div_ps(p, q);
+  // |x| >= kErfSplit: 1 - erfc(|x|), with the sign of x
+  const __m512 t = _mm512_div_ps(one, _mm512_fmadd_ps(_mm512_set1_ps(0.5f), a, one));
+  __m512 c = _mm512_set1_ps(kErfcC9);
+  c = _mm512_fmadd_ps(c, t, _mm512_set1_ps(kErfcC8));
+  c = _mm512_fmadd_ps(c, t, _mm512_set1_ps(kErfcC7));
+  c = _mm512_fmadd_ps(c, t, _mm512_set1_ps(kErfcC6));
+  c = _mm512_fmadd_ps(c, t, _mm512_set1_ps(kErfcC5));
+  c = _mm512_fmadd_ps(c, t, _mm512_set1_ps(kErfcC4));
+  c = _mm512_fmadd_ps(c, t, _mm512_set1_ps(kErfcC3));
+  c = _mm512_fmadd_ps(c, t, _mm512_set1_ps(kErfcC2));
+  c = _mm512_fmadd_ps(c, t, _mm512_set1_ps(kErfcC1));
+  c = _mm512_fmadd_ps(c, t, _mm512_set1_ps(kErfcC0));
+  const __m512 big = _mm512_fnmadd_ps(t, exp16(_mm512_fnmadd_ps(a, a, c)), one);
+  const __m512 big_signed = or_16(big, and_16(sign, x));
+  const __m512 y = blend16(small, big_signed, _mm512_cmp_ps_mask(a, _mm512_set1_ps(kErfSplit), _CMP_GE_OQ));
+  return blend16(y, x, is_nan16(x));
+}
+
+NABLAGRAD_AVX512_FN __m512 tanh16(__m512 x) {
+  const __m512 sign = _mm512_set1_ps(-0.0f);
+  const __m512 a = andnot_16(sign, x);
+  const __m512 x2 = _mm512_mul_ps(x, x);
+  __m512 p = _mm512_set1_ps(kTanhP0);
+  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(kTanhP1));
+  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(kTanhP2));
+  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(kTanhP3));
+  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(kTanhP4));
+  const __m512 small = _mm512_fmadd_ps(_mm512_mul_ps(p, x2), x, x);
+  const __m512 one = _mm512_set1_ps(1.0f);
+  const __m512 e = exp16(_mm512_add_ps(a, a));
+  const __m512 big = _mm512_sub_ps(one, _mm512_div_ps(_mm512_set1_ps(2.0f), _mm512_add_ps(e, one)));
+  const __m512 big_signed = or_16(big, and_16(sign, x));
+  const __m512 y = blend16(big_signed, small, _mm512_cmp_ps_mask(a, _mm512_set1_ps(kTanhSmall), _CMP_LT_OQ));
+  return blend16(y, x, is_nan16(x));
+}
+
+NABLAGRAD_AVX512_FN __m512 sigmoid16(__m512 x) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  const __m512 e = exp16(or_16(x, _mm512_set1_ps(-0.0f)));  // exp(-|x|)
+  const __m512 r = _mm512_div_ps(one, _mm512_add_ps(one, e));
+  const __m512 y = blend16(_mm512_mul_ps(e, r), r, _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_GE_OQ));
+  return blend16(y, x, is_nan16(x));
+}
+
+NABLAGRAD_AVX512_FN __m512 gelu16(__m512 x) {
+  const __m512 half = _mm512_set1_ps(0.5f);
+  const __m512 e = erf16(_mm512_mul_ps(x, _mm512_set1_ps(kInvSqrt2)));
+  return _mm512_mul_ps(_mm512_mul_ps(half, x), _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+}
+
+NABLAGRAD_AVX512_FN __m512 gelu_der16(__m512 x) {
+  const __m512 half = _mm512_set1_ps(0.5f);
+  const __m512 cdf = _mm512_mul_ps(half, _mm512_add_ps(_mm512_set1_ps(1.0f), erf16(_mm512_mul_ps(x, _mm512_set1_ps(kInvSqrt2)))));
+  const __m512 pdf = exp16(_mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(-0.5f), x), x));
+  return _mm512_add_ps(cdf, _mm512_mul_ps(_mm512_mul_ps(x, _mm512_set1_ps(kInvSqrt2Pi)), pdf));
+}
+
+NABLAGRAD_AVX512_FN __m512 gelu_tanh_inner16(__m512 x) {  // tanh(k (x + c x^3))
+  const __m512 x3 = _mm512_mul_ps(_mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(kGeluC), x), x), x);
+  return tanh16(_mm512_mul_ps(_mm512_set1_ps(kGeluK), _mm512_add_ps(x, x3)));
+}
+
+NABLAGRAD_AVX512_FN __m512 gelu_tanh16(__m512 x) {
+  return _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), x), _mm512_add_ps(_mm512_set1_ps(1.0f), gelu_tanh_inner16(x)));
+}
+
+NABLAGRAD_AVX512_FN __m512 gelu_tanh_der16(__m512 x) {
+  const __m512 one = _mm512_set1_ps(1.0f), half = _mm512_set1_ps(0.5f);
+  const __m512 t = gelu_tanh_inner16(x);
+  const __m512 a = _mm512_mul_ps(half, _mm512_add_ps(one, t));
+  const __m512 sech2 = _mm512_sub_ps(one, _mm512_mul_ps(t, t));
+  const __m512 poly = _mm512_add_ps(one, _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(3.0f * kGeluC), x), x));
+  const __m512 b = _mm512_mul_ps(_mm512_mul_ps(_mm512_mul_ps(_mm512_mul_ps(half, x), sech2), _mm512_set1_ps(kGeluK)), poly);
+  return _mm512_add_ps(a, b);
+}
+
+NABLAGRAD_AVX512_FN __m512 vop16(VOp op, __m512 x) {
+  switch (op) {
+    case VOp::Exp: return exp16(x);
+    case VOp::Erf: return erf16(x);
+    case VOp::Tanh: return tanh16(x);
+    case VOp::Sigmoid: return sigmoid16(x);
+    case VOp::Gelu: return gelu16(x);
+    case VOp::GeluDer: return gelu_der16(x);
+    case VOp::GeluTanh: return gelu_tanh16(x);
+    case VOp::GeluTanhDer: return gelu_tanh_der16(x);
+    case VOp::None: break;
+  }
+  return x;
+}
+
+template <VOp OP>
+NABLAGRAD_AVX512_FN void map_avx512(const float* g, const float* x, float* y, int64_t n) {
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    __m512 v = vop16(OP, _mm512_loadu_ps(x + i));
+    if (g != nullptr) v = _mm512_mul_ps(_mm512_loadu_ps(g + i), v);
+    _mm512_storeu_ps(y + i, v);
+  }
+  if (i < n) {  // the tail through the same vector code, on a zero-padded copy (plain memcpy,
+                // which sanitizers understand, rather than masked loads)
+    alignas(64) float xb[16] = {0}, gb[16] = {0};
+    const std::size_t bytes = static_cast<std::size_t>(n - i) * sizeof(float);
+    std::memcpy(xb, x + i, bytes);
+    __m512 v = vop16(OP, _mm512_load_ps(xb));
+    if (g != nullptr) {
+      std::memcpy(gb, g + i, bytes);
+      v = _mm512_mul_ps(_mm512_load_ps(gb), v);
+    }
+    _mm512_store_ps(xb, v);
+    std::memcpy(y + i, xb, bytes);
+  }
+}
+#undef NABLAGRAD_AVX512_FN
+
+inline void map_avx512_dispatch(VOp op, const float* g, const float* x, float* y, int64_t n) {
+  switch (op) {
+    case VOp::Exp: return map_avx512<VOp::Exp>(g, x, y, n);
+    case VOp::Erf: return map_avx512<VOp::Erf>(g, x, y, n);
+    case VOp::Tanh: return map_avx512<VOp::Tanh>(g, x, y, n);
+    case VOp::Sigmoid: return map_avx512<VOp::Sigmoid>(g, x, y, n);
+    case VOp::Gelu: return map_avx512<VOp::Gelu>(g, x, y, n);
+    case VOp::GeluDer: return map_avx512<VOp::GeluDer>(g, x, y, n);
+    case VOp::GeluTanh: return map_avx512<VOp::GeluTanh>(g, x, y, n);
+    case VOp::GeluTanhDer: return map_avx512<VOp::GeluTanhDer>(g, x, y, n);
+    case VOp::None: break;
+  }
+}
 }  // namespace vmath_detail
+#ifdef NABLAGRAD_VMATH_POP_OPTIONS
+#pragma GCC pop_options
+#undef NABLAGRAD_VMATH_POP_OPTIONS
+#endif
 #else
 #define NABLAGRAD_VMATH_AVX2 0
 #endif
@@ -402,6 +612,7 @@ inline void map_portable_dispatch(VOp op, const float* g, const float* x, float*
 /// y[i] = op(x[i]) for i < n, at the current simd_level(). y may alias x.
 inline void vmap(VOp op, const float* x, float* y, int64_t n) {
 #if NABLAGRAD_VMATH_AVX2
+  if (simd_at_least(SimdLevel::AVX512)) return vmath_detail::map_avx512_dispatch(op, nullptr, x, y, n);
   if (simd_at_least(SimdLevel::AVX2)) return vmath_detail::map_avx2_dispatch(op, nullptr, x, y, n);
 #endif
   vmath_detail::map_portable_dispatch(op, nullptr, x, y, n);
@@ -410,6 +621,7 @@ inline void vmap(VOp op, const float* x, float* y, int64_t n) {
 /// y[i] = g[i] * op(x[i]) for i < n (chain rule for the *Der ops). y may alias g or x.
 inline void vmap_mul(VOp op, const float* g, const float* x, float* y, int64_t n) {
 #if NABLAGRAD_VMATH_AVX2
+  if (simd_at_least(SimdLevel::AVX512)) return vmath_detail::map_avx512_dispatch(op, g, x, y, n);
   if (simd_at_least(SimdLevel::AVX2)) return vmath_detail::map_avx2_dispatch(op, g, x, y, n);
 #endif
   vmath_detail::map_portable_dispatch(op, g, x, y, n);

@@ -1,0 +1,238 @@
+// nablagrad/kernels/conv2d/backward_input.h - the input gradient dL/dX without the zeros of
+// the dilated output gradient:
+//   backward_input_phases   S_h x S_w phase decomposition, one gather GEMM per phase
+//   backward_input_col2im   few channels: dY.W as one GEMM, then col2im
+// (the small-C dot-product variant is in small_c.h; select.h decides which one runs).
+// See docs/convolution.md, "Backward, in my own words" and "From the equations to fast kernels".
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "../../threading.h"
+#include "../gemm.h"
+#include "gather_gemm.h"
+#include "geometry.h"
+#include "microkernel.h"
+
+namespace nablagrad {
+namespace kernels {
+namespace conv_detail {
+
+// Input gradient for few input channels (C*4 <= NR), in two passes instead of per-phase dot
+// products:
+//   1. dcol = dY (N*Ho*Wo x Q) . W (Q x FH*FW*C): one gather GEMM whose rows are dY's
+//      contiguous Q-runs (the depth Q is the long axis, the columns FH*FW*C fill whole panels);
+//   2. dX[n, ho*S_h+fh-pt, wo*S_w+fw-pl, c] += dcol[(n,ho,wo), (fh,fw,c)] (col2im): each
+//      dcol entry is the contribution of one tap of one output pixel, i.e. the terms of the
+//      phase sums of backward_input_phases, added in output-pixel order instead of gathered.
+// The products with the dilation zeros are never formed here either; input rows the forward
+// pass never reached receive nothing and stay 0.
+template <typename T>
+void backward_input_col2im(const ConvKernels<T>& cfg, const Conv2dGeometry& g, const T* dy,
+                           const T* w, T* dx) {
+  const int64_t C = g.C, Q = g.Q, FW = g.FW, K = g.FH * FW * C;
+  const int64_t rows = g.N * g.Ho * g.Wo;
+  Scratch<T> dcol(std::max<int64_t>(rows * K, 1), "conv2d backward: dY.W columns");  // <= 2^26 (caller)
+  PackedB<T> B;
+  B.pack(cfg, Q, K, [&](int64_t q, int64_t k) { return w[q * K + k]; });
+  gather_gemm<T>(
+      cfg, rows, B,
+      [&](int64_t r0, int64_t r1, T* tile, int64_t lda) {
+        if (lda == Q)
+          std::memcpy(tile, dy + r0 * Q, sizeof(T) * static_cast<size_t>((r1 - r0) * Q));
+        else
+          for (int64_t r = r0; r < r1; ++r) copy_run(tile + (r - r0) * lda, dy + r * Q, Q);
+      },
+      [&](int64_t r0, int64_t r1, const T* ctile, int64_t ldc) {
+        for (int64_t r = r0; r < r1; ++r) copy_run(dcol.get() + r * K, ctile + (r - r0) * ldc, K);
+      });
+  // col2im, image by image (one thread per image, so every dX element receives its
+  // contributions in the same (ho, wo, fh) order for any thread count): the FW taps of kernel
+  // row fh of output pixel (ho, wo) land on FW consecutive input columns, so each (pixel, fh)
+  // adds one contiguous run of FW*C values (clipped at the left/right padding) into dX.
+  const T* dc = dcol.get();
+  const int64_t run = FW * C;
+  parallel_chunks(g.N, 1, [&](int64_t, int64_t lo, int64_t hi) {
+    for (int64_t n = lo; n < hi; ++n) {
+      T* dxn = dx + n * g.H * g.W * C;
+      std::memset(dxn, 0, sizeof(T) * static_cast<size_t>(g.H * g.W * C));
+      for (int64_t oh = 0; oh < g.Ho; ++oh)
+        for (int64_t ow = 0; ow < g.Wo; ++ow) {
+          const T* src = dc + ((n * g.Ho + oh) * g.Wo + ow) * K;
+          const int64_t iw0 = ow * g.stride_w - g.pad_left;
+          const int64_t f0 = std::max<int64_t>(0, -iw0), f1 = std::min<int64_t>(FW, g.W - iw0);
+          if (f1 <= f0) continue;
+          for (int64_t fh = 0; fh < g.FH; ++fh) {
+            const int64_t ih = oh * g.stride_h + fh - g.pad_top;
+            if (ih < 0 || ih >= g.H) continue;
+            T* d = dxn + (ih * g.W + iw0 + f0) * C;
+            const T* sr = src + fh * run + f0 * C;
+            const int64_t len = (f1 - f0) * C;
+            for (int64_t k = 0; k < len; ++k) d[k] += sr[k];
+          }
+        }
+    }
+  });
+}
+
+/// Input gradient by S_h x S_w phase decomposition. The document computes
+///   dX = crop( conv_stride1( pad(dilate(dY, S), F-1 [+ r]), flip_kernel(W) ) ).
+/// Of the F_h*F_w flipped taps that meet a padded-input row yp = y + pt, only those with
+/// fh = yp (mod S_h) land on a non-inserted (non-zero) entry of the dilated dY, at
+/// ho = (yp - fh) / S_h. So the pixels of dX split into phases (yp mod S_h, xp mod S_w); each
+/// phase is a stride-1 gather GEMM of the UNdilated dY with the sub-kernel of its taps:
+///   dX[n,y,x,c] = sum_{fh = yp mod S, fw = xp mod S} sum_q dY[n, (yp-fh)/S, (xp-fw)/S, q] W[q,fh,fw,c]
+/// (terms with ho, wo outside [0,Ho) x [0,Wo) are the padding zeros). No multiplications by
+/// the inserted zeros; for S = 1 it is exactly the padded flipped-kernel convolution. Rows the
+/// forward pass never reached, and phases with no taps (S > F), get zeros.
+template <typename T>
+void backward_input_phases(const ConvKernels<T>& cfg, const Conv2dGeometry& g, const T* dy,
+                           const T* w, T* dx) {
+  const int64_t S_h = g.stride_h, S_w = g.stride_w, Q = g.Q, C = g.C;
+  // Phases are visited by their first row y0 (first column x0): only the min(S, H) phases
+  // that own input rows exist (a stride of 2^40 has 2^40 phases, all but H of them empty).
+  for (int64_t y0 = 0; y0 < std::min(S_h, g.H); ++y0) {
+    // Rows y of this phase: (y + pad_top) mod S_h == ph.
+    const int64_t ph = phase_of(y0, g.pad_top, S_h);
+    const int64_t Hph = (g.H - 1 - y0) / S_h + 1;
+    std::vector<int64_t> taps_h;
+    for (int64_t fh = ph; fh < g.FH; fh += S_h) taps_h.push_back(fh);
+    for (int64_t x0 = 0; x0 < std::min(S_w, g.W); ++x0) {
+      const int64_t pw = phase_of(x0, g.pad_left, S_w);
+      const int64_t Wph = (g.W - 1 - x0) / S_w + 1;
+      const int64_t rows = g.N * Hph * Wph;
+      if (rows == 0) continue;
+      std::vector<int64_t> taps_w;
+      for (int64_t fw = pw; fw < g.FW; fw += S_w) taps_w.push_back(fw);
+      const int64_t nth = static_cast<int64_t>(taps_h.size()), ntw = static_cast<int64_t>(taps_w.size());
+      auto pixel = [&](int64_t r, int64_t& n, int64_t& iy, int64_t& ix) {
+        n = r / (Hph * Wph);
+        const int64_t rem = r % (Hph * Wph);
+        iy = rem / Wph;
+        ix = rem % Wph;
+      };
+      auto next_pixel = [&](int64_t& n, int64_t& iy, int64_t& ix) {
+        if (++ix == Wph) {
+          ix = 0;
+          if (++iy == Hph) {
+            iy = 0;
+            ++n;
+          }
+        }
+      };
+      if (nth * ntw == 0) {  // no kernel tap ever reaches these pixels
+        parallel_for(0, rows, 1024, [&](int64_t r0, int64_t r1) {
+          int64_t n, iy, ix;
+          pixel(r0, n, iy, ix);
+          for (int64_t r = r0; r < r1; ++r, next_pixel(n, iy, ix))
+            zero_run(dx + ((n * g.H + y0 + iy * S_h) * g.W + x0 + ix * S_w) * C, C);
+        });
+        continue;
+      }
+      // For y = y0 + iy*S_h and a tap fh of this phase, (y + pt - fh) is a multiple of S_h:
+      // ho = iy + off_h[th] with off_h[th] = (y0 + pt - fh) / S_h (exact). Same for columns.
+      std::vector<int64_t> off_h(nth), off_w(ntw);
+      for (int64_t th = 0; th < nth; ++th) off_h[th] = (y0 + g.pad_top - taps_h[th]) / S_h;
+      for (int64_t tw = 0; tw < ntw; ++tw) off_w[tw] = (x0 + g.pad_left - taps_w[tw]) / S_w;
+      // Sub-kernel of this phase: B((th, tw, q), c) = W[q, taps_h[th], taps_w[tw], c].
+      const int64_t K = nth * ntw * Q;
+      PackedB<T> B;
+      B.pack(cfg, K, C, [&](int64_t k, int64_t c) {
+        const int64_t q = k % Q, t = k / Q;
+        const int64_t fh = taps_h[t / ntw], fw = taps_w[t % ntw];
+        return w[((q * g.FH + fh) * g.FW + fw) * C + c];
+      });
+      if (B.narrow) {  // few input channels: dot products straight from dY, no im2col
+        parallel_for(0, rows, 256, [&](int64_t r0, int64_t r1) {
+          std::vector<const T*> src(static_cast<size_t>(nth * ntw));
+          int64_t n, iy, ix;
+          pixel(r0, n, iy, ix);
+          for (int64_t r = r0; r < r1; ++r, next_pixel(n, iy, ix)) {
+            for (int64_t th = 0; th < nth; ++th) {
+              const int64_t ho = iy + off_h[th];
+              const bool h_ok = ho >= 0 && ho < g.Ho;
+              for (int64_t tw = 0; tw < ntw; ++tw) {
+                const int64_t wo = ix + off_w[tw];
+                src[th * ntw + tw] =
+                    h_ok && wo >= 0 && wo < g.Wo ? dy + ((n * g.Ho + ho) * g.Wo + wo) * Q : nullptr;
+              }
+            }
+            cfg.narrow_row(src.data(), nth * ntw, Q, B.data.data(), K, C,
+                                    dx + ((n * g.H + y0 + iy * S_h) * g.W + x0 + ix * S_w) * C);
+          }
+        });
+        continue;
+      }
+      gather_gemm<T>(
+          cfg, rows, B,
+          [&](int64_t r0, int64_t r1, T* tile, int64_t lda) {
+            int64_t n, iy, ix;
+            pixel(r0, n, iy, ix);
+            for (int64_t r = r0; r < r1; ++r, next_pixel(n, iy, ix)) {
+              T* row = tile + (r - r0) * lda;
+              for (int64_t th = 0; th < nth; ++th) {
+                const int64_t ho = iy + off_h[th];
+                const bool h_ok = ho >= 0 && ho < g.Ho;
+                const T* src_row = dy + (n * g.Ho + ho) * g.Wo * Q;
+                for (int64_t tw = 0; tw < ntw; ++tw) {
+                  T* dst = row + (th * ntw + tw) * Q;
+                  const int64_t wo = ix + off_w[tw];
+                  if (h_ok && wo >= 0 && wo < g.Wo)
+                    copy_run(dst, src_row + wo * Q, Q);
+                  else
+                    zero_run(dst, Q);
+                }
+              }
+            }
+          },
+          [&](int64_t r0, int64_t r1, const T* ctile, int64_t ldc) {
+            int64_t n, iy, ix;
+            pixel(r0, n, iy, ix);
+            for (int64_t r = r0; r < r1; ++r, next_pixel(n, iy, ix))
+              copy_run(dx + ((n * g.H + y0 + iy * S_h) * g.W + x0 + ix * S_w) * C,
+                                    ctile + (r - r0) * ldc, C);
+          });
+    }
+  }
+}
+
+/// 1x1 input gradient without padding, straight to the GEMM: dX rows (N*Ho*Wo x C) = dY W,
+/// dY (N*Ho*Wo x Q) and W (Q x C) as they lie. With a stride the rows are computed into a
+/// buffer and scattered to X[n, ho*S_h, wo*S_w, :]; the pixels no output reads get zeros.
+template <typename T>
+void backward_input_pointwise(const Conv2dGeometry& g, const T* dy, const T* w, T* dx) {
+  const int64_t C = g.C, Q = g.Q, rows = g.N * g.Ho * g.Wo;
+  if (g.stride_h == 1 && g.stride_w == 1) {
+    gemm<T>(rows, C, Q, dy, Q, 1, w, C, 1, dx, C, false);
+    return;
+  }
+  Scratch<T> drows(std::max<int64_t>(rows * C, 1), "conv2d backward: 1x1 gradient rows");
+  gemm<T>(rows, C, Q, dy, Q, 1, w, C, 1, drows.get(), C, false);
+  parallel_for(0, g.N * g.H, std::max<int64_t>(1, (int64_t{1} << 15) / std::max<int64_t>(1, g.W * C)),
+               [&](int64_t lo, int64_t hi) {
+                 for (int64_t r = lo; r < hi; ++r) {
+                   const int64_t n = r / g.H, ih = r % g.H;
+                   T* dst = dx + r * g.W * C;
+                   const int64_t ho = ih / g.stride_h;
+                   if (ih % g.stride_h != 0 || ho >= g.Ho) {
+                     std::memset(dst, 0, sizeof(T) * static_cast<size_t>(g.W * C));
+                     continue;
+                   }
+                   const T* src = drows.get() + ((n * g.Ho + ho) * g.Wo) * C;
+                   for (int64_t iw = 0; iw < g.W; ++iw) {
+                     const int64_t wo = iw / g.stride_w;
+                     if (iw % g.stride_w == 0 && wo < g.Wo)
+                       copy_run(dst + iw * C, src + wo * C, C);
+                     else
+                       zero_run(dst + iw * C, C);
+                   }
+                 }
+               });
+}
+
+}  // namespace conv_detail
+}  // namespace kernels
+}  // namespace nablagrad

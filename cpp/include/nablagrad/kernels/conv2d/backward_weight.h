@@ -1,0 +1,128 @@
+// nablagrad/kernels/conv2d/backward_weight.h - the kernel (and bias) gradient as a GEMM that
+// reduces over output pixels in fixed chunks (the small-C variant is in small_c.h; select.h
+// decides which one runs). See docs/convolution.md, "Kernel gradient".
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "../../checked.h"
+#include "../../threading.h"
+#include "../gemm.h"
+#include "forward.h"
+#include "geometry.h"
+#include "microkernel.h"
+
+namespace nablagrad {
+namespace kernels {
+namespace conv_detail {
+
+/// Kernel gradient (and bias gradient when db != nullptr):
+///   dW[q, (fh,fw,c)] = sum_{(n,ho,wo)} dY[n,ho,wo,q] * X[n, ho*S_h+fh-pt, wo*S_w+fw-pl, c]
+///   db[q]            = sum_{(n,ho,wo)} dY[n,ho,wo,q]
+/// This is the document's dk(h,c,d,r) = sum_{w,i,j} gamma(i,j) dR(w,i,j,h) I(w,c+i,d+j,r)
+/// summed only over the non-zero (gamma = 1) entries i = ho*S, j = wo*S of the dilated dY.
+/// As a GEMM: dW^T (K x Q) = im2col(X)^T (K x pixels) * dY (pixels x Q). The pixel reduction is
+/// split into fixed chunks (a function of the shape only); each chunk accumulates into its own
+/// partial buffer, the partials are added in chunk order. db is fused into the dY packing.
+template <typename T>
+void backward_weight_gemm(const ConvKernels<T>& cfg, const Conv2dGeometry& g, const T* x,
+                          const T* dy, T* dw, T* db) {
+  const int64_t NR = cfg.NR, MR = cfg.MR;
+  const int64_t K = g.FH * g.FW * g.C, Q = g.Q;
+  const int64_t Kpad = round_up(K, MR);
+  const int64_t panels = (Q + NR - 1) / NR, ldq = panels * NR;
+  const int64_t pixels = g.N * g.Ho * g.Wo;
+  // Pixel sub-tile: the im2col tile (PT x Kpad) stays in L2.
+  int64_t PT = (160 * 1024) / (Kpad * static_cast<int64_t>(sizeof(T)));
+  PT = std::max<int64_t>(16, std::min<int64_t>(256, PT / 16 * 16));
+  // Fixed chunking: about 16 chunks, a whole number of sub-tiles each, partials capped ~64 MiB.
+  int64_t nchunk_target = 16;
+  const int64_t partial_bytes = Kpad * ldq * static_cast<int64_t>(sizeof(T));
+  nchunk_target = std::max<int64_t>(1, std::min<int64_t>(nchunk_target, (64 << 20) / partial_bytes));
+  const int64_t chunk = std::max<int64_t>(PT, round_up((pixels + nchunk_target - 1) / nchunk_target, PT));
+  const int64_t nchunks = std::max<int64_t>(1, (pixels + chunk - 1) / chunk);
+  const char* const what_p = "conv2d backward: weight partial sums";
+  const char* const what_b = "conv2d backward: bias partial sums";
+  Scratch<T> partial_buf(checked_product({nchunks, Kpad, ldq}, what_p), what_p, true);
+  Scratch<T> dbpartial_buf(checked_product({nchunks, Q}, what_b), what_b, true);
+  T* const partial = partial_buf.get();
+  T* const dbpartial = dbpartial_buf.get();
+  parallel_chunks(pixels, chunk, [&](int64_t ci, int64_t lo, int64_t hi) {
+    std::vector<T> tile(static_cast<size_t>(PT * Kpad), T(0));  // columns K..Kpad stay zero
+    std::vector<T> dyp(static_cast<size_t>(panels * PT * NR), T(0));
+    T* P = partial + ci * Kpad * ldq;
+    T* dbp = dbpartial + ci * Q;
+    for (int64_t p0 = lo; p0 < hi; p0 += PT) {
+      const int64_t p1 = std::min(hi, p0 + PT), np = p1 - p0;
+      forward_im2col(g, x, p0, p1, tile.data(), Kpad);
+      for (int64_t p = p0; p < p1; ++p) {  // pack dY rows into NR-wide panels; fused db
+        const T* src = dy + p * Q;
+        for (int64_t q = 0; q < Q; ++q) {
+          dyp[((q / NR) * PT + (p - p0)) * NR + q % NR] = src[q];
+          dbp[q] += src[q];
+        }
+      }
+      for (int64_t pn = 0; pn < panels; ++pn)
+        for (int64_t i = 0; i < Kpad; i += MR)
+          cfg.tile(np, tile.data() + i, int64_t{1}, Kpad, dyp.data() + pn * PT * NR,
+                       P + i * ldq + pn * NR, ldq);
+    }
+  });
+  // Partials in chunk order: dW[q, k] = sum_c P_c[k, q].
+  parallel_for(0, K, std::max<int64_t>(64, (int64_t{1} << 16) / (Q * nchunks)), [&](int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k)
+      for (int64_t q = 0; q < Q; ++q) {
+        T s = partial[k * ldq + q];
+        for (int64_t c = 1; c < nchunks; ++c) s += partial[(c * Kpad + k) * ldq + q];
+        dw[q * K + k] = s;
+      }
+  });
+  if (db)
+    for (int64_t q = 0; q < Q; ++q) {
+      T s = dbpartial[q];
+      for (int64_t c = 1; c < nchunks; ++c) s += dbpartial[c * Q + q];
+      db[q] = s;
+    }
+}
+
+/// The bias gradient db[q] = sum over pixels of dY[p, q], in fixed chunks of pixels whose
+/// partial sums are added in chunk order (the same result for any thread count).
+template <typename T>
+void bias_gradient(int64_t pixels, int64_t Q, const T* dy, T* db) {
+  const int64_t chunk = std::max<int64_t>(256, (pixels + 15) / 16);
+  const int64_t nchunks = std::max<int64_t>(1, (pixels + chunk - 1) / chunk);
+  const char* const what = "conv2d backward: bias partial sums";
+  Scratch<T> partial(checked_product({nchunks, Q}, what), what, true);
+  parallel_chunks(pixels, chunk, [&](int64_t ci, int64_t lo, int64_t hi) {
+    T* acc = partial.get() + ci * Q;
+    for (int64_t p = lo; p < hi; ++p)
+      for (int64_t q = 0; q < Q; ++q) acc[q] += dy[p * Q + q];
+  });
+  for (int64_t q = 0; q < Q; ++q) {
+    T s = partial.get()[q];
+    for (int64_t c = 1; c < nchunks; ++c) s += partial.get()[c * Q + q];
+    db[q] = s;
+  }
+}
+
+/// 1x1 kernel gradient without padding, straight to the GEMM: dW (Q x C) = dY^T X over the
+/// N*Ho*Wo pixel rows (dY read transposed through its strides; X gathered first when strided).
+/// gemm splits the Q x C output, never the pixel sum, so the result is thread-count invariant.
+template <typename T>
+void backward_weight_pointwise(const Conv2dGeometry& g, const T* x, const T* dy, T* dw, T* db) {
+  const int64_t C = g.C, Q = g.Q, rows = g.N * g.Ho * g.Wo;
+  const T* b = x;
+  Scratch<T> gathered(g.stride_h == 1 && g.stride_w == 1 ? 1 : rows * C, "conv2d backward: 1x1 gathered rows");
+  if (g.stride_h != 1 || g.stride_w != 1) {
+    pointwise_gather(g, x, gathered.get());
+    b = gathered.get();
+  }
+  gemm<T>(Q, C, rows, dy, 1, Q, b, C, 1, dw, C, false);
+  if (db) bias_gradient(rows, Q, dy, db);
+}
+
+}  // namespace conv_detail
+}  // namespace kernels
+}  // namespace nablagrad

@@ -1,0 +1,347 @@
+// nablagrad/kernels/conv2d/geometry.h - the geometry of a 2-D convolution (NHWC), the
+// reference passes (the design document's equations written literally: pad, dilate,
+// flip_kernel, stride-1 convolution, crop) and small helpers shared by the fast passes.
+//
+//   input  x  : (N, H, W, C)      rows H, columns W, channels innermost
+//   kernel w  : (Q, FH, FW, C)    Q filters (output channels)
+//   bias   b  : (Q,)              may be nullptr
+//   output y  : (N, Ho, Wo, Q)    Ho = (H + pad_top + pad_bottom - FH) / stride_h + 1 (floor)
+//
+// See docs/convolution.md ("Output size", "Backward, in my own words") for the derivation.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "../../checked.h"
+#include "../../tensor.h"
+
+namespace nablagrad {
+namespace kernels {
+
+/// Shape of one 2-D convolution. All sizes are element counts; padding may be asymmetric
+/// (padding="same" with an even kernel puts the extra row/column at the bottom/right).
+struct Conv2dGeometry {
+  int64_t N, H, W, C;        // input (N, H, W, C)
+  int64_t Q, FH, FW;         // kernel (Q, FH, FW, C)
+  int64_t stride_h, stride_w;
+  int64_t pad_top, pad_bottom, pad_left, pad_right;
+  int64_t Ho, Wo;            // output (N, Ho, Wo, Q)
+};
+
+namespace conv_detail {
+inline std::string conv_shapes(int64_t N, int64_t H, int64_t W, int64_t C, int64_t Q,
+                               int64_t FH, int64_t FW, int64_t Cw) {
+  std::ostringstream s;
+  s << "(input (" << N << "," << H << "," << W << "," << C << "), kernel (" << Q << "," << FH
+    << "," << FW << "," << Cw << "))";
+  return s.str();
+}
+}  // namespace conv_detail
+
+/// Validates a convolution and computes its output size. Throws std::invalid_argument naming
+/// the shapes when: C != Cw, a size is not positive (N may be 0), a stride is < 1, a padding
+/// is negative, or the kernel is larger than the padded input.
+inline Conv2dGeometry make_conv2d_geometry(int64_t N, int64_t H, int64_t W, int64_t C,  //
+                                           int64_t Q, int64_t FH, int64_t FW, int64_t Cw,
+                                           int64_t stride_h, int64_t stride_w,  //
+                                           int64_t pad_top, int64_t pad_bottom,  //
+                                           int64_t pad_left, int64_t pad_right) {
+  const std::string shapes = conv_detail::conv_shapes(N, H, W, C, Q, FH, FW, Cw);
+  auto fail = [&](const std::string& what) {
+    throw std::invalid_argument("conv2d: " + what + " " + shapes);
+  };
+  if (C != Cw)
+    fail("input has C=" + std::to_string(C) + " channels but kernel expects C=" +
+         std::to_string(Cw));
+  if (N < 0) fail("batch size N must be >= 0, got N=" + std::to_string(N));
+  if (H < 1 || W < 1 || C < 1)
+    fail("input sizes H, W, C must be >= 1");
+  if (Q < 1 || FH < 1 || FW < 1) fail("kernel sizes Q, FH, FW must be >= 1");
+  if (stride_h < 1 || stride_w < 1)
+    fail("stride must be >= 1, got (" + std::to_string(stride_h) + "," +
+         std::to_string(stride_w) + ")");
+  if (pad_top < 0 || pad_bottom < 0 || pad_left < 0 || pad_right < 0)
+    fail("padding must be >= 0, got (top=" + std::to_string(pad_top) +
+         ",bottom=" + std::to_string(pad_bottom) + ",left=" + std::to_string(pad_left) +
+         ",right=" + std::to_string(pad_right) + ")");
+  // Padded sizes; a padding so large that they overflow int64 is refused (not wrapped).
+  constexpr int64_t kMaxExtent = int64_t{1} << 40;
+  if (pad_top > kMaxExtent || pad_bottom > kMaxExtent || pad_left > kMaxExtent || pad_right > kMaxExtent)
+    fail("padding must be at most 2^40, got (top=" + std::to_string(pad_top) + ",bottom=" +
+         std::to_string(pad_bottom) + ",left=" + std::to_string(pad_left) + ",right=" +
+         std::to_string(pad_right) + ")");
+  auto about = [&](const char* what) { return [&shapes, what] { return "conv2d: " + std::string(what) + " " + shapes; }; };
+  const int64_t hp = checked_add(H, pad_top + pad_bottom, about("padded height"));
+  const int64_t wp = checked_add(W, pad_left + pad_right, about("padded width"));
+  if (FH > hp || FW > wp)
+    fail("kernel " + std::to_string(FH) + "x" + std::to_string(FW) +
+         " is larger than the padded input " + std::to_string(hp) + "x" + std::to_string(wp));
+  Conv2dGeometry g{N, H, W, C, Q, FH, FW, stride_h, stride_w, pad_top, pad_bottom, pad_left,
+                   pad_right, (hp - FH) / stride_h + 1, (wp - FW) / stride_w + 1};
+  // Every size the forward and backward passes form from these (shared by both, checked once
+  // here): the zero-padded input (N, Hp, Wp, C) of the design document (materialised by the
+  // reference path and, when it is not much larger than the input, by the fast small-C
+  // paths), the output (N, Ho, Wo, Q), the kernel and the depth FH*FW*C of the im2col rows.
+  // A geometry whose padded input cannot even be counted in int64 is refused.
+  checked_product({N, hp, wp, C}, about("the padded input (N, H+pads, W+pads, C) has too many elements"));
+  checked_product({N, g.Ho, g.Wo, Q}, about("the output (N, Ho, Wo, Q) has too many elements"));
+  checked_product({Q, FH, FW, C}, about("the kernel has too many elements"));
+  return g;
+}
+
+namespace conv_detail {
+/// Scratch memory of a kernel: n values of T from the tensor allocator (Storage::allocate), so
+/// large buffers come from the block cache (no page faults when the same shapes repeat) and a
+/// request larger than the machine's memory raises OutOfMemory (Python MemoryError) before
+/// anything is allocated. `what` names the buffer in that message. Uninitialised unless `zero`.
+template <typename T>
+class Scratch {
+ public:
+  Scratch(int64_t n, const char* what, bool zero = false) {
+    std::size_t bytes = 0;
+    if (n < 0 || __builtin_mul_overflow(static_cast<std::size_t>(n), sizeof(T), &bytes))
+      throw OutOfMemory(std::string("nablagrad: ") + what + ": " + std::to_string(n) +
+                        " values are too large to allocate");
+    try {
+      storage_ = Storage::allocate(bytes);
+    } catch (const OutOfMemory& e) {
+      throw OutOfMemory(std::string(e.what()) + " (" + what + ")");
+    }
+    if (zero && bytes) std::memset(storage_->data(), 0, bytes);
+  }
+  T* get() const { return static_cast<T*>(storage_->data()); }
+
+ private:
+  std::shared_ptr<Storage> storage_;
+};
+}  // namespace conv_detail
+
+// ============================================================================================
+// Reference path: the design document, literally.
+// ============================================================================================
+
+/// Number of entries after inserting S-1 zeros between n entries: (n-1)*S + 1.
+inline int64_t dilated_size(int64_t n, int64_t s) { return n == 0 ? 0 : (n - 1) * s + 1; }
+
+/// dilate: (N, H, W, C) -> (N, (H-1)*sh+1, (W-1)*sw+1, C), inserting sh-1 (sw-1) zeros
+/// between neighbouring rows (columns). out[n, i*sh, j*sw, c] = in[n, i, j, c], else 0.
+template <typename T>
+void dilate(const T* in, int64_t N, int64_t H, int64_t W, int64_t C, int64_t sh, int64_t sw,
+            T* out) {
+  const int64_t Hd = dilated_size(H, sh), Wd = dilated_size(W, sw);
+  std::fill(out, out + N * Hd * Wd * C, T(0));
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t i = 0; i < H; ++i)
+      for (int64_t j = 0; j < W; ++j)
+        for (int64_t c = 0; c < C; ++c)
+          out[((n * Hd + i * sh) * Wd + j * sw) * C + c] = in[((n * H + i) * W + j) * C + c];
+}
+
+/// pad: (N, H, W, C) -> (N, top+H+bottom, left+W+right, C) with zeros around (all >= 0).
+template <typename T>
+void pad(const T* in, int64_t N, int64_t H, int64_t W, int64_t C, int64_t top, int64_t bottom,
+         int64_t left, int64_t right, T* out) {
+  const int64_t Hp = H + top + bottom, Wp = W + left + right;
+  std::fill(out, out + N * Hp * Wp * C, T(0));
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t i = 0; i < H; ++i)
+      for (int64_t j = 0; j < W; ++j)
+        for (int64_t c = 0; c < C; ++c)
+          out[((n * Hp + i + top) * Wp + j + left) * C + c] = in[((n * H + i) * W + j) * C + c];
+}
+
+/// flip_kernel: (Q, FH, FW, C) -> (C, FH, FW, Q), k_r(c, a, b, q) = k(q, FH-1-a, FW-1-b, c):
+/// both spatial axes flipped and the roles of Q and C exchanged (the document's k_r).
+template <typename T>
+void flip_kernel(const T* w, int64_t Q, int64_t FH, int64_t FW, int64_t C, T* out) {
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t a = 0; a < FH; ++a)
+      for (int64_t b = 0; b < FW; ++b)
+        for (int64_t q = 0; q < Q; ++q)
+          out[((c * FH + a) * FW + b) * Q + q] =
+              w[((q * FH + (FH - 1 - a)) * FW + (FW - 1 - b)) * C + c];
+}
+
+namespace conv_detail {
+// The document's first multi-channel equation on an already padded input:
+// R(v,i,j,f) = sum_p sum_a sum_b I(v, iS+a, jS+b, p) k(f,a,b,p) + t(f).
+template <typename T>
+void reference_valid_conv(const T* xp, int64_t N, int64_t Hp, int64_t Wp, int64_t C,
+                          const T* w, int64_t Q, int64_t FH, int64_t FW, int64_t sh,
+                          int64_t sw, const T* bias, T* y) {
+  const int64_t Ho = (Hp - FH) / sh + 1, Wo = (Wp - FW) / sw + 1;
+  for (int64_t v = 0; v < N; ++v)
+    for (int64_t i = 0; i < Ho; ++i)
+      for (int64_t j = 0; j < Wo; ++j)
+        for (int64_t f = 0; f < Q; ++f) {
+          T sum = 0;
+          for (int64_t p = 0; p < C; ++p)
+            for (int64_t a = 0; a < FH; ++a)
+              for (int64_t b = 0; b < FW; ++b)
+                sum += xp[((v * Hp + i * sh + a) * Wp + j * sw + b) * C + p] *
+                       w[((f * FH + a) * FW + b) * C + p];
+          y[((v * Ho + i) * Wo + j) * Q + f] = sum + (bias ? bias[f] : T(0));
+        }
+}
+}  // namespace conv_detail
+
+/// Reference forward: pad the input, then the document's strided convolution equation.
+template <typename T>
+void conv2d_reference_forward(const Conv2dGeometry& g, const T* x, const T* w, const T* bias,
+                              T* y) {
+  const int64_t Hp = g.H + g.pad_top + g.pad_bottom, Wp = g.W + g.pad_left + g.pad_right;
+  // N*Hp*Wp*C fits in int64 (make_conv2d_geometry); a size beyond memory is a MemoryError.
+  conv_detail::Scratch<T> xp(g.N * Hp * Wp * g.C, "conv2d_reference: padded input");
+  pad(x, g.N, g.H, g.W, g.C, g.pad_top, g.pad_bottom, g.pad_left, g.pad_right, xp.get());
+  conv_detail::reference_valid_conv(xp.get(), g.N, Hp, Wp, g.C, w, g.Q, g.FH, g.FW,
+                                    g.stride_h, g.stride_w, bias, y);
+}
+
+/// Reference input gradient, the document's route:
+///   1. dilate dY by the stride (S-1 zeros between entries);
+///   2. pad it with F-1 on both ends, plus r extra zeros at the bottom/right, where
+///      r = (H + pads - F) mod S are the trailing padded-input rows the forward pass never
+///      reached (PITFALLS item 1: e.g. 28 -> 14 with F=3, S=2, P=1 has r = 1);
+///   3. stride-1 convolution with the flipped kernel k_r (Q and C exchanged)
+///      -> gradient with respect to the padded input, (H + pads) x (W + pads);
+///   4. crop the forward padding away.
+template <typename T>
+void conv2d_reference_backward_input(const Conv2dGeometry& g, const T* dy, const T* w, T* dx) {
+  const int64_t Hp = g.H + g.pad_top + g.pad_bottom, Wp = g.W + g.pad_left + g.pad_right;
+  const int64_t Hd = dilated_size(g.Ho, g.stride_h), Wd = dilated_size(g.Wo, g.stride_w);
+  const int64_t rh = Hp - (Hd + g.FH - 1), rw = Wp - (Wd + g.FW - 1);  // untouched rows/cols
+  // Hd <= Hp and Hpp = Hp + FH - 1 (both fit: FH <= Hp); the buffer sizes are checked.
+  const std::string shapes = conv_detail::conv_shapes(g.N, g.H, g.W, g.C, g.Q, g.FH, g.FW, g.C);
+  conv_detail::Scratch<T> dyd(
+      checked_product({g.N, Hd, Wd, g.Q}, "conv2d_reference_backward: dilated dY " + shapes),
+      "conv2d_reference_backward: dilated dY");
+  dilate(dy, g.N, g.Ho, g.Wo, g.Q, g.stride_h, g.stride_w, dyd.get());
+  const int64_t Hpp = Hd + 2 * (g.FH - 1) + rh, Wpp = Wd + 2 * (g.FW - 1) + rw;
+  conv_detail::Scratch<T> dydp(
+      checked_product({g.N, Hpp, Wpp, g.Q}, "conv2d_reference_backward: padded dilated dY " + shapes),
+      "conv2d_reference_backward: padded dilated dY");
+  pad(dyd.get(), g.N, Hd, Wd, g.Q, g.FH - 1, g.FH - 1 + rh, g.FW - 1, g.FW - 1 + rw,
+      dydp.get());
+  conv_detail::Scratch<T> wr(g.C * g.FH * g.FW * g.Q, "conv2d_reference_backward: flipped kernel");
+  flip_kernel(w, g.Q, g.FH, g.FW, g.C, wr.get());
+  conv_detail::Scratch<T> dxp(g.N * Hp * Wp * g.C,  // (Hpp - FH + 1) == Hp; fits (geometry)
+                              "conv2d_reference_backward: padded dX");
+  conv_detail::reference_valid_conv(dydp.get(), g.N, Hpp, Wpp, g.Q, wr.get(), g.C, g.FH,
+                                    g.FW, int64_t{1}, int64_t{1}, static_cast<const T*>(nullptr),
+                                    dxp.get());
+  for (int64_t n = 0; n < g.N; ++n)  // crop
+    for (int64_t i = 0; i < g.H; ++i)
+      for (int64_t j = 0; j < g.W; ++j)
+        for (int64_t c = 0; c < g.C; ++c)
+          dx[((n * g.H + i) * g.W + j) * g.C + c] =
+              dxp.get()[((n * Hp + i + g.pad_top) * Wp + j + g.pad_left) * g.C + c];
+}
+
+/// Reference kernel (and bias) gradient: the padded input convolved (stride 1) with the
+/// dilated output gradient, summed over the batch:
+///   dk(h,c,d,r) = sum_{w,i,j} gamma(i,j) dR(w,i,j,h) I(w, c+i, d+j, r),   db(h) = sum dR(.,h).
+/// db may be nullptr.
+template <typename T>
+void conv2d_reference_backward_weight(const Conv2dGeometry& g, const T* x, const T* dy, T* dw,
+                                      T* db) {
+  const int64_t Hp = g.H + g.pad_top + g.pad_bottom, Wp = g.W + g.pad_left + g.pad_right;
+  conv_detail::Scratch<T> xps(g.N * Hp * Wp * g.C,  // fits (make_conv2d_geometry)
+                              "conv2d_reference_backward: padded input");
+  const T* xp = xps.get();
+  pad(x, g.N, g.H, g.W, g.C, g.pad_top, g.pad_bottom, g.pad_left, g.pad_right, xps.get());
+  const int64_t Hd = dilated_size(g.Ho, g.stride_h), Wd = dilated_size(g.Wo, g.stride_w);
+  conv_detail::Scratch<T> dyds(
+      checked_product({g.N, Hd, Wd, g.Q},
+                      "conv2d_reference_backward: dilated dY " +
+                          conv_detail::conv_shapes(g.N, g.H, g.W, g.C, g.Q, g.FH, g.FW, g.C)),
+      "conv2d_reference_backward: dilated dY");
+  const T* dyd = dyds.get();
+  dilate(dy, g.N, g.Ho, g.Wo, g.Q, g.stride_h, g.stride_w, dyds.get());
+  for (int64_t h = 0; h < g.Q; ++h)
+    for (int64_t c = 0; c < g.FH; ++c)
+      for (int64_t d = 0; d < g.FW; ++d)
+        for (int64_t r = 0; r < g.C; ++r) {
+          T sum = 0;
+          for (int64_t v = 0; v < g.N; ++v)
+            for (int64_t i = 0; i < Hd; ++i)
+              for (int64_t j = 0; j < Wd; ++j)
+                sum += dyd[((v * Hd + i) * Wd + j) * g.Q + h] *
+                       xp[((v * Hp + c + i) * Wp + d + j) * g.C + r];
+          dw[((h * g.FH + c) * g.FW + d) * g.C + r] = sum;
+        }
+  if (db) {
+    for (int64_t h = 0; h < g.Q; ++h) db[h] = 0;
+    for (int64_t p = 0; p < g.N * g.Ho * g.Wo; ++p)
+      for (int64_t h = 0; h < g.Q; ++h) db[h] += dy[p * g.Q + h];
+  }
+}
+
+// ============================================================================================
+// Helpers shared by the fast passes.
+// ============================================================================================
+namespace conv_detail {
+
+inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
+// Per-thread scratch buffers, reused across calls (no allocation or page faults per tile).
+// Slot tells buffers apart that are live at the same time. A kernel never calls another
+// kernel while it holds a slot (nested parallel regions run inline on the same thread).
+template <typename T, int Slot>
+inline T* scratch(size_t n) {
+  static thread_local std::vector<T> buf;
+  if (buf.size() < n) buf.resize(n);
+  return buf.data();
+}
+
+// Copies / zeroes a short run of channels without a library call per run (runs are often
+// only 1-3 values when C is small); long runs go to memcpy / memset.
+template <typename T>
+inline void copy_run(T* dst, const T* src, int64_t n) {
+  if (n > 64) {
+    std::memcpy(dst, src, sizeof(T) * static_cast<size_t>(n));
+    return;
+  }
+  constexpr int64_t B = 32 / sizeof(T);
+  int64_t i = 0;
+  for (; i + B <= n; i += B) __builtin_memcpy(dst + i, src + i, 32);
+  for (; i < n; ++i) dst[i] = src[i];
+}
+template <typename T>
+inline void zero_run(T* dst, int64_t n) {
+  if (n > 64) {
+    std::memset(dst, 0, sizeof(T) * static_cast<size_t>(n));
+    return;
+  }
+  for (int64_t i = 0; i < n; ++i) dst[i] = T(0);
+}
+
+// The fast paths that first copy the input into a zero-padded buffer (forward_direct,
+// backward_weight_smallc) are worth it only when that copy is about the size of the input.
+// With a huge padding or stride (valid: the output may be a few pixels) the copy would be
+// absurdly large, or its size would not even fit in int64, so those shapes take the im2col
+// paths instead, which read the padding as zeros without materialising it.
+inline bool padded_copy_is_small(const Conv2dGeometry& g, int64_t rows, int64_t row_values) {
+  int64_t elems = 0;
+  if (row_values < 0 || !product_fits({g.N, rows, row_values}, elems)) return false;
+  const int64_t input = g.N * g.H * g.W * g.C, output = g.N * g.Ho * g.Wo * g.Q;  // allocated
+  return elems <= saturating_add(saturating_mul(4, saturating_add(input, output)), int64_t{1} << 22);
+}
+
+// The phase (y + pad) mod S of input row (column) y = y0 < S, without forming y0 + pad mod S
+// from sizes that could overflow (S may be as large as int64 allows).
+inline int64_t phase_of(int64_t y0, int64_t pad, int64_t S) {
+  const int64_t t = pad % S;
+  return y0 < S - t ? y0 + t : y0 - (S - t);
+}
+
+}  // namespace conv_detail
+
+}  // namespace kernels
+}  // namespace nablagrad

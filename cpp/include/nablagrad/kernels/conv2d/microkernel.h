@@ -1,0 +1,776 @@
+// nablagrad/kernels/conv2d/microkernel.h - the register-blocked kernels of the convolution
+// passes, one variant per SIMD level, and the table that picks them.
+//
+// Every fast pass (forward.h, backward_input.h, backward_weight.h, small_c.h) asks once per
+// call for `conv_kernels<T>()`: a ConvKernels<T> holding the register tile (MR x NR), the
+// depth slice KC and function pointers to the variants of the current simd_level()
+// (portable C++, AVX2+FMA, AVX-512F). The passes never test the level themselves, so a new
+// level is a new row of the table, not a new branch in every pass (as GemmConfig does for
+// the matrix multiply in gemm.h). A level without its own variant of a kernel reuses the
+// next lower one (the AVX2 kernels run at the AVX-512 level unless the table says otherwise).
+//
+// The kernels (all sum in a fixed order; see each comment):
+//   tile       C[MR x NR] += A B             gather GEMM (im2col tile x packed kernel panel)
+//   direct     out[MR x NR] = A B            A read in place from rows of a padded input
+//   dot        sum a[k] b[k]                 narrow outputs
+//   narrow_row out[j] = sum_t <src[t], bt_j> narrow outputs straight from dY runs
+//   smallc_dx  NP pixels x C channels        small-C input gradient (nullptr: not available)
+//   smallc_dw  <= 12 taps x VL filters       small-C kernel gradient, register accumulators
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "../simd.h"
+
+namespace nablagrad {
+namespace kernels {
+namespace conv_detail {
+
+// Largest register tile of any variant (MR * NR values): callers size stack buffers with it.
+constexpr int64_t kMaxTileValues = 1024;
+// Stride of the small-C kernel-gradient accumulator buffers (>= the widest VL).
+constexpr int64_t kSmallCAccStride = 16;
+
+// Pixels per block of the smallc_dx kernels: NP*C <= 8 accumulators.
+inline int64_t smallc_dx_np(int64_t C) { return C == 1 ? 8 : C == 2 ? 4 : 2; }
+
+// ============================================================================================
+// Portable kernels (plain C++, any CPU).
+// ============================================================================================
+
+// C[MR x NR] (row stride ldc) += sum_{d < depth} A(i, d) * b[d*NR + j], A(i,d) = a[i*a_rs + d*a_cs].
+template <typename T, int MR, int NR>
+inline void micro_kernel_portable(int64_t depth, const T* a, int64_t a_rs, int64_t a_cs,
+                                  const T* b, T* c, int64_t ldc) {
+  T acc[MR][NR] = {};
+  for (int64_t d = 0; d < depth; ++d) {
+    const T* bd = b + d * NR;
+    const T* ad = a + d * a_cs;
+    for (int64_t i = 0; i < MR; ++i) {
+      const T ai = ad[i * a_rs];
+      for (int64_t j = 0; j < NR; ++j) acc[i][j] += ai * bd[j];
+    }
+  }
+  for (int64_t i = 0; i < MR; ++i)
+    for (int64_t j = 0; j < NR; ++j) c[i * ldc + j] += acc[i][j];
+}
+
+// Dot product of length n (the narrow-output path), fixed summation order.
+template <typename T>
+inline T dot_portable(const T* a, const T* b, int64_t n) {
+  T s[4] = {0, 0, 0, 0};
+  int64_t k = 0;
+  for (; k + 4 <= n; k += 4)
+    for (int64_t l = 0; l < 4; ++l) s[l] += a[k + l] * b[k + l];
+  T sum = (s[0] + s[1]) + (s[2] + s[3]);
+  for (; k < n; ++k) sum += a[k] * b[k];
+  return sum;
+}
+
+#if NABLAGRAD_X86
+#define NG_UKR_ROW(i)                                                   \
+  {                                                                     \
+    const VT ai = BCAST(ad + (i) * a_rs);                               \
+    c##i##0 = FMA(ai, b0, c##i##0);                                     \
+    c##i##1 = FMA(ai, b1, c##i##1);                                     \
+  }
+#define NG_UKR_STORE(i)                                                          \
+  {                                                                              \
+    STORE(c + (i) * ldc, ADD(LOAD(c + (i) * ldc), c##i##0));                     \
+    STORE(c + (i) * ldc + W, ADD(LOAD(c + (i) * ldc + W), c##i##1));             \
+  }
+#define NG_UKR_BODY                                                                   \
+  VT c00 = ZERO(), c01 = ZERO(), c10 = ZERO(), c11 = ZERO(), c20 = ZERO(), c21 = ZERO(); \
+  VT c30 = ZERO(), c31 = ZERO(), c40 = ZERO(), c41 = ZERO(), c50 = ZERO(), c51 = ZERO(); \
+  for (int64_t d = 0; d < depth; ++d) {                                               \
+    const VT b0 = LOAD(b + d * 2 * W);                                                \
+    const VT b1 = LOAD(b + d * 2 * W + W);                                            \
+    const auto* ad = a + d * a_cs;                                                    \
+    NG_UKR_ROW(0) NG_UKR_ROW(1) NG_UKR_ROW(2) NG_UKR_ROW(3) NG_UKR_ROW(4) NG_UKR_ROW(5) \
+  }                                                                                   \
+  NG_UKR_STORE(0) NG_UKR_STORE(1) NG_UKR_STORE(2) NG_UKR_STORE(3) NG_UKR_STORE(4)     \
+  NG_UKR_STORE(5)
+
+__attribute__((target("avx2,fma"))) inline void micro_kernel_avx2(int64_t depth, const float* a,
+                                                                  int64_t a_rs, int64_t a_cs,
+                                                                  const float* b, float* c,
+                                                                  int64_t ldc) {
+  using VT = __m256;
+  constexpr int64_t W = 8;
+#define ZERO _mm256_setzero_ps
+#define LOAD _mm256_loadu_ps
+#define STORE _mm256_storeu_ps
+#define ADD _mm256_add_ps
+#define FMA _mm256_fmadd_ps
+#define BCAST _mm256_broadcast_ss
+  NG_UKR_BODY
+#undef ZERO
+#undef LOAD
+#undef STORE
+#undef ADD
+#undef FMA
+#undef BCAST
+}
+
+__attribute__((target("avx2,fma"))) inline void micro_kernel_avx2(int64_t depth, const double* a,
+                                                                  int64_t a_rs, int64_t a_cs,
+                                                                  const double* b, double* c,
+                                                                  int64_t ldc) {
+  using VT = __m256d;
+  constexpr int64_t W = 4;
+#define ZERO _mm256_setzero_pd
+#define LOAD _mm256_loadu_pd
+#define STORE _mm256_storeu_pd
+#define ADD _mm256_add_pd
+#define FMA _mm256_fmadd_pd
+#define BCAST _mm256_broadcast_sd
+  NG_UKR_BODY
+#undef ZERO
+#undef LOAD
+#undef STORE
+#undef ADD
+#undef FMA
+#undef BCAST
+}
+#undef NG_UKR_ROW
+#undef NG_UKR_STORE
+#undef NG_UKR_BODY
+
+__attribute__((target("avx2,fma"))) inline float dot_avx2(const float* a, const float* b,
+                                                          int64_t n) {
+  __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+  int64_t k = 0;
+  for (; k + 16 <= n; k += 16) {
+    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + k), _mm256_loadu_ps(b + k), s0);
+    s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + k + 8), _mm256_loadu_ps(b + k + 8), s1);
+  }
+  for (; k + 8 <= n; k += 8)
+    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + k), _mm256_loadu_ps(b + k), s0);
+  alignas(32) float t[8];
+  _mm256_store_ps(t, _mm256_add_ps(s0, s1));
+  float sum = ((t[0] + t[1]) + (t[2] + t[3])) + ((t[4] + t[5]) + (t[6] + t[7]));
+  for (; k < n; ++k) sum += a[k] * b[k];
+  return sum;
+}
+
+__attribute__((target("avx2,fma"))) inline double dot_avx2(const double* a, const double* b,
+                                                           int64_t n) {
+  __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
+  int64_t k = 0;
+  for (; k + 8 <= n; k += 8) {
+    s0 = _mm256_fmadd_pd(_mm256_loadu_pd(a + k), _mm256_loadu_pd(b + k), s0);
+    s1 = _mm256_fmadd_pd(_mm256_loadu_pd(a + k + 4), _mm256_loadu_pd(b + k + 4), s1);
+  }
+  for (; k + 4 <= n; k += 4)
+    s0 = _mm256_fmadd_pd(_mm256_loadu_pd(a + k), _mm256_loadu_pd(b + k), s0);
+  alignas(32) double t[4];
+  _mm256_store_pd(t, _mm256_add_pd(s0, s1));
+  double sum = (t[0] + t[1]) + (t[2] + t[3]);
+  for (; k < n; ++k) sum += a[k] * b[k];
+  return sum;
+}
+#endif
+
+// Narrow outputs (few columns, e.g. the input gradient of a C=1 or C=3 layer): no im2col
+// copy at all. out[j] = sum_t sum_{q<len} src[t][q] * bt[j*K + t*len + q], src[t] == nullptr
+// meaning a zero (padding) segment; vector partial sums run across all segments.
+template <typename T>
+inline void narrow_row_portable(const T* const* src, int64_t nseg, int64_t len, const T* bt,
+                                int64_t K, int64_t ncols, T* out) {
+  for (int64_t j = 0; j < ncols; ++j) {
+    T s[4] = {0, 0, 0, 0};
+    for (int64_t t = 0; t < nseg; ++t) {
+      if (!src[t]) continue;
+      const T* a = src[t];
+      const T* b = bt + j * K + t * len;
+      int64_t k = 0;
+      for (; k + 4 <= len; k += 4)
+        for (int64_t l = 0; l < 4; ++l) s[l] += a[k + l] * b[k + l];
+      for (; k < len; ++k) s[0] += a[k] * b[k];
+    }
+    out[j] = (s[0] + s[1]) + (s[2] + s[3]);
+  }
+}
+
+#if NABLAGRAD_X86
+// All (<= 4) columns at once: each 8-float load of a dY run feeds NC FMAs.
+template <int NC>
+__attribute__((target("avx2,fma"))) inline void narrow_row_avx2_nc(const float* const* src,
+                                                                   int64_t nseg, int64_t len,
+                                                                   const float* bt, int64_t K,
+                                                                   float* out) {
+  __m256 s[NC];
+  float tail[NC];
+  for (int j = 0; j < NC; ++j) {
+    s[j] = _mm256_setzero_ps();
+    tail[j] = 0;
+  }
+  for (int64_t t = 0; t < nseg; ++t) {
+    if (!src[t]) continue;
+    const float* a = src[t];
+    const float* b = bt + t * len;
+    int64_t k = 0;
+    for (; k + 8 <= len; k += 8) {
+      const __m256 av = _mm256_loadu_ps(a + k);
+      for (int j = 0; j < NC; ++j)
+        s[j] = _mm256_fmadd_ps(av, _mm256_loadu_ps(b + j * K + k), s[j]);
+    }
+    for (; k < len; ++k)
+      for (int j = 0; j < NC; ++j) tail[j] += a[k] * b[j * K + k];
+  }
+  for (int j = 0; j < NC; ++j) {
+    alignas(32) float v[8];
+    _mm256_store_ps(v, s[j]);
+    out[j] = (((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]))) + tail[j];
+  }
+}
+
+__attribute__((target("avx2,fma"))) inline void narrow_row_avx2(const float* const* src,
+                                                                int64_t nseg, int64_t len,
+                                                                const float* bt, int64_t K,
+                                                                int64_t ncols, float* out) {
+  int64_t j = 0;
+  for (; j + 4 <= ncols; j += 4) narrow_row_avx2_nc<4>(src, nseg, len, bt + j * K, K, out + j);
+  switch (ncols - j) {
+    case 3: narrow_row_avx2_nc<3>(src, nseg, len, bt + j * K, K, out + j); break;
+    case 2: narrow_row_avx2_nc<2>(src, nseg, len, bt + j * K, K, out + j); break;
+    case 1: narrow_row_avx2_nc<1>(src, nseg, len, bt + j * K, K, out + j); break;
+    default: break;
+  }
+}
+__attribute__((target("avx2,fma"))) inline void narrow_row_avx2(const double* const* src,
+                                                                int64_t nseg, int64_t len,
+                                                                const double* bt, int64_t K,
+                                                                int64_t ncols, double* out) {
+  for (int64_t j = 0; j < ncols; ++j) {
+    __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
+    double tail = 0;
+    for (int64_t t = 0; t < nseg; ++t) {
+      if (!src[t]) continue;
+      const double* a = src[t];
+      const double* b = bt + j * K + t * len;
+      int64_t k = 0;
+      for (; k + 8 <= len; k += 8) {
+        s0 = _mm256_fmadd_pd(_mm256_loadu_pd(a + k), _mm256_loadu_pd(b + k), s0);
+        s1 = _mm256_fmadd_pd(_mm256_loadu_pd(a + k + 4), _mm256_loadu_pd(b + k + 4), s1);
+      }
+      for (; k + 4 <= len; k += 4)
+        s0 = _mm256_fmadd_pd(_mm256_loadu_pd(a + k), _mm256_loadu_pd(b + k), s0);
+      for (; k < len; ++k) tail += a[k] * b[k];
+    }
+    alignas(32) double v[4];
+    _mm256_store_pd(v, _mm256_add_pd(s0, s1));
+    out[j] = ((v[0] + v[1]) + (v[2] + v[3])) + tail;
+  }
+}
+#endif
+
+// Direct micro-kernel for the small-depth forward pass (no im2col copy): the A operand is read
+// straight from the zero-padded input, the depth being nh kernel rows of len = FW*C
+// contiguous values each:
+//   out[i*NR + j] = sum_{h < nh} sum_{d < len} a[i*a_rs + h*a_hs + d] * b[(h*len + d)*NR + j]
+// for i < MR, j < NR; out is overwritten (one FMA chain per element, (h, d) ascending, which
+// is the same order as the im2col GEMM).
+template <typename T, int MR, int NR>
+inline void direct_kernel_portable(int64_t nh, int64_t len, const T* a, int64_t a_rs,
+                                   int64_t a_hs, const T* b, T* out) {
+  T acc[MR][NR] = {};
+  for (int64_t h = 0; h < nh; ++h) {
+    const T* ah = a + h * a_hs;
+    const T* bh = b + h * len * NR;
+    for (int64_t d = 0; d < len; ++d) {
+      const T* bd = bh + d * NR;
+      for (int64_t i = 0; i < MR; ++i) {
+        const T ai = ah[i * a_rs + d];
+        for (int64_t j = 0; j < NR; ++j) acc[i][j] += ai * bd[j];
+      }
+    }
+  }
+  for (int64_t i = 0; i < MR; ++i)
+    for (int64_t j = 0; j < NR; ++j) out[i * NR + j] = acc[i][j];
+}
+
+#if NABLAGRAD_X86
+#define NG_DK_ROW(i)                                                    \
+  {                                                                     \
+    const VT ai = BCAST(ad + (i) * a_rs);                               \
+    c##i##0 = FMA(ai, b0, c##i##0);                                     \
+    c##i##1 = FMA(ai, b1, c##i##1);                                     \
+  }
+#define NG_DK_STORE(i)                        \
+  {                                           \
+    STORE(out + (i) * 2 * W, c##i##0);        \
+    STORE(out + (i) * 2 * W + W, c##i##1);    \
+  }
+#define NG_DK_BODY                                                                    \
+  VT c00 = ZERO(), c01 = ZERO(), c10 = ZERO(), c11 = ZERO(), c20 = ZERO(), c21 = ZERO(); \
+  VT c30 = ZERO(), c31 = ZERO(), c40 = ZERO(), c41 = ZERO(), c50 = ZERO(), c51 = ZERO(); \
+  for (int64_t h = 0; h < nh; ++h) {                                                  \
+    const auto* ah = a + h * a_hs;                                                    \
+    const auto* bh = b + h * len * 2 * W;                                             \
+    for (int64_t d = 0; d < len; ++d) {                                               \
+      const VT b0 = LOAD(bh + d * 2 * W);                                             \
+      const VT b1 = LOAD(bh + d * 2 * W + W);                                         \
+      const auto* ad = ah + d;                                                        \
+      NG_DK_ROW(0) NG_DK_ROW(1) NG_DK_ROW(2) NG_DK_ROW(3) NG_DK_ROW(4) NG_DK_ROW(5)   \
+    }                                                                                 \
+  }                                                                                   \
+  NG_DK_STORE(0) NG_DK_STORE(1) NG_DK_STORE(2) NG_DK_STORE(3) NG_DK_STORE(4) NG_DK_STORE(5)
+
+__attribute__((target("avx2,fma"))) inline void direct_kernel_avx2(int64_t nh, int64_t len,
+                                                                   const float* a, int64_t a_rs,
+                                                                   int64_t a_hs, const float* b,
+                                                                   float* out) {
+  using VT = __m256;
+  constexpr int64_t W = 8;
+#define ZERO _mm256_setzero_ps
+#define LOAD _mm256_loadu_ps
+#define STORE _mm256_storeu_ps
+#define FMA _mm256_fmadd_ps
+#define BCAST _mm256_broadcast_ss
+  NG_DK_BODY
+#undef ZERO
+#undef LOAD
+#undef STORE
+#undef FMA
+#undef BCAST
+}
+
+__attribute__((target("avx2,fma"))) inline void direct_kernel_avx2(int64_t nh, int64_t len,
+                                                                   const double* a, int64_t a_rs,
+                                                                   int64_t a_hs, const double* b,
+                                                                   double* out) {
+  using VT = __m256d;
+  constexpr int64_t W = 4;
+#define ZERO _mm256_setzero_pd
+#define LOAD _mm256_loadu_pd
+#define STORE _mm256_storeu_pd
+#define FMA _mm256_fmadd_pd
+#define BCAST _mm256_broadcast_sd
+  NG_DK_BODY
+#undef ZERO
+#undef LOAD
+#undef STORE
+#undef FMA
+#undef BCAST
+}
+#undef NG_DK_ROW
+#undef NG_DK_STORE
+#undef NG_DK_BODY
+#endif
+
+#if NABLAGRAD_X86
+// AVX2 vector helpers of the small-C kernels (one vector of filters; masked loads for a tail).
+struct SmallCVecF {
+  using T = float;
+  using VT = __m256;
+  static constexpr int64_t L = 8;
+  __attribute__((target("avx2,fma"))) static VT zero() { return _mm256_setzero_ps(); }
+  __attribute__((target("avx2,fma"))) static VT load(const T* p, __m256i m, bool full) {
+    return full ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, m);
+  }
+  __attribute__((target("avx2,fma"))) static VT bcast(const T* p) { return _mm256_broadcast_ss(p); }
+  __attribute__((target("avx2,fma"))) static VT fma(VT a, VT b, VT c) { return _mm256_fmadd_ps(a, b, c); }
+  __attribute__((target("avx2,fma"))) static VT add(VT a, VT b) { return _mm256_add_ps(a, b); }
+  __attribute__((target("avx2,fma"))) static void store(T* p, VT v) { _mm256_storeu_ps(p, v); }
+  __attribute__((target("avx2,fma"))) static __m256i mask(int64_t nq) {
+    alignas(32) int32_t m[8];
+    for (int i = 0; i < 8; ++i) m[i] = i < nq ? -1 : 0;
+    return _mm256_load_si256(reinterpret_cast<const __m256i*>(m));
+  }
+};
+struct SmallCVecD {
+  using T = double;
+  using VT = __m256d;
+  static constexpr int64_t L = 4;
+  __attribute__((target("avx2,fma"))) static VT zero() { return _mm256_setzero_pd(); }
+  __attribute__((target("avx2,fma"))) static VT load(const T* p, __m256i m, bool full) {
+    return full ? _mm256_loadu_pd(p) : _mm256_maskload_pd(p, m);
+  }
+  __attribute__((target("avx2,fma"))) static VT bcast(const T* p) { return _mm256_broadcast_sd(p); }
+  __attribute__((target("avx2,fma"))) static VT fma(VT a, VT b, VT c) { return _mm256_fmadd_pd(a, b, c); }
+  __attribute__((target("avx2,fma"))) static VT add(VT a, VT b) { return _mm256_add_pd(a, b); }
+  __attribute__((target("avx2,fma"))) static void store(T* p, VT v) { _mm256_storeu_pd(p, v); }
+  __attribute__((target("avx2,fma"))) static __m256i mask(int64_t nq) {
+    alignas(32) int64_t m[4];
+    for (int i = 0; i < 4; ++i) m[i] = i < nq ? -1 : 0;
+    return _mm256_load_si256(reinterpret_cast<const __m256i*>(m));
+  }
+};
+template <typename T> struct SmallCVec;
+template <> struct SmallCVec<float> { using type = SmallCVecF; };
+template <> struct SmallCVec<double> { using type = SmallCVecD; };
+
+// Input gradient for few input channels (C <= 4), NP consecutive pixels of one phase row at
+// once. In a phase, tap t = (th, tw) of pixel ix + p reads the dY pixel src[t] + p*Q (the next
+// output column), so one load of the flipped-kernel vector W_t[c, q-block] serves NP pixels:
+//   out[p*ostride + c] = sum_t sum_q src[t][p*Q + q] * bt[c*K + t*Q + q]
+// (the phase sum of conv2d_backward_input; src[t] == nullptr: the tap reads a padding row).
+// NP*C vector accumulators, reduced in a fixed order at the end.
+template <typename V, int C, int NP>
+__attribute__((target("avx2,fma"))) inline void smallc_dx_block_avx2(
+    const typename V::T* const* src, int64_t ntap, int64_t Q, const typename V::T* bt,
+    int64_t K, typename V::T* out, int64_t ostride) {
+  using T = typename V::T;
+  using VT = typename V::VT;
+  constexpr int64_t L = V::L;
+  VT acc[NP * C];
+  T tail[NP * C];
+#pragma GCC unroll 16
+  for (int i = 0; i < NP * C; ++i) {
+    acc[i] = V::zero();
+    tail[i] = 0;
+  }
+  const __m256i m = V::mask(L);
+  for (int64_t t = 0; t < ntap; ++t) {
+    const T* a = src[t];
+    if (!a) continue;
+    const T* b = bt + t * Q;
+    int64_t k = 0;
+    for (; k + L <= Q; k += L) {
+      VT wv[C];
+#pragma GCC unroll 4
+      for (int c = 0; c < C; ++c) wv[c] = V::load(b + c * K + k, m, true);
+#pragma GCC unroll 8
+      for (int p = 0; p < NP; ++p) {
+        const VT d = V::load(a + p * Q + k, m, true);
+#pragma GCC unroll 4
+        for (int c = 0; c < C; ++c) acc[p * C + c] = V::fma(d, wv[c], acc[p * C + c]);
+      }
+    }
+    for (; k < Q; ++k)
+      for (int p = 0; p < NP; ++p)
+        for (int c = 0; c < C; ++c) tail[p * C + c] += a[p * Q + k] * b[c * K + k];
+  }
+  for (int p = 0; p < NP; ++p)
+    for (int c = 0; c < C; ++c) {
+      alignas(32) T v[L];
+      V::store(v, acc[p * C + c]);
+      T s = v[0];
+      if (L == 8)
+        s = ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4 % L] + v[5 % L]) + (v[6 % L] + v[7 % L]));
+      else
+        s = (v[0] + v[1]) + (v[2] + v[3]);
+      out[p * ostride + c] = s + tail[p * C + c];
+    }
+}
+
+
+template <typename T>
+inline void smallc_dx_block(int64_t C, const T* const* src, int64_t ntap, int64_t Q,
+                            const T* bt, int64_t K, T* out, int64_t ostride) {
+  using V = typename SmallCVec<T>::type;
+  switch (C) {
+    case 1: return smallc_dx_block_avx2<V, 1, 8>(src, ntap, Q, bt, K, out, ostride);
+    case 2: return smallc_dx_block_avx2<V, 2, 4>(src, ntap, Q, bt, K, out, ostride);
+    case 3: return smallc_dx_block_avx2<V, 3, 2>(src, ntap, Q, bt, K, out, ostride);
+    case 4: return smallc_dx_block_avx2<V, 4, 2>(src, ntap, Q, bt, K, out, ostride);
+    default: break;
+  }
+}
+#endif
+
+// Kernel gradient for few input channels (C <= 4), no im2col and no GEMM packing:
+//   dW[q, fh, fw, c] = sum_{(n,ho,wo)} dY[n,ho,wo,q] * Xp[n, ho*S_h + fh, wo*S_w + fw, c]
+//   db[q]            = sum_{(n,ho,wo)} dY[n,ho,wo,q]
+// (the document's dk(h,c,d,r) over the gamma = 1 entries of the dilated dY, and dL/db = sum G).
+// The input is copied once into a zero-padded buffer Xp (one padded row = prow values), so a
+// tap (fh, j = fw*C + c) of output pixel (n, ho, wo) is Xp_row(n, ho*S_h + fh)[wo*S_w*C + j]:
+// the FW*C taps of one kernel row are one contiguous run. The taps are cut into blocks of
+// NRW <= 4 kernel rows x NCL <= 3 consecutive run values (<= 12 taps), the filters into blocks
+// of one vector (8 floats / 4 doubles, the last one masked); for each (tap block, filter block)
+// the <= 12 vector accumulators acc[t] += X(pixel, t) * dY(pixel, q-block) (plus the bias sum)
+// stay in registers over all pixels of a chunk. Chunks are runs of whole output rows whose
+// size depends on the shape only; each chunk writes its own partial (K x Q) and the partials
+// are added in chunk order, so the result is the same for any thread count.
+struct SmallCPlan {
+  int64_t Hp, prow, xs, K, len;
+  std::vector<int64_t> row_start, row_count, col_start, col_count;  // tap blocks
+};
+
+template <typename T>
+inline void smallc_dw_block_portable_acc(const SmallCPlan& pl, const T* xp, const T* dy,
+                                     int64_t Ho, int64_t Wo, int64_t S_h, int64_t Q, int64_t r0,
+                                     int64_t r1, int64_t fh0, int64_t nrw, int64_t j0,
+                                     int64_t ncl, int64_t q0, int64_t nq, T* acc, T* accb) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t n = r / Ho, ho = r % Ho;
+    const T* xb = xp + (n * pl.Hp + ho * S_h + fh0) * pl.prow + j0;
+    const T* d = dy + r * Wo * Q + q0;
+    for (int64_t wo = 0; wo < Wo; ++wo, xb += pl.xs, d += Q) {
+      for (int64_t a = 0; a < nrw; ++a)
+        for (int64_t b = 0; b < ncl; ++b) {
+          const T xv = xb[a * pl.prow + b];
+          T* ac = acc + (a * ncl + b) * kSmallCAccStride;
+          for (int64_t l = 0; l < nq; ++l) ac[l] += xv * d[l];
+        }
+      if (accb)
+        for (int64_t l = 0; l < nq; ++l) accb[l] += d[l];
+    }
+  }
+}
+
+#if NABLAGRAD_X86
+
+// One (tap block, filter block) over output rows [r0, r1): NRW x NCL accumulators (+ bias).
+template <typename V, int NRW, int NCL>
+__attribute__((target("avx2,fma"))) inline void smallc_dw_block_avx2(
+    const SmallCPlan& pl, const typename V::T* xp, const typename V::T* dy, int64_t Ho,
+    int64_t Wo, int64_t S_h, int64_t Q, int64_t r0, int64_t r1, int64_t fh0, int64_t j0,
+    int64_t q0, int64_t nq, typename V::T* acc, typename V::T* accb) {
+  using T = typename V::T;
+  using VT = typename V::VT;
+  const bool full = nq == V::L;
+  const __m256i m = V::mask(nq);
+  VT a[NRW * NCL];
+#pragma GCC unroll 12
+  for (int t = 0; t < NRW * NCL; ++t) a[t] = V::zero();
+  VT b = V::zero();
+  const int64_t prow = pl.prow, xs = pl.xs;
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t n = r / Ho, ho = r % Ho;
+    const T* xb = xp + (n * pl.Hp + ho * S_h + fh0) * prow + j0;
+    const T* d = dy + r * Wo * Q + q0;
+    for (int64_t wo = 0; wo < Wo; ++wo, xb += xs, d += Q) {
+      const VT dv = V::load(d, m, full);
+#pragma GCC unroll 4
+      for (int ra = 0; ra < NRW; ++ra)
+#pragma GCC unroll 3
+        for (int cb = 0; cb < NCL; ++cb)
+          a[ra * NCL + cb] = V::fma(V::bcast(xb + ra * prow + cb), dv, a[ra * NCL + cb]);
+      b = V::add(b, dv);
+    }
+  }
+#pragma GCC unroll 12
+  for (int t = 0; t < NRW * NCL; ++t) V::store(acc + t * kSmallCAccStride, a[t]);
+  if (accb) V::store(accb, b);
+}
+
+template <typename T>
+inline void smallc_dw_block_avx2_dispatch(const SmallCPlan& pl, const T* xp, const T* dy,
+                                          int64_t Ho, int64_t Wo, int64_t S_h, int64_t Q,
+                                          int64_t r0, int64_t r1, int64_t fh0, int64_t nrw,
+                                          int64_t j0, int64_t ncl, int64_t q0, int64_t nq,
+                                          T* acc, T* accb) {
+  using V = typename SmallCVec<T>::type;
+#define NG_SC(R, Cc)                                                                         \
+  case (R) * 4 + (Cc):                                                                       \
+    return smallc_dw_block_avx2<V, R, Cc>(pl, xp, dy, Ho, Wo, S_h, Q, r0, r1, fh0, j0, q0, nq, \
+                                          acc, accb);
+  switch (nrw * 4 + ncl) {
+    NG_SC(1, 1) NG_SC(1, 2) NG_SC(1, 3) NG_SC(2, 1) NG_SC(2, 2) NG_SC(2, 3)
+    NG_SC(3, 1) NG_SC(3, 2) NG_SC(3, 3) NG_SC(4, 1) NG_SC(4, 2) NG_SC(4, 3)
+    default: break;
+  }
+#undef NG_SC
+}
+#endif
+
+#if NABLAGRAD_X86
+// ============================================================================================
+// AVX-512F kernels: 32 vector registers allow a 12 x 2-vector register tile (24 accumulators:
+// 12 x 32 floats / 12 x 16 doubles), twice the AVX2 tile's rows and width, so each loaded
+// kernel vector and each broadcast input value feeds twice as many FMAs.
+// ============================================================================================
+template <typename T>
+struct Avx512;
+template <>
+struct Avx512<float> {
+  using VT = __m512;
+  static constexpr int W = 16;
+};
+template <>
+struct Avx512<double> {
+  using VT = __m512d;
+  static constexpr int W = 8;
+};
+
+__attribute__((target("avx512f,avx2,fma"))) inline __m512 z_zero(float) { return _mm512_setzero_ps(); }
+__attribute__((target("avx512f,avx2,fma"))) inline __m512d z_zero(double) { return _mm512_setzero_pd(); }
+__attribute__((target("avx512f,avx2,fma"))) inline __m512 z_load(const float* p) { return _mm512_loadu_ps(p); }
+__attribute__((target("avx512f,avx2,fma"))) inline __m512d z_load(const double* p) { return _mm512_loadu_pd(p); }
+__attribute__((target("avx512f,avx2,fma"))) inline void z_store(float* p, __m512 v) { _mm512_storeu_ps(p, v); }
+__attribute__((target("avx512f,avx2,fma"))) inline void z_store(double* p, __m512d v) { _mm512_storeu_pd(p, v); }
+__attribute__((target("avx512f,avx2,fma"))) inline __m512 z_bcast(const float* p) { return _mm512_set1_ps(*p); }
+__attribute__((target("avx512f,avx2,fma"))) inline __m512d z_bcast(const double* p) { return _mm512_set1_pd(*p); }
+__attribute__((target("avx512f,avx2,fma"))) inline __m512 z_fma(__m512 a, __m512 b, __m512 c) { return _mm512_fmadd_ps(a, b, c); }
+__attribute__((target("avx512f,avx2,fma"))) inline __m512d z_fma(__m512d a, __m512d b, __m512d c) { return _mm512_fmadd_pd(a, b, c); }
+__attribute__((target("avx512f,avx2,fma"))) inline __m512 z_add(__m512 a, __m512 b) { return _mm512_add_ps(a, b); }
+__attribute__((target("avx512f,avx2,fma"))) inline __m512d z_add(__m512d a, __m512d b) { return _mm512_add_pd(a, b); }
+
+// C[MR x NR] += A B as micro_kernel_portable, NR = NV vectors; one FMA chain per element.
+template <typename T, int MR, int NV>
+__attribute__((target("avx512f,avx2,fma"))) inline void micro_kernel_avx512(
+    int64_t depth, const T* a, int64_t a_rs, int64_t a_cs, const T* b, T* c, int64_t ldc) {
+  using VT = typename Avx512<T>::VT;
+  constexpr int W = Avx512<T>::W;
+  VT acc[MR][NV];
+#pragma GCC unroll 32
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) acc[i][v] = z_zero(T());
+  for (int64_t d = 0; d < depth; ++d) {
+    VT bv[NV];
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) bv[v] = z_load(b + (d * NV + v) * W);
+    const T* ad = a + d * a_cs;
+#pragma GCC unroll 32
+    for (int i = 0; i < MR; ++i) {
+      const VT ai = z_bcast(ad + i * a_rs);
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; ++v) acc[i][v] = z_fma(ai, bv[v], acc[i][v]);
+    }
+  }
+#pragma GCC unroll 32
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v)
+      z_store(c + i * ldc + v * W, z_add(z_load(c + i * ldc + v * W), acc[i][v]));
+}
+
+// out[MR x NR] = A B as direct_kernel_portable (A read in place from nh padded-input rows).
+template <typename T, int MR, int NV>
+__attribute__((target("avx512f,avx2,fma"))) inline void direct_kernel_avx512(
+    int64_t nh, int64_t len, const T* a, int64_t a_rs, int64_t a_hs, const T* b, T* out) {
+  using VT = typename Avx512<T>::VT;
+  constexpr int W = Avx512<T>::W;
+  VT acc[MR][NV];
+#pragma GCC unroll 32
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) acc[i][v] = z_zero(T());
+  for (int64_t h = 0; h < nh; ++h) {
+    const T* ah = a + h * a_hs;
+    const T* bh = b + h * len * NV * W;
+    for (int64_t d = 0; d < len; ++d) {
+      VT bv[NV];
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; ++v) bv[v] = z_load(bh + (d * NV + v) * W);
+#pragma GCC unroll 32
+      for (int i = 0; i < MR; ++i) {
+        const VT ai = z_bcast(ah + i * a_rs + d);
+#pragma GCC unroll 2
+        for (int v = 0; v < NV; ++v) acc[i][v] = z_fma(ai, bv[v], acc[i][v]);
+      }
+    }
+  }
+#pragma GCC unroll 32
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) z_store(out + (i * NV + v) * W, acc[i][v]);
+}
+#endif
+
+// Portable small-C kernel gradient block: acc (and accb) overwritten, as the vector variants do.
+template <typename T>
+inline void smallc_dw_block_portable(const SmallCPlan& pl, const T* xp, const T* dy, int64_t Ho,
+                                     int64_t Wo, int64_t S_h, int64_t Q, int64_t r0, int64_t r1,
+                                     int64_t fh0, int64_t nrw, int64_t j0, int64_t ncl,
+                                     int64_t q0, int64_t nq, T* acc, T* accb) {
+  std::fill(acc, acc + 12 * kSmallCAccStride, T(0));
+  if (accb) std::fill(accb, accb + kSmallCAccStride, T(0));
+  smallc_dw_block_portable_acc(pl, xp, dy, Ho, Wo, S_h, Q, r0, r1, fh0, nrw, j0, ncl, q0, nq,
+                               acc, accb);
+}
+
+// ============================================================================================
+// The table: one row per (type, SIMD level).
+// ============================================================================================
+
+template <typename T>
+using TileKernel = void (*)(int64_t depth, const T* a, int64_t a_rs, int64_t a_cs, const T* b,
+                            T* c, int64_t ldc);
+template <typename T>
+using DirectKernel = void (*)(int64_t nh, int64_t len, const T* a, int64_t a_rs, int64_t a_hs,
+                              const T* b, T* out);
+template <typename T>
+using DotKernel = T (*)(const T* a, const T* b, int64_t n);
+template <typename T>
+using NarrowRowKernel = void (*)(const T* const* src, int64_t nseg, int64_t len, const T* bt,
+                                 int64_t K, int64_t ncols, T* out);
+template <typename T>
+using SmallCDxKernel = void (*)(int64_t C, const T* const* src, int64_t ntap, int64_t Q,
+                                const T* bt, int64_t K, T* out, int64_t ostride);
+template <typename T>
+using SmallCDwKernel = void (*)(const SmallCPlan& pl, const T* xp, const T* dy, int64_t Ho,
+                                int64_t Wo, int64_t S_h, int64_t Q, int64_t r0, int64_t r1,
+                                int64_t fh0, int64_t nrw, int64_t j0, int64_t ncl, int64_t q0,
+                                int64_t nq, T* acc, T* accb);
+
+/// The kernels of one (type, SIMD level), chosen once per call by conv_kernels<T>().
+template <typename T>
+struct ConvKernels {
+  SimdLevel level;   // the variant these kernels belong to
+  int64_t MR, NR;    // register tile of `tile` and `direct` (pixels x filters), MR*NR <= kMaxTileValues
+  int64_t KC;        // depth slice of the gather GEMM (the packed A tile is MR.. x KC)
+  int64_t VL;        // filters per block of smallc_dw (one vector), <= kSmallCAccStride
+  TileKernel<T> tile;
+  DirectKernel<T> direct;
+  DotKernel<T> dot;
+  NarrowRowKernel<T> narrow_row;
+  SmallCDxKernel<T> smallc_dx;  // nullptr where the level has no such kernel
+  SmallCDwKernel<T> smallc_dw;
+};
+
+/// The kernels of `level` (which the CPU must support); `narrow` asks for the variant with the
+/// narrower register tile where the level has two (AVX-512).
+template <typename T>
+inline ConvKernels<T> conv_kernels(SimdLevel level, bool narrow = false);
+
+// The AVX-512 rows: 12 x 2-vector tile and direct kernels, or with `narrow` (for outputs
+// whose width is not a multiple of 2 vectors, e.g. 16 or 48 filters) 24 x 1-vector ones; the
+// dot, narrow-row and small-C kernels are the AVX2 ones (memory-bound: no gain from zmm).
+template <>
+inline ConvKernels<float> conv_kernels<float>(SimdLevel level, bool narrow) {
+#if NABLAGRAD_X86
+  if (level >= SimdLevel::AVX512 && narrow)
+    return {SimdLevel::AVX512, 24, 16, 256, 8, &micro_kernel_avx512<float, 24, 1>,
+            &direct_kernel_avx512<float, 24, 1>, &dot_avx2, &narrow_row_avx2, &smallc_dx_block<float>,
+            &smallc_dw_block_avx2_dispatch<float>};
+  if (level >= SimdLevel::AVX512)
+    return {SimdLevel::AVX512, 12, 32, 256, 8, &micro_kernel_avx512<float, 12, 2>,
+            &direct_kernel_avx512<float, 12, 2>, &dot_avx2, &narrow_row_avx2, &smallc_dx_block<float>,
+            &smallc_dw_block_avx2_dispatch<float>};
+  if (level >= SimdLevel::AVX2)
+    return {SimdLevel::AVX2, 6, 16, 256, 8, &micro_kernel_avx2, &direct_kernel_avx2, &dot_avx2,
+            &narrow_row_avx2, &smallc_dx_block<float>, &smallc_dw_block_avx2_dispatch<float>};
+#endif
+  (void)level, (void)narrow;
+  return {SimdLevel::Portable, 6, 16, 256, 8, &micro_kernel_portable<float, 6, 16>,
+          &direct_kernel_portable<float, 6, 16>, &dot_portable<float>, &narrow_row_portable<float>,
+          nullptr, &smallc_dw_block_portable<float>};
+}
+
+template <>
+inline ConvKernels<double> conv_kernels<double>(SimdLevel level, bool narrow) {
+#if NABLAGRAD_X86
+  if (level >= SimdLevel::AVX512 && narrow)
+    return {SimdLevel::AVX512, 24, 8, 128, 4, &micro_kernel_avx512<double, 24, 1>,
+            &direct_kernel_avx512<double, 24, 1>, &dot_avx2, &narrow_row_avx2, &smallc_dx_block<double>,
+            &smallc_dw_block_avx2_dispatch<double>};
+  if (level >= SimdLevel::AVX512)
+    return {SimdLevel::AVX512, 12, 16, 128, 4, &micro_kernel_avx512<double, 12, 2>,
+            &direct_kernel_avx512<double, 12, 2>, &dot_avx2, &narrow_row_avx2, &smallc_dx_block<double>,
+            &smallc_dw_block_avx2_dispatch<double>};
+  if (level >= SimdLevel::AVX2)
+    return {SimdLevel::AVX2, 6, 8, 128, 4, &micro_kernel_avx2, &direct_kernel_avx2, &dot_avx2,
+            &narrow_row_avx2, &smallc_dx_block<double>, &smallc_dw_block_avx2_dispatch<double>};
+#endif
+  (void)level, (void)narrow;
+  return {SimdLevel::Portable, 6, 8, 128, 4, &micro_kernel_portable<double, 6, 8>,
+          &direct_kernel_portable<double, 6, 8>, &dot_portable<double>, &narrow_row_portable<double>,
+          nullptr, &smallc_dw_block_portable<double>};
+}
+
+/// The kernels of the current simd_level().
+template <typename T>
+inline ConvKernels<T> conv_kernels() {
+  return conv_kernels<T>(simd_level());
+}
+
+}  // namespace conv_detail
+}  // namespace kernels
+}  // namespace nablagrad

@@ -1,0 +1,259 @@
+// nablagrad/kernels/conv2d/select.h - which kernel runs for which shape (every shape heuristic
+// of the convolution lives here, apart from the maths), the process-wide algorithm setting,
+// and the public entry points conv2d_forward / conv2d_backward_input / conv2d_backward_weight.
+//
+// Each entry point takes the kernel table of the current SIMD level once
+// (conv_kernels_for_width<T>(), microkernel.h), asks select_* for the kernel, and runs it. The choice
+// depends on the shape, the table (register tile, available kernels) and conv_algorithm()
+// only, never on the thread count, so results stay bitwise identical for any thread count.
+//
+// conv_algorithm() (set_conv_algorithm, Python ng.backends.conv_algorithm):
+//   Auto      the fastest kernel for the shape, as decided below
+//   Direct    never Winograd (implicit GEMM / direct kernels: the exact sums)
+//   Winograd  Winograd wherever it applies, the Auto choice elsewhere
+//
+// Adding a kernel: give it an enumerator in *Kernel below, a name in kernel_name(), a
+// condition in select_*() and a case in the entry point. The places where the Winograd
+// kernels (winograd.h) join are marked [WINOGRAD].
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "../../checked.h"
+#include "../simd.h"
+#include "backward_input.h"
+#include "backward_weight.h"
+#include "forward.h"
+#include "geometry.h"
+#include "microkernel.h"
+#include "small_c.h"
+#include "winograd.h"  // [WINOGRAD]
+
+namespace nablagrad {
+namespace kernels {
+
+// ============================================================================================
+// The algorithm setting.
+// ============================================================================================
+
+enum class ConvAlgorithm : int { Auto = 0, Direct = 1, Winograd = 2 };
+
+namespace conv_detail {
+inline std::atomic<int>& conv_algorithm_setting() {
+  static std::atomic<int> setting{static_cast<int>(ConvAlgorithm::Auto)};
+  return setting;
+}
+}  // namespace conv_detail
+
+/// The algorithm setting in force (process-wide; Auto unless set).
+inline ConvAlgorithm conv_algorithm() {
+  return static_cast<ConvAlgorithm>(conv_detail::conv_algorithm_setting().load(std::memory_order_relaxed));
+}
+
+/// Sets the algorithm for every later convolution of the process.
+inline void set_conv_algorithm(ConvAlgorithm a) {
+  conv_detail::conv_algorithm_setting().store(static_cast<int>(a), std::memory_order_relaxed);
+}
+
+/// "auto", "direct" or "winograd".
+inline const char* conv_algorithm_name(ConvAlgorithm a) {
+  switch (a) {
+    case ConvAlgorithm::Direct: return "direct";
+    case ConvAlgorithm::Winograd: return "winograd";
+    default: return "auto";
+  }
+}
+
+/// Parses "auto", "direct" or "winograd"; anything else throws std::invalid_argument.
+inline ConvAlgorithm parse_conv_algorithm(const std::string& name) {
+  if (name == "auto") return ConvAlgorithm::Auto;
+  if (name == "direct") return ConvAlgorithm::Direct;
+  if (name == "winograd") return ConvAlgorithm::Winograd;
+  throw std::invalid_argument("conv algorithm must be 'auto', 'direct' or 'winograd', got '" + name + "'");
+}
+
+// ============================================================================================
+// Kernel choice per pass.
+// ============================================================================================
+
+enum class ForwardKernel { Im2colGemm, Direct, Pointwise, Winograd };            // [WINOGRAD]
+enum class BackwardInputKernel { Phases, Col2im, SmallC, Pointwise, Winograd };  // [WINOGRAD]
+enum class BackwardWeightKernel { Gemm, SmallC, Pointwise };           // [WINOGRAD] add Winograd
+
+inline const char* kernel_name(ForwardKernel k) {
+  switch (k) {
+    case ForwardKernel::Direct: return "direct";
+    case ForwardKernel::Pointwise: return "1x1_gemm";
+    case ForwardKernel::Winograd: return "winograd";
+    default: return "im2col_gemm";
+  }
+}
+inline const char* kernel_name(BackwardInputKernel k) {
+  switch (k) {
+    case BackwardInputKernel::Col2im: return "col2im";
+    case BackwardInputKernel::SmallC: return "smallc";
+    case BackwardInputKernel::Pointwise: return "1x1_gemm";
+    case BackwardInputKernel::Winograd: return "winograd";
+    default: return "phases";
+  }
+}
+inline const char* kernel_name(BackwardWeightKernel k) {
+  switch (k) {
+    case BackwardWeightKernel::SmallC: return "smallc";
+    case BackwardWeightKernel::Pointwise: return "1x1_gemm";
+    default: return "gemm";
+  }
+}
+
+/// The kernel table for a pass whose GEMM has `ncols` output columns (filters Q for the
+/// forward and kernel-gradient passes, channels C for the input gradient): the current
+/// level's row; at AVX-512 the 12 x 2-vector tile (32 floats / 16 doubles wide) where it
+/// wastes no columns (ncols a multiple of its width, or at least 4 tiles wide), else the
+/// 24 x 1-vector one (e.g. 16 or 48 filters, which the wide tile would pad with zeros).
+template <typename T>
+inline conv_detail::ConvKernels<T> conv_kernels_for_width(int64_t ncols) {
+  const auto cfg = conv_detail::conv_kernels<T>();
+  if (cfg.level == SimdLevel::AVX512 && ncols % cfg.NR != 0 && ncols < 4 * cfg.NR)
+    return conv_detail::conv_kernels<T>(SimdLevel::AVX512, /*narrow=*/true);
+  return cfg;
+}
+
+/// [WINOGRAD] Whether the forward pass (or the input gradient) of g runs Winograd
+/// (winograd.h): never for Direct; wherever it applies (3x3, stride 1) for Winograd; for
+/// Auto where it applies and pays (winograd_preferred: enough channels, measured).
+inline bool use_winograd(const Conv2dGeometry& g, bool backward_input) {
+  const ConvAlgorithm a = conv_algorithm();
+  if (a == ConvAlgorithm::Direct || !winograd_applicable(g)) return false;
+  return a == ConvAlgorithm::Winograd || winograd_preferred(g, backward_input);
+}
+
+/// Forward kernel for g with the kernels cfg.
+template <typename T>
+inline ForwardKernel select_forward(const Conv2dGeometry& g, const conv_detail::ConvKernels<T>& cfg) {
+  // [WINOGRAD] 3x3, stride 1: Winograd when forced, or for Auto with enough channels
+  // (winograd_preferred; measured crossover, docs/convolution.md "Winograd").
+  if (use_winograd(g, /*backward_input=*/false)) return ForwardKernel::Winograd;
+  const int64_t K = g.FH * g.FW * g.C;
+  // 1x1 without padding: a plain GEMM (gemm.h), unless the depth C is too short to pay for
+  // its packing (first layers), where the direct kernel below reads the input in place.
+  if (conv_detail::is_pointwise(g) && g.C >= 8) return ForwardKernel::Pointwise;
+  // Direct from a zero-padded copy of the input (no im2col: each input value is read in place
+  // by all the taps that use it) when the depth is small (C = 1..3 first layers) or the packed
+  // kernel panel K x NR still fits in ~64 KiB (e.g. 5x5 on 16 channels: measured 3.5 vs 6.3 ms
+  // for im2col at (4,96,96,16->16) on Zen 4, AVX-512; about equal beyond; stride 1 only:
+  // at stride 2 the copy is 4x the output and (16,32,32,32->64, 3x3) measured 1.29 direct vs
+  // 1.15 ms im2col), the output has
+  // enough filters to fill a register tile, and the copy is about the input's size (a huge
+  // padding or stride would make it absurd; then im2col reads the padding as 0).
+  const bool panel_fits = g.stride_h == 1 && g.stride_w == 1 &&
+                          saturating_mul(K, cfg.NR * static_cast<int64_t>(sizeof(T))) <= (int64_t{64} << 10);
+  if ((K <= cfg.KC || panel_fits) && g.Q * 4 > cfg.NR &&
+      conv_detail::padded_copy_is_small(g, g.H + g.pad_top + g.pad_bottom,
+                                        conv_detail::forward_direct_row_values(g, cfg.MR)))
+    return ForwardKernel::Direct;
+  return ForwardKernel::Im2colGemm;
+}
+
+/// Input-gradient kernel for g with the kernels cfg.
+template <typename T>
+inline BackwardInputKernel select_backward_input(const Conv2dGeometry& g,
+                                                 const conv_detail::ConvKernels<T>& cfg) {
+  // [WINOGRAD] the same rule: dX is the stride-1 Winograd convolution of the padded dY with
+  // the flipped kernel (winograd_conv2d_backward_input).
+  if (use_winograd(g, /*backward_input=*/true)) return BackwardInputKernel::Winograd;
+  const int64_t C = g.C, Kfull = g.FH * g.FW * C;
+  // 1x1 without padding: dX rows = dY W, a plain GEMM, unless C is too narrow for its panels.
+  if (conv_detail::is_pointwise(g) && C * 4 > cfg.NR) return BackwardInputKernel::Pointwise;
+  // 1-2 channels, stride 1, at most 3x3 taps, a vector level: direct dot products (measured
+  // faster than GEMM + col2im only there; e.g. 64x28x28x1 -> 32, 3x3: 1.5 vs 2.2 ms at 1
+  // thread, while C = 3-4, S = 2 or 5x5 kernels were slower and keep the paths below).
+  if (C <= 2 && g.stride_h == 1 && g.stride_w == 1 && g.FH * g.FW <= 9 && cfg.smallc_dx != nullptr)
+    return BackwardInputKernel::SmallC;
+  // Few channels (a panel of NR columns would be mostly empty): dY.W GEMM + col2im, when the
+  // dY.W buffer N*Ho*Wo*FH*FW*C stays below 2^26 values.
+  int64_t col_values = 0;
+  if (C * 4 <= cfg.NR && Kfull * 4 > cfg.NR && product_fits({g.N, g.Ho, g.Wo, Kfull}, col_values) &&
+      col_values <= (int64_t{1} << 26))
+    return BackwardInputKernel::Col2im;
+  return BackwardInputKernel::Phases;
+}
+
+/// Kernel-gradient kernel for g with the kernels cfg.
+template <typename T>
+inline BackwardWeightKernel select_backward_weight(const Conv2dGeometry& g,
+                                                   const conv_detail::ConvKernels<T>& cfg) {
+  (void)cfg;  // no choice below depends on the register tile (yet)
+  // [WINOGRAD] no Winograd kernel gradient (F(3x3, 2x2)): not implemented, see
+  // docs/convolution.md "Winograd"; every setting runs the kernels below.
+  // 1x1 without padding: dW = dY^T X, a plain GEMM.
+  if (conv_detail::is_pointwise(g) && g.C > 4) return BackwardWeightKernel::Pointwise;
+  // Few input channels: register accumulators straight from a zero-padded copy of the input,
+  // when that copy is about the input's size.
+  if (g.C <= 4 && g.N * g.Ho > 0 &&
+      conv_detail::padded_copy_is_small(g, g.H + g.pad_top + g.pad_bottom,
+                                        (g.W + g.pad_left + g.pad_right) * g.C))
+    return BackwardWeightKernel::SmallC;
+  return BackwardWeightKernel::Gemm;
+}
+
+/// The names of the kernels the three passes would run for g now (current SIMD level and
+/// algorithm setting), for benchmarks and tests.
+struct ConvKernelChoice {
+  const char* forward;
+  const char* backward_input;
+  const char* backward_weight;
+};
+template <typename T>
+inline ConvKernelChoice conv_kernel_choice(const Conv2dGeometry& g) {
+  return {kernel_name(select_forward(g, conv_kernels_for_width<T>(g.Q))),
+          kernel_name(select_backward_input(g, conv_kernels_for_width<T>(g.C))),
+          kernel_name(select_backward_weight(g, conv_kernels_for_width<T>(g.Q)))};
+}
+
+// ============================================================================================
+// Entry points.
+// ============================================================================================
+
+/// y = conv(x, w) + bias (bias may be nullptr):
+///   Y[n, ho, wo, q] = b[q] + sum_{(fh,fw,c)} X[n, ho*S_h+fh-pt, wo*S_w+fw-pl, c] * W[q, fh, fw, c]
+/// multithreaded, bitwise identical for any thread count.
+template <typename T>
+void conv2d_forward(const Conv2dGeometry& g, const T* x, const T* w, const T* bias, T* y) {
+  const auto cfg = conv_kernels_for_width<T>(g.Q);
+  switch (select_forward(g, cfg)) {
+    case ForwardKernel::Pointwise: conv_detail::forward_pointwise(g, x, w, bias, y); return;
+    case ForwardKernel::Direct: conv_detail::forward_direct(cfg, g, x, w, bias, y); return;
+    case ForwardKernel::Im2colGemm: conv_detail::forward_im2col_gemm(cfg, g, x, w, bias, y); return;
+    case ForwardKernel::Winograd: winograd_conv2d_forward(g, x, w, bias, y); return;
+  }
+}
+
+/// dX from dY (the document's crop(pad(dilate(dY)) * flip_kernel(W)), without the zeros).
+template <typename T>
+void conv2d_backward_input(const Conv2dGeometry& g, const T* dy, const T* w, T* dx) {
+  const auto cfg = conv_kernels_for_width<T>(g.C);
+  switch (select_backward_input(g, cfg)) {
+    case BackwardInputKernel::Pointwise: conv_detail::backward_input_pointwise(g, dy, w, dx); return;
+    case BackwardInputKernel::SmallC: conv_detail::backward_input_smallc(cfg, g, dy, w, dx); return;
+    case BackwardInputKernel::Col2im: conv_detail::backward_input_col2im(cfg, g, dy, w, dx); return;
+    case BackwardInputKernel::Phases: conv_detail::backward_input_phases(cfg, g, dy, w, dx); return;
+    case BackwardInputKernel::Winograd: winograd_conv2d_backward_input(g, dy, w, dx); return;
+  }
+}
+
+/// dW (and db = sum of dY when db != nullptr) from X and dY.
+template <typename T>
+void conv2d_backward_weight(const Conv2dGeometry& g, const T* x, const T* dy, T* dw, T* db) {
+  const auto cfg = conv_kernels_for_width<T>(g.Q);
+  switch (select_backward_weight(g, cfg)) {
+    case BackwardWeightKernel::Pointwise: conv_detail::backward_weight_pointwise(g, x, dy, dw, db); return;
+    case BackwardWeightKernel::SmallC: conv_detail::backward_weight_smallc(cfg, g, x, dy, dw, db); return;
+    case BackwardWeightKernel::Gemm: conv_detail::backward_weight_gemm(cfg, g, x, dy, dw, db); return;
+  }
+}
+
+}  // namespace kernels
+}  // namespace nablagrad

@@ -1,0 +1,282 @@
+// nablagrad/kernels/conv2d/small_c.h - passes for few input channels (C = 1..4, first layers),
+// where the GEMM depth FH*FW*C is too short for im2col and packing to pay off:
+//   forward_direct          forward straight from a zero-padded copy of the input (small depth)
+//   backward_input_smallc   input gradient as blocked dot products straight from dY (C <= 2, S = 1)
+//   backward_weight_smallc  kernel + bias gradient with register accumulators (C <= 4)
+// Their kernels are the `direct`, `smallc_dx`, `smallc_dw` rows of microkernel.h; when each
+// runs is decided in select.h. See docs/convolution.md, "From the equations to fast kernels".
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "../../checked.h"
+#include "../../threading.h"
+#include "gather_gemm.h"
+#include "geometry.h"
+#include "microkernel.h"
+
+namespace nablagrad {
+namespace kernels {
+namespace conv_detail {
+
+// Values per padded input row of forward_direct: the padded width, extended on the right so
+// that the last block of MR output columns never reads past a row; -1 when it overflows.
+inline int64_t forward_direct_row_values(const Conv2dGeometry& g, int64_t MR) {
+  const int64_t wblocks = (g.Wo + MR - 1) / MR;
+  int64_t reach = 0, wpe = 0, values = 0;
+  if (!product_fits({wblocks * MR - 1, g.stride_w}, reach) ||
+      __builtin_add_overflow(reach, g.FW, &reach))
+    return -1;
+  wpe = std::max(g.W + g.pad_left + g.pad_right, reach);
+  return product_fits({wpe, g.C}, values) ? values : -1;
+}
+
+// Direct forward (small depth K = FH*FW*C, or a K x NR kernel panel of <= 64 KiB; at least
+// NR/4 filters; the choice is in select.h): no im2col. The input is
+// copied once into a zero-padded buffer (one pass; extra zero columns on the right so the
+// last block of MR output columns never reads past a row), then for each output row and
+// each block of MR consecutive output columns the direct micro-kernel reads the FH runs of
+// FW*C values of its MR pixels in place (pixel stride S_w*C, kernel-row stride Wpe*C) and
+// the results are stored with the bias added: one pass over the output, no C tile to zero
+// and re-read. Work is split over (n, ho) output rows; every output element is computed by
+// one thread in the same order for any thread count.
+template <typename T>
+void forward_direct(const ConvKernels<T>& cfg, const Conv2dGeometry& g, const T* x, const T* w,
+                    const T* bias, T* y) {
+  const int64_t NR = cfg.NR, MR = cfg.MR;
+  const int64_t C = g.C, FH = g.FH, FW = g.FW, Q = g.Q, S_h = g.stride_h, S_w = g.stride_w;
+  const int64_t len = FW * C, K = FH * len;
+  const int64_t Hp = g.H + g.pad_top + g.pad_bottom;
+  const int64_t prow = forward_direct_row_values(g, MR);  // values per padded row (>= 0: see caller)
+  Scratch<T> xp(std::max<int64_t>(g.N * Hp * prow, 1), "conv2d: padded input copy");
+  // Split only when the copy is large: a pool round trip costs ~0.1 ms, a 1 MiB copy about as much.
+  parallel_for(0, g.N * Hp, std::max<int64_t>(1, (int64_t{1} << 18) / prow), [&](int64_t lo, int64_t hi) {
+    for (int64_t r = lo; r < hi; ++r) {
+      T* dst = xp.get() + r * prow;
+      const int64_t n = r / Hp, ih = r % Hp - g.pad_top;
+      if (ih < 0 || ih >= g.H) {
+        std::memset(dst, 0, sizeof(T) * static_cast<size_t>(prow));
+        continue;
+      }
+      std::memset(dst, 0, sizeof(T) * static_cast<size_t>(g.pad_left * C));
+      std::memcpy(dst + g.pad_left * C, x + (n * g.H + ih) * g.W * C,
+                  sizeof(T) * static_cast<size_t>(g.W * C));
+      std::memset(dst + (g.pad_left + g.W) * C, 0,
+                  sizeof(T) * static_cast<size_t>(prow - (g.pad_left + g.W) * C));
+    }
+  });
+  PackedB<T> B;
+  B.pack(cfg, K, Q, [&](int64_t k, int64_t q) { return w[q * K + k]; });
+  const int64_t panels = (Q + NR - 1) / NR;
+  const int64_t row_work = std::max<int64_t>(1, g.Wo * Q * K);
+  // Tasks of whole output rows (>= ~64K multiply-adds each), claimed dynamically.
+  parallel_chunks(g.N * g.Ho, std::max<int64_t>(1, (1 << 16) / row_work), [&](int64_t, int64_t lo, int64_t hi) {
+    alignas(64) T out[kMaxTileValues];
+    for (int64_t r = lo; r < hi; ++r) {
+      const int64_t n = r / g.Ho, ho = r % g.Ho;
+      const T* xrow = xp.get() + (n * Hp + ho * S_h) * prow;
+      T* yrow = y + r * g.Wo * Q;
+      for (int64_t wb = 0; wb < g.Wo; wb += MR) {
+        const int64_t nw = std::min(MR, g.Wo - wb);
+        const T* a = xrow + wb * S_w * C;
+        for (int64_t p = 0; p < panels; ++p) {
+          cfg.direct(FH, len, a, S_w * C, prow, B.data.data() + p * K * NR, out);
+          const int64_t q0 = p * NR, nq = std::min(NR, Q - q0);
+          for (int64_t i = 0; i < nw; ++i) {
+            T* dst = yrow + (wb + i) * Q + q0;
+            const T* src = out + i * NR;
+            if (bias)
+              for (int64_t j = 0; j < nq; ++j) dst[j] = src[j] + bias[q0 + j];
+            else
+              for (int64_t j = 0; j < nq; ++j) dst[j] = src[j];
+          }
+        }
+      }
+    }
+  });
+}
+
+
+// Input gradient for C <= 4 with AVX2: the phase decomposition of conv2d_backward_input,
+//   dX[n,y,x,c] = sum_{fh = yp mod S_h, fw = xp mod S_w} sum_q dY[n, (yp-fh)/S_h, (xp-fw)/S_w, q] W[q,fh,fw,c]
+// computed as dot products straight from dY's Q-runs (no im2col, no dY.W buffer, no col2im).
+// In the interior columns of a phase row every tap is inside [0, Wo), so NP pixels share each
+// kernel load (smallc_dx_block); the few edge pixels, where some taps read the padding, go
+// through narrow_row one by one. Work is split over (n, phase row); each dX element is written
+// by one thread in a fixed order.
+template <typename T>
+void backward_input_smallc(const ConvKernels<T>& cfg, const Conv2dGeometry& g, const T* dy,
+                           const T* w, T* dx) {
+  const int64_t S_h = g.stride_h, S_w = g.stride_w, Q = g.Q, C = g.C;
+  const int64_t NP = smallc_dx_np(C);
+  for (int64_t y0 = 0; y0 < std::min(S_h, g.H); ++y0) {  // the phases that own rows
+    const int64_t ph = phase_of(y0, g.pad_top, S_h);
+    const int64_t Hph = (g.H - 1 - y0) / S_h + 1;
+    std::vector<int64_t> taps_h;
+    for (int64_t fh = ph; fh < g.FH; fh += S_h) taps_h.push_back(fh);
+    for (int64_t x0 = 0; x0 < std::min(S_w, g.W); ++x0) {
+      const int64_t pw = phase_of(x0, g.pad_left, S_w);
+      const int64_t Wph = (g.W - 1 - x0) / S_w + 1;
+      if (g.N * Hph * Wph == 0) continue;
+      std::vector<int64_t> taps_w;
+      for (int64_t fw = pw; fw < g.FW; fw += S_w) taps_w.push_back(fw);
+      const int64_t nth = static_cast<int64_t>(taps_h.size()), ntw = static_cast<int64_t>(taps_w.size());
+      std::vector<int64_t> off_h(nth), off_w(ntw);
+      for (int64_t th = 0; th < nth; ++th) off_h[th] = (y0 + g.pad_top - taps_h[th]) / S_h;
+      for (int64_t tw = 0; tw < ntw; ++tw) off_w[tw] = (x0 + g.pad_left - taps_w[tw]) / S_w;
+      // Interior columns [ix_lo, ix_hi): 0 <= ix + off_w[tw] < Wo for every tap.
+      int64_t ix_lo = 0, ix_hi = Wph;
+      for (int64_t tw = 0; tw < ntw; ++tw) {
+        ix_lo = std::max(ix_lo, -off_w[tw]);
+        ix_hi = std::min(ix_hi, g.Wo - off_w[tw]);
+      }
+      ix_lo = std::min(ix_lo, Wph);
+      ix_hi = std::max(ix_hi, ix_lo);
+      // Flipped sub-kernel of the phase, transposed: bt[c*K + (th*ntw + tw)*Q + q] = W[q,fh,fw,c].
+      const int64_t K = nth * ntw * Q;
+      std::vector<T> bt(static_cast<size_t>(std::max<int64_t>(C * K, 1)));
+      for (int64_t c = 0; c < C; ++c)
+        for (int64_t t = 0; t < nth * ntw; ++t)
+          for (int64_t q = 0; q < Q; ++q)
+            bt[c * K + t * Q + q] =
+                w[((q * g.FH + taps_h[t / ntw]) * g.FW + taps_w[t % ntw]) * C + c];
+      const int64_t prow_work = std::max<int64_t>(1, Wph * K * C);
+      parallel_for(0, g.N * Hph, std::max<int64_t>(1, (int64_t{1} << 15) / prow_work), [&](int64_t lo, int64_t hi) {
+        std::vector<const T*> src(static_cast<size_t>(std::max<int64_t>(nth * ntw, 1)));
+        for (int64_t r = lo; r < hi; ++r) {
+          const int64_t n = r / Hph, iy = r % Hph;
+          T* dxrow = dx + ((n * g.H + y0 + iy * S_h) * g.W + x0) * C;
+          if (nth * ntw == 0) {  // no kernel tap ever reaches these pixels
+            for (int64_t ix = 0; ix < Wph; ++ix) zero_run(dxrow + ix * S_w * C, C);
+            continue;
+          }
+          auto set_src = [&](int64_t ix, bool check_w) {
+            for (int64_t th = 0; th < nth; ++th) {
+              const int64_t ho = iy + off_h[th];
+              const bool h_ok = ho >= 0 && ho < g.Ho;
+              for (int64_t tw = 0; tw < ntw; ++tw) {
+                const int64_t wo = ix + off_w[tw];
+                const bool ok = h_ok && (!check_w || (wo >= 0 && wo < g.Wo));
+                src[th * ntw + tw] = ok ? dy + ((n * g.Ho + ho) * g.Wo + wo) * Q : nullptr;
+              }
+            }
+          };
+          auto one = [&](int64_t ix) {
+            set_src(ix, true);
+            cfg.narrow_row(src.data(), nth * ntw, Q, bt.data(), K, C, dxrow + ix * S_w * C);
+          };
+          int64_t ix = 0;
+          for (; ix < ix_lo; ++ix) one(ix);
+          for (; ix + NP <= ix_hi; ix += NP) {
+            set_src(ix, false);
+            cfg.smallc_dx(C, src.data(), nth * ntw, Q, bt.data(), K, dxrow + ix * S_w * C,
+                            S_w * C);
+          }
+          for (; ix < Wph; ++ix) one(ix);
+        }
+      });
+    }
+  }
+}
+
+template <typename T>
+void backward_weight_smallc(const ConvKernels<T>& cfg, const Conv2dGeometry& g, const T* x,
+                            const T* dy, T* dw, T* db) {
+  const int64_t C = g.C, FH = g.FH, FW = g.FW, Q = g.Q, S_h = g.stride_h;
+  SmallCPlan pl;
+  pl.len = FW * C;
+  pl.K = FH * pl.len;
+  pl.Hp = g.H + g.pad_top + g.pad_bottom;
+  pl.prow = (g.W + g.pad_left + g.pad_right) * C;
+  pl.xs = saturating_mul(g.stride_w, C);  // only multiplied by output columns, which exist
+  const int64_t K = pl.K;
+  // Tap blocks: kernel rows in groups of <= 4, each run of FW*C values in pieces of <= 3
+  // (balanced sizes), i.e. <= 12 accumulators per block.
+  const int64_t nrg = (FH + 3) / 4, ncg = (pl.len + 2) / 3;
+  for (int64_t i = 0; i < nrg; ++i) {
+    pl.row_start.push_back(FH * i / nrg);
+    pl.row_count.push_back(FH * (i + 1) / nrg - FH * i / nrg);
+  }
+  for (int64_t i = 0; i < ncg; ++i) {
+    pl.col_start.push_back(pl.len * i / ncg);
+    pl.col_count.push_back(pl.len * (i + 1) / ncg - pl.len * i / ncg);
+  }
+  // Zero-padded copy of the input (Xp of the document); the caller checked that its size
+  // fits and is about that of the input (padded_copy_is_small).
+  const int64_t rows_p = g.N * pl.Hp;
+  Scratch<T> xp(std::max<int64_t>(rows_p * pl.prow, 1), "conv2d backward: padded input copy");
+  parallel_for(0, rows_p, std::max<int64_t>(1, (int64_t{1} << 18) / pl.prow), [&](int64_t lo, int64_t hi) {
+    for (int64_t r = lo; r < hi; ++r) {
+      T* dst = xp.get() + r * pl.prow;
+      const int64_t n = r / pl.Hp, ih = r % pl.Hp - g.pad_top;
+      if (ih < 0 || ih >= g.H) {
+        std::memset(dst, 0, sizeof(T) * static_cast<size_t>(pl.prow));
+        continue;
+      }
+      std::memset(dst, 0, sizeof(T) * static_cast<size_t>(g.pad_left * C));
+      std::memcpy(dst + g.pad_left * C, x + (n * g.H + ih) * g.W * C,
+                  sizeof(T) * static_cast<size_t>(g.W * C));
+      std::memset(dst + (g.pad_left + g.W) * C, 0,
+                  sizeof(T) * static_cast<size_t>(pl.prow - (g.pad_left + g.W) * C));
+    }
+  });
+  // Fixed chunks of whole output rows: ~32 KiB of dY each (so a chunk's dY stays in L2 while
+  // the tap blocks re-read it), at most 4096 chunks. A function of the shape only.
+  const int64_t out_rows = g.N * g.Ho;
+  const int64_t row_bytes = std::max<int64_t>(1, g.Wo * Q * static_cast<int64_t>(sizeof(T)));
+  int64_t chunk_rows = std::max<int64_t>(1, (int64_t{32} << 10) / row_bytes);
+  chunk_rows = std::max(chunk_rows, (out_rows + 4095) / 4096);
+  const int64_t nchunks = std::max<int64_t>(1, (out_rows + chunk_rows - 1) / chunk_rows);
+  const char* const what_p = "conv2d backward: weight partial sums";
+  const char* const what_b = "conv2d backward: bias partial sums";
+  Scratch<T> partial(checked_product({nchunks, K, Q}, what_p), what_p, true);
+  Scratch<T> dbpartial(checked_product({nchunks, Q}, what_b), what_b, true);
+  const int64_t VL = cfg.VL;  // filters per block: one vector
+  parallel_chunks(out_rows, chunk_rows, [&](int64_t ci, int64_t r0, int64_t r1) {
+    T* P = partial.get() + ci * K * Q;  // P[k*Q + q], k = fh*len + j
+    T* dbp = dbpartial.get() + ci * Q;
+    alignas(64) T acc[12 * kSmallCAccStride];
+    alignas(64) T accb[kSmallCAccStride];
+    for (int64_t q0 = 0; q0 < Q; q0 += VL) {
+      const int64_t nq = std::min(VL, Q - q0);
+      for (size_t ri = 0; ri < pl.row_start.size(); ++ri)
+        for (size_t cj = 0; cj < pl.col_start.size(); ++cj) {
+          const int64_t fh0 = pl.row_start[ri], nrw = pl.row_count[ri];
+          const int64_t j0 = pl.col_start[cj], ncl = pl.col_count[cj];
+          T* accb_p = (ri == 0 && cj == 0) ? accb : nullptr;  // db with the first tap block
+          cfg.smallc_dw(pl, xp.get(), dy, g.Ho, g.Wo, S_h, Q, r0, r1, fh0, nrw, j0, ncl, q0, nq, acc,
+                        accb_p);
+          for (int64_t a = 0; a < nrw; ++a)
+            for (int64_t b = 0; b < ncl; ++b) {
+              const int64_t k = (fh0 + a) * pl.len + j0 + b;
+              for (int64_t l = 0; l < nq; ++l) P[k * Q + q0 + l] = acc[(a * ncl + b) * kSmallCAccStride + l];
+            }
+          if (accb_p)
+            for (int64_t l = 0; l < nq; ++l) dbp[q0 + l] = accb[l];
+        }
+    }
+  });
+  // Partials in chunk order: dW[q, k] = sum_c P_c[k, q], db[q] = sum_c dbP_c[q].
+  const T* Pc = partial.get();
+  const T* dbc = dbpartial.get();
+  for (int64_t k = 0; k < K; ++k)
+    for (int64_t q = 0; q < Q; ++q) {
+      T s = Pc[k * Q + q];
+      for (int64_t c = 1; c < nchunks; ++c) s += Pc[(c * K + k) * Q + q];
+      dw[q * K + k] = s;
+    }
+  if (db)
+    for (int64_t q = 0; q < Q; ++q) {
+      T s = dbc[q];
+      for (int64_t c = 1; c < nchunks; ++c) s += dbc[c * Q + q];
+      db[q] = s;
+    }
+}
+
+
+}  // namespace conv_detail
+}  // namespace kernels
+}  // namespace nablagrad

@@ -1,0 +1,475 @@
+// nablagrad/kernels/conv2d/winograd.h - Winograd minimal filtering for 3x3, stride-1
+// convolutions in NHWC (float, double): F(2x2,3x3) and F(4x4,3x3) (Lavin & Gray 2015).
+//
+// Overview
+// --------
+// F(m x m, 3x3) computes an m x m block of outputs from an a x a block of input (a = m + 2):
+//
+//     Y_tile = A^T [ (G g G^T) (.) (B^T d B) ] A          (.) = element-wise product
+//
+// and, summed over the C input channels, the a*a element-wise products become a*a
+// independent GEMMs (P = a*a = 16 for m = 2, 36 for m = 4):
+//
+//     M[p](tile, q) = sum_c V[p](tile, c) * U[p](c, q)
+//     V[p](tile, c) = (B^T d_{tile,c} B)[p]     input transform (per tile and channel)
+//     U[p](c, q)    = (G g_{q,c} G^T)[p]        kernel transform (once per call)
+//     Y(tile, q)    = A^T M(tile, q) A + b[q]   output transform, bias fused
+//
+// Multiplies per m x m output block and (c, q) pair: a*a instead of 9*m*m (2.25x fewer for
+// m = 2, 4x fewer for m = 4). The transforms are additions (and multiplications by small
+// constants), vectorised over channels: in NHWC a tile's values for consecutive channels are
+// contiguous, so every load and store of the transforms is a full vector.
+//
+// Work is cut into blocks of `tb` tiles (a function of the shape only). One thread owns a
+// block from start to end: it transforms the block's input tiles into V (tb x P x C, in a
+// thread-local buffer sized for L2), runs the P GEMMs M[p] = V[p] U[p] with gemm.h's
+// machinery (gemm_detail: its register-tile variant for the SIMD level, its K slicing,
+// macro_kernel and micro-kernels, AVX-512 included; V[p] is packed into its A panels by
+// pack_v here), and transforms M (tb x P x Q) straight into the output. The kernel transform U is computed once
+// per call straight into gemm.h's packed-B panel layout, so no GEMM call repacks it. Every
+// output value is computed by one thread in a fixed order that does not depend on the block
+// size or on the thread count: results are bitwise identical for any thread count (for a
+// given simd_level()).
+//
+// Backward-input: for stride 1 the design document's input gradient is the stride-1
+// convolution of dY, zero-padded by F-1 = 2 on each side, with the flipped kernel
+// Kr[c, a', d', q] = K[q, 2-a', 2-d', c] (Q and C exchanged), cropped by the forward padding.
+// So dX[n, y, x, c] = sum_{a',d',q} dY[n, y + pt + a' - 2, x + pl + d' - 2, q] Kr[c, a', d', q]
+// is this same routine with input dY (N, Ho, Wo, Q), kernel Kr (C filters over Q channels),
+// read offsets (2 - pt, 2 - pl) and output (N, H, W, C). Reads outside dY are the padding
+// zeros. See docs/convolution.md ("Winograd") for the derivation and the accuracy table.
+//
+//     if (winograd_applicable(g)) {
+//       winograd_conv2d_forward(g, x, w, bias, y);           // m chosen by winograd_tile_size
+//       winograd_conv2d_backward_input(g, dy, w, dx);
+//     }
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "../../threading.h"
+#include "../gemm.h"
+#include "../simd.h"
+#include "geometry.h"
+
+namespace nablagrad {
+namespace kernels {
+
+/// True when the Winograd path can compute this convolution: a 3x3 kernel with stride 1
+/// (any padding, any N, H, W, C, Q). Whether it is *faster* is winograd_preferred's call.
+inline bool winograd_applicable(const Conv2dGeometry& g) {
+  return g.FH == 3 && g.FW == 3 && g.stride_h == 1 && g.stride_w == 1;
+}
+
+namespace winograd_detail {
+
+// ---------------------------------------------------------------------------------------
+// Thread-local, 64-byte aligned scratch (one per slot), grown on demand and kept for reuse.
+// ---------------------------------------------------------------------------------------
+template <int Slot>
+inline void* scratch_bytes(size_t bytes) {
+  struct Buf {
+    void* data = nullptr;
+    size_t capacity = 0;
+    ~Buf() { std::free(data); }
+  };
+  static thread_local Buf buf;
+  if (bytes > buf.capacity) {
+    std::free(buf.data);
+    buf.data = nullptr;
+    buf.capacity = 0;
+    const size_t rounded = (bytes + 4095) & ~size_t{4095};
+    buf.data = std::aligned_alloc(64, rounded);
+    if (buf.data == nullptr) throw std::bad_alloc();
+    buf.capacity = rounded;
+  }
+  return buf.data;
+}
+
+// ---------------------------------------------------------------------------------------
+// Vector types the transforms are written over: portable (a fixed array the compiler
+// vectorises), AVX2 and AVX-512. X::L lanes of X::T; madd(a, k, b) = a*k + b.
+// ---------------------------------------------------------------------------------------
+template <typename T_, int L_>
+struct XPortable {
+  using T = T_;
+  static constexpr int L = L_;
+  struct V {
+    T v[L_];
+  };
+  static V load(const T* p) {
+    V r;
+    for (int i = 0; i < L; ++i) r.v[i] = p[i];
+    return r;
+  }
+  static void store(T* p, const V& a) {
+    for (int i = 0; i < L; ++i) p[i] = a.v[i];
+  }
+  static V zero() {
+    V r;
+    for (int i = 0; i < L; ++i) r.v[i] = T(0);
+    return r;
+  }
+  static V add(const V& a, const V& b) {
+    V r;
+    for (int i = 0; i < L; ++i) r.v[i] = a.v[i] + b.v[i];
+    return r;
+  }
+  static V sub(const V& a, const V& b) {
+    V r;
+    for (int i = 0; i < L; ++i) r.v[i] = a.v[i] - b.v[i];
+    return r;
+  }
+  static V madd(const V& a, T k, const V& b) {
+    V r;
+    for (int i = 0; i < L; ++i) r.v[i] = a.v[i] * k + b.v[i];
+    return r;
+  }
+  static V mul(const V& a, T k) {
+    V r;
+    for (int i = 0; i < L; ++i) r.v[i] = a.v[i] * k;
+    return r;
+  }
+};
+
+#if NABLAGRAD_X86
+#define NABLAGRAD_WINO_AVX2 __attribute__((target("avx2,fma")))
+#define NABLAGRAD_WINO_AVX512 __attribute__((target("avx512f,avx2,fma")))
+struct XAvx2F {
+  using T = float;
+  using V = __m256;
+  static constexpr int L = 8;
+  NABLAGRAD_WINO_AVX2 static V load(const float* p) { return _mm256_loadu_ps(p); }
+  NABLAGRAD_WINO_AVX2 static void store(float* p, V a) { _mm256_storeu_ps(p, a); }
+  NABLAGRAD_WINO_AVX2 static V zero() { return _mm256_setzero_ps(); }
+  NABLAGRAD_WINO_AVX2 static V add(V a, V b) { return _mm256_add_ps(a, b); }
+  NABLAGRAD_WINO_AVX2 static V sub(V a, V b) { return _mm256_sub_ps(a, b); }
+  NABLAGRAD_WINO_AVX2 static V madd(V a, float k, V b) { return _mm256_fmadd_ps(a, _mm256_set1_ps(k), b); }
+  NABLAGRAD_WINO_AVX2 static V mul(V a, float k) { return _mm256_mul_ps(a, _mm256_set1_ps(k)); }
+};
+struct XAvx2D {
+  using T = double;
+  using V = __m256d;
+  static constexpr int L = 4;
+  NABLAGRAD_WINO_AVX2 static V load(const double* p) { return _mm256_loadu_pd(p); }
+  NABLAGRAD_WINO_AVX2 static void store(double* p, V a) { _mm256_storeu_pd(p, a); }
+  NABLAGRAD_WINO_AVX2 static V zero() { return _mm256_setzero_pd(); }
+  NABLAGRAD_WINO_AVX2 static V add(V a, V b) { return _mm256_add_pd(a, b); }
+  NABLAGRAD_WINO_AVX2 static V sub(V a, V b) { return _mm256_sub_pd(a, b); }
+  NABLAGRAD_WINO_AVX2 static V madd(V a, double k, V b) { return _mm256_fmadd_pd(a, _mm256_set1_pd(k), b); }
+  NABLAGRAD_WINO_AVX2 static V mul(V a, double k) { return _mm256_mul_pd(a, _mm256_set1_pd(k)); }
+};
+struct XAvx512F {
+  using T = float;
+  using V = __m512;
+  static constexpr int L = 16;
+  NABLAGRAD_WINO_AVX512 static V load(const float* p) { return _mm512_loadu_ps(p); }
+  NABLAGRAD_WINO_AVX512 static void store(float* p, V a) { _mm512_storeu_ps(p, a); }
+  NABLAGRAD_WINO_AVX512 static V zero() { return _mm512_setzero_ps(); }
+  NABLAGRAD_WINO_AVX512 static V add(V a, V b) { return _mm512_add_ps(a, b); }
+  NABLAGRAD_WINO_AVX512 static V sub(V a, V b) { return _mm512_sub_ps(a, b); }
+  NABLAGRAD_WINO_AVX512 static V madd(V a, float k, V b) { return _mm512_fmadd_ps(a, _mm512_set1_ps(k), b); }
+  NABLAGRAD_WINO_AVX512 static V mul(V a, float k) { return _mm512_mul_ps(a, _mm512_set1_ps(k)); }
+};
+struct XAvx512D {
+  using T = double;
+  using V = __m512d;
+  static constexpr int L = 8;
+  NABLAGRAD_WINO_AVX512 static V load(const double* p) { return _mm512_loadu_pd(p); }
+  NABLAGRAD_WINO_AVX512 static void store(double* p, V a) { _mm512_storeu_pd(p, a); }
+  NABLAGRAD_WINO_AVX512 static V zero() { return _mm512_setzero_pd(); }
+  NABLAGRAD_WINO_AVX512 static V add(V a, V b) { return _mm512_add_pd(a, b); }
+  NABLAGRAD_WINO_AVX512 static V sub(V a, V b) { return _mm512_sub_pd(a, b); }
+  NABLAGRAD_WINO_AVX512 static V madd(V a, double k, V b) { return _mm512_fmadd_pd(a, _mm512_set1_pd(k), b); }
+  NABLAGRAD_WINO_AVX512 static V mul(V a, double k) { return _mm512_mul_pd(a, _mm512_set1_pd(k)); }
+};
+#endif  // NABLAGRAD_X86
+
+/// Arguments of one tile block (shared by the input and output transforms).
+template <typename T>
+struct BlockArgs {
+  const T* x;            // input (N, H, W, C)
+  int64_t H, W, C;       // input extents
+  int64_t off_h, off_w;  // input row of output row 0 is -off_h (the padding), same for columns
+  int64_t Ho, Wo, Q;     // output extents
+  int64_t tiles_h, tiles_w;
+  int64_t t0, nt;        // first tile and tile count of the block
+  int64_t tb;            // rows of each of the P matrices in the block buffers
+  T* V;                  // tb x P x C: V[p](tile, c) at V[(tile * P + p) * C + c]
+  const T* Mm;           // tb x P x Q: M[p](tile, q) at Mm[(tile * P + p) * Q + q]
+  const T* bias;         // Q values or nullptr
+  T* y;                  // output (N, Ho, Wo, Q)
+};
+
+// The transforms, once per instruction set (see winograd_transforms.inc).
+namespace portable {
+#define NABLAGRAD_WINO_TARGET
+#include "winograd_transforms.inc"
+#undef NABLAGRAD_WINO_TARGET
+}  // namespace portable
+#if NABLAGRAD_X86
+namespace avx2 {
+#define NABLAGRAD_WINO_TARGET NABLAGRAD_WINO_AVX2
+#include "winograd_transforms.inc"
+#undef NABLAGRAD_WINO_TARGET
+}  // namespace avx2
+namespace avx512 {
+#define NABLAGRAD_WINO_TARGET NABLAGRAD_WINO_AVX512
+#include "winograd_transforms.inc"
+#undef NABLAGRAD_WINO_TARGET
+}  // namespace avx512
+#endif
+
+template <typename T>
+using BlockFn = void (*)(const BlockArgs<T>&);
+
+/// The input and output transforms of one block for T at the current SIMD level: vectors of
+/// 16/8 (AVX-512), 8/4 (AVX2) or 8/4 (portable, plain loops) floats/doubles, then scalars
+/// for the channels left over.
+template <typename T, int M>
+inline void block_fns(BlockFn<T>* in, BlockFn<T>* out) {
+  using S = XPortable<T, 1>;
+  *in = &portable::input_block<XPortable<T, 32 / sizeof(T)>, S, M>;
+  *out = &portable::output_block<XPortable<T, 32 / sizeof(T)>, S, M>;
+#if NABLAGRAD_X86
+  using X512 = typename std::conditional<std::is_same<T, float>::value, XAvx512F, XAvx512D>::type;
+  using X2 = typename std::conditional<std::is_same<T, float>::value, XAvx2F, XAvx2D>::type;
+  if (simd_at_least(SimdLevel::AVX512)) {
+    *in = &avx512::input_block<X512, S, M>;
+    *out = &avx512::output_block<X512, S, M>;
+  } else if (simd_at_least(SimdLevel::AVX2)) {
+    *in = &avx2::input_block<X2, S, M>;
+    *out = &avx2::output_block<X2, S, M>;
+  }
+#endif
+}
+
+/// One-dimensional kernel transform G g over `n` lanes (consecutive channels):
+/// g[i] = g + i * is, o[i] = o + i * os, each a run of n doubles.
+///   F(2,3): G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1]
+///   F(4,3): G = [1/4 0 0; -1/6 -1/6 -1/6; -1/6 1/6 -1/6; 1/24 1/12 1/6; 1/24 -1/12 1/6; 0 0 1]
+template <int M>
+inline void g1d(const double* g, int is, double* o, int os, int n) {
+  const double *g0 = g, *g1 = g + is, *g2 = g + 2 * is;
+  for (int l = 0; l < n; ++l) {
+    if (M == 2) {
+      o[l] = g0[l];
+      o[os + l] = (g0[l] + g1[l] + g2[l]) / 2;
+      o[2 * os + l] = (g0[l] - g1[l] + g2[l]) / 2;
+      o[3 * os + l] = g2[l];
+    } else {
+      o[l] = g0[l] / 4;
+      o[os + l] = -(g0[l] + g1[l] + g2[l]) / 6;
+      o[2 * os + l] = -(g0[l] - g1[l] + g2[l]) / 6;
+      o[3 * os + l] = (g0[l] + 2 * g1[l] + 4 * g2[l]) / 24;
+      o[4 * os + l] = (g0[l] - 2 * g1[l] + 4 * g2[l]) / 24;
+      o[5 * os + l] = g2[l];
+    }
+  }
+}
+
+/// gemm_detail::pack_a for the block's row-major V[p] (rows = tiles, unit column stride) with
+/// the register-tile height MR known at compile time, so the interleaving loop is unrolled.
+/// Rows past mc repeat the last row: those lanes of the micro-kernel are computed and dropped
+/// (macro_kernel keeps only the first mc rows), so their values never reach a result.
+template <typename T, int MR>
+inline void pack_rows(int64_t mc, int64_t kc, const T* A, int64_t lda, T* out) {
+  for (int64_t ir = 0; ir < mc; ir += MR) {
+    const T* r[MR];
+    for (int i = 0; i < MR; ++i) r[i] = A + (ir + std::min<int64_t>(i, mc - ir - 1)) * lda;
+    for (int64_t k = 0; k < kc; ++k)
+      for (int i = 0; i < MR; ++i) out[k * MR + i] = r[i][k];
+    out += MR * kc;
+  }
+}
+
+template <typename T>
+inline void pack_v(int64_t MR, int64_t mc, int64_t kc, const T* A, int64_t lda, T* out) {
+  switch (MR) {
+    case 4: pack_rows<T, 4>(mc, kc, A, lda, out); return;
+    case 6: pack_rows<T, 6>(mc, kc, A, lda, out); return;
+    case 8: pack_rows<T, 8>(mc, kc, A, lda, out); return;
+    default: gemm_detail::pack_a(mc, kc, A, lda, int64_t{1}, MR, out); return;
+  }
+}
+
+/// The P GEMMs' shared plan: gemm.h's variant (register tile MR x NR, micro-kernel) for
+/// blocks of tb rows, and its slicing of the depth K (= input channels) into slices of kc.
+template <typename T>
+struct GemmPlan {
+  gemm_detail::GemmConfig<T> cfg;
+  int64_t K, Nc, Npad;  // depth, columns (filters), columns rounded up to whole NR panels
+  int64_t kc_max;       // depth of each K slice but the last (gemm_detail::k_slice_depth)
+  GemmPlan(int64_t tb, int64_t K_, int64_t N_)
+      : cfg(gemm_detail::gemm_config<T>(tb)), K(K_), Nc(N_),
+        Npad((N_ + cfg.NR - 1) / cfg.NR * cfg.NR), kc_max(gemm_detail::k_slice_depth(K_, cfg.KC)) {}
+  /// Where U[p](k, n) lives in the packed kernel: per p a K x Npad block; in it, K slice s
+  /// (rows k0 = s * kc_max .. k0 + kc) is a run of Npad/NR panels of kc x NR values, as
+  /// gemm_detail::pack_b lays them out for the micro-kernel.
+  int64_t packed_index(int64_t p, int64_t k, int64_t n) const {
+    const int64_t k0 = k / kc_max * kc_max, kc = std::min(kc_max, K - k0);
+    return p * K * Npad + k0 * Npad + (n / cfg.NR) * cfg.NR * kc + (k - k0) * cfg.NR + n % cfg.NR;
+  }
+};
+
+/// Kernel transform into the packed GEMM operand: U[p](c, f) = (G g_{f,c} G^T)[p] for
+/// filters f < F over channels c < Cc, where g_{f,c}(a, d) = kern(f, c, a, d). Computed in
+/// double and rounded to T once. Up must hold P * Cc * plan.Npad zeros.
+template <typename T, int M, typename Kern>
+void transform_kernel(int64_t F, int64_t Cc, const Kern& kern, const GemmPlan<T>& plan, T* Up) {
+  constexpr int A = M + 2, L = 32;  // L channels at a time, the loops over them vectorise
+  const int64_t NR = plan.cfg.NR, Npad = plan.Npad, pstride = Cc * Npad;
+  parallel_for(0, F, 8, [&](int64_t f0, int64_t f1) {
+    double g[9 * L], t[A * 3 * L], u[A * A * L];
+    for (int64_t f = f0; f < f1; ++f) {
+      const int64_t jp = f / NR * NR, jf = f % NR;
+      for (int64_t k0 = 0; k0 < Cc; k0 += plan.kc_max) {  // the K slices of the packed layout
+        const int64_t kc = std::min(plan.kc_max, Cc - k0);
+        T* base = Up + k0 * Npad + jp * kc + jf;  // U[p](k0 + i, f) at base[p * pstride + i * NR]
+        for (int64_t c0 = 0; c0 < kc; c0 += L) {
+          const int n = static_cast<int>(std::min<int64_t>(L, kc - c0));
+          for (int a = 0; a < 3; ++a)
+            for (int d = 0; d < 3; ++d)
+              for (int l = 0; l < n; ++l) g[(a * 3 + d) * L + l] = static_cast<double>(kern(f, k0 + c0 + l, a, d));
+          for (int d = 0; d < 3; ++d) g1d<M>(g + d * L, 3 * L, t + d * L, 3 * L, n);              // t = G g
+          for (int i = 0; i < A; ++i) g1d<M>(t + i * 3 * L, L, u + i * A * L, L, n);  // u = t G^T
+          for (int p = 0; p < A * A; ++p) {
+            T* dst = base + p * pstride + c0 * NR;
+            for (int l = 0; l < n; ++l) dst[l * NR] = static_cast<T>(u[p * L + l]);
+          }
+        }
+      }
+    }
+  });
+}
+
+/// Tiles per block: the block's V and M buffers (P x tb x (C + Q) values) sized for L2,
+/// rounded to a multiple of the GEMM's register tile. A speed knob only: the result of every
+/// output does not depend on it.
+template <typename T>
+inline int64_t block_tiles(int M, int64_t C, int64_t Q, int64_t tiles) {
+  const int64_t P = (M + 2) * (M + 2);
+  const int64_t mr = gemm_detail::gemm_config<T>().MR;
+  const int64_t budget = int64_t{512} << 10;  // measured: 128 KiB..4 MiB within noise for 64 channels
+  int64_t tb = budget / (P * (C + Q) * static_cast<int64_t>(sizeof(T)));
+  tb = std::max<int64_t>(2 * mr, tb / mr * mr);
+  tb = std::min<int64_t>(tb, 32 * mr);
+  return std::min<int64_t>(tb, std::max<int64_t>(1, tiles));
+}
+
+/// The core: y (N, Ho, Wo, Qf) = valid 3x3 correlation of x (N, H, W, Cc) read with offsets
+/// (off_h, off_w) (zeros outside) with the kernel kern(f, c, a, d), plus bias.
+template <typename T, int M, typename Kern>
+void conv3x3(int64_t N, int64_t H, int64_t W, int64_t Cc, int64_t off_h, int64_t off_w,
+             int64_t Ho, int64_t Wo, int64_t Qf, const T* x, const Kern& kern, const T* bias, T* y) {
+  constexpr int64_t P = (M + 2) * (M + 2);
+  const int64_t tiles_h = (Ho + M - 1) / M, tiles_w = (Wo + M - 1) / M;
+  const int64_t tiles = N * tiles_h * tiles_w;
+  if (tiles == 0) return;
+  const int64_t tb = block_tiles<T>(M, Cc, Qf, tiles);
+  const GemmPlan<T> plan(tb, Cc, Qf);
+  conv_detail::Scratch<T> Up(checked_product({P, Cc, plan.Npad}, "winograd: transformed kernel"),
+                             "winograd: transformed kernel", /*zero=*/true);
+  transform_kernel<T, M>(Qf, Cc, kern, plan, Up.get());
+  const int64_t blocks = (tiles + tb - 1) / tb;
+  const int64_t MR = plan.cfg.MR, mpad = (tb + MR - 1) / MR * MR;
+  BlockFn<T> in_fn, out_fn;
+  block_fns<T, M>(&in_fn, &out_fn);
+  parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+    T* Vb = static_cast<T*>(scratch_bytes<0>(sizeof(T) * static_cast<size_t>(P * tb * Cc)));
+    T* Mb = static_cast<T*>(scratch_bytes<1>(sizeof(T) * static_cast<size_t>(P * tb * Qf)));
+    T* Ap = static_cast<T*>(scratch_bytes<2>(sizeof(T) * static_cast<size_t>(mpad * plan.kc_max)));
+    for (int64_t b = b0; b < b1; ++b) {
+      BlockArgs<T> a{x, H, W, Cc, off_h, off_w, Ho, Wo, Qf, tiles_h, tiles_w,
+                     b * tb, std::min(tb, tiles - b * tb), tb, Vb, Mb, bias, y};
+      in_fn(a);
+      // M[p] (nt x Qf) = V[p] (nt x Cc) * U[p] (Cc x Qf), K slices in ascending order.
+      for (int64_t p = 0; p < P; ++p)
+        for (int64_t k0 = 0; k0 < Cc; k0 += plan.kc_max) {
+          const int64_t kc = std::min(plan.kc_max, Cc - k0);
+          pack_v(MR, a.nt, kc, Vb + p * Cc + k0, P * Cc, Ap);
+          gemm_detail::macro_kernel(plan.cfg, a.nt, Qf, kc, Ap, Up.get() + p * Cc * plan.Npad + k0 * plan.Npad,
+                                    Mb + p * Qf, P * Qf, k0 > 0);
+        }
+      out_fn(a);
+    }
+  });
+}
+
+}  // namespace winograd_detail
+
+/// The "auto" rule (measured crossovers against the direct kernels, docs/convolution.md
+/// "Winograd"): the forward pass runs Winograd where it applies and C, Q >= 32 with
+/// C*Q >= 2048 (32 -> 32 channels measured slower, 32 -> 64 faster); the input gradient, whose
+/// direct kernel is slower, already from C, Q >= 16.
+inline bool winograd_preferred(const Conv2dGeometry& g, bool backward_input = false) {
+  if (!winograd_applicable(g)) return false;
+  if (backward_input) return g.C >= 16 && g.Q >= 16;
+  return g.C >= 32 && g.Q >= 32 && g.C * g.Q >= 2048;
+}
+
+/// Output tile size m of F(m x m, 3x3) for an output of Ho x Wo from K input to Nf output
+/// channels: 4 (4x fewer multiplies than direct, ~30x the rounding error of F(2) in float32,
+/// see the accuracy table) where it measured faster: outputs of at least 16 x 16 and at most
+/// 96 channels on either side; else 2 (2.25x fewer multiplies, float32 error as direct). Bigger
+/// channel counts favour F(2): its 16 transformed kernels (C x Q each) stream from cache
+/// instead of 36, and small outputs waste less of a 2 x 2 tile.
+inline int winograd_tile_size(int64_t Ho, int64_t Wo, int64_t K, int64_t Nf) {
+  return (Ho >= 16 && Wo >= 16 && K <= 96 && Nf <= 96) ? 4 : 2;
+}
+
+/// Forward pass y = conv(x, w) + bias by Winograd F(m x m, 3x3); m = 2 or 4, or 0 to let
+/// winograd_tile_size choose. Requires winograd_applicable(g) (std::invalid_argument
+/// otherwise). Same contract as conv2d_forward: y is overwritten, buffers must not alias.
+template <typename T>
+void winograd_conv2d_forward(const Conv2dGeometry& g, const T* x, const T* w, const T* bias, T* y,
+                             int m = 0) {
+  if (!winograd_applicable(g))
+    throw std::invalid_argument("winograd_conv2d_forward: needs a 3x3 kernel with stride 1, got " +
+                                std::to_string(g.FH) + "x" + std::to_string(g.FW) + " stride (" +
+                                std::to_string(g.stride_h) + "," + std::to_string(g.stride_w) + ")");
+  if (m == 0) m = winograd_tile_size(g.Ho, g.Wo, g.C, g.Q);
+  if (m != 2 && m != 4) throw std::invalid_argument("winograd: tile size m must be 2 or 4, got " + std::to_string(m));
+  if (g.N == 0) return;
+  const int64_t C = g.C, Q = g.Q;
+  auto kern = [&](int64_t f, int64_t c, int a, int d) { return w[((f * 3 + a) * 3 + d) * C + c]; };
+  if (m == 2)
+    winograd_detail::conv3x3<T, 2>(g.N, g.H, g.W, C, g.pad_top, g.pad_left, g.Ho, g.Wo, Q, x, kern, bias, y);
+  else
+    winograd_detail::conv3x3<T, 4>(g.N, g.H, g.W, C, g.pad_top, g.pad_left, g.Ho, g.Wo, Q, x, kern, bias, y);
+}
+
+/// Input gradient dx (N, H, W, C) from dy (N, Ho, Wo, Q) by the same Winograd routine: the
+/// stride-1 convolution of dY zero-padded by 2 with the flipped kernel
+/// Kr[c, a', d', q] = K[q, 2-a', 2-d', c] (flip_kernel), cropped by the forward padding.
+/// m = 2, 4 or 0 (winograd_tile_size). Requires winograd_applicable(g).
+template <typename T>
+void winograd_conv2d_backward_input(const Conv2dGeometry& g, const T* dy, const T* w, T* dx, int m = 0) {
+  if (!winograd_applicable(g))
+    throw std::invalid_argument("winograd_conv2d_backward_input: needs a 3x3 kernel with stride 1, got " +
+                                std::to_string(g.FH) + "x" + std::to_string(g.FW) + " stride (" +
+                                std::to_string(g.stride_h) + "," + std::to_string(g.stride_w) + ")");
+  if (m == 0) m = winograd_tile_size(g.H, g.W, g.Q, g.C);
+  if (m != 2 && m != 4) throw std::invalid_argument("winograd: tile size m must be 2 or 4, got " + std::to_string(m));
+  if (g.N == 0) return;
+  const int64_t C = g.C, Q = g.Q;
+  // Kr as a kernel of C filters over Q channels: Kr(f = c, ch = q, a', d') = K[q, 2-a', 2-d', c].
+  auto kern = [&](int64_t f, int64_t ch, int a, int d) { return w[((ch * 3 + (2 - a)) * 3 + (2 - d)) * C + f]; };
+  // dX[y, x] reads dY rows y + pt + a' - 2: the read offset is 2 - pt (negative when pt > 2).
+  const int64_t off_h = 2 - g.pad_top, off_w = 2 - g.pad_left;
+  if (m == 2)
+    winograd_detail::conv3x3<T, 2>(g.N, g.Ho, g.Wo, Q, off_h, off_w, g.H, g.W, C, dy, kern, nullptr, dx);
+  else
+    winograd_detail::conv3x3<T, 4>(g.N, g.Ho, g.Wo, Q, off_h, off_w, g.H, g.W, C, dy, kern, nullptr, dx);
+}
+
+}  // namespace kernels
+}  // namespace nablagrad

@@ -1,0 +1,323 @@
+// Tests of kernels/conv2d/winograd.h: Winograd F(2x2,3x3) and F(4x4,3x3), forward and
+// input gradient, against the reference (the design document's equations, in double) over
+// random shapes with odd sizes, partial edge tiles, paddings 0..3 (asymmetric too), channel
+// counts that are not multiples of the vector width, every SIMD level this CPU has, and
+// 1, 2 and 3 threads (bitwise). `test_winograd --accuracy` prints the accuracy table of
+// docs/convolution.md ("Winograd") instead of testing.
+#include "nablagrad/kernels/conv2d/winograd.h"
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "nablagrad/kernels/conv2d.h"
+#include "test_util.h"
+
+using nablagrad::SimdLevel;
+using namespace nablagrad::kernels;
+
+namespace {
+
+template <typename T>
+std::vector<T> random_vector(int64_t n, std::mt19937& rng, double scale = 1.0) {
+  std::uniform_real_distribution<double> dist(-scale, scale);
+  std::vector<T> v(static_cast<size_t>(n));
+  for (auto& e : v) e = static_cast<T>(dist(rng));
+  return v;
+}
+
+template <typename T>
+std::vector<double> to_double(const std::vector<T>& v) {
+  return std::vector<double>(v.begin(), v.end());
+}
+
+// max |a - ref| / max(1e-300, max |ref|): the error relative to the output's scale.
+template <typename T>
+double rel_err(const std::vector<T>& a, const std::vector<double>& ref) {
+  double num = 0, den = 1e-300;
+  for (size_t i = 0; i < a.size(); ++i) {
+    num = std::max(num, std::fabs(double(a[i]) - ref[i]));
+    den = std::max(den, std::fabs(ref[i]));
+  }
+  return num / den;
+}
+
+template <typename T>
+bool bitwise_equal(const std::vector<T>& a, const std::vector<T>& b) {
+  return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0);
+}
+
+struct Shape {
+  int64_t N, H, W, C, Q, pt, pb, pl, pr;
+};
+
+template <typename T>
+struct Data {
+  Conv2dGeometry g;
+  std::vector<T> x, w, b, dy;
+  std::vector<double> y_ref, dx_ref;
+};
+
+template <typename T>
+Data<T> make_data(const Shape& s, std::mt19937& rng, bool bias = true) {
+  Data<T> d;
+  d.g = make_conv2d_geometry(s.N, s.H, s.W, s.C, s.Q, 3, 3, s.C, 1, 1, s.pt, s.pb, s.pl, s.pr);
+  d.x = random_vector<T>(s.N * s.H * s.W * s.C, rng);
+  d.w = random_vector<T>(s.Q * 9 * s.C, rng, 1.0 / std::sqrt(9.0 * double(s.C)));
+  if (bias) d.b = random_vector<T>(s.Q, rng);
+  d.dy = random_vector<T>(s.N * d.g.Ho * d.g.Wo * s.Q, rng);
+  const auto xd = to_double(d.x), wd = to_double(d.w), bd = to_double(d.b), dyd = to_double(d.dy);
+  d.y_ref.assign(static_cast<size_t>(s.N * d.g.Ho * d.g.Wo * s.Q), 0.0);
+  d.dx_ref.assign(d.x.size(), 0.0);
+  conv2d_reference_forward(d.g, xd.data(), wd.data(), bias ? bd.data() : nullptr, d.y_ref.data());
+  conv2d_reference_backward_input(d.g, dyd.data(), wd.data(), d.dx_ref.data());
+  return d;
+}
+
+template <typename T>
+std::vector<T> run_forward(const Data<T>& d, int m) {
+  std::vector<T> y(d.y_ref.size(), T(-7));
+  winograd_conv2d_forward(d.g, d.x.data(), d.w.data(), d.b.empty() ? nullptr : d.b.data(), y.data(), m);
+  return y;
+}
+
+template <typename T>
+std::vector<T> run_backward(const Data<T>& d, int m) {
+  std::vector<T> dx(d.dx_ref.size(), T(-7));
+  winograd_conv2d_backward_input(d.g, d.dy.data(), d.w.data(), dx.data(), m);
+  return dx;
+}
+
+// Tolerances (error relative to the output's scale, see rel_err) with ~10-50x headroom over
+// the measured maxima of the accuracy table.
+template <typename T>
+double tolerance(int m) {
+  if (std::is_same<T, double>::value) return m == 2 ? 1e-13 : 1e-12;
+  return m == 2 ? 2e-5 : 1e-4;
+}
+
+const std::vector<Shape>& shapes() {
+  static const std::vector<Shape> s = {
+      {1, 3, 3, 1, 1, 0, 0, 0, 0},     // one output, one partial tile
+      {1, 5, 7, 3, 2, 1, 1, 1, 1},     // odd sizes, edge tiles
+      {2, 9, 6, 5, 7, 0, 0, 0, 0},     // no padding
+      {1, 8, 8, 16, 16, 1, 1, 1, 1},   // exact tiles, whole vectors
+      {2, 7, 11, 17, 9, 2, 2, 2, 2},   // padding 2: the input gradient reads from row 0
+      {1, 10, 9, 9, 33, 2, 0, 0, 1},   // asymmetric padding
+      {1, 6, 5, 33, 17, 3, 1, 0, 3},   // padding 3 > F-1: negative read offset in backward
+      {3, 12, 13, 8, 24, 1, 1, 1, 1},  // several images, tile rows across images
+      {1, 4, 21, 40, 5, 1, 0, 2, 1},
+  };
+  return s;
+}
+
+template <typename T>
+void test_against_reference() {
+  std::mt19937 rng(17);
+  for (const Shape& s : shapes()) {
+    const Data<T> d = make_data<T>(s, rng, s.C % 2 == 1);
+    for (int m : {2, 4}) {
+      const double ef = rel_err(run_forward(d, m), d.y_ref);
+      const double eb = rel_err(run_backward(d, m), d.dx_ref);
+      CHECK(ef <= tolerance<T>(m));
+      CHECK(eb <= tolerance<T>(m));
+      if (!(ef <= tolerance<T>(m) && eb <= tolerance<T>(m)))
+        std::printf("  %s m=%d shape (%lld,%lld,%lld,%lld->%lld pads %lld,%lld,%lld,%lld): fwd %.3g bwd %.3g\n",
+                    sizeof(T) == 4 ? "float" : "double", m, (long long)s.N, (long long)s.H, (long long)s.W,
+                    (long long)s.C, (long long)s.Q, (long long)s.pt, (long long)s.pb, (long long)s.pl,
+                    (long long)s.pr, ef, eb);
+    }
+  }
+}
+
+// Random shapes (sizes 1..13, channels 1..40, paddings 0..3) at every SIMD level.
+template <typename T>
+void test_random_shapes_all_levels() {
+  std::mt19937 rng(1234);
+  std::uniform_int_distribution<int> sz(1, 13), ch(1, 40), pd(0, 3), nb(1, 2);
+  const int best = static_cast<int>(nablagrad::cpu_simd_level());
+  for (int trial = 0; trial < 12; ++trial) {
+    Shape s{nb(rng), sz(rng), sz(rng), ch(rng), ch(rng), pd(rng), pd(rng), pd(rng), pd(rng)};
+    if (s.H + s.pt + s.pb < 3 || s.W + s.pl + s.pr < 3) continue;
+    const Data<T> d = make_data<T>(s, rng);
+    for (int level = 0; level <= best; ++level) {
+      nablagrad::set_simd_level(static_cast<SimdLevel>(level));
+      for (int m : {2, 4}) {
+        const double ef = rel_err(run_forward(d, m), d.y_ref);
+        const double eb = rel_err(run_backward(d, m), d.dx_ref);
+        CHECK(ef <= tolerance<T>(m));
+        CHECK(eb <= tolerance<T>(m));
+        if (!(ef <= tolerance<T>(m) && eb <= tolerance<T>(m)))
+          std::printf("  level %d m=%d trial %d: fwd %.3g bwd %.3g\n", level, m, trial, ef, eb);
+      }
+    }
+  }
+  nablagrad::set_simd_level(nablagrad::cpu_simd_level());
+}
+
+// Several tile blocks: bitwise identical for 1, 2 and 3 threads, at every SIMD level.
+template <typename T>
+void test_threads_bitwise() {
+  std::mt19937 rng(99);
+  const Shape s{4, 37, 35, 8, 8, 1, 1, 1, 1};  // 4 * 10 * 9 = 360 F(4) tiles: several blocks
+  const Data<T> d = make_data<T>(s, rng);
+  const int best = static_cast<int>(nablagrad::cpu_simd_level());
+  for (int level = 0; level <= best; ++level) {
+    nablagrad::set_simd_level(static_cast<SimdLevel>(level));
+    for (int m : {2, 4}) {
+      nablagrad::set_num_threads(1);
+      const auto y1 = run_forward(d, m), dx1 = run_backward(d, m);
+      CHECK(rel_err(y1, d.y_ref) <= tolerance<T>(m));
+      CHECK(rel_err(dx1, d.dx_ref) <= tolerance<T>(m));
+      for (int threads : {2, 3}) {
+        nablagrad::set_num_threads(threads);
+        CHECK(bitwise_equal(run_forward(d, m), y1));
+        CHECK(bitwise_equal(run_backward(d, m), dx1));
+      }
+    }
+  }
+  nablagrad::set_num_threads(2);
+  nablagrad::set_simd_level(nablagrad::cpu_simd_level());
+}
+
+// The exact case: small integers give exact results in double for F(2) (all transform
+// coefficients are 0, +-1, +-1/2), so the result equals the reference bit for bit.
+void test_exact_integers() {
+  const Shape s{1, 6, 6, 2, 3, 1, 1, 1, 1};
+  auto g = make_conv2d_geometry(s.N, s.H, s.W, s.C, s.Q, 3, 3, s.C, 1, 1, 1, 1, 1, 1);
+  std::vector<double> x(72), w(54), b = {1, -2, 0.5}, y(108), ref(108);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = double(int(i * 7 % 11) - 5);
+  for (size_t i = 0; i < w.size(); ++i) w[i] = double(int(i * 5 % 7) - 3);
+  conv2d_reference_forward(g, x.data(), w.data(), b.data(), ref.data());
+  winograd_conv2d_forward(g, x.data(), w.data(), b.data(), y.data(), 2);
+  CHECK(y == ref);
+}
+
+void test_errors_and_empty() {
+  std::vector<float> x(2 * 8 * 8 * 3, 1.f), w(4 * 5 * 5 * 3, 1.f), y(2 * 8 * 8 * 4);
+  auto g5 = make_conv2d_geometry(2, 8, 8, 3, 4, 5, 5, 3, 1, 1, 2, 2, 2, 2);
+  CHECK(!winograd_applicable(g5));
+  bool threw = false;
+  try {
+    winograd_conv2d_forward(g5, x.data(), w.data(), static_cast<const float*>(nullptr), y.data());
+  } catch (const std::invalid_argument&) {
+    threw = true;
+  }
+  CHECK(threw);
+  auto gs2 = make_conv2d_geometry(2, 8, 8, 3, 4, 3, 3, 3, 2, 2, 1, 1, 1, 1);
+  CHECK(!winograd_applicable(gs2));
+  threw = false;
+  try {
+    winograd_conv2d_backward_input(gs2, y.data(), w.data(), x.data());
+  } catch (const std::invalid_argument&) {
+    threw = true;
+  }
+  CHECK(threw);
+  auto g3 = make_conv2d_geometry(2, 8, 8, 3, 4, 3, 3, 3, 1, 1, 1, 1, 1, 1);
+  CHECK(winograd_applicable(g3));
+  threw = false;
+  try {
+    winograd_conv2d_forward(g3, x.data(), w.data(), static_cast<const float*>(nullptr), y.data(), 3);
+  } catch (const std::invalid_argument&) {
+    threw = true;
+  }
+  CHECK(threw);
+  // N = 0: nothing to do, nothing written.
+  auto g0 = make_conv2d_geometry(0, 8, 8, 3, 4, 3, 3, 3, 1, 1, 1, 1, 1, 1);
+  winograd_conv2d_forward(g0, x.data(), w.data(), static_cast<const float*>(nullptr), y.data());
+  winograd_conv2d_backward_input(g0, y.data(), w.data(), x.data());
+  CHECK(x[0] == 1.f);
+  // Tile choice: F(4) for large outputs with up to 96 channels, F(2) otherwise; auto's rule.
+  CHECK(winograd_tile_size(32, 32, 64, 64) == 4);
+  CHECK(winograd_tile_size(8, 8, 64, 64) == 2);
+  CHECK(winograd_tile_size(32, 32, 256, 256) == 2);
+  CHECK(!winograd_preferred(g3));  // 3 -> 4 channels: direct
+  const auto g16 = make_conv2d_geometry(1, 8, 8, 16, 16, 3, 3, 16, 1, 1, 0, 0, 0, 0);
+  const auto g3264 = make_conv2d_geometry(1, 8, 8, 32, 64, 3, 3, 32, 1, 1, 0, 0, 0, 0);
+  CHECK(!winograd_preferred(g16) && winograd_preferred(g16, /*backward_input=*/true));
+  CHECK(winograd_preferred(g3264) && winograd_preferred(g3264, true));
+}
+
+// The entry points of select.h: "winograd" runs exactly winograd_conv2d_* (bitwise), "direct"
+// never does, "auto" picks Winograd for 3x3 stride 1 with >= 16 channels on both sides; the
+// kernel gradient is never Winograd.
+void test_algorithm_setting() {
+  std::mt19937 rng(21);
+  const Data<float> d = make_data<float>({2, 11, 10, 16, 20, 1, 1, 1, 1}, rng);
+  const auto wy = run_forward(d, 0), wdx = run_backward(d, 0);
+  std::vector<float> y(wy.size()), dx(wdx.size());
+  set_conv_algorithm(ConvAlgorithm::Winograd);
+  CHECK(std::string(conv_kernel_choice<float>(d.g).forward) == "winograd");
+  CHECK(std::string(conv_kernel_choice<float>(d.g).backward_input) == "winograd");
+  CHECK(std::string(conv_kernel_choice<float>(d.g).backward_weight) != "winograd");
+  conv2d_forward(d.g, d.x.data(), d.w.data(), d.b.data(), y.data());
+  conv2d_backward_input(d.g, d.dy.data(), d.w.data(), dx.data());
+  CHECK(bitwise_equal(y, wy));
+  CHECK(bitwise_equal(dx, wdx));
+  // Forced, but not applicable (stride 2, 5x5): the other kernels run.
+  const auto gs2 = make_conv2d_geometry(1, 9, 9, 16, 16, 3, 3, 16, 2, 2, 1, 1, 1, 1);
+  const auto g55 = make_conv2d_geometry(1, 9, 9, 16, 16, 5, 5, 16, 1, 1, 2, 2, 2, 2);
+  CHECK(std::string(conv_kernel_choice<float>(gs2).forward) != "winograd");
+  CHECK(std::string(conv_kernel_choice<float>(g55).backward_input) != "winograd");
+  set_conv_algorithm(ConvAlgorithm::Direct);
+  CHECK(std::string(conv_kernel_choice<float>(d.g).forward) != "winograd");
+  conv2d_forward(d.g, d.x.data(), d.w.data(), d.b.data(), y.data());
+  conv2d_backward_input(d.g, d.dy.data(), d.w.data(), dx.data());
+  CHECK(rel_err(y, d.y_ref) <= 1e-5);
+  CHECK(rel_err(dx, d.dx_ref) <= 1e-5);
+  set_conv_algorithm(ConvAlgorithm::Auto);  // 16 -> 20 channels: dX only
+  CHECK(std::string(conv_kernel_choice<float>(d.g).forward) != "winograd");
+  CHECK(std::string(conv_kernel_choice<float>(d.g).backward_input) == "winograd");
+  const auto g3 = make_conv2d_geometry(2, 16, 16, 3, 32, 3, 3, 3, 1, 1, 1, 1, 1, 1);
+  CHECK(std::string(conv_kernel_choice<float>(g3).forward) != "winograd");
+  CHECK(std::string(conv_kernel_choice<float>(g3).backward_input) != "winograd");
+}
+
+// --accuracy: error of F(2), F(4) and the direct path against the float64 reference.
+template <typename T>
+void accuracy_table() {
+  const std::vector<Shape> realistic = {
+      {2, 32, 32, 16, 16, 1, 1, 1, 1},  {1, 28, 28, 64, 64, 1, 1, 1, 1},
+      {1, 14, 14, 256, 256, 1, 1, 1, 1}, {1, 8, 8, 512, 512, 1, 1, 1, 1},
+  };
+  std::mt19937 rng(5);
+  for (const Shape& s : realistic) {
+    const Data<T> d = make_data<T>(s, rng);
+    std::vector<T> yd(d.y_ref.size()), dxd(d.dx_ref.size());
+    set_conv_algorithm(ConvAlgorithm::Direct);
+    conv2d_forward(d.g, d.x.data(), d.w.data(), d.b.data(), yd.data());
+    conv2d_backward_input(d.g, d.dy.data(), d.w.data(), dxd.data());
+    set_conv_algorithm(ConvAlgorithm::Auto);
+    std::printf("| %s | (%lld,%lld,%lld,%lld->%lld) | %.2e / %.2e | %.2e / %.2e | %.2e / %.2e |\n",
+                sizeof(T) == 4 ? "float32" : "float64", (long long)s.N, (long long)s.H, (long long)s.W,
+                (long long)s.C, (long long)s.Q, rel_err(yd, d.y_ref), rel_err(dxd, d.dx_ref),
+                rel_err(run_forward(d, 2), d.y_ref), rel_err(run_backward(d, 2), d.dx_ref),
+                rel_err(run_forward(d, 4), d.y_ref), rel_err(run_backward(d, 4), d.dx_ref));
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  nablagrad::kernels::gemm_parallel_threshold().store(0);  // push small GEMMs through the threaded path
+  if (argc > 1 && std::string(argv[1]) == "--accuracy") {
+    std::printf("| type | shape (N,H,W,C->Q) | direct fwd / dX | F(2x2) fwd / dX | F(4x4) fwd / dX |\n|---|---|---|---|---|\n");
+    accuracy_table<float>();
+    accuracy_table<double>();
+    return 0;
+  }
+  RUN_TEST(test_exact_integers);
+  RUN_TEST(test_errors_and_empty);
+  RUN_TEST(test_against_reference<double>);
+  RUN_TEST(test_against_reference<float>);
+  RUN_TEST(test_random_shapes_all_levels<float>);
+  RUN_TEST(test_random_shapes_all_levels<double>);
+  RUN_TEST(test_threads_bitwise<float>);
+  RUN_TEST(test_threads_bitwise<double>);
+  RUN_TEST(test_algorithm_setting);
+  return test_util::finish();
+}
