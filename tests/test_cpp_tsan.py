@@ -2,7 +2,10 @@
 
 tests/cpp/test_grad_threads.cpp reads and replaces a leaf's .grad while backward runs into
 it (with a stand-in for the GIL), writes a tensor in place while backward reads its version,
-and resizes the thread pool while parallel_for runs. Under TSan a data race, or a lock-order
+and resizes the thread pool while parallel_for runs. tests/cpp/test_threading.cpp runs three
+threads of inference on one LSTM + attention model while a fourth trains another, and a pool
+that throws and resizes between regions; test_layer.cpp's concurrent inference runs a
+conv/batch-norm/pooling/dropout stack from four threads. Under TSan a data race, or a lock-order
 inversion that could deadlock (leaf mutex -> GIL against GIL -> leaf mutex), is a report;
 TSAN_OPTIONS makes the first one end the run with exit code 66.
 
@@ -25,8 +28,8 @@ BUILD = ROOT / "build" / "cpp-tsan"
 TSAN_FLAGS = "-fsanitize=thread -O1 -g"
 TSAN_OPTIONS = "halt_on_error=1 exitcode=66 second_deadlock_stack=1"
 # test_grad_threads: the cross-thread state; test_autograd: the pool and concurrent backward
-# tests among the engine's own.
-TARGETS = ["test_grad_threads", "test_autograd"]
+# tests among the engine's own; test_threading and test_layer: concurrent inference and training.
+TARGETS = ["test_grad_threads", "test_autograd", "test_threading", "test_layer"]
 
 
 def _tool(name: str) -> str:
@@ -38,7 +41,8 @@ def _tool(name: str) -> str:
 
 
 def _tsan_env() -> dict:
-    return dict(os.environ, TSAN_OPTIONS=TSAN_OPTIONS)
+    # TSan cannot follow fork() in a multi-threaded process: test_threading skips its fork test.
+    return dict(os.environ, TSAN_OPTIONS=TSAN_OPTIONS, NABLAGRAD_TEST_NO_FORK="1")
 
 
 def _check_tsan_works(cxx: str, tmp: Path) -> None:

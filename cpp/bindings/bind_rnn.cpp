@@ -39,6 +39,16 @@ py::tuple forward_lstm(nn::LSTM& layer, const Tensor& x, py::handle hx) {
   return py::make_tuple(r.output, py::make_tuple(r.h_n, r.c_n));
 }
 
+/// LSTM(...) / GRU(...) from Python's keyword arguments.
+template <class L>
+std::shared_ptr<L> make_gated(int64_t input_size, int64_t hidden_size, int64_t num_layers, bool bias,
+                              py::object dtype) {
+  return std::make_shared<L>(nn::GatedRecurrentOptions<L>(input_size, hidden_size)
+                                 .num_layers(num_layers)
+                                 .bias(bias)
+                                 .dtype(dtype_or_default(dtype)));
+}
+
 template <class L, class Cls>
 void common_properties(Cls& cls) {
   cls.def_property_readonly("input_size", [](const L& l) { return l.input_size(); })
@@ -72,12 +82,7 @@ void bind_rnn(py::module_& m) {
 
   py::class_<nn::LSTM, nn::Layer, std::shared_ptr<nn::LSTM>> lstm(
       nnm, "LSTM", "LSTM, batch first, gates i, f, g, o: c_t = f*c_{t-1} + i*g, h_t = o*tanh(c_t).");
-  lstm.def(py::init([](int64_t input_size, int64_t hidden_size, int64_t num_layers, bool bias, py::object dtype) {
-             return std::make_shared<nn::LSTM>(nn::LSTMOptions(input_size, hidden_size)
-                                                   .num_layers(num_layers)
-                                                   .bias(bias)
-                                                   .dtype(dtype_or_default(dtype)));
-           }),
+  lstm.def(py::init(&make_gated<nn::LSTM>),
            py::arg("input_size"), py::arg("hidden_size"), py::arg("num_layers") = 1, py::arg("bias") = true,
            py::arg("dtype") = py::none())
       .def("forward", &forward_lstm, py::arg("x"), py::arg("hx") = py::none(),
@@ -88,12 +93,7 @@ void bind_rnn(py::module_& m) {
   py::class_<nn::GRU, nn::Layer, std::shared_ptr<nn::GRU>> gru(
       nnm, "GRU", "GRU, batch first, gates r, z, n: n = tanh(W_in x + b_in + r*(W_hn h + b_hn)), "
                   "h_t = (1-z)*n + z*h_{t-1}.");
-  gru.def(py::init([](int64_t input_size, int64_t hidden_size, int64_t num_layers, bool bias, py::object dtype) {
-            return std::make_shared<nn::GRU>(nn::GRUOptions(input_size, hidden_size)
-                                                 .num_layers(num_layers)
-                                                 .bias(bias)
-                                                 .dtype(dtype_or_default(dtype)));
-          }),
+  gru.def(py::init(&make_gated<nn::GRU>),
           py::arg("input_size"), py::arg("hidden_size"), py::arg("num_layers") = 1, py::arg("bias") = true,
           py::arg("dtype") = py::none())
       .def("forward", &forward_h<nn::GRU>, py::arg("x"), py::arg("h0") = py::none(),

@@ -10,7 +10,7 @@ import contextlib
 import functools
 import math
 import threading
-from typing import Any, Callable, Iterator, Optional, Sequence, TypeVar, Union
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, TypeVar, Union
 
 import numpy as np
 
@@ -37,7 +37,7 @@ def _resolve_dtype(d: Any) -> Optional[_core.dtype]:
     if d is int:
         return int64
     if isinstance(d, str) and d in ("float32", "float64", "int64", "bool"):
-        return getattr(_core.dtype, d)
+        return getattr(_core.dtype, d)  # type: ignore[no-any-return]
     try:
         npd = np.dtype(d)
     except TypeError:
@@ -71,8 +71,9 @@ def _check_object_array(arr: np.ndarray, data: Any) -> None:
         raise OverflowError(f"Python int {big} does not fit in int64")
 
 
-def _infer_numpy(data: Any) -> np.ndarray:
-    """Data -> NumPy array following PyTorch's inference: Python floats -> float32."""
+def _infer_numpy(data: Any, want: Any = None) -> np.ndarray:
+    """Data -> NumPy array following PyTorch's inference: Python floats -> float32, unless the
+    caller asked for float64 (``want``), whose values must not pass through float32."""
     if isinstance(data, np.ndarray) or isinstance(data, np.generic):
         arr = np.asarray(data)
         kind = arr.dtype.kind
@@ -97,9 +98,15 @@ def _infer_numpy(data: Any) -> np.ndarray:
         raise OverflowError(f"cannot build a tensor: {e} (nablagrad's integers are int64)") from None
     _check_object_array(arr, data)
     kind = arr.dtype.kind
+    if kind == "f" and arr.size:
+        with np.errstate(invalid="ignore"):
+            big = bool((np.abs(arr) >= 2.0**63).any())
+        if big:
+            _check_big_ints(data)
     if kind == "f":
         # Python floats default to float32 (a float64 array inside a list keeps float64).
-        return arr.astype(np.float32) if not _contains_float64_array(data) else arr
+        keep = want is float64 or _contains_float64_array(data)
+        return arr if keep else arr.astype(np.float32)
     if kind == "b":
         return arr
     if kind in "iu":
@@ -107,9 +114,24 @@ def _infer_numpy(data: Any) -> np.ndarray:
     raise TypeError(f"cannot build a tensor from {type(data).__name__} data (NumPy made dtype {arr.dtype})")
 
 
+def _check_big_ints(data: Any) -> None:
+    """NumPy turns [2**64 - 1, 0] (Python ints only) into float64: as PyTorch, that is an overflow."""
+    leaves: List[Any] = []
+    stack = [data]
+    while stack:
+        d = stack.pop()
+        if isinstance(d, (list, tuple)):
+            stack.extend(d)
+        else:
+            leaves.append(d)
+    if leaves and all(isinstance(v, int) and not isinstance(v, bool) for v in leaves):
+        big = max(leaves, key=abs)
+        raise OverflowError(f"Python int {big} does not fit in int64")
+
+
 def _contains_float64_array(data: Any) -> bool:
     if isinstance(data, np.ndarray):
-        return data.dtype == np.float64
+        return bool(data.dtype == np.float64)
     if isinstance(data, (list, tuple)):
         return any(_contains_float64_array(d) for d in data)
     return False
@@ -142,7 +164,7 @@ def tensor(data: Any, dtype: Any = None, requires_grad: bool = False) -> Tensor:
     if isinstance(data, Tensor):
         arr = np.asarray(data)
     else:
-        arr = _infer_numpy(data)
+        arr = _infer_numpy(data, d)
     arr = _c_contiguous(arr)
     target = d if d is not None else _core._dtype_of_numpy(arr.dtype)
     t = _core._copy_from_numpy(arr, target)
@@ -158,7 +180,7 @@ def from_numpy(a: np.ndarray) -> Tensor:
     return _core.from_numpy(a)
 
 
-def _shape_arg(shape: Sequence[Any]) -> tuple:
+def _shape_arg(shape: Sequence[Any]) -> Tuple[int, ...]:
     if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
         shape = tuple(shape[0])
     for s in shape:
@@ -195,6 +217,8 @@ def empty(*shape: Any, dtype: Any = None, requires_grad: bool = False) -> Tensor
 def full(shape: Any, fill_value: Union[int, float, bool], dtype: Any = None, requires_grad: bool = False) -> Tensor:
     if isinstance(shape, (int, np.integer)):
         shape = (shape,)
+    if isinstance(fill_value, (str, bytes)) or not hasattr(fill_value, "__float__"):
+        raise TypeError(f"full: fill_value must be a number, got {type(fill_value).__name__}")
     d = _resolve_dtype(dtype)
     if d is None:
         d = bool_ if isinstance(fill_value, bool) else int64 if isinstance(fill_value, int) else float32
@@ -227,6 +251,9 @@ def arange(start: float, stop: Optional[float] = None, step: float = 1, dtype: A
     """Values from ``start`` to ``stop`` (exclusive) by ``step``; ints give int64, floats float32."""
     if stop is None:
         start, stop = 0, start
+    for name, v in (("start", start), ("stop", stop), ("step", step)):
+        if isinstance(v, (bool, np.bool_)) or not (isinstance(v, (int, np.integer)) or hasattr(v, "__float__")):
+            raise TypeError(f"arange: {name} must be a number, got {type(v).__name__}")
     if step == 0:
         raise ValueError("arange: step must be nonzero")
     d = _resolve_dtype(dtype)
@@ -245,7 +272,10 @@ def arange(start: float, stop: Optional[float] = None, step: float = 1, dtype: A
     if length > _INT64_MAX:
         raise ValueError(f"arange: start={start}, stop={stop}, step={step} gives {length} elements, "
                          "more than int64 can count")
-    arr = np.arange(start, stop, step, dtype=np.float64 if not all_int else np.int64).astype(np_dtype)
+    if length == 0:  # (np.arange(0, 1, -1e-57) raises: NumPy's own length count overflows)
+        arr: np.ndarray = np.zeros(0, dtype=np_dtype)
+    else:
+        arr = np.arange(start, stop, step, dtype=np.float64 if not all_int else np.int64).astype(np_dtype)
     return _finish(_core._copy_from_numpy(_c_contiguous(arr), d), requires_grad)
 
 
@@ -328,10 +358,11 @@ def _iter(self: Tensor) -> Iterator[Tensor]:
     return (self[i] for i in range(self.shape[0]))
 
 
-Tensor.__iter__ = _iter
-Tensor.__repr__ = _repr
-Tensor.__str__ = _repr
-Tensor.T = property(_T)
+# Attached after the class exists (the class is the C++ one); the stub declares them.
+setattr(Tensor, "__iter__", _iter)
+setattr(Tensor, "__repr__", _repr)
+setattr(Tensor, "__str__", _repr)
+setattr(Tensor, "T", property(_T))
 Tensor.__module__ = "nablagrad"
 
 
@@ -339,5 +370,5 @@ def _dtype_repr(self: _core.dtype) -> str:
     return f"nablagrad.{self.name}"
 
 
-_core.dtype.__repr__ = _dtype_repr
-_core.dtype.__str__ = _dtype_repr
+setattr(_core.dtype, "__repr__", _dtype_repr)
+setattr(_core.dtype, "__str__", _dtype_repr)

@@ -425,6 +425,23 @@ void test_init_functions() {
   CHECK(base.item_at(5) == 1.0 && base.item_at(1) == 0.0);
 }
 
+// Every layer refuses non-float parameters with the same message (nn::detail::check_parameter_dtype).
+void test_parameter_dtype_errors() {
+  const DType i64 = DType::Int64;
+  const char* want = ": dtype must be float32 or float64, got int64";
+  CHECK(message_has([&] { nn::Linear(nn::LinearOptions(3, 3).dtype(i64)); }, std::string("Linear") + want));
+  CHECK(message_has([&] { nn::Conv2D(nn::Conv2dOptions(3, 3, 3).dtype(i64)); }, std::string("Conv2D") + want));
+  CHECK(message_has([&] { nn::LayerNorm(nn::LayerNormOptions({3}).dtype(i64)); }, std::string("LayerNorm") + want));
+  CHECK(message_has([&] { nn::BatchNorm2D(nn::BatchNorm2dOptions(3).dtype(i64)); }, std::string("BatchNorm2D") + want));
+  CHECK(message_has([&] { nn::Embedding(nn::EmbeddingOptions(4, 3).dtype(i64)); }, std::string("Embedding") + want));
+  CHECK(message_has([&] { nn::MultiHeadAttention(nn::MultiHeadAttentionOptions(4, 2).dtype(i64)); },
+                    std::string("MultiHeadAttention") + want));
+  CHECK(message_has([&] { nn::LSTM(nn::LSTMOptions(3, 3).dtype(i64)); }, std::string("LSTM") + want));
+  CHECK(message_has([&] { nn::GRU(nn::GRUOptions(3, 3).dtype(i64)); }, std::string("GRU") + want));
+  CHECK(message_has([&] { nn::RNN(nn::RNNOptions(3, 3).dtype(i64)); }, std::string("RNN") + want));
+  CHECK_THROWS(nn::LSTM(nn::LSTMOptions(3, 3).dtype(i64)), std::domain_error);
+}
+
 void test_default_init_as_pytorch() {
   manual_seed(20);
   nn::Linear fc(400, 300);
@@ -463,5 +480,6 @@ int main() {
   RUN_TEST(test_embedding);
   RUN_TEST(test_init_functions);
   RUN_TEST(test_default_init_as_pytorch);
+  RUN_TEST(test_parameter_dtype_errors);
   return test_util::finish();
 }

@@ -48,7 +48,7 @@ inline int finish() {
     ++test_util::checks();                                                         \
     bool thrown_ = false;                                                          \
     try {                                                                          \
-      expr;                                                                        \
+      static_cast<void>(expr); /* void: Clang warns on an unused comparison */    \
     } catch (const ExceptionType&) {                                               \
       thrown_ = true;                                                              \
     }                                                                              \

@@ -331,6 +331,20 @@ def test_gradcheck_python_module_mixing_builtins() -> None:
     _gradcheck_module(m, np.random.default_rng(4).standard_normal((2, 3, 3, 2)))
 
 
+def test_core_owned_tensors_cannot_be_replaced() -> None:
+    fc = nn.Linear(3, 2)
+    w = fc.weight
+    fc.weight = w  # the same tensor again: allowed
+    with pytest.raises(AttributeError, match="Linear.weight is the C.. layer's own tensor"):
+        fc.weight = nn.Parameter(ng.zeros(2, 3))
+    with pytest.raises(AttributeError, match="own tensor"):
+        fc.weight = None
+    bn = nn.BatchNorm2d(3)
+    with pytest.raises(AttributeError, match="BatchNorm2d.running_mean is the C.. layer's own buffer"):
+        bn.running_mean = ng.zeros(3)
+    assert fc.weight is w and dict(fc.named_parameters())["weight"] is w
+
+
 # ---------------------------------------------------------------------------------------- train vs eval
 def test_dropout_train_vs_eval() -> None:
     ng.manual_seed(0)

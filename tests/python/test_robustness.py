@@ -224,7 +224,6 @@ ERRORS = [
     ("ng.tensor([1, 2]).sqrt()", TypeError),
     ("ng.tensor([1, 2]).relu()", TypeError),
     ("ng.tensor([1, 2]).clip(0, 1)", TypeError),
-    ("ng.tensor([1.0, 2]).clip(2, 1)", ValueError),
     ("ng.tensor([1.0, 2]).clip('a', 1)", TypeError),
     ("ng.tensor([1.0, 2]).clip(0, [1])", TypeError),
     ("ng.zeros(3).astype(np.float16)", TypeError),

@@ -389,3 +389,11 @@ def test_nn_functional_is_the_functional_api() -> None:
     assert ng.nn.functional.relu is F.relu
     assert set(F.__all__) <= set(dir(NF))
     assert NF.cross_entropy is F.cross_entropy
+
+
+def test_float64_from_python_floats_is_exact():
+    """ng.tensor(list, dtype=float64) must not round Python floats through float32."""
+    assert ng.tensor([0.1], dtype=ng.float64).item() == 0.1
+    assert ng.tensor(0.1, dtype=ng.float64).item() == 0.1
+    assert ng.tensor([[1e-40, 1.0 / 3.0]], dtype=ng.float64).numpy().tolist() == [[1e-40, 1.0 / 3.0]]
+    assert ng.tensor([0.1]).dtype == ng.float32  # the default stays float32, as PyTorch

@@ -75,8 +75,22 @@ class Generator {
   std::mutex mutex_;
 };
 
+/// The process-wide generator. fork(): its lock is taken around fork() and released on
+/// both sides, so a child never inherits it held by another thread; the child continues
+/// the parent's stream (as NumPy and PyTorch do: reseed in the child for distinct streams).
 inline Generator& default_generator() {
-  static Generator gen(0);
+  static Generator& gen = *[] {
+    // The block cache registers its fork handlers first, so its prepare handler runs after
+    // ours: the locks are taken generator -> cache, the order of code that allocates while
+    // holding the generator.
+    BlockCache::instance();
+    static Generator g(0);
+#if defined(__unix__) || defined(__APPLE__)
+    pthread_atfork([] { default_generator().mutex().lock(); }, [] { default_generator().mutex().unlock(); },
+                   [] { default_generator().mutex().unlock(); });
+#endif
+    return &g;
+  }();
   return gen;
 }
 

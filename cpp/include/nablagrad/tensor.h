@@ -34,6 +34,7 @@
 #include <vector>
 
 #if defined(__unix__) || defined(__APPLE__)
+#include <pthread.h>
 #include <unistd.h>
 #endif
 
@@ -267,7 +268,15 @@ class BlockCache {
   }
 
  private:
-  BlockCache() = default;
+  // fork(): the child must not inherit the lock held by another parent thread mid-take
+  // (it would never be released there), nor a half-edited block list. The lock is taken
+  // around fork() (critical sections are short and call nothing) and released on both sides.
+  BlockCache() {
+#if defined(__unix__) || defined(__APPLE__)
+    pthread_atfork([] { instance().mutex_.lock(); }, [] { instance().mutex_.unlock(); },
+                   [] { instance().mutex_.unlock(); });
+#endif
+  }
   std::mutex mutex_;
   std::vector<std::pair<std::size_t, void*>> blocks_;  // oldest first
   std::size_t cached_ = 0;
@@ -617,6 +626,10 @@ class Tensor {
   }
 
   bool is_contiguous() const {
+    // An empty tensor is contiguous whatever its strides (as PyTorch; NumPy gives (2, 0) arrays
+    // strides (0, 0), and a copy of one must not count as a strided view).
+    for (const int64_t s : impl_->shape)
+      if (s == 0) return true;
     int64_t expected = 1;
     for (std::size_t i = impl_->shape.size(); i-- > 0;) {
       if (impl_->shape[i] == 1) continue;

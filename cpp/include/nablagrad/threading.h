@@ -14,26 +14,178 @@
 // once every chunk has finished. A parallel_for called from inside a task runs inline
 // (serially) instead of deadlocking. Any thread may call get/set_num_threads at any time,
 // except set_num_threads from inside a task, which throws instead of waiting for itself.
+//
+// The default thread count is the number of CPUs this process may run on: its CPU affinity
+// mask (sched_getaffinity, so `taskset` and container cpusets count), capped by a cgroup CPU
+// quota (v2 cpu.max, v1 cpu.cfs_quota_us: ceil(quota / period)), at least 1. The
+// environment variable NABLAGRAD_NUM_THREADS (a positive integer) overrides it.
+// Idle workers spin for a bounded time (about a millisecond) after a region, then sleep on
+// a condition variable: an idle process burns no CPU.
+// fork(): only the forking thread exists in the child. A pthread_atfork child handler
+// forgets the parent's workers (never joined: they do not exist there) and re-creates the
+// pool's locks; the child starts fresh workers at its first parallel region.
 #pragma once
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <condition_variable>
 #include <cstdint>
+#include <cstdlib>
 #include <exception>
+#include <fstream>
 #include <functional>
 #include <mutex>
+#include <new>
 #include <stdexcept>
 #include <string>
 #include <system_error>
 #include <thread>
 #include <vector>
 
+#if defined(__unix__) || defined(__APPLE__)
+#include <pthread.h>
+#define NABLAGRAD_HAS_PTHREAD_ATFORK 1
+#endif
+#if defined(__linux__)
+#include <sched.h>
+#endif
+
 namespace nablagrad {
+
+namespace detail {
+
+/// The CPU limit of a cgroup CPU quota, ceil(quota / period), or 0 when there is none.
+/// `proc_cgroup` is the text of /proc/self/cgroup, `root` the cgroup mount (/sys/fs/cgroup).
+/// Every ancestor of the process's cgroup counts (a parent's quota limits its children):
+/// the smallest limit found wins. Reads v2 cpu.max ("max 100000" or "200000 100000") under
+/// root and root/unified, and v1 cpu.cfs_quota_us / cpu.cfs_period_us (-1 = none) under
+/// root/cpu, root/cpu,cpuacct and root/cpuacct,cpu.
+inline int cgroup_cpu_limit(const std::string& proc_cgroup, const std::string& root) {
+  auto read_first_line = [](const std::string& path, std::string& out) {
+    std::ifstream f(path);
+    return static_cast<bool>(f) && static_cast<bool>(std::getline(f, out));
+  };
+  auto to_ll = [](const std::string& s, long long& out) {
+    if (s.empty()) return false;
+    char* end = nullptr;
+    errno = 0;
+    out = std::strtoll(s.c_str(), &end, 10);
+    return errno == 0 && end != s.c_str();
+  };
+  auto limit_of = [](long long quota, long long period) -> int {
+    if (quota <= 0 || period <= 0) return 0;
+    const long long n = (quota + period - 1) / period;
+    return n < 1 ? 1 : (n > (1 << 20) ? (1 << 20) : static_cast<int>(n));
+  };
+  int best = 0;
+  auto consider = [&](int n) {
+    if (n > 0 && (best == 0 || n < best)) best = n;
+  };
+  // Every cgroup path of this process and its ancestors, "" being the mount root itself.
+  auto for_each_ancestor = [](std::string path, const auto& fn) {
+    while (!path.empty() && path.back() == '/') path.pop_back();
+    for (;;) {
+      fn(path);
+      if (path.empty()) break;
+      const std::size_t slash = path.rfind('/');
+      path = slash == std::string::npos ? std::string() : path.substr(0, slash);
+    }
+  };
+  std::size_t pos = 0;
+  while (pos < proc_cgroup.size()) {
+    std::size_t eol = proc_cgroup.find('\n', pos);
+    if (eol == std::string::npos) eol = proc_cgroup.size();
+    const std::string line = proc_cgroup.substr(pos, eol - pos);
+    pos = eol + 1;
+    const std::size_t c1 = line.find(':');
+    const std::size_t c2 = c1 == std::string::npos ? std::string::npos : line.find(':', c1 + 1);
+    if (c2 == std::string::npos) continue;
+    const std::string controllers = line.substr(c1 + 1, c2 - c1 - 1);
+    const std::string path = line.substr(c2 + 1);
+    if (controllers.empty()) {  // cgroup v2 (unified hierarchy)
+      for (const char* mount : {"", "/unified"}) {
+        for_each_ancestor(path, [&](const std::string& p) {
+          std::string text;
+          if (!read_first_line(root + mount + p + "/cpu.max", text)) return;
+          const std::size_t sp = text.find(' ');
+          long long quota = 0, period = 100000;
+          if (text.compare(0, 3, "max") == 0) return;
+          if (!to_ll(text.substr(0, sp), quota)) return;
+          if (sp != std::string::npos && !to_ll(text.substr(sp + 1), period)) return;
+          consider(limit_of(quota, period));
+        });
+      }
+      continue;
+    }
+    bool has_cpu = false;  // cgroup v1: is "cpu" among this hierarchy's controllers?
+    for (std::size_t a = 0; a <= controllers.size();) {
+      std::size_t b = controllers.find(',', a);
+      if (b == std::string::npos) b = controllers.size();
+      if (controllers.compare(a, b - a, "cpu") == 0) has_cpu = true;
+      a = b + 1;
+    }
+    if (!has_cpu) continue;
+    for (const char* mount : {"/cpu", "/cpu,cpuacct", "/cpuacct,cpu"}) {
+      for_each_ancestor(path, [&](const std::string& p) {
+        std::string q, t;
+        long long quota = 0, period = 0;
+        if (read_first_line(root + mount + p + "/cpu.cfs_quota_us", q) &&
+            read_first_line(root + mount + p + "/cpu.cfs_period_us", t) && to_ll(q, quota) && to_ll(t, period))
+          consider(limit_of(quota, period));
+      });
+    }
+  }
+  return best;
+}
+
+/// CPUs in this process's affinity mask (0 when unknown).
+inline int affinity_cpu_count() {
+#if defined(__linux__) && defined(CPU_COUNT_S)
+  for (int ncpu = 1024; ncpu <= (1 << 16); ncpu *= 2) {
+    cpu_set_t* set = CPU_ALLOC(ncpu);
+    if (set == nullptr) return 0;
+    const std::size_t size = CPU_ALLOC_SIZE(ncpu);
+    CPU_ZERO_S(size, set);
+    const int rc = sched_getaffinity(0, size, set);
+    const int n = rc == 0 ? CPU_COUNT_S(size, set) : 0;
+    const int err = errno;
+    CPU_FREE(set);
+    if (rc == 0) return n;
+    if (err != EINVAL) return 0;  // EINVAL: the kernel's mask is larger than ours; retry
+  }
+#endif
+  return 0;
+}
+
+/// The default number of threads: NABLAGRAD_NUM_THREADS if set to a positive integer, else
+/// the CPUs of the affinity mask (or hardware_concurrency) capped by the cgroup CPU quota.
+inline int default_num_threads(int max_threads) {
+  if (const char* env = std::getenv("NABLAGRAD_NUM_THREADS")) {
+    char* end = nullptr;
+    const long v = std::strtol(env, &end, 10);
+    if (end != env && *end == '\0' && v >= 1) return static_cast<int>(v < max_threads ? v : max_threads);
+  }
+  int n = affinity_cpu_count();
+  if (n <= 0) n = static_cast<int>(std::thread::hardware_concurrency());
+  if (n <= 0) n = 1;
+#if defined(__linux__)
+  std::ifstream f("/proc/self/cgroup");
+  if (f) {
+    std::string text, line;
+    while (std::getline(f, line)) text += line + "\n";
+    const int quota = cgroup_cpu_limit(text, "/sys/fs/cgroup");
+    if (quota > 0 && quota < n) n = quota;
+  }
+#endif
+  return n < max_threads ? n : max_threads;
+}
+
+}  // namespace detail
 
 class ThreadPool {
  public:
-  /// The process-wide pool. Its default size is std::thread::hardware_concurrency().
+  /// The process-wide pool. Its default size is detail::default_num_threads() (see above).
   static ThreadPool& instance() {
     static ThreadPool pool;
     return pool;
@@ -41,7 +193,10 @@ class ThreadPool {
 
   ThreadPool(const ThreadPool&) = delete;
   ThreadPool& operator=(const ThreadPool&) = delete;
-  ~ThreadPool() { stop_workers(); }
+  ~ThreadPool() {
+    live().store(nullptr);
+    stop_workers();
+  }
 
   /// Number of threads that run a parallel region (the caller included), >= 1. Any thread
   /// may ask at any time, also while another resizes the pool.
@@ -58,7 +213,7 @@ class ThreadPool {
     if (in_task())
       throw std::runtime_error("set_num_threads: cannot resize the thread pool from inside a parallel region");
     std::lock_guard<std::mutex> guard(run_mutex_);
-    if (n == num_threads()) return;
+    if (n == num_threads() && workers_running_) return;
     stop_workers();
     num_threads_.store(n, std::memory_order_relaxed);
     try {
@@ -79,6 +234,10 @@ class ThreadPool {
       return;
     }
     std::lock_guard<std::mutex> guard(run_mutex_);  // one parallel region at a time
+    if (!workers_running_ && !restart_workers()) {   // first region after fork() failed to start threads
+      for (int64_t i = 0; i < ntasks; ++i) fn(i);
+      return;
+    }
     // The region's state lives on this stack frame. Workers join it only under `mutex_`
     // while it is published, and the frame is not left before every joined worker has
     // left it again (`joined` back to 0): a late worker can never touch the next region's
@@ -109,9 +268,54 @@ class ThreadPool {
 
  private:
   ThreadPool() {
-    unsigned hw = std::thread::hardware_concurrency();
-    num_threads_.store(hw == 0 ? 1 : static_cast<int>(hw), std::memory_order_relaxed);
+    num_threads_.store(detail::default_num_threads(kMaxThreads), std::memory_order_relaxed);
     start_workers();
+    live().store(this);
+#if defined(NABLAGRAD_HAS_PTHREAD_ATFORK)
+    pthread_atfork(nullptr, nullptr, [] {
+      if (ThreadPool* pool = live().load()) pool->reset_after_fork();
+    });
+#endif
+  }
+
+  static std::atomic<ThreadPool*>& live() {
+    static std::atomic<ThreadPool*> p{nullptr};
+    return p;
+  }
+
+  // In a fork()ed child only the forking thread exists: the parent's workers are gone and
+  // any lock they held stays held forever. The std::thread objects are forgotten without
+  // their destructors (joinable ones would terminate, and join would wait forever); the
+  // locks and condition variables are constructed afresh over the old ones (destroying a
+  // condition variable with waiters would block). Workers start at the next region.
+  void reset_after_fork() noexcept {
+    // Moved (no destructors run) into static storage that is never destroyed: the parent's
+    // thread handles stay reachable (no leak report) and are never joined.
+    alignas(std::vector<std::thread>) static unsigned char orphans[sizeof(std::vector<std::thread>)];
+    new (orphans) std::vector<std::thread>(std::move(workers_));
+    workers_.clear();  // moved-from: already empty
+    new (&run_mutex_) std::mutex();
+    new (&mutex_) std::mutex();
+    new (&wake_) std::condition_variable();
+    new (&done_) std::condition_variable();
+    current_ = nullptr;
+    stopping_ = false;
+    stopping_flag_.store(false);
+    workers_running_ = false;
+    in_task() = false;
+  }
+
+  // Under run_mutex_, with no workers: starts them, or falls back to one thread.
+  bool restart_workers() {
+    try {
+      start_workers();
+      return true;
+    } catch (const std::system_error&) {
+      stop_workers();
+      num_threads_.store(1, std::memory_order_relaxed);
+      workers_running_ = true;
+      return false;
+    }
   }
 
   static constexpr int kSpinIterations = 20000;
@@ -199,6 +403,7 @@ class ThreadPool {
       stopping_flag_.store(false);
     }
     const int n = num_threads();
+    workers_running_ = true;
     for (int i = 1; i < n; ++i) workers_.emplace_back([this] { worker_loop(); });
   }
 
@@ -223,6 +428,7 @@ class ThreadPool {
   std::atomic<uint64_t> generation_{0};
   bool stopping_ = false;
   std::atomic<bool> stopping_flag_{false};
+  bool workers_running_ = false;  // false after fork() until the next region starts workers; under run_mutex_
 };
 
 inline int get_num_threads() { return ThreadPool::instance().num_threads(); }

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Optional, Tuple
 
 from .. import _core
 from .._tensor import Tensor, _resolve_dtype
-from .layers import Linear, _CoreModule
+from .layers import Linear, _CoreModule, _sizes
 
 __all__ = ["MultiheadAttention"]
 
@@ -46,6 +46,7 @@ class MultiheadAttention(_CoreModule):
 
     def __init__(self, embed_dim: int, num_heads: int, bias: bool = True, dropout: float = 0.0,
                  dtype: Any = None) -> None:
+        _sizes("MultiheadAttention", embed_dim=embed_dim, num_heads=num_heads)
         super().__init__(_core.nn.MultiheadAttention(embed_dim, num_heads, bias=bias, dropout=dropout,
                                                      dtype=None if dtype is None else _resolve_dtype(dtype)))
         layer = self._layer

@@ -12,7 +12,7 @@ Layouts are nablagrad's: images NHWC, convolution kernels (Q, FH, FW, C), Linear
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, Optional, Sequence, Tuple, Union
 
 from .. import _core
 from .._tensor import Tensor, _resolve_dtype, float32
@@ -28,6 +28,17 @@ _Pair = Union[int, Tuple[int, int]]
 
 def _dtype(dtype: Any) -> Any:
     return _resolve_dtype(dtype) or float32
+
+
+def _sizes(layer: str, **sizes: Any) -> None:
+    """Integer constructor arguments: another kind is a TypeError and a Python int beyond int64 a
+    ValueError, each naming the argument (not pybind11's generic "incompatible arguments")."""
+    import numbers
+    for name, v in sizes.items():
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+            raise TypeError(f"{layer}: {name} must be an int, got {type(v).__name__} {v!r}")
+        if not -2**63 <= int(v) < 2**63:
+            raise ValueError(f"{layer}: {name}={int(v)} is out of range (sizes must fit in int64)")
 
 
 def _pair(v: Any) -> Tuple[int, int]:
@@ -78,20 +89,19 @@ class _CoreModule(Module):
         return (name in store and store[name] is not None) or (name in bstore and bstore[name] is not None)
 
     def _assign_parameter(self, name: str, value: Optional[Parameter]) -> None:
-        cur = self._parameters.get(name)
-        if cur is not None and value is not cur:
-            raise AttributeError(
-                f"{type(self).__name__}.{name} is the C++ layer's own tensor and cannot be replaced; "
-                f"copy new values into it instead (with ng.no_grad(): m.{name}.copy_(t)) or use load_state_dict")
-        self._parameters[name] = value
+        self._assign_owned(self._parameters, name, value, "tensor")
 
     def _assign_buffer(self, name: str, value: Optional[Tensor]) -> None:
-        cur = self._buffers.get(name)
+        self._assign_owned(self._buffers, name, value, "buffer")
+
+    def _assign_owned(self, store: Dict[str, Any], name: str, value: Optional[Tensor], what: str) -> None:
+        """Stores value under name unless that replaces a tensor the C++ layer owns."""
+        cur = store.get(name)
         if cur is not None and value is not cur:
             raise AttributeError(
-                f"{type(self).__name__}.{name} is the C++ layer's own buffer and cannot be replaced; "
+                f"{type(self).__name__}.{name} is the C++ layer's own {what} and cannot be replaced; "
                 f"copy new values into it instead (with ng.no_grad(): m.{name}.copy_(t)) or use load_state_dict")
-        self._buffers[name] = value
+        store[name] = value
 
     def _check_deletable(self, name: str) -> None:
         if self._core_owned(name):
@@ -107,6 +117,7 @@ class Linear(_CoreModule):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, activation: Optional[str] = None,
                  dtype: Any = None) -> None:
+        _sizes("Linear", in_features=in_features, out_features=out_features)
         super().__init__(_core.nn.Linear(in_features, out_features, bias=bias, activation=activation,
                                          dtype=_dtype(dtype)))
         self.in_features, self.out_features, self.activation = int(in_features), int(out_features), activation
@@ -128,6 +139,7 @@ class Conv2d(_CoreModule):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: _Pair, stride: _Pair = 1,
                  padding: Union[_Pair, str] = 0, bias: bool = True, activation: Optional[str] = None,
                  dtype: Any = None) -> None:
+        _sizes("Conv2d", in_channels=in_channels, out_channels=out_channels)
         layer = _core.nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=bias,
                                 activation=activation, dtype=_dtype(dtype))
         super().__init__(layer)
@@ -208,7 +220,8 @@ class LayerNorm(_CoreModule):
 
     def __init__(self, normalized_shape: Union[int, Sequence[int]], eps: float = 1e-5,
                  elementwise_affine: bool = True, dtype: Any = None) -> None:
-        shape = (int(normalized_shape),) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+        import numbers  # (a NumPy integer is a size too; was: TypeError "'numpy.int64' object is not iterable")
+        shape = (int(normalized_shape),) if isinstance(normalized_shape, numbers.Integral) else tuple(normalized_shape)
         super().__init__(_core.nn.LayerNorm(shape, eps=eps, elementwise_affine=elementwise_affine,
                                             dtype=_dtype(dtype)))
         self.normalized_shape, self.eps, self.elementwise_affine = shape, float(eps), bool(elementwise_affine)
@@ -227,6 +240,7 @@ class BatchNorm2d(_CoreModule):
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1, affine: bool = True,
                  track_running_stats: bool = True, dtype: Any = None) -> None:
+        _sizes("BatchNorm2d", num_features=num_features)
         super().__init__(_core.nn.BatchNorm2d(num_features, eps=eps, momentum=momentum, affine=affine,
                                               track_running_stats=track_running_stats, dtype=_dtype(dtype)))
         self.num_features, self.eps, self.momentum = int(num_features), float(eps), momentum
@@ -247,6 +261,7 @@ class Embedding(_CoreModule):
     """Lookup table: int64 indices of any shape -> (..., embedding_dim) rows of ``weight``."""
 
     def __init__(self, num_embeddings: int, embedding_dim: int, dtype: Any = None) -> None:
+        _sizes("Embedding", num_embeddings=num_embeddings, embedding_dim=embedding_dim)
         super().__init__(_core.nn.Embedding(num_embeddings, embedding_dim, dtype=_dtype(dtype)))
         self.num_embeddings, self.embedding_dim = int(num_embeddings), int(embedding_dim)
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Optional, Tuple
 
 from .. import _core
 from .._tensor import Tensor
-from .layers import _CoreModule, _dtype
+from .layers import _CoreModule, _dtype, _sizes
 
 __all__ = ["RNN", "LSTM", "GRU"]
 
@@ -57,6 +57,7 @@ class RNN(_RecurrentBase):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
                  nonlinearity: str = "tanh", bias: bool = True, dtype: Any = None) -> None:
+        _sizes("RNN", input_size=input_size, hidden_size=hidden_size, num_layers=num_layers)
         super().__init__(_core.nn.RNN(input_size, hidden_size, num_layers=num_layers,
                                       nonlinearity=nonlinearity, bias=bias, dtype=_dtype(dtype)))
 
@@ -79,6 +80,7 @@ class LSTM(_RecurrentBase):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  dtype: Any = None) -> None:
+        _sizes("LSTM", input_size=input_size, hidden_size=hidden_size, num_layers=num_layers)
         super().__init__(_core.nn.LSTM(input_size, hidden_size, num_layers=num_layers, bias=bias,
                                        dtype=_dtype(dtype)))
 
@@ -97,6 +99,7 @@ class GRU(_RecurrentBase):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  dtype: Any = None) -> None:
+        _sizes("GRU", input_size=input_size, hidden_size=hidden_size, num_layers=num_layers)
         super().__init__(_core.nn.GRU(input_size, hidden_size, num_layers=num_layers, bias=bias,
                                       dtype=_dtype(dtype)))
 

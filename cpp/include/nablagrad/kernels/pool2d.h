@@ -77,6 +77,38 @@ inline Pool2dGeometry make_pool2d_geometry(int64_t N, int64_t H, int64_t W, int6
   return g;
 }
 
+namespace pool_detail {
+/// The input range [begin, end) that one output index reads along an axis: its window
+/// (starting at out * stride - pad, `kernel` wide) clipped to the input extent [0, size).
+struct WindowSpan {
+  int64_t begin, end;
+};
+inline WindowSpan clipped_window(int64_t out, int64_t stride, int64_t pad, int64_t kernel, int64_t size) {
+  const int64_t start = out * stride - pad;
+  return {std::max<int64_t>(start, 0), std::min<int64_t>(start + kernel, size)};
+}
+/// Input rows [h0, h1) of output row ho, and input columns [w0, w1) of output column wo.
+inline WindowSpan window_rows(const Pool2dGeometry& g, int64_t ho) {
+  return clipped_window(ho, g.stride_h, g.pad_h, g.KH, g.H);
+}
+inline WindowSpan window_cols(const Pool2dGeometry& g, int64_t wo) {
+  return clipped_window(wo, g.stride_w, g.pad_w, g.KW, g.W);
+}
+
+// PyTorch's divisor for one window (ceil_mode=False).
+inline int64_t avg_divisor(const Pool2dGeometry& g, int64_t ho, int64_t wo,
+                           bool count_include_pad) {
+  int64_t hs = ho * g.stride_h - g.pad_h, ws = wo * g.stride_w - g.pad_w;
+  int64_t he = std::min(hs + g.KH, g.H + g.pad_h), we = std::min(ws + g.KW, g.W + g.pad_w);
+  if (count_include_pad) return (he - hs) * (we - ws);
+  hs = std::max<int64_t>(hs, 0);
+  ws = std::max<int64_t>(ws, 0);
+  he = std::min(he, g.H);
+  we = std::min(we, g.W);
+  return (he - hs) * (we - ws);
+}
+}  // namespace pool_detail
+
 /// y[n,ho,wo,c] = max over the window; argmax[n,ho,wo,c] = ih*W + iw of the first maximum.
 /// argmax may be nullptr (inference).
 template <typename T>
@@ -87,11 +119,9 @@ void max_pool2d_forward(const Pool2dGeometry& g, const T* x, T* y, int64_t* argm
     std::vector<int64_t> where(static_cast<size_t>(C));
     for (int64_t nh = lo; nh < hi; ++nh) {
       const int64_t n = nh / g.Ho, ho = nh % g.Ho;
-      const int64_t h0 = std::max<int64_t>(ho * g.stride_h - g.pad_h, 0);
-      const int64_t h1 = std::min<int64_t>(ho * g.stride_h - g.pad_h + g.KH, g.H);
+      const auto [h0, h1] = pool_detail::window_rows(g, ho);
       for (int64_t wo = 0; wo < g.Wo; ++wo) {
-        const int64_t w0 = std::max<int64_t>(wo * g.stride_w - g.pad_w, 0);
-        const int64_t w1 = std::min<int64_t>(wo * g.stride_w - g.pad_w + g.KW, g.W);
+        const auto [w0, w1] = pool_detail::window_cols(g, wo);
         std::fill(best.begin(), best.end(), -std::numeric_limits<T>::infinity());
         std::fill(where.begin(), where.end(), h0 * g.W + w0);  // as PyTorch
         for (int64_t ih = h0; ih < h1; ++ih)
@@ -134,20 +164,6 @@ void max_pool2d_backward(const Pool2dGeometry& g, const T* dy, const int64_t* ar
   });
 }
 
-namespace pool_detail {
-// PyTorch's divisor for one window (ceil_mode=False).
-inline int64_t avg_divisor(const Pool2dGeometry& g, int64_t ho, int64_t wo,
-                           bool count_include_pad) {
-  int64_t hs = ho * g.stride_h - g.pad_h, ws = wo * g.stride_w - g.pad_w;
-  int64_t he = std::min(hs + g.KH, g.H + g.pad_h), we = std::min(ws + g.KW, g.W + g.pad_w);
-  if (count_include_pad) return (he - hs) * (we - ws);
-  hs = std::max<int64_t>(hs, 0);
-  ws = std::max<int64_t>(ws, 0);
-  he = std::min(he, g.H);
-  we = std::min(we, g.W);
-  return (he - hs) * (we - ws);
-}
-}  // namespace pool_detail
 
 /// y = mean over the window (see the divisor rule at the top of the file).
 template <typename T>
@@ -157,11 +173,9 @@ void avg_pool2d_forward(const Pool2dGeometry& g, const T* x, T* y, bool count_in
     std::vector<T> sum(static_cast<size_t>(C));
     for (int64_t nh = lo; nh < hi; ++nh) {
       const int64_t n = nh / g.Ho, ho = nh % g.Ho;
-      const int64_t h0 = std::max<int64_t>(ho * g.stride_h - g.pad_h, 0);
-      const int64_t h1 = std::min<int64_t>(ho * g.stride_h - g.pad_h + g.KH, g.H);
+      const auto [h0, h1] = pool_detail::window_rows(g, ho);
       for (int64_t wo = 0; wo < g.Wo; ++wo) {
-        const int64_t w0 = std::max<int64_t>(wo * g.stride_w - g.pad_w, 0);
-        const int64_t w1 = std::min<int64_t>(wo * g.stride_w - g.pad_w + g.KW, g.W);
+        const auto [w0, w1] = pool_detail::window_cols(g, wo);
         std::fill(sum.begin(), sum.end(), T(0));
         for (int64_t ih = h0; ih < h1; ++ih)
           for (int64_t iw = w0; iw < w1; ++iw) {
@@ -187,11 +201,9 @@ void avg_pool2d_backward(const Pool2dGeometry& g, const T* dy, T* dx,
       T* dxn = dx + n * plane * C;
       std::fill(dxn, dxn + plane * C, T(0));
       for (int64_t ho = 0; ho < g.Ho; ++ho) {
-        const int64_t h0 = std::max<int64_t>(ho * g.stride_h - g.pad_h, 0);
-        const int64_t h1 = std::min<int64_t>(ho * g.stride_h - g.pad_h + g.KH, g.H);
+        const auto [h0, h1] = pool_detail::window_rows(g, ho);
         for (int64_t wo = 0; wo < g.Wo; ++wo) {
-          const int64_t w0 = std::max<int64_t>(wo * g.stride_w - g.pad_w, 0);
-          const int64_t w1 = std::min<int64_t>(wo * g.stride_w - g.pad_w + g.KW, g.W);
+          const auto [w0, w1] = pool_detail::window_cols(g, wo);
           const T div = static_cast<T>(pool_detail::avg_divisor(g, ho, wo, count_include_pad));
           const T* src = dy + ((n * g.Ho + ho) * g.Wo + wo) * C;
           for (int64_t ih = h0; ih < h1; ++ih)

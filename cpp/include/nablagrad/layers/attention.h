@@ -38,6 +38,7 @@
 #include "../layer.h"
 #include "../ops/attention.h"
 #include "../tensor_operations.h"
+#include "check.h"
 #include "init.h"
 #include "linear.h"
 
@@ -79,9 +80,7 @@ class MultiHeadAttention : public Layer {
     if (!(options.dropout() >= 0.0 && options.dropout() <= 1.0))
       throw std::invalid_argument("MultiHeadAttention: dropout must be in [0, 1], got " +
                                   std::to_string(options.dropout()));
-    if (!is_floating(options.dtype()))
-      throw std::domain_error(std::string("MultiHeadAttention: dtype must be float32 or float64, got ") +
-                              dtype_name(options.dtype()));
+    detail::check_parameter_dtype(options.dtype(), "MultiHeadAttention");
     const LinearOptions lo = LinearOptions(E, E).bias(options.bias()).dtype(options.dtype());
     q_proj = register_module("q_proj", std::make_shared<Linear>(lo));
     k_proj = register_module("k_proj", std::make_shared<Linear>(lo));

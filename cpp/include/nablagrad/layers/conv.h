@@ -19,6 +19,7 @@
 #include "../layer.h"
 #include "../tensor_operations.h"
 #include "activation.h"
+#include "check.h"
 #include "init.h"
 
 namespace nablagrad {
@@ -84,8 +85,7 @@ class Conv2D : public Layer {
       throw std::invalid_argument("Conv2D: padding must be >= 0, got " + p.size.str());
     if (p.mode == Conv2dPadding::Mode::Same && (s.h != 1 || s.w != 1))
       throw std::invalid_argument("Conv2D: padding='same' is only supported with stride 1, got stride " + s.str());
-    if (!is_floating(options.dtype()))
-      throw std::domain_error(std::string("Conv2D: dtype must be float32 or float64, got ") + dtype_name(options.dtype()));
+    detail::check_parameter_dtype(options.dtype(), "Conv2D");
     activation_ = Activation::parse(options.activation(), "Conv2D");
     if (p.mode == Conv2dPadding::Mode::Same) {
       pad_top_ = (k.h - 1) / 2;

@@ -12,6 +12,7 @@
 
 #include "../layer.h"
 #include "../tensor_operations.h"
+#include "check.h"
 #include "init.h"
 
 namespace nablagrad {
@@ -34,8 +35,7 @@ class Embedding : public Layer {
       throw std::invalid_argument("Embedding: num_embeddings and embedding_dim must be positive, got " +
                                   std::to_string(options.num_embeddings()) + " and " +
                                   std::to_string(options.embedding_dim()));
-    if (!is_floating(options.dtype()))
-      throw std::domain_error(std::string("Embedding: dtype must be float32 or float64, got ") + dtype_name(options.dtype()));
+    detail::check_parameter_dtype(options.dtype(), "Embedding");
     weight = register_parameter("weight",
                                 Tensor::empty({options.num_embeddings(), options.embedding_dim()}, options.dtype()));
     reset_parameters();

@@ -15,6 +15,7 @@
 #include "../layer.h"
 #include "../tensor_operations.h"
 #include "activation.h"
+#include "check.h"
 #include "init.h"
 
 namespace nablagrad {
@@ -40,8 +41,7 @@ class Linear : public Layer {
       throw std::invalid_argument("Linear: in_features and out_features must be positive, got in_features=" +
                                   std::to_string(options.in_features()) + ", out_features=" +
                                   std::to_string(options.out_features()));
-    if (!is_floating(options.dtype()))
-      throw std::domain_error(std::string("Linear: dtype must be float32 or float64, got ") + dtype_name(options.dtype()));
+    detail::check_parameter_dtype(options.dtype(), "Linear");
     activation_ = Activation::parse(options.activation(), "Linear");
     weight = register_parameter("weight", Tensor::empty({options.out_features(), options.in_features()}, options.dtype()));
     if (options.bias()) bias = register_parameter("bias", Tensor::empty({options.out_features()}, options.dtype()));

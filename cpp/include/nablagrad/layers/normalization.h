@@ -24,6 +24,7 @@
 
 #include "../layer.h"
 #include "../tensor_operations.h"
+#include "check.h"
 #include "init.h"
 
 namespace nablagrad {
@@ -47,8 +48,7 @@ class LayerNorm : public Layer {
     for (int64_t d : s)
       if (d <= 0) throw std::invalid_argument("LayerNorm: normalized_shape must be positive, got " + shape_str(s));
     if (!(options.eps() >= 0.0)) throw std::invalid_argument("LayerNorm: eps must be >= 0, got " + std::to_string(options.eps()));
-    if (!is_floating(options.dtype()))
-      throw std::domain_error(std::string("LayerNorm: dtype must be float32 or float64, got ") + dtype_name(options.dtype()));
+    detail::check_parameter_dtype(options.dtype(), "LayerNorm");
     if (options.elementwise_affine()) {
       weight = register_parameter("weight", Tensor::full(s, 1.0, options.dtype()));
       bias = register_parameter("bias", Tensor::zeros(s, options.dtype()));
@@ -103,8 +103,7 @@ class BatchNorm2D : public Layer {
     if (!(options.eps() >= 0.0)) throw std::invalid_argument("BatchNorm2D: eps must be >= 0, got " + std::to_string(options.eps()));
     if (options.momentum() && !(*options.momentum() >= 0.0 && *options.momentum() <= 1.0))
       throw std::invalid_argument("BatchNorm2D: momentum must be in [0, 1], got " + std::to_string(*options.momentum()));
-    if (!is_floating(options.dtype()))
-      throw std::domain_error(std::string("BatchNorm2D: dtype must be float32 or float64, got ") + dtype_name(options.dtype()));
+    detail::check_parameter_dtype(options.dtype(), "BatchNorm2D");
     if (options.affine()) {
       weight = register_parameter("weight", Tensor::full({c}, 1.0, options.dtype()));
       bias = register_parameter("bias", Tensor::zeros({c}, options.dtype()));
@@ -143,9 +142,21 @@ class BatchNorm2D : public Layer {
     Tensor y;
     if (is_training() || !track) {
       const int64_t count = x.shape()[0] * x.shape()[1] * x.shape()[2];
-      if (is_training() && count <= 1)
+      if (is_training() && count == 1)
         throw std::invalid_argument("BatchNorm2D: expected more than 1 value per channel when training, got input shape " +
                                     shape_str(x.shape()));
+      if (count == 0) {
+        // An empty batch (as PyTorch): an empty output, running statistics unchanged, the batch
+        // still counted in num_batches_tracked.
+        if (is_training() && track) {
+          NoGradGuard no_grad;
+          ++num_batches_tracked.data<int64_t>()[0];
+          num_batches_tracked.bump_version();
+        }
+        y = sub(x, x);
+        if (weight.defined()) y = add(mul(y, weight), bias);
+        return y;
+      }
       const Tensor mu = mean(x, {0, 1, 2});           // (C,)
       const Tensor centred = sub(x, mu);
       const Tensor var = mean(mul(centred, centred), {0, 1, 2});  // biased, (C,)

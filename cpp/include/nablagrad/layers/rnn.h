@@ -23,6 +23,7 @@
 #include "../layer.h"
 #include "../ops/rnn.h"
 #include "../tensor_operations.h"
+#include "check.h"
 #include "init.h"
 
 namespace nablagrad {
@@ -39,23 +40,22 @@ struct RNNOptions {
   NABLAGRAD_ARG(DType, dtype) = DType::Float32;
 };
 
-struct LSTMOptions {
-  LSTMOptions(int64_t input_size, int64_t hidden_size) : input_size_(input_size), hidden_size_(hidden_size) {}
-  NABLAGRAD_ARG(int64_t, input_size);
-  NABLAGRAD_ARG(int64_t, hidden_size);
-  NABLAGRAD_ARG(int64_t, num_layers) = 1;
-  NABLAGRAD_ARG(bool, bias) = true;
-  NABLAGRAD_ARG(DType, dtype) = DType::Float32;
-};
+class LSTM;
+class GRU;
 
-struct GRUOptions {
-  GRUOptions(int64_t input_size, int64_t hidden_size) : input_size_(input_size), hidden_size_(hidden_size) {}
+/// The options of LSTM and GRU (RNNOptions adds nonlinearity). One template, so that
+/// LSTMOptions and GRUOptions stay distinct types, each layer taking only its own.
+template <class RecurrentLayer>
+struct GatedRecurrentOptions {
+  GatedRecurrentOptions(int64_t input_size, int64_t hidden_size) : input_size_(input_size), hidden_size_(hidden_size) {}
   NABLAGRAD_ARG(int64_t, input_size);
   NABLAGRAD_ARG(int64_t, hidden_size);
   NABLAGRAD_ARG(int64_t, num_layers) = 1;
   NABLAGRAD_ARG(bool, bias) = true;
   NABLAGRAD_ARG(DType, dtype) = DType::Float32;
 };
+using LSTMOptions = GatedRecurrentOptions<LSTM>;
+using GRUOptions = GatedRecurrentOptions<GRU>;
 
 /// What forward_with_state returns: the last layer's output sequence (N, T, H) and the final
 /// states of every layer (num_layers, N, H); c_n is undefined except for the LSTM.
@@ -79,6 +79,9 @@ class RecurrentBase : public Layer {
   int64_t num_layers() const { return num_layers_; }
   bool has_bias() const { return bias_; }
 
+  /// The output sequence (N, T, H) of the last layer, from zero initial states.
+  Tensor forward(const Tensor& x) override { return run(x, Tensor(), Tensor()).output; }
+
   /// Per layer k: weight_ih_l{k}, weight_hh_l{k}, bias_ih_l{k}, bias_hh_l{k} (biases undefined
   /// without bias). The same tensors as named_parameters().
   std::vector<Tensor> weight_ih, weight_hh, bias_ih, bias_hh;
@@ -92,6 +95,11 @@ class RecurrentBase : public Layer {
   }
 
  protected:
+  /// From RNNOptions, LSTMOptions or GRUOptions.
+  template <class Options>
+  RecurrentBase(kernels::RnnMode mode, const char* who, const Options& o)
+      : RecurrentBase(mode, who, o.input_size(), o.hidden_size(), o.num_layers(), o.bias(), o.dtype()) {}
+
   RecurrentBase(kernels::RnnMode mode, const char* who, int64_t input_size, int64_t hidden_size, int64_t num_layers,
                 bool bias, DType dtype)
       : mode_(mode), who_(who), input_size_(input_size), hidden_size_(hidden_size), num_layers_(num_layers), bias_(bias) {
@@ -99,8 +107,7 @@ class RecurrentBase : public Layer {
       throw std::invalid_argument(std::string(who) + ": input_size, hidden_size and num_layers must be positive, got " +
                                   std::to_string(input_size) + ", " + std::to_string(hidden_size) + ", " +
                                   std::to_string(num_layers));
-    if (!is_floating(dtype))
-      throw std::domain_error(std::string(who) + ": dtype must be float32 or float64, got " + dtype_name(dtype));
+    detail::check_parameter_dtype(dtype, who);
     const int64_t GH = kernels::rnn_gate_count(mode) * hidden_size;
     for (int64_t k = 0; k < num_layers; ++k) {
       const std::string sfx = "_l" + std::to_string(k);
@@ -184,13 +191,8 @@ class RecurrentBase : public Layer {
 class RNN : public RecurrentBase {
  public:
   RNN(int64_t input_size, int64_t hidden_size) : RNN(RNNOptions(input_size, hidden_size)) {}
-  explicit RNN(const RNNOptions& o)
-      : RecurrentBase(parse_mode(o.nonlinearity()), "RNN", o.input_size(), o.hidden_size(), o.num_layers(), o.bias(),
-                      o.dtype()),
-        options_(o) {}
+  explicit RNN(const RNNOptions& o) : RecurrentBase(parse_mode(o.nonlinearity()), "RNN", o), options_(o) {}
 
-  /// The output sequence (N, T, H) of the last layer, from zero initial states.
-  Tensor forward(const Tensor& x) override { return run(x, Tensor(), Tensor()).output; }
   /// {output (N, T, H), h_n (num_layers, N, H)}; h0 (num_layers, N, H) or undefined for zeros.
   RecurrentOutput forward_with_state(const Tensor& x, const Tensor& h0 = Tensor()) const { return run(x, h0, Tensor()); }
 
@@ -210,12 +212,8 @@ class RNN : public RecurrentBase {
 class LSTM : public RecurrentBase {
  public:
   LSTM(int64_t input_size, int64_t hidden_size) : LSTM(LSTMOptions(input_size, hidden_size)) {}
-  explicit LSTM(const LSTMOptions& o)
-      : RecurrentBase(kernels::RnnMode::Lstm, "LSTM", o.input_size(), o.hidden_size(), o.num_layers(), o.bias(),
-                      o.dtype()),
-        options_(o) {}
+  explicit LSTM(const LSTMOptions& o) : RecurrentBase(kernels::RnnMode::Lstm, "LSTM", o), options_(o) {}
 
-  Tensor forward(const Tensor& x) override { return run(x, Tensor(), Tensor()).output; }
   /// {output (N, T, H), h_n, c_n (num_layers, N, H)}; h0, c0 (num_layers, N, H) or undefined.
   RecurrentOutput forward_with_state(const Tensor& x, const Tensor& h0 = Tensor(), const Tensor& c0 = Tensor()) const {
     return run(x, h0, c0);
@@ -232,11 +230,8 @@ class LSTM : public RecurrentBase {
 class GRU : public RecurrentBase {
  public:
   GRU(int64_t input_size, int64_t hidden_size) : GRU(GRUOptions(input_size, hidden_size)) {}
-  explicit GRU(const GRUOptions& o)
-      : RecurrentBase(kernels::RnnMode::Gru, "GRU", o.input_size(), o.hidden_size(), o.num_layers(), o.bias(), o.dtype()),
-        options_(o) {}
+  explicit GRU(const GRUOptions& o) : RecurrentBase(kernels::RnnMode::Gru, "GRU", o), options_(o) {}
 
-  Tensor forward(const Tensor& x) override { return run(x, Tensor(), Tensor()).output; }
   /// {output (N, T, H), h_n (num_layers, N, H)}; h0 (num_layers, N, H) or undefined.
   RecurrentOutput forward_with_state(const Tensor& x, const Tensor& h0 = Tensor()) const { return run(x, h0, Tensor()); }
 

@@ -305,6 +305,22 @@ inline void check_count(std::size_t got, std::size_t want, const char* op, const
 /// The contiguous tensor a step writes: the parameter itself, or a copy written back later.
 inline Tensor writable(const Tensor& p) { return p.is_contiguous() ? p : p.contiguous_data(); }
 
+/// The contiguous buffers every step works on, once the arguments are checked.
+struct StepWork {
+  std::vector<Tensor> params;  // writable(params[i])
+  std::vector<Tensor> grads;   // contiguous gradients
+  std::vector<int64_t> sizes;  // elements of params[i]
+};
+inline StepWork prepare_step(const std::vector<Tensor>& params, const std::vector<Tensor>& grads) {
+  StepWork w;
+  for (std::size_t i = 0; i < params.size(); ++i) {
+    w.params.push_back(writable(params[i]));
+    w.grads.push_back(grads[i].contiguous_data());
+    w.sizes.push_back(params[i].numel());
+  }
+  return w;
+}
+
 /// Calls fn(i, lo, hi) over chunks of every tensor i (sizes[i] elements), in parallel when the
 /// total is large. Chunks never span two tensors; the split does not change any result.
 template <typename F>
@@ -367,36 +383,32 @@ inline void sgd_step(const std::vector<Tensor>& params, const std::vector<Tensor
   const bool use_momentum = o.momentum != 0;
   detail::check_count(grads.size(), n, op, "gradients");
   if (use_momentum) detail::check_count(momentum_buffers.size(), n, op, "momentum buffers");
-  std::vector<Tensor> work(n), gc(n);
-  std::vector<bool> first(n, false);
-  std::vector<int64_t> sizes(n);
   for (std::size_t i = 0; i < n; ++i) {
     detail::check_param(params[i], op, i);
     detail::check_like(grads[i], params[i], op, i, "gradient", false);
     if (use_momentum && momentum_buffers[i].defined())
       detail::check_like(momentum_buffers[i], params[i], op, i, "momentum buffer", true);
   }
+  const detail::StepWork w = detail::prepare_step(params, grads);
+  std::vector<bool> first(n, false);
   for (std::size_t i = 0; i < n; ++i) {
-    work[i] = detail::writable(params[i]);
-    gc[i] = grads[i].contiguous_data();
-    sizes[i] = params[i].numel();
     if (use_momentum && !momentum_buffers[i].defined()) {
       momentum_buffers[i] = Tensor::empty(params[i].shape(), params[i].dtype());
       first[i] = true;
     }
   }
-  detail::for_each_chunk(sizes, [&](std::size_t i, int64_t lo, int64_t hi) {
+  detail::for_each_chunk(w.sizes, [&](std::size_t i, int64_t lo, int64_t hi) {
     dispatch_float(params[i].dtype(), op, [&](auto tag) {
       using T = typename decltype(tag)::type;
       const kernels::SGDScalars<T> s{static_cast<T>(o.weight_decay), static_cast<T>(o.momentum),
                                      static_cast<T>(1.0 - o.dampening), static_cast<T>(-o.lr),
                                      o.weight_decay != 0, use_momentum, o.nesterov, first[i]};
       T* buf = use_momentum ? static_cast<T*>(momentum_buffers[i].raw_data()) : nullptr;
-      kernels::sgd_update<T>(static_cast<T*>(work[i].raw_data()), static_cast<const T*>(gc[i].raw_data()), buf, lo,
-                             hi, s);
+      kernels::sgd_update<T>(static_cast<T*>(w.params[i].raw_data()), static_cast<const T*>(w.grads[i].raw_data()),
+                             buf, lo, hi, s);
     });
   });
-  detail::finish_step(params, work, {use_momentum ? &momentum_buffers : nullptr});
+  detail::finish_step(params, w.params, {use_momentum ? &momentum_buffers : nullptr});
 }
 
 /// One Adam (decoupled_weight_decay = false) or AdamW (true) step, PyTorch's rule:
@@ -428,14 +440,10 @@ inline void adam_step(const std::vector<Tensor>& params, const std::vector<Tenso
     detail::check_like(exp_avg_sqs[i], params[i], op, i, "exp_avg_sq", true);
     detail::check_step(steps[i], op, i);
   }
-  std::vector<Tensor> work(n), gc(n);
-  std::vector<int64_t> sizes(n);
+  const detail::StepWork w = detail::prepare_step(params, grads);
   // Per-parameter scalars (the step counts may differ between parameters).
   std::vector<double> neg_step_size(n), bc2_sqrt(n);
   for (std::size_t i = 0; i < n; ++i) {
-    work[i] = detail::writable(params[i]);
-    gc[i] = grads[i].contiguous_data();
-    sizes[i] = params[i].numel();
     float& step_t = *static_cast<float*>(steps[i].raw_data());
     step_t += 1.0f;  // step_t += 1 (a float32 tensor in PyTorch)
     const double step = static_cast<double>(step_t);
@@ -446,7 +454,7 @@ inline void adam_step(const std::vector<Tensor>& params, const std::vector<Tenso
   }
   const bool decoupled = o.decoupled_weight_decay && o.weight_decay != 0;
   const bool coupled = !o.decoupled_weight_decay && o.weight_decay != 0;
-  detail::for_each_chunk(sizes, [&](std::size_t i, int64_t lo, int64_t hi) {
+  detail::for_each_chunk(w.sizes, [&](std::size_t i, int64_t lo, int64_t hi) {
     dispatch_float(params[i].dtype(), op, [&](auto tag) {
       using T = typename decltype(tag)::type;
       const kernels::AdamScalars<T> s{static_cast<T>(o.weight_decay), static_cast<T>(1.0 - o.lr * o.weight_decay),
@@ -454,12 +462,12 @@ inline void adam_step(const std::vector<Tensor>& params, const std::vector<Tenso
                                       static_cast<T>(1.0 - o.beta2),  static_cast<T>(bc2_sqrt[i]),
                                       static_cast<T>(o.eps),          static_cast<T>(neg_step_size[i]),
                                       coupled,                        decoupled};
-      kernels::adam_update<T>(static_cast<T*>(work[i].raw_data()), static_cast<const T*>(gc[i].raw_data()),
+      kernels::adam_update<T>(static_cast<T*>(w.params[i].raw_data()), static_cast<const T*>(w.grads[i].raw_data()),
                               static_cast<T*>(exp_avgs[i].raw_data()), static_cast<T*>(exp_avg_sqs[i].raw_data()),
                               lo, hi, s);
     });
   });
-  detail::finish_step(params, work, {&exp_avgs, &exp_avg_sqs, &steps});
+  detail::finish_step(params, w.params, {&exp_avgs, &exp_avg_sqs, &steps});
 }
 
 /// One RMSprop step (PyTorch's rule, centered=False):
@@ -491,15 +499,9 @@ inline void rmsprop_step(const std::vector<Tensor>& params, const std::vector<Te
     if (use_momentum) detail::check_like(momentum_buffers[i], params[i], op, i, "momentum buffer", true);
     detail::check_step(steps[i], op, i);
   }
-  std::vector<Tensor> work(n), gc(n);
-  std::vector<int64_t> sizes(n);
-  for (std::size_t i = 0; i < n; ++i) {
-    work[i] = detail::writable(params[i]);
-    gc[i] = grads[i].contiguous_data();
-    sizes[i] = params[i].numel();
-    *static_cast<float*>(steps[i].raw_data()) += 1.0f;
-  }
-  detail::for_each_chunk(sizes, [&](std::size_t i, int64_t lo, int64_t hi) {
+  const detail::StepWork w = detail::prepare_step(params, grads);
+  for (std::size_t i = 0; i < n; ++i) *static_cast<float*>(steps[i].raw_data()) += 1.0f;
+  detail::for_each_chunk(w.sizes, [&](std::size_t i, int64_t lo, int64_t hi) {
     dispatch_float(params[i].dtype(), op, [&](auto tag) {
       using T = typename decltype(tag)::type;
       const kernels::RMSpropScalars<T> s{static_cast<T>(o.weight_decay), static_cast<T>(o.alpha),
@@ -507,11 +509,11 @@ inline void rmsprop_step(const std::vector<Tensor>& params, const std::vector<Te
                                          static_cast<T>(o.momentum),     static_cast<T>(-o.lr),
                                          o.weight_decay != 0,            use_momentum};
       T* buf = use_momentum ? static_cast<T*>(momentum_buffers[i].raw_data()) : nullptr;
-      kernels::rmsprop_update<T>(static_cast<T*>(work[i].raw_data()), static_cast<const T*>(gc[i].raw_data()),
+      kernels::rmsprop_update<T>(static_cast<T*>(w.params[i].raw_data()), static_cast<const T*>(w.grads[i].raw_data()),
                                  static_cast<T*>(square_avgs[i].raw_data()), buf, lo, hi, s);
     });
   });
-  detail::finish_step(params, work, {&square_avgs, use_momentum ? &momentum_buffers : nullptr, &steps});
+  detail::finish_step(params, w.params, {&square_avgs, use_momentum ? &momentum_buffers : nullptr, &steps});
 }
 
 }  // namespace optim

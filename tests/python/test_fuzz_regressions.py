@@ -1,0 +1,90 @@
+"""Regression tests for the bugs the fuzzers (tests/python/fuzz/) found (issue 11).
+
+Each test names what used to happen. (clip with lo > hi and BatchNorm2d on an empty batch are in
+test_degenerate.py.)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import nablagrad as ng
+
+
+def test_tensor_from_size_one_array_with_negative_stride() -> None:
+    # was: ValueError "negative or unaligned strides" (NumPy calls such an array C-contiguous)
+    for a in (np.array([3.0])[::-1], np.zeros((1, 1))[::-1, ::-1], np.zeros((2, 0))[::-1], np.ones((0,))[::-1]):
+        t = ng.tensor(a)
+        np.testing.assert_array_equal(np.asarray(t), a)
+        s = ng.from_numpy(a)  # shares: the one element (or none) is all there is
+        np.testing.assert_array_equal(np.asarray(s), a)
+    b = np.array([[1.0, 2.0]])[::-1]  # (1, 2) with a negative stride on the length-1 axis
+    assert ng.tensor(b).numpy().tolist() == [[1.0, 2.0]]
+    assert (ng.tensor(np.array([5.0])[::-1]) @ ng.ones(1, dtype=ng.float64)).item() == 5.0
+    with pytest.raises(ValueError):
+        ng.from_numpy(np.arange(3.0)[::-1])  # a real negative stride is still refused
+
+
+def test_list_of_ints_beyond_int64_overflows() -> None:
+    # was: NumPy made float64 of [2**64 - 1, 0] and ng.tensor silently gave float32 1.8e19
+    with pytest.raises(OverflowError, match="int64"):
+        ng.tensor([2**64 - 1, 0])
+    with pytest.raises(OverflowError):
+        ng.tensor([[0, -2**64]])
+    assert ng.tensor([2**64 - 1, 0.5]).dtype == ng.float32  # a float in the list: a float tensor (PyTorch)
+    assert ng.tensor([1e30, 2.0]).dtype == ng.float32
+
+
+def test_arange_empty_with_tiny_step() -> None:
+    # was: ValueError "Maximum allowed size exceeded" (NumPy's own length count overflows)
+    assert ng.arange(0, 1, -8.3e-57).shape == (0,)
+    assert ng.arange(1, step=-1e-300).shape == (0,)
+    assert ng.arange(0.0, 0.0, 1e-300).shape == (0,)
+
+
+def test_factories_reject_non_numbers_with_type_error() -> None:
+    # was: ValueError "could not convert string to float"
+    with pytest.raises(TypeError, match="arange"):
+        ng.arange(0, 5, "a")
+    with pytest.raises(TypeError, match="arange"):
+        ng.arange("3")
+    with pytest.raises(TypeError, match="fill_value"):
+        ng.full((2,), "a")
+    assert ng.arange(ng.tensor(3)).numpy().tolist() == [0.0, 1.0, 2.0]  # a 0-d tensor is a number
+    assert ng.full((2,), np.float64(1.5)).numpy().tolist() == [1.5, 1.5]
+
+
+@pytest.mark.parametrize("make", [
+    lambda v: ng.nn.Linear(v, 2), lambda v: ng.nn.Linear(2, v), lambda v: ng.nn.Conv2d(v, 2, 3),
+    lambda v: ng.nn.LSTM(2, v), lambda v: ng.nn.GRU(2, 3, num_layers=v), lambda v: ng.nn.RNN(v, 3),
+    lambda v: ng.nn.MultiheadAttention(v, 1), lambda v: ng.nn.Embedding(v, 3), lambda v: ng.nn.BatchNorm2d(v),
+])
+def test_layer_sizes_of_the_wrong_kind_or_range(make) -> None:  # type: ignore[no-untyped-def]
+    # was: pybind11's TypeError "incompatible constructor arguments" for 2**63 (should be ValueError)
+    # and for 1.5 / None / "3" (a TypeError that did not name the argument)
+    with pytest.raises(ValueError, match="out of range"):
+        make(2**63)
+    for bad in (1.5, None, "3"):
+        with pytest.raises(TypeError, match="must be an int"):
+            make(bad)
+
+
+@pytest.mark.parametrize("opt", ["SGD", "Adam", "AdamW", "RMSprop"])
+def test_optimizer_on_zero_size_parameter_from_numpy(opt: str) -> None:
+    # was: SGD with momentum raised "its momentum buffer must be contiguous": NumPy gives a (2, 0)
+    # array strides (0, 0), and an empty tensor with odd strides counted as non-contiguous
+    p = ng.nn.Parameter(ng.tensor(np.zeros((2, 0), np.float32)))
+    kw = {"momentum": 0.9} if opt in ("SGD", "RMSprop") else {}
+    o = getattr(ng.optim, opt)([p], lr=0.1, **kw)
+    for _ in range(2):
+        p.grad = ng.tensor(np.zeros((2, 0), np.float32))
+        o.step()
+    assert p.shape == (2, 0)
+    assert ng.tensor(np.zeros((2, 0))).contiguous().shape == (2, 0)
+
+
+def test_layernorm_numpy_integer_size() -> None:
+    # was: TypeError "'numpy.int64' object is not iterable"
+    m = ng.nn.LayerNorm(np.int64(3))
+    assert m.weight.shape == (3,) and m(ng.ones(2, 3)).shape == (2, 3)
