@@ -22,7 +22,7 @@ import numpy as np
 
 from ._tensor import Tensor, float64, from_numpy, rand
 
-__all__ = ["Dataset", "TensorDataset", "DataLoader"]
+__all__ = ["Dataset", "TensorDataset", "DataLoader", "DistributedSampler"]
 
 _NATIVE = (np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.int64), np.dtype(np.bool_))
 
@@ -109,16 +109,95 @@ def _stack(values: Sequence[Any], field: int) -> Tensor:
     return from_numpy(np.stack(arrays))  # np.stack makes a fresh C-contiguous array
 
 
+def _shard(order: np.ndarray, rank: int, world: int, drop_last: bool) -> np.ndarray:
+    """Rank ``rank``'s share of ``order``: every ``world``-th index from position ``rank``, after
+    dropping the tail (``drop_last``) or padding with the first indices so that all ranks get
+    the same number of samples (PyTorch's DistributedSampler rule)."""
+    n = len(order)
+    if drop_last:
+        total = (n // world) * world
+        order = order[:total]
+    else:
+        total = -(-n // world) * world
+        if total > n and n > 0:
+            reps = -(-(total - n) // n)
+            order = np.concatenate([order] + [order] * reps)[:total]
+    return order[rank:total:world]
+
+
+class DistributedSampler:
+    """The indices of one rank's shard of a dataset, reshuffled every epoch from a seed that all
+    ranks share (so the shards of one epoch partition the data set).
+
+    ``num_replicas``/``rank`` default to ``ng.distributed``'s world size and rank. Epoch e's
+    order is a permutation drawn from ``(seed, e)``; ``set_epoch(e)`` selects it (as in
+    PyTorch), and when ``set_epoch`` is never called each new iteration moves to the next
+    epoch by itself. Without ``drop_last`` the shards are padded to equal length with the first
+    indices of the order; with it, the tail is dropped.
+    """
+
+    def __init__(self, dataset: Any, num_replicas: Optional[int] = None, rank: Optional[int] = None,
+                 shuffle: bool = True, seed: int = 0, drop_last: bool = False) -> None:
+        if num_replicas is None or rank is None:
+            from . import distributed
+            num_replicas = distributed.get_world_size() if num_replicas is None else num_replicas
+            rank = distributed.get_rank() if rank is None else rank
+        if isinstance(num_replicas, bool) or not isinstance(num_replicas, (int, np.integer)) or num_replicas < 1:
+            raise ValueError(f"DistributedSampler: num_replicas must be a positive integer, got {num_replicas!r}")
+        if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or not 0 <= rank < num_replicas:
+            raise ValueError(f"DistributedSampler: rank must be in [0, {num_replicas}), got {rank!r}")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"DistributedSampler: seed must be a non-negative integer, got {seed!r}")
+        self.n = len(dataset)
+        self.num_replicas = int(num_replicas)
+        self.rank = int(rank)
+        self.shuffle = bool(shuffle)
+        self.seed = int(seed)
+        self.drop_last = bool(drop_last)
+        self.epoch = 0
+        self._manual_epoch = False
+        self._iterated = False
+
+    def set_epoch(self, epoch: int) -> None:
+        """Selects the order of epoch ``epoch`` (the same on every rank)."""
+        self.epoch = operator.index(epoch)
+        self._manual_epoch = True
+
+    def __len__(self) -> int:
+        return self.n // self.num_replicas if self.drop_last else -(-self.n // self.num_replicas)
+
+    def indices(self) -> np.ndarray:
+        """This rank's indices for the current epoch."""
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n).astype(np.int64)
+        else:
+            order = np.arange(self.n, dtype=np.int64)
+        return _shard(order, self.rank, self.num_replicas, self.drop_last)
+
+    def __iter__(self) -> Iterator[int]:
+        if not self._manual_epoch and self._iterated:
+            self.epoch += 1
+        self._iterated = True
+        return iter(int(i) for i in self.indices())
+
+
 class DataLoader:
     """Iterates over ``dataset`` in mini-batches (tuples of Tensors).
 
     ``batch_size`` samples per batch; ``drop_last`` drops a final smaller batch; ``shuffle``
     draws a new permutation every epoch from a generator seeded by ``seed`` (None: seeded from
     nablagrad's global generator at each epoch, so ``ng.manual_seed`` makes it reproducible).
+
+    ``distributed=True`` (data-parallel training, ``ng.distributed``): each rank iterates over
+    its own shard of every epoch's order (every world-size-th sample, padded to equal length,
+    or trimmed with ``drop_last``), ``batch_size`` being the per-rank batch. The order is the
+    same on all ranks: ``seed``, or when None a seed drawn by rank 0 and shared at construction.
+    ``sampler``: an iterable of indices (a :class:`DistributedSampler`, ...) used instead of
+    ``shuffle``.
     """
 
     def __init__(self, dataset: Any, batch_size: int = 1, shuffle: bool = False, drop_last: bool = False,
-                 seed: Optional[int] = None) -> None:
+                 seed: Optional[int] = None, sampler: Optional[Any] = None, distributed: bool = False) -> None:
         if not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
             raise TypeError(f"DataLoader: dataset must have __len__ and __getitem__, got {type(dataset).__name__}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
@@ -129,11 +208,26 @@ class DataLoader:
         self.batch_size = int(batch_size)
         self.shuffle = bool(shuffle)
         self.drop_last = bool(drop_last)
+        if sampler is not None and (shuffle or distributed):
+            raise ValueError("DataLoader: sampler is exclusive with shuffle=True and distributed=True")
+        self.sampler = sampler
+        self.distributed = bool(distributed)
+        self._rank, self._world = 0, 1
+        if self.distributed:
+            from . import distributed as dist
+            self._rank, self._world = dist.get_rank(), dist.get_world_size()
+            if seed is None and self.shuffle:  # one order for all ranks: rank 0's draw
+                u = np.asarray(rand(2, dtype=float64)) if self._rank == 0 else None
+                seed = dist._broadcast_object(None if u is None else [int(x * 2.0**52) for x in u])
         self.seed = seed
         self._rng = np.random.default_rng(seed) if seed is not None else None
 
     def __len__(self) -> int:
         n = len(self.dataset)
+        if self.sampler is not None:
+            n = len(self.sampler)
+        elif self.distributed:
+            n = n // self._world if self.drop_last else -(-n // self._world)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def _order(self, n: int) -> np.ndarray:
@@ -147,8 +241,13 @@ class DataLoader:
         return rng.permutation(n).astype(np.int64, copy=False)
 
     def __iter__(self) -> Iterator[Any]:
-        n = len(self.dataset)
-        order = self._order(n)
+        if self.sampler is not None:
+            order = np.fromiter((operator.index(i) for i in self.sampler), dtype=np.int64)
+        else:
+            order = self._order(len(self.dataset))
+            if self.distributed:
+                order = _shard(order, self._rank, self._world, self.drop_last)
+        n = len(order)
         stop = (n // self.batch_size) * self.batch_size if self.drop_last else n
         gather = getattr(self.dataset, "_gather", None) if isinstance(self.dataset, TensorDataset) else None
         for start in range(0, stop, self.batch_size):

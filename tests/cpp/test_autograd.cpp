@@ -1,10 +1,13 @@
 // Autograd engine, views, broadcasting and the thread pool, from C++.
 #include <nablagrad/nablagrad.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <functional>
 #include <stdexcept>
+#include <string>
+#include <vector>
 
 #include "test_util.h"
 
@@ -322,6 +325,71 @@ void test_multi_output_nodes() {
   }
 }
 
+/// Grad-ready hooks: one call per backward, after the leaf's LAST accumulation (a leaf used
+/// several times, as an RNN weight is, has its edges counted in the discovery pass), with the
+/// final .grad visible; none for a leaf that got no gradient; callbacks after every hook.
+void test_grad_ready_hooks() {
+  Tensor w = leaf({3});
+  Tensor b = leaf({3});
+  Tensor unused = leaf({3});
+  std::vector<std::string> events;
+  std::vector<double> seen_w;  // w's .grad[0] when its hook ran
+  const uint64_t hw = register_grad_ready_hook(w, [&](const Tensor& t) {
+    CHECK(t.impl_ptr() == w.impl_ptr());
+    seen_w.push_back(grad_of(t).item_at(0));
+    events.push_back("w");
+  });
+  register_grad_ready_hook(b, [&](const Tensor&) {
+    events.push_back("b");
+    queue_backward_callback([&] { events.push_back("callback"); });
+  });
+  register_grad_ready_hook(unused, [&](const Tensor&) { events.push_back("unused"); });
+  // w used three times along a chain (h = w * (w * (w * x)) + b): three accumulations.
+  Tensor x = Tensor::full({3}, 2.0, DType::Float64);
+  Tensor h = mul(w, mul(w, mul(w, x)));
+  Tensor y = sum(add(h, b));
+  Tensor z = mul(unused, Tensor::zeros({3}, DType::Float64));  // built, not part of y's graph
+  (void)z;
+  backward(y);
+  CHECK((seen_w.size()) == (std::size_t{1}));
+  const double w0 = w.item_at(0);
+  CHECK_NEAR(seen_w[0], 3.0 * w0 * w0 * 2.0, 1e-12);  // d(2 w^3)/dw: the final value
+  CHECK_NEAR(grad_of(w).item_at(0), seen_w[0], 1e-15);
+  CHECK((events.size()) == (std::size_t{3}));
+  CHECK(events.back() == "callback");  // after every hook
+  CHECK(std::count(events.begin(), events.end(), "w") == 1);
+  CHECK(std::count(events.begin(), events.end(), "b") == 1);
+  // A node that passes no gradient to a leaf: that edge still counts, the hook does not run
+  // for a pass that delivered nothing.
+  {
+    events.clear();
+    Tensor u = leaf({2});
+    int calls = 0;
+    register_grad_ready_hook(u, [&](const Tensor&) { ++calls; });
+    Tensor out = Tensor::zeros({1}, DType::Float64);
+    record(out, "no_grad_for_u", {u}, [](const Tensor&, std::vector<Tensor>&) {});
+    backward(out);
+    CHECK((calls) == (0));
+    backward(sum(mul(u, u)));  // two edges into u from one node
+    CHECK((calls) == (1));
+    backward(u, Tensor::full({2}, 1.0, DType::Float64));  // backward from the leaf itself
+    CHECK((calls) == (2));
+  }
+  // Removal, errors, and an exception thrown by a hook ending backward.
+  CHECK(remove_grad_ready_hook(hw));
+  CHECK(!remove_grad_ready_hook(hw));
+  seen_w.clear();
+  backward(sum(mul(w, x)));
+  CHECK(seen_w.empty());
+  CHECK_THROWS(register_grad_ready_hook(mul(w, x), [](const Tensor&) {}), std::runtime_error);
+  CHECK_THROWS(register_grad_ready_hook(Tensor::zeros({2}, DType::Float64), [](const Tensor&) {}), std::runtime_error);
+  CHECK_THROWS(queue_backward_callback([] {}), std::runtime_error);  // no backward running
+  Tensor v = leaf({2});
+  register_grad_ready_hook(v, [](const Tensor&) { throw std::domain_error("hook failed"); });
+  CHECK_THROWS(backward(sum(mul(v, v))), std::domain_error);
+  CHECK_THROWS(queue_backward_callback([] {}), std::runtime_error);  // the scope was unwound
+}
+
 }  // namespace
 
 int main() {
@@ -340,5 +408,6 @@ int main() {
   RUN_TEST(test_saved_tensor_versions);
   RUN_TEST(test_node_gradients_checked);
   RUN_TEST(test_multi_output_nodes);
+  RUN_TEST(test_grad_ready_hooks);
   return test_util::finish();
 }

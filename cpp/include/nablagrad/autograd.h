@@ -13,9 +13,21 @@
 // Closures must capture only `alias()`es of tensors (no grad_fn), never a tensor that owns
 // the node itself, so the graph has no reference cycles. Node destruction is iterative too,
 // so a 10^5-node chain is freed without deep recursion.
+//
+// Grad-ready hooks (what data-parallel training overlaps its communication with): a hook
+// registered on a leaf with register_grad_ready_hook() runs once per backward() that
+// accumulates into that leaf, right after its LAST accumulation of the pass, i.e. as soon as
+// its .grad is final, while the rest of the graph is still being differentiated. A leaf used
+// several times in one graph (RNN weights, tied embeddings) is accumulated several times: the
+// discovery pass counts its edges, and the hook fires when the last one has delivered.
+// queue_backward_callback() runs a function once when the current backward() has finished.
 #pragma once
 
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
 #include <functional>
+#include <iterator>
 #include <memory>
 #include <mutex>
 #include <stdexcept>
@@ -240,6 +252,166 @@ inline void accumulate_leaf(TensorImpl& leaf, Tensor g) {
 }
 }  // namespace detail
 
+// ---------------------------------------------------------------------------------------
+// Grad-ready hooks and post-backward callbacks (see the top of this file).
+// ---------------------------------------------------------------------------------------
+
+/// Called with the leaf once its .grad is final for the running backward() (the leaf's own
+/// handle: read leaf.grad(), never write the leaf). It runs on the thread running backward(),
+/// between two nodes; an exception it throws ends that backward() and propagates.
+using GradReadyHook = std::function<void(const Tensor& leaf)>;
+
+namespace detail {
+/// The hooks of every leaf, keyed by its TensorImpl (TensorImpl itself stays hook-free: a
+/// side table costs nothing to tensors that never get one). An entry whose leaf died is
+/// stale (the address may be reused): it is recognised by its expired weak_ptr and pruned.
+struct GradReadyHookTable {
+  struct Entry {
+    std::weak_ptr<TensorImpl> leaf;
+    uint64_t id;
+    std::shared_ptr<const GradReadyHook> fn;
+  };
+  std::mutex mutex;
+  std::unordered_map<const TensorImpl*, std::vector<Entry>> by_leaf;
+  std::atomic<std::size_t> count{0};  // registered entries; 0 lets backward skip all bookkeeping
+  uint64_t next_id = 1;
+};
+inline GradReadyHookTable& grad_ready_hook_table() {
+  static GradReadyHookTable* table = new GradReadyHookTable();  // never destroyed: hooks may own
+  return *table;                                                // Python objects at exit
+}
+
+/// The hooks of `leaf` (copied out, so they run without the table's lock held).
+inline std::vector<std::shared_ptr<const GradReadyHook>> grad_ready_hooks_of(const std::shared_ptr<TensorImpl>& leaf) {
+  std::vector<std::shared_ptr<const GradReadyHook>> fns;
+  GradReadyHookTable& t = grad_ready_hook_table();
+  std::lock_guard<std::mutex> lock(t.mutex);
+  auto it = t.by_leaf.find(leaf.get());
+  if (it == t.by_leaf.end()) return fns;
+  for (const auto& e : it->second)
+    if (e.leaf.lock() == leaf) fns.push_back(e.fn);
+  return fns;
+}
+
+/// The callbacks queued during the backward() running on this thread (null outside one).
+inline std::vector<std::function<void()>>*& backward_callbacks() {
+  static thread_local std::vector<std::function<void()>>* current = nullptr;
+  return current;
+}
+}  // namespace detail
+
+/// Registers `fn` to run once per backward() that accumulates into `leaf` (a tensor that
+/// requires grad and has no grad_fn), right after its last accumulation of that pass.
+/// Returns a handle for remove_grad_ready_hook(). Throws std::runtime_error for a non-leaf
+/// or a tensor that does not require grad, std::invalid_argument for an empty fn.
+inline uint64_t register_grad_ready_hook(const Tensor& leaf, GradReadyHook fn) {
+  if (!leaf.defined() || !leaf.requires_grad() || leaf.impl().grad_fn)
+    throw std::runtime_error("register_grad_ready_hook: the tensor must be a leaf that requires grad");
+  if (!fn) throw std::invalid_argument("register_grad_ready_hook: empty hook");
+  auto shared = std::make_shared<const GradReadyHook>(std::move(fn));
+  std::vector<detail::GradReadyHookTable::Entry> stale;  // destroyed after the lock (hooks may own
+  detail::GradReadyHookTable& t = detail::grad_ready_hook_table();  // objects whose deleter locks)
+  std::lock_guard<std::mutex> lock(t.mutex);
+  for (auto it = t.by_leaf.begin(); it != t.by_leaf.end();) {  // prune the hooks of dead leaves
+    auto& v = it->second;
+    for (auto& e : v)
+      if (e.leaf.expired()) stale.push_back(std::move(e));
+    v.erase(std::remove_if(v.begin(), v.end(), [](const auto& e) { return !e.fn; }), v.end());
+    it = v.empty() ? t.by_leaf.erase(it) : std::next(it);
+  }
+  const uint64_t id = t.next_id++;
+  t.by_leaf[leaf.impl_ptr().get()].push_back({leaf.impl_ptr(), id, std::move(shared)});
+  std::size_t n = 0;
+  for (const auto& kv : t.by_leaf) n += kv.second.size();
+  t.count.store(n);
+  return id;
+}
+
+/// Removes a hook registered by register_grad_ready_hook(); false when there is none with
+/// that handle (already removed). A backward() already running may still call it once.
+inline bool remove_grad_ready_hook(uint64_t id) {
+  std::shared_ptr<const GradReadyHook> removed;  // destroyed after the lock
+  detail::GradReadyHookTable& t = detail::grad_ready_hook_table();
+  std::lock_guard<std::mutex> lock(t.mutex);
+  for (auto it = t.by_leaf.begin(); it != t.by_leaf.end(); ++it) {
+    auto& v = it->second;
+    for (auto e = v.begin(); e != v.end(); ++e) {
+      if (e->id != id) continue;
+      removed = std::move(e->fn);
+      v.erase(e);
+      if (v.empty()) t.by_leaf.erase(it);
+      t.count.fetch_sub(1);
+      return true;
+    }
+  }
+  return false;
+}
+
+/// Queues `fn` to run once when the backward() running on this thread has finished (every
+/// gradient accumulated, every grad-ready hook run), in the order queued; a callback may
+/// queue more. Callbacks of a backward() that throws are dropped. Call it from a grad-ready
+/// hook or a node's backward; outside backward() it throws std::runtime_error.
+inline void queue_backward_callback(std::function<void()> fn) {
+  std::vector<std::function<void()>>* queue = detail::backward_callbacks();
+  if (!queue) throw std::runtime_error("queue_backward_callback: no backward() is running on this thread");
+  queue->push_back(std::move(fn));
+}
+
+namespace detail {
+/// backward()'s bookkeeping of grad-ready hooks: how many edges still lead into each leaf
+/// (counted in the discovery pass) and whether it received a gradient in this pass.
+class LeafReadiness {
+ public:
+  explicit LeafReadiness(bool enabled) : enabled_(enabled) {}
+  bool enabled() const { return enabled_; }
+  void count_edge(const std::shared_ptr<TensorImpl>& leaf) {
+    if (enabled_) ++state_[leaf.get()].remaining;
+  }
+  /// One edge into `leaf` has delivered (`accumulated`: with a gradient); runs its hooks
+  /// when that was the last edge and some gradient arrived.
+  void edge_done(const std::shared_ptr<TensorImpl>& leaf, bool accumulated) {
+    if (!enabled_) return;
+    State& s = state_[leaf.get()];
+    s.accumulated = s.accumulated || accumulated;
+    if (--s.remaining == 0 && s.accumulated) run_hooks(leaf);
+  }
+  static void run_hooks(const std::shared_ptr<TensorImpl>& leaf) {
+    if (grad_ready_hook_table().count.load() == 0) return;
+    const Tensor handle(leaf);
+    for (const auto& fn : grad_ready_hooks_of(leaf)) (*fn)(handle);
+  }
+
+ private:
+  struct State {
+    int remaining = 0;
+    bool accumulated = false;
+  };
+  bool enabled_;
+  std::unordered_map<const TensorImpl*, State> state_;
+};
+
+/// Installs this backward()'s callback queue on the thread (restoring an enclosing one's).
+class BackwardCallbackScope {
+ public:
+  BackwardCallbackScope() : previous_(backward_callbacks()) { backward_callbacks() = &queue_; }
+  ~BackwardCallbackScope() { backward_callbacks() = previous_; }
+  BackwardCallbackScope(const BackwardCallbackScope&) = delete;
+  BackwardCallbackScope& operator=(const BackwardCallbackScope&) = delete;
+  /// Runs the queued callbacks (and those they queue), then uninstalls the queue.
+  void run() {
+    for (std::size_t i = 0; i < queue_.size(); ++i) {
+      std::function<void()> fn = std::move(queue_[i]);
+      fn();
+    }
+    queue_.clear();
+  }
+
+ private:
+  std::vector<std::function<void()>> queue_;
+  std::vector<std::function<void()>>* previous_;
+};
+}  // namespace detail
+
 /// Back-propagates from `root` with output gradient `grad` (undefined: root must have one
 /// element and the gradient is 1). Accumulates into the .grad of the leaves.
 inline void backward(const Tensor& root, Tensor grad = Tensor(), bool retain_graph = false) {
@@ -259,12 +431,17 @@ inline void backward(const Tensor& root, Tensor grad = Tensor(), bool retain_gra
     grad = converted;
   }
   NoGradGuard no_grad;
+  detail::BackwardCallbackScope callbacks;
   const std::shared_ptr<Node>& root_node = root.impl().grad_fn;
   if (!root_node) {  // a leaf
     detail::accumulate_leaf(root.impl(), std::move(grad));
+    detail::LeafReadiness::run_hooks(root.impl_ptr());
+    callbacks.run();
     return;
   }
-  // 1. Discover the graph and count consumers (iteratively).
+  // 1. Discover the graph and count consumers (iteratively), and the edges into each leaf
+  //    when grad-ready hooks exist.
+  detail::LeafReadiness leaves(detail::grad_ready_hook_table().count.load() != 0);
   std::unordered_map<Node*, int> consumers;
   std::vector<Node*> stack{root_node.get()};
   consumers[root_node.get()] = 0;
@@ -276,6 +453,7 @@ inline void backward(const Tensor& root, Tensor grad = Tensor(), bool retain_gra
                                n->name + "'); its saved tensors were freed. Pass retain_graph=True to the first backward call.");
     detail::check_saved_versions(*n);  // all nodes are checked before any gradient is written
     for (const Edge& e : n->next) {
+      if (e.leaf) leaves.count_edge(e.leaf);
       if (!e.node) continue;
       auto it = consumers.find(e.node.get());
       if (it == consumers.end()) {
@@ -322,9 +500,12 @@ inline void backward(const Tensor& root, Tensor grad = Tensor(), bool retain_gra
       if (!e.active()) continue;
       Tensor& gi = input_grads[i];
       if (e.leaf) {
-        if (!gi.defined()) continue;
-        detail::check_grad(gi, *e.leaf, n->name);
-        detail::accumulate_leaf(*e.leaf, std::move(gi));
+        const bool delivered = gi.defined();
+        if (delivered) {
+          detail::check_grad(gi, *e.leaf, n->name);
+          detail::accumulate_leaf(*e.leaf, std::move(gi));
+        }
+        leaves.edge_done(e.leaf, delivered);  // the leaf's last edge: its grad-ready hooks run
         continue;
       }
       Node* child = e.node.get();
@@ -344,6 +525,7 @@ inline void backward(const Tensor& root, Tensor grad = Tensor(), bool retain_gra
       n->released = true;
     }
   }
+  callbacks.run();
 }
 
 }  // namespace nablagrad

@@ -1,7 +1,8 @@
 """Train a CNN, an LSTM or a small transformer on the shipped 8x8 digits.
 
     python -m nablagrad.demo [--model cnn|lstm|transformer] [--epochs N] [--threads T]
-                             [--out DIR] [--resume PATH] [--seed S]
+                             [--out DIR] [--resume PATH] [--seed S] [--distributed]
+    mpiexec -n 2 python -m nablagrad.demo --distributed      # data parallel over 2 processes
 
 The 1,797 digits are split 80/20 (train / held-out test) by a permutation drawn from --seed;
 training is Adam on cross-entropy with a cosine-decayed learning rate.
@@ -10,6 +11,9 @@ draws from nablagrad's generator reseeded the same way, so a run resumed from a 
 continues exactly as the uninterrupted run would have. Writes OUT/digits_<model>.safetensors
 (model and Adam state, epoch, history; ``ng.load`` reads it back) and OUT/digits_<model>.png
 (loss and accuracy per epoch and a grid of misclassified test digits).
+With --distributed (under mpiexec), every rank trains a DistributedDataParallel replica on its
+shard of each epoch (--batch-size samples per rank); rank 0 alone prints and writes the files,
+which are the same as a single-process run's (the plain model's weights).
 """
 
 from __future__ import annotations
@@ -224,9 +228,10 @@ class _Progress:
     """A tqdm bar over all training steps when tqdm is installed and stderr is a terminal,
     else nothing; per-epoch summary lines go through ``write`` either way."""
 
-    def __init__(self, total: int, initial: int, desc: str) -> None:
+    def __init__(self, total: int, initial: int, desc: str, enabled: bool = True) -> None:
         self.bar = None
-        if sys.stderr.isatty():
+        self.enabled = enabled
+        if enabled and sys.stderr.isatty():
             try:
                 from tqdm import tqdm
             except ImportError:
@@ -242,7 +247,7 @@ class _Progress:
     def write(self, line: str) -> None:
         if self.bar is not None:
             self.bar.write(line)
-        else:
+        elif self.enabled:
             print(line, flush=True)
 
     def close(self) -> None:
@@ -266,6 +271,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     ap.add_argument("--resume", metavar="PATH", default=None,
                     help="continue from a checkpoint written by this demo (model, optimizer, epoch)")
     ap.add_argument("--seed", type=int, default=None, help="seed of the split, init and shuffling (default 0)")
+    ap.add_argument("--distributed", action="store_true",
+                    help="data parallel over the ranks of an MPI launch (mpiexec -n 2 python -m nablagrad.demo "
+                    "--distributed); --batch-size is per rank; rank 0 prints and writes")
     args = ap.parse_args(argv)
     if args.epochs is not None and args.epochs < 1:
         ap.error("--epochs must be >= 1")
@@ -301,6 +309,14 @@ def run(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     lr = args.lr if args.lr is not None else defaults["lr"]
     if args.threads is not None:
         ng.set_num_threads(args.threads)
+    rank, world = 0, 1
+    if args.distributed:
+        ng.distributed.init()
+        rank, world = ng.distributed.get_rank(), ng.distributed.get_world_size()
+
+    def say(line: str) -> None:  # rank 0 alone speaks
+        if rank == 0:
+            print(line, flush=True)
 
     x_train, y_train, x_test, y_test = split_digits(seed)
     ng.manual_seed(seed)
@@ -316,26 +332,32 @@ def run(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         start_epoch = int(ckpt["epoch"])
         history = {k: [float(v) for v in ckpt["history"][k]] for k in history}
     n_params = sum(int(p.numel()) for p in model.parameters())
-    print(f"digits: {len(y_train)} train / {len(y_test)} held-out test images {x_train.shape[1:]} (NHWC); "
-          f"model {model_name} ({n_params:,} parameters); {ng.get_num_threads()} threads", flush=True)
+    say(f"digits: {len(y_train)} train / {len(y_test)} held-out test images {x_train.shape[1:]} (NHWC); "
+        f"model {model_name} ({n_params:,} parameters); {ng.get_num_threads()} threads" +
+        (f"; data parallel over {world} ranks of {batch_size} samples" if args.distributed else ""))
     if ckpt is not None:
-        print(f"resumed from {args.resume} at epoch {start_epoch}", flush=True)
+        say(f"resumed from {args.resume} at epoch {start_epoch}")
     if start_epoch >= epochs:
-        print(f"the checkpoint is at epoch {start_epoch} >= --epochs {epochs}: nothing to train", flush=True)
+        say(f"the checkpoint is at epoch {start_epoch} >= --epochs {epochs}: nothing to train")
 
     train_set = ng.data.TensorDataset(x_train, y_train)
-    steps = math.ceil(len(y_train) / batch_size)
-    progress = _Progress(total=max(epochs, start_epoch) * steps, initial=start_epoch * steps, desc=model_name)
+    steps = math.ceil(math.ceil(len(y_train) / world) / batch_size)
+    progress = _Progress(total=max(epochs, start_epoch) * steps, initial=start_epoch * steps, desc=model_name,
+                         enabled=rank == 0)
+    trained = model  # what the optimizer steps and the checkpoint stores: the plain model
+    if args.distributed:
+        model = nn.parallel.DistributedDataParallel(trained)
     model.train()
     try:
         for epoch in range(start_epoch + 1, epochs + 1):
-            ng.manual_seed(_epoch_seed(seed, epoch))  # dropout draws: reproducible across --resume
+            # dropout draws: reproducible across --resume (and different on each rank)
+            ng.manual_seed(_epoch_seed(seed, epoch) if world == 1 else _epoch_seed(seed * 1000 + rank, epoch))
             for group in opt.param_groups:  # cosine decay of the learning rate over the epochs
                 group["lr"] = cosine_lr(lr, epoch, epochs)
             t0 = time.perf_counter()
             loss_sum, correct, seen = 0.0, 0, 0
             loader = ng.data.DataLoader(train_set, batch_size=batch_size, shuffle=True,
-                                        seed=_epoch_seed(seed, epoch))
+                                        seed=_epoch_seed(seed, epoch), distributed=args.distributed)
             for xb, yb in loader:
                 logits = model(xb)
                 loss = F.cross_entropy(logits, yb)
@@ -349,8 +371,12 @@ def run(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                 rate = seen / max(time.perf_counter() - t0, 1e-9)
                 progress.update(1, {"epoch": f"{epoch}/{epochs}", "loss": f"{loss_sum / seen:.4f}",
                                     "acc": f"{correct / seen:.3f}", "samples/s": f"{rate:.0f}"})
+            if world > 1:  # the epoch's totals over all ranks
+                totals = ng.tensor(np.array([loss_sum, correct, seen], dtype=np.float64))
+                summed = np.asarray(ng.distributed.all_reduce(totals))
+                loss_sum, correct, seen = float(summed[0]), int(summed[1]), int(summed[2])
             seconds = time.perf_counter() - t0
-            test_acc = float(np.mean(predict(model, x_test) == y_test))
+            test_acc = float(np.mean(predict(trained, x_test) == y_test))
             history["train_loss"].append(loss_sum / seen)
             history["train_acc"].append(correct / seen)
             history["test_acc"].append(test_acc)
@@ -360,10 +386,14 @@ def run(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     finally:
         progress.close()
 
-    pred = predict(model, x_test)
+    pred = predict(trained, x_test)
     acc = float(np.mean(pred == y_test))
     train_seconds = float(sum(history["seconds"]))
     done = max(epochs, start_epoch)
+    model = trained
+    if rank != 0:  # rank 0 alone writes the files
+        return {"model": model_name, "accuracy": acc, "epochs": done, "seconds": train_seconds,
+                "weights": None, "figure": None, "rank": rank}
     os.makedirs(args.out, exist_ok=True)
     weights = os.path.join(args.out, f"digits_{model_name}.safetensors")
     figure = os.path.join(args.out, f"digits_{model_name}.png")

@@ -22,3 +22,5 @@ __all__ = [
 ]
 __all__ += ["MultiheadAttention"]
 __all__ += ["RNN", "LSTM", "GRU"]
+from . import parallel  # noqa: E402  (DistributedDataParallel)
+__all__ += ["parallel"]
