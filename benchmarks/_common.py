@@ -1,59 +1,25 @@
-"""Shared timing helpers for the benchmarks: alternate the contenders, take medians."""
+"""Shared timing helpers for the benchmark scripts: re-exported from the package's
+``nablagrad.benchmark._common`` (``python -m nablagrad.benchmark`` runs the same code).
+
+A dev site laid out before the package had ``nablagrad/benchmark`` (scripts/dev_build.sh links
+the files that existed when it ran) does not have the module: it is then loaded from this
+checkout's python/ folder, so the scripts keep working.
+"""
 
 from __future__ import annotations
 
-import platform
-import statistics
-import time
-from typing import Callable, Dict, List
+try:
+    from nablagrad.benchmark._common import (  # noqa: F401
+        alternate, cpu_model, load_average, machine_line, race, simd_level, time_call, try_import_torch)
+except ImportError:  # pragma: no cover - stale dev site
+    import importlib.util
+    import os
 
-
-def time_call(fn: Callable[[], object], min_time: float = 0.05) -> float:
-    """Seconds per call of fn, averaged over enough calls to last about min_time."""
-    fn()
-    n = 1
-    while True:
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fn()
-        dt = time.perf_counter() - t0
-        if dt >= min_time:
-            return dt / n
-        n *= 2 if dt <= 0 else max(2, int(min_time / dt * 1.2))
-
-
-def race(contenders: Dict[str, Callable[[], object]], rounds: int = 7, min_time: float = 0.05,
-         settle: float = 0.2) -> Dict[str, float]:
-    """Median seconds per call for each contender, measured in alternation (same run).
-
-    Each contender's block starts after a `settle` pause: OpenBLAS's and PyTorch's worker
-    threads keep spinning for a while after a call and would otherwise steal the second
-    core from whichever library runs next.
-    """
-    samples: Dict[str, List[float]] = {k: [] for k in contenders}
-    for _ in range(rounds):
-        for name, fn in contenders.items():
-            if settle > 0:
-                time.sleep(settle)
-            samples[name].append(time_call(fn, min_time))
-    return {k: statistics.median(v) for k, v in samples.items()}
-
-
-def try_import_torch():  # type: ignore[no-untyped-def]
-    try:
-        import torch
-    except ImportError:
-        return None
-    return torch
-
-
-def cpu_model() -> str:
-    """The CPU's model name (printed beside every result; machines here differ)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+    _path = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "python", "nablagrad", "benchmark",
+                         "_common.py")
+    _spec = importlib.util.spec_from_file_location("_nablagrad_benchmark_common", _path)
+    assert _spec is not None and _spec.loader is not None
+    _mod = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(_mod)
+    alternate, cpu_model, load_average, machine_line = _mod.alternate, _mod.cpu_model, _mod.load_average, _mod.machine_line
+    race, simd_level, time_call, try_import_torch = _mod.race, _mod.simd_level, _mod.time_call, _mod.try_import_torch

@@ -143,6 +143,8 @@ void bind_rnn(py::module_& m);  // bind_rnn.cpp: _core.nn.RNN/LSTM/GRU and the f
 void bind_identity(py::module_& m);  // bind_identity.cpp: Tensor identity helpers
 void bind_optim(py::module_& m);  // bind_optim.cpp: in-place ops and fused optimizer steps
 void bind_attention(py::module_& m);  // bind_attention.cpp: scaled_dot_product_attention, _core.nn.MultiheadAttention
+void bind_dlpack(py::module_& m);  // bind_dlpack.cpp: Tensor.__dlpack__, _from_dlpack_capsule
+void bind_hooks(py::module_& m);  // bind_hooks.cpp: grad-ready hooks, backward callbacks, _bump_version
 
 }  // namespace bindings
 }  // namespace nablagrad

@@ -50,16 +50,19 @@ Tensor share_numpy(py::array arr, DType dt, bool writable) {
     throw py::value_error("from_numpy: the array's data is not aligned to its item size; "
                           "pass np.ascontiguousarray(a) or ng.tensor(a) to copy it");
   Shape shape(arr.ndim()), strides(arr.ndim());
+  const bool empty = arr.size() == 0;
   for (py::ssize_t i = 0; i < arr.ndim(); ++i) {
     shape[i] = arr.shape(i);
     const int64_t st = arr.strides(i);
-    if (st < 0 || st % item != 0)
+    // The stride of an axis of length 1 (or of an empty array) is never used: NumPy calls
+    // np.zeros(1)[::-1] C-contiguous, so ng.tensor and from_numpy accept it.
+    if (shape[i] > 1 && !empty && (st < 0 || st % item != 0))
       throw py::value_error("from_numpy: arrays with negative or unaligned strides cannot be shared; "
                             "pass np.ascontiguousarray(a)");
     strides[i] = shape[i] == 1 ? 0 : st / item;
   }
   for (py::ssize_t i = 0; i < arr.ndim(); ++i)
-    if (shape[i] == 1) strides[i] = contiguous_strides(shape)[i];
+    if (shape[i] == 1 || empty) strides[i] = contiguous_strides(shape)[i];
   auto owner = std::shared_ptr<void>(new py::object(arr), [](void* p) {
     py::gil_scoped_acquire gil;
     delete static_cast<py::object*>(p);
@@ -458,8 +461,7 @@ void bind_math_ops(py::module_& m) {
                              std::string(py::str(py::type::of(*b).attr("__name__"))));
     const double nan = std::numeric_limits<double>::quiet_NaN();
     const double l = lo.is_none() ? nan : lo.cast<double>(), h = hi.is_none() ? nan : hi.cast<double>();
-    if (!lo.is_none() && !hi.is_none() && l > h)
-      throw std::invalid_argument("clip: lower bound " + std::to_string(l) + " exceeds upper bound " + std::to_string(h));
+    // lo > hi is allowed and gives hi everywhere (gradient 0), as NumPy and PyTorch.
     return clip(x, l, h);
   };
   cls.def("clip", clip_fn, py::arg("lo") = py::none(), py::arg("hi") = py::none());
@@ -555,4 +557,6 @@ PYBIND11_MODULE(_core, m) {
   nb::bind_layers(m);
   nb::bind_rnn(m);  // after bind_layers: adds to _core.nn
   nb::bind_attention(m);  // after bind_layers: adds to _core.nn
+  nb::bind_dlpack(m);
+  nb::bind_hooks(m);
 }

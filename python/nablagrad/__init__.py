@@ -79,8 +79,11 @@ def stack(tensors: Iterable[Tensor], axis: int = 0) -> Tensor:
 
 from . import autograd, functional, nn, optim  # noqa: E402
 from . import data  # noqa: E402
+from . import backends  # noqa: E402  (ng.backends.conv_algorithm)
+from . import distributed  # noqa: E402  (MPI is touched only by distributed.init())
 from . import onnx  # noqa: E402  (ng.onnx.export; the onnx package is imported on first use)
 from .io import load, save  # noqa: E402
+from .dlpack import from_dlpack  # noqa: E402  (Tensor.__dlpack__ is bound in C++)
 
 __version__ = "0.1.0"
 
@@ -91,4 +94,7 @@ __all__ = [
     "functional", "autograd", "nn", "optim",
     "data", "save", "load", "get_include",
 ]
+__all__ += ["distributed"]
+__all__ += ["backends"]
 __all__ += ["onnx"]
+__all__ += ["from_dlpack"]
