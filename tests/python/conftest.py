@@ -11,7 +11,8 @@ the gradients against finite differences (``ng.autograd.gradcheck``) in float64.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence
+import contextlib
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import pytest
@@ -22,6 +23,30 @@ Shapes = Sequence[Sequence[int]]
 
 # Every SIMD level the kernels have, lowest first; tests run each one this CPU supports.
 SIMD_LEVELS = ["portable", "avx2", "avx512"]
+
+
+@contextlib.contextmanager
+def threads(n: int) -> Iterator[None]:
+    """Runs the block with `n` pool threads, restoring the previous count."""
+    old = ng.get_num_threads()
+    ng.set_num_threads(n)
+    try:
+        yield
+    finally:
+        ng.set_num_threads(old)
+
+
+@contextlib.contextmanager
+def simd(level: str) -> Iterator[None]:
+    """Runs the block at SIMD level `level`, restoring the previous one."""
+    from nablagrad import _core
+
+    old = _core._simd_level()
+    _core._set_simd_level(level)
+    try:
+        yield
+    finally:
+        _core._set_simd_level(old)
 
 
 def require_simd(level: str) -> None:

@@ -7,7 +7,6 @@ The oracle is ``_core.conv2d_reference`` / ``_core.conv2d_reference_backward``
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 from typing import Any, Iterator, Tuple
 
@@ -17,31 +16,11 @@ import pytest
 import nablagrad as ng
 import nablagrad.functional as F
 from nablagrad import _core
-from conftest import SIMD_LEVELS, check_torch, require_simd
+from conftest import SIMD_LEVELS, check_torch, require_simd, simd, threads
 
 # ---------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def threads(n: int) -> Iterator[None]:
-    old = ng.get_num_threads()
-    ng.set_num_threads(n)
-    try:
-        yield
-    finally:
-        ng.set_num_threads(old)
-
-
-@contextlib.contextmanager
-def simd(level: str) -> Iterator[None]:
-    old = _core._simd_level()
-    _core._set_simd_level(level)
-    try:
-        yield
-    finally:
-        _core._set_simd_level(old)
 
 
 def resolve_pads(padding: Any, fh: int, fw: int) -> Tuple[int, int, int, int]:

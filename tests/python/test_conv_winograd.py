@@ -17,7 +17,7 @@ import pytest
 
 import nablagrad as ng
 from nablagrad import _core
-from conftest import SIMD_LEVELS, require_simd
+from conftest import SIMD_LEVELS, require_simd, simd, threads
 
 
 @contextlib.contextmanager
@@ -28,26 +28,6 @@ def algorithm(name: str) -> Iterator[None]:
         yield
     finally:
         ng.backends.conv_algorithm = old
-
-
-@contextlib.contextmanager
-def threads(n: int) -> Iterator[None]:
-    old = ng.get_num_threads()
-    ng.set_num_threads(n)
-    try:
-        yield
-    finally:
-        ng.set_num_threads(old)
-
-
-@contextlib.contextmanager
-def simd(level: str) -> Iterator[None]:
-    old = _core._simd_level()
-    _core._set_simd_level(level)
-    try:
-        yield
-    finally:
-        _core._set_simd_level(old)
 
 
 Pads = Tuple[int, int, int, int]
