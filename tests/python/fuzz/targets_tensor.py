@@ -789,7 +789,9 @@ def shape_ops(data: st.DataObject) -> None:
         expect_error(call, SHAPE, "bad expand")
         return
     numel = int(np.prod(tgt, dtype=object)) if tgt else 1
-    if numel > 2**62:
+    nonzero = int(np.prod([max(v, 1) for v in tgt], dtype=object)) if tgt else 1
+    if numel > 2**62 or nonzero >= 2**63:
+        # (shapes are checked on the product of their nonzero sides, as factories and reshape do)
         expect_error(call, SHAPE, "expand beyond int64")
         return
     r = expect_ok(call)
