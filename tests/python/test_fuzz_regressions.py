@@ -88,3 +88,31 @@ def test_layernorm_numpy_integer_size() -> None:
     # was: TypeError "'numpy.int64' object is not iterable"
     m = ng.nn.LayerNorm(np.int64(3))
     assert m.weight.shape == (3,) and m(ng.ones(2, 3)).shape == (2, 3)
+
+
+def test_permute_checks_the_range_before_repeats() -> None:
+    # was: ValueError "not a permutation (repeated axis 0)" for dims (0, 0, 3) on a 3-d tensor;
+    # NumPy and PyTorch report the out-of-range axis first (IndexError)
+    t = ng.zeros(1, 2, 3)
+    with pytest.raises(IndexError, match="out of range"):
+        t.permute(0, 0, 3)
+    with pytest.raises(ValueError, match="repeated axis"):
+        t.permute(0, 0, 2)
+
+
+def test_empty_ellipsis_separates_advanced_indices() -> None:
+    # was: x[None, 0, ..., [1, 2]] of shape (1, 2); NumPy counts an Ellipsis that stands for no
+    # axis as a separator too, so the integer and the list are not adjacent: index dims first
+    x = np.arange(6.0).reshape(2, 3)
+    for idx in ((None, 0, Ellipsis, [1, 2]), (0, Ellipsis, [1, 2]), (None, Ellipsis, 0, [1, 2])):
+        r = ng.tensor(x)[idx]
+        np.testing.assert_array_equal(r.numpy(), x[tuple(np.asarray(p) if isinstance(p, list) else p for p in idx)])
+    assert ng.tensor(np.zeros((1, 0)))[None, 0, ..., []].shape == (0, 1)
+    y = np.arange(24.0).reshape(2, 3, 4)
+    np.testing.assert_array_equal(ng.tensor(y)[None, 0, ..., [1, 2]].numpy(), y[None, 0, ..., np.array([1, 2])])
+    # and assignment through the same index
+    t = ng.tensor(x.copy())
+    t[None, 0, ..., [1, 2]] = ng.tensor([[7.0], [8.0]])
+    ref = x.copy()
+    ref[None, 0, ..., np.array([1, 2])] = np.array([[7.0], [8.0]])
+    np.testing.assert_array_equal(t.numpy(), ref)

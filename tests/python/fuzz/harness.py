@@ -156,6 +156,22 @@ def assert_array(got: Any, ref: Any, rtol: float = 1e-6, atol: float = 1e-6, dty
             fail(f"{what}: max error {err[k]:.3g} (tol {tol[k]:.3g}); got {_short(g)} expected {_short(r)}")
 
 
+def _counted(inner: Callable[..., None], name: str) -> Callable[..., None]:
+    """Wraps a target's body so that its calls are counted.
+
+    derandomize=True seeds each target from a digest of this wrapper's source and signature,
+    so the signature must not hold anything whose repr varies between processes (a default
+    argument bound to a function prints its address), and the target's name is added to the
+    digest so that targets do not all draw the same sequence.
+    """
+    def counted(*a: Any, **k: Any) -> None:
+        _COUNT["n"] += 1
+        inner(*a, **k)
+    counted._counted = True  # type: ignore[attr-defined]
+    counted._hypothesis_internal_add_digest = name.encode()  # type: ignore[attr-defined]
+    return counted
+
+
 def main(module_targets: Sequence[str] = ()) -> None:
     """Runs the registered targets (all, or those named on the command line)."""
     faulthandler.enable()
@@ -174,11 +190,7 @@ def main(module_targets: Sequence[str] = ()) -> None:
         n_run = max(1, int(n * SCALE))
         inner = fn.hypothesis.inner_test  # type: ignore[attr-defined]
         if not getattr(inner, "_counted", False):
-            def counted(*a: Any, _inner: Callable[..., None] = inner, **k: Any) -> None:
-                _COUNT["n"] += 1
-                _inner(*a, **k)
-            counted._counted = True  # type: ignore[attr-defined]
-            fn.hypothesis.inner_test = counted  # type: ignore[attr-defined]
+            fn.hypothesis.inner_test = _counted(inner, name)  # type: ignore[attr-defined]
         wrapped = settings(max_examples=n_run, deadline=None, derandomize=True, database=None,
                            suppress_health_check=list(HealthCheck),
                            phases=(Phase.explicit, Phase.generate, Phase.shrink), print_blob=False)(fn)

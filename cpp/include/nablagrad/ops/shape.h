@@ -224,8 +224,8 @@ inline Tensor permute(const Tensor& x, const std::vector<int64_t>& dims) {
     throw std::invalid_argument("permute: got " + std::to_string(dims.size()) + " dims " + shape_str(dims) +
                                 " for a tensor of shape " + shape_str(x.shape()));
   std::vector<int64_t> perm(nd), inverse(nd, -1);
+  for (int64_t i = 0; i < nd; ++i) perm[i] = normalize_axis(dims[i], nd, "permute");  // range first, as NumPy
   for (int64_t i = 0; i < nd; ++i) {
-    perm[i] = normalize_axis(dims[i], nd, "permute");
     if (inverse[perm[i]] >= 0)
       throw std::invalid_argument("permute: dims " + shape_str(dims) + " are not a permutation (repeated axis " +
                                   std::to_string(dims[i]) + ")");
@@ -481,7 +481,7 @@ inline ResolvedIndex resolve_index(const Shape& in, const std::vector<TensorInde
         break;
       case K::Ellipsis:
         for (int64_t k = 0, n = nd - consumed; k < n; ++k) full(dim++);
-        if (nd - consumed > 0) ++position;
+        ++position;  // separates advanced entries even when it stands for no axis (as NumPy)
         break;
       case K::Array: {
         const Tensor& t = it.tensor;
