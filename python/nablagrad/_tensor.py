@@ -272,10 +272,23 @@ def arange(start: float, stop: Optional[float] = None, step: float = 1, dtype: A
     if length > _INT64_MAX:
         raise ValueError(f"arange: start={start}, stop={stop}, step={step} gives {length} elements, "
                          "more than int64 can count")
+    nbytes = length * np.dtype(np_dtype).itemsize
+    if nbytes > _INT64_MAX:  # (NumPy's own count of such a range overflows: an empty array)
+        raise ValueError(f"arange: start={start}, stop={stop}, step={step} gives {length} elements "
+                         f"({nbytes} bytes), more than int64 can count")
     if length == 0:  # (np.arange(0, 1, -1e-57) raises: NumPy's own length count overflows)
         arr: np.ndarray = np.zeros(0, dtype=np_dtype)
+    elif all_int:
+        last = start + (int(length) - 1) * step
+        if min(start, last) < -_INT64_MAX - 1 or max(start, last) > _INT64_MAX:
+            raise OverflowError(f"arange: start={start}, stop={stop}, step={step} has values beyond int64")
+        # start + i * step in wrapping int64 arithmetic: exact, since every value fits in int64
+        # (NumPy's own np.arange computes stop - start, which can overflow: -2**63 .. 2**62).
+        wrap = lambda v: (v + 2**63) % 2**64 - 2**63  # noqa: E731
+        with np.errstate(over="ignore"):
+            arr = (np.arange(int(length), dtype=np.int64) * np.int64(wrap(step)) + np.int64(start)).astype(np_dtype)
     else:
-        arr = np.arange(start, stop, step, dtype=np.float64 if not all_int else np.int64).astype(np_dtype)
+        arr = np.arange(start, stop, step, dtype=np.float64).astype(np_dtype)
     return _finish(_core._copy_from_numpy(_c_contiguous(arr), d), requires_grad)
 
 
@@ -329,7 +342,8 @@ class enable_grad(_GradMode):
 # Python-side Tensor methods
 # ---------------------------------------------------------------------------------------
 def _repr(self: Tensor) -> str:
-    arr = np.asarray(self)
+    empty = self.numel() == 0  # printed without NumPy, which refuses shapes such as (0, 2**62)
+    arr = None if empty else np.asarray(self)
     extras = []
     if self.dtype not in (float32, int64, bool_):
         extras.append(f"dtype={self.dtype!r}")
@@ -338,8 +352,8 @@ def _repr(self: Tensor) -> str:
             extras.append(f"grad_fn=<{self.grad_fn_name}>")
         else:
             extras.append("requires_grad=True")
-    if arr.size == 0:
-        body = f"[], size={self.shape}" if arr.ndim > 1 else "[]"
+    if arr is None:
+        body = f"[], size={self.shape}" if self.ndim > 1 else "[]"
     else:
         body = np.array2string(arr, separator=", ", prefix="tensor(",
                                precision=4, suppress_small=False, threshold=1000)

@@ -116,3 +116,37 @@ def test_empty_ellipsis_separates_advanced_indices() -> None:
     ref = x.copy()
     ref[None, 0, ..., np.array([1, 2])] = np.array([[7.0], [8.0]])
     np.testing.assert_array_equal(t.numpy(), ref)
+
+
+def test_arange_whose_length_overflows_numpy() -> None:
+    # was: ng.arange(-2**63, -1) returned an empty tensor (NumPy's count of 2**63 - 1 elements
+    # overflows); now a ValueError naming the size, and ranges whose stop - start overflows
+    # int64 but whose values fit are exact
+    with pytest.raises(ValueError, match="elements"):
+        ng.arange(-2**63, -1, 1)
+    t = ng.arange(-2**63, 2**62, 2**61)
+    assert t.numpy().tolist() == list(range(-2**63, 2**62, 2**61))
+    t = ng.arange(2**62, -2**63, -2**61)
+    assert t.numpy().tolist() == list(range(2**62, -2**63, -2**61))
+    with pytest.raises(OverflowError):
+        ng.arange(2**63, 2**63 + 3)
+    assert ng.arange(5, 0, -2).numpy().tolist() == [5, 3, 1]
+
+
+def test_log_softmax_keeps_precision_for_large_logits() -> None:
+    # was: log_softmax([1e4, 1e4]) = -0.69336 in float32 (x - (max + log(sum)) rounds the
+    # log-sum to the ulp of 1e4); now (x - max) - log(sum), as PyTorch
+    for big in (1e4, -1e4, 3e7):
+        y = ng.functional.log_softmax(ng.tensor(np.array([big, big], dtype=np.float32)), 0).numpy()
+        np.testing.assert_allclose(y, [-np.log(2)] * 2, rtol=1e-6)
+    x = np.array([[1e4, 1e4 - 1.0, 1e4 - 2.0]], dtype=np.float32)
+    ref = (x - x.max(1, keepdims=True)) - np.log(np.exp(x - x.max(1, keepdims=True)).sum(1, keepdims=True))
+    np.testing.assert_allclose(ng.functional.log_softmax(ng.tensor(x), 1).numpy(), ref, rtol=1e-6)
+
+
+def test_repr_of_a_huge_empty_tensor() -> None:
+    # was: repr(ng.zeros(0).reshape(-1, 2**62)) raised NumPy's "array is too big"
+    t = ng.zeros(0).reshape(-1, 2**62)
+    assert t.shape == (0, 2**62)
+    assert repr(t) == f"tensor([], size={(0, 2**62)})"
+    assert repr(ng.zeros(0)) == "tensor([])"

@@ -88,8 +88,11 @@ inline Tensor softmax_forward(const Tensor& x, int64_t axis, bool log) {
       double s = 0.0;
       for (int64_t k = 0; k < l.n; ++k) s += std::exp(static_cast<double>(xr[k * l.inner] - m));
       if (log) {
-        const T lse = static_cast<T>(static_cast<double>(m) + std::log(s));
-        for (int64_t k = 0; k < l.n; ++k) yr[k * l.inner] = xr[k * l.inner] - lse;
+        // (x - m) - log(s), not x - (m + log(s)): m + log(s) rounded to T loses log(s)'s
+        // low bits when |m| is large (logits of 1e4 gave -0.69336 for log(1/2)).
+        const double ls = std::log(s);
+        for (int64_t k = 0; k < l.n; ++k)
+          yr[k * l.inner] = static_cast<T>(static_cast<double>(xr[k * l.inner] - m) - ls);
       } else {
         const double inv = 1.0 / s;
         for (int64_t k = 0; k < l.n; ++k)
