@@ -498,9 +498,13 @@ inline void smallc_dw_block_portable_acc(const SmallCPlan& pl, const T* xp, cons
                                      int64_t ncl, int64_t q0, int64_t nq, T* acc, T* accb) {
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t n = r / Ho, ho = r % Ho;
-    const T* xb = xp + (n * pl.Hp + ho * S_h + fh0) * pl.prow + j0;
-    const T* d = dy + r * Wo * Q + q0;
-    for (int64_t wo = 0; wo < Wo; ++wo, xb += pl.xs, d += Q) {
+    const T* xrow = xp + (n * pl.Hp + ho * S_h + fh0) * pl.prow + j0;
+    const T* drow = dy + r * Wo * Q + q0;
+    for (int64_t wo = 0; wo < Wo; ++wo) {
+      // Indexed, not advanced after the last pixel: with a huge stride, one step past the
+      // row would be an out-of-range pointer (UB, and UBSan reports it).
+      const T* xb = xrow + wo * pl.xs;
+      const T* d = drow + wo * Q;
       for (int64_t a = 0; a < nrw; ++a)
         for (int64_t b = 0; b < ncl; ++b) {
           const T xv = xb[a * pl.prow + b];
@@ -532,9 +536,11 @@ __attribute__((target("avx2,fma"))) inline void smallc_dw_block_avx2(
   const int64_t prow = pl.prow, xs = pl.xs;
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t n = r / Ho, ho = r % Ho;
-    const T* xb = xp + (n * pl.Hp + ho * S_h + fh0) * prow + j0;
-    const T* d = dy + r * Wo * Q + q0;
-    for (int64_t wo = 0; wo < Wo; ++wo, xb += xs, d += Q) {
+    const T* xrow = xp + (n * pl.Hp + ho * S_h + fh0) * prow + j0;
+    const T* drow = dy + r * Wo * Q + q0;
+    for (int64_t wo = 0; wo < Wo; ++wo) {  // indexed: see smallc_dw_block_portable_acc
+      const T* xb = xrow + wo * xs;
+      const T* d = drow + wo * Q;
       const VT dv = V::load(d, m, full);
 #pragma GCC unroll 4
       for (int ra = 0; ra < NRW; ++ra)
