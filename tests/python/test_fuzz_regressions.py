@@ -150,3 +150,23 @@ def test_repr_of_a_huge_empty_tensor() -> None:
     assert t.shape == (0, 2**62)
     assert repr(t) == f"tensor([], size={(0, 2**62)})"
     assert repr(ng.zeros(0)) == "tensor([])"
+
+
+def test_int64_arithmetic_wraps_as_numpy() -> None:
+    # was: signed overflow (undefined behaviour, reported by UBSan in the ASan build) in int64
+    # add/sub/mul/pow/neg/abs and sums; the results now wrap in two's complement, as NumPy
+    lo, hi = np.iinfo(np.int64).min, np.iinfo(np.int64).max
+    a = np.array([lo, hi, -1, 3], dtype=np.int64)
+    b = np.array([-1, 1, lo, hi], dtype=np.int64)
+    ta, tb = ng.tensor(a), ng.tensor(b)
+    with np.errstate(over="ignore"):
+        np.testing.assert_array_equal((ta + tb).numpy(), a + b)
+        np.testing.assert_array_equal((ta - tb).numpy(), a - b)
+        np.testing.assert_array_equal((ta * tb).numpy(), a * b)
+        np.testing.assert_array_equal((-ta).numpy(), -a)
+        np.testing.assert_array_equal(abs(ta).numpy(), np.abs(a))
+        np.testing.assert_array_equal((ta ** 3).numpy(), a ** 3)
+    big = np.full((5, 3), hi, dtype=np.int64)
+    assert ng.tensor(big).sum().item() == int(big.sum())
+    np.testing.assert_array_equal(ng.tensor(big).sum(0).numpy(), big.sum(0))
+    np.testing.assert_array_equal(ng.tensor(big).sum(1).numpy(), big.sum(1))

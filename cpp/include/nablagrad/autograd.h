@@ -195,7 +195,7 @@ inline Tensor add_raw(const Tensor& a, const Tensor& b) {
     const T* y = bc.data<T>();
     T* o = out.data<T>();
     const int64_t n = out.numel();
-    for (int64_t i = 0; i < n; ++i) o[i] = static_cast<T>(x[i] + y[i]);
+    for (int64_t i = 0; i < n; ++i) o[i] = static_cast<T>(wrapping_add(x[i], y[i]));
   });
   return out;
 }

@@ -93,6 +93,41 @@ inline bool product_fits(std::initializer_list<int64_t> values, int64_t& out) {
   return true;
 }
 
+/// Element arithmetic on tensor values wraps around in two's complement as NumPy and PyTorch do
+/// for integer tensors (int64 max + 1 == int64 min); on signed integers the plain operators
+/// would be undefined behaviour. Floating-point types use the plain operators.
+template <typename T>
+inline T wrapping_add(T a, T b) {
+  if constexpr (std::is_integral<T>::value && std::is_signed<T>::value) {
+    using U = typename std::make_unsigned<T>::type;
+    return static_cast<T>(static_cast<U>(a) + static_cast<U>(b));
+  } else {
+    return static_cast<T>(a + b);
+  }
+}
+template <typename T>
+inline T wrapping_sub(T a, T b) {
+  if constexpr (std::is_integral<T>::value && std::is_signed<T>::value) {
+    using U = typename std::make_unsigned<T>::type;
+    return static_cast<T>(static_cast<U>(a) - static_cast<U>(b));
+  } else {
+    return static_cast<T>(a - b);
+  }
+}
+template <typename T>
+inline T wrapping_mul(T a, T b) {
+  if constexpr (std::is_integral<T>::value && std::is_signed<T>::value) {
+    using U = typename std::make_unsigned<T>::type;
+    return static_cast<T>(static_cast<U>(a) * static_cast<U>(b));
+  } else {
+    return static_cast<T>(a * b);
+  }
+}
+template <typename T>
+inline T wrapping_neg(T a) {
+  return wrapping_sub(T(0), a);
+}
+
 /// a * b, or INT64_MAX when the product of these non-negative values overflows (for work
 /// estimates that only choose a schedule).
 inline int64_t saturating_mul(int64_t a, int64_t b) {

@@ -119,9 +119,9 @@ inline const char* binary_op_name(BinaryOp op) {
 template <typename T>
 inline Tensor arith_forward(BinaryOp op, const Tensor& a, const Tensor& b, const Shape& shape, DType dt) {
   switch (op) {
-    case BinaryOp::Add: return binary_map<T, T, T>(a, b, shape, dt, [](T x, T y) { return static_cast<T>(x + y); });
-    case BinaryOp::Sub: return binary_map<T, T, T>(a, b, shape, dt, [](T x, T y) { return static_cast<T>(x - y); });
-    case BinaryOp::Mul: return binary_map<T, T, T>(a, b, shape, dt, [](T x, T y) { return static_cast<T>(x * y); });
+    case BinaryOp::Add: return binary_map<T, T, T>(a, b, shape, dt, [](T x, T y) { return wrapping_add(x, y); });
+    case BinaryOp::Sub: return binary_map<T, T, T>(a, b, shape, dt, [](T x, T y) { return wrapping_sub(x, y); });
+    case BinaryOp::Mul: return binary_map<T, T, T>(a, b, shape, dt, [](T x, T y) { return wrapping_mul(x, y); });
     case BinaryOp::Div: return binary_map<T, T, T>(a, b, shape, dt, [](T x, T y) { return static_cast<T>(x / y); });
     case BinaryOp::Pow:
       return binary_map<T, T, T>(a, b, shape, dt, [](T x, T y) {
@@ -132,8 +132,8 @@ inline Tensor arith_forward(BinaryOp op, const Tensor& a, const Tensor& b, const
           if (y < 0) return static_cast<T>(x == 1 ? 1 : 0);
           T r = 1, base = x;
           for (T e = y; e > 0; e >>= 1) {
-            if (e & 1) r = static_cast<T>(r * base);
-            base = static_cast<T>(base * base);
+            if (e & 1) r = wrapping_mul(r, base);
+            base = wrapping_mul(base, base);
           }
           return r;
         }
@@ -368,7 +368,7 @@ inline Tensor gelu(const Tensor& x, bool tanh_approximation = false) {
 inline Tensor abs(const Tensor& x) {
   if (!is_floating(x.dtype())) {
     if (x.dtype() == DType::Bool) return x.contiguous_data();
-    return detail::unary_map<int64_t, int64_t>(x, x.dtype(), [](int64_t v) { return v < 0 ? -v : v; });
+    return detail::unary_map<int64_t, int64_t>(x, x.dtype(), [](int64_t v) { return v < 0 ? wrapping_neg(v) : v; });  // |int64 min| wraps, as NumPy
   }
   return dispatch_float(x.dtype(), "abs", [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -381,7 +381,7 @@ inline Tensor abs(const Tensor& x) {
 inline Tensor neg(const Tensor& x) {
   if (x.dtype() == DType::Bool) throw std::domain_error("neg: negation is not supported for bool tensors");
   if (x.dtype() == DType::Int64)
-    return detail::unary_map<int64_t, int64_t>(x, x.dtype(), [](int64_t v) { return -v; });
+    return detail::unary_map<int64_t, int64_t>(x, x.dtype(), [](int64_t v) { return wrapping_neg(v); });
   return dispatch_float(x.dtype(), "neg", [&](auto tag) {
     using T = typename decltype(tag)::type;
     Tensor y = detail::unary_map<T, T>(x, x.dtype(), [](T v) { return -v; });

@@ -214,7 +214,7 @@ inline Tensor add_(const Tensor& t, const Tensor& other, double alpha = 1.0) {
   return detail::apply_inplace(t, "add_", ops, c, [&](auto tag) {
     using C = typename decltype(tag)::type;
     const C a = static_cast<C>(alpha);
-    return [a](C x, const std::array<C, 1>& v) { return static_cast<C>(x + a * v[0]); };
+    return [a](C x, const std::array<C, 1>& v) { return wrapping_add(x, wrapping_mul(a, v[0])); };
   });
 }
 /// t += value.
@@ -228,7 +228,7 @@ inline Tensor sub_(const Tensor& t, const Tensor& other, double alpha = 1.0) {
   return detail::apply_inplace(t, "sub_", ops, c, [&](auto tag) {
     using C = typename decltype(tag)::type;
     const C a = static_cast<C>(alpha);
-    return [a](C x, const std::array<C, 1>& v) { return static_cast<C>(x - a * v[0]); };
+    return [a](C x, const std::array<C, 1>& v) { return wrapping_sub(x, wrapping_mul(a, v[0])); };
   });
 }
 /// t -= value.
@@ -240,7 +240,7 @@ inline Tensor mul_(const Tensor& t, const Tensor& other) {
   const DType c = detail::prepare_inplace(t, "mul_", ops);
   return detail::apply_inplace(t, "mul_", ops, c, [](auto tag) {
     using C = typename decltype(tag)::type;
-    return [](C x, const std::array<C, 1>& v) { return static_cast<C>(x * v[0]); };
+    return [](C x, const std::array<C, 1>& v) { return wrapping_mul(x, v[0]); };
   });
 }
 /// t *= value.
@@ -266,7 +266,7 @@ inline Tensor addcmul_(const Tensor& t, const Tensor& a, const Tensor& b, double
   return detail::apply_inplace(t, "addcmul_", ops, c, [&](auto tag) {
     using C = typename decltype(tag)::type;
     const C s = static_cast<C>(value);
-    return [s](C x, const std::array<C, 2>& v) { return static_cast<C>(x + s * v[0] * v[1]); };
+    return [s](C x, const std::array<C, 2>& v) { return wrapping_add(x, wrapping_mul(wrapping_mul(s, v[0]), v[1])); };
   });
 }
 

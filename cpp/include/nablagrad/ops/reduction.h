@@ -74,7 +74,7 @@ inline Tensor reduce_raw(const Tensor& x, const std::vector<int64_t>& axes, bool
           for (int64_t j = lo; j < hi; ++j) {
             const Acc v = static_cast<Acc>(row[j]);
             Acc& a = acc[j - lo];
-            if (kind == ReduceKind::Sum) a += v;
+            if (kind == ReduceKind::Sum) a = wrapping_add(a, v);
             else if (kind == ReduceKind::Max) a = (v > a || v != v) ? (a != a ? a : v) : a;
             else a = (v < a || v != v) ? (a != a ? a : v) : a;
           }
@@ -104,13 +104,13 @@ inline Tensor reduce_raw(const Tensor& x, const std::vector<int64_t>& axes, bool
           Acc a0 = 0, a1 = 0, a2 = 0, a3 = 0;
           int64_t i = 0;
           for (; i + 4 <= inner; i += 4) {
-            a0 += static_cast<Acc>(blk[i]);
-            a1 += static_cast<Acc>(blk[i + 1]);
-            a2 += static_cast<Acc>(blk[i + 2]);
-            a3 += static_cast<Acc>(blk[i + 3]);
+            a0 = wrapping_add(a0, static_cast<Acc>(blk[i]));  // (int64 sums wrap, as NumPy)
+            a1 = wrapping_add(a1, static_cast<Acc>(blk[i + 1]));
+            a2 = wrapping_add(a2, static_cast<Acc>(blk[i + 2]));
+            a3 = wrapping_add(a3, static_cast<Acc>(blk[i + 3]));
           }
-          for (; i < inner; ++i) a0 += static_cast<Acc>(blk[i]);
-          o[j] = static_cast<T>((a0 + a1) + (a2 + a3));
+          for (; i < inner; ++i) a0 = wrapping_add(a0, static_cast<Acc>(blk[i]));
+          o[j] = static_cast<T>(wrapping_add(wrapping_add(a0, a1), wrapping_add(a2, a3)));
         } else {
           T a = blk[0];
           for (int64_t i = 1; i < inner; ++i) {
