@@ -33,6 +33,11 @@ SAN_FLAGS = "-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-o
 SAN_ENV = {
     "ASAN_OPTIONS": "detect_leaks=1:abort_on_error=0:exitcode=23:strict_string_checks=1:check_initialization_order=1",
     "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1:exitcode=24",
+    # test_threading's fork test forks while another thread allocates. The ASan runtimes of
+    # Debian's Clang 14 and GCC 12 take no allocator lock around fork(), so the child can
+    # inherit a held allocator lock and hang (seen once in a loaded CI dry run: SIGALRM after
+    # 60 s); plain builds are safe (glibc's malloc handles fork) and test_cpp.py runs it there.
+    "NABLAGRAD_TEST_NO_FORK": "1",
 }
 REPORT_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:", "SUMMARY: UndefinedBehavior")
 

@@ -14,7 +14,10 @@ Left out (EXCLUDED), and why:
   * test_typing.py, test_docs.py: run mypy, mkdocs and the tutorials' shell (which
     builds C++ with the compiler): tools, not our extension;
   * test_distributed.py: mpiexec's launcher processes inherit the preload and would be
-    checked instead of us; the collectives' code paths run in the other tests.
+    checked instead of us; the collectives' code paths run in the other tests;
+  * test_fork_threads.py: forks while other threads allocate, and the ASan runtime of GCC 12
+    takes no allocator lock around fork(), so a child can hang on a lock it inherited held
+    (the plain suite runs it; see also tests/test_cpp_clang_asan.py).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILD = ROOT / "build" / "asan-ext"
-EXCLUDED = ["test_memory.py", "test_typing.py", "test_docs.py", "test_distributed.py"]
+EXCLUDED = ["test_memory.py", "test_typing.py", "test_docs.py", "test_distributed.py", "test_fork_threads.py"]
 REPORT_MARKERS = ("ERROR: AddressSanitizer", "runtime error:", "SUMMARY: UndefinedBehavior", "SUMMARY: AddressSanitizer")
 
 
