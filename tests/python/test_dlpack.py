@@ -4,6 +4,7 @@ PyTorch, lifetimes, strides, read-only data, zero-size tensors, dtypes and leaks
 from __future__ import annotations
 
 import gc
+import os
 import weakref
 
 import numpy as np
@@ -293,6 +294,8 @@ def _rss_bytes() -> int:
 
 def test_no_leak_over_many_round_trips():
     pytest.importorskip("resource")
+    if "asan" in os.environ.get("LD_PRELOAD", ""):  # tests/test_python_asan.py
+        pytest.skip("RSS bound: ASan's quarantine keeps freed blocks resident; the plain suite runs this")
     n = 1 << 18  # 2 MiB of float64 per round trip; a leak would add ~600 MiB
     for _ in range(5):  # warm up the allocator and NumPy's caches
         np.from_dlpack(ng.from_dlpack(np.ones(n)))
