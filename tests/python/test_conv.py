@@ -484,6 +484,29 @@ def test_pool_vs_torch(case, mode):
     check_torch(tpool, npool, [shape])
 
 
+MAX_POOL_TIES = [((2, 7, 6, 37), 3, 2, 1), ((3, 8, 8, 64), 2, None, 0), ((1, 5, 9, 5), (2, 3), 1, (1, 0))]
+
+
+@pytest.mark.parametrize("case", MAX_POOL_TIES, ids=[str(c) for c in MAX_POOL_TIES])
+def test_max_pool_ties_nan_inf_vs_torch(case):
+    """The branch-free channel loop keeps PyTorch's rules where they bite: ties (few distinct
+    values) keep the first maximum, NaN wins, -inf windows; channel counts that leave a vector
+    remainder. Gradients land where PyTorch puts them; inference (no argmax) agrees too."""
+    torch = pytest.importorskip("torch")
+    shape, k, s, p = case
+    rng = np.random.default_rng(11)
+    x = rng.integers(-2, 3, shape).astype(np.float64)
+    x[rng.random(shape) < 0.03] = np.nan
+    x[rng.random(shape) < 0.05] = -np.inf
+    check_torch(lambda t: _to_nhwc(torch.nn.functional.max_pool2d(_to_nchw(t), k, s, p)),
+                lambda t: F.max_pool2d(t, k, s, p), [], inputs=[x])
+    for dt in (np.float32, np.float64):
+        with ng.no_grad():
+            got = F.max_pool2d(ng.tensor(x.astype(dt)), k, s, p).numpy()
+        want = F.max_pool2d(ng.tensor(x.astype(dt), requires_grad=True), k, s, p).detach().numpy()
+        np.testing.assert_array_equal(got, want)
+
+
 # ---------------------------------------------------------------------------------------------
 # errors
 # ---------------------------------------------------------------------------------------------

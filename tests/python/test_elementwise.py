@@ -206,6 +206,26 @@ def test_clip_at_bounds_vs_torch():
     check_torch(lambda t: t.clamp(-0.5, 0.5), lambda t: t.clip(-0.5, 0.5), [], inputs=[x])
 
 
+def test_relu_grad_is_a_select_vs_torch():
+    """PyTorch's threshold_backward: dy where x > 0 or x is NaN, else 0, so an infinite or NaN
+    upstream gradient at x <= 0 gives 0, not inf * 0 = NaN. Long enough for the vector body."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(4)
+    for dt, tdt in ((np.float32, torch.float32), (np.float64, torch.float64)):
+        x = rng.standard_normal(1003).astype(dt)
+        x[::7] = np.nan
+        x[3::11] = 0.0
+        dy = rng.standard_normal(1003).astype(dt)
+        dy[::5] = np.inf
+        dy[1::13] = np.nan
+        tx = torch.tensor(x, dtype=tdt, requires_grad=True)
+        torch.relu(tx).backward(torch.tensor(dy, dtype=tdt))
+        nx = ng.tensor(x, requires_grad=True)
+        F.relu(nx).backward(ng.tensor(dy))
+        np.testing.assert_array_equal(nx.grad.numpy(), tx.grad.numpy())
+        np.testing.assert_array_equal(F.relu(ng.tensor(x)).numpy(), torch.relu(torch.tensor(x)).numpy())
+
+
 def test_relu_abs_at_zero_vs_torch():
     x = np.array([-1.0, 0.0, 1.0])
     check_torch(lambda t: t.relu() + t.abs(), lambda t: t.relu() + t.abs(), [], inputs=[x])

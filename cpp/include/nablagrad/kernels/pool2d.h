@@ -109,38 +109,63 @@ inline int64_t avg_divisor(const Pool2dGeometry& g, int64_t ho, int64_t wo,
 }
 }  // namespace pool_detail
 
+namespace pool_detail {
+/// One output row of max pooling. The channel loop is branch-free (a compare and two selects per
+/// value, with the index in I = int32 when the plane allows it) so that it vectorises.
+template <typename T, typename I>
+void max_pool2d_row(const Pool2dGeometry& g, const T* x, T* y, int64_t* argmax, int64_t n, int64_t ho,
+                    T* best, I* where) {
+  const int64_t C = g.C;
+  const auto [h0, h1] = window_rows(g, ho);
+  for (int64_t wo = 0; wo < g.Wo; ++wo) {
+    const auto [w0, w1] = window_cols(g, wo);
+    const int64_t out = ((n * g.Ho + ho) * g.Wo + wo) * C;
+    T* b = argmax ? best : y + out;  // without argmax the maximum is built in the output itself
+    for (int64_t c = 0; c < C; ++c) b[c] = -std::numeric_limits<T>::infinity();
+    const I first = static_cast<I>(h0 * g.W + w0);  // as PyTorch when no value beats -inf
+    if (argmax)
+      for (int64_t c = 0; c < C; ++c) where[c] = first;
+    for (int64_t ih = h0; ih < h1; ++ih)
+      for (int64_t iw = w0; iw < w1; ++iw) {
+        const T* src = x + ((n * g.H + ih) * g.W + iw) * C;
+        const I idx = static_cast<I>(ih * g.W + iw);
+        if (argmax) {
+          for (int64_t c = 0; c < C; ++c) {
+            const T v = src[c];
+            const bool take = (v > b[c]) | (v != v);  // PyTorch's rule: strict, so the first max wins; NaN wins
+            b[c] = take ? v : b[c];
+            where[c] = take ? idx : where[c];
+          }
+        } else {
+          for (int64_t c = 0; c < C; ++c) {
+            const T v = src[c];
+            b[c] = (v > b[c]) | (v != v) ? v : b[c];
+          }
+        }
+      }
+    if (argmax) {
+      std::memcpy(y + out, best, sizeof(T) * C);
+      for (int64_t c = 0; c < C; ++c) argmax[out + c] = static_cast<int64_t>(where[c]);
+    }
+  }
+}
+}  // namespace pool_detail
+
 /// y[n,ho,wo,c] = max over the window; argmax[n,ho,wo,c] = ih*W + iw of the first maximum.
 /// argmax may be nullptr (inference).
 template <typename T>
 void max_pool2d_forward(const Pool2dGeometry& g, const T* x, T* y, int64_t* argmax) {
-  const int64_t C = g.C;
+  const bool narrow = g.H * g.W <= std::numeric_limits<int32_t>::max();
   parallel_for(0, g.N * g.Ho, 4, [&](int64_t lo, int64_t hi) {
-    std::vector<T> best(static_cast<size_t>(C));
-    std::vector<int64_t> where(static_cast<size_t>(C));
+    std::vector<T> best(static_cast<size_t>(g.C));
+    std::vector<int32_t> where32(narrow ? static_cast<size_t>(g.C) : 0);
+    std::vector<int64_t> where64(narrow ? 0 : static_cast<size_t>(g.C));
     for (int64_t nh = lo; nh < hi; ++nh) {
       const int64_t n = nh / g.Ho, ho = nh % g.Ho;
-      const auto [h0, h1] = pool_detail::window_rows(g, ho);
-      for (int64_t wo = 0; wo < g.Wo; ++wo) {
-        const auto [w0, w1] = pool_detail::window_cols(g, wo);
-        std::fill(best.begin(), best.end(), -std::numeric_limits<T>::infinity());
-        std::fill(where.begin(), where.end(), h0 * g.W + w0);  // as PyTorch
-        for (int64_t ih = h0; ih < h1; ++ih)
-          for (int64_t iw = w0; iw < w1; ++iw) {
-            const T* src = x + ((n * g.H + ih) * g.W + iw) * C;
-            const int64_t idx = ih * g.W + iw;
-            for (int64_t c = 0; c < C; ++c) {
-              const T v = src[c];
-              if (v > best[c] || std::isnan(v)) {  // PyTorch's rule, strict: first max wins
-                best[c] = v;
-                where[c] = idx;
-              }
-            }
-          }
-        T* dst = y + ((n * g.Ho + ho) * g.Wo + wo) * C;
-        std::memcpy(dst, best.data(), sizeof(T) * C);
-        if (argmax) std::memcpy(argmax + ((n * g.Ho + ho) * g.Wo + wo) * C, where.data(),
-                                sizeof(int64_t) * C);
-      }
+      if (narrow)
+        pool_detail::max_pool2d_row<T, int32_t>(g, x, y, argmax, n, ho, best.data(), where32.data());
+      else
+        pool_detail::max_pool2d_row<T, int64_t>(g, x, y, argmax, n, ho, best.data(), where64.data());
     }
   });
 }

@@ -331,8 +331,25 @@ NABLAGRAD_UNARY_FLOAT_OP(sqrt, std::sqrt(v), T(0.5) / y, true, None)
 NABLAGRAD_UNARY_FLOAT_OP(tanh, std::tanh(v), T(1) - y * y, true, Tanh)
 NABLAGRAD_UNARY_FLOAT_OP(sigmoid, v >= T(0) ? T(1) / (T(1) + std::exp(-v)) : std::exp(v) / (T(1) + std::exp(v)),
                          y * (T(1) - y), true, Sigmoid)
-NABLAGRAD_UNARY_FLOAT_OP(relu, (v > T(0) || v != v) ? v : T(0), v > T(0) ? T(1) : T(0), false, None)  // NaN stays NaN
 #undef NABLAGRAD_UNARY_FLOAT_OP
+
+/// relu: NaN stays NaN. The gradient is PyTorch's threshold_backward, a select rather than a
+/// product (dy where x > 0 or x is NaN, else 0, so an infinite dy does not become NaN), written
+/// branch-free so that it vectorises: the backward of every conv and linear layer's relu runs it.
+inline Tensor relu(const Tensor& x) {
+  return dispatch_float(x.dtype(), "relu", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    Tensor y = detail::unary_map<T, T>(x, x.dtype(), [](T v) { return (v > T(0)) | (v != v) ? v : T(0); });
+    if (any_requires_grad({&x})) {
+      const Tensor saved = x.alias();
+      record(y, "relu", {x}, [saved](const Tensor& g, std::vector<Tensor>& gi) {
+        gi[0] = detail::binary_map_same<T>(g.contiguous_data(), saved.contiguous_data(),
+                                           [](T gv, T xv) { return xv <= T(0) ? T(0) : gv; });
+      }, {saved});
+    }
+    return y;
+  });
+}
 
 inline Tensor leaky_relu(const Tensor& x, double slope = 0.01) {
   return dispatch_float(x.dtype(), "leaky_relu", [&](auto tag) {
