@@ -488,6 +488,22 @@ inline GemmConfig<T> gemm_config() {
   return gemm_config<T>(-1);
 }
 
+/// The variant for many products of exactly `rows` rows each (a recurrent layer's per-step
+/// product, on one thread's share of the batch): a register tile as tall as the rows where
+/// that wastes none (4 rows: a 4 x 64 float tile instead of a 6-row tile one third empty).
+/// Every variant has the same KC, so each element's sum runs the same order whatever the
+/// tile: results do not depend on the choice.
+template <typename T>
+inline GemmConfig<T> gemm_config_rows(int64_t rows) {
+#if NABLAGRAD_X86
+  if (rows >= 1 && rows <= 4 && simd_at_least(SimdLevel::AVX512)) {
+    const int64_t nr = 4 * Avx512Vec<T>::kLanes;
+    return {4, nr, 32 * (64 / nr) * 4, 256, (4096 / nr - 1) * nr, &micro_kernel_avx512<T, 4, 4>};
+  }
+#endif
+  return gemm_config<T>(rows);
+}
+
 // ---------------------------------------------------------------------------------------
 // Packing. Both write whole panels, zero-padding the rows/columns past the matrix edge, so
 // the micro-kernel always runs on full MR x NR tiles.
@@ -498,17 +514,27 @@ inline GemmConfig<T> gemm_config() {
 template <typename T>
 inline void pack_a(int64_t mc, int64_t kc, const T* A, int64_t rs, int64_t cs, int64_t MR,
                    T* out) {
+  if (rs == 1) {
+    // Column-major block (A transposed): each k is a contiguous run of the mc rows, read once
+    // and dealt out to every panel. (Panel by panel, k by k, would read each run's cache line
+    // again per panel, and with a power-of-two stride cs all those lines fall in one cache
+    // set: an LSTM's dG^T with 4H = 1024 ran this loop at memory speed.)
+    const int64_t panels = (mc + MR - 1) / MR;
+    for (int64_t k = 0; k < kc; ++k) {
+      const T* src = A + k * cs;
+      for (int64_t p = 0; p < panels; ++p) {
+        const int64_t mr = std::min(MR, mc - p * MR);
+        T* dst = out + p * MR * kc + k * MR;
+        for (int64_t i = 0; i < mr; ++i) dst[i] = src[p * MR + i];
+        for (int64_t i = mr; i < MR; ++i) dst[i] = T(0);
+      }
+    }
+    return;
+  }
   for (int64_t ir = 0; ir < mc; ir += MR) {
     const int64_t mr = std::min(MR, mc - ir);
     const T* a = A + ir * rs;
-    if (rs == 1) {  // column-major block (A transposed): each k is a contiguous run of rows
-      for (int64_t k = 0; k < kc; ++k) {
-        const T* src = a + k * cs;
-        T* dst = out + k * MR;
-        for (int64_t i = 0; i < mr; ++i) dst[i] = src[i];
-        for (int64_t i = mr; i < MR; ++i) dst[i] = T(0);
-      }
-    } else if (mr == MR && MR == 6) {
+    if (mr == MR && MR == 6) {
       const T* r0 = a;
       const T* r1 = a + rs;
       const T* r2 = a + 2 * rs;

@@ -285,6 +285,18 @@ inline void column_sums(int64_t rows, int64_t cols, const T* A, T* out) {
   });
 }
 
+/// dst (cols x rows) = the transpose of src (rows x cols), both row-major; 32 x 32 blocks.
+template <typename T>
+inline void transpose_into(int64_t rows, int64_t cols, const T* src, T* dst) {
+  constexpr int64_t kB = 32;
+  for (int64_t i0 = 0; i0 < rows; i0 += kB)
+    for (int64_t j0 = 0; j0 < cols; j0 += kB) {
+      const int64_t i1 = std::min(rows, i0 + kB), j1 = std::min(cols, j0 + kB);
+      for (int64_t j = j0; j < j1; ++j)
+        for (int64_t i = i0; i < i1; ++i) dst[j * rows + i] = src[i * cols + j];
+    }
+}
+
 /// Rows of `rows` x `cols`: each row = bias_a + bias_b (either may be null: zeros).
 template <typename T>
 inline void fill_rows_with_bias(int64_t rows, int64_t cols, const T* bias_a, const T* bias_b, T* out) {
@@ -309,6 +321,14 @@ inline bool split_rows(int64_t N) {
   return threads <= 1 || N >= 2 * threads;
 }
 
+/// The row count of each step's recurrent product: a thread's share of the batch when the
+/// rows are split (when the shares differ, -1: the general tile), else the whole batch.
+inline int64_t step_rows(int64_t N) {
+  if (!split_rows(N)) return N;
+  const int64_t threads = std::min<int64_t>(get_num_threads(), N);
+  return N % threads == 0 ? N / threads : -1;
+}
+
 }  // namespace rnn_detail
 
 /// The right operand B (K x Ncols) of many products A*B, packed once into the GEMM's panel
@@ -318,9 +338,10 @@ inline bool split_rows(int64_t N) {
 template <typename T>
 class PackedRhs {
  public:
-  /// B(k, j) = B[k*b_rs + j*b_cs].
-  PackedRhs(int64_t K, int64_t ncols, const T* B, int64_t b_rs, int64_t b_cs)
-      : cfg_(gemm_detail::gemm_config<T>()), K_(K), ncols_(ncols) {
+  /// B(k, j) = B[k*b_rs + j*b_cs]; `rows`: the row count of the products to come, when all
+  /// have the same (it picks the register tile, never the result), or -1.
+  PackedRhs(int64_t K, int64_t ncols, const T* B, int64_t b_rs, int64_t b_cs, int64_t rows = -1)
+      : cfg_(gemm_detail::gemm_config_rows<T>(rows)), K_(K), ncols_(ncols) {
     kc_ = K > 0 ? gemm_detail::k_slice_depth(K, cfg_.KC) : 0;
     panels_ = (ncols + cfg_.NR - 1) / cfg_.NR;
     int64_t total = 0;
@@ -428,7 +449,7 @@ void rnn_layer_forward(RnnMode mode, const RnnDims& d, const T* x, const T* h0, 
   gemm<T>(N * Tn, GH, I, x, I, 1, w.w_ih, 1, I, gx, GH, true);
 
   // 2. The recurrence, on W_hh^T packed once.
-  const PackedRhs<T> whh_t(H, GH, w.w_hh, 1, H);
+  const PackedRhs<T> whh_t(H, GH, w.w_hh, 1, H, step_rows(N));
   std::unique_ptr<T[]> gh_owned, state_owned;
   if (mode == RnnMode::Gru) {
     gh_owned = scratch<T>(N * GH);
@@ -588,7 +609,7 @@ void rnn_layer_backward(RnnMode mode, const RnnDims& d, const T* x, const T* h0,
     if (c0 == nullptr) c0 = zeros_h.get();
   }
 
-  const PackedRhs<T> whh(GH, H, w.w_hh, H, 1);  // B = W_hh (G*H, H)
+  const PackedRhs<T> whh(GH, H, w.w_hh, H, 1, step_rows(N));  // B = W_hh (G*H, H)
   // Step t for the batch rows [n0, n1): the gate gradients, then the recurrent product.
   auto cell_rows = [&](int64_t n0, int64_t n1, int64_t t) {
       for (int64_t n = n0; n < n1; ++n) {
@@ -678,16 +699,26 @@ void rnn_layer_backward(RnnMode mode, const RnnDims& d, const T* x, const T* h0,
     else zero(dc0, N * H);
   }
 
-  // Weight gradients: one GEMM each over all N*T rows.
+  // Weight gradients: one GEMM each over all N*T rows, formed transposed: dW_ih^T = x^T dG
+  // (I, G*H) and dW_hh^T = [h_0 .. h_{T-1}]^T dG_h (H, G*H), then transposed into place. The
+  // big dG is then the right operand, packed along its rows; as the transposed left operand
+  // (dW = dG^T x) its packing read columns across rows of 4H floats, 4 KiB apart for H = 256,
+  // and took as long as the products.
   const int64_t rows = N * Tn;
-  if (dw_ih) gemm<T>(GH, I, rows, dg, 1, GH, x, I, 1, dw_ih, I, false);
+  if (dw_ih) {
+    auto t = scratch<T>(I * GH);
+    gemm<T>(I, GH, rows, x, 1, I, dg, GH, 1, t.get(), GH, false);
+    transpose_into<T>(I, GH, t.get(), dw_ih);
+  }
   if (dw_hh) {
     auto hprev = scratch<T>(rows * H);  // row (n, t) = h_{t-1} of sample n
     for (int64_t n = 0; n < N; ++n) {
       std::memcpy(hprev.get() + n * Tn * H, h0 + n * H, sizeof(T) * H);
       if (Tn > 1) std::memcpy(hprev.get() + (n * Tn + 1) * H, out + n * Tn * H, sizeof(T) * (Tn - 1) * H);
     }
-    gemm<T>(GH, H, rows, dgh, 1, GH, hprev.get(), H, 1, dw_hh, H, false);
+    auto t = scratch<T>(H * GH);
+    gemm<T>(H, GH, rows, hprev.get(), 1, H, dgh, GH, 1, t.get(), GH, false);
+    transpose_into<T>(H, GH, t.get(), dw_hh);
   }
   if (db_ih) column_sums<T>(rows, GH, dg, db_ih);
   if (db_hh) {
