@@ -267,6 +267,29 @@ def test_conv_algorithm_settings_agree(name, shape, restore_conv_algorithm):
     check_conv_vs_reference(n, h, w_, c, q, fh, fw, s, p, rtol=1e-9, atol=1e-9)
 
 
+FLIPPED_DIRECT = [  # stride 1, a direct-sized flipped kernel: dX runs the forward's direct kernel
+    (2, 13, 11, 16, 16, 5, 5, 1, 2),            # the benchmark's 5x5 family
+    (1, 9, 10, 12, 20, 4, 4, 1, "same"),        # even kernel: padding (1, 2) on each axis
+    (2, 8, 9, 16, 8, 4, 2, 1, (0, 1)),          # no padding on one axis (F-1 on the flipped one)
+    (3, 7, 7, 24, 32, 3, 5, 1, "valid"),
+]
+
+
+@pytest.mark.parametrize("case", FLIPPED_DIRECT, ids=[str(c) for c in FLIPPED_DIRECT])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_backward_input_flipped_direct(case, dtype, restore_conv_algorithm):
+    n, h, w_, c, q, fh_, fw_, _, p = case
+    pads = resolve_pads(p, fh_, fw_)
+    ng.backends.conv_algorithm = "direct"
+    got = _core._conv_algorithm_for((n, h, w_, c), (q, fh_, fw_, c), 1, 1, *pads, dtype)
+    assert got["backward_input"] == "flipped_direct", got
+    tol = 1e-4 if dtype == "float32" else 1e-11
+    x, w, b, dy, _, _ = conv_case(n, h, w_, c, q, fh_, fw_, 1, p, dtype=np.dtype(dtype).type)
+    _, dx, _, _ = conv_run(x, w, b, dy, 1, p)
+    dx_ref = _core.conv2d_reference_backward(ng.tensor(x), ng.tensor(w), ng.tensor(dy), 1, 1, *pads)[0].numpy()
+    np.testing.assert_allclose(dx, dx_ref, rtol=tol, atol=tol * np.abs(dx_ref).max())
+
+
 def test_conv_algorithm_for():
     pick = _core._conv_algorithm_for
     one = pick((16, 14, 14, 128), (256, 1, 1, 128), 1, 1, 0, 0, 0, 0)

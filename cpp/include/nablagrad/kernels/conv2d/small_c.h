@@ -277,6 +277,37 @@ void backward_weight_smallc(const ConvKernels<T>& cfg, const Conv2dGeometry& g, 
 }
 
 
+/// Whether the stride-1 input gradient can run as a forward convolution of dY (pads F-1-P
+/// must not be negative: a padding of a kernel's full size or more would need a crop).
+inline bool flipped_applies(const Conv2dGeometry& g) {
+  return g.stride_h == 1 && g.stride_w == 1 && g.pad_top < g.FH && g.pad_bottom < g.FH &&
+         g.pad_left < g.FW && g.pad_right < g.FW;
+}
+
+/// The geometry of that forward convolution: input dY (N, Ho, Wo, Q), kernel (C, FH, FW, Q),
+/// padding F-1-P on each side, stride 1; its output is (N, H, W, C).
+inline Conv2dGeometry flipped_geometry(const Conv2dGeometry& g) {
+  return {g.N,  g.Ho, g.Wo, g.Q, g.C, g.FH, g.FW, 1, 1, g.FH - 1 - g.pad_top, g.FH - 1 - g.pad_bottom,
+          g.FW - 1 - g.pad_left, g.FW - 1 - g.pad_right, g.H, g.W};
+}
+
+/// Stride-1 input gradient by the direct forward kernel (see select.h): dX = conv(dY padded
+/// by F-1-P, Wf) with Wf[c, i, j, q] = W[q, FH-1-i, FW-1-j, c], the kernel flipped in space
+/// and transposed in its channels.
+template <typename T>
+void backward_input_flipped_direct(const ConvKernels<T>& cfg, const Conv2dGeometry& g, const T* dy, const T* w,
+                                   T* dx) {
+  const Conv2dGeometry gf = flipped_geometry(g);
+  Scratch<T> wf(std::max<int64_t>(g.Q * g.FH * g.FW * g.C, 1), "conv2d backward: flipped kernel");
+  for (int64_t c = 0; c < g.C; ++c)
+    for (int64_t i = 0; i < g.FH; ++i)
+      for (int64_t j = 0; j < g.FW; ++j) {
+        T* dst = wf.get() + ((c * g.FH + i) * g.FW + j) * g.Q;
+        for (int64_t q = 0; q < g.Q; ++q) dst[q] = w[((q * g.FH + (g.FH - 1 - i)) * g.FW + (g.FW - 1 - j)) * g.C + c];
+      }
+  forward_direct(cfg, gf, dy, wf.get(), static_cast<const T*>(nullptr), dx);
+}
+
 }  // namespace conv_detail
 }  // namespace kernels
 }  // namespace nablagrad
