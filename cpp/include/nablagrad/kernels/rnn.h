@@ -193,32 +193,36 @@ inline void tanh_inplace(T* p, int64_t n) {
 #endif
 #define NABLAGRAD_RNN_AVX512 __attribute__((target("avx512f,avx2,fma"))) inline
 
-/// Forward, 16 units: activations i, f, g, o over their pre-activations (in place), then
-/// c = f c_prev + i g, tc = tanh c, h = o tc.
-NABLAGRAD_RNN_AVX512 void lstm_forward16(float* gi, float* gf, float* gg, float* go, const float* cp, float* c,
-                                         float* tc, float* h) {
+/// Forward, 16 units: activations i, f, g, o over their pre-activations plus the bias b (4
+/// gate blocks H apart; in place), then c = f c_prev + i g, tc = tanh c, h = o tc.
+NABLAGRAD_RNN_AVX512 void lstm_forward16(float* gi, float* gf, float* gg, float* go, const float* b, int64_t H,
+                                         const float* cp, float* c, float* tc, float* h) {
   using namespace vmath_detail;
-  const __m512 i = sigmoid16(_mm512_loadu_ps(gi)), f = sigmoid16(_mm512_loadu_ps(gf));
-  const __m512 g = tanh16(_mm512_loadu_ps(gg)), o = sigmoid16(_mm512_loadu_ps(go));
+  const __m512 i = sigmoid16(_mm512_add_ps(_mm512_loadu_ps(gi), _mm512_loadu_ps(b)));
+  const __m512 f = sigmoid16(_mm512_add_ps(_mm512_loadu_ps(gf), _mm512_loadu_ps(b + H)));
+  const __m512 g = tanh16(_mm512_add_ps(_mm512_loadu_ps(gg), _mm512_loadu_ps(b + 2 * H)));
+  const __m512 o = sigmoid16(_mm512_add_ps(_mm512_loadu_ps(go), _mm512_loadu_ps(b + 3 * H)));
   const __m512 cv = _mm512_add_ps(_mm512_mul_ps(f, _mm512_loadu_ps(cp)), _mm512_mul_ps(i, g));
   const __m512 t = tanh16(cv);
   _mm512_storeu_ps(gi, i), _mm512_storeu_ps(gf, f), _mm512_storeu_ps(gg, g), _mm512_storeu_ps(go, o);
   _mm512_storeu_ps(c, cv), _mm512_storeu_ps(tc, t), _mm512_storeu_ps(h, _mm512_mul_ps(o, t));
 }
 
-/// The forward cell of one batch row: g (4H) pre-activations -> activations, c_prev (H) ->
-/// cell (H), tc (H), h (H). cell may alias c_prev (inference updates the state in place).
-NABLAGRAD_RNN_AVX512 void lstm_forward_row_avx512(int64_t H, float* g, const float* c_prev, float* cell, float* tc,
-                                                  float* h) {
+/// The forward cell of one batch row: g (4H) pre-activations (without the bias) + bias (4H)
+/// -> activations, c_prev (H) -> cell (H), tc (H), h (H). cell may alias c_prev (inference
+/// updates the state in place).
+NABLAGRAD_RNN_AVX512 void lstm_forward_row_avx512(int64_t H, float* g, const float* bias, const float* c_prev,
+                                                  float* cell, float* tc, float* h) {
   int64_t j = 0;
   for (; j + 16 <= H; j += 16)
-    lstm_forward16(g + j, g + H + j, g + 2 * H + j, g + 3 * H + j, c_prev + j, cell + j, tc + j, h + j);
+    lstm_forward16(g + j, g + H + j, g + 2 * H + j, g + 3 * H + j, bias + j, H, c_prev + j, cell + j, tc + j, h + j);
   if (j < H) {
-    alignas(64) float b[8][16] = {};
+    alignas(64) float b[12][16] = {};
     const size_t bytes = sizeof(float) * static_cast<size_t>(H - j);
     for (int q = 0; q < 4; ++q) std::memcpy(b[q], g + q * H + j, bytes);
+    for (int q = 0; q < 4; ++q) std::memcpy(b[8 + q], bias + q * H + j, bytes);
     std::memcpy(b[4], c_prev + j, bytes);
-    lstm_forward16(b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]);
+    lstm_forward16(b[0], b[1], b[2], b[3], b[8], 16, b[4], b[5], b[6], b[7]);
     for (int q = 0; q < 4; ++q) std::memcpy(g + q * H + j, b[q], bytes);
     std::memcpy(cell + j, b[5], bytes), std::memcpy(tc + j, b[6], bytes), std::memcpy(h + j, b[7], bytes);
   }
@@ -442,11 +446,19 @@ void rnn_layer_forward(RnnMode mode, const RnnDims& d, const T* x, const T* h0, 
     gx_owned = scratch<T>(N * Tn * GH);
     gx = gx_owned.get();
   }
-  if (mode == RnnMode::Gru)
-    fill_rows_with_bias<T>(N * Tn, GH, w.b_ih, nullptr, gx);  // b_hh goes with W_hh h (n gate)
-  else
-    fill_rows_with_bias<T>(N * Tn, GH, w.b_ih, w.b_hh, gx);
-  gemm<T>(N * Tn, GH, I, x, I, 1, w.w_ih, 1, I, gx, GH, true);
+  //    The GRU's gx starts from b_ih (b_hh goes with W_hh h, for the n gate); the other cells add
+  //    b_ih + b_hh in the cell, after the recurrent product (no pass over gx to fill it).
+  std::vector<T> bias_sum;
+  if (mode == RnnMode::Gru) {
+    fill_rows_with_bias<T>(N * Tn, GH, w.b_ih, nullptr, gx);
+  } else {
+    bias_sum.assign(static_cast<size_t>(GH), T(0));
+    for (int64_t j = 0; j < GH; ++j) {
+      if (w.b_ih) bias_sum[static_cast<size_t>(j)] = w.b_ih[j];
+      if (w.b_hh) bias_sum[static_cast<size_t>(j)] += w.b_hh[j];
+    }
+  }
+  gemm<T>(N * Tn, GH, I, x, I, 1, w.w_ih, 1, I, gx, GH, /*accumulate=*/mode == RnnMode::Gru);
 
   // 2. The recurrence, on W_hh^T packed once.
   const PackedRhs<T> whh_t(H, GH, w.w_hh, 1, H, step_rows(N));
@@ -480,6 +492,8 @@ void rnn_layer_forward(RnnMode mode, const RnnDims& d, const T* x, const T* h0, 
         T* g = gx + (n * Tn + t) * GH;
         T* h = out + (n * Tn + t) * H;
         const T* hp = h_prev + n * hp_rs;
+        if (mode != RnnMode::Gru && mode != RnnMode::Lstm)
+          for (int64_t j = 0; j < GH; ++j) g[j] += bias_sum[static_cast<size_t>(j)];
         switch (mode) {
           case RnnMode::RnnTanh:
             tanh_inplace(g, H);
@@ -495,11 +509,13 @@ void rnn_layer_forward(RnnMode mode, const RnnDims& d, const T* x, const T* h0, 
                                                                   : state_owned.get() + n * 2 * H);
               const float* c_prevf = saved_cells ? (t == 0 ? reinterpret_cast<const float*>(c0 + n * H) : cellf - 2 * H)
                                                  : cellf;
-              lstm_forward_row_avx512(H, reinterpret_cast<float*>(g), c_prevf, cellf, cellf + H,
+              lstm_forward_row_avx512(H, reinterpret_cast<float*>(g), reinterpret_cast<const float*>(bias_sum.data()),
+                                      c_prevf, cellf, cellf + H,
                                       reinterpret_cast<float*>(h));
               break;
             }
 #endif
+            for (int64_t j = 0; j < GH; ++j) g[j] += bias_sum[static_cast<size_t>(j)];
             sigmoid_inplace(g, 2 * H);
             tanh_inplace(g + 2 * H, H);
             sigmoid_inplace(g + 3 * H, H);
