@@ -14,7 +14,8 @@
 //   i, f, g, o), 3 (GRU: r, z, n), PyTorch's layouts.
 //
 // How the forward works
-//   1. All input projections at once: Gx = x W_ih^T + b (one GEMM over N*T rows).
+//   1. All input projections at once: Gx = x W_ih^T (one GEMM over N*T rows; the GRU's
+//      starts from b_ih, the other cells add b_ih + b_hh in the cell).
 //   2. W_hh^T is packed once into GEMM panels (PackedRhs); each step t runs
 //      Gx[:, t] += h_{t-1} W_hh^T on the packed panels (no per-step repacking), then the
 //      fused cell (vectorised sigmoid/tanh) over the batch rows. Batch rows are independent
@@ -28,7 +29,8 @@
 //   Walking t = T-1 .. 0 it forms the gate gradients dG_t (N, G*H) of every step from the
 //   saved values (the recurrences and their derivatives are in docs/layers.md), and
 //   dh_{t-1} = dG_t W_hh (a GEMM on W_hh packed once). The weight gradients are then one
-//   GEMM each over all N*T rows: dW_ih = dG^T x, dW_hh = dG^T [h_0 .. h_{T-1}], and
+//   GEMM each over all N*T rows: dW_ih = dG^T x, dW_hh = dG^T [h_0 .. h_{T-1}] (formed
+//   transposed, x^T dG, so that dG is packed along its rows), and
 //   dx = dG W_ih; bias gradients are column sums of dG.
 //
 // Determinism
