@@ -139,7 +139,7 @@ void max_pool2d_row(const Pool2dGeometry& g, const T* x, T* y, int64_t* argmax, 
         } else {
           for (int64_t c = 0; c < C; ++c) {
             const T v = src[c];
-            b[c] = (v > b[c]) | (v != v) ? v : b[c];
+            b[c] = ((v > b[c]) | (v != v)) ? v : b[c];
           }
         }
       }

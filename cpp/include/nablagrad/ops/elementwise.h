@@ -339,7 +339,7 @@ NABLAGRAD_UNARY_FLOAT_OP(sigmoid, v >= T(0) ? T(1) / (T(1) + std::exp(-v)) : std
 inline Tensor relu(const Tensor& x) {
   return dispatch_float(x.dtype(), "relu", [&](auto tag) {
     using T = typename decltype(tag)::type;
-    Tensor y = detail::unary_map<T, T>(x, x.dtype(), [](T v) { return (v > T(0)) | (v != v) ? v : T(0); });
+    Tensor y = detail::unary_map<T, T>(x, x.dtype(), [](T v) { return ((v > T(0)) | (v != v)) ? v : T(0); });
     if (any_requires_grad({&x})) {
       const Tensor saved = x.alias();
       record(y, "relu", {x}, [saved](const Tensor& g, std::vector<Tensor>& gi) {
