@@ -1,5 +1,5 @@
-// Tests of kernels/conv2d/winograd.h: Winograd F(2x2,3x3) and F(4x4,3x3), forward and
-// input gradient, against the reference (the design document's equations, in double) over
+// Tests of kernels/conv2d/winograd.h: Winograd F(2x2,3x3) and F(4x4,3x3), forward, input
+// gradient and kernel gradient (the forward's adjoint), against the reference (the design document's equations, in double) over
 // random shapes with odd sizes, partial edge tiles, paddings 0..3 (asymmetric too), channel
 // counts that are not multiples of the vector width, every SIMD level this CPU has, and
 // 1, 2 and 3 threads (bitwise). `test_winograd --accuracy` prints the accuracy table of
@@ -59,7 +59,7 @@ template <typename T>
 struct Data {
   Conv2dGeometry g;
   std::vector<T> x, w, b, dy;
-  std::vector<double> y_ref, dx_ref;
+  std::vector<double> y_ref, dx_ref, dw_ref;
 };
 
 template <typename T>
@@ -73,8 +73,10 @@ Data<T> make_data(const Shape& s, std::mt19937& rng, bool bias = true) {
   const auto xd = to_double(d.x), wd = to_double(d.w), bd = to_double(d.b), dyd = to_double(d.dy);
   d.y_ref.assign(static_cast<size_t>(s.N * d.g.Ho * d.g.Wo * s.Q), 0.0);
   d.dx_ref.assign(d.x.size(), 0.0);
+  d.dw_ref.assign(d.w.size(), 0.0);
   conv2d_reference_forward(d.g, xd.data(), wd.data(), bias ? bd.data() : nullptr, d.y_ref.data());
   conv2d_reference_backward_input(d.g, dyd.data(), wd.data(), d.dx_ref.data());
+  conv2d_reference_backward_weight(d.g, xd.data(), dyd.data(), d.dw_ref.data(), static_cast<double*>(nullptr));
   return d;
 }
 
@@ -90,6 +92,13 @@ std::vector<T> run_backward(const Data<T>& d, int m) {
   std::vector<T> dx(d.dx_ref.size(), T(-7));
   winograd_conv2d_backward_input(d.g, d.dy.data(), d.w.data(), dx.data(), m);
   return dx;
+}
+
+template <typename T>
+std::vector<T> run_weight(const Data<T>& d, int m) {
+  std::vector<T> dw(d.dw_ref.size(), T(-7));
+  winograd_conv2d_backward_weight(d.g, d.x.data(), d.dy.data(), dw.data(), m);
+  return dw;
 }
 
 // Tolerances (error relative to the output's scale, see rel_err) with ~10-50x headroom over
@@ -123,13 +132,15 @@ void test_against_reference() {
     for (int m : {2, 4}) {
       const double ef = rel_err(run_forward(d, m), d.y_ref);
       const double eb = rel_err(run_backward(d, m), d.dx_ref);
+      const double ew = rel_err(run_weight(d, m), d.dw_ref);
       CHECK(ef <= tolerance<T>(m));
       CHECK(eb <= tolerance<T>(m));
-      if (!(ef <= tolerance<T>(m) && eb <= tolerance<T>(m)))
-        std::printf("  %s m=%d shape (%lld,%lld,%lld,%lld->%lld pads %lld,%lld,%lld,%lld): fwd %.3g bwd %.3g\n",
+      CHECK(ew <= tolerance<T>(m));
+      if (!(ef <= tolerance<T>(m) && eb <= tolerance<T>(m) && ew <= tolerance<T>(m)))
+        std::printf("  %s m=%d shape (%lld,%lld,%lld,%lld->%lld pads %lld,%lld,%lld,%lld): fwd %.3g dx %.3g dw %.3g\n",
                     sizeof(T) == 4 ? "float" : "double", m, (long long)s.N, (long long)s.H, (long long)s.W,
                     (long long)s.C, (long long)s.Q, (long long)s.pt, (long long)s.pb, (long long)s.pl,
-                    (long long)s.pr, ef, eb);
+                    (long long)s.pr, ef, eb, ew);
     }
   }
 }
@@ -149,10 +160,12 @@ void test_random_shapes_all_levels() {
       for (int m : {2, 4}) {
         const double ef = rel_err(run_forward(d, m), d.y_ref);
         const double eb = rel_err(run_backward(d, m), d.dx_ref);
+        const double ew = rel_err(run_weight(d, m), d.dw_ref);
         CHECK(ef <= tolerance<T>(m));
         CHECK(eb <= tolerance<T>(m));
-        if (!(ef <= tolerance<T>(m) && eb <= tolerance<T>(m)))
-          std::printf("  level %d m=%d trial %d: fwd %.3g bwd %.3g\n", level, m, trial, ef, eb);
+        CHECK(ew <= tolerance<T>(m));
+        if (!(ef <= tolerance<T>(m) && eb <= tolerance<T>(m) && ew <= tolerance<T>(m)))
+          std::printf("  level %d m=%d trial %d: fwd %.3g dx %.3g dw %.3g\n", level, m, trial, ef, eb, ew);
       }
     }
   }
@@ -163,20 +176,22 @@ void test_random_shapes_all_levels() {
 template <typename T>
 void test_threads_bitwise() {
   std::mt19937 rng(99);
-  const Shape s{4, 37, 35, 8, 8, 1, 1, 1, 1};  // 4 * 10 * 9 = 360 F(4) tiles: several blocks
+  const Shape s{4, 37, 35, 8, 8, 1, 1, 1, 1};  // 4 * 10 * 9 = 360 F(4) tiles: several blocks (and chunks)
   const Data<T> d = make_data<T>(s, rng);
   const int best = static_cast<int>(nablagrad::cpu_simd_level());
   for (int level = 0; level <= best; ++level) {
     nablagrad::set_simd_level(static_cast<SimdLevel>(level));
     for (int m : {2, 4}) {
       nablagrad::set_num_threads(1);
-      const auto y1 = run_forward(d, m), dx1 = run_backward(d, m);
+      const auto y1 = run_forward(d, m), dx1 = run_backward(d, m), dw1 = run_weight(d, m);
       CHECK(rel_err(y1, d.y_ref) <= tolerance<T>(m));
       CHECK(rel_err(dx1, d.dx_ref) <= tolerance<T>(m));
+      CHECK(rel_err(dw1, d.dw_ref) <= tolerance<T>(m));
       for (int threads : {2, 3}) {
         nablagrad::set_num_threads(threads);
         CHECK(bitwise_equal(run_forward(d, m), y1));
         CHECK(bitwise_equal(run_backward(d, m), dx1));
+        CHECK(bitwise_equal(run_weight(d, m), dw1));
       }
     }
   }
@@ -195,6 +210,12 @@ void test_exact_integers() {
   conv2d_reference_forward(g, x.data(), w.data(), b.data(), ref.data());
   winograd_conv2d_forward(g, x.data(), w.data(), b.data(), y.data(), 2);
   CHECK(y == ref);
+  // The kernel gradient's F(2) transforms also have coefficients 0, +-1, +-1/2: exact too.
+  std::vector<double> dy(108), dw(54), dw_ref(54);
+  for (size_t i = 0; i < dy.size(); ++i) dy[i] = double(int(i * 3 % 5) - 2);
+  conv2d_reference_backward_weight(g, x.data(), dy.data(), dw_ref.data(), static_cast<double*>(nullptr));
+  winograd_conv2d_backward_weight(g, x.data(), dy.data(), dw.data(), 2);
+  CHECK(dw == dw_ref);
 }
 
 void test_errors_and_empty() {
@@ -217,6 +238,13 @@ void test_errors_and_empty() {
     threw = true;
   }
   CHECK(threw);
+  threw = false;
+  try {
+    winograd_conv2d_backward_weight(gs2, x.data(), y.data(), w.data());
+  } catch (const std::invalid_argument&) {
+    threw = true;
+  }
+  CHECK(threw);
   auto g3 = make_conv2d_geometry(2, 8, 8, 3, 4, 3, 3, 3, 1, 1, 1, 1, 1, 1);
   CHECK(winograd_applicable(g3));
   threw = false;
@@ -231,6 +259,10 @@ void test_errors_and_empty() {
   winograd_conv2d_forward(g0, x.data(), w.data(), static_cast<const float*>(nullptr), y.data());
   winograd_conv2d_backward_input(g0, y.data(), w.data(), x.data());
   CHECK(x[0] == 1.f);
+  // ... and the kernel gradient of an empty batch is zero.
+  std::vector<float> w3(4 * 9 * 3, 5.f);
+  winograd_conv2d_backward_weight(g0, x.data(), y.data(), w3.data());
+  for (float v : w3) CHECK(v == 0.f);
   // Tile choice: F(4) for large outputs with up to 96 channels, F(2) otherwise; auto's rule.
   CHECK(winograd_tile_size(32, 32, 64, 64) == 4);
   CHECK(winograd_tile_size(8, 8, 64, 64) == 2);
@@ -240,24 +272,35 @@ void test_errors_and_empty() {
   const auto g3264 = make_conv2d_geometry(1, 8, 8, 32, 64, 3, 3, 32, 1, 1, 0, 0, 0, 0);
   CHECK(!winograd_preferred(g16) && winograd_preferred(g16, /*backward_input=*/true));
   CHECK(winograd_preferred(g3264) && winograd_preferred(g3264, true));
+  // Kernel gradient: from 16 channels, with at least 4 blocks of tiles to share out.
+  CHECK(!winograd_preferred_weight<float>(g3));
+  CHECK(winograd_preferred_weight<float>(make_conv2d_geometry(8, 32, 32, 16, 16, 3, 3, 16, 1, 1, 1, 1, 1, 1)));
+  CHECK(!winograd_preferred_weight<float>(make_conv2d_geometry(2, 7, 7, 512, 512, 3, 3, 512, 1, 1, 1, 1, 1, 1)));
 }
 
 // The entry points of select.h: "winograd" runs exactly winograd_conv2d_* (bitwise), "direct"
-// never does, "auto" picks Winograd for 3x3 stride 1 with >= 16 channels on both sides; the
-// kernel gradient is never Winograd.
+// never does, "auto" picks Winograd for 3x3 stride 1 with >= 16 channels on both sides (the
+// forward from 32); the kernel gradient too where there are enough tiles.
 void test_algorithm_setting() {
   std::mt19937 rng(21);
   const Data<float> d = make_data<float>({2, 11, 10, 16, 20, 1, 1, 1, 1}, rng);
-  const auto wy = run_forward(d, 0), wdx = run_backward(d, 0);
-  std::vector<float> y(wy.size()), dx(wdx.size());
+  const auto wy = run_forward(d, 0), wdx = run_backward(d, 0), wdw = run_weight(d, 0);
+  std::vector<float> y(wy.size()), dx(wdx.size()), dw(wdw.size()), db(d.b.size());
   set_conv_algorithm(ConvAlgorithm::Winograd);
   CHECK(std::string(conv_kernel_choice<float>(d.g).forward) == "winograd");
   CHECK(std::string(conv_kernel_choice<float>(d.g).backward_input) == "winograd");
-  CHECK(std::string(conv_kernel_choice<float>(d.g).backward_weight) != "winograd");
+  CHECK(std::string(conv_kernel_choice<float>(d.g).backward_weight) == "winograd");
   conv2d_forward(d.g, d.x.data(), d.w.data(), d.b.data(), y.data());
   conv2d_backward_input(d.g, d.dy.data(), d.w.data(), dx.data());
+  conv2d_backward_weight(d.g, d.x.data(), d.dy.data(), dw.data(), db.data());
   CHECK(bitwise_equal(y, wy));
   CHECK(bitwise_equal(dx, wdx));
+  CHECK(bitwise_equal(dw, wdw));
+  for (int64_t q = 0; q < d.g.Q; ++q) {  // the bias gradient beside it: the sum of dY
+    double s = 0;
+    for (int64_t p = 0; p < d.g.N * d.g.Ho * d.g.Wo; ++p) s += d.dy[p * d.g.Q + q];
+    CHECK(std::fabs(db[q] - s) <= 1e-4 * (1 + std::fabs(s)));
+  }
   // Forced, but not applicable (stride 2, 5x5): the other kernels run.
   const auto gs2 = make_conv2d_geometry(1, 9, 9, 16, 16, 3, 3, 16, 2, 2, 1, 1, 1, 1);
   const auto g55 = make_conv2d_geometry(1, 9, 9, 16, 16, 5, 5, 16, 1, 1, 2, 2, 2, 2);
@@ -265,10 +308,13 @@ void test_algorithm_setting() {
   CHECK(std::string(conv_kernel_choice<float>(g55).backward_input) != "winograd");
   set_conv_algorithm(ConvAlgorithm::Direct);
   CHECK(std::string(conv_kernel_choice<float>(d.g).forward) != "winograd");
+  CHECK(std::string(conv_kernel_choice<float>(d.g).backward_weight) != "winograd");
   conv2d_forward(d.g, d.x.data(), d.w.data(), d.b.data(), y.data());
   conv2d_backward_input(d.g, d.dy.data(), d.w.data(), dx.data());
+  conv2d_backward_weight(d.g, d.x.data(), d.dy.data(), dw.data(), db.data());
   CHECK(rel_err(y, d.y_ref) <= 1e-5);
   CHECK(rel_err(dx, d.dx_ref) <= 1e-5);
+  CHECK(rel_err(dw, d.dw_ref) <= 1e-5);
   set_conv_algorithm(ConvAlgorithm::Auto);  // 16 -> 20 channels: dX only
   CHECK(std::string(conv_kernel_choice<float>(d.g).forward) != "winograd");
   CHECK(std::string(conv_kernel_choice<float>(d.g).backward_input) == "winograd");
@@ -287,16 +333,18 @@ void accuracy_table() {
   std::mt19937 rng(5);
   for (const Shape& s : realistic) {
     const Data<T> d = make_data<T>(s, rng);
-    std::vector<T> yd(d.y_ref.size()), dxd(d.dx_ref.size());
+    std::vector<T> yd(d.y_ref.size()), dxd(d.dx_ref.size()), dwd(d.dw_ref.size());
     set_conv_algorithm(ConvAlgorithm::Direct);
     conv2d_forward(d.g, d.x.data(), d.w.data(), d.b.data(), yd.data());
     conv2d_backward_input(d.g, d.dy.data(), d.w.data(), dxd.data());
+    conv2d_backward_weight(d.g, d.x.data(), d.dy.data(), dwd.data(), static_cast<T*>(nullptr));
     set_conv_algorithm(ConvAlgorithm::Auto);
-    std::printf("| %s | (%lld,%lld,%lld,%lld->%lld) | %.2e / %.2e | %.2e / %.2e | %.2e / %.2e |\n",
+    std::printf("| %s | (%lld,%lld,%lld,%lld->%lld) | %.2e / %.2e / %.2e | %.2e / %.2e / %.2e | %.2e / %.2e / %.2e |\n",
                 sizeof(T) == 4 ? "float32" : "float64", (long long)s.N, (long long)s.H, (long long)s.W,
-                (long long)s.C, (long long)s.Q, rel_err(yd, d.y_ref), rel_err(dxd, d.dx_ref),
+                (long long)s.C, (long long)s.Q, rel_err(yd, d.y_ref), rel_err(dxd, d.dx_ref), rel_err(dwd, d.dw_ref),
                 rel_err(run_forward(d, 2), d.y_ref), rel_err(run_backward(d, 2), d.dx_ref),
-                rel_err(run_forward(d, 4), d.y_ref), rel_err(run_backward(d, 4), d.dx_ref));
+                rel_err(run_weight(d, 2), d.dw_ref), rel_err(run_forward(d, 4), d.y_ref),
+                rel_err(run_backward(d, 4), d.dx_ref), rel_err(run_weight(d, 4), d.dw_ref));
   }
 }
 
@@ -305,7 +353,7 @@ void accuracy_table() {
 int main(int argc, char** argv) {
   nablagrad::kernels::gemm_parallel_threshold().store(0);  // push small GEMMs through the threaded path
   if (argc > 1 && std::string(argv[1]) == "--accuracy") {
-    std::printf("| type | shape (N,H,W,C->Q) | direct fwd / dX | F(2x2) fwd / dX | F(4x4) fwd / dX |\n|---|---|---|---|---|\n");
+    std::printf("| type | shape (N,H,W,C->Q) | direct fwd / dX / dW | F(2x2) fwd / dX / dW | F(4x4) fwd / dX / dW |\n|---|---|---|---|---|\n");
     accuracy_table<float>();
     accuracy_table<double>();
     return 0;

@@ -106,6 +106,7 @@ def test_winograd_and_direct_match_oracle(shape, dtype):
             choice = _core._conv_algorithm_for(x.shape, w.shape, 1, 1, *pads, dtype=np.dtype(dtype).name)
             assert (choice["forward"] == "winograd") == (name == "winograd"), choice
             assert (choice["backward_input"] == "winograd") == (name == "winograd"), choice
+            assert (choice["backward_weight"] == "winograd") == (name == "winograd"), choice
             got = run(x, w, b, pads, r)
         for what, g, e in zip(("y", "dx", "dw", "db"), got, ref):
             assert g.dtype == dtype
@@ -147,11 +148,16 @@ def test_kernel_choice_per_setting():
         assert pick(*wide)["forward"] == "winograd" and pick(*wide)["backward_input"] == "winograd"
         assert pick(*narrow)["forward"] != "winograd"  # 3 input channels: the direct kernels
         assert pick(*strided, stride=2)["forward"] != "winograd"
-        assert pick(*wide)["backward_weight"] != "winograd"  # no Winograd kernel gradient
+        assert pick(*wide)["backward_weight"] == "winograd"  # 512 F(4x4) tiles: many blocks
+        assert pick(*narrow)["backward_weight"] != "winograd"
+        # Too few tiles to share out (one block of 2 x 4 x 4 F(2x2) tiles): the GEMM.
+        assert pick((2, 7, 7, 512), (512, 3, 3, 512))["backward_weight"] != "winograd"
     with algorithm("direct"):
         assert "winograd" not in pick(*wide).values()
     with algorithm("winograd"):
         assert pick(*narrow)["forward"] == "winograd"  # forced wherever it applies
+        assert pick(*narrow)["backward_weight"] == "winograd"
+        assert pick((2, 7, 7, 512), (512, 3, 3, 512))["backward_weight"] == "winograd"
         assert pick(*strided, stride=2)["forward"] != "winograd"  # stride 2: falls back
         assert pick((2, 9, 9, 8), (8, 5, 5, 8), pad=2)["forward"] != "winograd"  # 5x5: falls back
 

@@ -81,7 +81,7 @@ inline ConvAlgorithm parse_conv_algorithm(const std::string& name) {
 
 enum class ForwardKernel { Im2colGemm, Direct, Pointwise, Winograd };            // [WINOGRAD]
 enum class BackwardInputKernel { Phases, Col2im, SmallC, Pointwise, Winograd, FlippedDirect };  // [WINOGRAD]
-enum class BackwardWeightKernel { Gemm, SmallC, Pointwise };           // [WINOGRAD] add Winograd
+enum class BackwardWeightKernel { Gemm, SmallC, Pointwise, Winograd };  // [WINOGRAD]
 
 inline const char* kernel_name(ForwardKernel k) {
   switch (k) {
@@ -105,6 +105,7 @@ inline const char* kernel_name(BackwardWeightKernel k) {
   switch (k) {
     case BackwardWeightKernel::SmallC: return "smallc";
     case BackwardWeightKernel::Pointwise: return "1x1_gemm";
+    case BackwardWeightKernel::Winograd: return "winograd";
     default: return "gemm";
   }
 }
@@ -129,6 +130,14 @@ inline bool use_winograd(const Conv2dGeometry& g, bool backward_input) {
   const ConvAlgorithm a = conv_algorithm();
   if (a == ConvAlgorithm::Direct || !winograd_applicable(g)) return false;
   return a == ConvAlgorithm::Winograd || winograd_preferred(g, backward_input);
+}
+
+/// [WINOGRAD] The same for the kernel gradient (winograd_preferred_weight for Auto).
+template <typename T>
+inline bool use_winograd_weight(const Conv2dGeometry& g) {
+  const ConvAlgorithm a = conv_algorithm();
+  if (a == ConvAlgorithm::Direct || !winograd_applicable(g)) return false;
+  return a == ConvAlgorithm::Winograd || winograd_preferred_weight<T>(g);
 }
 
 /// Forward kernel for g with the kernels cfg.
@@ -195,8 +204,9 @@ template <typename T>
 inline BackwardWeightKernel select_backward_weight(const Conv2dGeometry& g,
                                                    const conv_detail::ConvKernels<T>& cfg) {
   (void)cfg;  // no choice below depends on the register tile (yet)
-  // [WINOGRAD] no Winograd kernel gradient (F(3x3, 2x2)): not implemented, see
-  // docs/convolution.md "Winograd"; every setting runs the kernels below.
+  // [WINOGRAD] 3x3, stride 1: the adjoint of the forward's Winograd F(m x m, 3x3) when forced,
+  // or for Auto with enough channels (winograd_preferred_weight; measured crossover).
+  if (use_winograd_weight<T>(g)) return BackwardWeightKernel::Winograd;
   // 1x1 without padding: dW = dY^T X, a plain GEMM.
   if (conv_detail::is_pointwise(g) && g.C > 4) return BackwardWeightKernel::Pointwise;
   // Few input channels: register accumulators straight from a zero-padded copy of the input,
@@ -262,6 +272,10 @@ void conv2d_backward_weight(const Conv2dGeometry& g, const T* x, const T* dy, T*
     case BackwardWeightKernel::Pointwise: conv_detail::backward_weight_pointwise(g, x, dy, dw, db); return;
     case BackwardWeightKernel::SmallC: conv_detail::backward_weight_smallc(cfg, g, x, dy, dw, db); return;
     case BackwardWeightKernel::Gemm: conv_detail::backward_weight_gemm(cfg, g, x, dy, dw, db); return;
+    case BackwardWeightKernel::Winograd:
+      winograd_conv2d_backward_weight(g, x, dy, dw);
+      if (db) conv_detail::bias_gradient(g.N * g.Ho * g.Wo, g.Q, dy, db);
+      return;
   }
 }
 

@@ -39,9 +39,15 @@
 // read offsets (2 - pt, 2 - pl) and output (N, H, W, C). Reads outside dY are the padding
 // zeros. See docs/convolution.md ("Winograd") for the derivation and the accuracy table.
 //
+// Kernel gradient: the adjoint of the forward. Per tile dg = G^T [ (A e A^T) (.) (B^T d B) ] G
+// (e the tile of dY), so S[p](c, q) = sum_tiles V[p](tile, c) E[p](tile, q) with the same
+// input transform V and E = A e A^T, then dW[q, :, :, c] = G^T S(c, q) G; the sum over tiles
+// runs in fixed chunks (kernel_grad3x3).
+//
 //     if (winograd_applicable(g)) {
 //       winograd_conv2d_forward(g, x, w, bias, y);           // m chosen by winograd_tile_size
 //       winograd_conv2d_backward_input(g, dy, w, dx);
+//       winograd_conv2d_backward_weight(g, x, dy, dw);
 //     }
 #pragma once
 
@@ -252,6 +258,19 @@ inline void block_fns(BlockFn<T>* in, BlockFn<T>* out) {
 #endif
 }
 
+/// The kernel gradient's dY-tile transform of one block for T at the current SIMD level.
+template <typename T, int M>
+inline BlockFn<T> grad_block_fn() {
+  using S = XPortable<T, 1>;
+#if NABLAGRAD_X86
+  using X512 = typename std::conditional<std::is_same<T, float>::value, XAvx512F, XAvx512D>::type;
+  using X2 = typename std::conditional<std::is_same<T, float>::value, XAvx2F, XAvx2D>::type;
+  if (simd_at_least(SimdLevel::AVX512)) return &avx512::grad_block<X512, S, M>;
+  if (simd_at_least(SimdLevel::AVX2)) return &avx2::grad_block<X2, S, M>;
+#endif
+  return &portable::grad_block<XPortable<T, 32 / sizeof(T)>, S, M>;
+}
+
 /// One-dimensional kernel transform G g over `n` lanes (consecutive channels):
 /// g[i] = g + i * is, o[i] = o + i * os, each a run of n doubles.
 ///   F(2,3): G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1]
@@ -404,6 +423,115 @@ void conv3x3(int64_t N, int64_t H, int64_t W, int64_t Cc, int64_t off_h, int64_t
   });
 }
 
+/// G of F(m x m, 3x3) (A x 3, the rows of g1d), for the kernel gradient's G^T S G.
+template <int M>
+inline double g_entry(int i, int a) {
+  static const double g2[4][3] = {{1, 0, 0}, {0.5, 0.5, 0.5}, {0.5, -0.5, 0.5}, {0, 0, 1}};
+  static const double g4[6][3] = {{0.25, 0, 0},
+                                  {-1.0 / 6, -1.0 / 6, -1.0 / 6},
+                                  {-1.0 / 6, 1.0 / 6, -1.0 / 6},
+                                  {1.0 / 24, 1.0 / 12, 1.0 / 6},
+                                  {1.0 / 24, -1.0 / 12, 1.0 / 6},
+                                  {0, 0, 1}};
+  return M == 2 ? g2[i][a] : g4[i][a];
+}
+
+/// Kernel gradient dw (Q, 3, 3, C) of y = conv(x, w) (3x3, stride 1, g's padding) from dy:
+/// the adjoint of the forward's F(m x m, 3x3). Per output tile,
+///   y_tile = A^T [ (G g G^T) (.) (B^T d B) ] A   gives   dg = G^T [ (A e A^T) (.) (B^T d B) ] G
+/// (e the tile of dY), so with S[p](c, q) = sum_tiles V[p](tile, c) * E[p](tile, q),
+/// V = B^T d B (the forward's input transform) and E = A e A^T, dw[q, :, :, c] = G^T S(c, q) G.
+/// The P products S[p] = V[p]^T E[p] reduce over tiles: blocks of tb tiles are grouped into
+/// fixed chunks (a function of the shape only); each chunk sums its blocks in order into its
+/// own partial S, and the partials are added in chunk order (in double, with G^T . G):
+/// bitwise identical for any thread count.
+template <typename T, int M>
+void kernel_grad3x3(const Conv2dGeometry& g, const T* x, const T* dy, T* dw) {
+  constexpr int A = M + 2;
+  constexpr int64_t P = A * A;
+  const int64_t C = g.C, Q = g.Q;
+  const int64_t tiles_h = (g.Ho + M - 1) / M, tiles_w = (g.Wo + M - 1) / M;
+  const int64_t tiles = g.N * tiles_h * tiles_w;
+  if (tiles == 0) {
+    std::fill(dw, dw + Q * 9 * C, T(0));
+    return;
+  }
+  const int64_t tb = block_tiles<T>(M, C, Q, tiles);
+  const gemm_detail::GemmConfig<T> cfg = gemm_detail::gemm_config<T>(C);
+  const int64_t MR = cfg.MR, NR = cfg.NR;
+  const int64_t Cpad = (C + MR - 1) / MR * MR, Qpad = (Q + NR - 1) / NR * NR;
+  const int64_t blocks = (tiles + tb - 1) / tb;
+  // Fixed chunks: up to 8, fewer when the partials (P x C x Q each) would pass ~64 MiB.
+  const int64_t partial_values = checked_product({P, C, Q}, "winograd: kernel-gradient partial sums");
+  int64_t target = std::min<int64_t>(8, (int64_t{64} << 20) / std::max<int64_t>(1, partial_values * static_cast<int64_t>(sizeof(T))));
+  target = std::max<int64_t>(1, std::min(target, blocks));
+  const int64_t chunk_blocks = (blocks + target - 1) / target;
+  const int64_t nchunks = (blocks + chunk_blocks - 1) / chunk_blocks;
+  conv_detail::Scratch<T> partial(checked_product({nchunks, partial_values}, "winograd: kernel-gradient partial sums"),
+                                  "winograd: kernel-gradient partial sums");
+  BlockFn<T> in_fn, out_fn;
+  block_fns<T, M>(&in_fn, &out_fn);
+  const BlockFn<T> grad_fn = grad_block_fn<T, M>();
+  parallel_chunks(blocks, chunk_blocks, [&](int64_t ci, int64_t b0, int64_t b1) {
+    T* Vb = static_cast<T*>(scratch_bytes<0>(sizeof(T) * static_cast<size_t>(P * tb * C)));
+    T* Eb = static_cast<T*>(scratch_bytes<1>(sizeof(T) * static_cast<size_t>(P * tb * Q)));
+    T* Ap = static_cast<T*>(scratch_bytes<2>(sizeof(T) * static_cast<size_t>(Cpad * tb)));
+    T* Bp = static_cast<T*>(scratch_bytes<3>(sizeof(T) * static_cast<size_t>(Qpad * tb)));
+    T* S = partial.get() + ci * partial_values;
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t t0 = b * tb, nt = std::min(tb, tiles - t0);
+      in_fn(BlockArgs<T>{x, g.H, g.W, C, g.pad_top, g.pad_left, g.Ho, g.Wo, Q, tiles_h, tiles_w, t0, nt, tb, Vb,
+                         nullptr, nullptr, nullptr});
+      grad_fn(BlockArgs<T>{dy, g.Ho, g.Wo, Q, 0, 0, g.Ho, g.Wo, Q, tiles_h, tiles_w, t0, nt, tb, Eb, nullptr,
+                           nullptr, nullptr});
+      // S[p] (C x Q) (+)= V[p]^T (C x nt) * E[p] (nt x Q): the block is one K slice of nt <= KC.
+      for (int64_t p = 0; p < P; ++p) {
+        gemm_detail::pack_a(C, nt, Vb + p * C, int64_t{1}, P * C, MR, Ap);
+        gemm_detail::pack_b(nt, Q, Eb + p * Q, P * Q, int64_t{1}, NR, Bp);
+        gemm_detail::macro_kernel(cfg, C, Q, nt, Ap, Bp, S + p * C * Q, Q, b > b0);
+      }
+    }
+  });
+  // dw[q, a, d, c] = sum_{i,j} G[i][a] S[i*A+j](c, q) G[j][d], S = the partials in chunk order.
+  parallel_for(0, C, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, Q * P)), [&](int64_t c0, int64_t c1) {
+    std::vector<double> s(static_cast<size_t>(P * Q)), t(static_cast<size_t>(A * 3 * Q)), o(static_cast<size_t>(9 * Q));
+    for (int64_t c = c0; c < c1; ++c) {
+      for (int64_t p = 0; p < P; ++p) {
+        double* sp = s.data() + p * Q;
+        const T* src = partial.get() + (p * C + c) * Q;
+        for (int64_t q = 0; q < Q; ++q) sp[q] = static_cast<double>(src[q]);
+        for (int64_t ci = 1; ci < nchunks; ++ci) {
+          const T* more = src + ci * partial_values;
+          for (int64_t q = 0; q < Q; ++q) sp[q] += static_cast<double>(more[q]);
+        }
+      }
+      std::fill(t.begin(), t.end(), 0.0);
+      for (int i = 0; i < A; ++i)  // t[i][d] = sum_j S[i][j] G[j][d]
+        for (int j = 0; j < A; ++j)
+          for (int d = 0; d < 3; ++d) {
+            const double gjd = g_entry<M>(j, d);
+            if (gjd == 0) continue;
+            const double* sp = s.data() + (i * A + j) * Q;
+            double* tp = t.data() + (i * 3 + d) * Q;
+            for (int64_t q = 0; q < Q; ++q) tp[q] += gjd * sp[q];
+          }
+      std::fill(o.begin(), o.end(), 0.0);
+      for (int a = 0; a < 3; ++a)  // o[a][d] = sum_i G[i][a] t[i][d]
+        for (int i = 0; i < A; ++i) {
+          const double gia = g_entry<M>(i, a);
+          if (gia == 0) continue;
+          for (int d = 0; d < 3; ++d) {
+            const double* tp = t.data() + (i * 3 + d) * Q;
+            double* op = o.data() + (a * 3 + d) * Q;
+            for (int64_t q = 0; q < Q; ++q) op[q] += gia * tp[q];
+          }
+        }
+      for (int64_t q = 0; q < Q; ++q)
+        for (int ad = 0; ad < 9; ++ad) dw[(q * 9 + ad) * C + c] = static_cast<T>(o[ad * Q + q]);
+    }
+  });
+}
+
 }  // namespace winograd_detail
 
 /// The "auto" rule (measured crossovers against the direct kernels, docs/convolution.md
@@ -424,6 +552,20 @@ inline bool winograd_preferred(const Conv2dGeometry& g, bool backward_input = fa
 /// instead of 36, and small outputs waste less of a 2 x 2 tile.
 inline int winograd_tile_size(int64_t Ho, int64_t Wo, int64_t K, int64_t Nf) {
   return (Ho >= 16 && Wo >= 16 && K <= 96 && Nf <= 96) ? 4 : 2;
+}
+
+/// The "auto" rule for the kernel gradient (measured against the im2col GEMM, 2 threads,
+/// docs/convolution.md "Winograd"): C, Q >= 16 (about 2x faster from 16 -> 16 to 256 -> 256
+/// channels; a wash at 8), and at least 4 blocks of tiles: the tiles are the reduction, split
+/// into chunks of whole blocks, so fewer blocks leave threads idle (2 x 7 x 7, 512 -> 512 ran
+/// 14 ms by GEMM, 17 by Winograd on one block).
+template <typename T>
+inline bool winograd_preferred_weight(const Conv2dGeometry& g) {
+  if (!winograd_applicable(g) || g.C < 16 || g.Q < 16) return false;
+  const int m = winograd_tile_size(g.Ho, g.Wo, g.C, g.Q);
+  const int64_t tiles = g.N * ((g.Ho + m - 1) / m) * ((g.Wo + m - 1) / m);
+  const int64_t tb = winograd_detail::block_tiles<T>(m, g.C, g.Q, tiles);
+  return tiles >= 4 * tb;
 }
 
 /// Forward pass y = conv(x, w) + bias by Winograd F(m x m, 3x3); m = 2 or 4, or 0 to let
@@ -469,6 +611,23 @@ void winograd_conv2d_backward_input(const Conv2dGeometry& g, const T* dy, const 
     winograd_detail::conv3x3<T, 2>(g.N, g.Ho, g.Wo, Q, off_h, off_w, g.H, g.W, C, dy, kern, nullptr, dx);
   else
     winograd_detail::conv3x3<T, 4>(g.N, g.Ho, g.Wo, Q, off_h, off_w, g.H, g.W, C, dy, kern, nullptr, dx);
+}
+
+/// Kernel gradient dw (Q, 3, 3, C) from x and dy by the adjoint of F(m x m, 3x3)
+/// (winograd_detail::kernel_grad3x3); m = 2, 4 or 0 (winograd_tile_size of the output, as the
+/// forward). The bias gradient is not computed here. Requires winograd_applicable(g).
+template <typename T>
+void winograd_conv2d_backward_weight(const Conv2dGeometry& g, const T* x, const T* dy, T* dw, int m = 0) {
+  if (!winograd_applicable(g))
+    throw std::invalid_argument("winograd_conv2d_backward_weight: needs a 3x3 kernel with stride 1, got " +
+                                std::to_string(g.FH) + "x" + std::to_string(g.FW) + " stride (" +
+                                std::to_string(g.stride_h) + "," + std::to_string(g.stride_w) + ")");
+  if (m == 0) m = winograd_tile_size(g.Ho, g.Wo, g.C, g.Q);
+  if (m != 2 && m != 4) throw std::invalid_argument("winograd: tile size m must be 2 or 4, got " + std::to_string(m));
+  if (m == 2)
+    winograd_detail::kernel_grad3x3<T, 2>(g, x, dy, dw);
+  else
+    winograd_detail::kernel_grad3x3<T, 4>(g, x, dy, dw);
 }
 
 }  // namespace kernels
