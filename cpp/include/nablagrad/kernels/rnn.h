@@ -303,14 +303,21 @@ inline void transpose_into(int64_t rows, int64_t cols, const T* src, T* dst) {
     }
 }
 
-/// Rows of `rows` x `cols`: each row = bias_a + bias_b (either may be null: zeros).
+/// bias_a + bias_b, `cols` values (either may be null: zeros).
 template <typename T>
-inline void fill_rows_with_bias(int64_t rows, int64_t cols, const T* bias_a, const T* bias_b, T* out) {
+inline std::vector<T> summed_bias(int64_t cols, const T* bias_a, const T* bias_b) {
   std::vector<T> b(static_cast<size_t>(cols), T(0));
   for (int64_t j = 0; j < cols; ++j) {
     if (bias_a) b[static_cast<size_t>(j)] = bias_a[j];
     if (bias_b) b[static_cast<size_t>(j)] += bias_b[j];
   }
+  return b;
+}
+
+/// Rows of `rows` x `cols`: each row = bias_a + bias_b (either may be null: zeros).
+template <typename T>
+inline void fill_rows_with_bias(int64_t rows, int64_t cols, const T* bias_a, const T* bias_b, T* out) {
+  const std::vector<T> b = summed_bias(cols, bias_a, bias_b);
   for (int64_t r = 0; r < rows; ++r) std::memcpy(out + r * cols, b.data(), sizeof(T) * static_cast<size_t>(cols));
 }
 
@@ -451,15 +458,13 @@ void rnn_layer_forward(RnnMode mode, const RnnDims& d, const T* x, const T* h0, 
   //    The GRU's gx starts from b_ih (b_hh goes with W_hh h, for the n gate); the other cells add
   //    b_ih + b_hh in the cell, after the recurrent product (no pass over gx to fill it).
   std::vector<T> bias_sum;
-  if (mode == RnnMode::Gru) {
+  if (mode == RnnMode::Gru)
     fill_rows_with_bias<T>(N * Tn, GH, w.b_ih, nullptr, gx);
-  } else {
-    bias_sum.assign(static_cast<size_t>(GH), T(0));
-    for (int64_t j = 0; j < GH; ++j) {
-      if (w.b_ih) bias_sum[static_cast<size_t>(j)] = w.b_ih[j];
-      if (w.b_hh) bias_sum[static_cast<size_t>(j)] += w.b_hh[j];
-    }
-  }
+  else
+    bias_sum = summed_bias<T>(GH, w.b_ih, w.b_hh);
+  auto add_bias_sum = [&](T* g) {
+    for (int64_t j = 0; j < GH; ++j) g[j] += bias_sum[static_cast<size_t>(j)];
+  };
   gemm<T>(N * Tn, GH, I, x, I, 1, w.w_ih, 1, I, gx, GH, /*accumulate=*/mode == RnnMode::Gru);
 
   // 2. The recurrence, on W_hh^T packed once.
@@ -494,14 +499,14 @@ void rnn_layer_forward(RnnMode mode, const RnnDims& d, const T* x, const T* h0, 
         T* g = gx + (n * Tn + t) * GH;
         T* h = out + (n * Tn + t) * H;
         const T* hp = h_prev + n * hp_rs;
-        if (mode != RnnMode::Gru && mode != RnnMode::Lstm)
-          for (int64_t j = 0; j < GH; ++j) g[j] += bias_sum[static_cast<size_t>(j)];
         switch (mode) {
           case RnnMode::RnnTanh:
+            add_bias_sum(g);
             tanh_inplace(g, H);
             std::memcpy(h, g, sizeof(T) * H);
             break;
           case RnnMode::RnnRelu:
+            add_bias_sum(g);
             for (int64_t j = 0; j < H; ++j) h[j] = g[j] > T(0) ? g[j] : T(0);
             break;
           case RnnMode::Lstm: {
@@ -517,7 +522,7 @@ void rnn_layer_forward(RnnMode mode, const RnnDims& d, const T* x, const T* h0, 
               break;
             }
 #endif
-            for (int64_t j = 0; j < GH; ++j) g[j] += bias_sum[static_cast<size_t>(j)];
+            add_bias_sum(g);
             sigmoid_inplace(g, 2 * H);
             tanh_inplace(g + 2 * H, H);
             sigmoid_inplace(g + 3 * H, H);
