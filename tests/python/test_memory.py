@@ -93,6 +93,13 @@ def _train(model: nn.Module, opt: ng.optim.Optimizer, xs: list, ys: list, steps:
     return loss_value
 
 
+def _collect_everything() -> None:
+    """Collects until nothing is left: freeing what earlier tests left (the demo test's matplotlib
+    figure, say) runs weakref callbacks that free more cycles, which one pass leaves behind."""
+    while gc.collect():
+        pass
+
+
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_rss_flat_over_10000_training_steps(name: str) -> None:
     factory, shape = MODELS[name]
@@ -102,7 +109,7 @@ def test_rss_flat_over_10000_training_steps(name: str) -> None:
     rng = np.random.default_rng(0)
     xs = [ng.tensor(rng.standard_normal(shape).astype(np.float32)) for _ in range(4)]
     ys = [ng.tensor(rng.integers(0, 10, shape[0])) for _ in range(4)]
-    gc.collect()
+    _collect_everything()
     was_enabled = gc.isenabled()
     gc.disable()  # graphs must be freed by reference counting alone
     try:
@@ -138,7 +145,7 @@ def _graph_probe() -> Tuple[Callable[[], object], ...]:
 
 
 def test_graph_and_model_die_without_the_cycle_collector() -> None:
-    gc.collect()
+    _collect_everything()
     was_enabled = gc.isenabled()
     gc.disable()
     try:
