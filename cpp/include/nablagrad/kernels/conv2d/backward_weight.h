@@ -59,10 +59,9 @@ void backward_weight_gemm(const ConvKernels<T>& cfg, const Conv2dGeometry& g, co
       forward_im2col(g, x, p0, p1, tile.data(), Kpad);
       for (int64_t p = p0; p < p1; ++p) {  // pack dY rows into NR-wide panels; fused db
         const T* src = dy + p * Q;
-        for (int64_t q = 0; q < Q; ++q) {
-          dyp[((q / NR) * PT + (p - p0)) * NR + q % NR] = src[q];
-          dbp[q] += src[q];
-        }
+        for (int64_t q = 0; q < Q; ++q) dbp[q] += src[q];
+        for (int64_t pn = 0; pn < panels; ++pn)  // a last panel's columns past Q stay zero
+          std::copy(src + pn * NR, src + std::min(Q, (pn + 1) * NR), dyp.data() + (pn * PT + (p - p0)) * NR);
       }
       for (int64_t pn = 0; pn < panels; ++pn)
         for (int64_t i = 0; i < Kpad; i += MR)

@@ -608,9 +608,14 @@ __attribute__((target("avx512f,avx2,fma"))) inline __m512 z_add(__m512 a, __m512
 __attribute__((target("avx512f,avx2,fma"))) inline __m512d z_add(__m512d a, __m512d b) { return _mm512_add_pd(a, b); }
 
 // C[MR x NR] += A B as micro_kernel_portable, NR = NV vectors; one FMA chain per element.
-template <typename T, int MR, int NV>
-__attribute__((target("avx512f,avx2,fma"))) inline void micro_kernel_avx512(
-    int64_t depth, const T* a, int64_t a_rs, int64_t a_cs, const T* b, T* c, int64_t ldc) {
+// UnitRows: a_rs == 1 (A's column contiguous, the kernel gradient's im2col tile read
+// transposed), so the MR broadcasts of a step are constant offsets; with a runtime a_rs the
+// 12 or 24 row offsets do not fit in registers and spill (perf: a third of the loop's
+// instructions). Same arithmetic either way.
+template <typename T, int MR, int NV, bool UnitRows>
+__attribute__((target("avx512f,avx2,fma"))) inline void micro_kernel_avx512_rows(
+    int64_t depth, const T* a, int64_t a_rs_runtime, int64_t a_cs, const T* b, T* c, int64_t ldc) {
+  const int64_t a_rs = UnitRows ? 1 : a_rs_runtime;
   using VT = typename Avx512<T>::VT;
   constexpr int W = Avx512<T>::W;
   VT acc[MR][NV];
@@ -635,6 +640,15 @@ __attribute__((target("avx512f,avx2,fma"))) inline void micro_kernel_avx512(
 #pragma GCC unroll 2
     for (int v = 0; v < NV; ++v)
       z_store(c + i * ldc + v * W, z_add(z_load(c + i * ldc + v * W), acc[i][v]));
+}
+
+template <typename T, int MR, int NV>
+__attribute__((target("avx512f,avx2,fma"))) inline void micro_kernel_avx512(
+    int64_t depth, const T* a, int64_t a_rs, int64_t a_cs, const T* b, T* c, int64_t ldc) {
+  if (a_rs == 1)
+    micro_kernel_avx512_rows<T, MR, NV, true>(depth, a, a_rs, a_cs, b, c, ldc);
+  else
+    micro_kernel_avx512_rows<T, MR, NV, false>(depth, a, a_rs, a_cs, b, c, ldc);
 }
 
 // out[MR x NR] = A B as direct_kernel_portable (A read in place from nh padded-input rows).
