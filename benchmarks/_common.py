@@ -10,7 +10,7 @@ from __future__ import annotations
 
 try:
     from nablagrad.benchmark._common import (  # noqa: F401
-        alternate, cpu_model, load_average, machine_line, race, simd_level, time_call, try_import_torch)
+        alternate, cpu_model, load_average, machine_line, race, simd_level, time_call, try_import_torch, warm_up)
 except ImportError:  # pragma: no cover - stale dev site
     import importlib.util
     import os
@@ -23,3 +23,4 @@ except ImportError:  # pragma: no cover - stale dev site
     _spec.loader.exec_module(_mod)
     alternate, cpu_model, load_average, machine_line = _mod.alternate, _mod.cpu_model, _mod.load_average, _mod.machine_line
     race, simd_level, time_call, try_import_torch = _mod.race, _mod.simd_level, _mod.time_call, _mod.try_import_torch
+    warm_up = _mod.warm_up

@@ -30,9 +30,9 @@ import nablagrad as ng
 import nablagrad.functional as F
 
 try:
-    from _common import cpu_model
+    from _common import cpu_model, warm_up
 except ImportError:  # run from elsewhere than benchmarks/ (e.g. loaded by nablagrad.benchmark)
-    from nablagrad.benchmark._common import cpu_model
+    from nablagrad.benchmark._common import cpu_model, warm_up
 
 try:
     import torch
@@ -109,7 +109,9 @@ def measure(case: Case, nthreads: int, rounds: int, reps: int = 3, settle: float
     the faster of the two and ("torch_layout", pass) names it.
 
     Each round runs, for each pass, a block of torch calls then a block of ours. A block
-    starts with a pause of `settle` seconds and one untimed call, then times `reps` calls:
+    starts with a pause of `settle` seconds and untimed calls for 10 ms (warm_up: after even a
+    short idle the CPU runs slower for its first milliseconds of work, which one call of a
+    fast kernel does not absorb), then times `reps` calls:
     PyTorch's OpenMP workers spin-wait for several milliseconds after a parallel region, and
     a contender timed right after a torch call finds them still burning the second core
     (measured: nablagrad's 2-thread (8,64,64,3->32,7,2,3) f+b 2.7 ms alone, 7.2 ms right after a
@@ -133,7 +135,7 @@ def measure(case: Case, nthreads: int, rounds: int, reps: int = 3, settle: float
                 if (lib, pas) in fns:
                     fn = fns[(lib, pas)]
                     time.sleep(settle)
-                    fn()
+                    warm_up(fn)
                     times[(lib, pas)].extend(timed(fn) for _ in range(reps))
     out = {key: statistics.median(v) for key, v in times.items()}
     if torch is not None:

@@ -29,7 +29,7 @@ import numpy as np
 import nablagrad as ng
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import cpu_model  # noqa: E402
+from _common import cpu_model, warm_up  # noqa: E402
 
 try:
     import torch
@@ -265,7 +265,8 @@ def timed(fn: Callable[[], None]) -> float:
 def measure(case: LayerCase, rounds: int, reps: int = 3, settle: float = 0.05) -> Dict[Tuple[str, str], float]:
     """Median seconds {(lib, pass): t}. Each round runs, per pass, a block of torch calls then a
     block of ours; each block starts with a short pause (PyTorch's OpenMP workers spin for a
-    while after a region and would steal the second core) and one untimed call."""
+    while after a region and would steal the second core) and untimed calls for 10 ms
+    (warm_up: the CPU's first milliseconds after an idle pause run slower)."""
     fns = {("ours", "fwd"): case.ours_fwd, ("ours", "fb"): case.ours_fb}
     if torch is not None:
         fns.update({("torch", "fwd"): case.torch_fwd, ("torch", "fb"): case.torch_fb})
@@ -279,7 +280,7 @@ def measure(case: LayerCase, rounds: int, reps: int = 3, settle: float = 0.05) -
                 if (lib, pas) in fns:
                     fn = fns[(lib, pas)]
                     time.sleep(settle)
-                    fn()
+                    warm_up(fn)
                     times[(lib, pas)].extend(timed(fn) for _ in range(reps))
     return {key: statistics.median(v) for key, v in times.items()}
 

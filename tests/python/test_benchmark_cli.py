@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -92,6 +93,17 @@ def test_benchmark_scripts_share_the_package_helpers():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     assert mod.race is _common.race and mod.cpu_model is _common.cpu_model
+    assert mod.warm_up is _common.warm_up
+
+
+def test_warm_up_calls_for_the_time_asked_and_at_least_once():
+    calls = []
+    _common.warm_up(lambda: calls.append(time.perf_counter()), seconds=0.0)
+    assert len(calls) == 1  # no time asked: still one call
+    calls.clear()
+    t0 = time.perf_counter()
+    _common.warm_up(lambda: calls.append(time.perf_counter()), seconds=0.02)
+    assert calls[-1] - t0 >= 0.02 and len(calls) > 1
 
 
 @pytest.mark.parametrize("name", ["cnn", "lstm", "transformer"])

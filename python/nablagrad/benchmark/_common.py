@@ -17,6 +17,22 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 NO_TORCH_ENV = "NABLAGRAD_BENCH_NO_TORCH"
 
 
+# Untimed calls at the start of each block, after its pause: at least this long (and at least
+# one call). A CPU that idled for the pause (as short as 5 ms) runs slower for its first few
+# milliseconds of work: measured on the 2-vCPU cloud VM, a 0.25 ms conv ran 0.35-0.45 ms for
+# its first ~10 calls after a pause, and 0.24 at once when two nice-19 busy loops kept the CPUs
+# from idling. One untimed call only absorbs that ramp for a library whose first call is long.
+WARM_SECONDS = 0.01
+
+
+def warm_up(fn: Callable[[], object], seconds: float = WARM_SECONDS) -> None:
+    """Calls fn untimed, at least once and until `seconds` have passed."""
+    end = time.perf_counter() + seconds
+    fn()
+    while time.perf_counter() < end:
+        fn()
+
+
 def time_call(fn: Callable[[], object], min_time: float = 0.05) -> float:
     """Seconds per call of fn, averaged over enough calls to last about min_time."""
     fn()
@@ -117,8 +133,9 @@ def measure_blocks(fns: Dict[Tuple[str, str], Callable[[], object]], rounds: int
     """Median seconds per call {(lib, pass): t}, alternating block by block: each round runs,
     per pass, a block of each library's calls (torch first, then ours); a block starts with a
     short pause (PyTorch's OpenMP workers spin for a while after a region and would steal a
-    core from the next contender) and one untimed call, then times `reps` calls. The same
-    procedure as benchmarks/conv2d.py's and benchmarks/layers.py's measure()."""
+    core from the next contender) and untimed calls for WARM_SECONDS (warm_up), then times
+    `reps` calls. The same procedure as benchmarks/conv2d.py's and benchmarks/layers.py's
+    measure()."""
     for fn in fns.values():
         fn()
         fn()
@@ -130,7 +147,7 @@ def measure_blocks(fns: Dict[Tuple[str, str], Callable[[], object]], rounds: int
                 if (lib, pas) in fns:
                     fn = fns[(lib, pas)]
                     time.sleep(settle)
-                    fn()
+                    warm_up(fn)
                     for _ in range(reps):
                         t0 = time.perf_counter()
                         fn()
