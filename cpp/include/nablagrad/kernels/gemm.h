@@ -141,6 +141,10 @@ inline AlignedBuffer& packed_b_buffer() {
 // (one chain per element, k ascending, starting from zero), then C = add ? C + acc : acc.
 template <typename T>
 using MicroKernel = void (*)(int64_t kc, const T* Ap, const T* Bp, T* C, int64_t ldc, bool add);
+// The same tile with A read in place, row-major (A(i, k) = A[i*lda + k]) instead of packed:
+// the same arithmetic (one FMA chain per element, k ascending), so the same bits.
+template <typename T>
+using MicroKernelRows = void (*)(int64_t kc, const T* A, int64_t lda, const T* Bp, T* C, int64_t ldc, bool add);
 
 /// Block sizes and micro-kernel of one (type, simd level) variant.
 template <typename T>
@@ -150,6 +154,7 @@ struct GemmConfig {
   int64_t KC;      // depth of a packed slice: an NR x KC panel of B sits in L1
   int64_t NC;      // columns of B packed per block (multiple of NR): KC x NC sits in L3
   MicroKernel<T> kernel;
+  MicroKernelRows<T> kernel_rows;  // nullptr where the level has none: A is always packed
 };
 
 // ---------------------------------------------------------------------------------------
@@ -397,12 +402,18 @@ struct Avx512Vec<double> {
 };
 
 /// MR x (NV * lanes) tile; Bp rows are 64-byte aligned (packed panels of NR = NV * lanes).
-template <typename T, int MR, int NV>
-__attribute__((target("avx512f,avx2,fma"), flatten)) inline void micro_kernel_avx512(
-    int64_t kc, const T* Ap, const T* Bp, T* C, int64_t ldc, bool add) {
+/// InPlace: A is read as MR rows lda apart (row-major, unpacked) instead of the packed panel Ap
+/// (Ap[k*MR + i]); MR row pointers and one index stay in registers, each broadcast is a memory
+/// operand of its FMA either way.
+template <typename T, int MR, int NV, bool InPlace>
+__attribute__((target("avx512f,avx2,fma"), flatten)) inline void micro_kernel_avx512_impl(
+    int64_t kc, const T* Ap, int64_t lda, const T* Bp, T* C, int64_t ldc, bool add) {
   using X = Avx512Vec<T>;
   using V = typename X::V;
   constexpr int NR = NV * X::kLanes;
+  const T* rows[MR];
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i) rows[i] = Ap + (InPlace ? i * lda : 0);
   V acc[MR][NV];
 #pragma GCC unroll 16
   for (int i = 0; i < MR; ++i)
@@ -415,14 +426,14 @@ __attribute__((target("avx512f,avx2,fma"), flatten)) inline void micro_kernel_av
     V b[NV];
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) b[v] = X::load(Bp + v * X::kLanes);
-    _mm_prefetch(reinterpret_cast<const char*>(Ap + 8 * MR), _MM_HINT_T0);
+    if (!InPlace) _mm_prefetch(reinterpret_cast<const char*>(Ap + 8 * MR), _MM_HINT_T0);
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
-      const V a = X::bcast(Ap + i);
+      const V a = InPlace ? X::bcast(rows[i] + k) : X::bcast(Ap + i);
 #pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) acc[i][v] = X::fma(a, b[v], acc[i][v]);
     }
-    Ap += MR;
+    if (!InPlace) Ap += MR;
     Bp += NR;
   }
 #pragma GCC unroll 16
@@ -435,6 +446,16 @@ __attribute__((target("avx512f,avx2,fma"), flatten)) inline void micro_kernel_av
       X::storeu(c + v * X::kLanes, r);
     }
   }
+}
+
+template <typename T, int MR, int NV>
+inline void micro_kernel_avx512(int64_t kc, const T* Ap, const T* Bp, T* C, int64_t ldc, bool add) {
+  micro_kernel_avx512_impl<T, MR, NV, false>(kc, Ap, 0, Bp, C, ldc, add);
+}
+template <typename T, int MR, int NV>
+inline void micro_kernel_avx512_rows(int64_t kc, const T* A, int64_t lda, const T* Bp, T* C, int64_t ldc,
+                                     bool add) {
+  micro_kernel_avx512_impl<T, MR, NV, true>(kc, A, lda, Bp, C, ldc, add);
 }
 
 #endif  // NABLAGRAD_X86
@@ -460,26 +481,28 @@ template <>
 inline GemmConfig<float> gemm_config<float>(int64_t M) {
 #if NABLAGRAD_X86
   if (simd_at_least(SimdLevel::AVX512)) {
-    if (M >= 0 && M < 48) return {8, 32, 128, 256, 4064, &micro_kernel_avx512<float, 8, 2>};
-    return {6, 64, 144, 256, 4032, &micro_kernel_avx512<float, 6, 4>};
+    if (M >= 0 && M < 48)
+      return {8, 32, 128, 256, 4064, &micro_kernel_avx512<float, 8, 2>, &micro_kernel_avx512_rows<float, 8, 2>};
+    return {6, 64, 144, 256, 4032, &micro_kernel_avx512<float, 6, 4>, &micro_kernel_avx512_rows<float, 6, 4>};
   }
-  if (simd_at_least(SimdLevel::AVX2)) return {6, 16, 144, 256, 4080, &micro_kernel_avx2_f32_6x16};
+  if (simd_at_least(SimdLevel::AVX2)) return {6, 16, 144, 256, 4080, &micro_kernel_avx2_f32_6x16, nullptr};
 #endif
   (void)M;
-  return {4, 8, 128, 256, 4080, &micro_kernel_portable<float, 4, 8>};
+  return {4, 8, 128, 256, 4080, &micro_kernel_portable<float, 4, 8>, nullptr};
 }
 
 template <>
 inline GemmConfig<double> gemm_config<double>(int64_t M) {
 #if NABLAGRAD_X86
   if (simd_at_least(SimdLevel::AVX512)) {
-    if (M >= 0 && M < 48) return {8, 16, 64, 256, 4064, &micro_kernel_avx512<double, 8, 2>};
-    return {6, 32, 72, 256, 4064, &micro_kernel_avx512<double, 6, 4>};
+    if (M >= 0 && M < 48)
+      return {8, 16, 64, 256, 4064, &micro_kernel_avx512<double, 8, 2>, &micro_kernel_avx512_rows<double, 8, 2>};
+    return {6, 32, 72, 256, 4064, &micro_kernel_avx512<double, 6, 4>, &micro_kernel_avx512_rows<double, 6, 4>};
   }
-  if (simd_at_least(SimdLevel::AVX2)) return {6, 8, 72, 256, 4080, &micro_kernel_avx2_f64_6x8};
+  if (simd_at_least(SimdLevel::AVX2)) return {6, 8, 72, 256, 4080, &micro_kernel_avx2_f64_6x8, nullptr};
 #endif
   (void)M;
-  return {4, 4, 96, 256, 4080, &micro_kernel_portable<double, 4, 4>};
+  return {4, 4, 96, 256, 4080, &micro_kernel_portable<double, 4, 4>, nullptr};
 }
 
 /// The variant for a product of unknown (large) row count.
@@ -498,7 +521,8 @@ inline GemmConfig<T> gemm_config_rows(int64_t rows) {
 #if NABLAGRAD_X86
   if (rows >= 1 && rows <= 4 && simd_at_least(SimdLevel::AVX512)) {
     const int64_t nr = 4 * Avx512Vec<T>::kLanes;
-    return {4, nr, 32 * (64 / nr) * 4, 256, (4096 / nr - 1) * nr, &micro_kernel_avx512<T, 4, 4>};
+    return {4, nr, 32 * (64 / nr) * 4, 256, (4096 / nr - 1) * nr, &micro_kernel_avx512<T, 4, 4>,
+            &micro_kernel_avx512_rows<T, 4, 4>};
   }
 #endif
   return gemm_config<T>(rows);
@@ -509,11 +533,39 @@ inline GemmConfig<T> gemm_config_rows(int64_t rows) {
 // the micro-kernel always runs on full MR x NR tiles.
 // ---------------------------------------------------------------------------------------
 
+/// pack_a's column-major case (rs == 1) with the panel height known at compile time: each k's
+/// run of MRc rows is a fixed-size copy (the runtime-length loop cost more than the copy).
+template <typename T, int MRc>
+inline void pack_a_cols(int64_t mc, int64_t kc, const T* A, int64_t cs, T* out) {
+  const int64_t full = mc / MRc, rest = mc - full * MRc;
+  for (int64_t k = 0; k < kc; ++k) {
+    const T* src = A + k * cs;
+    T* dst = out + k * MRc;
+    for (int64_t p = 0; p < full; ++p) {
+      T* d = dst + p * MRc * kc;
+      const T* s = src + p * MRc;
+      for (int i = 0; i < MRc; ++i) d[i] = s[i];
+    }
+    if (rest > 0) {
+      T* d = dst + full * MRc * kc;
+      const T* s = src + full * MRc;
+      for (int64_t i = 0; i < rest; ++i) d[i] = s[i];
+      for (int64_t i = rest; i < MRc; ++i) d[i] = T(0);
+    }
+  }
+}
+
 /// Packs the mc x kc block A(i,k) = A[i*rs + k*cs] into ceil(mc/MR) panels; panel p holds
 /// rows p*MR.. as Ap[p*MR*kc + k*MR + i].
 template <typename T>
 inline void pack_a(int64_t mc, int64_t kc, const T* A, int64_t rs, int64_t cs, int64_t MR,
                    T* out) {
+  if (rs == 1 && (MR == 4 || MR == 6 || MR == 8)) {
+    if (MR == 4) pack_a_cols<T, 4>(mc, kc, A, cs, out);
+    else if (MR == 6) pack_a_cols<T, 6>(mc, kc, A, cs, out);
+    else pack_a_cols<T, 8>(mc, kc, A, cs, out);
+    return;
+  }
   if (rs == 1) {
     // Column-major block (A transposed): each k is a contiguous run of the mc rows, read once
     // and dealt out to every panel. (Panel by panel, k by k, would read each run's cache line
@@ -627,6 +679,38 @@ inline void macro_kernel(const GemmConfig<T>& cfg, int64_t mc, int64_t nc, int64
   }
 }
 
+/// macro_kernel with A read in place (row-major, lda apart) by cfg.kernel_rows: no packing of
+/// A. The last panel's rows past mc do not exist, so a partial last panel is packed (zero-padded)
+/// into Ap and runs macro_kernel. Same arithmetic as packing everything: same bits.
+template <typename T>
+inline void macro_kernel_rows(const GemmConfig<T>& cfg, int64_t mc, int64_t nc, int64_t kc, const T* A,
+                              int64_t lda, T* Ap, const T* Bp, T* C, int64_t ldc, bool add) {
+  const int64_t MR = cfg.MR, NR = cfg.NR;
+  const int64_t mfull = mc / MR * MR;
+  alignas(64) T edge[16 * 64];  // MR x NR scratch for partial tiles (MR <= 16, NR <= 64)
+  for (int64_t jr = 0; jr < nc; jr += NR) {
+    const int64_t nr = std::min(NR, nc - jr);
+    const T* b = Bp + jr * kc;
+    for (int64_t ir = 0; ir < mfull; ir += MR) {
+      T* c = C + ir * ldc + jr;
+      if (nr == NR) {
+        cfg.kernel_rows(kc, A + ir * lda, lda, b, c, ldc, add);
+      } else {
+        cfg.kernel_rows(kc, A + ir * lda, lda, b, edge, NR, false);
+        for (int64_t i = 0; i < MR; ++i) {
+          T* ci = c + i * ldc;
+          const T* ei = edge + i * NR;
+          for (int64_t j = 0; j < nr; ++j) ci[j] = add ? ci[j] + ei[j] : ei[j];
+        }
+      }
+    }
+  }
+  if (mfull < mc) {
+    pack_a(mc - mfull, kc, A + mfull * lda, lda, int64_t{1}, MR, Ap);
+    macro_kernel(cfg, mc - mfull, nc, kc, Ap, Bp, C + mfull * ldc, ldc, add);
+  }
+}
+
 /// Number and size of the K slices: depends on K only (never on the thread count), and
 /// balanced so that no slice is much thinner than the others.
 inline int64_t k_slice_depth(int64_t K, int64_t KC) {
@@ -646,6 +730,9 @@ inline void gemm_block(const GemmConfig<T>& cfg, int64_t m0, int64_t m1, int64_t
   const int64_t nc_max = std::min(cfg.NC, (n_len + NR - 1) / NR * NR);
   T* Ap = static_cast<T*>(packed_a_buffer().get(sizeof(T) * mc_max * kc_max));
   T* Bp = static_cast<T*>(packed_b_buffer().get(sizeof(T) * nc_max * kc_max));
+  // Row-major A (unit column stride) is read in place where the level has such a kernel:
+  // packing it was a third of a 3136 x 128 x 256 product's time (a scalar transpose).
+  const bool a_in_place = a_cs == 1 && cfg.kernel_rows != nullptr;
 
   for (int64_t jc = n0; jc < n1; jc += cfg.NC) {
     const int64_t nc = std::min(cfg.NC, n1 - jc);
@@ -655,8 +742,12 @@ inline void gemm_block(const GemmConfig<T>& cfg, int64_t m0, int64_t m1, int64_t
       pack_b(kc, nc, B + pc * b_rs + jc * b_cs, b_rs, b_cs, NR, Bp);
       for (int64_t ic = m0; ic < m1; ic += cfg.MC) {
         const int64_t mc = std::min(cfg.MC, m1 - ic);
-        pack_a(mc, kc, A + ic * a_rs + pc * a_cs, a_rs, a_cs, MR, Ap);
-        macro_kernel(cfg, mc, nc, kc, Ap, Bp, C + ic * ldc + jc, ldc, add);
+        if (a_in_place) {
+          macro_kernel_rows(cfg, mc, nc, kc, A + ic * a_rs + pc, a_rs, Ap, Bp, C + ic * ldc + jc, ldc, add);
+        } else {
+          pack_a(mc, kc, A + ic * a_rs + pc * a_cs, a_rs, a_cs, MR, Ap);
+          macro_kernel(cfg, mc, nc, kc, Ap, Bp, C + ic * ldc + jc, ldc, add);
+        }
       }
     }
   }
