@@ -218,42 +218,32 @@ void test_exact_integers() {
   CHECK(dw == dw_ref);
 }
 
+// Whether f() throws std::invalid_argument.
+template <typename F>
+bool throws_invalid_argument(const F& f) {
+  try {
+    f();
+  } catch (const std::invalid_argument&) {
+    return true;
+  }
+  return false;
+}
+
 void test_errors_and_empty() {
   std::vector<float> x(2 * 8 * 8 * 3, 1.f), w(4 * 5 * 5 * 3, 1.f), y(2 * 8 * 8 * 4);
   auto g5 = make_conv2d_geometry(2, 8, 8, 3, 4, 5, 5, 3, 1, 1, 2, 2, 2, 2);
   CHECK(!winograd_applicable(g5));
-  bool threw = false;
-  try {
-    winograd_conv2d_forward(g5, x.data(), w.data(), static_cast<const float*>(nullptr), y.data());
-  } catch (const std::invalid_argument&) {
-    threw = true;
-  }
-  CHECK(threw);
+  CHECK(throws_invalid_argument(
+      [&] { winograd_conv2d_forward(g5, x.data(), w.data(), static_cast<const float*>(nullptr), y.data()); }));
   auto gs2 = make_conv2d_geometry(2, 8, 8, 3, 4, 3, 3, 3, 2, 2, 1, 1, 1, 1);
   CHECK(!winograd_applicable(gs2));
-  threw = false;
-  try {
-    winograd_conv2d_backward_input(gs2, y.data(), w.data(), x.data());
-  } catch (const std::invalid_argument&) {
-    threw = true;
-  }
-  CHECK(threw);
-  threw = false;
-  try {
-    winograd_conv2d_backward_weight(gs2, x.data(), y.data(), w.data());
-  } catch (const std::invalid_argument&) {
-    threw = true;
-  }
-  CHECK(threw);
+  CHECK(throws_invalid_argument([&] { winograd_conv2d_backward_input(gs2, y.data(), w.data(), x.data()); }));
+  CHECK(throws_invalid_argument([&] { winograd_conv2d_backward_weight(gs2, x.data(), y.data(), w.data()); }));
   auto g3 = make_conv2d_geometry(2, 8, 8, 3, 4, 3, 3, 3, 1, 1, 1, 1, 1, 1);
   CHECK(winograd_applicable(g3));
-  threw = false;
-  try {
-    winograd_conv2d_forward(g3, x.data(), w.data(), static_cast<const float*>(nullptr), y.data(), 3);
-  } catch (const std::invalid_argument&) {
-    threw = true;
-  }
-  CHECK(threw);
+  CHECK(throws_invalid_argument(
+      [&] { winograd_conv2d_forward(g3, x.data(), w.data(), static_cast<const float*>(nullptr), y.data(), 3); }));
+  CHECK(throws_invalid_argument([&] { winograd_conv2d_backward_weight(g3, x.data(), y.data(), w.data(), 5); }));
   // N = 0: nothing to do, nothing written.
   auto g0 = make_conv2d_geometry(0, 8, 8, 3, 4, 3, 3, 3, 1, 1, 1, 1, 1, 1);
   winograd_conv2d_forward(g0, x.data(), w.data(), static_cast<const float*>(nullptr), y.data());

@@ -568,18 +568,27 @@ inline bool winograd_preferred_weight(const Conv2dGeometry& g) {
   return tiles >= 4 * tb;
 }
 
+namespace winograd_detail {
+/// The entry points' checks: g must be winograd_applicable (std::invalid_argument naming
+/// `who` otherwise); m = 2 or 4, or 0 for `automatic`.
+inline int checked_tile_size(const char* who, const Conv2dGeometry& g, int m, int automatic) {
+  if (!winograd_applicable(g))
+    throw std::invalid_argument(std::string(who) + ": needs a 3x3 kernel with stride 1, got " +
+                                std::to_string(g.FH) + "x" + std::to_string(g.FW) + " stride (" +
+                                std::to_string(g.stride_h) + "," + std::to_string(g.stride_w) + ")");
+  if (m == 0) m = automatic;
+  if (m != 2 && m != 4) throw std::invalid_argument("winograd: tile size m must be 2 or 4, got " + std::to_string(m));
+  return m;
+}
+}  // namespace winograd_detail
+
 /// Forward pass y = conv(x, w) + bias by Winograd F(m x m, 3x3); m = 2 or 4, or 0 to let
 /// winograd_tile_size choose. Requires winograd_applicable(g) (std::invalid_argument
 /// otherwise). Same contract as conv2d_forward: y is overwritten, buffers must not alias.
 template <typename T>
 void winograd_conv2d_forward(const Conv2dGeometry& g, const T* x, const T* w, const T* bias, T* y,
                              int m = 0) {
-  if (!winograd_applicable(g))
-    throw std::invalid_argument("winograd_conv2d_forward: needs a 3x3 kernel with stride 1, got " +
-                                std::to_string(g.FH) + "x" + std::to_string(g.FW) + " stride (" +
-                                std::to_string(g.stride_h) + "," + std::to_string(g.stride_w) + ")");
-  if (m == 0) m = winograd_tile_size(g.Ho, g.Wo, g.C, g.Q);
-  if (m != 2 && m != 4) throw std::invalid_argument("winograd: tile size m must be 2 or 4, got " + std::to_string(m));
+  m = winograd_detail::checked_tile_size("winograd_conv2d_forward", g, m, winograd_tile_size(g.Ho, g.Wo, g.C, g.Q));
   if (g.N == 0) return;
   const int64_t C = g.C, Q = g.Q;
   auto kern = [&](int64_t f, int64_t c, int a, int d) { return w[((f * 3 + a) * 3 + d) * C + c]; };
@@ -595,12 +604,7 @@ void winograd_conv2d_forward(const Conv2dGeometry& g, const T* x, const T* w, co
 /// m = 2, 4 or 0 (winograd_tile_size). Requires winograd_applicable(g).
 template <typename T>
 void winograd_conv2d_backward_input(const Conv2dGeometry& g, const T* dy, const T* w, T* dx, int m = 0) {
-  if (!winograd_applicable(g))
-    throw std::invalid_argument("winograd_conv2d_backward_input: needs a 3x3 kernel with stride 1, got " +
-                                std::to_string(g.FH) + "x" + std::to_string(g.FW) + " stride (" +
-                                std::to_string(g.stride_h) + "," + std::to_string(g.stride_w) + ")");
-  if (m == 0) m = winograd_tile_size(g.H, g.W, g.Q, g.C);
-  if (m != 2 && m != 4) throw std::invalid_argument("winograd: tile size m must be 2 or 4, got " + std::to_string(m));
+  m = winograd_detail::checked_tile_size("winograd_conv2d_backward_input", g, m, winograd_tile_size(g.H, g.W, g.Q, g.C));
   if (g.N == 0) return;
   const int64_t C = g.C, Q = g.Q;
   // Kr as a kernel of C filters over Q channels: Kr(f = c, ch = q, a', d') = K[q, 2-a', 2-d', c].
@@ -618,12 +622,7 @@ void winograd_conv2d_backward_input(const Conv2dGeometry& g, const T* dy, const 
 /// forward). The bias gradient is not computed here. Requires winograd_applicable(g).
 template <typename T>
 void winograd_conv2d_backward_weight(const Conv2dGeometry& g, const T* x, const T* dy, T* dw, int m = 0) {
-  if (!winograd_applicable(g))
-    throw std::invalid_argument("winograd_conv2d_backward_weight: needs a 3x3 kernel with stride 1, got " +
-                                std::to_string(g.FH) + "x" + std::to_string(g.FW) + " stride (" +
-                                std::to_string(g.stride_h) + "," + std::to_string(g.stride_w) + ")");
-  if (m == 0) m = winograd_tile_size(g.Ho, g.Wo, g.C, g.Q);
-  if (m != 2 && m != 4) throw std::invalid_argument("winograd: tile size m must be 2 or 4, got " + std::to_string(m));
+  m = winograd_detail::checked_tile_size("winograd_conv2d_backward_weight", g, m, winograd_tile_size(g.Ho, g.Wo, g.C, g.Q));
   if (m == 2)
     winograd_detail::kernel_grad3x3<T, 2>(g, x, dy, dw);
   else
