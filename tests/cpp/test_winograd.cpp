@@ -265,7 +265,9 @@ void test_errors_and_empty() {
   // Kernel gradient: from 16 channels, with at least 4 blocks of tiles to share out.
   CHECK(!winograd_preferred_weight<float>(g3));
   CHECK(winograd_preferred_weight<float>(make_conv2d_geometry(8, 32, 32, 16, 16, 3, 3, 16, 1, 1, 1, 1, 1, 1)));
-  CHECK(!winograd_preferred_weight<float>(make_conv2d_geometry(2, 7, 7, 512, 512, 3, 3, 512, 1, 1, 1, 1, 1, 1)));
+  // 1 x 7 x 7 (16 F(2x2) tiles) is under 4 blocks at every level (a block is >= 2 register
+  // tiles of rows, MR >= 4).
+  CHECK(!winograd_preferred_weight<float>(make_conv2d_geometry(1, 7, 7, 512, 512, 3, 3, 512, 1, 1, 1, 1, 1, 1)));
 }
 
 // The entry points of select.h: "winograd" runs exactly winograd_conv2d_* (bitwise), "direct"

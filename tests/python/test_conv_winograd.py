@@ -150,14 +150,14 @@ def test_kernel_choice_per_setting():
         assert pick(*strided, stride=2)["forward"] != "winograd"
         assert pick(*wide)["backward_weight"] == "winograd"  # 512 F(4x4) tiles: many blocks
         assert pick(*narrow)["backward_weight"] != "winograd"
-        # Too few tiles to share out (one block of 2 x 4 x 4 F(2x2) tiles): the GEMM.
-        assert pick((2, 7, 7, 512), (512, 3, 3, 512))["backward_weight"] != "winograd"
+        # Too few tiles to share out (16 F(2x2) tiles, under 4 blocks at every level): the GEMM.
+        assert pick((1, 7, 7, 512), (512, 3, 3, 512))["backward_weight"] != "winograd"
     with algorithm("direct"):
         assert "winograd" not in pick(*wide).values()
     with algorithm("winograd"):
         assert pick(*narrow)["forward"] == "winograd"  # forced wherever it applies
         assert pick(*narrow)["backward_weight"] == "winograd"
-        assert pick((2, 7, 7, 512), (512, 3, 3, 512))["backward_weight"] == "winograd"
+        assert pick((1, 7, 7, 512), (512, 3, 3, 512))["backward_weight"] == "winograd"
         assert pick(*strided, stride=2)["forward"] != "winograd"  # stride 2: falls back
         assert pick((2, 9, 9, 8), (8, 5, 5, 8), pad=2)["forward"] != "winograd"  # 5x5: falls back
 
