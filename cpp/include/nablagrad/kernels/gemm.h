@@ -647,10 +647,13 @@ inline void pack_b(int64_t kc, int64_t nc, const T* B, int64_t rs, int64_t cs, i
   }
 }
 
-/// Runs the micro-kernel over a packed mc x nc block: C[0:mc, 0:nc] (+)= Ap * Bp.
-template <typename T>
-inline void macro_kernel(const GemmConfig<T>& cfg, int64_t mc, int64_t nc, int64_t kc,
-                         const T* Ap, const T* Bp, T* C, int64_t ldc, bool add) {
+/// The loop of a macro-kernel over an mc x nc block of C against the packed B panels:
+/// tile(ir, b, c, ldc, add) runs one micro-kernel call for the MR rows from ir against panel b.
+/// A partial tile (fewer than MR rows or NR columns) runs the same call into scratch (same
+/// per-element arithmetic), then C = C + acc (or acc) on the part that exists.
+template <typename T, typename Tile>
+inline void macro_tiles(const GemmConfig<T>& cfg, int64_t mc, int64_t nc, int64_t kc, const T* Bp, T* C,
+                        int64_t ldc, bool add, const Tile& tile) {
   const int64_t MR = cfg.MR, NR = cfg.NR;
   alignas(64) T edge[16 * 64];  // MR x NR scratch for partial tiles (MR <= 16, NR <= 64)
   for (int64_t jr = 0; jr < nc; jr += NR) {
@@ -658,13 +661,11 @@ inline void macro_kernel(const GemmConfig<T>& cfg, int64_t mc, int64_t nc, int64
     const T* b = Bp + jr * kc;
     for (int64_t ir = 0; ir < mc; ir += MR) {
       const int64_t mr = std::min(MR, mc - ir);
-      const T* a = Ap + ir * kc;
       T* c = C + ir * ldc + jr;
       if (mr == MR && nr == NR) {
-        cfg.kernel(kc, a, b, c, ldc, add);
+        tile(ir, b, c, ldc, add);
       } else {
-        // Same kernel (same per-element arithmetic) into scratch, then C = C + acc.
-        cfg.kernel(kc, a, b, edge, NR, false);
+        tile(ir, b, edge, NR, false);
         for (int64_t i = 0; i < mr; ++i) {
           T* ci = c + i * ldc;
           const T* ei = edge + i * NR;
@@ -679,34 +680,27 @@ inline void macro_kernel(const GemmConfig<T>& cfg, int64_t mc, int64_t nc, int64
   }
 }
 
+/// Runs the micro-kernel over a packed mc x nc block: C[0:mc, 0:nc] (+)= Ap * Bp.
+template <typename T>
+inline void macro_kernel(const GemmConfig<T>& cfg, int64_t mc, int64_t nc, int64_t kc,
+                         const T* Ap, const T* Bp, T* C, int64_t ldc, bool add) {
+  macro_tiles(cfg, mc, nc, kc, Bp, C, ldc, add, [&](int64_t ir, const T* b, T* c, int64_t ldc_, bool add_) {
+    cfg.kernel(kc, Ap + ir * kc, b, c, ldc_, add_);
+  });
+}
+
 /// macro_kernel with A read in place (row-major, lda apart) by cfg.kernel_rows: no packing of
 /// A. The last panel's rows past mc do not exist, so a partial last panel is packed (zero-padded)
 /// into Ap and runs macro_kernel. Same arithmetic as packing everything: same bits.
 template <typename T>
 inline void macro_kernel_rows(const GemmConfig<T>& cfg, int64_t mc, int64_t nc, int64_t kc, const T* A,
                               int64_t lda, T* Ap, const T* Bp, T* C, int64_t ldc, bool add) {
-  const int64_t MR = cfg.MR, NR = cfg.NR;
-  const int64_t mfull = mc / MR * MR;
-  alignas(64) T edge[16 * 64];  // MR x NR scratch for partial tiles (MR <= 16, NR <= 64)
-  for (int64_t jr = 0; jr < nc; jr += NR) {
-    const int64_t nr = std::min(NR, nc - jr);
-    const T* b = Bp + jr * kc;
-    for (int64_t ir = 0; ir < mfull; ir += MR) {
-      T* c = C + ir * ldc + jr;
-      if (nr == NR) {
-        cfg.kernel_rows(kc, A + ir * lda, lda, b, c, ldc, add);
-      } else {
-        cfg.kernel_rows(kc, A + ir * lda, lda, b, edge, NR, false);
-        for (int64_t i = 0; i < MR; ++i) {
-          T* ci = c + i * ldc;
-          const T* ei = edge + i * NR;
-          for (int64_t j = 0; j < nr; ++j) ci[j] = add ? ci[j] + ei[j] : ei[j];
-        }
-      }
-    }
-  }
+  const int64_t mfull = mc / cfg.MR * cfg.MR;
+  macro_tiles(cfg, mfull, nc, kc, Bp, C, ldc, add, [&](int64_t ir, const T* b, T* c, int64_t ldc_, bool add_) {
+    cfg.kernel_rows(kc, A + ir * lda, lda, b, c, ldc_, add_);
+  });
   if (mfull < mc) {
-    pack_a(mc - mfull, kc, A + mfull * lda, lda, int64_t{1}, MR, Ap);
+    pack_a(mc - mfull, kc, A + mfull * lda, lda, int64_t{1}, cfg.MR, Ap);
     macro_kernel(cfg, mc - mfull, nc, kc, Ap, Bp, C + mfull * ldc, ldc, add);
   }
 }

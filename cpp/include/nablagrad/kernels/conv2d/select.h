@@ -123,21 +123,24 @@ inline conv_detail::ConvKernels<T> conv_kernels_for_width(int64_t ncols) {
   return cfg;
 }
 
-/// [WINOGRAD] Whether the forward pass (or the input gradient) of g runs Winograd
-/// (winograd.h): never for Direct; wherever it applies (3x3, stride 1) for Winograd; for
-/// Auto where it applies and pays (winograd_preferred: enough channels, measured).
-inline bool use_winograd(const Conv2dGeometry& g, bool backward_input) {
+/// [WINOGRAD] Whether a pass of g runs Winograd (winograd.h): never for Direct; wherever it
+/// applies (3x3, stride 1) for Winograd; for Auto where it applies and preferred(), that
+/// pass's measured rule (enough channels), says it pays.
+template <typename Preferred>
+inline bool use_winograd_if(const Conv2dGeometry& g, const Preferred& preferred) {
   const ConvAlgorithm a = conv_algorithm();
   if (a == ConvAlgorithm::Direct || !winograd_applicable(g)) return false;
-  return a == ConvAlgorithm::Winograd || winograd_preferred(g, backward_input);
+  return a == ConvAlgorithm::Winograd || preferred();
+}
+/// The forward pass (or the input gradient): winograd_preferred.
+inline bool use_winograd(const Conv2dGeometry& g, bool backward_input) {
+  return use_winograd_if(g, [&] { return winograd_preferred(g, backward_input); });
 }
 
 /// [WINOGRAD] The same for the kernel gradient (winograd_preferred_weight for Auto).
 template <typename T>
 inline bool use_winograd_weight(const Conv2dGeometry& g) {
-  const ConvAlgorithm a = conv_algorithm();
-  if (a == ConvAlgorithm::Direct || !winograd_applicable(g)) return false;
-  return a == ConvAlgorithm::Winograd || winograd_preferred_weight<T>(g);
+  return use_winograd_if(g, [&] { return winograd_preferred_weight<T>(g); });
 }
 
 /// Forward kernel for g with the kernels cfg.
