@@ -332,6 +332,40 @@ void test_register_tiles() {
   check_everywhere<double>(make_conv2d_geometry(2, 12, 12, 16, 16, 5, 5, 16, 1, 1, 2, 2, 2, 2), 1e-12, 27);
 }
 
+// The kernel gradient read in place from the padded input (backward_weight_direct): shapes
+// whose kernel rows are not a multiple of MR (the last block reads past the run, the last
+// pixel's into the copy's zero tail), uneven paddings and strides, Q not a multiple of NR
+// (packed dY panels) and Q == NR (dY rows used as they lie), several row chunks.
+void test_backward_input_phases_direct() {
+  const Conv2dGeometry shapes[] = {
+      make_conv2d_geometry(2, 13, 15, 16, 24, 3, 3, 16, 2, 2, 1, 1, 1, 1),
+      make_conv2d_geometry(3, 17, 16, 24, 20, 4, 4, 24, 3, 2, 1, 2, 0, 3),
+      make_conv2d_geometry(2, 12, 14, 20, 12, 2, 2, 20, 3, 3, 0, 0, 1, 0),  // S > F: empty phases
+      make_conv2d_geometry(1, 9, 30, 40, 8, 5, 3, 40, 2, 1, 2, 2, 1, 1),    // stride in H only
+      make_conv2d_geometry(2, 8, 8, 70, 16, 3, 3, 70, 2, 2, 1, 0, 1, 0)};   // C over two panels
+  for (const Conv2dGeometry& g : shapes) {
+    nablagrad::set_simd_level(nablagrad::cpu_simd_level());
+    CHECK(std::string(conv_kernel_choice<double>(g).backward_input) == "phases_direct");
+    check_everywhere<double>(g, 1e-12, 33);
+    check_everywhere<float>(g, 2e-5, 34);
+  }
+}
+
+void test_backward_weight_direct() {
+  const Conv2dGeometry shapes[] = {
+      make_conv2d_geometry(2, 15, 17, 16, 16, 5, 5, 16, 1, 1, 2, 2, 2, 2),
+      make_conv2d_geometry(3, 20, 36, 3, 32, 7, 7, 3, 2, 2, 3, 3, 3, 3),
+      make_conv2d_geometry(2, 11, 30, 7, 20, 3, 3, 7, 1, 2, 0, 2, 1, 0),
+      make_conv2d_geometry(1, 9, 40, 10, 40, 4, 2, 10, 2, 1, 1, 2, 0, 1),
+      make_conv2d_geometry(5, 6, 24, 8, 16, 3, 3, 8, 1, 1, 1, 1, 1, 1)};
+  for (const Conv2dGeometry& g : shapes) {
+    nablagrad::set_simd_level(nablagrad::cpu_simd_level());
+    CHECK(std::string(conv_kernel_choice<double>(g).backward_weight) == "direct");
+    check_everywhere<double>(g, 1e-12, 31);
+    check_everywhere<float>(g, 2e-5, 32);
+  }
+}
+
 // Which kernel each pass picks for shapes of each family (select.h), at every level.
 void test_kernel_choice() {
   for (int level = 0; level <= static_cast<int>(nablagrad::cpu_simd_level()); ++level) {
@@ -346,10 +380,28 @@ void test_kernel_choice() {
     CHECK(std::string(c.backward_weight) == "smallc");
     const auto wide = make_conv2d_geometry(2, 16, 16, 128, 64, 3, 3, 128, 2, 2, 1, 1, 1, 1);
     CHECK(std::string(conv_kernel_choice<float>(wide).forward) == "im2col_gemm");
-    CHECK(std::string(conv_kernel_choice<float>(wide).backward_input) == "phases");
+    CHECK(std::string(conv_kernel_choice<float>(wide).backward_input) == "phases_direct");
+    // A sub-kernel too deep for the direct kernel's panel (4 taps x 512 filters): the gather GEMM.
+    const auto deep = make_conv2d_geometry(2, 16, 16, 128, 512, 3, 3, 128, 2, 2, 1, 1, 1, 1);
+    CHECK(std::string(conv_kernel_choice<float>(deep).backward_input) == "phases");
     CHECK(std::string(conv_kernel_choice<float>(wide).backward_weight) == "gemm");
     const auto c1 = make_conv2d_geometry(4, 28, 28, 1, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1);
     CHECK(std::string(conv_kernel_choice<float>(c1).backward_input) == (level >= 1 ? "smallc" : "col2im"));
+    CHECK(std::string(conv_kernel_choice<float>(c1).backward_weight) == "smallc");  // FW*C = 3: MR wastes most
+    // Kernel rows of FW*C values that blocks of MR cover with little waste, filters Q <= 2*Wo:
+    // the kernel gradient reads the padded input in place (no im2col), first layers included.
+    const auto k5 = make_conv2d_geometry(4, 96, 96, 16, 16, 5, 5, 16, 1, 1, 2, 2, 2, 2);
+    CHECK(std::string(conv_kernel_choice<float>(k5).backward_weight) == "direct");
+    CHECK(std::string(conv_kernel_choice<double>(k5).backward_weight) == "direct");
+    const auto k7 = make_conv2d_geometry(8, 64, 64, 3, 32, 7, 7, 3, 2, 2, 3, 3, 3, 3);
+    CHECK(std::string(conv_kernel_choice<float>(k7).backward_weight) == "direct");
+    // Strided input gradient with channels that fill the tile: phases read in place from dY.
+    CHECK(std::string(conv_kernel_choice<float>(k7).backward_input) == "col2im");  // C = 3
+    const auto s2w = make_conv2d_geometry(16, 32, 32, 32, 64, 3, 3, 32, 2, 2, 1, 1, 1, 1);
+    CHECK(std::string(conv_kernel_choice<float>(s2w).backward_input) == "phases_direct");
+    // Many filters against a short output row: the im2col GEMM.
+    const auto s2 = make_conv2d_geometry(16, 32, 32, 32, 64, 3, 3, 32, 2, 2, 1, 1, 1, 1);
+    CHECK(std::string(conv_kernel_choice<float>(s2).backward_weight) == "gemm");
   }
   nablagrad::set_simd_level(nablagrad::cpu_simd_level());
 }
@@ -418,6 +470,8 @@ int main() {
   RUN_TEST(test_reference_gradcheck);
   RUN_TEST(test_uneven_stride_28_to_14);
   RUN_TEST(test_geometry_errors);
+  RUN_TEST(test_backward_weight_direct);
+  RUN_TEST(test_backward_input_phases_direct);
   RUN_TEST(test_sweep_double);
   RUN_TEST(test_sweep_float);
   RUN_TEST(test_larger_shapes);

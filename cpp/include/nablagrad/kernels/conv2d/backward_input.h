@@ -199,6 +199,141 @@ void backward_input_phases(const ConvKernels<T>& cfg, const Conv2dGeometry& g, c
   }
 }
 
+/// The taps of the phases of a strided input gradient (backward_input_phases' decomposition):
+/// for phase (y0, x0), the kernel rows fh = ph, ph + S_h, ... (ph = (y0 + pt) mod S_h) and
+/// their dY row offsets off_h = (y0 + pt - fh) / S_h (exact), in ascending fh, descending
+/// offset order; the same for columns.
+struct PhaseTaps {
+  std::vector<int64_t> taps, off;
+};
+inline PhaseTaps phase_taps(int64_t z0, int64_t pad, int64_t S, int64_t F) {
+  PhaseTaps t;
+  for (int64_t f = phase_of(z0, pad, S); f < F; f += S) {
+    t.taps.push_back(f);
+    t.off.push_back((z0 + pad - f) / S);
+  }
+  return t;
+}
+
+/// Strided input gradient, phase by phase, read in place from a zero-padded copy of dY (no
+/// gather): in phase (y0, x0) the dX pixel (iy, ix) sums, over its taps (th, tw), dY at
+/// (iy + off_h[th], ix + off_w[tw]); taps in descending order have ascending offsets (+1 each),
+/// so one kernel row of taps reads ntw*Q consecutive values of a dY row, and the next kernel
+/// row the same values one dY row further: the direct micro-kernel's access (small_c.h's
+/// forward_direct) on the padded dY, with the sub-kernel of the phase (reversed taps) as B.
+/// The pixels of a phase are walked flat over the padded dY rows (position p = iy*Wp + ix,
+/// Wp = padded width), so blocks of MR pixels run on across rows; the few positions with
+/// ix >= Wph (the padding columns) are computed and dropped, where a per-row walk would leave
+/// most of a last block of each row empty. Each dX element is written once, by one thread.
+template <typename T>
+void backward_input_phases_direct(const ConvKernels<T>& cfg, const Conv2dGeometry& g, const T* dy,
+                                  const T* w, T* dx) {
+  const int64_t S_h = g.stride_h, S_w = g.stride_w, Q = g.Q, C = g.C, NR = cfg.NR, MR = cfg.MR;
+  const int64_t nph = std::min(S_h, g.H), npw = std::min(S_w, g.W);
+  // Padding of dY that every phase's reads fit in: rows iy + off in [min off, Hph - 1 + max off].
+  int64_t pt = 0, pb = 0, pl = 0, pr = 0;
+  for (int64_t y0 = 0; y0 < nph; ++y0) {
+    const PhaseTaps th = phase_taps(y0, g.pad_top, S_h, g.FH);
+    const int64_t Hph = (g.H - 1 - y0) / S_h + 1;
+    for (int64_t o : th.off) {
+      pt = std::max(pt, -o);
+      pb = std::max(pb, Hph - 1 + o - (g.Ho - 1));
+    }
+  }
+  for (int64_t x0 = 0; x0 < npw; ++x0) {
+    const PhaseTaps tw = phase_taps(x0, g.pad_left, S_w, g.FW);
+    const int64_t Wph = (g.W - 1 - x0) / S_w + 1;
+    for (int64_t o : tw.off) {
+      pl = std::max(pl, -o);
+      pr = std::max(pr, Wph - 1 + o - (g.Wo - 1));
+    }
+  }
+  const int64_t Hp = pt + g.Ho + pb, Wp = pl + g.Wo + pr, img = Hp * Wp * Q;
+  // Flat positions of a phase run to a whole block of MR past its last row, and from there a
+  // kernel window reaches at most Hp*Wp + MR + Wp*FH positions into the next image: zeros after
+  // the last image cover it.
+  const int64_t tail = (MR + Wp * (g.FH + 1) + g.FW) * Q;
+  Scratch<T> dyp(g.N * img + tail, "conv2d backward: padded output gradient copy");
+  const Conv2dGeometry gp{g.N, g.Ho, g.Wo, Q, 0, 0, 0, 1, 1, pt, pb, pl, pr, 0, 0};
+  copy_padded_input(gp, dy, Wp * Q, dyp.get());
+  std::fill(dyp.get() + g.N * img, dyp.get() + g.N * img + tail, T(0));
+  // The phases, their packed sub-kernels and their tasks (blocks of MR flat positions of one
+  // image), all run in one parallel region: task t belongs to the phase whose range holds it.
+  struct Phase {
+    int64_t y0, x0, Hph, Wph, nth, ntw, first, blocks, task0;
+    PackedB<T> B;
+  };
+  std::vector<Phase> phases;
+  int64_t ntasks = 0;
+  std::vector<T> sub;
+  for (int64_t y0 = 0; y0 < nph; ++y0) {
+    const PhaseTaps th = phase_taps(y0, g.pad_top, S_h, g.FH);
+    for (int64_t x0 = 0; x0 < npw; ++x0) {
+      const PhaseTaps tw = phase_taps(x0, g.pad_left, S_w, g.FW);
+      Phase ph;
+      ph.y0 = y0;
+      ph.x0 = x0;
+      ph.Hph = (g.H - 1 - y0) / S_h + 1;
+      ph.Wph = (g.W - 1 - x0) / S_w + 1;
+      ph.nth = static_cast<int64_t>(th.taps.size());
+      ph.ntw = static_cast<int64_t>(tw.taps.size());
+      ph.task0 = ntasks;
+      ph.first = ph.blocks = 0;
+      if (ph.nth * ph.ntw > 0) {
+        // Sub-kernel, taps reversed: row (th', tw', q) = W[q, fh(nth-1-th'), fw(ntw-1-tw'), :].
+        const int64_t K = ph.nth * ph.ntw * Q;
+        sub.resize(static_cast<size_t>(K * C));
+        T* dst = sub.data();
+        for (int64_t a = ph.nth; a-- > 0;)
+          for (int64_t b = ph.ntw; b-- > 0;)
+            for (int64_t q = 0; q < Q; ++q, dst += C)
+              std::copy_n(w + ((q * g.FH + th.taps[a]) * g.FW + tw.taps[b]) * C, C, dst);
+        ph.B.pack(cfg, K, C, [&](int64_t k, int64_t c) { return sub[k * C + c]; });
+        // dX pixel (iy, ix) reads from flat padded position iy*Wp + ix + first.
+        ph.first = (th.off[ph.nth - 1] + pt) * Wp + tw.off[ph.ntw - 1] + pl;
+        ph.blocks = ((ph.Hph - 1) * Wp + ph.Wph + MR - 1) / MR;
+        ntasks += g.N * ph.blocks;
+      } else {
+        ntasks += g.N * ph.Hph;  // no kernel tap ever reaches these pixels: zero rows
+      }
+      phases.push_back(std::move(ph));
+    }
+  }
+  const int64_t panels = (C + NR - 1) / NR;
+  // About 64 chunks of consecutive tasks (claimed dynamically; each dX element is written by
+  // one task, so the split does not change the result).
+  parallel_chunks(ntasks, std::max<int64_t>(1, (ntasks + 63) / 64), [&](int64_t, int64_t lo, int64_t hi) {
+    alignas(64) T out[kMaxTileValues];
+    size_t pi = 0;
+    for (int64_t t = lo; t < hi; ++t) {
+      while (pi + 1 < phases.size() && phases[pi + 1].task0 <= t) ++pi;
+      const Phase& ph = phases[pi];
+      auto dx_at = [&](int64_t n, int64_t iy, int64_t ix) {
+        return dx + ((n * g.H + ph.y0 + iy * S_h) * g.W + ph.x0 + ix * S_w) * C;
+      };
+      const int64_t u = t - ph.task0;
+      if (ph.blocks == 0) {
+        for (int64_t ix = 0; ix < ph.Wph; ++ix) zero_run(dx_at(u / ph.Hph, u % ph.Hph, ix), C);
+        continue;
+      }
+      const int64_t n = u / ph.blocks, p0 = (u % ph.blocks) * MR, len = ph.ntw * Q, K = ph.nth * len;
+      const T* a = dyp.get() + n * img + (p0 + ph.first) * Q;
+      for (int64_t pn = 0; pn < panels; ++pn) {
+        cfg.direct(ph.nth, len, a, Q, Wp * Q, ph.B.data.data() + pn * K * NR, out);
+        const int64_t c0 = pn * NR, nc = std::min(NR, C - c0);
+        int64_t iy = p0 / Wp, ix = p0 % Wp;
+        for (int64_t i = 0; i < MR && iy < ph.Hph; ++i) {
+          if (ix < ph.Wph) copy_run(dx_at(n, iy, ix) + c0, out + i * NR, nc);
+          if (++ix == Wp) {
+            ix = 0;
+            ++iy;
+          }
+        }
+      }
+    }
+  });
+}
+
 /// 1x1 input gradient without padding, straight to the GEMM: dX rows (N*Ho*Wo x C) = dY W,
 /// dY (N*Ho*Wo x Q) and W (Q x C) as they lie. With a stride the rows are computed into a
 /// buffer and scattered to X[n, ho*S_h, wo*S_w, :]; the pixels no output reads get zeros.

@@ -86,6 +86,85 @@ void backward_weight_gemm(const ConvKernels<T>& cfg, const Conv2dGeometry& g, co
     }
 }
 
+/// Kernel gradient (and bias gradient) without im2col, read in place from a zero-padded copy of
+/// the input: for one output row (n, ho) and one kernel row fh, the document's sum is
+///   dW[q, fh, j] += sum_{wo} X_p[n, ho*S_h + fh, wo*S_w*C + j] * dY[n, ho, wo, q],  j < FW*C
+/// a GEMM of depth Wo whose A (j x wo) is the padded row itself: column wo starts S_w*C values
+/// after column wo-1 and its FW*C values are contiguous (row stride 1). The micro-kernel reads
+/// it there; im2col would write and re-read FH*FW*C values per pixel. The run of FW*C values is
+/// cut into blocks of MR (the last one reads up to MR-1 values past it, into the next pixels or
+/// the copy's zero tail, which only feed rows of the partial sums that are dropped). Fixed chunks
+/// of output rows (a function of the shape only) sum into their own partials, added in chunk
+/// order: the same result for any thread count. db is summed with the dY packing.
+template <typename T>
+void backward_weight_direct(const ConvKernels<T>& cfg, const Conv2dGeometry& g, const T* x,
+                            const T* dy, T* dw, T* db) {
+  const int64_t NR = cfg.NR, MR = cfg.MR;
+  const int64_t C = g.C, FH = g.FH, Q = g.Q, Wo = g.Wo;
+  const int64_t len = g.FW * C, lenp = round_up(len, MR), K = FH * len, Kp = FH * lenp;
+  const int64_t panels = (Q + NR - 1) / NR, ldq = panels * NR;
+  const int64_t Hp = g.H + g.pad_top + g.pad_bottom, prow = (g.W + g.pad_left + g.pad_right) * C;
+  const int64_t as = g.stride_w * C;  // A's column stride: one output pixel further
+  // The padded copy, and lenp - len zeros after it for the last block of the last pixel.
+  Scratch<T> xp(g.N * Hp * prow + (lenp - len), "conv2d backward: padded input copy");
+  copy_padded_input(g, x, prow, xp.get());
+  std::fill(xp.get() + g.N * Hp * prow, xp.get() + g.N * Hp * prow + (lenp - len), T(0));
+  // Fixed chunks of whole output rows: about 16, fewer when the partials would pass ~64 MiB.
+  const int64_t out_rows = g.N * g.Ho;
+  const int64_t partial_bytes = Kp * ldq * static_cast<int64_t>(sizeof(T));
+  const int64_t nchunk_target = std::max<int64_t>(1, std::min<int64_t>(16, (int64_t{64} << 20) / partial_bytes));
+  const int64_t chunk_rows = std::max<int64_t>(1, (out_rows + nchunk_target - 1) / nchunk_target);
+  const int64_t nchunks = std::max<int64_t>(1, (out_rows + chunk_rows - 1) / chunk_rows);
+  const char* const what_p = "conv2d backward: weight partial sums";
+  const char* const what_b = "conv2d backward: bias partial sums";
+  Scratch<T> partial(checked_product({nchunks, Kp, ldq}, what_p), what_p, true);
+  Scratch<T> dbpartial(checked_product({nchunks, Q}, what_b), what_b, true);
+  const bool packed = panels == 1 && Q == NR;  // dY rows are already an NR-wide panel
+  parallel_chunks(out_rows, chunk_rows, [&](int64_t ci, int64_t r0, int64_t r1) {
+    T* P = partial.get() + ci * Kp * ldq;  // P[(fh*lenp + j) * ldq + q]
+    T* dbp = dbpartial.get() + ci * Q;
+    T* dyp = packed ? nullptr : scratch<T, 0>(static_cast<size_t>(panels * Wo * NR));
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t n = r / g.Ho, ho = r % g.Ho;
+      const T* drow = dy + r * Wo * Q;
+      for (int64_t wo = 0; wo < Wo; ++wo)
+        for (int64_t q = 0; q < Q; ++q) dbp[q] += drow[wo * Q + q];
+      if (!packed)  // NR-wide panels of the row's dY, zeros past Q
+        for (int64_t pn = 0; pn < panels; ++pn)
+          for (int64_t wo = 0; wo < Wo; ++wo) {
+            T* dst = dyp + (pn * Wo + wo) * NR;
+            const int64_t q0 = pn * NR, nq = std::min(NR, Q - q0);
+            std::copy(drow + wo * Q + q0, drow + wo * Q + q0 + nq, dst);
+            std::fill(dst + nq, dst + NR, T(0));
+          }
+      const T* bp = packed ? drow : dyp;
+      for (int64_t fh = 0; fh < FH; ++fh) {
+        const T* xr = xp.get() + (n * Hp + ho * g.stride_h + fh) * prow;
+        for (int64_t pn = 0; pn < panels; ++pn)
+          for (int64_t j = 0; j < lenp; j += MR)
+            cfg.tile(Wo, xr + j, int64_t{1}, as, bp + pn * Wo * NR, P + (fh * lenp + j) * ldq + pn * NR, ldq);
+      }
+    }
+  });
+  // Partials in chunk order: dW[q, fh*len + j] = sum_c P_c[fh*lenp + j, q].
+  parallel_for(0, K, std::max<int64_t>(64, (int64_t{1} << 16) / (Q * nchunks)), [&](int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k) {
+      const T* src = partial.get() + ((k / len) * lenp + k % len) * ldq;
+      for (int64_t q = 0; q < Q; ++q) {
+        T s = src[q];
+        for (int64_t c = 1; c < nchunks; ++c) s += src[c * Kp * ldq + q];
+        dw[q * K + k] = s;
+      }
+    }
+  });
+  if (db)
+    for (int64_t q = 0; q < Q; ++q) {
+      T s = dbpartial.get()[q];
+      for (int64_t c = 1; c < nchunks; ++c) s += dbpartial.get()[c * Q + q];
+      db[q] = s;
+    }
+}
+
 /// The bias gradient db[q] = sum over pixels of dY[p, q], in fixed chunks of pixels whose
 /// partial sums are added in chunk order (the same result for any thread count).
 template <typename T>

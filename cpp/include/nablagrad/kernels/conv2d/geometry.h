@@ -21,6 +21,7 @@
 
 #include "../../checked.h"
 #include "../../tensor.h"
+#include "../../threading.h"
 
 namespace nablagrad {
 namespace kernels {
@@ -332,6 +333,31 @@ inline bool padded_copy_is_small(const Conv2dGeometry& g, int64_t rows, int64_t 
   if (row_values < 0 || !product_fits({g.N, rows, row_values}, elems)) return false;
   const int64_t input = g.N * g.H * g.W * g.C, output = g.N * g.Ho * g.Wo * g.Q;  // allocated
   return elems <= saturating_add(saturating_mul(4, saturating_add(input, output)), int64_t{1} << 22);
+}
+
+// Zero-padded copy of the input for those paths: row r = (n, ih + pad_top) of the N*Hp rows
+// holds prow >= (pad_left + W + pad_right)*C values, pad_left*C zeros, input row ih (zeros
+// above and below the input), then zeros to prow. Split over threads only when large: a pool
+// round trip costs about as much as copying 1 MiB.
+template <typename T>
+void copy_padded_input(const Conv2dGeometry& g, const T* x, int64_t prow, T* xp) {
+  const int64_t C = g.C, Hp = g.H + g.pad_top + g.pad_bottom;
+  parallel_for(0, g.N * Hp, std::max<int64_t>(1, (int64_t{1} << 18) / std::max<int64_t>(prow, 1)),
+               [&](int64_t lo, int64_t hi) {
+                 for (int64_t r = lo; r < hi; ++r) {
+                   T* dst = xp + r * prow;
+                   const int64_t n = r / Hp, ih = r % Hp - g.pad_top;
+                   if (ih < 0 || ih >= g.H) {
+                     std::memset(dst, 0, sizeof(T) * static_cast<size_t>(prow));
+                     continue;
+                   }
+                   std::memset(dst, 0, sizeof(T) * static_cast<size_t>(g.pad_left * C));
+                   std::memcpy(dst + g.pad_left * C, x + (n * g.H + ih) * g.W * C,
+                               sizeof(T) * static_cast<size_t>(g.W * C));
+                   std::memset(dst + (g.pad_left + g.W) * C, 0,
+                               sizeof(T) * static_cast<size_t>(prow - (g.pad_left + g.W) * C));
+                 }
+               });
 }
 
 // The phase (y + pad) mod S of input row (column) y = y0 < S, without forming y0 + pad mod S

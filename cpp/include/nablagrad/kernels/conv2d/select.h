@@ -80,8 +80,8 @@ inline ConvAlgorithm parse_conv_algorithm(const std::string& name) {
 // ============================================================================================
 
 enum class ForwardKernel { Im2colGemm, Direct, Pointwise, Winograd };            // [WINOGRAD]
-enum class BackwardInputKernel { Phases, Col2im, SmallC, Pointwise, Winograd, FlippedDirect };  // [WINOGRAD]
-enum class BackwardWeightKernel { Gemm, SmallC, Pointwise, Winograd };  // [WINOGRAD]
+enum class BackwardInputKernel { Phases, Col2im, SmallC, Pointwise, Winograd, FlippedDirect, PhasesDirect };  // [WINOGRAD]
+enum class BackwardWeightKernel { Gemm, SmallC, Pointwise, Winograd, Direct };  // [WINOGRAD]
 
 inline const char* kernel_name(ForwardKernel k) {
   switch (k) {
@@ -98,6 +98,7 @@ inline const char* kernel_name(BackwardInputKernel k) {
     case BackwardInputKernel::Pointwise: return "1x1_gemm";
     case BackwardInputKernel::Winograd: return "winograd";
     case BackwardInputKernel::FlippedDirect: return "flipped_direct";
+    case BackwardInputKernel::PhasesDirect: return "phases_direct";
     default: return "phases";
   }
 }
@@ -106,6 +107,7 @@ inline const char* kernel_name(BackwardWeightKernel k) {
     case BackwardWeightKernel::SmallC: return "smallc";
     case BackwardWeightKernel::Pointwise: return "1x1_gemm";
     case BackwardWeightKernel::Winograd: return "winograd";
+    case BackwardWeightKernel::Direct: return "direct";
     default: return "gemm";
   }
 }
@@ -193,6 +195,18 @@ inline BackwardInputKernel select_backward_input(const Conv2dGeometry& g,
     const Conv2dGeometry gf = conv_detail::flipped_geometry(g);
     if (select_forward(gf, cfg) == ForwardKernel::Direct) return BackwardInputKernel::FlippedDirect;
   }
+  // Strided, channels filling the register tile: each phase as a direct convolution of a
+  // zero-padded copy of dY with its sub-kernel (backward_input_phases_direct, no gather), when
+  // the largest sub-kernel's panel fits as the forward's direct kernel asks, and the copy is
+  // about dY's size (its padding is below the kernel's size). Measured (16,32,32,32->64, 3x3,
+  // S 2): phases 0.74-0.76 -> 0.54 ms; (4,33,31,24->40, 4x4, S 3): 0.24 -> 0.10 ms.
+  if ((g.stride_h > 1 || g.stride_w > 1) && C * 4 > cfg.NR) {
+    const int64_t Kmax = (g.FH + g.stride_h - 1) / g.stride_h * ((g.FW + g.stride_w - 1) / g.stride_w) * g.Q;
+    const bool fits = Kmax <= cfg.KC || saturating_mul(Kmax, cfg.NR * static_cast<int64_t>(sizeof(T))) <= (int64_t{64} << 10);
+    if (fits && conv_detail::padded_copy_is_small(g, saturating_add(g.Ho, 2 * g.FH),
+                                                  saturating_mul(saturating_add(g.Wo, 2 * g.FW), g.Q)))
+      return BackwardInputKernel::PhasesDirect;
+  }
   // Few channels (a panel of NR columns would be mostly empty): dY.W GEMM + col2im, when the
   // dY.W buffer N*Ho*Wo*FH*FW*C stays below 2^26 values.
   int64_t col_values = 0;
@@ -206,12 +220,27 @@ inline BackwardInputKernel select_backward_input(const Conv2dGeometry& g,
 template <typename T>
 inline BackwardWeightKernel select_backward_weight(const Conv2dGeometry& g,
                                                    const conv_detail::ConvKernels<T>& cfg) {
-  (void)cfg;  // no choice below depends on the register tile (yet)
   // [WINOGRAD] 3x3, stride 1: the adjoint of the forward's Winograd F(m x m, 3x3) when forced,
   // or for Auto with enough channels (winograd_preferred_weight; measured crossover).
   if (use_winograd_weight<T>(g)) return BackwardWeightKernel::Winograd;
   // 1x1 without padding: dW = dY^T X, a plain GEMM.
   if (conv_detail::is_pointwise(g) && g.C > 4) return BackwardWeightKernel::Pointwise;
+  // No im2col: the padded input read in place, a GEMM of depth Wo per output row and kernel
+  // row (backward_weight_direct), when blocks of MR rows cover a kernel row's FW*C values with
+  // at most 25% waste and the output rows are long against the filters (Q <= 2*Wo: each call
+  // loads and stores an MR x NR tile of partial sums once per Wo pixels, which im2col's K
+  // values per pixel outweigh only when Q is small). Measured (2 threads, Zen 5; ms):
+  //   (4,96,96,16->16, 5x5)   gemm 2.1-2.2 -> 1.6-1.7  (AVX2: 3.2 -> 2.4)
+  //   (8,64,64,3->32, 7x7 s2)  smallc 0.50 -> 0.24     (AVX2: equal)
+  //   (16,32,32,16->32, s2)    gemm 0.15 -> 0.12
+  //   (16,32,32,32->64, s2)    equal at best; (8,28,28,128->256, s2) 5.5 vs 6.2: gemm kept.
+  // (Sizes saturate: a huge padding makes the copy "not small", never an overflow.)
+  const int64_t len = g.FW * g.C;  // a kernel row: fits, the kernel is allocated
+  if (conv_detail::round_up(len, cfg.MR) * 4 <= len * 5 && g.Q <= saturating_mul(2, g.Wo) &&
+      conv_detail::padded_copy_is_small(
+          g, saturating_add(g.H, saturating_add(g.pad_top, g.pad_bottom)),
+          saturating_mul(saturating_add(g.W, saturating_add(g.pad_left, g.pad_right)), g.C)))
+    return BackwardWeightKernel::Direct;
   // Few input channels: register accumulators straight from a zero-padded copy of the input,
   // when that copy is about the input's size.
   if (g.C <= 4 && g.N * g.Ho > 0 &&
@@ -264,6 +293,7 @@ void conv2d_backward_input(const Conv2dGeometry& g, const T* dy, const T* w, T* 
     case BackwardInputKernel::Phases: conv_detail::backward_input_phases(cfg, g, dy, w, dx); return;
     case BackwardInputKernel::Winograd: winograd_conv2d_backward_input(g, dy, w, dx); return;
     case BackwardInputKernel::FlippedDirect: conv_detail::backward_input_flipped_direct(cfg, g, dy, w, dx); return;
+    case BackwardInputKernel::PhasesDirect: conv_detail::backward_input_phases_direct(cfg, g, dy, w, dx); return;
   }
 }
 
@@ -275,6 +305,7 @@ void conv2d_backward_weight(const Conv2dGeometry& g, const T* x, const T* dy, T*
     case BackwardWeightKernel::Pointwise: conv_detail::backward_weight_pointwise(g, x, dy, dw, db); return;
     case BackwardWeightKernel::SmallC: conv_detail::backward_weight_smallc(cfg, g, x, dy, dw, db); return;
     case BackwardWeightKernel::Gemm: conv_detail::backward_weight_gemm(cfg, g, x, dy, dw, db); return;
+    case BackwardWeightKernel::Direct: conv_detail::backward_weight_direct(cfg, g, x, dy, dw, db); return;
     case BackwardWeightKernel::Winograd:
       winograd_conv2d_backward_weight(g, x, dy, dw);
       if (db) conv_detail::bias_gradient(g.N * g.Ho * g.Wo, g.Q, dy, db);

@@ -52,22 +52,7 @@ void forward_direct(const ConvKernels<T>& cfg, const Conv2dGeometry& g, const T*
   const int64_t Hp = g.H + g.pad_top + g.pad_bottom;
   const int64_t prow = forward_direct_row_values(g, MR);  // values per padded row (>= 0: see caller)
   Scratch<T> xp(std::max<int64_t>(g.N * Hp * prow, 1), "conv2d: padded input copy");
-  // Split only when the copy is large: a pool round trip costs ~0.1 ms, a 1 MiB copy about as much.
-  parallel_for(0, g.N * Hp, std::max<int64_t>(1, (int64_t{1} << 18) / prow), [&](int64_t lo, int64_t hi) {
-    for (int64_t r = lo; r < hi; ++r) {
-      T* dst = xp.get() + r * prow;
-      const int64_t n = r / Hp, ih = r % Hp - g.pad_top;
-      if (ih < 0 || ih >= g.H) {
-        std::memset(dst, 0, sizeof(T) * static_cast<size_t>(prow));
-        continue;
-      }
-      std::memset(dst, 0, sizeof(T) * static_cast<size_t>(g.pad_left * C));
-      std::memcpy(dst + g.pad_left * C, x + (n * g.H + ih) * g.W * C,
-                  sizeof(T) * static_cast<size_t>(g.W * C));
-      std::memset(dst + (g.pad_left + g.W) * C, 0,
-                  sizeof(T) * static_cast<size_t>(prow - (g.pad_left + g.W) * C));
-    }
-  });
+  copy_padded_input(g, x, prow, xp.get());
   PackedB<T> B;
   B.pack(cfg, K, Q, [&](int64_t k, int64_t q) { return w[q * K + k]; });
   const int64_t panels = (Q + NR - 1) / NR;
@@ -208,21 +193,7 @@ void backward_weight_smallc(const ConvKernels<T>& cfg, const Conv2dGeometry& g, 
   // fits and is about that of the input (padded_copy_is_small).
   const int64_t rows_p = g.N * pl.Hp;
   Scratch<T> xp(std::max<int64_t>(rows_p * pl.prow, 1), "conv2d backward: padded input copy");
-  parallel_for(0, rows_p, std::max<int64_t>(1, (int64_t{1} << 18) / pl.prow), [&](int64_t lo, int64_t hi) {
-    for (int64_t r = lo; r < hi; ++r) {
-      T* dst = xp.get() + r * pl.prow;
-      const int64_t n = r / pl.Hp, ih = r % pl.Hp - g.pad_top;
-      if (ih < 0 || ih >= g.H) {
-        std::memset(dst, 0, sizeof(T) * static_cast<size_t>(pl.prow));
-        continue;
-      }
-      std::memset(dst, 0, sizeof(T) * static_cast<size_t>(g.pad_left * C));
-      std::memcpy(dst + g.pad_left * C, x + (n * g.H + ih) * g.W * C,
-                  sizeof(T) * static_cast<size_t>(g.W * C));
-      std::memset(dst + (g.pad_left + g.W) * C, 0,
-                  sizeof(T) * static_cast<size_t>(pl.prow - (g.pad_left + g.W) * C));
-    }
-  });
+  copy_padded_input(g, x, pl.prow, xp.get());
   // Fixed chunks of whole output rows: ~32 KiB of dY each (so a chunk's dY stays in L2 while
   // the tap blocks re-read it), at most 4096 chunks. A function of the shape only.
   const int64_t out_rows = g.N * g.Ho;
