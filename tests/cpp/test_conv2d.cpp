@@ -336,6 +336,16 @@ void test_register_tiles() {
 // whose kernel rows are not a multiple of MR (the last block reads past the run, the last
 // pixel's into the copy's zero tail), uneven paddings and strides, Q not a multiple of NR
 // (packed dY panels) and Q == NR (dY rows used as they lie), several row chunks.
+// The im2col forward accumulating straight into Y (whole micro-tiles, Q a whole number of
+// panels at every level, bias set first) and through the C tile (the last, partial tile);
+// K = 360 in two equal depth slices.
+void test_forward_in_place() {
+  const auto g = make_conv2d_geometry(2, 16, 16, 40, 64, 3, 3, 40, 2, 2, 1, 1, 1, 1);
+  CHECK(std::string(conv_kernel_choice<float>(g).forward) == "im2col_gemm");
+  check_everywhere<double>(g, 1e-12, 35);
+  check_everywhere<float>(g, 2e-5, 36);
+}
+
 void test_backward_input_phases_direct() {
   const Conv2dGeometry shapes[] = {
       make_conv2d_geometry(2, 13, 15, 16, 24, 3, 3, 16, 2, 2, 1, 1, 1, 1),
@@ -472,6 +482,7 @@ int main() {
   RUN_TEST(test_geometry_errors);
   RUN_TEST(test_backward_weight_direct);
   RUN_TEST(test_backward_input_phases_direct);
+  RUN_TEST(test_forward_in_place);
   RUN_TEST(test_sweep_double);
   RUN_TEST(test_sweep_float);
   RUN_TEST(test_larger_shapes);

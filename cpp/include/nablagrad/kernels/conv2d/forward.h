@@ -81,7 +81,8 @@ void forward_im2col_gemm(const ConvKernels<T>& cfg, const Conv2dGeometry& g, con
           else
             std::memcpy(dst, src, sizeof(T) * Q);
         }
-      });
+      },
+      y, bias);
 }
 
 /// 1x1 forward without padding, straight to the GEMM: Y (N*Ho*Wo x Q) = X (N*Ho*Wo x C) W^T,
