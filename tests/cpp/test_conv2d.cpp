@@ -338,12 +338,36 @@ void test_register_tiles() {
 // (packed dY panels) and Q == NR (dY rows used as they lie), several row chunks.
 // The im2col forward accumulating straight into Y (whole micro-tiles, Q a whole number of
 // panels at every level, bias set first) and through the C tile (the last, partial tile);
-// K = 360 in two equal depth slices.
+// K = 4320 in 17 equal depth slices.
 void test_forward_in_place() {
-  const auto g = make_conv2d_geometry(2, 16, 16, 40, 64, 3, 3, 40, 2, 2, 1, 1, 1, 1);
+  const auto g = make_conv2d_geometry(2, 7, 7, 480, 64, 3, 3, 480, 2, 2, 1, 1, 1, 1);
   CHECK(std::string(conv_kernel_choice<float>(g).forward) == "im2col_gemm");
   check_everywhere<double>(g, 1e-12, 35);
-  check_everywhere<float>(g, 2e-5, 36);
+  check_everywhere<float>(g, 2e-4, 36);  // sums of 4320 float products
+}
+
+// The indirect forward: blocks of MR pixels across output rows (and past the last pixel),
+// runs in the input, in the top/bottom padding (zeros) and across the left/right padding
+// (copied runs), uneven strides and paddings.
+void test_forward_indirect() {
+  const Conv2dGeometry shapes[] = {
+      make_conv2d_geometry(3, 13, 17, 32, 64, 3, 3, 32, 2, 2, 1, 1, 1, 1),
+      make_conv2d_geometry(2, 11, 12, 20, 24, 4, 4, 20, 2, 3, 1, 2, 0, 3),
+      make_conv2d_geometry(1, 9, 30, 40, 40, 2, 5, 40, 3, 2, 0, 1, 2, 2)};
+  for (const Conv2dGeometry& g : shapes) {
+    CHECK(std::string(conv_kernel_choice<double>(g).forward) == "indirect");
+    check_everywhere<double>(g, 1e-12, 37);
+    check_everywhere<float>(g, 2e-5, 38);
+  }
+  // Stride 1, a panel too large for the direct kernel (K = 640): indirect at AVX-512.
+  check_everywhere<double>(make_conv2d_geometry(2, 10, 9, 40, 64, 4, 4, 40, 1, 1, 1, 2, 2, 1), 1e-12, 39);
+  // The stride-1 input gradient through it: the flipped kernel (K = 25*48 = 1200, a panel
+  // beyond the direct kernel's 64 KiB at every level) on dY padded by F-1-P.
+  const auto gi = make_conv2d_geometry(2, 9, 11, 64, 48, 5, 5, 64, 1, 1, 2, 1, 2, 3);
+  CHECK(std::string(conv_kernel_choice<double>(gi).backward_input) == "flipped_indirect");
+  CHECK(std::string(conv_kernel_choice<float>(gi).backward_input) == "flipped_indirect");
+  check_everywhere<double>(gi, 1e-12, 40);
+  check_everywhere<float>(gi, 1e-4, 41);  // sums of 1200-1600 float products
 }
 
 void test_backward_input_phases_direct() {
@@ -389,7 +413,11 @@ void test_kernel_choice() {
     CHECK(std::string(c.forward) == "direct");
     CHECK(std::string(c.backward_weight) == "smallc");
     const auto wide = make_conv2d_geometry(2, 16, 16, 128, 64, 3, 3, 128, 2, 2, 1, 1, 1, 1);
-    CHECK(std::string(conv_kernel_choice<float>(wide).forward) == "im2col_gemm");
+    CHECK(std::string(conv_kernel_choice<float>(wide).forward) == "indirect");
+    // A kernel panel K x NR beyond 256 KiB (K = 4608): the im2col GEMM with its depth slices.
+    const auto huge_k = make_conv2d_geometry(1, 8, 8, 512, 64, 3, 3, 512, 2, 2, 1, 1, 1, 1);
+    CHECK(std::string(conv_kernel_choice<float>(huge_k).forward) == "im2col_gemm");
+
     CHECK(std::string(conv_kernel_choice<float>(wide).backward_input) == "phases_direct");
     // A sub-kernel too deep for the direct kernel's panel (4 taps x 512 filters): the gather GEMM.
     const auto deep = make_conv2d_geometry(2, 16, 16, 128, 512, 3, 3, 128, 2, 2, 1, 1, 1, 1);
@@ -405,6 +433,8 @@ void test_kernel_choice() {
     CHECK(std::string(conv_kernel_choice<double>(k5).backward_weight) == "direct");
     const auto k7 = make_conv2d_geometry(8, 64, 64, 3, 32, 7, 7, 3, 2, 2, 3, 3, 3, 3);
     CHECK(std::string(conv_kernel_choice<float>(k7).backward_weight) == "direct");
+    // Strided with short kernel-row runs (7x7 on 3 channels: 21 values): the direct forward.
+    CHECK(std::string(conv_kernel_choice<float>(k7).forward) == "direct");
     // Strided input gradient with channels that fill the tile: phases read in place from dY.
     CHECK(std::string(conv_kernel_choice<float>(k7).backward_input) == "col2im");  // C = 3
     const auto s2w = make_conv2d_geometry(16, 32, 32, 32, 64, 3, 3, 32, 2, 2, 1, 1, 1, 1);
@@ -483,6 +513,7 @@ int main() {
   RUN_TEST(test_backward_weight_direct);
   RUN_TEST(test_backward_input_phases_direct);
   RUN_TEST(test_forward_in_place);
+  RUN_TEST(test_forward_indirect);
   RUN_TEST(test_sweep_double);
   RUN_TEST(test_sweep_float);
   RUN_TEST(test_larger_shapes);

@@ -297,7 +297,10 @@ def test_conv_algorithm_for():
     first = pick((8, 32, 32, 3), (32, 3, 3, 3), 1, 1, 1, 1, 1, 1, "float64")
     assert first["forward"] == "direct" and first["backward_weight"] == "smallc"
     assert set(pick((2, 16, 16, 64), (64, 3, 3, 64), 1, 1, 1, 1, 1, 1).values()) <= {
-        "im2col_gemm", "phases", "gemm", "winograd"}
+        "indirect", "im2col_gemm", "phases", "flipped_direct", "gemm", "winograd"}
+    # Strided, channels filling the register tiles: every pass reads its operands in place.
+    strided = pick((16, 32, 32, 16), (32, 3, 3, 16), 2, 2, 1, 1, 1, 1)
+    assert strided == {"forward": "indirect", "backward_input": "phases_direct", "backward_weight": "direct"}
     with pytest.raises(ValueError, match="dtype"):
         pick((1, 4, 4, 1), (1, 1, 1, 1), 1, 1, 0, 0, 0, 0, "int64")
     with pytest.raises(ValueError, match="C=2"):

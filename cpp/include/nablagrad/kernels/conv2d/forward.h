@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 #include "../gemm.h"
 #include "gather_gemm.h"
@@ -83,6 +84,84 @@ void forward_im2col_gemm(const ConvKernels<T>& cfg, const Conv2dGeometry& g, con
         }
       },
       y, bias);
+}
+
+/// Forward by the indirect micro-kernel: no im2col and no padded copy. The output pixels are
+/// walked flat (N*Ho*Wo rows) in blocks of MR; for each block a table of FH x MR pointers
+/// gives each pixel's run of FW*C input values per kernel row: in the input itself when the
+/// run lies inside it, at a zero run for rows in the top or bottom padding (or past the last
+/// pixel), and at a zero-padded copy of the run (a few per image border) otherwise. The
+/// micro-kernel keeps the MR x NR sums in registers over all FH*FW*C taps and the tile is
+/// stored once, bias added. Blocks cross output rows freely, so no block is left mostly empty
+/// at the end of a row (16-pixel rows with MR = 12). Each output element is computed by one
+/// block in a fixed order, whatever thread runs it.
+template <typename T>
+void forward_indirect(const ConvKernels<T>& cfg, const Conv2dGeometry& g, const T* x, const T* w,
+                      const T* bias, T* y) {
+  const int64_t NR = cfg.NR, MR = cfg.MR;
+  const int64_t C = g.C, FH = g.FH, FW = g.FW, Q = g.Q, len = FW * C, K = FH * len;
+  const int64_t rows = g.N * g.Ho * g.Wo, blocks = (rows + MR - 1) / MR;
+  PackedB<T> B;
+  B.pack(cfg, K, Q, [&](int64_t k, int64_t q) { return w[q * K + k]; });
+  const int64_t panels = (Q + NR - 1) / NR;
+  const std::vector<T> zeros(static_cast<size_t>(len), T(0));
+  // About 64 chunks of consecutive blocks, claimed dynamically (the split does not change any
+  // sum: a block is one task).
+  parallel_chunks(blocks, std::max<int64_t>(1, (blocks + 63) / 64), [&](int64_t, int64_t lo, int64_t hi) {
+    alignas(64) T out[kMaxTileValues];
+    const T** ptr = scratch<const T*, 0>(static_cast<size_t>(FH * MR));
+    T* edge = scratch<T, 1>(static_cast<size_t>(FH * MR * len));  // copies of border runs
+    for (int64_t blk = lo; blk < hi; ++blk) {
+      const int64_t r0 = blk * MR, nr = std::min(MR, rows - r0);
+      int64_t n = r0 / (g.Ho * g.Wo), ho = (r0 / g.Wo) % g.Ho, wo = r0 % g.Wo;
+      for (int64_t i = 0; i < MR; ++i) {
+        if (i >= nr) {
+          for (int64_t h = 0; h < FH; ++h) ptr[h * MR + i] = zeros.data();
+          continue;
+        }
+        const int64_t iw0 = wo * g.stride_w - g.pad_left;
+        const bool w_inside = iw0 >= 0 && iw0 + FW <= g.W;
+        for (int64_t h = 0; h < FH; ++h) {
+          const int64_t ih = ho * g.stride_h + h - g.pad_top;
+          if (ih < 0 || ih >= g.H) {
+            ptr[h * MR + i] = zeros.data();
+          } else if (w_inside) {
+            ptr[h * MR + i] = x + ((n * g.H + ih) * g.W + iw0) * C;
+          } else {
+            T* e = edge + (h * MR + i) * len;
+            const T* src = x + (n * g.H + ih) * g.W * C;
+            for (int64_t fw = 0; fw < FW; ++fw) {
+              const int64_t iw = iw0 + fw;
+              if (iw < 0 || iw >= g.W)
+                zero_run(e + fw * C, C);
+              else
+                copy_run(e + fw * C, src + iw * C, C);
+            }
+            ptr[h * MR + i] = e;
+          }
+        }
+        if (++wo == g.Wo) {
+          wo = 0;
+          if (++ho == g.Ho) {
+            ho = 0;
+            ++n;
+          }
+        }
+      }
+      for (int64_t p = 0; p < panels; ++p) {
+        cfg.indirect(FH, len, ptr, B.data.data() + p * K * NR, out);
+        const int64_t q0 = p * NR, nq = std::min(NR, Q - q0);
+        for (int64_t i = 0; i < nr; ++i) {
+          T* dst = y + (r0 + i) * Q + q0;
+          const T* src = out + i * NR;
+          if (bias)
+            for (int64_t j = 0; j < nq; ++j) dst[j] = src[j] + bias[q0 + j];
+          else
+            for (int64_t j = 0; j < nq; ++j) dst[j] = src[j];
+        }
+      }
+    }
+  });
 }
 
 /// 1x1 forward without padding, straight to the GEMM: Y (N*Ho*Wo x Q) = X (N*Ho*Wo x C) W^T,

@@ -293,6 +293,89 @@ inline void direct_kernel_portable(int64_t nh, int64_t len, const T* a, int64_t 
     for (int64_t j = 0; j < NR; ++j) out[i * NR + j] = acc[i][j];
 }
 
+// Indirect micro-kernel: the direct kernel's sum, but the run of kernel row h of pixel i
+// starts at its own pointer rows[h*MR + i] (len values each), so the MR pixels need not be
+// equally spaced: a block runs on across output rows, and a border pixel points at a
+// zero-padded copy of its run (or at zeros), with no padded copy of the whole input:
+//   out[i*NR + j] = sum_{h < nh} sum_{d < len} rows[h*MR + i][d] * b[(h*len + d)*NR + j]
+// out is overwritten; one FMA chain per element, (h, d) ascending (the im2col GEMM's order).
+template <typename T, int MR, int NR>
+inline void indirect_kernel_portable(int64_t nh, int64_t len, const T* const* rows, const T* b,
+                                     T* out) {
+  T acc[MR][NR] = {};
+  for (int64_t h = 0; h < nh; ++h) {
+    const T* const* rh = rows + h * MR;
+    const T* bh = b + h * len * NR;
+    for (int64_t d = 0; d < len; ++d) {
+      const T* bd = bh + d * NR;
+      for (int64_t i = 0; i < MR; ++i) {
+        const T ai = rh[i][d];
+        for (int64_t j = 0; j < NR; ++j) acc[i][j] += ai * bd[j];
+      }
+    }
+  }
+  for (int64_t i = 0; i < MR; ++i)
+    for (int64_t j = 0; j < NR; ++j) out[i * NR + j] = acc[i][j];
+}
+
+#if NABLAGRAD_X86
+// The same at AVX2+FMA: a 6 x 2-vector tile (12 ymm accumulators), as direct_kernel_avx2.
+template <typename T>
+struct Avx2Vec;
+template <>
+struct Avx2Vec<float> {
+  using VT = __m256;
+  static constexpr int W = 8;
+  __attribute__((target("avx2,fma"))) static VT zero() { return _mm256_setzero_ps(); }
+  __attribute__((target("avx2,fma"))) static VT load(const float* p) { return _mm256_loadu_ps(p); }
+  __attribute__((target("avx2,fma"))) static VT bcast(const float* p) { return _mm256_broadcast_ss(p); }
+  __attribute__((target("avx2,fma"))) static VT fma(VT a, VT b, VT c) { return _mm256_fmadd_ps(a, b, c); }
+  __attribute__((target("avx2,fma"))) static void store(float* p, VT v) { _mm256_storeu_ps(p, v); }
+};
+template <>
+struct Avx2Vec<double> {
+  using VT = __m256d;
+  static constexpr int W = 4;
+  __attribute__((target("avx2,fma"))) static VT zero() { return _mm256_setzero_pd(); }
+  __attribute__((target("avx2,fma"))) static VT load(const double* p) { return _mm256_loadu_pd(p); }
+  __attribute__((target("avx2,fma"))) static VT bcast(const double* p) { return _mm256_broadcast_sd(p); }
+  __attribute__((target("avx2,fma"))) static VT fma(VT a, VT b, VT c) { return _mm256_fmadd_pd(a, b, c); }
+  __attribute__((target("avx2,fma"))) static void store(double* p, VT v) { _mm256_storeu_pd(p, v); }
+};
+
+template <typename T>
+__attribute__((target("avx2,fma"))) inline void indirect_kernel_avx2(int64_t nh, int64_t len,
+                                                                     const T* const* rows, const T* b,
+                                                                     T* out) {
+  using V = Avx2Vec<T>;
+  using VT = typename V::VT;
+  constexpr int MR = 6, W = V::W;
+  VT acc[MR][2];
+#pragma GCC unroll 6
+  for (int i = 0; i < MR; ++i) acc[i][0] = acc[i][1] = V::zero();
+  for (int64_t h = 0; h < nh; ++h) {
+    const T* r[MR];
+#pragma GCC unroll 6
+    for (int i = 0; i < MR; ++i) r[i] = rows[h * MR + i];
+    const T* bh = b + h * len * 2 * W;
+    for (int64_t d = 0; d < len; ++d) {
+      const VT b0 = V::load(bh + d * 2 * W), b1 = V::load(bh + d * 2 * W + W);
+#pragma GCC unroll 6
+      for (int i = 0; i < MR; ++i) {
+        const VT ai = V::bcast(r[i] + d);
+        acc[i][0] = V::fma(ai, b0, acc[i][0]);
+        acc[i][1] = V::fma(ai, b1, acc[i][1]);
+      }
+    }
+  }
+#pragma GCC unroll 6
+  for (int i = 0; i < MR; ++i) {
+    V::store(out + i * 2 * W, acc[i][0]);
+    V::store(out + i * 2 * W + W, acc[i][1]);
+  }
+}
+#endif
+
 #if NABLAGRAD_X86
 #define NG_DK_ROW(i)                                                    \
   {                                                                     \
@@ -682,6 +765,42 @@ __attribute__((target("avx512f,avx2,fma"))) inline void direct_kernel_avx512(
 #pragma GCC unroll 2
     for (int v = 0; v < NV; ++v) z_store(out + (i * NV + v) * W, acc[i][v]);
 }
+
+// out[MR x NR] as indirect_kernel_portable (each pixel's run of each kernel row at its own
+// pointer). The MR pointers of a kernel row are loaded once per row; the compiler keeps what
+// fits in registers and reloads the rest (a load per broadcast, which the load ports absorb).
+template <typename T, int MR, int NV>
+__attribute__((target("avx512f,avx2,fma"))) inline void indirect_kernel_avx512(
+    int64_t nh, int64_t len, const T* const* rows, const T* b, T* out) {
+  using VT = typename Avx512<T>::VT;
+  constexpr int W = Avx512<T>::W;
+  VT acc[MR][NV];
+#pragma GCC unroll 32
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) acc[i][v] = z_zero(T());
+  for (int64_t h = 0; h < nh; ++h) {
+    const T* r[MR];
+#pragma GCC unroll 32
+    for (int i = 0; i < MR; ++i) r[i] = rows[h * MR + i];
+    const T* bh = b + h * len * NV * W;
+    for (int64_t d = 0; d < len; ++d) {
+      VT bv[NV];
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; ++v) bv[v] = z_load(bh + (d * NV + v) * W);
+#pragma GCC unroll 32
+      for (int i = 0; i < MR; ++i) {
+        const VT ai = z_bcast(r[i] + d);
+#pragma GCC unroll 2
+        for (int v = 0; v < NV; ++v) acc[i][v] = z_fma(ai, bv[v], acc[i][v]);
+      }
+    }
+  }
+#pragma GCC unroll 32
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) z_store(out + (i * NV + v) * W, acc[i][v]);
+}
 #endif
 
 // Portable small-C kernel gradient block: acc (and accb) overwritten, as the vector variants do.
@@ -707,6 +826,8 @@ template <typename T>
 using DirectKernel = void (*)(int64_t nh, int64_t len, const T* a, int64_t a_rs, int64_t a_hs,
                               const T* b, T* out);
 template <typename T>
+using IndirectKernel = void (*)(int64_t nh, int64_t len, const T* const* rows, const T* b, T* out);
+template <typename T>
 using DotKernel = T (*)(const T* a, const T* b, int64_t n);
 template <typename T>
 using NarrowRowKernel = void (*)(const T* const* src, int64_t nseg, int64_t len, const T* bt,
@@ -729,6 +850,7 @@ struct ConvKernels {
   int64_t VL;        // filters per block of smallc_dw (one vector), <= kSmallCAccStride
   TileKernel<T> tile;
   DirectKernel<T> direct;
+  IndirectKernel<T> indirect;
   DotKernel<T> dot;
   NarrowRowKernel<T> narrow_row;
   SmallCDxKernel<T> smallc_dx;  // nullptr where the level has no such kernel
@@ -748,19 +870,22 @@ inline ConvKernels<float> conv_kernels<float>(SimdLevel level, bool narrow) {
 #if NABLAGRAD_X86
   if (level >= SimdLevel::AVX512 && narrow)
     return {SimdLevel::AVX512, 24, 16, 256, 8, &micro_kernel_avx512<float, 24, 1>,
-            &direct_kernel_avx512<float, 24, 1>, &dot_avx2, &narrow_row_avx2, &smallc_dx_block<float>,
+            &direct_kernel_avx512<float, 24, 1>, &indirect_kernel_avx512<float, 24, 1>,
+            &dot_avx2, &narrow_row_avx2, &smallc_dx_block<float>,
             &smallc_dw_block_avx2_dispatch<float>};
   if (level >= SimdLevel::AVX512)
     return {SimdLevel::AVX512, 12, 32, 256, 8, &micro_kernel_avx512<float, 12, 2>,
-            &direct_kernel_avx512<float, 12, 2>, &dot_avx2, &narrow_row_avx2, &smallc_dx_block<float>,
+            &direct_kernel_avx512<float, 12, 2>, &indirect_kernel_avx512<float, 12, 2>,
+            &dot_avx2, &narrow_row_avx2, &smallc_dx_block<float>,
             &smallc_dw_block_avx2_dispatch<float>};
   if (level >= SimdLevel::AVX2)
-    return {SimdLevel::AVX2, 6, 16, 256, 8, &micro_kernel_avx2, &direct_kernel_avx2, &dot_avx2,
+    return {SimdLevel::AVX2, 6, 16, 256, 8, &micro_kernel_avx2, &direct_kernel_avx2,
+            &indirect_kernel_avx2<float>, &dot_avx2,
             &narrow_row_avx2, &smallc_dx_block<float>, &smallc_dw_block_avx2_dispatch<float>};
 #endif
   (void)level, (void)narrow;
   return {SimdLevel::Portable, 6, 16, 256, 8, &micro_kernel_portable<float, 6, 16>,
-          &direct_kernel_portable<float, 6, 16>, &dot_portable<float>, &narrow_row_portable<float>,
+          &direct_kernel_portable<float, 6, 16>, &indirect_kernel_portable<float, 6, 16>, &dot_portable<float>, &narrow_row_portable<float>,
           nullptr, &smallc_dw_block_portable<float>};
 }
 
@@ -769,19 +894,22 @@ inline ConvKernels<double> conv_kernels<double>(SimdLevel level, bool narrow) {
 #if NABLAGRAD_X86
   if (level >= SimdLevel::AVX512 && narrow)
     return {SimdLevel::AVX512, 24, 8, 128, 4, &micro_kernel_avx512<double, 24, 1>,
-            &direct_kernel_avx512<double, 24, 1>, &dot_avx2, &narrow_row_avx2, &smallc_dx_block<double>,
+            &direct_kernel_avx512<double, 24, 1>, &indirect_kernel_avx512<double, 24, 1>,
+            &dot_avx2, &narrow_row_avx2, &smallc_dx_block<double>,
             &smallc_dw_block_avx2_dispatch<double>};
   if (level >= SimdLevel::AVX512)
     return {SimdLevel::AVX512, 12, 16, 128, 4, &micro_kernel_avx512<double, 12, 2>,
-            &direct_kernel_avx512<double, 12, 2>, &dot_avx2, &narrow_row_avx2, &smallc_dx_block<double>,
+            &direct_kernel_avx512<double, 12, 2>, &indirect_kernel_avx512<double, 12, 2>,
+            &dot_avx2, &narrow_row_avx2, &smallc_dx_block<double>,
             &smallc_dw_block_avx2_dispatch<double>};
   if (level >= SimdLevel::AVX2)
-    return {SimdLevel::AVX2, 6, 8, 128, 4, &micro_kernel_avx2, &direct_kernel_avx2, &dot_avx2,
+    return {SimdLevel::AVX2, 6, 8, 128, 4, &micro_kernel_avx2, &direct_kernel_avx2,
+            &indirect_kernel_avx2<double>, &dot_avx2,
             &narrow_row_avx2, &smallc_dx_block<double>, &smallc_dw_block_avx2_dispatch<double>};
 #endif
   (void)level, (void)narrow;
   return {SimdLevel::Portable, 6, 8, 128, 4, &micro_kernel_portable<double, 6, 8>,
-          &direct_kernel_portable<double, 6, 8>, &dot_portable<double>, &narrow_row_portable<double>,
+          &direct_kernel_portable<double, 6, 8>, &indirect_kernel_portable<double, 6, 8>, &dot_portable<double>, &narrow_row_portable<double>,
           nullptr, &smallc_dw_block_portable<double>};
 }
 

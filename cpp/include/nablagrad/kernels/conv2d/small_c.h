@@ -14,6 +14,7 @@
 
 #include "../../checked.h"
 #include "../../threading.h"
+#include "forward.h"
 #include "gather_gemm.h"
 #include "geometry.h"
 #include "microkernel.h"
@@ -262,12 +263,13 @@ inline Conv2dGeometry flipped_geometry(const Conv2dGeometry& g) {
           g.FW - 1 - g.pad_left, g.FW - 1 - g.pad_right, g.H, g.W};
 }
 
-/// Stride-1 input gradient by the direct forward kernel (see select.h): dX = conv(dY padded
-/// by F-1-P, Wf) with Wf[c, i, j, q] = W[q, FH-1-i, FW-1-j, c], the kernel flipped in space
-/// and transposed in its channels.
+/// Stride-1 input gradient by a forward kernel (see select.h): dX = conv(dY padded by F-1-P,
+/// Wf) with Wf[c, i, j, q] = W[q, FH-1-i, FW-1-j, c], the kernel flipped in space and
+/// transposed in its channels, run by the direct forward kernel or (indirect) by the
+/// pointer-table one (forward.h).
 template <typename T>
-void backward_input_flipped_direct(const ConvKernels<T>& cfg, const Conv2dGeometry& g, const T* dy, const T* w,
-                                   T* dx) {
+void backward_input_flipped(const ConvKernels<T>& cfg, const Conv2dGeometry& g, const T* dy, const T* w,
+                            T* dx, bool indirect) {
   const Conv2dGeometry gf = flipped_geometry(g);
   Scratch<T> wf(std::max<int64_t>(g.Q * g.FH * g.FW * g.C, 1), "conv2d backward: flipped kernel");
   for (int64_t c = 0; c < g.C; ++c)
@@ -276,7 +278,10 @@ void backward_input_flipped_direct(const ConvKernels<T>& cfg, const Conv2dGeomet
         T* dst = wf.get() + ((c * g.FH + i) * g.FW + j) * g.Q;
         for (int64_t q = 0; q < g.Q; ++q) dst[q] = w[((q * g.FH + (g.FH - 1 - i)) * g.FW + (g.FW - 1 - j)) * g.C + c];
       }
-  forward_direct(cfg, gf, dy, wf.get(), static_cast<const T*>(nullptr), dx);
+  if (indirect)
+    forward_indirect(cfg, gf, dy, wf.get(), static_cast<const T*>(nullptr), dx);
+  else
+    forward_direct(cfg, gf, dy, wf.get(), static_cast<const T*>(nullptr), dx);
 }
 
 }  // namespace conv_detail
