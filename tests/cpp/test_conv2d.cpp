@@ -332,10 +332,6 @@ void test_register_tiles() {
   check_everywhere<double>(make_conv2d_geometry(2, 12, 12, 16, 16, 5, 5, 16, 1, 1, 2, 2, 2, 2), 1e-12, 27);
 }
 
-// The kernel gradient read in place from the padded input (backward_weight_direct): shapes
-// whose kernel rows are not a multiple of MR (the last block reads past the run, the last
-// pixel's into the copy's zero tail), uneven paddings and strides, Q not a multiple of NR
-// (packed dY panels) and Q == NR (dY rows used as they lie), several row chunks.
 // The im2col forward accumulating straight into Y (whole micro-tiles, Q a whole number of
 // panels at every level, bias set first) and through the C tile (the last, partial tile);
 // K = 4320 in 17 equal depth slices.
@@ -370,6 +366,8 @@ void test_forward_indirect() {
   check_everywhere<float>(gi, 1e-4, 41);  // sums of 1200-1600 float products
 }
 
+// The strided input gradient by phases read in place from a padded dY (phases_direct):
+// uneven strides and paddings, S > F (phases no tap reaches), C over two panels.
 void test_backward_input_phases_direct() {
   const Conv2dGeometry shapes[] = {
       make_conv2d_geometry(2, 13, 15, 16, 24, 3, 3, 16, 2, 2, 1, 1, 1, 1),
@@ -385,8 +383,15 @@ void test_backward_input_phases_direct() {
   }
 }
 
+// The kernel gradient read in place from the padded input (backward_weight_direct): shapes
+// whose kernel rows are not a multiple of MR (the last block reads past the run, the last
+// pixel's into the copy's zero tail), uneven paddings and strides, Q not a multiple of NR
+// (packed dY panels) and Q == NR (dY rows used as they lie), several chunks; blocks of 256
+// pixels across output rows (column kernel) and, for rows of >= 64 pixels, per row.
 void test_backward_weight_direct() {
   const Conv2dGeometry shapes[] = {
+      make_conv2d_geometry(2, 5, 70, 16, 40, 3, 3, 16, 1, 1, 1, 1, 1, 1),   // rows of 70: per row
+      make_conv2d_geometry(3, 21, 19, 32, 64, 3, 3, 32, 2, 2, 1, 1, 1, 1),  // several chunks
       make_conv2d_geometry(2, 15, 17, 16, 16, 5, 5, 16, 1, 1, 2, 2, 2, 2),
       make_conv2d_geometry(3, 20, 36, 3, 32, 7, 7, 3, 2, 2, 3, 3, 3, 3),
       make_conv2d_geometry(2, 11, 30, 7, 20, 3, 3, 7, 1, 2, 0, 2, 1, 0),
@@ -422,7 +427,7 @@ void test_kernel_choice() {
     // A sub-kernel too deep for the direct kernel's panel (4 taps x 512 filters): the gather GEMM.
     const auto deep = make_conv2d_geometry(2, 16, 16, 128, 512, 3, 3, 128, 2, 2, 1, 1, 1, 1);
     CHECK(std::string(conv_kernel_choice<float>(deep).backward_input) == "phases");
-    CHECK(std::string(conv_kernel_choice<float>(wide).backward_weight) == "gemm");
+    CHECK(std::string(conv_kernel_choice<float>(wide).backward_weight) == "direct");
     const auto c1 = make_conv2d_geometry(4, 28, 28, 1, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1);
     CHECK(std::string(conv_kernel_choice<float>(c1).backward_input) == (level >= 1 ? "smallc" : "col2im"));
     CHECK(std::string(conv_kernel_choice<float>(c1).backward_weight) == "smallc");  // FW*C = 3: MR wastes most
@@ -439,9 +444,12 @@ void test_kernel_choice() {
     CHECK(std::string(conv_kernel_choice<float>(k7).backward_input) == "col2im");  // C = 3
     const auto s2w = make_conv2d_geometry(16, 32, 32, 32, 64, 3, 3, 32, 2, 2, 1, 1, 1, 1);
     CHECK(std::string(conv_kernel_choice<float>(s2w).backward_input) == "phases_direct");
-    // Many filters against a short output row: the im2col GEMM.
     const auto s2 = make_conv2d_geometry(16, 32, 32, 32, 64, 3, 3, 32, 2, 2, 1, 1, 1, 1);
-    CHECK(std::string(conv_kernel_choice<float>(s2).backward_weight) == "gemm");
+    CHECK(std::string(conv_kernel_choice<float>(s2).backward_weight) == "direct");
+    // Kernel rows of 7 values (3x1 on 7 channels): blocks of MR would be mostly padding, so
+    // the im2col GEMM.
+    const auto r7 = make_conv2d_geometry(2, 16, 16, 7, 64, 3, 1, 7, 2, 2, 1, 1, 0, 0);
+    CHECK(std::string(conv_kernel_choice<float>(r7).backward_weight) == "gemm");
   }
   nablagrad::set_simd_level(nablagrad::cpu_simd_level());
 }

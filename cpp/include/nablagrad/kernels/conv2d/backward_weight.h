@@ -87,63 +87,88 @@ void backward_weight_gemm(const ConvKernels<T>& cfg, const Conv2dGeometry& g, co
 }
 
 /// Kernel gradient (and bias gradient) without im2col, read in place from a zero-padded copy of
-/// the input: for one output row (n, ho) and one kernel row fh, the document's sum is
-///   dW[q, fh, j] += sum_{wo} X_p[n, ho*S_h + fh, wo*S_w*C + j] * dY[n, ho, wo, q],  j < FW*C
-/// a GEMM of depth Wo whose A (j x wo) is the padded row itself: column wo starts S_w*C values
-/// after column wo-1 and its FW*C values are contiguous (row stride 1). The micro-kernel reads
-/// it there; im2col would write and re-read FH*FW*C values per pixel. The run of FW*C values is
-/// cut into blocks of MR (the last one reads up to MR-1 values past it, into the next pixels or
-/// the copy's zero tail, which only feed rows of the partial sums that are dropped). Fixed chunks
-/// of output rows (a function of the shape only) sum into their own partials, added in chunk
-/// order: the same result for any thread count. db is summed with the dY packing.
+/// the input. For kernel row fh the document's sum is
+///   dW[q, fh, j] = sum_{pixels (n,ho,wo)} X_p[n, ho*S_h + fh, wo*S_w*C + j] * dY[n, ho, wo, q]
+/// for j < FW*C: a GEMM whose depth is the pixels and whose column for pixel p is the run of
+/// FW*C values of X_p at which it starts. The column micro-kernel (microkernel.h) takes one
+/// pointer per depth step, so a call's depth runs on across output rows (blocks of up to 256
+/// pixels: its MR x NR sums are loaded and stored once per block, not once per output row);
+/// im2col would write and re-read FH*FW*C values per pixel. The run is cut into blocks of MR
+/// (the last one reads up to MR-1 values past it, into the next pixels or the copy's zero
+/// tail, which only feed rows of the partial sums that are dropped). Fixed chunks of pixels (a
+/// function of the shape only) sum into their own partials, added in chunk order: the same
+/// result for any thread count. db is summed with the dY packing.
 template <typename T>
 void backward_weight_direct(const ConvKernels<T>& cfg, const Conv2dGeometry& g, const T* x,
                             const T* dy, T* dw, T* db) {
   const int64_t NR = cfg.NR, MR = cfg.MR;
-  const int64_t C = g.C, FH = g.FH, Q = g.Q, Wo = g.Wo;
+  const int64_t C = g.C, FH = g.FH, Q = g.Q;
   const int64_t len = g.FW * C, lenp = round_up(len, MR), K = FH * len, Kp = FH * lenp;
   const int64_t panels = (Q + NR - 1) / NR, ldq = panels * NR;
   const int64_t Hp = g.H + g.pad_top + g.pad_bottom, prow = (g.W + g.pad_left + g.pad_right) * C;
-  const int64_t as = g.stride_w * C;  // A's column stride: one output pixel further
   // The padded copy, and lenp - len zeros after it for the last block of the last pixel.
   Scratch<T> xp(g.N * Hp * prow + (lenp - len), "conv2d backward: padded input copy");
   copy_padded_input(g, x, prow, xp.get());
   std::fill(xp.get() + g.N * Hp * prow, xp.get() + g.N * Hp * prow + (lenp - len), T(0));
-  // Fixed chunks of whole output rows: about 16, fewer when the partials would pass ~64 MiB.
-  const int64_t out_rows = g.N * g.Ho;
+  // Blocks: whole output rows when they are long (Wo >= 64), each one a strided GEMM of depth
+  // Wo (the tile micro-kernel with column stride S_w*C: measured ~10% faster than the column
+  // kernel there, which loads a pointer per step); else 256 pixels across rows through the
+  // column kernel. Fixed chunks of whole blocks: about 16, fewer when the partials would
+  // pass ~64 MiB.
+  const bool by_rows = g.Wo >= 64;
+  const int64_t PT = by_rows ? g.Wo : 256;
+  const int64_t pixels = g.N * g.Ho * g.Wo;
   const int64_t partial_bytes = Kp * ldq * static_cast<int64_t>(sizeof(T));
   const int64_t nchunk_target = std::max<int64_t>(1, std::min<int64_t>(16, (int64_t{64} << 20) / partial_bytes));
-  const int64_t chunk_rows = std::max<int64_t>(1, (out_rows + nchunk_target - 1) / nchunk_target);
-  const int64_t nchunks = std::max<int64_t>(1, (out_rows + chunk_rows - 1) / chunk_rows);
+  const int64_t chunk = round_up(std::max<int64_t>(1, (pixels + nchunk_target - 1) / nchunk_target), PT);
+  const int64_t nchunks = std::max<int64_t>(1, (pixels + chunk - 1) / chunk);
   const char* const what_p = "conv2d backward: weight partial sums";
   const char* const what_b = "conv2d backward: bias partial sums";
   Scratch<T> partial(checked_product({nchunks, Kp, ldq}, what_p), what_p, true);
   Scratch<T> dbpartial(checked_product({nchunks, Q}, what_b), what_b, true);
   const bool packed = panels == 1 && Q == NR;  // dY rows are already an NR-wide panel
-  parallel_chunks(out_rows, chunk_rows, [&](int64_t ci, int64_t r0, int64_t r1) {
+  parallel_chunks(pixels, chunk, [&](int64_t ci, int64_t lo, int64_t hi) {
     T* P = partial.get() + ci * Kp * ldq;  // P[(fh*lenp + j) * ldq + q]
     T* dbp = dbpartial.get() + ci * Q;
-    T* dyp = packed ? nullptr : scratch<T, 0>(static_cast<size_t>(panels * Wo * NR));
-    for (int64_t r = r0; r < r1; ++r) {
-      const int64_t n = r / g.Ho, ho = r % g.Ho;
-      const T* drow = dy + r * Wo * Q;
-      for (int64_t wo = 0; wo < Wo; ++wo)
-        for (int64_t q = 0; q < Q; ++q) dbp[q] += drow[wo * Q + q];
-      if (!packed)  // NR-wide panels of the row's dY, zeros past Q
+    const T** cols = by_rows ? nullptr : scratch<const T*, 0>(static_cast<size_t>(FH * PT));
+    T* dyp = packed ? nullptr : scratch<T, 1>(static_cast<size_t>(panels * PT * NR));
+    for (int64_t p0 = lo; p0 < hi; p0 += PT) {
+      const int64_t np = std::min(PT, hi - p0);
+      int64_t n = p0 / (g.Ho * g.Wo), ho = (p0 / g.Wo) % g.Ho, wo = p0 % g.Wo;
+      const T* row = xp.get() + (n * Hp + ho * g.stride_h) * prow;  // by_rows: the block's row
+      for (int64_t i = 0; i < (by_rows ? 0 : np); ++i) {  // each pixel's run of kernel row 0, fh rows down
+        const T* run = xp.get() + (n * Hp + ho * g.stride_h) * prow + wo * g.stride_w * C;
+        for (int64_t fh = 0; fh < FH; ++fh) cols[fh * PT + i] = run + fh * prow;
+        if (++wo == g.Wo) {
+          wo = 0;
+          if (++ho == g.Ho) {
+            ho = 0;
+            ++n;
+          }
+        }
+      }
+      const T* drows = dy + p0 * Q;
+      for (int64_t i = 0; i < np; ++i)
+        for (int64_t q = 0; q < Q; ++q) dbp[q] += drows[i * Q + q];
+      if (!packed)  // NR-wide panels of the block's dY, zeros past Q
         for (int64_t pn = 0; pn < panels; ++pn)
-          for (int64_t wo = 0; wo < Wo; ++wo) {
-            T* dst = dyp + (pn * Wo + wo) * NR;
+          for (int64_t i = 0; i < np; ++i) {
+            T* dst = dyp + (pn * PT + i) * NR;
             const int64_t q0 = pn * NR, nq = std::min(NR, Q - q0);
-            std::copy(drow + wo * Q + q0, drow + wo * Q + q0 + nq, dst);
+            std::copy(drows + i * Q + q0, drows + i * Q + q0 + nq, dst);
             std::fill(dst + nq, dst + NR, T(0));
           }
-      const T* bp = packed ? drow : dyp;
-      for (int64_t fh = 0; fh < FH; ++fh) {
-        const T* xr = xp.get() + (n * Hp + ho * g.stride_h + fh) * prow;
-        for (int64_t pn = 0; pn < panels; ++pn)
-          for (int64_t j = 0; j < lenp; j += MR)
-            cfg.tile(Wo, xr + j, int64_t{1}, as, bp + pn * Wo * NR, P + (fh * lenp + j) * ldq + pn * NR, ldq);
-      }
+      for (int64_t fh = 0; fh < FH; ++fh)
+        for (int64_t pn = 0; pn < panels; ++pn) {
+          const T* bp = packed ? drows : dyp + pn * PT * NR;
+          for (int64_t j = 0; j < lenp; j += MR) {
+            T* c = P + (fh * lenp + j) * ldq + pn * NR;
+            if (by_rows)
+              cfg.tile(np, row + fh * prow + j, int64_t{1}, g.stride_w * C, bp, c, ldq);
+            else
+              cfg.column(np, cols + fh * PT, j, bp, c, ldq);
+          }
+        }
     }
   });
   // Partials in chunk order: dW[q, fh*len + j] = sum_c P_c[fh*lenp + j, q].

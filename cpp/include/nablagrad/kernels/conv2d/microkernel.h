@@ -58,6 +58,25 @@ inline void micro_kernel_portable(int64_t depth, const T* a, int64_t a_rs, int64
     for (int64_t j = 0; j < NR; ++j) c[i * ldc + j] += acc[i][j];
 }
 
+// C[MR x NR] += A B where depth step d's column of A is MR consecutive values at its own
+// pointer: A(i, d) = cols[d][off + i]. The kernel gradient's operand: column d is a pixel's run of
+// one kernel row, wherever the pixel lies, so one call's depth runs on across output rows.
+template <typename T, int64_t MR, int64_t NR>
+inline void column_kernel_portable(int64_t depth, const T* const* cols, int64_t off,
+                                   const T* b, T* c, int64_t ldc) {
+  T acc[MR][NR] = {};
+  for (int64_t d = 0; d < depth; ++d) {
+    const T* bd = b + d * NR;
+    const T* ad = cols[d] + off;
+    for (int64_t i = 0; i < MR; ++i) {
+      const T ai = ad[i];
+      for (int64_t j = 0; j < NR; ++j) acc[i][j] += ai * bd[j];
+    }
+  }
+  for (int64_t i = 0; i < MR; ++i)
+    for (int64_t j = 0; j < NR; ++j) c[i * ldc + j] += acc[i][j];
+}
+
 // Dot product of length n (the narrow-output path), fixed summation order.
 template <typename T>
 inline T dot_portable(const T* a, const T* b, int64_t n) {
@@ -331,6 +350,7 @@ struct Avx2Vec<float> {
   __attribute__((target("avx2,fma"))) static VT bcast(const float* p) { return _mm256_broadcast_ss(p); }
   __attribute__((target("avx2,fma"))) static VT fma(VT a, VT b, VT c) { return _mm256_fmadd_ps(a, b, c); }
   __attribute__((target("avx2,fma"))) static void store(float* p, VT v) { _mm256_storeu_ps(p, v); }
+  __attribute__((target("avx2,fma"))) static VT add(VT a, VT b) { return _mm256_add_ps(a, b); }
 };
 template <>
 struct Avx2Vec<double> {
@@ -341,6 +361,7 @@ struct Avx2Vec<double> {
   __attribute__((target("avx2,fma"))) static VT bcast(const double* p) { return _mm256_broadcast_sd(p); }
   __attribute__((target("avx2,fma"))) static VT fma(VT a, VT b, VT c) { return _mm256_fmadd_pd(a, b, c); }
   __attribute__((target("avx2,fma"))) static void store(double* p, VT v) { _mm256_storeu_pd(p, v); }
+  __attribute__((target("avx2,fma"))) static VT add(VT a, VT b) { return _mm256_add_pd(a, b); }
 };
 
 template <typename T>
@@ -372,6 +393,36 @@ __attribute__((target("avx2,fma"))) inline void indirect_kernel_avx2(int64_t nh,
   for (int i = 0; i < MR; ++i) {
     V::store(out + i * 2 * W, acc[i][0]);
     V::store(out + i * 2 * W + W, acc[i][1]);
+  }
+}
+
+// column_kernel_portable at AVX2+FMA: 6 x 2 vectors.
+template <typename T>
+__attribute__((target("avx2,fma"))) inline void column_kernel_avx2(int64_t depth, const T* const* cols,
+                                                                   int64_t off, const T* b, T* c, int64_t ldc) {
+  using V = Avx2Vec<T>;
+  using VT = typename V::VT;
+  constexpr int MR = 6, W = V::W;
+  VT acc[MR][2];
+#pragma GCC unroll 6
+  for (int i = 0; i < MR; ++i) acc[i][0] = acc[i][1] = V::zero();
+  for (int64_t d = 0; d < depth; ++d) {
+    const VT b0 = V::load(b + d * 2 * W), b1 = V::load(b + d * 2 * W + W);
+    const T* ad = cols[d] + off;
+    // One register for the column: the MR broadcasts then take constant displacements (left
+    // alone, GCC hoists off + i into MR loop-invariant offsets, which spill).
+    __asm__("" : "+r"(ad));
+#pragma GCC unroll 6
+    for (int i = 0; i < MR; ++i) {
+      const VT ai = V::bcast(ad + i);
+      acc[i][0] = V::fma(ai, b0, acc[i][0]);
+      acc[i][1] = V::fma(ai, b1, acc[i][1]);
+    }
+  }
+#pragma GCC unroll 6
+  for (int i = 0; i < MR; ++i) {
+    V::store(c + i * ldc, V::add(V::load(c + i * ldc), acc[i][0]));
+    V::store(c + i * ldc + W, V::add(V::load(c + i * ldc + W), acc[i][1]));
   }
 }
 #endif
@@ -801,6 +852,39 @@ __attribute__((target("avx512f,avx2,fma"))) inline void indirect_kernel_avx512(
 #pragma GCC unroll 2
     for (int v = 0; v < NV; ++v) z_store(out + (i * NV + v) * W, acc[i][v]);
 }
+
+// C[MR x NR] += A B as column_kernel_portable (depth step d's MR values at cols[d] + off).
+template <typename T, int MR, int NV>
+__attribute__((target("avx512f,avx2,fma"))) inline void column_kernel_avx512(
+    int64_t depth, const T* const* cols, int64_t off, const T* b, T* c, int64_t ldc) {
+  using VT = typename Avx512<T>::VT;
+  constexpr int W = Avx512<T>::W;
+  VT acc[MR][NV];
+#pragma GCC unroll 32
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) acc[i][v] = z_zero(T());
+  for (int64_t d = 0; d < depth; ++d) {
+    VT bv[NV];
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) bv[v] = z_load(b + (d * NV + v) * W);
+    const T* ad = cols[d] + off;
+    // One register for the column: the MR broadcasts then take constant displacements (left
+    // alone, GCC hoists off + i into MR loop-invariant offsets, which spill).
+    __asm__("" : "+r"(ad));
+#pragma GCC unroll 32
+    for (int i = 0; i < MR; ++i) {
+      const VT ai = z_bcast(ad + i);
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; ++v) acc[i][v] = z_fma(ai, bv[v], acc[i][v]);
+    }
+  }
+#pragma GCC unroll 32
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v)
+      z_store(c + i * ldc + v * W, z_add(z_load(c + i * ldc + v * W), acc[i][v]));
+}
 #endif
 
 // Portable small-C kernel gradient block: acc (and accb) overwritten, as the vector variants do.
@@ -828,6 +912,9 @@ using DirectKernel = void (*)(int64_t nh, int64_t len, const T* a, int64_t a_rs,
 template <typename T>
 using IndirectKernel = void (*)(int64_t nh, int64_t len, const T* const* rows, const T* b, T* out);
 template <typename T>
+using ColumnKernel = void (*)(int64_t depth, const T* const* cols, int64_t off, const T* b, T* c,
+                              int64_t ldc);
+template <typename T>
 using DotKernel = T (*)(const T* a, const T* b, int64_t n);
 template <typename T>
 using NarrowRowKernel = void (*)(const T* const* src, int64_t nseg, int64_t len, const T* bt,
@@ -851,6 +938,7 @@ struct ConvKernels {
   TileKernel<T> tile;
   DirectKernel<T> direct;
   IndirectKernel<T> indirect;
+  ColumnKernel<T> column;
   DotKernel<T> dot;
   NarrowRowKernel<T> narrow_row;
   SmallCDxKernel<T> smallc_dx;  // nullptr where the level has no such kernel
@@ -870,22 +958,23 @@ inline ConvKernels<float> conv_kernels<float>(SimdLevel level, bool narrow) {
 #if NABLAGRAD_X86
   if (level >= SimdLevel::AVX512 && narrow)
     return {SimdLevel::AVX512, 24, 16, 256, 8, &micro_kernel_avx512<float, 24, 1>,
-            &direct_kernel_avx512<float, 24, 1>, &indirect_kernel_avx512<float, 24, 1>,
+            &direct_kernel_avx512<float, 24, 1>, &indirect_kernel_avx512<float, 24, 1>, &column_kernel_avx512<float, 24, 1>,
             &dot_avx2, &narrow_row_avx2, &smallc_dx_block<float>,
             &smallc_dw_block_avx2_dispatch<float>};
   if (level >= SimdLevel::AVX512)
     return {SimdLevel::AVX512, 12, 32, 256, 8, &micro_kernel_avx512<float, 12, 2>,
-            &direct_kernel_avx512<float, 12, 2>, &indirect_kernel_avx512<float, 12, 2>,
+            &direct_kernel_avx512<float, 12, 2>, &indirect_kernel_avx512<float, 12, 2>, &column_kernel_avx512<float, 12, 2>,
             &dot_avx2, &narrow_row_avx2, &smallc_dx_block<float>,
             &smallc_dw_block_avx2_dispatch<float>};
   if (level >= SimdLevel::AVX2)
     return {SimdLevel::AVX2, 6, 16, 256, 8, &micro_kernel_avx2, &direct_kernel_avx2,
-            &indirect_kernel_avx2<float>, &dot_avx2,
+            &indirect_kernel_avx2<float>, &column_kernel_avx2<float>, &dot_avx2,
             &narrow_row_avx2, &smallc_dx_block<float>, &smallc_dw_block_avx2_dispatch<float>};
 #endif
   (void)level, (void)narrow;
   return {SimdLevel::Portable, 6, 16, 256, 8, &micro_kernel_portable<float, 6, 16>,
-          &direct_kernel_portable<float, 6, 16>, &indirect_kernel_portable<float, 6, 16>, &dot_portable<float>, &narrow_row_portable<float>,
+          &direct_kernel_portable<float, 6, 16>, &indirect_kernel_portable<float, 6, 16>, &column_kernel_portable<float, 6, 16>,
+          &dot_portable<float>, &narrow_row_portable<float>,
           nullptr, &smallc_dw_block_portable<float>};
 }
 
@@ -894,22 +983,23 @@ inline ConvKernels<double> conv_kernels<double>(SimdLevel level, bool narrow) {
 #if NABLAGRAD_X86
   if (level >= SimdLevel::AVX512 && narrow)
     return {SimdLevel::AVX512, 24, 8, 128, 4, &micro_kernel_avx512<double, 24, 1>,
-            &direct_kernel_avx512<double, 24, 1>, &indirect_kernel_avx512<double, 24, 1>,
+            &direct_kernel_avx512<double, 24, 1>, &indirect_kernel_avx512<double, 24, 1>, &column_kernel_avx512<double, 24, 1>,
             &dot_avx2, &narrow_row_avx2, &smallc_dx_block<double>,
             &smallc_dw_block_avx2_dispatch<double>};
   if (level >= SimdLevel::AVX512)
     return {SimdLevel::AVX512, 12, 16, 128, 4, &micro_kernel_avx512<double, 12, 2>,
-            &direct_kernel_avx512<double, 12, 2>, &indirect_kernel_avx512<double, 12, 2>,
+            &direct_kernel_avx512<double, 12, 2>, &indirect_kernel_avx512<double, 12, 2>, &column_kernel_avx512<double, 12, 2>,
             &dot_avx2, &narrow_row_avx2, &smallc_dx_block<double>,
             &smallc_dw_block_avx2_dispatch<double>};
   if (level >= SimdLevel::AVX2)
     return {SimdLevel::AVX2, 6, 8, 128, 4, &micro_kernel_avx2, &direct_kernel_avx2,
-            &indirect_kernel_avx2<double>, &dot_avx2,
+            &indirect_kernel_avx2<double>, &column_kernel_avx2<double>, &dot_avx2,
             &narrow_row_avx2, &smallc_dx_block<double>, &smallc_dw_block_avx2_dispatch<double>};
 #endif
   (void)level, (void)narrow;
   return {SimdLevel::Portable, 6, 8, 128, 4, &micro_kernel_portable<double, 6, 8>,
-          &direct_kernel_portable<double, 6, 8>, &indirect_kernel_portable<double, 6, 8>, &dot_portable<double>, &narrow_row_portable<double>,
+          &direct_kernel_portable<double, 6, 8>, &indirect_kernel_portable<double, 6, 8>, &column_kernel_portable<double, 6, 8>,
+          &dot_portable<double>, &narrow_row_portable<double>,
           nullptr, &smallc_dw_block_portable<double>};
 }
 

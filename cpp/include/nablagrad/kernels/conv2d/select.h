@@ -245,18 +245,18 @@ inline BackwardWeightKernel select_backward_weight(const Conv2dGeometry& g,
   if (use_winograd_weight<T>(g)) return BackwardWeightKernel::Winograd;
   // 1x1 without padding: dW = dY^T X, a plain GEMM.
   if (conv_detail::is_pointwise(g) && g.C > 4) return BackwardWeightKernel::Pointwise;
-  // No im2col: the padded input read in place, a GEMM of depth Wo per output row and kernel
-  // row (backward_weight_direct), when blocks of MR rows cover a kernel row's FW*C values with
-  // at most 25% waste and the output rows are long against the filters (Q <= 2*Wo: each call
-  // loads and stores an MR x NR tile of partial sums once per Wo pixels, which im2col's K
-  // values per pixel outweigh only when Q is small). Measured (2 threads, Zen 5; ms):
-  //   (4,96,96,16->16, 5x5)   gemm 2.1-2.2 -> 1.6-1.7  (AVX2: 3.2 -> 2.4)
-  //   (8,64,64,3->32, 7x7 s2)  smallc 0.50 -> 0.24     (AVX2: equal)
-  //   (16,32,32,16->32, s2)    gemm 0.15 -> 0.12
-  //   (16,32,32,32->64, s2)    equal at best; (8,28,28,128->256, s2) 5.5 vs 6.2: gemm kept.
+  // No im2col: the padded input read in place (backward_weight_direct: per kernel row a GEMM
+  // over the pixels whose columns are the pixels' runs of FW*C values, through the column
+  // kernel's pointer per step, or per output row at a fixed stride for long rows), when
+  // blocks of MR rows cover a kernel row's FW*C values with at most 25% waste. Measured
+  // against the im2col GEMM (2 threads, Zen 5; ms):
+  //   (4,96,96,16->16, 5x5)   2.1-2.2 -> 1.6-1.7  (AVX2: 3.2 -> 2.4)
+  //   (8,64,64,3->32, 7x7 S2)  smallc 0.50 -> 0.24  (AVX2: equal)
+  //   (8,28,28,128->256, S2)  5.0 -> 3.7-3.9;  (16,32,32,32->64, S2) 0.50-0.70 -> 0.46-0.50
+  //   1 thread: (8,56,56,64->64) 10.9 -> 10.1, (32,16,16,48->96, unpadded) 2.86 -> 2.73
   // (Sizes saturate: a huge padding makes the copy "not small", never an overflow.)
   const int64_t len = g.FW * g.C;  // a kernel row: fits, the kernel is allocated
-  if (conv_detail::round_up(len, cfg.MR) * 4 <= len * 5 && g.Q <= saturating_mul(2, g.Wo) &&
+  if (conv_detail::round_up(len, cfg.MR) * 4 <= len * 5 &&
       conv_detail::padded_copy_is_small(
           g, saturating_add(g.H, saturating_add(g.pad_top, g.pad_bottom)),
           saturating_mul(saturating_add(g.W, saturating_add(g.pad_left, g.pad_right)), g.C)))
