@@ -321,10 +321,15 @@ void backward_input_phases_direct(const ConvKernels<T>& cfg, const Conv2dGeometr
       for (int64_t pn = 0; pn < panels; ++pn) {
         cfg.direct(ph.nth, len, a, Q, Wp * Q, ph.B.data.data() + pn * K * NR, out);
         const int64_t c0 = pn * NR, nc = std::min(NR, C - c0);
+        // The block's pixels in runs along padded rows: the valid ones (ix < Wph) of a run are
+        // dX pixels S_w*C apart.
         int64_t iy = p0 / Wp, ix = p0 % Wp;
-        for (int64_t i = 0; i < MR && iy < ph.Hph; ++i) {
-          if (ix < ph.Wph) copy_run(dx_at(n, iy, ix) + c0, out + i * NR, nc);
-          if (++ix == Wp) {
+        for (int64_t i = 0; i < MR && iy < ph.Hph;) {
+          const int64_t run = std::min(MR - i, Wp - ix), valid = std::max<int64_t>(0, std::min(run, ph.Wph - ix));
+          if (valid > 0) cfg.store_tile(out + i * NR, valid, NR, dx_at(n, iy, ix) + c0, S_w * C, nullptr, nc);
+          i += run;
+          ix += run;
+          if (ix == Wp) {
             ix = 0;
             ++iy;
           }

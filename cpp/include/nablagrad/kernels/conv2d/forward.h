@@ -151,14 +151,7 @@ void forward_indirect(const ConvKernels<T>& cfg, const Conv2dGeometry& g, const 
       for (int64_t p = 0; p < panels; ++p) {
         cfg.indirect(FH, len, ptr, B.data.data() + p * K * NR, out);
         const int64_t q0 = p * NR, nq = std::min(NR, Q - q0);
-        for (int64_t i = 0; i < nr; ++i) {
-          T* dst = y + (r0 + i) * Q + q0;
-          const T* src = out + i * NR;
-          if (bias)
-            for (int64_t j = 0; j < nq; ++j) dst[j] = src[j] + bias[q0 + j];
-          else
-            for (int64_t j = 0; j < nq; ++j) dst[j] = src[j];
-        }
+        cfg.store_tile(out, nr, NR, y + r0 * Q + q0, Q, bias ? bias + q0 : nullptr, nq);
       }
     }
   });

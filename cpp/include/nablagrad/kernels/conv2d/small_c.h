@@ -71,14 +71,7 @@ void forward_direct(const ConvKernels<T>& cfg, const Conv2dGeometry& g, const T*
         for (int64_t p = 0; p < panels; ++p) {
           cfg.direct(FH, len, a, S_w * C, prow, B.data.data() + p * K * NR, out);
           const int64_t q0 = p * NR, nq = std::min(NR, Q - q0);
-          for (int64_t i = 0; i < nw; ++i) {
-            T* dst = yrow + (wb + i) * Q + q0;
-            const T* src = out + i * NR;
-            if (bias)
-              for (int64_t j = 0; j < nq; ++j) dst[j] = src[j] + bias[q0 + j];
-            else
-              for (int64_t j = 0; j < nq; ++j) dst[j] = src[j];
-          }
+          cfg.store_tile(out, nw, NR, yrow + wb * Q + q0, Q, bias ? bias + q0 : nullptr, nq);
         }
       }
     }
