@@ -391,6 +391,9 @@ void test_backward_input_phases_direct() {
 void test_backward_weight_direct() {
   const Conv2dGeometry shapes[] = {
       make_conv2d_geometry(2, 5, 70, 16, 40, 3, 3, 16, 1, 1, 1, 1, 1, 1),   // rows of 70: per row
+      make_conv2d_geometry(2, 9, 66, 16, 16, 5, 5, 16, 1, 1, 2, 2, 2, 2),   // 80 = 3 x 24 + 8 tail, per row
+      make_conv2d_geometry(3, 9, 12, 16, 16, 5, 5, 16, 1, 1, 2, 2, 2, 2),   // the same across rows
+      make_conv2d_geometry(2, 11, 13, 20, 64, 2, 2, 20, 2, 2, 0, 1, 1, 0),  // 40 = 3 x 12 + 4 tail
       make_conv2d_geometry(3, 21, 19, 32, 64, 3, 3, 32, 2, 2, 1, 1, 1, 1),  // several chunks
       make_conv2d_geometry(2, 15, 17, 16, 16, 5, 5, 16, 1, 1, 2, 2, 2, 2),
       make_conv2d_geometry(3, 20, 36, 3, 32, 7, 7, 3, 2, 2, 3, 3, 3, 3),
@@ -446,10 +449,14 @@ void test_kernel_choice() {
     CHECK(std::string(conv_kernel_choice<float>(s2w).backward_input) == "phases_direct");
     const auto s2 = make_conv2d_geometry(16, 32, 32, 32, 64, 3, 3, 32, 2, 2, 1, 1, 1, 1);
     CHECK(std::string(conv_kernel_choice<float>(s2).backward_weight) == "direct");
-    // Kernel rows of 7 values (3x1 on 7 channels): blocks of MR would be mostly padding, so
-    // the im2col GEMM.
+    // Kernel rows of 9 values (3x1 on 9 channels): blocks of MR (and of the shorter tail
+    // tile) would pad a third or more, so the im2col GEMM, at every level.
+    const auto r9 = make_conv2d_geometry(2, 16, 16, 9, 64, 3, 1, 9, 2, 2, 1, 1, 0, 0);
+    CHECK(std::string(conv_kernel_choice<float>(r9).backward_weight) == "gemm");
+    // 7 values: the AVX-512 tiles' 4-row tail pads one row, the others' 6-row tile five.
     const auto r7 = make_conv2d_geometry(2, 16, 16, 7, 64, 3, 1, 7, 2, 2, 1, 1, 0, 0);
-    CHECK(std::string(conv_kernel_choice<float>(r7).backward_weight) == "gemm");
+    CHECK(std::string(conv_kernel_choice<float>(r7).backward_weight) ==
+          (level >= static_cast<int>(SimdLevel::AVX512) ? "direct" : "gemm"));
   }
   nablagrad::set_simd_level(nablagrad::cpu_simd_level());
 }

@@ -86,8 +86,19 @@ void backward_weight_gemm(const ConvKernels<T>& cfg, const Conv2dGeometry& g, co
     }
 }
 
+/// Rows of partial sums per kernel row in backward_weight_direct: the run of len = FW*C values
+/// in blocks of MR, the last one in blocks of the level's shorter tile (MR_tail) where that
+/// pads less; lenp - len < MR rows are padding.
+template <typename T>
+inline int64_t direct_dw_rows(const ConvKernels<T>& cfg, int64_t len) {
+  const int64_t full = len / cfg.MR * cfg.MR, rest = len - full;
+  if (rest > 0 && cfg.MR_tail > 0 && round_up(rest, cfg.MR_tail) < cfg.MR)
+    return full + round_up(rest, cfg.MR_tail);
+  return round_up(len, cfg.MR);
+}
+
 /// Kernel gradient (and bias gradient) without im2col, read in place from a zero-padded copy of
-/// the input. For kernel row fh the document's sum is
+/// the input (blocks of rows: direct_dw_rows). For kernel row fh the document's sum is
 ///   dW[q, fh, j] = sum_{pixels (n,ho,wo)} X_p[n, ho*S_h + fh, wo*S_w*C + j] * dY[n, ho, wo, q]
 /// for j < FW*C: a GEMM whose depth is the pixels and whose column for pixel p is the run of
 /// FW*C values of X_p at which it starts. The column micro-kernel (microkernel.h) takes one
@@ -103,7 +114,8 @@ void backward_weight_direct(const ConvKernels<T>& cfg, const Conv2dGeometry& g, 
                             const T* dy, T* dw, T* db) {
   const int64_t NR = cfg.NR, MR = cfg.MR;
   const int64_t C = g.C, FH = g.FH, Q = g.Q;
-  const int64_t len = g.FW * C, lenp = round_up(len, MR), K = FH * len, Kp = FH * lenp;
+  const int64_t len = g.FW * C, lenp = direct_dw_rows(cfg, len), K = FH * len, Kp = FH * lenp;
+  const int64_t full = len / MR * MR;  // blocks of MR rows up to here, then of MR_tail
   const int64_t panels = (Q + NR - 1) / NR, ldq = panels * NR;
   const int64_t Hp = g.H + g.pad_top + g.pad_bottom, prow = (g.W + g.pad_left + g.pad_right) * C;
   // The padded copy, and lenp - len zeros after it for the last block of the last pixel.
@@ -161,12 +173,16 @@ void backward_weight_direct(const ConvKernels<T>& cfg, const Conv2dGeometry& g, 
       for (int64_t fh = 0; fh < FH; ++fh)
         for (int64_t pn = 0; pn < panels; ++pn) {
           const T* bp = packed ? drows : dyp + pn * PT * NR;
-          for (int64_t j = 0; j < lenp; j += MR) {
+          for (int64_t j = 0; j < lenp;) {
+            const bool tail = j >= full && cfg.MR_tail > 0 && lenp - full < MR;
+            const TileKernel<T> tile = tail ? cfg.tile_tail : cfg.tile;
+            const ColumnKernel<T> column = tail ? cfg.column_tail : cfg.column;
             T* c = P + (fh * lenp + j) * ldq + pn * NR;
             if (by_rows)
-              cfg.tile(np, row + fh * prow + j, int64_t{1}, g.stride_w * C, bp, c, ldq);
+              tile(np, row + fh * prow + j, int64_t{1}, g.stride_w * C, bp, c, ldq);
             else
-              cfg.column(np, cols + fh * PT, j, bp, c, ldq);
+              column(np, cols + fh * PT, j, bp, c, ldq);
+            j += tail ? cfg.MR_tail : MR;
           }
         }
     }

@@ -983,6 +983,12 @@ struct ConvKernels {
   NarrowRowKernel<T> narrow_row;
   SmallCDxKernel<T> smallc_dx;  // nullptr where the level has no such kernel
   SmallCDwKernel<T> smallc_dw;
+  // Rows of a shorter tile (0 / nullptr where the level has none) for the last block of a
+  // kernel row in the kernel gradient (backward_weight_direct): 80 values (5x5 on 16
+  // channels) are 3 x 24 + 8 rather than 4 x 24 with 16 rows of padding.
+  int64_t MR_tail;
+  TileKernel<T> tile_tail;
+  ColumnKernel<T> column_tail;
 };
 
 /// The kernels of `level` (which the CPU must support); `narrow` asks for the variant with the
@@ -1001,23 +1007,25 @@ inline ConvKernels<float> conv_kernels<float>(SimdLevel level, bool narrow) {
             &direct_kernel_avx512<float, 24, 1>, &indirect_kernel_avx512<float, 24, 1>, &column_kernel_avx512<float, 24, 1>,
             &store_tile_avx512<float>,
             &dot_avx2, &narrow_row_avx2, &smallc_dx_block<float>,
-            &smallc_dw_block_avx2_dispatch<float>};
+            &smallc_dw_block_avx2_dispatch<float>,
+            8, &micro_kernel_avx512<float, 8, 1>, &column_kernel_avx512<float, 8, 1>};
   if (level >= SimdLevel::AVX512)
     return {SimdLevel::AVX512, 12, 32, 256, 8, &micro_kernel_avx512<float, 12, 2>,
             &direct_kernel_avx512<float, 12, 2>, &indirect_kernel_avx512<float, 12, 2>, &column_kernel_avx512<float, 12, 2>,
             &store_tile_avx512<float>,
             &dot_avx2, &narrow_row_avx2, &smallc_dx_block<float>,
-            &smallc_dw_block_avx2_dispatch<float>};
+            &smallc_dw_block_avx2_dispatch<float>,
+            4, &micro_kernel_avx512<float, 4, 2>, &column_kernel_avx512<float, 4, 2>};
   if (level >= SimdLevel::AVX2)
     return {SimdLevel::AVX2, 6, 16, 256, 8, &micro_kernel_avx2, &direct_kernel_avx2,
             &indirect_kernel_avx2<float>, &column_kernel_avx2<float>, &store_tile_avx2<float>, &dot_avx2,
-            &narrow_row_avx2, &smallc_dx_block<float>, &smallc_dw_block_avx2_dispatch<float>};
+            &narrow_row_avx2, &smallc_dx_block<float>, &smallc_dw_block_avx2_dispatch<float>, 0, nullptr, nullptr};
 #endif
   (void)level, (void)narrow;
   return {SimdLevel::Portable, 6, 16, 256, 8, &micro_kernel_portable<float, 6, 16>,
           &direct_kernel_portable<float, 6, 16>, &indirect_kernel_portable<float, 6, 16>, &column_kernel_portable<float, 6, 16>, &store_tile_portable<float>,
           &dot_portable<float>, &narrow_row_portable<float>,
-          nullptr, &smallc_dw_block_portable<float>};
+          nullptr, &smallc_dw_block_portable<float>, 0, nullptr, nullptr};
 }
 
 template <>
@@ -1028,23 +1036,25 @@ inline ConvKernels<double> conv_kernels<double>(SimdLevel level, bool narrow) {
             &direct_kernel_avx512<double, 24, 1>, &indirect_kernel_avx512<double, 24, 1>, &column_kernel_avx512<double, 24, 1>,
             &store_tile_avx512<double>,
             &dot_avx2, &narrow_row_avx2, &smallc_dx_block<double>,
-            &smallc_dw_block_avx2_dispatch<double>};
+            &smallc_dw_block_avx2_dispatch<double>,
+            8, &micro_kernel_avx512<double, 8, 1>, &column_kernel_avx512<double, 8, 1>};
   if (level >= SimdLevel::AVX512)
     return {SimdLevel::AVX512, 12, 16, 128, 4, &micro_kernel_avx512<double, 12, 2>,
             &direct_kernel_avx512<double, 12, 2>, &indirect_kernel_avx512<double, 12, 2>, &column_kernel_avx512<double, 12, 2>,
             &store_tile_avx512<double>,
             &dot_avx2, &narrow_row_avx2, &smallc_dx_block<double>,
-            &smallc_dw_block_avx2_dispatch<double>};
+            &smallc_dw_block_avx2_dispatch<double>,
+            4, &micro_kernel_avx512<double, 4, 2>, &column_kernel_avx512<double, 4, 2>};
   if (level >= SimdLevel::AVX2)
     return {SimdLevel::AVX2, 6, 8, 128, 4, &micro_kernel_avx2, &direct_kernel_avx2,
             &indirect_kernel_avx2<double>, &column_kernel_avx2<double>, &store_tile_avx2<double>, &dot_avx2,
-            &narrow_row_avx2, &smallc_dx_block<double>, &smallc_dw_block_avx2_dispatch<double>};
+            &narrow_row_avx2, &smallc_dx_block<double>, &smallc_dw_block_avx2_dispatch<double>, 0, nullptr, nullptr};
 #endif
   (void)level, (void)narrow;
   return {SimdLevel::Portable, 6, 8, 128, 4, &micro_kernel_portable<double, 6, 8>,
           &direct_kernel_portable<double, 6, 8>, &indirect_kernel_portable<double, 6, 8>, &column_kernel_portable<double, 6, 8>, &store_tile_portable<double>,
           &dot_portable<double>, &narrow_row_portable<double>,
-          nullptr, &smallc_dw_block_portable<double>};
+          nullptr, &smallc_dw_block_portable<double>, 0, nullptr, nullptr};
 }
 
 /// The kernels of the current simd_level().

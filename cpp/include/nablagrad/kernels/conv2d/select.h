@@ -248,7 +248,8 @@ inline BackwardWeightKernel select_backward_weight(const Conv2dGeometry& g,
   // No im2col: the padded input read in place (backward_weight_direct: per kernel row a GEMM
   // over the pixels whose columns are the pixels' runs of FW*C values, through the column
   // kernel's pointer per step, or per output row at a fixed stride for long rows), when
-  // blocks of MR rows cover a kernel row's FW*C values with at most 25% waste. Measured
+  // blocks of MR rows (the last of MR_tail) cover a kernel row's FW*C values with at most 25%
+  // waste. Measured
   // against the im2col GEMM (2 threads, Zen 5; ms):
   //   (4,96,96,16->16, 5x5)   2.1-2.2 -> 1.6-1.7  (AVX2: 3.2 -> 2.4)
   //   (8,64,64,3->32, 7x7 S2)  smallc 0.50 -> 0.24  (AVX2: equal)
@@ -256,7 +257,7 @@ inline BackwardWeightKernel select_backward_weight(const Conv2dGeometry& g,
   //   1 thread: (8,56,56,64->64) 10.9 -> 10.1, (32,16,16,48->96, unpadded) 2.86 -> 2.73
   // (Sizes saturate: a huge padding makes the copy "not small", never an overflow.)
   const int64_t len = g.FW * g.C;  // a kernel row: fits, the kernel is allocated
-  if (conv_detail::round_up(len, cfg.MR) * 4 <= len * 5 &&
+  if (conv_detail::direct_dw_rows(cfg, len) * 4 <= len * 5 &&
       conv_detail::padded_copy_is_small(
           g, saturating_add(g.H, saturating_add(g.pad_top, g.pad_bottom)),
           saturating_mul(saturating_add(g.W, saturating_add(g.pad_left, g.pad_right)), g.C)))
