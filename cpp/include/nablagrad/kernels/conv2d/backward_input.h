@@ -215,6 +215,20 @@ inline PhaseTaps phase_taps(int64_t z0, int64_t pad, int64_t S, int64_t F) {
   return t;
 }
 
+/// How far the phases of one axis (input size n, padding pad, stride S, kernel F, output
+/// size no) read dY outside [0, no): phase z0's pixels iz = 0 .. nph-1 read iz + off for its
+/// taps' offsets, so lo = max(-off) before the start and hi = max(nph - 1 + off - (no - 1))
+/// past the end (both >= 0).
+inline void phase_reach(int64_t n, int64_t pad, int64_t S, int64_t F, int64_t no, int64_t& lo, int64_t& hi) {
+  for (int64_t z0 = 0; z0 < std::min(S, n); ++z0) {
+    const int64_t nph = (n - 1 - z0) / S + 1;
+    for (int64_t o : phase_taps(z0, pad, S, F).off) {
+      lo = std::max(lo, -o);
+      hi = std::max(hi, nph - 1 + o - (no - 1));
+    }
+  }
+}
+
 /// Strided input gradient, phase by phase, read in place from a zero-padded copy of dY (no
 /// gather): in phase (y0, x0) the dX pixel (iy, ix) sums, over its taps (th, tw), dY at
 /// (iy + off_h[th], ix + off_w[tw]); taps in descending order have ascending offsets (+1 each),
@@ -230,24 +244,10 @@ void backward_input_phases_direct(const ConvKernels<T>& cfg, const Conv2dGeometr
                                   const T* w, T* dx) {
   const int64_t S_h = g.stride_h, S_w = g.stride_w, Q = g.Q, C = g.C, NR = cfg.NR, MR = cfg.MR;
   const int64_t nph = std::min(S_h, g.H), npw = std::min(S_w, g.W);
-  // Padding of dY that every phase's reads fit in: rows iy + off in [min off, Hph - 1 + max off].
+  // Padding of dY that every phase's reads fit in.
   int64_t pt = 0, pb = 0, pl = 0, pr = 0;
-  for (int64_t y0 = 0; y0 < nph; ++y0) {
-    const PhaseTaps th = phase_taps(y0, g.pad_top, S_h, g.FH);
-    const int64_t Hph = (g.H - 1 - y0) / S_h + 1;
-    for (int64_t o : th.off) {
-      pt = std::max(pt, -o);
-      pb = std::max(pb, Hph - 1 + o - (g.Ho - 1));
-    }
-  }
-  for (int64_t x0 = 0; x0 < npw; ++x0) {
-    const PhaseTaps tw = phase_taps(x0, g.pad_left, S_w, g.FW);
-    const int64_t Wph = (g.W - 1 - x0) / S_w + 1;
-    for (int64_t o : tw.off) {
-      pl = std::max(pl, -o);
-      pr = std::max(pr, Wph - 1 + o - (g.Wo - 1));
-    }
-  }
+  phase_reach(g.H, g.pad_top, S_h, g.FH, g.Ho, pt, pb);
+  phase_reach(g.W, g.pad_left, S_w, g.FW, g.Wo, pl, pr);
   const int64_t Hp = pt + g.Ho + pb, Wp = pl + g.Wo + pr, img = Hp * Wp * Q;
   // Flat positions of a phase run to a whole block of MR past its last row, and from there a
   // kernel window reaches at most Hp*Wp + MR + Wp*FH positions into the next image: zeros after

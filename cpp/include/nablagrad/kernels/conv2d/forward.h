@@ -21,6 +21,19 @@ namespace nablagrad {
 namespace kernels {
 namespace conv_detail {
 
+// The FW*C values of input columns iw0 .. iw0+FW-1 of one input row (row: its W*C values),
+// the columns outside [0, W) (the left / right padding) as zeros.
+template <typename T>
+inline void copy_clipped_run(T* dst, const T* row, int64_t iw0, int64_t FW, int64_t C, int64_t W) {
+  for (int64_t fw = 0; fw < FW; ++fw) {
+    const int64_t iw = iw0 + fw;
+    if (iw < 0 || iw >= W)
+      zero_run(dst + fw * C, C);
+    else
+      copy_run(dst + fw * C, row + iw * C, C);
+  }
+}
+
 // im2col of output pixels [r0, r1) of the forward pass into tile (row r: FH*FW*C values,
 // tap-major then channel, matching the kernel's (Q, FH, FW, C) layout). Padding reads as 0.
 template <typename T>
@@ -44,13 +57,7 @@ void forward_im2col(const Conv2dGeometry& g, const T* x, int64_t r0, int64_t r1,
         copy_run(dst, src + iw0 * C, FW * C);
         continue;
       }
-      for (int64_t fw = 0; fw < FW; ++fw) {
-        const int64_t iw = iw0 + fw;
-        if (iw < 0 || iw >= g.W)
-          zero_run(dst + fw * C, C);
-        else
-          copy_run(dst + fw * C, src + iw * C, C);
-      }
+      copy_clipped_run(dst, src, iw0, FW, C, g.W);
     }
     if (++wo == g.Wo) {
       wo = 0;
@@ -129,14 +136,7 @@ void forward_indirect(const ConvKernels<T>& cfg, const Conv2dGeometry& g, const 
             ptr[h * MR + i] = x + ((n * g.H + ih) * g.W + iw0) * C;
           } else {
             T* e = edge + (h * MR + i) * len;
-            const T* src = x + (n * g.H + ih) * g.W * C;
-            for (int64_t fw = 0; fw < FW; ++fw) {
-              const int64_t iw = iw0 + fw;
-              if (iw < 0 || iw >= g.W)
-                zero_run(e + fw * C, C);
-              else
-                copy_run(e + fw * C, src + iw * C, C);
-            }
+            copy_clipped_run(e, x + (n * g.H + ih) * g.W * C, iw0, FW, C, g.W);
             ptr[h * MR + i] = e;
           }
         }
