@@ -326,7 +326,10 @@ void backward_input_phases_direct(const ConvKernels<T>& cfg, const Conv2dGeometr
         int64_t iy = p0 / Wp, ix = p0 % Wp;
         for (int64_t i = 0; i < MR && iy < ph.Hph;) {
           const int64_t run = std::min(MR - i, Wp - ix), valid = std::max<int64_t>(0, std::min(run, ph.Wph - ix));
-          if (valid > 0) cfg.store_tile(out + i * NR, valid, NR, dx_at(n, iy, ix) + c0, S_w * C, nullptr, nc);
+          // (The pixel stride only when a run has two pixels: then it is below W*C. With a
+          // stride as large as int64 allows every phase row has one pixel.)
+          if (valid > 0)
+            cfg.store_tile(out + i * NR, valid, NR, dx_at(n, iy, ix) + c0, valid > 1 ? S_w * C : 0, nullptr, nc);
           i += run;
           ix += run;
           if (ix == Wp) {
