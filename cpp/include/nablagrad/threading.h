@@ -28,6 +28,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cerrno>
 #include <condition_variable>
 #include <cstdint>
@@ -252,8 +253,7 @@ class ThreadPool {
     work_on(job);
     // Wait for the chunks the workers picked up (spin briefly first: chunks of one region
     // usually end close together).
-    for (int spin = 0; spin < kSpinIterations && job.pending.load(std::memory_order_acquire) != 0; ++spin)
-      cpu_relax();
+    spin_until([&] { return job.pending.load(std::memory_order_acquire) == 0; });
     if (job.pending.load(std::memory_order_acquire) != 0) {
       std::unique_lock<std::mutex> lock(mutex_);
       done_.wait(lock, [&] { return job.pending.load(std::memory_order_acquire) == 0; });
@@ -318,7 +318,29 @@ class ThreadPool {
     }
   }
 
-  static constexpr int kSpinIterations = 20000;
+  // How long a thread spins before it sleeps: a worker after a region, the caller waiting for
+  // the workers' chunks. Measured in time, not PAUSEs: a PAUSE takes ~10 ns on one CPU here
+  // and ~40 on another, and 20000 of them (0.2 ms on the first) were too short. A worker that
+  // sleeps between the regions of one training step has to be woken (~100 us) and, on VMs
+  // whose scheduler packs lightly loaded threads onto one vCPU, was then run on the caller's
+  // vCPU: both threads time-shared one CPU and a 2-thread convolution ran at 1-thread speed
+  // (measured: 1x1 forward 0.72 -> 1.4 ms in 40% of the blocks that followed a 50 ms pause;
+  // with 1 ms of spinning, 0.72 -> at most 0.77 in 75% of them). OpenMP runtimes spin for
+  // longer (libgomp: 300000 PAUSEs).
+  static constexpr int64_t kSpinNanoseconds = 1000000;
+
+  // Spins (PAUSE) until done() or kSpinNanoseconds have passed; returns done().
+  template <typename Done>
+  static bool spin_until(const Done& done) {
+    const auto start = std::chrono::steady_clock::now();
+    for (;;) {
+      for (int i = 0; i < 64; ++i) {  // the clock is read once per 64 PAUSEs (~1-3 us)
+        if (done()) return true;
+        cpu_relax();
+      }
+      if (std::chrono::steady_clock::now() - start > std::chrono::nanoseconds(kSpinNanoseconds)) return done();
+    }
+  }
 
  public:
   static constexpr int kMaxThreads = 1024;
@@ -374,10 +396,9 @@ class ThreadPool {
     for (;;) {
       // Spin a little before sleeping: back-to-back regions (a GEMM's blocks, a training
       // step's ops) then start without a condition-variable wake-up (~100 us).
-      for (int spin = 0; spin < kSpinIterations; ++spin) {
-        if (generation_.load(std::memory_order_acquire) != seen || stopping_flag_.load(std::memory_order_relaxed)) break;
-        cpu_relax();
-      }
+      spin_until([&] {
+        return generation_.load(std::memory_order_acquire) != seen || stopping_flag_.load(std::memory_order_relaxed);
+      });
       Job* job = nullptr;
       {
         std::unique_lock<std::mutex> lock(mutex_);
