@@ -777,17 +777,63 @@ __attribute__((target("avx512f,avx2,fma"))) inline __m512d z_fma(__m512d a, __m5
 __attribute__((target("avx512f,avx2,fma"))) inline __m512 z_add(__m512 a, __m512 b) { return _mm512_add_ps(a, b); }
 __attribute__((target("avx512f,avx2,fma"))) inline __m512d z_add(__m512d a, __m512d b) { return _mm512_add_pd(a, b); }
 
+// Rows at a runtime stride without a register per row. A 24-row tile whose rows lie a_rs
+// apart needs 24 addresses per depth step; left to itself GCC keeps 24 row pointers, 13 of
+// which spill, and the step then loads a pointer for every other broadcast (seen in objdump:
+// the 24 x 1 direct kernel ran at 55% of peak on a Xeon with two 512-bit FMA ports). Here the
+// rows go in groups of 8 from one base pointer per group, and x86's scaled addressing reaches
+// the 8 rows of a group from 4 stride registers (rs, 3 rs, 5 rs, 7 rs): 0, rs, 2 rs, 3 rs,
+// 4 rs, 5 rs, 2 (3 rs), 7 rs. The base pointers pass through an empty asm so that GCC cannot
+// fold them back into per-row pointers.
+struct RowStrides {
+  int64_t rs, rs3, rs5, rs7, rs8;  // bytes
+  // The multiples pass through the asm too: knowing rs3 = 3 rs, GCC would rebuild the rows
+  // as a chain of rs additions, one register each.
+  explicit RowStrides(int64_t bytes) : rs(bytes), rs3(3 * bytes), rs5(5 * bytes), rs7(7 * bytes), rs8(8 * bytes) {
+    __asm__("" : "+r"(rs), "+r"(rs3), "+r"(rs5), "+r"(rs7), "+r"(rs8));
+  }
+};
+
+// Row j (< 8) of the group at p.
+__attribute__((always_inline)) inline const char* group_row(const char* p, int j, const RowStrides& s) {
+  switch (j) {
+    case 0: return p;
+    case 1: return p + s.rs;
+    case 2: return p + 2 * s.rs;
+    case 3: return p + s.rs3;
+    case 4: return p + 4 * s.rs;
+    case 5: return p + s.rs5;
+    case 6: return p + 2 * s.rs3;
+    default: return p + s.rs7;
+  }
+}
+
+// bcast[i] = broadcast of row i's value at p + i * rs (bytes), i < MR.
+template <typename T, int MR, typename VT>
+__attribute__((target("avx512f,avx2,fma"), always_inline)) inline void broadcast_rows(const char* p, const RowStrides& s,
+                                                                                  VT* bcast) {
+#pragma GCC unroll 4
+  for (int g = 0; g < (MR + 7) / 8; ++g) {
+    const char* pg = p;
+    __asm__("" : "+r"(pg));
+#pragma GCC unroll 8
+    for (int j = 0; j < 8; ++j)
+      if (g * 8 + j < MR) bcast[g * 8 + j] = z_bcast(reinterpret_cast<const T*>(group_row(pg, j, s)));
+    p += s.rs8;
+  }
+}
+
 // C[MR x NR] += A B as micro_kernel_portable, NR = NV vectors; one FMA chain per element.
 // UnitRows: a_rs == 1 (A's column contiguous, the kernel gradient's im2col tile read
 // transposed), so the MR broadcasts of a step are constant offsets; with a runtime a_rs the
-// 12 or 24 row offsets do not fit in registers and spill (perf: a third of the loop's
-// instructions). Same arithmetic either way.
+// 12 or 24 row offsets do not fit in registers and spilled (perf: a third of the loop's
+// instructions) until broadcast_rows addressed them in groups. Same arithmetic either way.
 template <typename T, int MR, int NV, bool UnitRows>
 __attribute__((target("avx512f,avx2,fma"))) inline void micro_kernel_avx512_rows(
     int64_t depth, const T* a, int64_t a_rs_runtime, int64_t a_cs, const T* b, T* c, int64_t ldc) {
-  const int64_t a_rs = UnitRows ? 1 : a_rs_runtime;
   using VT = typename Avx512<T>::VT;
   constexpr int W = Avx512<T>::W;
+  const RowStrides rows((UnitRows ? 1 : a_rs_runtime) * static_cast<int64_t>(sizeof(T)));
   VT acc[MR][NV];
 #pragma GCC unroll 32
   for (int i = 0; i < MR; ++i)
@@ -798,12 +844,17 @@ __attribute__((target("avx512f,avx2,fma"))) inline void micro_kernel_avx512_rows
 #pragma GCC unroll 2
     for (int v = 0; v < NV; ++v) bv[v] = z_load(b + (d * NV + v) * W);
     const T* ad = a + d * a_cs;
+    VT ai[MR];
+    if constexpr (UnitRows) {
 #pragma GCC unroll 32
-    for (int i = 0; i < MR; ++i) {
-      const VT ai = z_bcast(ad + i * a_rs);
-#pragma GCC unroll 2
-      for (int v = 0; v < NV; ++v) acc[i][v] = z_fma(ai, bv[v], acc[i][v]);
+      for (int i = 0; i < MR; ++i) ai[i] = z_bcast(ad + i);
+    } else {
+      broadcast_rows<T, MR>(reinterpret_cast<const char*>(ad), rows, ai);
     }
+#pragma GCC unroll 32
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; ++v) acc[i][v] = z_fma(ai[i], bv[v], acc[i][v]);
   }
 #pragma GCC unroll 32
   for (int i = 0; i < MR; ++i)
@@ -827,6 +878,7 @@ __attribute__((target("avx512f,avx2,fma"))) inline void direct_kernel_avx512(
     int64_t nh, int64_t len, const T* a, int64_t a_rs, int64_t a_hs, const T* b, T* out) {
   using VT = typename Avx512<T>::VT;
   constexpr int W = Avx512<T>::W;
+  const RowStrides rows(a_rs * static_cast<int64_t>(sizeof(T)));
   VT acc[MR][NV];
 #pragma GCC unroll 32
   for (int i = 0; i < MR; ++i)
@@ -839,12 +891,12 @@ __attribute__((target("avx512f,avx2,fma"))) inline void direct_kernel_avx512(
       VT bv[NV];
 #pragma GCC unroll 2
       for (int v = 0; v < NV; ++v) bv[v] = z_load(bh + (d * NV + v) * W);
+      VT ai[MR];
+      broadcast_rows<T, MR>(reinterpret_cast<const char*>(ah + d), rows, ai);
 #pragma GCC unroll 32
-      for (int i = 0; i < MR; ++i) {
-        const VT ai = z_bcast(ah + i * a_rs + d);
+      for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 2
-        for (int v = 0; v < NV; ++v) acc[i][v] = z_fma(ai, bv[v], acc[i][v]);
-      }
+        for (int v = 0; v < NV; ++v) acc[i][v] = z_fma(ai[i], bv[v], acc[i][v]);
     }
   }
 #pragma GCC unroll 32
