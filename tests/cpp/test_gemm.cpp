@@ -18,6 +18,7 @@
 #include <cstring>
 #include <limits>
 #include <random>
+#include <stdexcept>
 #include <vector>
 
 #include "test_util.h"
@@ -291,6 +292,52 @@ void test_a_layout_independence() {
   check_a_layout_independence<double>();
 }
 
+// gemm(..., bias) starts C from the bias row: bitwise the same as filling C with the bias and
+// accumulating, for partial row and column panels, several K slices (K = 600), row-major A
+// read in place and transposed A packed, tiny products (the reference loop) and K = 0, at every
+// level and thread count. C's padding columns stay untouched; a bias with accumulate throws.
+template <typename T>
+void check_bias() {
+  std::mt19937 rng(11);
+  std::uniform_real_distribution<double> dist(-1.0, 1.0);
+  const Shape shapes[] = {{301, 77, 600}, {47, 65, 257}, {13, 129, 5}, {150, 64, 256}, {3, 4, 2}, {9, 70, 0}};
+  for (const Shape& s : shapes) {
+    const int64_t M = s.M, N = s.N, K = s.K, ldc = N + 2;
+    std::vector<T> a(static_cast<size_t>(M * K + 1)), b(static_cast<size_t>(K * N + 1)), bias(static_cast<size_t>(N));
+    for (auto& x : a) x = static_cast<T>(dist(rng));
+    for (auto& x : b) x = static_cast<T>(dist(rng));
+    for (auto& x : bias) x = static_cast<T>(dist(rng));
+    for (SimdLevel level : simd_levels()) {
+      nablagrad::set_simd_level(level);
+      for (int threads : {1, 2, 3}) {
+        nablagrad::set_num_threads(threads);
+        for (bool trans_a : {false, true}) {
+          const int64_t a_rs = trans_a ? 1 : K, a_cs = trans_a ? M : 1;
+          std::vector<T> want(static_cast<size_t>(M * ldc), T(7)), got(want);
+          for (int64_t i = 0; i < M; ++i)
+            std::memcpy(want.data() + i * ldc, bias.data(), sizeof(T) * static_cast<size_t>(N));
+          gemm<T>(M, N, K, a.data(), a_rs, a_cs, b.data(), N, 1, want.data(), ldc, true);
+          gemm<T>(M, N, K, a.data(), a_rs, a_cs, b.data(), N, 1, got.data(), ldc, false, bias.data());
+          const bool same = std::memcmp(want.data(), got.data(), sizeof(T) * want.size()) == 0;
+          CHECK(same);
+          if (!same)
+            std::printf("  %s simd=%s threads=%d M=%lld N=%lld K=%lld trans_a=%d: bias differs from fill + accumulate\n",
+                        sizeof(T) == 4 ? "float" : "double", level_name(level), threads, static_cast<long long>(M),
+                        static_cast<long long>(N), static_cast<long long>(K), int(trans_a));
+        }
+      }
+    }
+  }
+  T c[4] = {0, 0, 0, 0};
+  const T one[4] = {1, 1, 1, 1};
+  CHECK_THROWS(gemm<T>(2, 2, 2, one, 2, 1, one, 2, 1, c, 2, true, one), std::invalid_argument);
+}
+
+void test_bias() {
+  check_bias<float>();
+  check_bias<double>();
+}
+
 // The shipped threshold (the other tests use 0): a shape that is threaded either way.
 void test_default_threshold() {
   std::mt19937 rng(4);
@@ -356,6 +403,7 @@ int main() {
   RUN_TEST(test_wide_tile_edges);
   RUN_TEST(test_row_count_independence);
   RUN_TEST(test_a_layout_independence);
+  RUN_TEST(test_bias);
   nablagrad::kernels::gemm_parallel_threshold().store(initial_threshold);
   RUN_TEST(test_default_threshold);
   nablagrad::set_simd_level(initial_level);

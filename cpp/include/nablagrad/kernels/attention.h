@@ -99,7 +99,7 @@ inline void gemm_serial(int64_t M, int64_t N, int64_t K, const T* A, int64_t a_r
     return;
   }
   gemm_detail::gemm_block(gemm_detail::gemm_config<T>(), 0, M, 0, N, K, A, a_rs, a_cs, B, b_rs, b_cs, C, ldc,
-                          accumulate);
+                          accumulate, static_cast<const T*>(nullptr));
 }
 
 namespace attention_detail {

@@ -51,6 +51,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <stdexcept>
 #include <new>
 #include <type_traits>
 
@@ -651,10 +652,13 @@ inline void pack_b(int64_t kc, int64_t nc, const T* B, int64_t rs, int64_t cs, i
 /// tile(ir, b, c, ldc, add) runs one micro-kernel call for the MR rows from ir against panel b.
 /// A partial tile (fewer than MR rows or NR columns) runs the same call into scratch (same
 /// per-element arithmetic), then C = C + acc (or acc) on the part that exists.
+/// With `bias` (the block's first nc of gemm's row vector) and !add, C = bias + acc: a full
+/// tile's rows are first set to the bias (in L1, just before the micro-kernel adds to them).
 template <typename T, typename Tile>
 inline void macro_tiles(const GemmConfig<T>& cfg, int64_t mc, int64_t nc, int64_t kc, const T* Bp, T* C,
-                        int64_t ldc, bool add, const Tile& tile) {
+                        int64_t ldc, bool add, const T* bias, const Tile& tile) {
   const int64_t MR = cfg.MR, NR = cfg.NR;
+  const bool init = !add && bias != nullptr;
   alignas(64) T edge[16 * 64];  // MR x NR scratch for partial tiles (MR <= 16, NR <= 64)
   for (int64_t jr = 0; jr < nc; jr += NR) {
     const int64_t nr = std::min(NR, nc - jr);
@@ -663,7 +667,9 @@ inline void macro_tiles(const GemmConfig<T>& cfg, int64_t mc, int64_t nc, int64_
       const int64_t mr = std::min(MR, mc - ir);
       T* c = C + ir * ldc + jr;
       if (mr == MR && nr == NR) {
-        tile(ir, b, c, ldc, add);
+        if (init)
+          for (int64_t i = 0; i < MR; ++i) std::memcpy(c + i * ldc, bias + jr, sizeof(T) * static_cast<size_t>(NR));
+        tile(ir, b, c, ldc, add || init);
       } else {
         tile(ir, b, edge, NR, false);
         for (int64_t i = 0; i < mr; ++i) {
@@ -671,6 +677,8 @@ inline void macro_tiles(const GemmConfig<T>& cfg, int64_t mc, int64_t nc, int64_
           const T* ei = edge + i * NR;
           if (add) {
             for (int64_t j = 0; j < nr; ++j) ci[j] = ci[j] + ei[j];
+          } else if (init) {
+            for (int64_t j = 0; j < nr; ++j) ci[j] = bias[jr + j] + ei[j];
           } else {
             for (int64_t j = 0; j < nr; ++j) ci[j] = ei[j];
           }
@@ -683,8 +691,8 @@ inline void macro_tiles(const GemmConfig<T>& cfg, int64_t mc, int64_t nc, int64_
 /// Runs the micro-kernel over a packed mc x nc block: C[0:mc, 0:nc] (+)= Ap * Bp.
 template <typename T>
 inline void macro_kernel(const GemmConfig<T>& cfg, int64_t mc, int64_t nc, int64_t kc,
-                         const T* Ap, const T* Bp, T* C, int64_t ldc, bool add) {
-  macro_tiles(cfg, mc, nc, kc, Bp, C, ldc, add, [&](int64_t ir, const T* b, T* c, int64_t ldc_, bool add_) {
+                         const T* Ap, const T* Bp, T* C, int64_t ldc, bool add, const T* bias = nullptr) {
+  macro_tiles(cfg, mc, nc, kc, Bp, C, ldc, add, bias, [&](int64_t ir, const T* b, T* c, int64_t ldc_, bool add_) {
     cfg.kernel(kc, Ap + ir * kc, b, c, ldc_, add_);
   });
 }
@@ -694,14 +702,15 @@ inline void macro_kernel(const GemmConfig<T>& cfg, int64_t mc, int64_t nc, int64
 /// into Ap and runs macro_kernel. Same arithmetic as packing everything: same bits.
 template <typename T>
 inline void macro_kernel_rows(const GemmConfig<T>& cfg, int64_t mc, int64_t nc, int64_t kc, const T* A,
-                              int64_t lda, T* Ap, const T* Bp, T* C, int64_t ldc, bool add) {
+                              int64_t lda, T* Ap, const T* Bp, T* C, int64_t ldc, bool add,
+                              const T* bias = nullptr) {
   const int64_t mfull = mc / cfg.MR * cfg.MR;
-  macro_tiles(cfg, mfull, nc, kc, Bp, C, ldc, add, [&](int64_t ir, const T* b, T* c, int64_t ldc_, bool add_) {
+  macro_tiles(cfg, mfull, nc, kc, Bp, C, ldc, add, bias, [&](int64_t ir, const T* b, T* c, int64_t ldc_, bool add_) {
     cfg.kernel_rows(kc, A + ir * lda, lda, b, c, ldc_, add_);
   });
   if (mfull < mc) {
     pack_a(mc - mfull, kc, A + mfull * lda, lda, int64_t{1}, cfg.MR, Ap);
-    macro_kernel(cfg, mc - mfull, nc, kc, Ap, Bp, C + mfull * ldc, ldc, add);
+    macro_kernel(cfg, mc - mfull, nc, kc, Ap, Bp, C + mfull * ldc, ldc, add, bias);
   }
 }
 
@@ -716,7 +725,8 @@ inline int64_t k_slice_depth(int64_t K, int64_t KC) {
 template <typename T>
 inline void gemm_block(const GemmConfig<T>& cfg, int64_t m0, int64_t m1, int64_t n0, int64_t n1,
                        int64_t K, const T* A, int64_t a_rs, int64_t a_cs, const T* B,
-                       int64_t b_rs, int64_t b_cs, T* C, int64_t ldc, bool accumulate) {
+                       int64_t b_rs, int64_t b_cs, T* C, int64_t ldc, bool accumulate,
+                       const T* bias) {
   const int64_t MR = cfg.MR, NR = cfg.NR;
   const int64_t kc_max = k_slice_depth(K, cfg.KC);
   const int64_t m_len = m1 - m0, n_len = n1 - n0;
@@ -733,14 +743,15 @@ inline void gemm_block(const GemmConfig<T>& cfg, int64_t m0, int64_t m1, int64_t
     for (int64_t pc = 0; pc < K; pc += kc_max) {
       const int64_t kc = std::min(kc_max, K - pc);
       const bool add = accumulate || pc > 0;
+      const T* bias_jc = bias ? bias + jc : nullptr;
       pack_b(kc, nc, B + pc * b_rs + jc * b_cs, b_rs, b_cs, NR, Bp);
       for (int64_t ic = m0; ic < m1; ic += cfg.MC) {
         const int64_t mc = std::min(cfg.MC, m1 - ic);
         if (a_in_place) {
-          macro_kernel_rows(cfg, mc, nc, kc, A + ic * a_rs + pc, a_rs, Ap, Bp, C + ic * ldc + jc, ldc, add);
+          macro_kernel_rows(cfg, mc, nc, kc, A + ic * a_rs + pc, a_rs, Ap, Bp, C + ic * ldc + jc, ldc, add, bias_jc);
         } else {
           pack_a(mc, kc, A + ic * a_rs + pc * a_cs, a_rs, a_cs, MR, Ap);
-          macro_kernel(cfg, mc, nc, kc, Ap, Bp, C + ic * ldc + jc, ldc, add);
+          macro_kernel(cfg, mc, nc, kc, Ap, Bp, C + ic * ldc + jc, ldc, add, bias_jc);
         }
       }
     }
@@ -758,32 +769,35 @@ inline void gemm_block(const GemmConfig<T>& cfg, int64_t m0, int64_t m1, int64_t
 ///   B, b_rs, b_cs: right operand and its row / column strides (in elements)
 ///   C, ldc       : output, C(i,j) = C[i*ldc + j]; must not overlap A or B
 ///   accumulate   : C += A*B instead of C = A*B
+///   bias         : nullptr, or N values b: C = b (in every row) + A*B, the same bits as
+///                  filling C with b and accumulating, without the extra pass over C.
+///                  Only with !accumulate.
 /// Results are bitwise identical for any thread count (see the header comment).
 template <typename T>  // T = float or double
 void gemm(int64_t M, int64_t N, int64_t K,
           const T* A, int64_t a_rs, int64_t a_cs,
           const T* B, int64_t b_rs, int64_t b_cs,
-          T* C, int64_t ldc, bool accumulate) {
+          T* C, int64_t ldc, bool accumulate, const T* bias = nullptr) {
   static_assert(std::is_same<T, float>::value || std::is_same<T, double>::value,
                 "gemm: T must be float or double");
+  if (accumulate && bias) throw std::invalid_argument("gemm: a bias needs accumulate == false");
   if (M <= 0 || N <= 0) return;
-  if (K <= 0) {
-    if (!accumulate)
-      for (int64_t i = 0; i < M; ++i) std::fill(C + i * ldc, C + i * ldc + N, T(0));
-    return;
-  }
   // Multiply-adds, saturated: it only picks a schedule (a wrapped product would send a huge
   // problem down the single-threaded naive loop).
   const int64_t work = saturating_mul(saturating_mul(M, N), K);
-  if (work <= kGemmDirectThreshold) {
-    gemm_reference(M, N, K, A, a_rs, a_cs, B, b_rs, b_cs, C, ldc, accumulate);
+  if (K <= 0 || work <= kGemmDirectThreshold) {
+    if (bias)  // C = b, then C += A*B: the fast path's bits (one rounding, b + acc)
+      for (int64_t i = 0; i < M; ++i) std::copy(bias, bias + N, C + i * ldc);
+    else if (K <= 0 && !accumulate)
+      for (int64_t i = 0; i < M; ++i) std::fill(C + i * ldc, C + i * ldc + N, T(0));
+    if (K > 0) gemm_reference(M, N, K, A, a_rs, a_cs, B, b_rs, b_cs, C, ldc, accumulate || bias);
     return;
   }
   const gemm_detail::GemmConfig<T> cfg = gemm_detail::gemm_config<T>(M);
   const int64_t threshold = gemm_parallel_threshold().load(std::memory_order_relaxed);
   int64_t threads = get_num_threads();
   if (work < threshold || threads <= 1) {
-    gemm_detail::gemm_block(cfg, 0, M, 0, N, K, A, a_rs, a_cs, B, b_rs, b_cs, C, ldc, accumulate);
+    gemm_detail::gemm_block(cfg, 0, M, 0, N, K, A, a_rs, a_cs, B, b_rs, b_cs, C, ldc, accumulate, bias);
     return;
   }
   // Give every thread at least ~threshold/2 of work.
@@ -818,7 +832,7 @@ void gemm(int64_t M, int64_t N, int64_t K,
       const int64_t n1 = std::min(N, n0 + bn * cfg.NR);
       if (m0 < m1 && n0 < n1)
         gemm_detail::gemm_block(cfg, m0, m1, n0, n1, K, A, a_rs, a_cs, B, b_rs, b_cs, C, ldc,
-                                accumulate);
+                                accumulate, bias);
     }
   });
 }
