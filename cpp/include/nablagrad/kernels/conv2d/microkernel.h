@@ -784,7 +784,9 @@ __attribute__((target("avx512f,avx2,fma"))) inline __m512d z_add(__m512d a, __m5
 // rows go in groups of 8 from one base pointer per group, and x86's scaled addressing reaches
 // the 8 rows of a group from 4 stride registers (rs, 3 rs, 5 rs, 7 rs): 0, rs, 2 rs, 3 rs,
 // 4 rs, 5 rs, 2 (3 rs), 7 rs. The base pointers pass through an empty asm so that GCC cannot
-// fold them back into per-row pointers.
+// fold them back into per-row pointers. Only for 1-vector tiles, whose broadcasts are FMA
+// memory operands: with 2 vectors each broadcast needs a register, and GCC then hoists all 12
+// broadcasts of a step and spills accumulators (12 x 2 direct kernel: 161 -> 109 GF/s).
 struct RowStrides {
   int64_t rs, rs3, rs5, rs7, rs8;  // bytes
   // The multiples pass through the asm too: knowing rs3 = 3 rs, GCC would rebuild the rows
@@ -833,7 +835,8 @@ __attribute__((target("avx512f,avx2,fma"))) inline void micro_kernel_avx512_rows
     int64_t depth, const T* a, int64_t a_rs_runtime, int64_t a_cs, const T* b, T* c, int64_t ldc) {
   using VT = typename Avx512<T>::VT;
   constexpr int W = Avx512<T>::W;
-  const RowStrides rows((UnitRows ? 1 : a_rs_runtime) * static_cast<int64_t>(sizeof(T)));
+  const int64_t a_rs = UnitRows ? 1 : a_rs_runtime;
+  const RowStrides rows(a_rs * static_cast<int64_t>(sizeof(T)));
   VT acc[MR][NV];
 #pragma GCC unroll 32
   for (int i = 0; i < MR; ++i)
@@ -844,17 +847,19 @@ __attribute__((target("avx512f,avx2,fma"))) inline void micro_kernel_avx512_rows
 #pragma GCC unroll 2
     for (int v = 0; v < NV; ++v) bv[v] = z_load(b + (d * NV + v) * W);
     const T* ad = a + d * a_cs;
-    VT ai[MR];
-    if constexpr (UnitRows) {
-#pragma GCC unroll 32
-      for (int i = 0; i < MR; ++i) ai[i] = z_bcast(ad + i);
-    } else {
+    if constexpr (!UnitRows && NV == 1) {  // 24 rows: grouped addressing (see broadcast_rows)
+      VT ai[MR];
       broadcast_rows<T, MR>(reinterpret_cast<const char*>(ad), rows, ai);
-    }
 #pragma GCC unroll 32
-    for (int i = 0; i < MR; ++i)
+      for (int i = 0; i < MR; ++i) acc[i][0] = z_fma(ai[i], bv[0], acc[i][0]);
+    } else {  // constant offsets, or 12 row offsets, which fit in registers
+#pragma GCC unroll 32
+      for (int i = 0; i < MR; ++i) {
+        const VT ai = z_bcast(ad + i * a_rs);
 #pragma GCC unroll 2
-      for (int v = 0; v < NV; ++v) acc[i][v] = z_fma(ai[i], bv[v], acc[i][v]);
+        for (int v = 0; v < NV; ++v) acc[i][v] = z_fma(ai, bv[v], acc[i][v]);
+      }
+    }
   }
 #pragma GCC unroll 32
   for (int i = 0; i < MR; ++i)
@@ -891,12 +896,19 @@ __attribute__((target("avx512f,avx2,fma"))) inline void direct_kernel_avx512(
       VT bv[NV];
 #pragma GCC unroll 2
       for (int v = 0; v < NV; ++v) bv[v] = z_load(bh + (d * NV + v) * W);
-      VT ai[MR];
-      broadcast_rows<T, MR>(reinterpret_cast<const char*>(ah + d), rows, ai);
+      if constexpr (NV == 1) {  // 24 rows: grouped addressing (see broadcast_rows)
+        VT ai[MR];
+        broadcast_rows<T, MR>(reinterpret_cast<const char*>(ah + d), rows, ai);
 #pragma GCC unroll 32
-      for (int i = 0; i < MR; ++i)
+        for (int i = 0; i < MR; ++i) acc[i][0] = z_fma(ai[i], bv[0], acc[i][0]);
+      } else {  // 12 row pointers fit in registers; each broadcast feeds NV FMAs
+#pragma GCC unroll 32
+        for (int i = 0; i < MR; ++i) {
+          const VT ai = z_bcast(ah + i * a_rs + d);
 #pragma GCC unroll 2
-        for (int v = 0; v < NV; ++v) acc[i][v] = z_fma(ai[i], bv[v], acc[i][v]);
+          for (int v = 0; v < NV; ++v) acc[i][v] = z_fma(ai, bv[v], acc[i][v]);
+        }
+      }
     }
   }
 #pragma GCC unroll 32
