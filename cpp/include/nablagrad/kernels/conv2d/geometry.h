@@ -342,7 +342,7 @@ inline bool padded_copy_is_small(const Conv2dGeometry& g, int64_t rows, int64_t 
 template <typename T>
 void copy_padded_input(const Conv2dGeometry& g, const T* x, int64_t prow, T* xp) {
   const int64_t C = g.C, Hp = g.H + g.pad_top + g.pad_bottom;
-  parallel_for(0, g.N * Hp, std::max<int64_t>(1, (int64_t{1} << 18) / std::max<int64_t>(prow, 1)),
+  parallel_for(0, g.N * Hp, std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(prow, 1)),
                [&](int64_t lo, int64_t hi) {
                  for (int64_t r = lo; r < hi; ++r) {
                    T* dst = xp + r * prow;
