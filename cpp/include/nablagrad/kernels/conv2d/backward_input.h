@@ -95,18 +95,19 @@ void backward_input_phases(const ConvKernels<T>& cfg, const Conv2dGeometry& g, c
   // Phases are visited by their first row y0 (first column x0): only the min(S, H) phases
   // that own input rows exist (a stride of 2^40 has 2^40 phases, all but H of them empty).
   for (int64_t y0 = 0; y0 < std::min(S_h, g.H); ++y0) {
-    // Rows y of this phase: (y + pad_top) mod S_h == ph.
-    const int64_t ph = phase_of(y0, g.pad_top, S_h);
+    // Rows y of this phase: (y + pad_top) mod S_h == ph; its taps and their dY row offsets
+    // (for y = y0 + iy*S_h and a tap fh, ho = iy + off_h[th], exactly: phase_taps).
     const int64_t Hph = (g.H - 1 - y0) / S_h + 1;
-    std::vector<int64_t> taps_h;
-    for (int64_t fh = ph; fh < g.FH; fh += S_h) taps_h.push_back(fh);
+    const PhaseTaps ph_h = phase_taps(y0, g.pad_top, S_h, g.FH);
+    const std::vector<int64_t>& taps_h = ph_h.taps;
+    const std::vector<int64_t>& off_h = ph_h.off;
     for (int64_t x0 = 0; x0 < std::min(S_w, g.W); ++x0) {
-      const int64_t pw = phase_of(x0, g.pad_left, S_w);
       const int64_t Wph = (g.W - 1 - x0) / S_w + 1;
       const int64_t rows = g.N * Hph * Wph;
       if (rows == 0) continue;
-      std::vector<int64_t> taps_w;
-      for (int64_t fw = pw; fw < g.FW; fw += S_w) taps_w.push_back(fw);
+      const PhaseTaps ph_w = phase_taps(x0, g.pad_left, S_w, g.FW);
+      const std::vector<int64_t>& taps_w = ph_w.taps;
+      const std::vector<int64_t>& off_w = ph_w.off;
       const int64_t nth = static_cast<int64_t>(taps_h.size()), ntw = static_cast<int64_t>(taps_w.size());
       auto pixel = [&](int64_t r, int64_t& n, int64_t& iy, int64_t& ix) {
         n = r / (Hph * Wph);
@@ -132,11 +133,6 @@ void backward_input_phases(const ConvKernels<T>& cfg, const Conv2dGeometry& g, c
         });
         continue;
       }
-      // For y = y0 + iy*S_h and a tap fh of this phase, (y + pt - fh) is a multiple of S_h:
-      // ho = iy + off_h[th] with off_h[th] = (y0 + pt - fh) / S_h (exact). Same for columns.
-      std::vector<int64_t> off_h(nth), off_w(ntw);
-      for (int64_t th = 0; th < nth; ++th) off_h[th] = (y0 + g.pad_top - taps_h[th]) / S_h;
-      for (int64_t tw = 0; tw < ntw; ++tw) off_w[tw] = (x0 + g.pad_left - taps_w[tw]) / S_w;
       // Sub-kernel of this phase: B((th, tw, q), c) = W[q, taps_h[th], taps_w[tw], c].
       const int64_t K = nth * ntw * Q;
       PackedB<T> B;
@@ -197,22 +193,6 @@ void backward_input_phases(const ConvKernels<T>& cfg, const Conv2dGeometry& g, c
           });
     }
   }
-}
-
-/// The taps of the phases of a strided input gradient (backward_input_phases' decomposition):
-/// for phase (y0, x0), the kernel rows fh = ph, ph + S_h, ... (ph = (y0 + pt) mod S_h) and
-/// their dY row offsets off_h = (y0 + pt - fh) / S_h (exact), in ascending fh, descending
-/// offset order; the same for columns.
-struct PhaseTaps {
-  std::vector<int64_t> taps, off;
-};
-inline PhaseTaps phase_taps(int64_t z0, int64_t pad, int64_t S, int64_t F) {
-  PhaseTaps t;
-  for (int64_t f = phase_of(z0, pad, S); f < F; f += S) {
-    t.taps.push_back(f);
-    t.off.push_back((z0 + pad - f) / S);
-  }
-  return t;
 }
 
 /// How far the phases of one axis (input size n, padding pad, stride S, kernel F, output

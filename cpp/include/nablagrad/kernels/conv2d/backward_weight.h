@@ -70,20 +70,8 @@ void backward_weight_gemm(const ConvKernels<T>& cfg, const Conv2dGeometry& g, co
     }
   });
   // Partials in chunk order: dW[q, k] = sum_c P_c[k, q].
-  parallel_for(0, K, std::max<int64_t>(64, (int64_t{1} << 16) / (Q * nchunks)), [&](int64_t k0, int64_t k1) {
-    for (int64_t k = k0; k < k1; ++k)
-      for (int64_t q = 0; q < Q; ++q) {
-        T s = partial[k * ldq + q];
-        for (int64_t c = 1; c < nchunks; ++c) s += partial[(c * Kpad + k) * ldq + q];
-        dw[q * K + k] = s;
-      }
-  });
-  if (db)
-    for (int64_t q = 0; q < Q; ++q) {
-      T s = dbpartial[q];
-      for (int64_t c = 1; c < nchunks; ++c) s += dbpartial[c * Q + q];
-      db[q] = s;
-    }
+  sum_weight_partials(partial, nchunks, Kpad * ldq, ldq, K, Q, [](int64_t k) { return k; }, dw);
+  if (db) sum_bias_partials(dbpartial, nchunks, Q, db);
 }
 
 /// Rows of partial sums per kernel row in backward_weight_direct: the run of len = FW*C values
@@ -147,18 +135,21 @@ void backward_weight_direct(const ConvKernels<T>& cfg, const Conv2dGeometry& g, 
     for (int64_t p0 = lo; p0 < hi; p0 += PT) {
       const int64_t np = std::min(PT, hi - p0);
       int64_t n = p0 / (g.Ho * g.Wo), ho = (p0 / g.Wo) % g.Ho, wo = p0 % g.Wo;
-      const T* row = xp.get() + (n * Hp + ho * g.stride_h) * prow;  // by_rows: the block's row
-      for (int64_t i = 0; i < (by_rows ? 0 : np); ++i) {  // each pixel's run of kernel row 0, fh rows down
-        const T* run = xp.get() + (n * Hp + ho * g.stride_h) * prow + wo * g.stride_w * C;
-        for (int64_t fh = 0; fh < FH; ++fh) cols[fh * PT + i] = run + fh * prow;
-        if (++wo == g.Wo) {
-          wo = 0;
-          if (++ho == g.Ho) {
-            ho = 0;
-            ++n;
+      // by_rows: the block is one output row, read through its padded input row; else each
+      // pixel's run of kernel row 0 (and fh rows down) goes into the pointer table.
+      const T* row = by_rows ? xp.get() + (n * Hp + ho * g.stride_h) * prow : nullptr;
+      if (!by_rows)
+        for (int64_t i = 0; i < np; ++i) {
+          const T* run = xp.get() + (n * Hp + ho * g.stride_h) * prow + wo * g.stride_w * C;
+          for (int64_t fh = 0; fh < FH; ++fh) cols[fh * PT + i] = run + fh * prow;
+          if (++wo == g.Wo) {
+            wo = 0;
+            if (++ho == g.Ho) {
+              ho = 0;
+              ++n;
+            }
           }
         }
-      }
       const T* drows = dy + p0 * Q;
       for (int64_t i = 0; i < np; ++i)
         for (int64_t q = 0; q < Q; ++q) dbp[q] += drows[i * Q + q];
@@ -188,22 +179,9 @@ void backward_weight_direct(const ConvKernels<T>& cfg, const Conv2dGeometry& g, 
     }
   });
   // Partials in chunk order: dW[q, fh*len + j] = sum_c P_c[fh*lenp + j, q].
-  parallel_for(0, K, std::max<int64_t>(64, (int64_t{1} << 16) / (Q * nchunks)), [&](int64_t k0, int64_t k1) {
-    for (int64_t k = k0; k < k1; ++k) {
-      const T* src = partial.get() + ((k / len) * lenp + k % len) * ldq;
-      for (int64_t q = 0; q < Q; ++q) {
-        T s = src[q];
-        for (int64_t c = 1; c < nchunks; ++c) s += src[c * Kp * ldq + q];
-        dw[q * K + k] = s;
-      }
-    }
-  });
-  if (db)
-    for (int64_t q = 0; q < Q; ++q) {
-      T s = dbpartial.get()[q];
-      for (int64_t c = 1; c < nchunks; ++c) s += dbpartial.get()[c * Q + q];
-      db[q] = s;
-    }
+  sum_weight_partials(partial.get(), nchunks, Kp * ldq, ldq, K, Q,
+                      [&](int64_t k) { return (k / len) * lenp + k % len; }, dw);
+  if (db) sum_bias_partials(dbpartial.get(), nchunks, Q, db);
 }
 
 /// The bias gradient db[q] = sum over pixels of dY[p, q], in fixed chunks of pixels whose
@@ -219,11 +197,7 @@ void bias_gradient(int64_t pixels, int64_t Q, const T* dy, T* db) {
     for (int64_t p = lo; p < hi; ++p)
       for (int64_t q = 0; q < Q; ++q) acc[q] += dy[p * Q + q];
   });
-  for (int64_t q = 0; q < Q; ++q) {
-    T s = partial.get()[q];
-    for (int64_t c = 1; c < nchunks; ++c) s += partial.get()[c * Q + q];
-    db[q] = s;
-  }
+  sum_bias_partials(partial.get(), nchunks, Q, db);
 }
 
 /// 1x1 kernel gradient without padding, straight to the GEMM: dW (Q x C) = dY^T X over the

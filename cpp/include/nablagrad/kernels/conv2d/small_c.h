@@ -98,20 +98,17 @@ void backward_input_smallc(const ConvKernels<T>& cfg, const Conv2dGeometry& g, c
   const int64_t S_h = g.stride_h, S_w = g.stride_w, Q = g.Q, C = g.C;
   const int64_t NP = smallc_dx_np(C);
   for (int64_t y0 = 0; y0 < std::min(S_h, g.H); ++y0) {  // the phases that own rows
-    const int64_t ph = phase_of(y0, g.pad_top, S_h);
     const int64_t Hph = (g.H - 1 - y0) / S_h + 1;
-    std::vector<int64_t> taps_h;
-    for (int64_t fh = ph; fh < g.FH; fh += S_h) taps_h.push_back(fh);
+    const PhaseTaps ph_h = phase_taps(y0, g.pad_top, S_h, g.FH);
+    const std::vector<int64_t>& taps_h = ph_h.taps;
+    const std::vector<int64_t>& off_h = ph_h.off;
     for (int64_t x0 = 0; x0 < std::min(S_w, g.W); ++x0) {
-      const int64_t pw = phase_of(x0, g.pad_left, S_w);
       const int64_t Wph = (g.W - 1 - x0) / S_w + 1;
       if (g.N * Hph * Wph == 0) continue;
-      std::vector<int64_t> taps_w;
-      for (int64_t fw = pw; fw < g.FW; fw += S_w) taps_w.push_back(fw);
+      const PhaseTaps ph_w = phase_taps(x0, g.pad_left, S_w, g.FW);
+      const std::vector<int64_t>& taps_w = ph_w.taps;
+      const std::vector<int64_t>& off_w = ph_w.off;
       const int64_t nth = static_cast<int64_t>(taps_h.size()), ntw = static_cast<int64_t>(taps_w.size());
-      std::vector<int64_t> off_h(nth), off_w(ntw);
-      for (int64_t th = 0; th < nth; ++th) off_h[th] = (y0 + g.pad_top - taps_h[th]) / S_h;
-      for (int64_t tw = 0; tw < ntw; ++tw) off_w[tw] = (x0 + g.pad_left - taps_w[tw]) / S_w;
       // Interior columns [ix_lo, ix_hi): 0 <= ix + off_w[tw] < Wo for every tap.
       int64_t ix_lo = 0, ix_hi = Wph;
       for (int64_t tw = 0; tw < ntw; ++tw) {
@@ -231,20 +228,8 @@ void backward_weight_smallc(const ConvKernels<T>& cfg, const Conv2dGeometry& g, 
     }
   });
   // Partials in chunk order: dW[q, k] = sum_c P_c[k, q], db[q] = sum_c dbP_c[q].
-  const T* Pc = partial.get();
-  const T* dbc = dbpartial.get();
-  for (int64_t k = 0; k < K; ++k)
-    for (int64_t q = 0; q < Q; ++q) {
-      T s = Pc[k * Q + q];
-      for (int64_t c = 1; c < nchunks; ++c) s += Pc[(c * K + k) * Q + q];
-      dw[q * K + k] = s;
-    }
-  if (db)
-    for (int64_t q = 0; q < Q; ++q) {
-      T s = dbc[q];
-      for (int64_t c = 1; c < nchunks; ++c) s += dbc[c * Q + q];
-      db[q] = s;
-    }
+  sum_weight_partials(partial.get(), nchunks, K * Q, Q, K, Q, [](int64_t k) { return k; }, dw);
+  if (db) sum_bias_partials(dbpartial.get(), nchunks, Q, db);
 }
 
 
