@@ -10,7 +10,8 @@ PyTorch figure is its faster layout for that shape and pass (the layout is print
 kernels nablagrad chose for each pass (kernels/conv2d/select.h) are printed with the shape.
 ratio = torch_time / nablagrad_time (> 1: we are faster). GF/s counts
 2*N*Ho*Wo*Q*FH*FW*C FLOPs for the forward pass and 3x that for forward+backward; "%peak" is
-relative to the machine's fp32 peak (185 GFLOP/s on 2 Zen 3 cores, 92.5 per core). The
+relative to an fp32 peak per thread, by default a Zen 3 core's 92.5 GFLOP/s (--peak sets
+another: ~113-135 for a Zen 4 core, ~215-240 for a Xeon core with two 512-bit FMA ports). The
 "scale" column is t(1 thread) / t(2 threads) of nablagrad's forward+backward. Without torch
 only nablagrad's numbers are printed. The first line names the CPU, the SIMD level and the
 load average: the machine is shared, so check `uptime` first.
@@ -152,6 +153,8 @@ def main() -> None:
     ap.add_argument("--threads", default="2,1", help="thread counts; the first is the headline")
     ap.add_argument("--shapes", default="", help="comma-separated indices into SHAPES")
     ap.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    ap.add_argument("--peak", type=float, default=PEAK_PER_THREAD,
+                    help="fp32 GFLOP/s of one thread for the %%peak column (default: a Zen 3 core)")
     args = ap.parse_args()
     thread_counts = [int(t) for t in args.threads.split(",")]
     shapes = SHAPES if not args.shapes else [SHAPES[int(i)] for i in args.shapes.split(",")]
@@ -159,7 +162,8 @@ def main() -> None:
     print(f"# CPU: {cpu_model()}; SIMD level: {ng._core._simd_level()} (CPU has {ng._core._cpu_simd_level()}); "
           f"conv algorithm: {ng.backends.conv_algorithm}")
     print(f"# load average {os.getloadavg()[0]:.2f}; torch {'%s' % torch.__version__ if have_torch else 'absent'}; "
-          f"rounds {args.rounds}; times are medians in ms; torch = its faster layout (NCHW or channels_last)")
+          f"rounds {args.rounds}; times are medians in ms; torch = its faster layout (NCHW or channels_last); "
+          f"%peak against {args.peak:g} GFLOP/s per thread")
     head = thread_counts[0]
     rows, ratios, fwd_ratios = [], [], []
     for shape in shapes:
@@ -172,7 +176,7 @@ def main() -> None:
                "o_f": r[("ours", "fwd")] * 1e3, "o_fb": r[("ours", "fb")] * 1e3}
         row["gf_f"] = case.flops / r[("ours", "fwd")] * 1e-9
         row["gf_fb"] = 3 * case.flops / r[("ours", "fb")] * 1e-9
-        row["pk_fb"] = 100 * row["gf_fb"] / (PEAK_PER_THREAD * head)
+        row["pk_fb"] = 100 * row["gf_fb"] / (args.peak * head)
         if 1 in res and head != 1:
             row["scale"] = res[1][("ours", "fb")] / r[("ours", "fb")]
         if have_torch:
