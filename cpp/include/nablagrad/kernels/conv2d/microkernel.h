@@ -825,6 +825,29 @@ __attribute__((target("avx512f,avx2,fma"), always_inline)) inline void broadcast
   }
 }
 
+// One depth step of an MR x NV-vector tile: acc[i][v] += A(i) * bv[v], A(i) at ad + i * a_rs.
+// Grouped (the 1-vector tiles): the rows through broadcast_rows, each broadcast an FMA memory
+// operand. Else one broadcast per row feeding its NV FMAs (constant offsets, or 12 row offsets,
+// which fit in registers).
+template <typename T, int MR, int NV, bool Grouped, typename VT>
+__attribute__((target("avx512f,avx2,fma"), always_inline)) inline void fma_rows(const T* ad, int64_t a_rs,
+                                                                            const RowStrides& rows,
+                                                                            const VT* bv, VT (&acc)[MR][NV]) {
+  if constexpr (Grouped) {
+    VT ai[MR];
+    broadcast_rows<T, MR>(reinterpret_cast<const char*>(ad), rows, ai);
+#pragma GCC unroll 32
+    for (int i = 0; i < MR; ++i) acc[i][0] = z_fma(ai[i], bv[0], acc[i][0]);
+  } else {
+#pragma GCC unroll 32
+    for (int i = 0; i < MR; ++i) {
+      const VT ai = z_bcast(ad + i * a_rs);
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; ++v) acc[i][v] = z_fma(ai, bv[v], acc[i][v]);
+    }
+  }
+}
+
 // C[MR x NR] += A B as micro_kernel_portable, NR = NV vectors; one FMA chain per element.
 // UnitRows: a_rs == 1 (A's column contiguous, the kernel gradient's im2col tile read
 // transposed), so the MR broadcasts of a step are constant offsets; with a runtime a_rs the
@@ -846,20 +869,7 @@ __attribute__((target("avx512f,avx2,fma"))) inline void micro_kernel_avx512_rows
     VT bv[NV];
 #pragma GCC unroll 2
     for (int v = 0; v < NV; ++v) bv[v] = z_load(b + (d * NV + v) * W);
-    const T* ad = a + d * a_cs;
-    if constexpr (!UnitRows && NV == 1) {  // 24 rows: grouped addressing (see broadcast_rows)
-      VT ai[MR];
-      broadcast_rows<T, MR>(reinterpret_cast<const char*>(ad), rows, ai);
-#pragma GCC unroll 32
-      for (int i = 0; i < MR; ++i) acc[i][0] = z_fma(ai[i], bv[0], acc[i][0]);
-    } else {  // constant offsets, or 12 row offsets, which fit in registers
-#pragma GCC unroll 32
-      for (int i = 0; i < MR; ++i) {
-        const VT ai = z_bcast(ad + i * a_rs);
-#pragma GCC unroll 2
-        for (int v = 0; v < NV; ++v) acc[i][v] = z_fma(ai, bv[v], acc[i][v]);
-      }
-    }
+    fma_rows<T, MR, NV, !UnitRows && NV == 1>(a + d * a_cs, a_rs, rows, bv, acc);
   }
 #pragma GCC unroll 32
   for (int i = 0; i < MR; ++i)
@@ -896,19 +906,7 @@ __attribute__((target("avx512f,avx2,fma"))) inline void direct_kernel_avx512(
       VT bv[NV];
 #pragma GCC unroll 2
       for (int v = 0; v < NV; ++v) bv[v] = z_load(bh + (d * NV + v) * W);
-      if constexpr (NV == 1) {  // 24 rows: grouped addressing (see broadcast_rows)
-        VT ai[MR];
-        broadcast_rows<T, MR>(reinterpret_cast<const char*>(ah + d), rows, ai);
-#pragma GCC unroll 32
-        for (int i = 0; i < MR; ++i) acc[i][0] = z_fma(ai[i], bv[0], acc[i][0]);
-      } else {  // 12 row pointers fit in registers; each broadcast feeds NV FMAs
-#pragma GCC unroll 32
-        for (int i = 0; i < MR; ++i) {
-          const VT ai = z_bcast(ah + i * a_rs + d);
-#pragma GCC unroll 2
-          for (int v = 0; v < NV; ++v) acc[i][v] = z_fma(ai, bv[v], acc[i][v]);
-        }
-      }
+      fma_rows<T, MR, NV, NV == 1>(ah + d, a_rs, rows, bv, acc);
     }
   }
 #pragma GCC unroll 32
