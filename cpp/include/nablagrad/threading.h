@@ -253,8 +253,7 @@ class ThreadPool {
     work_on(job);
     // Wait for the chunks the workers picked up (spin briefly first: chunks of one region
     // usually end close together).
-    spin_until([&] { return job.pending.load(std::memory_order_acquire) == 0; });
-    if (job.pending.load(std::memory_order_acquire) != 0) {
+    if (!spin_until([&] { return job.pending.load(std::memory_order_acquire) == 0; })) {
       std::unique_lock<std::mutex> lock(mutex_);
       done_.wait(lock, [&] { return job.pending.load(std::memory_order_acquire) == 0; });
     }
