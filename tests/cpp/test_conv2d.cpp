@@ -332,6 +332,33 @@ void test_register_tiles() {
   check_everywhere<double>(make_conv2d_geometry(2, 12, 12, 16, 16, 5, 5, 16, 1, 1, 2, 2, 2, 2), 1e-12, 27);
 }
 
+// The stride-1 direct kernel that broadcasts each input value once (direct_s1_kernel_avx512,
+// the 1-vector AVX-512 tile, FW = 3 or 5): rows narrower than its 24 pixels and not a multiple
+// of them, FH != FW, uneven paddings, Q over several panels and below one, C = 1, and its dX
+// (the flipped kernel of a 5x5 on 16 channels).
+void test_direct_s1() {
+  if (nablagrad::cpu_simd_level() >= SimdLevel::AVX512) {
+    nablagrad::set_simd_level(SimdLevel::AVX512);
+    CHECK(conv_detail::direct_s1_kernel(conv_kernels_for_width<float>(16), 5) != nullptr);
+    CHECK(conv_detail::direct_s1_kernel(conv_kernels_for_width<double>(24), 3) != nullptr);
+    CHECK(conv_detail::direct_s1_kernel(conv_kernels_for_width<float>(16), 7) == nullptr);
+    CHECK(conv_detail::direct_s1_kernel(conv_kernels_for_width<float>(64), 5) == nullptr);  // 2-vector tile
+    nablagrad::set_simd_level(nablagrad::cpu_simd_level());
+  }
+  const Conv2dGeometry shapes[] = {
+      make_conv2d_geometry(2, 13, 30, 16, 16, 5, 5, 16, 1, 1, 2, 2, 2, 2),  // 30 = 24 + 6
+      make_conv2d_geometry(3, 7, 9, 12, 48, 3, 3, 12, 1, 1, 1, 1, 1, 1),    // 9 < 24, 3 panels
+      make_conv2d_geometry(2, 9, 51, 5, 8, 3, 5, 5, 1, 1, 0, 2, 1, 3),      // FH != FW, Q < NR
+      make_conv2d_geometry(2, 10, 26, 1, 20, 5, 5, 1, 1, 1, 2, 2, 2, 2),    // C = 1
+      make_conv2d_geometry(1, 12, 50, 16, 16, 5, 3, 16, 1, 1, 2, 2, 1, 1)};
+  for (const Conv2dGeometry& g : shapes) {
+    CHECK(std::string(conv_kernel_choice<float>(g).forward) == "direct");
+    check_everywhere<double>(g, 1e-12, 42);
+    check_everywhere<float>(g, 2e-5, 43);
+  }
+  CHECK(std::string(conv_kernel_choice<float>(shapes[0]).backward_input) == "flipped_direct");
+}
+
 // The im2col forward accumulating straight into Y (whole micro-tiles, Q a whole number of
 // panels at every level, bias set first) and through the C tile (the last, partial tile);
 // K = 4320 in 17 equal depth slices.
@@ -534,6 +561,7 @@ int main() {
   RUN_TEST(test_larger_shapes);
   RUN_TEST(test_pointwise);
   RUN_TEST(test_register_tiles);
+  RUN_TEST(test_direct_s1);
   RUN_TEST(test_kernel_choice);
   RUN_TEST(test_algorithm_setting);
   return test_util::finish();

@@ -57,6 +57,8 @@ void forward_direct(const ConvKernels<T>& cfg, const Conv2dGeometry& g, const T*
   PackedB<T> B;
   B.pack(cfg, K, Q, [&](int64_t k, int64_t q) { return w[q * K + k]; });
   const int64_t panels = (Q + NR - 1) / NR;
+  // Stride 1 and a tile that has one: the kernel that broadcasts each input value once.
+  const DirectS1Kernel<T> s1 = S_w == 1 ? direct_s1_kernel(cfg, FW) : nullptr;
   const int64_t row_work = std::max<int64_t>(1, g.Wo * Q * K);
   // Tasks of consecutive output rows (>= ~64K multiply-adds, at most ~64 tasks), claimed
   // dynamically. A thread's rows stay together: they share most of their input rows (a 7x7
@@ -75,7 +77,10 @@ void forward_direct(const ConvKernels<T>& cfg, const Conv2dGeometry& g, const T*
         const int64_t nw = std::min(MR, g.Wo - wb);
         const T* a = xrow + wb * S_w * C;
         for (int64_t p = 0; p < panels; ++p) {
-          cfg.direct(FH, len, a, S_w * C, prow, B.data.data() + p * K * NR, out);
+          if (s1)
+            s1(FH, C, a, prow, B.data.data() + p * K * NR, out);
+          else
+            cfg.direct(FH, len, a, S_w * C, prow, B.data.data() + p * K * NR, out);
           const int64_t q0 = p * NR, nq = std::min(NR, Q - q0);
           cfg.store_tile(out, nw, NR, yrow + wb * Q + q0, Q, bias ? bias + q0 : nullptr, nq);
         }
