@@ -115,7 +115,11 @@ void backward_weight_direct(const ConvKernels<T>& cfg, const Conv2dGeometry& g, 
   // kernel there, which loads a pointer per step); else 256 pixels across rows through the
   // column kernel. Fixed chunks of whole blocks: about 16, fewer when the partials would
   // pass ~64 MiB.
-  const bool by_rows = g.Wo >= 64;
+  // Stride 1 with a tile that has them, rows of >= 16 pixels: per output row, the kernels that
+  // broadcast each input value once (dw_s1_kernel_avx512), cb channels at a time.
+  const DwS1Kernels<T> s1 = g.stride_w == 1 && g.Wo >= 16 ? dw_s1_kernels(cfg, g.FW) : DwS1Kernels<T>{};
+  const int64_t nblk = s1.cb > 0 ? (C + s1.cb - 1) / s1.cb : 0;  // channel blocks, balanced sizes
+  const bool by_rows = g.Wo >= 64 || s1.cb > 0;
   const int64_t PT = by_rows ? g.Wo : 256;
   const int64_t pixels = g.N * g.Ho * g.Wo;
   const int64_t partial_bytes = Kp * ldq * static_cast<int64_t>(sizeof(T));
@@ -164,6 +168,13 @@ void backward_weight_direct(const ConvKernels<T>& cfg, const Conv2dGeometry& g, 
       for (int64_t fh = 0; fh < FH; ++fh)
         for (int64_t pn = 0; pn < panels; ++pn) {
           const T* bp = packed ? drows : dyp + pn * PT * NR;
+          if (s1.cb > 0) {
+            for (int64_t b = 0; b < nblk; ++b) {
+              const int64_t c0 = C * b / nblk, nc = C * (b + 1) / nblk - c0;
+              s1.by_count[nc](np, row + fh * prow + c0, C, bp, P + (fh * lenp + c0) * ldq + pn * NR, C * ldq, ldq);
+            }
+            continue;
+          }
           for (int64_t j = 0; j < lenp;) {
             const bool tail = j >= full && cfg.MR_tail > 0 && lenp - full < MR;
             const TileKernel<T> tile = tail ? cfg.tile_tail : cfg.tile;

@@ -970,6 +970,56 @@ __attribute__((target("avx512f,avx2,fma"))) inline void direct_s1_kernel_avx512(
   for (int i = 0; i < 2 * G; ++i) z_store(out + i * W, acc[i]);
 }
 
+// The kernel gradient's counterpart (stride 1, one vector of filters): for one output row of
+// np pixels and CB channels c of one kernel row, p[kw p_kw + c p_c] += sum_j x[(j + kw) C + c]
+// * dy[j W + :] for kw < FW. The direct path's tile kernel broadcasts x[(j + kw) C + c] anew
+// for every (j, kw, c); here the broadcast of input pixel i serves the FW steps j = i - kw that
+// use it: the FW x CB broadcasts of pixels j .. j + FW - 1 stay in registers (slot i mod FW,
+// so the loop is unrolled by FW), and a step loads one dY vector and the CB values of pixel
+// j + FW - 1: (1 + CB) loads per FW CB FMAs (0.27 for 5x5 with CB = 3) instead of ~1. Every
+// step is a real pixel (no padding of dY, so no 0 x Inf), and each sum runs over j in
+// ascending order from zero, then is added to p: the same bits as the tile kernel's.
+// Registers: 2 FW CB + 1 <= 31. x: pixel 0 of the run at channel c0 (np + FW - 1 pixels C
+// apart readable); dy: np vectors W apart.
+template <typename T, int FW, int CB>
+__attribute__((target("avx512f,avx2,fma"))) inline void dw_s1_kernel_avx512(
+    int64_t np, const T* x, int64_t C, const T* dy, T* p, int64_t p_kw, int64_t p_c) {
+  using VT = typename Avx512<T>::VT;
+  constexpr int W = Avx512<T>::W;
+  static_assert(2 * FW * CB + 1 <= 32, "dw_s1: the broadcasts and sums must fit the 32 vector registers");
+  VT acc[FW][CB], xb[FW][CB];
+#pragma GCC unroll 8
+  for (int k = 0; k < FW; ++k)
+#pragma GCC unroll 8
+    for (int c = 0; c < CB; ++c) acc[k][c] = z_zero(T());
+#pragma GCC unroll 8
+  for (int k = 0; k + 1 < FW; ++k)
+#pragma GCC unroll 8
+    for (int c = 0; c < CB; ++c) xb[k][c] = z_bcast(x + k * C + c);
+  const T* xn = x + (FW - 1) * C;  // the pixel that step j adds: j + FW - 1
+  for (int64_t j0 = 0; j0 < np; j0 += FW) {
+#pragma GCC unroll 8
+    for (int u = 0; u < FW; ++u) {
+      if (j0 + u >= np) break;
+#pragma GCC unroll 8
+      for (int c = 0; c < CB; ++c) xb[(u + FW - 1) % FW][c] = z_bcast(xn + c);
+      xn += C;
+      const VT d = z_load(dy + (j0 + u) * W);
+#pragma GCC unroll 8
+      for (int k = 0; k < FW; ++k)
+#pragma GCC unroll 8
+        for (int c = 0; c < CB; ++c) acc[k][c] = z_fma(xb[(u + k) % FW][c], d, acc[k][c]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int k = 0; k < FW; ++k)
+#pragma GCC unroll 8
+    for (int c = 0; c < CB; ++c) {
+      T* pk = p + k * p_kw + c * p_c;
+      z_store(pk, z_add(z_load(pk), acc[k][c]));
+    }
+}
+
 // out[MR x NR] as indirect_kernel_portable (each pixel's run of each kernel row at its own
 // pointer). The MR pointers of a kernel row are loaded once per row; the compiler keeps what
 // fits in registers and reloads the rest (a load per broadcast, which the load ports absorb).
@@ -1189,6 +1239,32 @@ inline DirectS1Kernel<T> direct_s1_kernel(const ConvKernels<T>& cfg, int64_t FW)
 #endif
   (void)cfg, (void)FW;
   return nullptr;
+}
+
+/// The kernel gradient's stride-1 kernels of cfg for kernels FW wide (dw_s1_kernel_avx512):
+/// by_count[n] takes n <= cb channels at a time; cb = 0 where there are none (only the
+/// 24 x 1-vector AVX-512 tile, FW = 3 or 5).
+template <typename T>
+using DwS1Kernel = void (*)(int64_t np, const T* x, int64_t C, const T* dy, T* p, int64_t p_kw, int64_t p_c);
+template <typename T>
+struct DwS1Kernels {
+  int64_t cb = 0;
+  DwS1Kernel<T> by_count[6] = {};
+};
+template <typename T>
+inline DwS1Kernels<T> dw_s1_kernels(const ConvKernels<T>& cfg, int64_t FW) {
+  DwS1Kernels<T> k;
+#if NABLAGRAD_X86
+  if (cfg.level == SimdLevel::AVX512 && cfg.MR == 24 && cfg.NR == Avx512<T>::W) {
+    if (FW == 3)
+      k = {5, {nullptr, &dw_s1_kernel_avx512<T, 3, 1>, &dw_s1_kernel_avx512<T, 3, 2>, &dw_s1_kernel_avx512<T, 3, 3>,
+               &dw_s1_kernel_avx512<T, 3, 4>, &dw_s1_kernel_avx512<T, 3, 5>}};
+    if (FW == 5)
+      k = {3, {nullptr, &dw_s1_kernel_avx512<T, 5, 1>, &dw_s1_kernel_avx512<T, 5, 2>, &dw_s1_kernel_avx512<T, 5, 3>}};
+  }
+#endif
+  (void)cfg, (void)FW;
+  return k;
 }
 
 /// The kernels of the current simd_level().
