@@ -155,8 +155,7 @@ void backward_weight_direct(const ConvKernels<T>& cfg, const Conv2dGeometry& g, 
           }
         }
       const T* drows = dy + p0 * Q;
-      for (int64_t i = 0; i < np; ++i)
-        for (int64_t q = 0; q < Q; ++q) dbp[q] += drows[i * Q + q];
+      sum_rows(drows, np, Q, Q, dbp);
       if (!packed)  // NR-wide panels of the block's dY, zeros past Q
         for (int64_t pn = 0; pn < panels; ++pn)
           for (int64_t i = 0; i < np; ++i) {
@@ -204,9 +203,7 @@ void bias_gradient(int64_t pixels, int64_t Q, const T* dy, T* db) {
   const char* const what = "conv2d backward: bias partial sums";
   Scratch<T> partial(checked_product({nchunks, Q}, what), what, true);
   parallel_chunks(pixels, chunk, [&](int64_t ci, int64_t lo, int64_t hi) {
-    T* acc = partial.get() + ci * Q;
-    for (int64_t p = lo; p < hi; ++p)
-      for (int64_t q = 0; q < Q; ++q) acc[q] += dy[p * Q + q];
+    sum_rows(dy + lo * Q, hi - lo, Q, Q, partial.get() + ci * Q);
   });
   sum_bias_partials(partial.get(), nchunks, Q, db);
 }
