@@ -330,6 +330,19 @@ void test_register_tiles() {
   check_everywhere<double>(make_conv2d_geometry(2, 15, 14, 1, 32, 5, 5, 1, 2, 2, 2, 2, 2, 2), 1e-12, 25);
   check_everywhere<double>(make_conv2d_geometry(1, 8, 9, 130, 16, 3, 3, 130, 1, 1, 0, 0, 0, 0), 1e-12, 26);
   check_everywhere<double>(make_conv2d_geometry(2, 12, 12, 16, 16, 5, 5, 16, 1, 1, 2, 2, 2, 2), 1e-12, 27);
+  // The direct kernel's 8-row tile (AVX-512) for rows that 12-pixel blocks would pad: rows of
+  // 32 (7x7 stride 2, C = 3) and the flipped dX's rows of 16, next to rows of 48 (12 rows).
+  if (nablagrad::cpu_simd_level() >= SimdLevel::AVX512) {
+    nablagrad::set_simd_level(SimdLevel::AVX512);
+    const auto cfg = conv_kernels_for_width<float>(32);
+    CHECK(cfg.MR == 12 && direct_tile_for_rows(cfg, 32).MR == 8 && direct_tile_for_rows(cfg, 48).MR == 12);
+    CHECK(direct_tile_for_rows(cfg, 112).MR == 8 && direct_tile_for_rows(cfg, 24).MR == 12);
+    CHECK(direct_tile_for_rows(conv_kernels_for_width<float>(16), 32).MR == 24);  // 1-vector tile: as it is
+    nablagrad::set_simd_level(nablagrad::cpu_simd_level());
+  }
+  check_everywhere<float>(make_conv2d_geometry(2, 64, 64, 3, 32, 7, 7, 3, 2, 2, 3, 3, 3, 3), 1e-4, 28);  // dW: sums of 2048 products
+  check_everywhere<float>(make_conv2d_geometry(1, 20, 95, 3, 32, 7, 7, 3, 2, 2, 3, 3, 3, 3), 2e-5, 29);
+  check_everywhere<double>(make_conv2d_geometry(2, 9, 16, 32, 24, 3, 3, 32, 1, 1, 1, 1, 1, 1), 1e-12, 30);
 }
 
 // The stride-1 direct kernel that broadcasts each input value once (direct_s1_kernel_avx512,

@@ -1270,6 +1270,21 @@ inline ConvKernels<double> conv_kernels<double>(SimdLevel level, bool narrow) {
           nullptr, &smallc_dw_block_portable<double>, 0, nullptr, nullptr};
 }
 
+/// cfg with the direct kernel's 8 x 2-vector tile in place of the 12 x 2 one (AVX-512 rows of
+/// 2-vector tiles; cfg itself elsewhere). The direct kernel's blocks of MR pixels stop at each
+/// output row's end, so rows of 32 pixels ran 36 (select.h's direct_tile_for_rows decides).
+template <typename T>
+inline ConvKernels<T> conv_kernels_rows8(const ConvKernels<T>& cfg) {
+  ConvKernels<T> r = cfg;
+#if NABLAGRAD_X86
+  if (cfg.level == SimdLevel::AVX512 && cfg.MR == 12 && cfg.NR == 2 * Avx512<T>::W) {
+    r.MR = 8;
+    r.direct = &direct_kernel_avx512<T, 8, 2>;
+  }
+#endif
+  return r;
+}
+
 /// The stride-1 direct kernel of cfg for kernels FW wide (direct_s1_kernel_avx512), or
 /// nullptr where there is none: only the 24 x 1-vector AVX-512 tile has one, for FW = 3 and 5
 /// (5x5 on 16 channels: forward 2.9 -> 2.4 ms at 1 thread, Xeon; FW <= 6 fits the registers).
