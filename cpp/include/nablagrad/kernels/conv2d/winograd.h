@@ -215,6 +215,30 @@ struct BlockArgs {
   T* y;                  // output (N, Ho, Wo, Q)
 };
 
+/// One-dimensional kernel transform G g over `n` lanes (consecutive channels):
+/// g[i] = g + i * is, o[i] = o + i * os, each a run of n doubles.
+///   F(2,3): G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1]
+///   F(4,3): G = [1/4 0 0; -1/6 -1/6 -1/6; -1/6 1/6 -1/6; 1/24 1/12 1/6; 1/24 -1/12 1/6; 0 0 1]
+template <int M>
+inline void g1d(const double* g, int is, double* o, int os, int n) {
+  const double *g0 = g, *g1 = g + is, *g2 = g + 2 * is;
+  for (int l = 0; l < n; ++l) {
+    if (M == 2) {
+      o[l] = g0[l];
+      o[os + l] = (g0[l] + g1[l] + g2[l]) / 2;
+      o[2 * os + l] = (g0[l] - g1[l] + g2[l]) / 2;
+      o[3 * os + l] = g2[l];
+    } else {
+      o[l] = g0[l] / 4;
+      o[os + l] = -(g0[l] + g1[l] + g2[l]) / 6;
+      o[2 * os + l] = -(g0[l] - g1[l] + g2[l]) / 6;
+      o[3 * os + l] = (g0[l] + 2 * g1[l] + 4 * g2[l]) / 24;
+      o[4 * os + l] = (g0[l] - 2 * g1[l] + 4 * g2[l]) / 24;
+      o[5 * os + l] = g2[l];
+    }
+  }
+}
+
 // The transforms, once per instruction set (see winograd_transforms.inc).
 namespace portable {
 #define NABLAGRAD_WINO_TARGET
@@ -271,30 +295,6 @@ inline BlockFn<T> grad_block_fn() {
   return &portable::grad_block<XPortable<T, 32 / sizeof(T)>, S, M>;
 }
 
-/// One-dimensional kernel transform G g over `n` lanes (consecutive channels):
-/// g[i] = g + i * is, o[i] = o + i * os, each a run of n doubles.
-///   F(2,3): G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1]
-///   F(4,3): G = [1/4 0 0; -1/6 -1/6 -1/6; -1/6 1/6 -1/6; 1/24 1/12 1/6; 1/24 -1/12 1/6; 0 0 1]
-template <int M>
-inline void g1d(const double* g, int is, double* o, int os, int n) {
-  const double *g0 = g, *g1 = g + is, *g2 = g + 2 * is;
-  for (int l = 0; l < n; ++l) {
-    if (M == 2) {
-      o[l] = g0[l];
-      o[os + l] = (g0[l] + g1[l] + g2[l]) / 2;
-      o[2 * os + l] = (g0[l] - g1[l] + g2[l]) / 2;
-      o[3 * os + l] = g2[l];
-    } else {
-      o[l] = g0[l] / 4;
-      o[os + l] = -(g0[l] + g1[l] + g2[l]) / 6;
-      o[2 * os + l] = -(g0[l] - g1[l] + g2[l]) / 6;
-      o[3 * os + l] = (g0[l] + 2 * g1[l] + 4 * g2[l]) / 24;
-      o[4 * os + l] = (g0[l] - 2 * g1[l] + 4 * g2[l]) / 24;
-      o[5 * os + l] = g2[l];
-    }
-  }
-}
-
 /// gemm_detail::pack_a for the block's row-major V[p] (rows = tiles, unit column stride) with
 /// the register-tile height MR known at compile time, so the interleaving loop is unrolled.
 /// Rows past mc repeat the last row: those lanes of the micro-kernel are computed and dropped
@@ -344,28 +344,31 @@ struct GemmPlan {
 /// double and rounded to T once. Up must hold P * Cc * plan.Npad zeros.
 template <typename T, int M, typename Kern>
 void transform_kernel(int64_t F, int64_t Cc, const Kern& kern, const GemmPlan<T>& plan, T* Up) {
-  constexpr int A = M + 2, L = 32;  // L channels at a time, the loops over them vectorise
+  constexpr int L = 8;  // L channels at a time, the loops over them vectorise
   const int64_t NR = plan.cfg.NR, Npad = plan.Npad, pstride = Cc * Npad;
-  parallel_for(0, F, 8, [&](int64_t f0, int64_t f1) {
-    double g[9 * L], t[A * 3 * L], u[A * A * L];
-    for (int64_t f = f0; f < f1; ++f) {
-      const int64_t jp = f / NR * NR, jf = f % NR;
-      for (int64_t k0 = 0; k0 < Cc; k0 += plan.kc_max) {  // the K slices of the packed layout
-        const int64_t kc = std::min(plan.kc_max, Cc - k0);
-        T* base = Up + k0 * Npad + jp * kc + jf;  // U[p](k0 + i, f) at base[p * pstride + i * NR]
-        for (int64_t c0 = 0; c0 < kc; c0 += L) {
-          const int n = static_cast<int>(std::min<int64_t>(L, kc - c0));
-          for (int a = 0; a < 3; ++a)
-            for (int d = 0; d < 3; ++d)
-              for (int l = 0; l < n; ++l) g[(a * 3 + d) * L + l] = static_cast<double>(kern(f, k0 + c0 + l, a, d));
-          for (int d = 0; d < 3; ++d) g1d<M>(g + d * L, 3 * L, t + d * L, 3 * L, n);              // t = G g
-          for (int i = 0; i < A; ++i) g1d<M>(t + i * 3 * L, L, u + i * A * L, L, n);  // u = t G^T
-          for (int p = 0; p < A * A; ++p) {
-            T* dst = base + p * pstride + c0 * NR;
-            for (int l = 0; l < n; ++l) dst[l * NR] = static_cast<T>(u[p * L + l]);
-          }
-        }
-      }
+  // Tasks are runs of L channels (within one K slice), each for every filter: a task writes
+  // whole rows of the packed panels. Split by filters, two threads wrote neighbouring columns
+  // of the same rows (cache lines passed back and forth: 12% of a (32,16,16,48->96) input
+  // gradient's time at 1 thread became 18% at 2).
+  const int64_t per_slice = (plan.kc_max + L - 1) / L, slices = (Cc + plan.kc_max - 1) / plan.kc_max;
+  using Run = void (*)(const Kern&, int64_t, int64_t, int64_t, int, T*, int64_t, int64_t, T*);
+  Run run = &portable::kernel_run<T, M, L, Kern>;
+#if NABLAGRAD_X86
+  if (simd_at_least(SimdLevel::AVX512))
+    run = &avx512::kernel_run<T, M, L, Kern>;
+  else if (simd_at_least(SimdLevel::AVX2))
+    run = &avx2::kernel_run<T, M, L, Kern>;
+#endif
+  parallel_for(0, slices * per_slice, 1, [&](int64_t b0, int64_t b1) {
+    T* st = static_cast<T*>(scratch_bytes<4>(sizeof(T) * static_cast<size_t>((M + 2) * (M + 2) * L * NR)));
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t k0 = b / per_slice * plan.kc_max, c0 = b % per_slice * L;  // slice start, run in it
+      const int64_t kc = std::min(plan.kc_max, Cc - k0);
+      if (c0 >= kc) continue;
+      const int n = static_cast<int>(std::min<int64_t>(L, kc - c0));
+      // U[p](k0 + c0 + l, jp + jf) at Up[p * pstride + k0 * Npad + jp * kc + (c0 + l) * NR + jf]
+      for (int64_t jp = 0; jp < F; jp += NR)
+        run(kern, jp, std::min(NR, F - jp), k0 + c0, n, Up + k0 * Npad + jp * kc + c0 * NR, pstride, NR, st);
     }
   });
 }
