@@ -239,6 +239,19 @@ inline void g1d(const double* g, int is, double* o, int os, int n) {
   }
 }
 
+/// G of F(m x m, 3x3) (A x 3, the rows of g1d), for the kernel gradient's G^T S G.
+template <int M>
+inline double g_entry(int i, int a) {
+  static const double g2[4][3] = {{1, 0, 0}, {0.5, 0.5, 0.5}, {0.5, -0.5, 0.5}, {0, 0, 1}};
+  static const double g4[6][3] = {{0.25, 0, 0},
+                                  {-1.0 / 6, -1.0 / 6, -1.0 / 6},
+                                  {-1.0 / 6, 1.0 / 6, -1.0 / 6},
+                                  {1.0 / 24, 1.0 / 12, 1.0 / 6},
+                                  {1.0 / 24, -1.0 / 12, 1.0 / 6},
+                                  {0, 0, 1}};
+  return M == 2 ? g2[i][a] : g4[i][a];
+}
+
 // The transforms, once per instruction set (see winograd_transforms.inc).
 namespace portable {
 #define NABLAGRAD_WINO_TARGET
@@ -426,19 +439,6 @@ void conv3x3(int64_t N, int64_t H, int64_t W, int64_t Cc, int64_t off_h, int64_t
   });
 }
 
-/// G of F(m x m, 3x3) (A x 3, the rows of g1d), for the kernel gradient's G^T S G.
-template <int M>
-inline double g_entry(int i, int a) {
-  static const double g2[4][3] = {{1, 0, 0}, {0.5, 0.5, 0.5}, {0.5, -0.5, 0.5}, {0, 0, 1}};
-  static const double g4[6][3] = {{0.25, 0, 0},
-                                  {-1.0 / 6, -1.0 / 6, -1.0 / 6},
-                                  {-1.0 / 6, 1.0 / 6, -1.0 / 6},
-                                  {1.0 / 24, 1.0 / 12, 1.0 / 6},
-                                  {1.0 / 24, -1.0 / 12, 1.0 / 6},
-                                  {0, 0, 1}};
-  return M == 2 ? g2[i][a] : g4[i][a];
-}
-
 /// Kernel gradient dw (Q, 3, 3, C) of y = conv(x, w) (3x3, stride 1, g's padding) from dy:
 /// the adjoint of the forward's F(m x m, 3x3). Per output tile,
 ///   y_tile = A^T [ (G g G^T) (.) (B^T d B) ] A   gives   dg = G^T [ (A e A^T) (.) (B^T d B) ] G
@@ -496,42 +496,16 @@ void kernel_grad3x3(const Conv2dGeometry& g, const T* x, const T* dy, T* dw) {
     }
   });
   // dw[q, a, d, c] = sum_{i,j} G[i][a] S[i*A+j](c, q) G[j][d], S = the partials in chunk order.
+  using Reduce = void (*)(const T*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, T*);
+  Reduce reduce = &portable::grad_reduce<T, M>;
+#if NABLAGRAD_X86
+  if (simd_at_least(SimdLevel::AVX512))
+    reduce = &avx512::grad_reduce<T, M>;
+  else if (simd_at_least(SimdLevel::AVX2))
+    reduce = &avx2::grad_reduce<T, M>;
+#endif
   parallel_for(0, C, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, Q * P)), [&](int64_t c0, int64_t c1) {
-    std::vector<double> s(static_cast<size_t>(P * Q)), t(static_cast<size_t>(A * 3 * Q)), o(static_cast<size_t>(9 * Q));
-    for (int64_t c = c0; c < c1; ++c) {
-      for (int64_t p = 0; p < P; ++p) {
-        double* sp = s.data() + p * Q;
-        const T* src = partial.get() + (p * C + c) * Q;
-        for (int64_t q = 0; q < Q; ++q) sp[q] = static_cast<double>(src[q]);
-        for (int64_t ci = 1; ci < nchunks; ++ci) {
-          const T* more = src + ci * partial_values;
-          for (int64_t q = 0; q < Q; ++q) sp[q] += static_cast<double>(more[q]);
-        }
-      }
-      std::fill(t.begin(), t.end(), 0.0);
-      for (int i = 0; i < A; ++i)  // t[i][d] = sum_j S[i][j] G[j][d]
-        for (int j = 0; j < A; ++j)
-          for (int d = 0; d < 3; ++d) {
-            const double gjd = g_entry<M>(j, d);
-            if (gjd == 0) continue;
-            const double* sp = s.data() + (i * A + j) * Q;
-            double* tp = t.data() + (i * 3 + d) * Q;
-            for (int64_t q = 0; q < Q; ++q) tp[q] += gjd * sp[q];
-          }
-      std::fill(o.begin(), o.end(), 0.0);
-      for (int a = 0; a < 3; ++a)  // o[a][d] = sum_i G[i][a] t[i][d]
-        for (int i = 0; i < A; ++i) {
-          const double gia = g_entry<M>(i, a);
-          if (gia == 0) continue;
-          for (int d = 0; d < 3; ++d) {
-            const double* tp = t.data() + (i * 3 + d) * Q;
-            double* op = o.data() + (a * 3 + d) * Q;
-            for (int64_t q = 0; q < Q; ++q) op[q] += gia * tp[q];
-          }
-        }
-      for (int64_t q = 0; q < Q; ++q)
-        for (int ad = 0; ad < 9; ++ad) dw[(q * 9 + ad) * C + c] = static_cast<T>(o[ad * Q + q]);
-    }
+    reduce(partial.get(), nchunks, partial_values, C, Q, c0, c1, dw);
   });
 }
 
