@@ -439,7 +439,8 @@ void test_backward_weight_direct() {
       make_conv2d_geometry(3, 20, 36, 3, 32, 7, 7, 3, 2, 2, 3, 3, 3, 3),
       make_conv2d_geometry(2, 11, 30, 7, 20, 3, 3, 7, 1, 2, 0, 2, 1, 0),
       make_conv2d_geometry(1, 9, 40, 10, 40, 4, 2, 10, 2, 1, 1, 2, 0, 1),
-      make_conv2d_geometry(5, 6, 24, 8, 16, 3, 3, 8, 1, 1, 1, 1, 1, 1)};
+      make_conv2d_geometry(5, 6, 24, 8, 16, 3, 3, 8, 1, 1, 1, 1, 1, 1),
+      make_conv2d_geometry(0, 9, 66, 16, 16, 5, 5, 16, 1, 1, 2, 2, 2, 2)};  // no pixels: dW = db = 0
   for (const Conv2dGeometry& g : shapes) {
     nablagrad::set_simd_level(nablagrad::cpu_simd_level());
     CHECK(std::string(conv_kernel_choice<double>(g).backward_weight) == "direct");
