@@ -342,7 +342,11 @@ void test_register_tiles() {
   }
   check_everywhere<float>(make_conv2d_geometry(2, 64, 64, 3, 32, 7, 7, 3, 2, 2, 3, 3, 3, 3), 1e-4, 28);  // dW: sums of 2048 products
   check_everywhere<float>(make_conv2d_geometry(1, 20, 95, 3, 32, 7, 7, 3, 2, 2, 3, 3, 3, 3), 2e-5, 29);
-  check_everywhere<double>(make_conv2d_geometry(2, 9, 16, 32, 24, 3, 3, 32, 1, 1, 1, 1, 1, 1), 1e-12, 30);
+  // The flipped dX of a 5x5 on rows of 16 (C = 32 outputs: the 2-vector tile, 8 rows).
+  const auto gf = make_conv2d_geometry(2, 9, 16, 32, 16, 5, 5, 32, 1, 1, 2, 2, 2, 2);
+  CHECK(std::string(conv_kernel_choice<float>(gf).backward_input) == "flipped_direct");
+  check_everywhere<double>(gf, 1e-12, 30);
+  check_everywhere<float>(gf, 2e-5, 30);
 }
 
 // The stride-1 direct kernel that broadcasts each input value once (direct_s1_kernel_avx512,

@@ -96,7 +96,9 @@ inline int64_t direct_dw_rows(const ConvKernels<T>& cfg, int64_t len) {
 /// (the last one reads up to MR-1 values past it, into the next pixels or the copy's zero
 /// tail, which only feed rows of the partial sums that are dropped). Fixed chunks of pixels (a
 /// function of the shape only) sum into their own partials, added in chunk order: the same
-/// result for any thread count. db is summed with the dY packing.
+/// result for any thread count. db is summed with the dY packing. Long rows go per row (the
+/// tile kernel at a fixed pixel stride), and at stride 1 with one vector of filters rows of
+/// >= 16 pixels go per row through dw_s1_kernel_avx512 (see the block comment below).
 template <typename T>
 void backward_weight_direct(const ConvKernels<T>& cfg, const Conv2dGeometry& g, const T* x,
                             const T* dy, T* dw, T* db) {
@@ -112,11 +114,11 @@ void backward_weight_direct(const ConvKernels<T>& cfg, const Conv2dGeometry& g, 
   std::fill(xp.get() + g.N * Hp * prow, xp.get() + g.N * Hp * prow + (lenp - len), T(0));
   // Blocks: whole output rows when they are long (Wo >= 64), each one a strided GEMM of depth
   // Wo (the tile micro-kernel with column stride S_w*C: measured ~10% faster than the column
-  // kernel there, which loads a pointer per step); else 256 pixels across rows through the
-  // column kernel. Fixed chunks of whole blocks: about 16, fewer when the partials would
-  // pass ~64 MiB.
-  // Stride 1 with a tile that has them, rows of >= 16 pixels: per output row, the kernels that
-  // broadcast each input value once (dw_s1_kernel_avx512), cb channels at a time.
+  // kernel there, which loads a pointer per step), or at stride 1 with a tile that has them
+  // and rows of >= 16 pixels, per output row through the kernels that broadcast each input
+  // value once (dw_s1_kernel_avx512, in balanced blocks of <= cb channels); else 256 pixels
+  // across rows through the column kernel. Fixed chunks of whole blocks: about 16, fewer when
+  // the partials would pass ~64 MiB.
   const DwS1Kernels<T> s1 = g.stride_w == 1 && g.Wo >= 16 ? dw_s1_kernels(cfg, g.FW) : DwS1Kernels<T>{};
   const int64_t nblk = s1.cb > 0 ? (C + s1.cb - 1) / s1.cb : 0;  // channel blocks, balanced sizes
   const bool by_rows = g.Wo >= 64 || s1.cb > 0;

@@ -968,9 +968,10 @@ __attribute__((target("avx512f,avx2,fma"))) inline void direct_kernel_avx512(
 // vectors w[h, kx, c, :] stay in registers and the input pixels of the row are broadcast in
 // turn: pixel s of a group of 12 outputs feeds outputs s - kx (kx < FW). Two groups of 12
 // (pixels 0..11 and 12..23, stepped together so that an accumulator's successive FMAs are
-// 10 FMAs apart, more than the FMA latency): 24 accumulators + FW weights + 2 broadcasts
-// <= 32 registers for FW <= 6, and FW + 2 (11 + FW) loads per 24 FW FMAs (0.31 for 5x5)
-// instead of 1.04. a: the tile's first pixel at channel 0 (pixels C apart, kernel rows a_hs
+// 2 FW FMAs apart: 10 for 5x5, 6 for 3x3): 24 accumulators + FW weights + 2 broadcasts
+// <= 32 registers for FW <= 6 (on paper: GCC 12 still spills a few accumulators per step;
+// 172-200 GF/s in L1 on the Xeon, 80-93% of its peak), and FW + 2 (11 + FW) loads per
+// 24 FW FMAs (0.31 for 5x5) instead of 1.04. a: the tile's first pixel at channel 0 (pixels C apart, kernel rows a_hs
 // apart, 23 + FW pixels readable per row); b: the direct kernel's packed panel
 // (b[((h FW + kx) C + c) W + j]). Sum order per output: h, then c, then kx.
 template <typename T, int FW>
@@ -1025,7 +1026,7 @@ __attribute__((target("avx512f,avx2,fma"))) inline void direct_s1_kernel_avx512(
 // j + FW - 1: (1 + CB) loads per FW CB FMAs (0.27 for 5x5 with CB = 3) instead of ~1. Every
 // step is a real pixel (no padding of dY, so no 0 x Inf), and each sum runs over j in
 // ascending order from zero, then is added to p: the same bits as the tile kernel's.
-// Registers: 2 FW CB + 1 <= 31. x: pixel 0 of the run at channel c0 (np + FW - 1 pixels C
+// Registers: 2 FW CB + 1 <= 32 (31 for both instantiated shapes). x: pixel 0 of the run at channel c0 (np + FW - 1 pixels C
 // apart readable); dy: np vectors W apart.
 template <typename T, int FW, int CB>
 __attribute__((target("avx512f,avx2,fma"))) inline void dw_s1_kernel_avx512(
@@ -1287,7 +1288,8 @@ inline ConvKernels<T> conv_kernels_rows8(const ConvKernels<T>& cfg) {
 
 /// The stride-1 direct kernel of cfg for kernels FW wide (direct_s1_kernel_avx512), or
 /// nullptr where there is none: only the 24 x 1-vector AVX-512 tile has one, for FW = 3 and 5
-/// (5x5 on 16 channels: forward 2.9 -> 2.4 ms at 1 thread, Xeon; FW <= 6 fits the registers).
+/// (5x5 on 16 channels, (4,96,96,16->16): forward 3.64 -> 3.03 ms at 1 thread, Xeon; FW <= 6
+/// fits the registers).
 template <typename T>
 using DirectS1Kernel = void (*)(int64_t nh, int64_t C, const T* a, int64_t a_hs, const T* b, T* out);
 template <typename T>

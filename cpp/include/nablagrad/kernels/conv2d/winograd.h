@@ -357,7 +357,7 @@ struct GemmPlan {
 /// double and rounded to T once. Up must hold P * Cc * plan.Npad zeros.
 template <typename T, int M, typename Kern>
 void transform_kernel(int64_t F, int64_t Cc, const Kern& kern, const GemmPlan<T>& plan, T* Up) {
-  constexpr int L = 8;  // L channels at a time, the loops over them vectorise
+  constexpr int L = 8;  // L channels at a time (kernel_run's loops over them vectorise at -O3)
   const int64_t NR = plan.cfg.NR, Npad = plan.Npad, pstride = Cc * Npad;
   // Tasks are runs of L channels (within one K slice), each for every filter: a task writes
   // whole rows of the packed panels. Split by filters, two threads wrote neighbouring columns
