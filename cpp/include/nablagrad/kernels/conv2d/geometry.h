@@ -340,24 +340,26 @@ inline bool padded_copy_is_small(const Conv2dGeometry& g, int64_t rows, int64_t 
 // above and below the input), then zeros to prow. Split over threads in chunks of 64K values
 // (256 KiB of floats): a 470 KB copy split in two ran faster than on one thread, pool round
 // trip included.
+// Row r (0 <= r < N*Hp) of that copy, into dst (prow values).
+template <typename T>
+void copy_padded_row(const Conv2dGeometry& g, const T* x, int64_t prow, int64_t r, T* dst) {
+  const int64_t C = g.C, Hp = g.H + g.pad_top + g.pad_bottom;
+  const int64_t n = r / Hp, ih = r % Hp - g.pad_top;
+  if (ih < 0 || ih >= g.H) {
+    std::memset(dst, 0, sizeof(T) * static_cast<size_t>(prow));
+    return;
+  }
+  std::memset(dst, 0, sizeof(T) * static_cast<size_t>(g.pad_left * C));
+  std::memcpy(dst + g.pad_left * C, x + (n * g.H + ih) * g.W * C, sizeof(T) * static_cast<size_t>(g.W * C));
+  std::memset(dst + (g.pad_left + g.W) * C, 0, sizeof(T) * static_cast<size_t>(prow - (g.pad_left + g.W) * C));
+}
+
 template <typename T>
 void copy_padded_input(const Conv2dGeometry& g, const T* x, int64_t prow, T* xp) {
-  const int64_t C = g.C, Hp = g.H + g.pad_top + g.pad_bottom;
+  const int64_t Hp = g.H + g.pad_top + g.pad_bottom;
   parallel_for(0, g.N * Hp, std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(prow, 1)),
                [&](int64_t lo, int64_t hi) {
-                 for (int64_t r = lo; r < hi; ++r) {
-                   T* dst = xp + r * prow;
-                   const int64_t n = r / Hp, ih = r % Hp - g.pad_top;
-                   if (ih < 0 || ih >= g.H) {
-                     std::memset(dst, 0, sizeof(T) * static_cast<size_t>(prow));
-                     continue;
-                   }
-                   std::memset(dst, 0, sizeof(T) * static_cast<size_t>(g.pad_left * C));
-                   std::memcpy(dst + g.pad_left * C, x + (n * g.H + ih) * g.W * C,
-                               sizeof(T) * static_cast<size_t>(g.W * C));
-                   std::memset(dst + (g.pad_left + g.W) * C, 0,
-                               sizeof(T) * static_cast<size_t>(prow - (g.pad_left + g.W) * C));
-                 }
+                 for (int64_t r = lo; r < hi; ++r) copy_padded_row(g, x, prow, r, xp + r * prow);
                });
 }
 

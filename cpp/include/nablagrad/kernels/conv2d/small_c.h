@@ -36,9 +36,9 @@ inline int64_t forward_direct_row_values(const Conv2dGeometry& g, int64_t MR) {
 }
 
 // Direct forward (small depth K = FH*FW*C, or a K x NR kernel panel of <= 64 KiB; at least
-// NR/4 filters; the choice is in select.h): no im2col. The input is
-// copied once into a zero-padded buffer (one pass; extra zero columns on the right so the
-// last block of MR output columns never reads past a row), then for each output row and
+// NR/4 filters; the choice is in select.h): no im2col. Each task of output rows copies the
+// input rows it reads into a zero-padded buffer of its thread (extra zero columns on the
+// right so the last block of MR output columns never reads past a row), then for each output row and
 // each block of MR consecutive output columns the direct micro-kernel reads the FH runs of
 // FW*C values of its MR pixels in place (pixel stride S_w*C, kernel-row stride Wpe*C) and
 // the results are stored with the bias added: one pass over the output, no C tile to zero
@@ -52,8 +52,6 @@ void forward_direct(const ConvKernels<T>& cfg, const Conv2dGeometry& g, const T*
   const int64_t len = FW * C, K = FH * len;
   const int64_t Hp = g.H + g.pad_top + g.pad_bottom;
   const int64_t prow = forward_direct_row_values(g, MR);  // values per padded row (>= 0: see caller)
-  Scratch<T> xp(std::max<int64_t>(g.N * Hp * prow, 1), "conv2d: padded input copy");
-  copy_padded_input(g, x, prow, xp.get());
   PackedB<T> B;
   B.pack(cfg, K, Q, [&](int64_t k, int64_t q) { return w[q * K + k]; });
   const int64_t panels = (Q + NR - 1) / NR;
@@ -65,13 +63,29 @@ void forward_direct(const ConvKernels<T>& cfg, const Conv2dGeometry& g, const T*
   // stride-2 layer's next row reuses 5 of 7), and with single-row tasks the two threads took
   // alternate rows and each row ran 40% slower (8,64,64,3->32,7,2,3: 0.325 -> 0.27 ms at 2
   // threads; the 5x5 (4,96,96,16->16): 1.73 -> 1.53 ms).
+  // Each task copies the padded input rows its output rows read (copy_padded_row) into a
+  // buffer of its thread, and reads them there: no copy of the whole input before the tasks
+  // (a parallel region of its own and a pass through memory). At 2 threads (C++ harness, same
+  // run): (8,64,64,3->32, 7x7 S 2) 0.29 -> 0.27-0.28 ms, (4,96,96,16->16, 5x5) 1.50-1.61 ->
+  // 1.43-1.48, its flipped dX 1.60 -> 1.50, (64,28,28,1->32) 0.28 -> 0.25-0.27. Rows shared
+  // by neighbouring tasks (FH - S_h per boundary) are copied twice: at 1 thread the 7x7 runs
+  // ~3% slower (0.48-0.50 -> 0.50-0.52 ms), the others as before.
   const int64_t rows = g.N * g.Ho;
-  parallel_chunks(rows, std::max<int64_t>(std::max<int64_t>(1, (1 << 16) / row_work), (rows + 63) / 64),
-                  [&](int64_t, int64_t lo, int64_t hi) {
+  const int64_t chunk = std::max<int64_t>(std::max<int64_t>(1, (1 << 16) / row_work), (rows + 63) / 64);
+  const int64_t window = checked_product({std::min(chunk, g.Ho) - 1, S_h}, "conv2d: padded input rows") + FH;
+  parallel_chunks(rows, chunk, [&](int64_t, int64_t lo, int64_t hi) {
     alignas(64) T out[kMaxTileValues];
+    T* xl = scratch<T, 2>(static_cast<size_t>(window * prow));  // padded rows base.. of image held
+    int64_t held = -1, base = 0;
     for (int64_t r = lo; r < hi; ++r) {
       const int64_t n = r / g.Ho, ho = r % g.Ho;
-      const T* xrow = xp.get() + (n * Hp + ho * S_h) * prow;
+      if (n != held) {  // the padded rows of this image's output rows r .. (at most hi - 1)
+        const int64_t last = std::min(g.Ho - 1, ho + (hi - 1 - r));
+        base = ho * S_h;
+        for (int64_t i = 0; i < (last - ho) * S_h + FH; ++i) copy_padded_row(g, x, prow, n * Hp + base + i, xl + i * prow);
+        held = n;
+      }
+      const T* xrow = xl + (ho * S_h - base) * prow;
       T* yrow = y + r * g.Wo * Q;
       for (int64_t wb = 0; wb < g.Wo; wb += MR) {
         const int64_t nw = std::min(MR, g.Wo - wb);
