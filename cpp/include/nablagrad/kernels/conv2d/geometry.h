@@ -337,10 +337,8 @@ inline bool padded_copy_is_small(const Conv2dGeometry& g, int64_t rows, int64_t 
 
 // Zero-padded copy of the input for those paths: row r = (n, ih + pad_top) of the N*Hp rows
 // holds prow >= (pad_left + W + pad_right)*C values, pad_left*C zeros, input row ih (zeros
-// above and below the input), then zeros to prow. Split over threads in chunks of 64K values
-// (256 KiB of floats): a 470 KB copy split in two ran faster than on one thread, pool round
-// trip included.
-// Row r (0 <= r < N*Hp) of that copy, into dst (prow values).
+// above and below the input), then zeros to prow. copy_padded_row writes row r into dst
+// (forward_direct's tasks copy only the rows they read); copy_padded_input writes them all.
 template <typename T>
 void copy_padded_row(const Conv2dGeometry& g, const T* x, int64_t prow, int64_t r, T* dst) {
   const int64_t C = g.C, Hp = g.H + g.pad_top + g.pad_bottom;
@@ -354,6 +352,8 @@ void copy_padded_row(const Conv2dGeometry& g, const T* x, int64_t prow, int64_t 
   std::memset(dst + (g.pad_left + g.W) * C, 0, sizeof(T) * static_cast<size_t>(prow - (g.pad_left + g.W) * C));
 }
 
+// Split over threads in chunks of 64K values (256 KiB of floats): a 470 KB copy split in two
+// ran faster than on one thread, pool round trip included.
 template <typename T>
 void copy_padded_input(const Conv2dGeometry& g, const T* x, int64_t prow, T* xp) {
   const int64_t Hp = g.H + g.pad_top + g.pad_bottom;

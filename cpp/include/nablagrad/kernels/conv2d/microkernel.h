@@ -16,6 +16,11 @@
 //   narrow_row out[j] = sum_t <src[t], bt_j> narrow outputs straight from dY runs
 //   smallc_dx  NP pixels x C channels        small-C input gradient (nullptr: not available)
 //   smallc_dw  <= 12 taps x VL filters       small-C kernel gradient, register accumulators
+// and, outside the table, chosen from it by the functions at the end of this file:
+//   direct_s1_kernel  out[24 x W] stride-1 direct, one broadcast per input value (AVX-512)
+//   dw_s1_kernels     one row's kernel-gradient sums, stride 1, the same idea (AVX-512)
+//   conv_kernels_rows8  the direct kernel's 8-row tile (AVX-512 2-vector rows)
+//   sum_rows          column sums of dY (the bias gradient), per level
 #pragma once
 
 #include <algorithm>
@@ -971,9 +976,9 @@ __attribute__((target("avx512f,avx2,fma"))) inline void direct_kernel_avx512(
 // 2 FW FMAs apart: 10 for 5x5, 6 for 3x3): 24 accumulators + FW weights + 2 broadcasts
 // <= 32 registers for FW <= 6 (on paper: GCC 12 still spills a few accumulators per step;
 // 172-200 GF/s in L1 on the Xeon, 80-93% of its peak), and FW + 2 (11 + FW) loads per
-// 24 FW FMAs (0.31 for 5x5) instead of 1.04. a: the tile's first pixel at channel 0 (pixels C apart, kernel rows a_hs
-// apart, 23 + FW pixels readable per row); b: the direct kernel's packed panel
-// (b[((h FW + kx) C + c) W + j]). Sum order per output: h, then c, then kx.
+// 24 FW FMAs (0.31 for 5x5) instead of 1.04. a: the tile's first pixel at channel 0 (pixels
+// C apart, kernel rows a_hs apart, 23 + FW pixels readable per row); b: the direct kernel's
+// packed panel (b[((h FW + kx) C + c) W + j]). Sum order per output: h, then c, then kx.
 template <typename T, int FW>
 __attribute__((target("avx512f,avx2,fma"))) inline void direct_s1_kernel_avx512(
     int64_t nh, int64_t C, const T* a, int64_t a_hs, const T* b, T* out) {
@@ -1026,8 +1031,8 @@ __attribute__((target("avx512f,avx2,fma"))) inline void direct_s1_kernel_avx512(
 // j + FW - 1: (1 + CB) loads per FW CB FMAs (0.27 for 5x5 with CB = 3) instead of ~1. Every
 // step is a real pixel (no padding of dY, so no 0 x Inf), and each sum runs over j in
 // ascending order from zero, then is added to p: the same bits as the tile kernel's.
-// Registers: 2 FW CB + 1 <= 32 (31 for both instantiated shapes). x: pixel 0 of the run at channel c0 (np + FW - 1 pixels C
-// apart readable); dy: np vectors W apart.
+// Registers: 2 FW CB + 1 <= 32 (31 for both instantiated shapes). x: pixel 0 of the run at
+// channel c0 (np + FW - 1 pixels C apart readable); dy: np vectors W apart.
 template <typename T, int FW, int CB>
 __attribute__((target("avx512f,avx2,fma"))) inline void dw_s1_kernel_avx512(
     int64_t np, const T* x, int64_t C, const T* dy, T* p, int64_t p_kw, int64_t p_c) {
@@ -1286,6 +1291,17 @@ inline ConvKernels<T> conv_kernels_rows8(const ConvKernels<T>& cfg) {
   return r;
 }
 
+/// Whether cfg is the AVX-512 24 x 1-vector row, the one the stride-1 kernels below belong to.
+template <typename T>
+inline bool one_vector_avx512(const ConvKernels<T>& cfg) {
+#if NABLAGRAD_X86
+  return cfg.level == SimdLevel::AVX512 && cfg.MR == 24 && cfg.NR == Avx512<T>::W;
+#else
+  (void)cfg;
+  return false;
+#endif
+}
+
 /// The stride-1 direct kernel of cfg for kernels FW wide (direct_s1_kernel_avx512), or
 /// nullptr where there is none: only the 24 x 1-vector AVX-512 tile has one, for FW = 3 and 5
 /// (5x5 on 16 channels, (4,96,96,16->16): forward 3.64 -> 3.03 ms at 1 thread, Xeon; FW <= 6
@@ -1295,7 +1311,7 @@ using DirectS1Kernel = void (*)(int64_t nh, int64_t C, const T* a, int64_t a_hs,
 template <typename T>
 inline DirectS1Kernel<T> direct_s1_kernel(const ConvKernels<T>& cfg, int64_t FW) {
 #if NABLAGRAD_X86
-  if (cfg.level == SimdLevel::AVX512 && cfg.MR == 24 && cfg.NR == Avx512<T>::W) {
+  if (one_vector_avx512(cfg)) {
     if (FW == 3) return &direct_s1_kernel_avx512<T, 3>;
     if (FW == 5) return &direct_s1_kernel_avx512<T, 5>;
   }
@@ -1318,7 +1334,7 @@ template <typename T>
 inline DwS1Kernels<T> dw_s1_kernels(const ConvKernels<T>& cfg, int64_t FW) {
   DwS1Kernels<T> k;
 #if NABLAGRAD_X86
-  if (cfg.level == SimdLevel::AVX512 && cfg.MR == 24 && cfg.NR == Avx512<T>::W) {
+  if (one_vector_avx512(cfg)) {
     if (FW == 3)
       k = {5, {nullptr, &dw_s1_kernel_avx512<T, 3, 1>, &dw_s1_kernel_avx512<T, 3, 2>, &dw_s1_kernel_avx512<T, 3, 3>,
                &dw_s1_kernel_avx512<T, 3, 4>, &dw_s1_kernel_avx512<T, 3, 5>}};
