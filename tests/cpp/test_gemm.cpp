@@ -248,9 +248,10 @@ void test_row_count_independence() {
   check_row_count_independence<double>();
 }
 
-// Row-major A (unit column stride) is read in place by the AVX-512 kernels and packed
-// otherwise: the same product from a row-major A (with lda > K) and from its column-major copy
-// must be bitwise equal, with partial row panels, partial column panels, several K slices and
+// Row-major A (unit column stride) and column-major A (unit row stride) are read in place by
+// the AVX-512 kernels (AMode::Rows, AMode::Cols), any other A is packed: the same product from
+// a row-major A (lda > K), its column-major copy (lda > M) and a copy with no unit stride must
+// be bitwise equal, with partial row panels, partial column panels, several K slices and
 // several MC blocks, at every level and thread count.
 template <typename T>
 void check_a_layout_independence() {
@@ -258,13 +259,15 @@ void check_a_layout_independence() {
   std::uniform_real_distribution<double> dist(-1.0, 1.0);
   const Shape shapes[] = {{301, 77, 600}, {47, 65, 257}, {13, 129, 5}, {150, 64, 256}};
   for (const Shape& s : shapes) {
-    const int64_t M = s.M, N = s.N, K = s.K, lda = K + 3;
-    std::vector<T> a_rows(static_cast<size_t>(M * lda)), a_cols(static_cast<size_t>(K * M)), b(static_cast<size_t>(K * N));
+    const int64_t M = s.M, N = s.N, K = s.K, lda = K + 3, ldc_a = M + 5;
+    std::vector<T> a_rows(static_cast<size_t>(M * lda)), a_cols(static_cast<size_t>(K * ldc_a), T(1e30)),
+        a_strided(static_cast<size_t>(2 * M * K), T(1e30)), b(static_cast<size_t>(K * N));
     for (int64_t i = 0; i < M; ++i)
       for (int64_t k = 0; k < lda; ++k) {
         const T v = static_cast<T>(dist(rng));
         a_rows[static_cast<size_t>(i * lda + k)] = v;
-        if (k < K) a_cols[static_cast<size_t>(k * M + i)] = v;
+        if (k < K) a_cols[static_cast<size_t>(k * ldc_a + i)] = v;
+        if (k < K) a_strided[static_cast<size_t>(i * 2 * K + 2 * k)] = v;
       }
     for (auto& x : b) x = static_cast<T>(dist(rng));
     for (SimdLevel level : simd_levels()) {
@@ -272,13 +275,16 @@ void check_a_layout_independence() {
       for (int threads : {1, 2, 3}) {
         nablagrad::set_num_threads(threads);
         for (bool acc : {false, true}) {
-          std::vector<T> c1(static_cast<size_t>(M * N), T(0.5)), c2(c1);
+          std::vector<T> c1(static_cast<size_t>(M * N), T(0.5)), c2(c1), c3(c1);
           gemm<T>(M, N, K, a_rows.data(), lda, 1, b.data(), N, 1, c1.data(), N, acc);
-          gemm<T>(M, N, K, a_cols.data(), 1, M, b.data(), N, 1, c2.data(), N, acc);
-          const bool same = std::memcmp(c1.data(), c2.data(), sizeof(T) * c1.size()) == 0;
+          gemm<T>(M, N, K, a_cols.data(), 1, ldc_a, b.data(), N, 1, c2.data(), N, acc);
+          gemm<T>(M, N, K, a_strided.data(), 2 * K, 2, b.data(), N, 1, c3.data(), N, acc);
+          const bool same = std::memcmp(c1.data(), c2.data(), sizeof(T) * c1.size()) == 0 &&
+                            std::memcmp(c1.data(), c3.data(), sizeof(T) * c1.size()) == 0;
           CHECK(same);
           if (!same)
-            std::printf("  %s simd=%s threads=%d M=%lld N=%lld K=%lld acc=%d: row-major A differs from column-major\n",
+            std::printf("  %s simd=%s threads=%d M=%lld N=%lld K=%lld acc=%d: row-major, column-major and "
+                        "strided A differ\n",
                         sizeof(T) == 4 ? "float" : "double", level_name(level), threads, static_cast<long long>(M),
                         static_cast<long long>(N), static_cast<long long>(K), int(acc));
         }

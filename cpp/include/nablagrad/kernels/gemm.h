@@ -144,8 +144,14 @@ template <typename T>
 using MicroKernel = void (*)(int64_t kc, const T* Ap, const T* Bp, T* C, int64_t ldc, bool add);
 // The same tile with A read in place, row-major (A(i, k) = A[i*lda + k]) instead of packed:
 // the same arithmetic (one FMA chain per element, k ascending), so the same bits.
+// Also the type of the tile with A read in place column-major (A(i, k) = A[i + k*lda]: a
+// transposed operand, e.g. dY^T in a kernel gradient), likewise the same bits.
 template <typename T>
 using MicroKernelRows = void (*)(int64_t kc, const T* A, int64_t lda, const T* Bp, T* C, int64_t ldc, bool add);
+
+/// How a micro-kernel reads A: the packed panel Ap[k*MR + i], in place row-major
+/// A[i*lda + k], or in place column-major A[i + k*lda].
+enum class AMode { Packed, Rows, Cols };
 
 /// Block sizes and micro-kernel of one (type, simd level) variant.
 template <typename T>
@@ -155,7 +161,8 @@ struct GemmConfig {
   int64_t KC;      // depth of a packed slice: an NR x KC panel of B sits in L1
   int64_t NC;      // columns of B packed per block (multiple of NR): KC x NC sits in L3
   MicroKernel<T> kernel;
-  MicroKernelRows<T> kernel_rows;  // nullptr where the level has none: A is always packed
+  MicroKernelRows<T> kernel_rows;  // nullptr where the level has none: row-major A is packed
+  MicroKernelRows<T> kernel_cols;  // nullptr where the level has none: column-major A is packed
 };
 
 // ---------------------------------------------------------------------------------------
@@ -403,18 +410,21 @@ struct Avx512Vec<double> {
 };
 
 /// MR x (NV * lanes) tile; Bp rows are 64-byte aligned (packed panels of NR = NV * lanes).
-/// InPlace: A is read as MR rows lda apart (row-major, unpacked) instead of the packed panel Ap
-/// (Ap[k*MR + i]); MR row pointers and one index stay in registers, each broadcast is a memory
-/// operand of its FMA either way.
-template <typename T, int MR, int NV, bool InPlace>
+/// Mode says how A is read (AMode): the packed panel Ap[k*MR + i], or in place as MR rows lda
+/// apart (Rows: MR row pointers and one index stay in registers) or as columns lda apart
+/// (Cols: one pointer that steps lda per k). Each broadcast is a memory operand of its FMA
+/// either way, and the arithmetic is the same in every mode.
+template <typename T, int MR, int NV, AMode Mode>
 __attribute__((target("avx512f,avx2,fma"), flatten)) inline void micro_kernel_avx512_impl(
     int64_t kc, const T* Ap, int64_t lda, const T* Bp, T* C, int64_t ldc, bool add) {
   using X = Avx512Vec<T>;
   using V = typename X::V;
   constexpr int NR = NV * X::kLanes;
+  constexpr bool kRows = Mode == AMode::Rows;
+  const int64_t a_step = Mode == AMode::Cols ? lda : MR;
   const T* rows[MR];
 #pragma GCC unroll 16
-  for (int i = 0; i < MR; ++i) rows[i] = Ap + (InPlace ? i * lda : 0);
+  for (int i = 0; i < MR; ++i) rows[i] = Ap + (kRows ? i * lda : 0);
   V acc[MR][NV];
 #pragma GCC unroll 16
   for (int i = 0; i < MR; ++i)
@@ -427,14 +437,14 @@ __attribute__((target("avx512f,avx2,fma"), flatten)) inline void micro_kernel_av
     V b[NV];
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) b[v] = X::load(Bp + v * X::kLanes);
-    if (!InPlace) _mm_prefetch(reinterpret_cast<const char*>(Ap + 8 * MR), _MM_HINT_T0);
+    if (!kRows) _mm_prefetch(reinterpret_cast<const char*>(Ap + 8 * a_step), _MM_HINT_T0);
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
-      const V a = InPlace ? X::bcast(rows[i] + k) : X::bcast(Ap + i);
+      const V a = kRows ? X::bcast(rows[i] + k) : X::bcast(Ap + i);
 #pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) acc[i][v] = X::fma(a, b[v], acc[i][v]);
     }
-    if (!InPlace) Ap += MR;
+    if (!kRows) Ap += a_step;
     Bp += NR;
   }
 #pragma GCC unroll 16
@@ -451,12 +461,17 @@ __attribute__((target("avx512f,avx2,fma"), flatten)) inline void micro_kernel_av
 
 template <typename T, int MR, int NV>
 inline void micro_kernel_avx512(int64_t kc, const T* Ap, const T* Bp, T* C, int64_t ldc, bool add) {
-  micro_kernel_avx512_impl<T, MR, NV, false>(kc, Ap, 0, Bp, C, ldc, add);
+  micro_kernel_avx512_impl<T, MR, NV, AMode::Packed>(kc, Ap, 0, Bp, C, ldc, add);
 }
 template <typename T, int MR, int NV>
 inline void micro_kernel_avx512_rows(int64_t kc, const T* A, int64_t lda, const T* Bp, T* C, int64_t ldc,
                                      bool add) {
-  micro_kernel_avx512_impl<T, MR, NV, true>(kc, A, lda, Bp, C, ldc, add);
+  micro_kernel_avx512_impl<T, MR, NV, AMode::Rows>(kc, A, lda, Bp, C, ldc, add);
+}
+template <typename T, int MR, int NV>
+inline void micro_kernel_avx512_cols(int64_t kc, const T* A, int64_t lda, const T* Bp, T* C, int64_t ldc,
+                                     bool add) {
+  micro_kernel_avx512_impl<T, MR, NV, AMode::Cols>(kc, A, lda, Bp, C, ldc, add);
 }
 
 #endif  // NABLAGRAD_X86
@@ -483,13 +498,16 @@ inline GemmConfig<float> gemm_config<float>(int64_t M) {
 #if NABLAGRAD_X86
   if (simd_at_least(SimdLevel::AVX512)) {
     if (M >= 0 && M < 48)
-      return {8, 32, 128, 256, 4064, &micro_kernel_avx512<float, 8, 2>, &micro_kernel_avx512_rows<float, 8, 2>};
-    return {6, 64, 144, 256, 4032, &micro_kernel_avx512<float, 6, 4>, &micro_kernel_avx512_rows<float, 6, 4>};
+      return {8, 32, 128, 256, 4064, &micro_kernel_avx512<float, 8, 2>, &micro_kernel_avx512_rows<float, 8, 2>,
+              &micro_kernel_avx512_cols<float, 8, 2>};
+    return {6, 64, 144, 256, 4032, &micro_kernel_avx512<float, 6, 4>, &micro_kernel_avx512_rows<float, 6, 4>,
+            &micro_kernel_avx512_cols<float, 6, 4>};
   }
-  if (simd_at_least(SimdLevel::AVX2)) return {6, 16, 144, 256, 4080, &micro_kernel_avx2_f32_6x16, nullptr};
+  // No in-place AVX2 tiles: on the Xeon in AVX2 mode they ran no faster than packing.
+  if (simd_at_least(SimdLevel::AVX2)) return {6, 16, 144, 256, 4080, &micro_kernel_avx2_f32_6x16, nullptr, nullptr};
 #endif
   (void)M;
-  return {4, 8, 128, 256, 4080, &micro_kernel_portable<float, 4, 8>, nullptr};
+  return {4, 8, 128, 256, 4080, &micro_kernel_portable<float, 4, 8>, nullptr, nullptr};
 }
 
 template <>
@@ -497,13 +515,15 @@ inline GemmConfig<double> gemm_config<double>(int64_t M) {
 #if NABLAGRAD_X86
   if (simd_at_least(SimdLevel::AVX512)) {
     if (M >= 0 && M < 48)
-      return {8, 16, 64, 256, 4064, &micro_kernel_avx512<double, 8, 2>, &micro_kernel_avx512_rows<double, 8, 2>};
-    return {6, 32, 72, 256, 4064, &micro_kernel_avx512<double, 6, 4>, &micro_kernel_avx512_rows<double, 6, 4>};
+      return {8, 16, 64, 256, 4064, &micro_kernel_avx512<double, 8, 2>, &micro_kernel_avx512_rows<double, 8, 2>,
+              &micro_kernel_avx512_cols<double, 8, 2>};
+    return {6, 32, 72, 256, 4064, &micro_kernel_avx512<double, 6, 4>, &micro_kernel_avx512_rows<double, 6, 4>,
+            &micro_kernel_avx512_cols<double, 6, 4>};
   }
-  if (simd_at_least(SimdLevel::AVX2)) return {6, 8, 72, 256, 4080, &micro_kernel_avx2_f64_6x8, nullptr};
+  if (simd_at_least(SimdLevel::AVX2)) return {6, 8, 72, 256, 4080, &micro_kernel_avx2_f64_6x8, nullptr, nullptr};
 #endif
   (void)M;
-  return {4, 4, 96, 256, 4080, &micro_kernel_portable<double, 4, 4>, nullptr};
+  return {4, 4, 96, 256, 4080, &micro_kernel_portable<double, 4, 4>, nullptr, nullptr};
 }
 
 /// The variant for a product of unknown (large) row count.
@@ -523,7 +543,7 @@ inline GemmConfig<T> gemm_config_rows(int64_t rows) {
   if (rows >= 1 && rows <= 4 && simd_at_least(SimdLevel::AVX512)) {
     const int64_t nr = 4 * Avx512Vec<T>::kLanes;
     return {4, nr, 32 * (64 / nr) * 4, 256, (4096 / nr - 1) * nr, &micro_kernel_avx512<T, 4, 4>,
-            &micro_kernel_avx512_rows<T, 4, 4>};
+            &micro_kernel_avx512_rows<T, 4, 4>, &micro_kernel_avx512_cols<T, 4, 4>};
   }
 #endif
   return gemm_config<T>(rows);
@@ -714,6 +734,21 @@ inline void macro_kernel_rows(const GemmConfig<T>& cfg, int64_t mc, int64_t nc, 
   }
 }
 
+/// The same with A read in place column-major (A(i, k) = A[i + k*lda]) by cfg.kernel_cols.
+template <typename T>
+inline void macro_kernel_cols(const GemmConfig<T>& cfg, int64_t mc, int64_t nc, int64_t kc, const T* A,
+                              int64_t lda, T* Ap, const T* Bp, T* C, int64_t ldc, bool add,
+                              const T* bias = nullptr) {
+  const int64_t mfull = mc / cfg.MR * cfg.MR;
+  macro_tiles(cfg, mfull, nc, kc, Bp, C, ldc, add, bias, [&](int64_t ir, const T* b, T* c, int64_t ldc_, bool add_) {
+    cfg.kernel_cols(kc, A + ir, lda, b, c, ldc_, add_);
+  });
+  if (mfull < mc) {
+    pack_a(mc - mfull, kc, A + mfull, int64_t{1}, lda, cfg.MR, Ap);
+    macro_kernel(cfg, mc - mfull, nc, kc, Ap, Bp, C + mfull * ldc, ldc, add, bias);
+  }
+}
+
 /// Number and size of the K slices: depends on K only (never on the thread count), and
 /// balanced so that no slice is much thinner than the others.
 inline int64_t k_slice_depth(int64_t K, int64_t KC) {
@@ -737,6 +772,9 @@ inline void gemm_block(const GemmConfig<T>& cfg, int64_t m0, int64_t m1, int64_t
   // Row-major A (unit column stride) is read in place where the level has such a kernel:
   // packing it was a third of a 3136 x 128 x 256 product's time (a scalar transpose).
   const bool a_in_place = a_cs == 1 && cfg.kernel_rows != nullptr;
+  // Column-major A (a transposed operand, unit row stride) likewise: packing dY^T was a sixth
+  // of the 1x1 convolution's kernel gradient (256 x 128 x 3136).
+  const bool a_in_place_cols = !a_in_place && a_rs == 1 && cfg.kernel_cols != nullptr;
 
   for (int64_t jc = n0; jc < n1; jc += cfg.NC) {
     const int64_t nc = std::min(cfg.NC, n1 - jc);
@@ -749,6 +787,8 @@ inline void gemm_block(const GemmConfig<T>& cfg, int64_t m0, int64_t m1, int64_t
         const int64_t mc = std::min(cfg.MC, m1 - ic);
         if (a_in_place) {
           macro_kernel_rows(cfg, mc, nc, kc, A + ic * a_rs + pc, a_rs, Ap, Bp, C + ic * ldc + jc, ldc, add, bias_jc);
+        } else if (a_in_place_cols) {
+          macro_kernel_cols(cfg, mc, nc, kc, A + ic + pc * a_cs, a_cs, Ap, Bp, C + ic * ldc + jc, ldc, add, bias_jc);
         } else {
           pack_a(mc, kc, A + ic * a_rs + pc * a_cs, a_rs, a_cs, MR, Ap);
           macro_kernel(cfg, mc, nc, kc, Ap, Bp, C + ic * ldc + jc, ldc, add, bias_jc);
