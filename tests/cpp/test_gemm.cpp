@@ -243,6 +243,47 @@ void check_row_count_independence() {
   }
 }
 
+// gemm_config_for() also picks the tile by the column count (at AVX-512: 8 x 3 vectors for
+// 48 or 96 columns, 8 x 2 for 10 or 160, 6 x 4 for 64 or 100): the first n columns of a
+// 192-column product (6 x 4-vector tile) equal the n-column product bitwise, for row counts on
+// both sides of the small-M tile's limit, at every level and thread count.
+template <typename T>
+void check_column_count_independence() {
+  std::mt19937 rng(12);
+  std::uniform_real_distribution<double> dist(-1.0, 1.0);
+  const int64_t Nw = 192, K = 600;
+  for (int64_t M : {40, 100}) {
+    std::vector<T> a(static_cast<size_t>(M * K)), b(static_cast<size_t>(K * Nw));
+    for (auto& x : a) x = static_cast<T>(dist(rng));
+    for (auto& x : b) x = static_cast<T>(dist(rng));
+    for (SimdLevel level : simd_levels()) {
+      nablagrad::set_simd_level(level);
+      for (int threads : {1, 2}) {
+        nablagrad::set_num_threads(threads);
+        std::vector<T> wide(static_cast<size_t>(M * Nw));
+        gemm<T>(M, Nw, K, a.data(), K, 1, b.data(), Nw, 1, wide.data(), Nw, false);
+        for (int64_t n : {10, 24, 48, 96, 100, 160}) {
+          std::vector<T> part(static_cast<size_t>(M * n));
+          gemm<T>(M, n, K, a.data(), K, 1, b.data(), Nw, 1, part.data(), n, false);
+          bool same = true;
+          for (int64_t i = 0; i < M; ++i)
+            same = same && std::memcmp(wide.data() + i * Nw, part.data() + i * n, sizeof(T) * static_cast<size_t>(n)) == 0;
+          CHECK(same);
+          if (!same)
+            std::printf("  %s simd=%s threads=%d M=%lld: the %lld-column product differs from the %lld-column one\n",
+                        sizeof(T) == 4 ? "float" : "double", level_name(level), threads, static_cast<long long>(M),
+                        static_cast<long long>(n), static_cast<long long>(Nw));
+        }
+      }
+    }
+  }
+}
+
+void test_column_count_independence() {
+  check_column_count_independence<float>();
+  check_column_count_independence<double>();
+}
+
 void test_row_count_independence() {
   check_row_count_independence<float>();
   check_row_count_independence<double>();
@@ -408,6 +449,7 @@ int main() {
   RUN_TEST(test_large_shapes);
   RUN_TEST(test_wide_tile_edges);
   RUN_TEST(test_row_count_independence);
+  RUN_TEST(test_column_count_independence);
   RUN_TEST(test_a_layout_independence);
   RUN_TEST(test_bias);
   nablagrad::kernels::gemm_parallel_threshold().store(initial_threshold);

@@ -333,15 +333,15 @@ inline void pack_v(int64_t MR, int64_t mc, int64_t kc, const T* A, int64_t lda, 
   }
 }
 
-/// The P GEMMs' shared plan: gemm.h's variant (register tile MR x NR, micro-kernel) for
-/// blocks of tb rows, and its slicing of the depth K (= input channels) into slices of kc.
+/// The P GEMMs' shared plan: gemm.h's variant cfg (register tile MR x NR, micro-kernel),
+/// and its slicing of the depth K (= input channels) into slices of kc.
 template <typename T>
 struct GemmPlan {
   gemm_detail::GemmConfig<T> cfg;
   int64_t K, Nc, Npad;  // depth, columns (filters), columns rounded up to whole NR panels
   int64_t kc_max;       // depth of each K slice but the last (gemm_detail::k_slice_depth)
-  GemmPlan(int64_t tb, int64_t K_, int64_t N_)
-      : cfg(gemm_detail::gemm_config<T>(tb)), K(K_), Nc(N_),
+  GemmPlan(const gemm_detail::GemmConfig<T>& cfg_, int64_t K_, int64_t N_)
+      : cfg(cfg_), K(K_), Nc(N_),
         Npad((N_ + cfg.NR - 1) / cfg.NR * cfg.NR), kc_max(gemm_detail::k_slice_depth(K_, cfg.KC)) {}
   /// Where U[p](k, n) lives in the packed kernel: per p a K x Npad block; in it, K slice s
   /// (rows k0 = s * kc_max .. k0 + kc) is a run of Npad/NR panels of kc x NR values, as
@@ -390,9 +390,8 @@ void transform_kernel(int64_t F, int64_t Cc, const Kern& kern, const GemmPlan<T>
 /// rounded to a multiple of the GEMM's register tile. A speed knob only: the result of every
 /// output does not depend on it.
 template <typename T>
-inline int64_t block_tiles(int M, int64_t C, int64_t Q, int64_t tiles) {
+inline int64_t block_tiles(int M, int64_t C, int64_t Q, int64_t tiles, int64_t mr = gemm_detail::gemm_config<T>().MR) {
   const int64_t P = (M + 2) * (M + 2);
-  const int64_t mr = gemm_detail::gemm_config<T>().MR;
   const int64_t budget = int64_t{512} << 10;  // measured: 128 KiB..4 MiB within noise for 64 channels
   int64_t tb = budget / (P * (C + Q) * static_cast<int64_t>(sizeof(T)));
   tb = std::max<int64_t>(2 * mr, tb / mr * mr);
@@ -409,8 +408,12 @@ void conv3x3(int64_t N, int64_t H, int64_t W, int64_t Cc, int64_t off_h, int64_t
   const int64_t tiles_h = (Ho + M - 1) / M, tiles_w = (Wo + M - 1) / M;
   const int64_t tiles = N * tiles_h * tiles_w;
   if (tiles == 0) return;
-  const int64_t tb = block_tiles<T>(M, Cc, Qf, tiles);
-  const GemmPlan<T> plan(tb, Cc, Qf);
+  // The GEMM tile: by the block's rows, or by Qf where another width pads it less (a 48 -> 96
+  // channel forward's products ran 25% of their multiply-adds on zero columns); then blocks
+  // of whole tiles of its height.
+  int64_t tb = block_tiles<T>(M, Cc, Qf, tiles);
+  const GemmPlan<T> plan(gemm_detail::gemm_config_for<T>(tb, Qf), Cc, Qf);
+  if (plan.cfg.MR != gemm_detail::gemm_config<T>().MR) tb = block_tiles<T>(M, Cc, Qf, tiles, plan.cfg.MR);
   conv_detail::Scratch<T> Up(checked_product({P, Cc, plan.Npad}, "winograd: transformed kernel"),
                              "winograd: transformed kernel", /*zero=*/true);
   transform_kernel<T, M>(Qf, Cc, kern, plan, Up.get());
@@ -460,7 +463,7 @@ void kernel_grad3x3(const Conv2dGeometry& g, const T* x, const T* dy, T* dw) {
     return;
   }
   const int64_t tb = block_tiles<T>(M, C, Q, tiles);
-  const gemm_detail::GemmConfig<T> cfg = gemm_detail::gemm_config<T>(C);
+  const gemm_detail::GemmConfig<T> cfg = gemm_detail::gemm_config_for<T>(C, Q);
   const int64_t MR = cfg.MR, NR = cfg.NR;
   const int64_t Cpad = (C + MR - 1) / MR * MR, Qpad = (Q + NR - 1) / NR * NR;
   const int64_t blocks = (tiles + tb - 1) / tb;
