@@ -366,18 +366,28 @@ void copy_padded_input(const Conv2dGeometry& g, const T* x, int64_t prow, T* xp)
 /// The kernel gradient's per-chunk partial sums added in chunk order:
 ///   dw[q*K + k] = sum over c = 0, 1, ..., nchunks-1 of partial[c*chunk_stride + row(k)*ldq + q]
 /// (row maps gradient row k to its row in a chunk's partials). Split over k: every sum runs in
-/// the same order for any thread count.
+/// the same order for any thread count. The sums of up to 64 filters run side by side (each
+/// chunk's row is read contiguously, the loop vectorises): one filter at a time, reading the
+/// chunks chunk_stride apart, this was 9% of the (16,32,32,32->64, S 2) kernel gradient at 2
+/// threads.
 template <typename T, typename Row>
 void sum_weight_partials(const T* partial, int64_t nchunks, int64_t chunk_stride, int64_t ldq, int64_t K,
                          int64_t Q, const Row& row, T* dw) {
   const int64_t grain = std::max<int64_t>(64, (int64_t{1} << 16) / std::max<int64_t>(1, Q * nchunks));
   parallel_for(0, K, grain, [&](int64_t k0, int64_t k1) {
+    constexpr int64_t kBlock = 64;
+    T acc[kBlock];
     for (int64_t k = k0; k < k1; ++k) {
       const T* src = partial + row(k) * ldq;
-      for (int64_t q = 0; q < Q; ++q) {
-        T s = src[q];
-        for (int64_t c = 1; c < nchunks; ++c) s += src[c * chunk_stride + q];
-        dw[q * K + k] = s;
+      for (int64_t q0 = 0; q0 < Q; q0 += kBlock) {
+        const int64_t nq = std::min(kBlock, Q - q0);
+        const T* first = src + q0;
+        for (int64_t j = 0; j < nq; ++j) acc[j] = first[j];
+        for (int64_t c = 1; c < nchunks; ++c) {
+          const T* __restrict part = src + c * chunk_stride + q0;
+          for (int64_t j = 0; j < nq; ++j) acc[j] += part[j];
+        }
+        for (int64_t j = 0; j < nq; ++j) dw[(q0 + j) * K + k] = acc[j];
       }
     }
   });
