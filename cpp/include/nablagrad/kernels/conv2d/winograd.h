@@ -24,8 +24,10 @@
 // block from start to end: it transforms the block's input tiles into V (tb x P x C, in a
 // thread-local buffer sized for L2), runs the P GEMMs M[p] = V[p] U[p] with gemm.h's
 // machinery (gemm_detail: its register-tile variant for the SIMD level, its K slicing,
-// macro_kernel and micro-kernels, AVX-512 included; V[p] is packed into its A panels by
-// pack_v here), and transforms M (tb x P x Q) straight into the output. The kernel transform U is computed once
+// macro_kernel and micro-kernels, AVX-512 included; V[p] is read in place by the in-place
+// micro-kernels (AMode::Rows, and AMode::Cols for the kernel gradient's V[p]^T) where the level
+// has them, packed by pack_v otherwise: packing was 10-20% of the forward and input gradient),
+// and transforms M (tb x P x Q) straight into the output. The kernel transform U is computed once
 // per call straight into gemm.h's packed-B panel layout, so no GEMM call repacks it. Every
 // output value is computed by one thread in a fixed order that does not depend on the block
 // size or on the thread count: results are bitwise identical for any thread count (for a
@@ -433,9 +435,14 @@ void conv3x3(int64_t N, int64_t H, int64_t W, int64_t Cc, int64_t off_h, int64_t
       for (int64_t p = 0; p < P; ++p)
         for (int64_t k0 = 0; k0 < Cc; k0 += plan.kc_max) {
           const int64_t kc = std::min(plan.kc_max, Cc - k0);
-          pack_v(MR, a.nt, kc, Vb + p * Cc + k0, P * Cc, Ap);
-          gemm_detail::macro_kernel(plan.cfg, a.nt, Qf, kc, Ap, Up.get() + p * Cc * plan.Npad + k0 * plan.Npad,
-                                    Mb + p * Qf, P * Qf, k0 > 0);
+          const T* vp = Vb + p * Cc + k0;
+          const T* up = Up.get() + p * Cc * plan.Npad + k0 * plan.Npad;
+          if (plan.cfg.kernel_rows != nullptr) {  // V[p] read in place (rows P*Cc apart)
+            gemm_detail::macro_kernel_rows(plan.cfg, a.nt, Qf, kc, vp, P * Cc, Ap, up, Mb + p * Qf, P * Qf, k0 > 0);
+          } else {
+            pack_v(MR, a.nt, kc, vp, P * Cc, Ap);
+            gemm_detail::macro_kernel(plan.cfg, a.nt, Qf, kc, Ap, up, Mb + p * Qf, P * Qf, k0 > 0);
+          }
         }
       out_fn(a);
     }
@@ -492,9 +499,13 @@ void kernel_grad3x3(const Conv2dGeometry& g, const T* x, const T* dy, T* dw) {
                            nullptr, nullptr});
       // S[p] (C x Q) (+)= V[p]^T (C x nt) * E[p] (nt x Q): the block is one K slice of nt <= KC.
       for (int64_t p = 0; p < P; ++p) {
-        gemm_detail::pack_a(C, nt, Vb + p * C, int64_t{1}, P * C, MR, Ap);
         gemm_detail::pack_b(nt, Q, Eb + p * Q, P * Q, int64_t{1}, NR, Bp);
-        gemm_detail::macro_kernel(cfg, C, Q, nt, Ap, Bp, S + p * C * Q, Q, b > b0);
+        if (cfg.kernel_cols != nullptr) {  // V[p]^T read in place (columns P*C apart)
+          gemm_detail::macro_kernel_cols(cfg, C, Q, nt, Vb + p * C, P * C, Ap, Bp, S + p * C * Q, Q, b > b0);
+        } else {
+          gemm_detail::pack_a(C, nt, Vb + p * C, int64_t{1}, P * C, MR, Ap);
+          gemm_detail::macro_kernel(cfg, C, Q, nt, Ap, Bp, S + p * C * Q, Q, b > b0);
+        }
       }
     }
   });
