@@ -482,42 +482,15 @@ inline void micro_kernel_avx512_cols(int64_t kc, const T* A, int64_t lda, const 
 // zero, then C + acc), so the same bits as the packed kernels. The k loop must be unrolled (by
 // 4, as the hand-written tiles are): rolled, it ran no faster than packing A. On the Xeon in
 // AVX2 mode, the 1x1 (16,14,14,128->256) at one thread: forward 2.20-2.30 -> 2.11-2.13 ms,
-// input gradient 1.90-1.92 -> 1.70-1.76 ms (the same run).
+// input gradient 1.90-1.92 -> 1.70-1.76 ms (the same run). Avx2Vec: kernels/simd.h.
 // ---------------------------------------------------------------------------------------
-template <typename T>
-struct Avx2Vec;
-template <>
-struct Avx2Vec<float> {
-  using V = __m256;
-  static constexpr int kLanes = 8;
-  __attribute__((target("avx2,fma"))) static V zero() { return _mm256_setzero_ps(); }
-  __attribute__((target("avx2,fma"))) static V load(const float* p) { return _mm256_load_ps(p); }
-  __attribute__((target("avx2,fma"))) static V loadu(const float* p) { return _mm256_loadu_ps(p); }
-  __attribute__((target("avx2,fma"))) static void storeu(float* p, V v) { _mm256_storeu_ps(p, v); }
-  __attribute__((target("avx2,fma"))) static V bcast(const float* p) { return _mm256_broadcast_ss(p); }
-  __attribute__((target("avx2,fma"))) static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
-  __attribute__((target("avx2,fma"))) static V add(V a, V b) { return _mm256_add_ps(a, b); }
-};
-template <>
-struct Avx2Vec<double> {
-  using V = __m256d;
-  static constexpr int kLanes = 4;
-  __attribute__((target("avx2,fma"))) static V zero() { return _mm256_setzero_pd(); }
-  __attribute__((target("avx2,fma"))) static V load(const double* p) { return _mm256_load_pd(p); }
-  __attribute__((target("avx2,fma"))) static V loadu(const double* p) { return _mm256_loadu_pd(p); }
-  __attribute__((target("avx2,fma"))) static void storeu(double* p, V v) { _mm256_storeu_pd(p, v); }
-  __attribute__((target("avx2,fma"))) static V bcast(const double* p) { return _mm256_broadcast_sd(p); }
-  __attribute__((target("avx2,fma"))) static V fma(V a, V b, V c) { return _mm256_fmadd_pd(a, b, c); }
-  __attribute__((target("avx2,fma"))) static V add(V a, V b) { return _mm256_add_pd(a, b); }
-};
-
 template <typename T, AMode Mode>
 __attribute__((target("avx2,fma"), flatten)) inline void micro_kernel_avx2_in_place(
     int64_t kc, const T* A, int64_t lda, const T* Bp, T* C, int64_t ldc, bool add) {
   static_assert(Mode != AMode::Packed, "the packed AVX2 tiles are the hand-written ones above");
   using X = Avx2Vec<T>;
-  using V = typename X::V;
-  constexpr int MR = 6, NR = 2 * X::kLanes;
+  using V = typename X::VT;
+  constexpr int MR = 6, NR = 2 * X::W;
   constexpr bool kRows = Mode == AMode::Rows;
   const int64_t step = kRows ? 1 : lda;  // from one k to the next
   const T* r[MR];
@@ -530,7 +503,7 @@ __attribute__((target("avx2,fma"), flatten)) inline void micro_kernel_avx2_in_pl
   for (int i = 0; i < MR; ++i) _mm_prefetch(reinterpret_cast<const char*>(C + i * ldc), _MM_HINT_T0);
 #pragma GCC unroll 4
   for (int64_t k = 0; k < kc; ++k) {
-    const V b0 = X::load(Bp + k * NR), b1 = X::load(Bp + k * NR + X::kLanes);
+    const V b0 = X::load(Bp + k * NR), b1 = X::load(Bp + k * NR + X::W);
 #pragma GCC unroll 8
     for (int i = 0; i < MR; ++i) {
       const V a = X::bcast(r[i] + k * step);
@@ -544,8 +517,8 @@ __attribute__((target("avx2,fma"), flatten)) inline void micro_kernel_avx2_in_pl
 #pragma GCC unroll 2
     for (int v = 0; v < 2; ++v) {
       V s = acc[i][v];
-      if (add) s = X::add(X::loadu(c + v * X::kLanes), s);
-      X::storeu(c + v * X::kLanes, s);
+      if (add) s = X::add(X::load(c + v * X::W), s);
+      X::store(c + v * X::W, s);
     }
   }
 }

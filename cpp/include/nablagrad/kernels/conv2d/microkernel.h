@@ -425,32 +425,8 @@ inline void indirect_kernel_portable(int64_t nh, int64_t len, const T* const* ro
 }
 
 #if NABLAGRAD_X86
-// The same at AVX2+FMA: a 6 x 2-vector tile (12 ymm accumulators), as direct_kernel_avx2.
-template <typename T>
-struct Avx2Vec;
-template <>
-struct Avx2Vec<float> {
-  using VT = __m256;
-  static constexpr int W = 8;
-  __attribute__((target("avx2,fma"))) static VT zero() { return _mm256_setzero_ps(); }
-  __attribute__((target("avx2,fma"))) static VT load(const float* p) { return _mm256_loadu_ps(p); }
-  __attribute__((target("avx2,fma"))) static VT bcast(const float* p) { return _mm256_broadcast_ss(p); }
-  __attribute__((target("avx2,fma"))) static VT fma(VT a, VT b, VT c) { return _mm256_fmadd_ps(a, b, c); }
-  __attribute__((target("avx2,fma"))) static void store(float* p, VT v) { _mm256_storeu_ps(p, v); }
-  __attribute__((target("avx2,fma"))) static VT add(VT a, VT b) { return _mm256_add_ps(a, b); }
-};
-template <>
-struct Avx2Vec<double> {
-  using VT = __m256d;
-  static constexpr int W = 4;
-  __attribute__((target("avx2,fma"))) static VT zero() { return _mm256_setzero_pd(); }
-  __attribute__((target("avx2,fma"))) static VT load(const double* p) { return _mm256_loadu_pd(p); }
-  __attribute__((target("avx2,fma"))) static VT bcast(const double* p) { return _mm256_broadcast_sd(p); }
-  __attribute__((target("avx2,fma"))) static VT fma(VT a, VT b, VT c) { return _mm256_fmadd_pd(a, b, c); }
-  __attribute__((target("avx2,fma"))) static void store(double* p, VT v) { _mm256_storeu_pd(p, v); }
-  __attribute__((target("avx2,fma"))) static VT add(VT a, VT b) { return _mm256_add_pd(a, b); }
-};
-
+// The same at AVX2+FMA: a 6 x 2-vector tile (12 ymm accumulators), as direct_kernel_avx2
+// (vector wrapper Avx2Vec: kernels/simd.h).
 template <typename T>
 __attribute__((target("avx2,fma"))) inline void indirect_kernel_avx2(int64_t nh, int64_t len,
                                                                      const T* const* rows, const T* b,
