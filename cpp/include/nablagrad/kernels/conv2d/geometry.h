@@ -22,6 +22,7 @@
 #include "../../checked.h"
 #include "../../tensor.h"
 #include "../../threading.h"
+#include "microkernel.h"
 
 namespace nablagrad {
 namespace kernels {
@@ -366,10 +367,10 @@ void copy_padded_input(const Conv2dGeometry& g, const T* x, int64_t prow, T* xp)
 /// The kernel gradient's per-chunk partial sums added in chunk order:
 ///   dw[q*K + k] = sum over c = 0, 1, ..., nchunks-1 of partial[c*chunk_stride + row(k)*ldq + q]
 /// (row maps gradient row k to its row in a chunk's partials). Split over k: every sum runs in
-/// the same order for any thread count. The sums of up to 64 filters run side by side (each
-/// chunk's row is read contiguously, the loop vectorises): one filter at a time, reading the
-/// chunks chunk_stride apart, this was 9% of the (16,32,32,32->64, S 2) kernel gradient at 2
-/// threads.
+/// the same order for any thread count. The sums of up to 64 filters run side by side through
+/// sum_rows (each chunk's row read contiguously, vectorised per level): one filter at a time,
+/// reading the chunks chunk_stride apart, this was 9% of the (16,32,32,32->64, S 2) kernel
+/// gradient at 2 threads.
 template <typename T, typename Row>
 void sum_weight_partials(const T* partial, int64_t nchunks, int64_t chunk_stride, int64_t ldq, int64_t K,
                          int64_t Q, const Row& row, T* dw) {
@@ -381,12 +382,8 @@ void sum_weight_partials(const T* partial, int64_t nchunks, int64_t chunk_stride
       const T* src = partial + row(k) * ldq;
       for (int64_t q0 = 0; q0 < Q; q0 += kBlock) {
         const int64_t nq = std::min(kBlock, Q - q0);
-        const T* first = src + q0;
-        for (int64_t j = 0; j < nq; ++j) acc[j] = first[j];
-        for (int64_t c = 1; c < nchunks; ++c) {
-          const T* __restrict part = src + c * chunk_stride + q0;
-          for (int64_t j = 0; j < nq; ++j) acc[j] += part[j];
-        }
+        std::copy(src + q0, src + q0 + nq, acc);
+        sum_rows(src + chunk_stride + q0, nchunks - 1, chunk_stride, nq, acc);
         for (int64_t j = 0; j < nq; ++j) dw[(q0 + j) * K + k] = acc[j];
       }
     }
@@ -396,11 +393,8 @@ void sum_weight_partials(const T* partial, int64_t nchunks, int64_t chunk_stride
 /// The bias gradient's partial sums added in chunk order: db[q] = sum over c of partial[c*Q + q].
 template <typename T>
 void sum_bias_partials(const T* partial, int64_t nchunks, int64_t Q, T* db) {
-  for (int64_t q = 0; q < Q; ++q) {
-    T s = partial[q];
-    for (int64_t c = 1; c < nchunks; ++c) s += partial[c * Q + q];
-    db[q] = s;
-  }
+  std::copy(partial, partial + Q, db);
+  sum_rows(partial + Q, nchunks - 1, Q, Q, db);
 }
 
 // The phase (y + pad) mod S of input row (column) y = y0 < S, without forming y0 + pad mod S
