@@ -299,7 +299,7 @@ void backward_input_phases_direct(const ConvKernels<T>& cfg, const Conv2dGeometr
       const int64_t n = u / ph.blocks, p0 = (u % ph.blocks) * MR, len = ph.ntw * Q, K = ph.nth * len;
       const T* a = dyp.get() + n * img + (p0 + ph.first) * Q;
       for (int64_t pn = 0; pn < panels; ++pn) {
-        cfg.direct(ph.nth, len, a, Q, Wp * Q, ph.B.data.data() + pn * K * NR, out);
+        cfg.direct(ph.nth, len, a, Q, Wp * Q, ph.B.data.data() + pn * K * NR, out, NR, nullptr);
         const int64_t c0 = pn * NR, nc = std::min(NR, C - c0);
         // The block's pixels in runs along padded rows: the valid ones (ix < Wph) of a run are
         // dX pixels S_w*C apart.

@@ -99,9 +99,10 @@ void forward_im2col_gemm(const ConvKernels<T>& cfg, const Conv2dGeometry& g, con
 /// run lies inside it, at a zero run for rows in the top or bottom padding (or past the last
 /// pixel), and at a zero-padded copy of the run (a few per image border) otherwise. The
 /// micro-kernel keeps the MR x NR sums in registers over all FH*FW*C taps and the tile is
-/// stored once, bias added. Blocks cross output rows freely, so no block is left mostly empty
-/// at the end of a row (16-pixel rows with MR = 12). Each output element is computed by one
-/// block in a fixed order, whatever thread runs it.
+/// stored once, bias added (straight from the registers when the tile is whole). Blocks
+/// cross output rows freely, so no block is left mostly empty at the end of a row (16-pixel
+/// rows with MR = 12). Each output element is computed by one block in a fixed order,
+/// whatever thread runs it.
 template <typename T>
 void forward_indirect(const ConvKernels<T>& cfg, const Conv2dGeometry& g, const T* x, const T* w,
                       const T* bias, T* y) {
@@ -149,8 +150,14 @@ void forward_indirect(const ConvKernels<T>& cfg, const Conv2dGeometry& g, const 
         }
       }
       for (int64_t p = 0; p < panels; ++p) {
-        cfg.indirect(FH, len, ptr, B.data.data() + p * K * NR, out);
         const int64_t q0 = p * NR, nq = std::min(NR, Q - q0);
+        // A whole tile goes from the registers to y (-2.5% at (16,32,32,32->64, 3x3 S2));
+        // a partial one through out and store_tile.
+        if (nr == MR && nq == NR) {
+          cfg.indirect(FH, len, ptr, B.data.data() + p * K * NR, y + r0 * Q + q0, Q, bias ? bias + q0 : nullptr);
+          continue;
+        }
+        cfg.indirect(FH, len, ptr, B.data.data() + p * K * NR, out, NR, nullptr);
         cfg.store_tile(out, nr, NR, y + r0 * Q + q0, Q, bias ? bias + q0 : nullptr, nq);
       }
     }

@@ -11,7 +11,8 @@
 //
 // The kernels (all sum in a fixed order; see each comment):
 //   tile       C[MR x NR] += A B             gather GEMM (im2col tile x packed kernel panel)
-//   direct     out[MR x NR] = A B            A read in place from rows of a padded input
+//   direct     out[MR x NR] = A B (+ bias)   A read in place from rows of a padded input
+//   indirect   out[MR x NR] = A B (+ bias)   A's runs at a pointer per pixel and kernel row
 //   dot        sum a[k] b[k]                 narrow outputs
 //   narrow_row out[j] = sum_t <src[t], bt_j> narrow outputs straight from dY runs
 //   smallc_dx  NP pixels x C channels        small-C input gradient (nullptr: not available)
@@ -374,15 +375,27 @@ __attribute__((target("avx2,fma"))) inline void narrow_row_avx2(const double* co
 }
 #endif
 
+// out[i*ldo + j] = acc[i][j] (+ bias[j]) for the whole MR x NR tile: the direct and indirect
+// kernels' stores.
+template <typename T, int MR, int NR>
+inline void store_acc_portable(const T (&acc)[MR][NR], T* out, int64_t ldo, const T* bias) {
+  for (int64_t i = 0; i < MR; ++i)
+    for (int64_t j = 0; j < NR; ++j) out[i * ldo + j] = bias ? acc[i][j] + bias[j] : acc[i][j];
+}
+
 // Direct micro-kernel for the small-depth forward pass (no im2col copy): the A operand is read
 // straight from the zero-padded input, the depth being nh kernel rows of len = FW*C
 // contiguous values each:
-//   out[i*NR + j] = sum_{h < nh} sum_{d < len} a[i*a_rs + h*a_hs + d] * b[(h*len + d)*NR + j]
+//   out[i*ldo + j] = sum_{h < nh} sum_{d < len} a[i*a_rs + h*a_hs + d] * b[(h*len + d)*NR + j]
+//                    (+ bias[j] where bias is not null)
 // for i < MR, j < NR; out is overwritten (one FMA chain per element, (h, d) ascending, which
-// is the same order as the im2col GEMM).
+// is the same order as the im2col GEMM, then the bias: store_tile's one addition). A caller
+// whose tile lies wholly inside its output passes the output itself (ldo its row stride, the
+// bias): the tile then goes from the registers to the output, not through a buffer and
+// store_tile.
 template <typename T, int MR, int NR>
 inline void direct_kernel_portable(int64_t nh, int64_t len, const T* a, int64_t a_rs,
-                                   int64_t a_hs, const T* b, T* out) {
+                                   int64_t a_hs, const T* b, T* out, int64_t ldo, const T* bias) {
   T acc[MR][NR] = {};
   for (int64_t h = 0; h < nh; ++h) {
     const T* ah = a + h * a_hs;
@@ -395,19 +408,20 @@ inline void direct_kernel_portable(int64_t nh, int64_t len, const T* a, int64_t 
       }
     }
   }
-  for (int64_t i = 0; i < MR; ++i)
-    for (int64_t j = 0; j < NR; ++j) out[i * NR + j] = acc[i][j];
+  store_acc_portable<T, MR, NR>(acc, out, ldo, bias);
 }
 
 // Indirect micro-kernel: the direct kernel's sum, but the run of kernel row h of pixel i
 // starts at its own pointer rows[h*MR + i] (len values each), so the MR pixels need not be
 // equally spaced: a block runs on across output rows, and a border pixel points at a
 // zero-padded copy of its run (or at zeros), with no padded copy of the whole input:
-//   out[i*NR + j] = sum_{h < nh} sum_{d < len} rows[h*MR + i][d] * b[(h*len + d)*NR + j]
-// out is overwritten; one FMA chain per element, (h, d) ascending (the im2col GEMM's order).
+//   out[i*ldo + j] = sum_{h < nh} sum_{d < len} rows[h*MR + i][d] * b[(h*len + d)*NR + j]
+//                    (+ bias[j] where bias is not null)
+// out is overwritten; one FMA chain per element, (h, d) ascending (the im2col GEMM's order),
+// out and bias as for the direct kernel.
 template <typename T, int MR, int NR>
 inline void indirect_kernel_portable(int64_t nh, int64_t len, const T* const* rows, const T* b,
-                                     T* out) {
+                                     T* out, int64_t ldo, const T* bias) {
   T acc[MR][NR] = {};
   for (int64_t h = 0; h < nh; ++h) {
     const T* const* rh = rows + h * MR;
@@ -420,8 +434,7 @@ inline void indirect_kernel_portable(int64_t nh, int64_t len, const T* const* ro
       }
     }
   }
-  for (int64_t i = 0; i < MR; ++i)
-    for (int64_t j = 0; j < NR; ++j) out[i * NR + j] = acc[i][j];
+  store_acc_portable<T, MR, NR>(acc, out, ldo, bias);
 }
 
 #if NABLAGRAD_X86
@@ -430,7 +443,7 @@ inline void indirect_kernel_portable(int64_t nh, int64_t len, const T* const* ro
 template <typename T>
 __attribute__((target("avx2,fma"))) inline void indirect_kernel_avx2(int64_t nh, int64_t len,
                                                                      const T* const* rows, const T* b,
-                                                                     T* out) {
+                                                                     T* out, int64_t ldo, const T* bias) {
   using V = Avx2Vec<T>;
   using VT = typename V::VT;
   constexpr int MR = 6, W = V::W;
@@ -452,10 +465,11 @@ __attribute__((target("avx2,fma"))) inline void indirect_kernel_avx2(int64_t nh,
       }
     }
   }
+  const VT bias0 = bias ? V::load(bias) : V::zero(), bias1 = bias ? V::load(bias + W) : V::zero();
 #pragma GCC unroll 6
   for (int i = 0; i < MR; ++i) {
-    V::store(out + i * 2 * W, acc[i][0]);
-    V::store(out + i * 2 * W + W, acc[i][1]);
+    V::store(out + i * ldo, bias ? V::add(acc[i][0], bias0) : acc[i][0]);
+    V::store(out + i * ldo + W, bias ? V::add(acc[i][1], bias1) : acc[i][1]);
   }
 }
 
@@ -497,10 +511,10 @@ __attribute__((target("avx2,fma"))) inline void column_kernel_avx2(int64_t depth
     c##i##0 = FMA(ai, b0, c##i##0);                                     \
     c##i##1 = FMA(ai, b1, c##i##1);                                     \
   }
-#define NG_DK_STORE(i)                        \
-  {                                           \
-    STORE(out + (i) * 2 * W, c##i##0);        \
-    STORE(out + (i) * 2 * W + W, c##i##1);    \
+#define NG_DK_STORE(i)                                              \
+  {                                                                 \
+    STORE(out + (i) * ldo, bias ? ADD(c##i##0, bias0) : c##i##0);     \
+    STORE(out + (i) * ldo + W, bias ? ADD(c##i##1, bias1) : c##i##1); \
   }
 #define NG_DK_BODY                                                                    \
   VT c00 = ZERO(), c01 = ZERO(), c10 = ZERO(), c11 = ZERO(), c20 = ZERO(), c21 = ZERO(); \
@@ -515,12 +529,13 @@ __attribute__((target("avx2,fma"))) inline void column_kernel_avx2(int64_t depth
       NG_DK_ROW(0) NG_DK_ROW(1) NG_DK_ROW(2) NG_DK_ROW(3) NG_DK_ROW(4) NG_DK_ROW(5)   \
     }                                                                                 \
   }                                                                                   \
+  const VT bias0 = bias ? LOAD(bias) : ZERO(), bias1 = bias ? LOAD(bias + W) : ZERO();         \
   NG_DK_STORE(0) NG_DK_STORE(1) NG_DK_STORE(2) NG_DK_STORE(3) NG_DK_STORE(4) NG_DK_STORE(5)
 
 __attribute__((target("avx2,fma"))) inline void direct_kernel_avx2(int64_t nh, int64_t len,
                                                                    const float* a, int64_t a_rs,
                                                                    int64_t a_hs, const float* b,
-                                                                   float* out) {
+                                                                   float* out, int64_t ldo, const float* bias) {
   using VT = __m256;
   constexpr int64_t W = 8;
 #define ZERO _mm256_setzero_ps
@@ -528,7 +543,9 @@ __attribute__((target("avx2,fma"))) inline void direct_kernel_avx2(int64_t nh, i
 #define STORE _mm256_storeu_ps
 #define FMA _mm256_fmadd_ps
 #define BCAST _mm256_broadcast_ss
+#define ADD _mm256_add_ps
   NG_DK_BODY
+#undef ADD
 #undef ZERO
 #undef LOAD
 #undef STORE
@@ -539,7 +556,7 @@ __attribute__((target("avx2,fma"))) inline void direct_kernel_avx2(int64_t nh, i
 __attribute__((target("avx2,fma"))) inline void direct_kernel_avx2(int64_t nh, int64_t len,
                                                                    const double* a, int64_t a_rs,
                                                                    int64_t a_hs, const double* b,
-                                                                   double* out) {
+                                                                   double* out, int64_t ldo, const double* bias) {
   using VT = __m256d;
   constexpr int64_t W = 4;
 #define ZERO _mm256_setzero_pd
@@ -547,7 +564,9 @@ __attribute__((target("avx2,fma"))) inline void direct_kernel_avx2(int64_t nh, i
 #define STORE _mm256_storeu_pd
 #define FMA _mm256_fmadd_pd
 #define BCAST _mm256_broadcast_sd
+#define ADD _mm256_add_pd
   NG_DK_BODY
+#undef ADD
 #undef ZERO
 #undef LOAD
 #undef STORE
@@ -914,10 +933,34 @@ __attribute__((target("avx512f,avx2,fma"))) inline void micro_kernel_avx512(
     micro_kernel_avx512_rows<T, MR, NV, false>(depth, a, a_rs, a_cs, b, c, ldc);
 }
 
-// out[MR x NR] = A B as direct_kernel_portable (A read in place from nh padded-input rows).
+// out[i*ldo + v*W ..] = acc[i][v] (+ bias[v*W ..]): store_acc_portable for a tile of MR x NV
+// vectors.
+template <typename T, int MR, int NV, typename VT>
+__attribute__((target("avx512f,avx2,fma"))) inline void z_store_acc(const VT (&acc)[MR][NV], T* out,
+                                                                    int64_t ldo, const T* bias) {
+  constexpr int W = Avx512<T>::W;
+  if (bias) {
+    VT bv[NV];
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) bv[v] = z_load(bias + v * W);
+#pragma GCC unroll 32
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; ++v) z_store(out + i * ldo + v * W, z_add(acc[i][v], bv[v]));
+  } else {
+#pragma GCC unroll 32
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; ++v) z_store(out + i * ldo + v * W, acc[i][v]);
+  }
+}
+
+// out[MR x NR] = A B (+ bias) as direct_kernel_portable (A read in place from nh padded-input
+// rows).
 template <typename T, int MR, int NV>
 __attribute__((target("avx512f,avx2,fma"))) inline void direct_kernel_avx512(
-    int64_t nh, int64_t len, const T* a, int64_t a_rs, int64_t a_hs, const T* b, T* out) {
+    int64_t nh, int64_t len, const T* a, int64_t a_rs, int64_t a_hs, const T* b, T* out,
+    int64_t ldo, const T* bias) {
   using VT = typename Avx512<T>::VT;
   constexpr int W = Avx512<T>::W;
   const RowStrides rows(a_rs * static_cast<int64_t>(sizeof(T)));
@@ -936,10 +979,7 @@ __attribute__((target("avx512f,avx2,fma"))) inline void direct_kernel_avx512(
       fma_rows<T, MR, NV, NV == 1>(ah + d, a_rs, rows, bv, acc);
     }
   }
-#pragma GCC unroll 32
-  for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 2
-    for (int v = 0; v < NV; ++v) z_store(out + (i * NV + v) * W, acc[i][v]);
+  z_store_acc<T, MR, NV>(acc, out, ldo, bias);
 }
 
 // out[24 x NR] of a stride-1 direct convolution with one vector of filters (NR = W): the
@@ -957,15 +997,15 @@ __attribute__((target("avx512f,avx2,fma"))) inline void direct_kernel_avx512(
 // packed panel (b[((h FW + kx) C + c) W + j]). Sum order per output: h, then c, then kx.
 template <typename T, int FW>
 __attribute__((target("avx512f,avx2,fma"))) inline void direct_s1_kernel_avx512(
-    int64_t nh, int64_t C, const T* a, int64_t a_hs, const T* b, T* out) {
+    int64_t nh, int64_t C, const T* a, int64_t a_hs, const T* b, T* out, int64_t ldo, const T* bias) {
   using VT = typename Avx512<T>::VT;
   constexpr int W = Avx512<T>::W, G = 12, S = G + FW - 1;  // S input pixels per group
   constexpr int NG = (G + S + 7) / 8;                       // groups of 8 input pixels
   static_assert(2 * G + FW + 2 <= 32, "direct_s1: the tile must fit the 32 vector registers");
   const RowStrides px(C * static_cast<int64_t>(sizeof(T)));
-  VT acc[2 * G];
+  VT acc[2 * G][1];
 #pragma GCC unroll 32
-  for (int i = 0; i < 2 * G; ++i) acc[i] = z_zero(T());
+  for (int i = 0; i < 2 * G; ++i) acc[i][0] = z_zero(T());
   for (int64_t h = 0; h < nh; ++h) {
     const char* ah = reinterpret_cast<const char*>(a + h * a_hs);
     const T* bh = b + h * FW * C * W;
@@ -987,15 +1027,14 @@ __attribute__((target("avx512f,avx2,fma"))) inline void direct_s1_kernel_avx512(
         for (int kx = 0; kx < FW; ++kx) {
           const int o = s - kx;
           if (o >= 0 && o < G) {
-            acc[o] = z_fma(x0, wv[kx], acc[o]);
-            acc[G + o] = z_fma(x1, wv[kx], acc[G + o]);
+            acc[o][0] = z_fma(x0, wv[kx], acc[o][0]);
+            acc[G + o][0] = z_fma(x1, wv[kx], acc[G + o][0]);
           }
         }
       }
     }
   }
-#pragma GCC unroll 32
-  for (int i = 0; i < 2 * G; ++i) z_store(out + i * W, acc[i]);
+  z_store_acc<T, 2 * G, 1>(acc, out, ldo, bias);
 }
 
 // The kernel gradient's counterpart (stride 1, one vector of filters): for one output row of
@@ -1048,12 +1087,13 @@ __attribute__((target("avx512f,avx2,fma"))) inline void dw_s1_kernel_avx512(
     }
 }
 
-// out[MR x NR] as indirect_kernel_portable (each pixel's run of each kernel row at its own
-// pointer). The MR pointers of a kernel row are loaded once per row; the compiler keeps what
-// fits in registers and reloads the rest (a load per broadcast, which the load ports absorb).
+// out[MR x NR] (+ bias) as indirect_kernel_portable (each pixel's run of each kernel row at its
+// own pointer). The MR pointers of a kernel row are loaded once per row; the compiler keeps
+// what fits in registers and reloads the rest (a load per broadcast, which the load ports
+// absorb).
 template <typename T, int MR, int NV>
 __attribute__((target("avx512f,avx2,fma"))) inline void indirect_kernel_avx512(
-    int64_t nh, int64_t len, const T* const* rows, const T* b, T* out) {
+    int64_t nh, int64_t len, const T* const* rows, const T* b, T* out, int64_t ldo, const T* bias) {
   using VT = typename Avx512<T>::VT;
   constexpr int W = Avx512<T>::W;
   VT acc[MR][NV];
@@ -1078,10 +1118,7 @@ __attribute__((target("avx512f,avx2,fma"))) inline void indirect_kernel_avx512(
       }
     }
   }
-#pragma GCC unroll 32
-  for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 2
-    for (int v = 0; v < NV; ++v) z_store(out + (i * NV + v) * W, acc[i][v]);
+  z_store_acc<T, MR, NV>(acc, out, ldo, bias);
 }
 
 // C[MR x NR] += A B as column_kernel_portable (depth step d's MR values at cols[d] + off).
@@ -1139,9 +1176,10 @@ using TileKernel = void (*)(int64_t depth, const T* a, int64_t a_rs, int64_t a_c
                             T* c, int64_t ldc);
 template <typename T>
 using DirectKernel = void (*)(int64_t nh, int64_t len, const T* a, int64_t a_rs, int64_t a_hs,
-                              const T* b, T* out);
+                              const T* b, T* out, int64_t ldo, const T* bias);
 template <typename T>
-using IndirectKernel = void (*)(int64_t nh, int64_t len, const T* const* rows, const T* b, T* out);
+using IndirectKernel = void (*)(int64_t nh, int64_t len, const T* const* rows, const T* b, T* out,
+                                int64_t ldo, const T* bias);
 template <typename T>
 using ColumnKernel = void (*)(int64_t depth, const T* const* cols, int64_t off, const T* b, T* c,
                               int64_t ldc);
@@ -1283,7 +1321,8 @@ inline bool one_vector_avx512(const ConvKernels<T>& cfg) {
 /// (5x5 on 16 channels, (4,96,96,16->16): forward 3.64 -> 3.03 ms at 1 thread, Xeon; FW <= 6
 /// fits the registers).
 template <typename T>
-using DirectS1Kernel = void (*)(int64_t nh, int64_t C, const T* a, int64_t a_hs, const T* b, T* out);
+using DirectS1Kernel = void (*)(int64_t nh, int64_t C, const T* a, int64_t a_hs, const T* b, T* out,
+                                int64_t ldo, const T* bias);
 template <typename T>
 inline DirectS1Kernel<T> direct_s1_kernel(const ConvKernels<T>& cfg, int64_t FW) {
 #if NABLAGRAD_X86

@@ -91,12 +91,17 @@ void forward_direct(const ConvKernels<T>& cfg, const Conv2dGeometry& g, const T*
         const int64_t nw = std::min(MR, g.Wo - wb);
         const T* a = xrow + wb * S_w * C;
         for (int64_t p = 0; p < panels; ++p) {
-          if (s1)
-            s1(FH, C, a, prow, B.data.data() + p * K * NR, out);
-          else
-            cfg.direct(FH, len, a, S_w * C, prow, B.data.data() + p * K * NR, out);
           const int64_t q0 = p * NR, nq = std::min(NR, Q - q0);
-          cfg.store_tile(out, nw, NR, yrow + wb * Q + q0, Q, bias ? bias + q0 : nullptr, nq);
+          // A whole tile goes from the registers to y; a partial one through out.
+          const bool whole = nw == MR && nq == NR;
+          T* dst = whole ? yrow + wb * Q + q0 : out;
+          const int64_t ldd = whole ? Q : NR;
+          const T* bq = whole && bias ? bias + q0 : nullptr;
+          if (s1)
+            s1(FH, C, a, prow, B.data.data() + p * K * NR, dst, ldd, bq);
+          else
+            cfg.direct(FH, len, a, S_w * C, prow, B.data.data() + p * K * NR, dst, ldd, bq);
+          if (!whole) cfg.store_tile(out, nw, NR, yrow + wb * Q + q0, Q, bias ? bias + q0 : nullptr, nq);
         }
       }
     }
