@@ -330,19 +330,22 @@ void test_register_tiles() {
   check_everywhere<double>(make_conv2d_geometry(2, 15, 14, 1, 32, 5, 5, 1, 2, 2, 2, 2, 2, 2), 1e-12, 25);
   check_everywhere<double>(make_conv2d_geometry(1, 8, 9, 130, 16, 3, 3, 130, 1, 1, 0, 0, 0, 0), 1e-12, 26);
   check_everywhere<double>(make_conv2d_geometry(2, 12, 12, 16, 16, 5, 5, 16, 1, 1, 2, 2, 2, 2), 1e-12, 27);
-  // The direct kernel's 8-row tile (AVX-512) for rows that 12-pixel blocks would pad: rows of
-  // 32 (7x7 stride 2, C = 3) and the flipped dX's rows of 16, next to rows of 48 (12 rows).
-  if (nablagrad::cpu_simd_level() >= SimdLevel::AVX512) {
-    nablagrad::set_simd_level(SimdLevel::AVX512);
-    const auto cfg = conv_kernels_for_width<float>(32);
-    CHECK(cfg.MR == 12 && direct_tile_for_rows(cfg, 32).MR == 8 && direct_tile_for_rows(cfg, 48).MR == 12);
-    CHECK(direct_tile_for_rows(cfg, 112).MR == 8 && direct_tile_for_rows(cfg, 24).MR == 12);
-    CHECK(direct_tile_for_rows(conv_kernels_for_width<float>(16), 32).MR == 24);  // 1-vector tile: as it is
-    nablagrad::set_simd_level(nablagrad::cpu_simd_level());
-  }
+  // The direct forward's rows cut into full blocks of MR pixels and shorter tail blocks
+  // (direct_row_blocks): rows of 32 run 6+6+6+6+4+4 (AVX2) and 12+12+8 (AVX-512), rows the
+  // full tile divides have no tail, and a row shorter than every block is one tail block.
+  CHECK(conv_detail::direct_row_blocks(32, 6, 4).full == 4 && conv_detail::direct_row_blocks(32, 12, 8).full == 2);
+  CHECK(conv_detail::direct_row_blocks(30, 6, 4).full == 5 && conv_detail::direct_row_blocks(48, 12, 8).full == 4);
+  CHECK(conv_detail::direct_row_blocks(7, 6, 4).full == 0 && conv_detail::direct_row_blocks(7, 12, 8).full == 0);
+  CHECK(conv_detail::direct_row_blocks(28, 12, 8).full == 1 && conv_detail::direct_row_blocks(32, 6, 0).full == 6);
+  // The tail kernels through every pass: rows of 32 (7x7 stride 2, C = 3; tails at AVX2 and
+  // AVX-512), rows of 7 (one partial tail block), rows of 28 (C = 1; 12 + 8 + 8 at AVX-512)
+  // and, below, the flipped dX of a 5x5 on rows of 16 (8 + 8 at AVX-512).
+  check_everywhere<float>(make_conv2d_geometry(2, 9, 7, 3, 32, 3, 3, 3, 1, 1, 1, 1, 1, 1), 2e-5, 31);
+  check_everywhere<double>(make_conv2d_geometry(2, 9, 7, 3, 32, 3, 3, 3, 1, 1, 1, 1, 1, 1), 1e-12, 31);
+  check_everywhere<float>(make_conv2d_geometry(3, 28, 28, 1, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1), 2e-5, 32);
   check_everywhere<float>(make_conv2d_geometry(2, 64, 64, 3, 32, 7, 7, 3, 2, 2, 3, 3, 3, 3), 1e-4, 28);  // dW: sums of 2048 products
   check_everywhere<float>(make_conv2d_geometry(1, 20, 95, 3, 32, 7, 7, 3, 2, 2, 3, 3, 3, 3), 2e-5, 29);
-  // The flipped dX of a 5x5 on rows of 16 (C = 32 outputs: the 2-vector tile, 8 rows).
+  // The flipped dX of a 5x5 on rows of 16 (C = 32 outputs: the 2-vector tile, two 8-row tails).
   const auto gf = make_conv2d_geometry(2, 9, 16, 32, 16, 5, 5, 32, 1, 1, 2, 2, 2, 2);
   CHECK(std::string(conv_kernel_choice<float>(gf).backward_input) == "flipped_direct");
   check_everywhere<double>(gf, 1e-12, 30);

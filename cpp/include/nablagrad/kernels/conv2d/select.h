@@ -127,20 +127,6 @@ inline conv_detail::ConvKernels<T> conv_kernels_for_width(int64_t ncols) {
   return cfg;
 }
 
-/// The kernels for the direct kernel on output rows of `width` pixels: cfg, or at AVX-512 its
-/// 8 x 2 tile where the 12 x 2 tile's blocks (which stop at each row's end) would compute more
-/// than ~5% more pixels (per pixel the 8-row tile is ~4% slower: (4,96,96,3->32, 7x7 S2), rows
-/// of 48, 0.53-0.56 vs 0.54-0.60 ms at 1 thread). Rows of 32: 36 -> 32 pixels, (8,64,64,3->32,
-/// 7x7 S2) 0.51-0.56 -> 0.49-0.51 ms; rows of 112: 120 -> 112, (2,224,224,3->64) 3.18-3.25
-/// -> 3.12-3.17 ms.
-template <typename T>
-inline conv_detail::ConvKernels<T> direct_tile_for_rows(const conv_detail::ConvKernels<T>& cfg, int64_t width) {
-  const conv_detail::ConvKernels<T> r8 = conv_detail::conv_kernels_rows8(cfg);
-  if (r8.MR == cfg.MR) return cfg;
-  const int64_t pixels = conv_detail::round_up(width, cfg.MR), pixels8 = conv_detail::round_up(width, r8.MR);
-  return pixels * 100 > pixels8 * 105 ? r8 : cfg;
-}
-
 /// [WINOGRAD] Whether a pass of g runs Winograd (winograd.h): never for Direct; wherever it
 /// applies (3x3, stride 1) for Winograd; for Auto where it applies and preferred(), that
 /// pass's measured rule (enough channels), says it pays.
@@ -311,7 +297,7 @@ void conv2d_forward(const Conv2dGeometry& g, const T* x, const T* w, const T* bi
   const auto cfg = conv_kernels_for_width<T>(g.Q);
   switch (select_forward(g, cfg)) {
     case ForwardKernel::Pointwise: conv_detail::forward_pointwise(g, x, w, bias, y); return;
-    case ForwardKernel::Direct: conv_detail::forward_direct(direct_tile_for_rows(cfg, g.Wo), g, x, w, bias, y); return;
+    case ForwardKernel::Direct: conv_detail::forward_direct(cfg, g, x, w, bias, y); return;
     case ForwardKernel::Im2colGemm: conv_detail::forward_im2col_gemm(cfg, g, x, w, bias, y); return;
     case ForwardKernel::Indirect: conv_detail::forward_indirect(cfg, g, x, w, bias, y); return;
     case ForwardKernel::Winograd: winograd_conv2d_forward(g, x, w, bias, y); return;
@@ -329,7 +315,7 @@ void conv2d_backward_input(const Conv2dGeometry& g, const T* dy, const T* w, T* 
     case BackwardInputKernel::Phases: conv_detail::backward_input_phases(cfg, g, dy, w, dx); return;
     case BackwardInputKernel::Winograd: winograd_conv2d_backward_input(g, dy, w, dx); return;
     case BackwardInputKernel::FlippedDirect:
-      conv_detail::backward_input_flipped(direct_tile_for_rows(cfg, g.W), g, dy, w, dx, false);
+      conv_detail::backward_input_flipped(cfg, g, dy, w, dx, false);
       return;
     case BackwardInputKernel::FlippedIndirect: conv_detail::backward_input_flipped(cfg, g, dy, w, dx, true); return;
     case BackwardInputKernel::PhasesDirect: conv_detail::backward_input_phases_direct(cfg, g, dy, w, dx); return;

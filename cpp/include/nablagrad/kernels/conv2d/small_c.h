@@ -35,6 +35,20 @@ inline int64_t forward_direct_row_values(const Conv2dGeometry& g, int64_t MR) {
   return product_fits({wpe, g.C}, values) ? values : -1;
 }
 
+// How forward_direct cuts an output row of Wo pixels: `full` blocks of MR pixels, then blocks
+// of MRt < MR pixels (MRt = 0: none) up to the row's end; as many short blocks as keep the
+// row within the same number of blocks (ceil(Wo / MR)), so the last block is as full as it
+// can be: Wo = 32, MR = 6, MRt = 4 gives 6+6+6+6+4+4; Wo = 30 gives 5 x 6.
+struct DirectRowBlocks {
+  int64_t full;
+};
+inline DirectRowBlocks direct_row_blocks(int64_t Wo, int64_t MR, int64_t MRt) {
+  const int64_t nb = (Wo + MR - 1) / MR;
+  if (MRt <= 0 || MRt >= MR) return {nb};
+  const int64_t tails = std::min(nb, (nb * MR - Wo) / (MR - MRt));
+  return {nb - tails};
+}
+
 // Direct forward (small depth K = FH*FW*C, or a K x NR kernel panel of <= 64 KiB; at least
 // NR/4 filters; the choice is in select.h): no im2col. Each task of output rows copies the
 // input rows it reads into a zero-padded buffer of its thread (extra zero columns on the
@@ -57,6 +71,9 @@ void forward_direct(const ConvKernels<T>& cfg, const Conv2dGeometry& g, const T*
   const int64_t panels = (Q + NR - 1) / NR;
   // Stride 1 and a tile that has one: the kernel that broadcasts each input value once.
   const DirectS1Kernel<T> s1 = S_w == 1 ? direct_s1_kernel(cfg, FW) : nullptr;
+  // Each output row in blocks of MR pixels, the last ones of MR_direct_tail where the tile
+  // has a shorter variant (not beside s1, whose sums run in another order).
+  const DirectRowBlocks rb = direct_row_blocks(g.Wo, MR, s1 ? 0 : cfg.MR_direct_tail);
   const int64_t row_work = std::max<int64_t>(1, g.Wo * Q * K);
   // Tasks of consecutive output rows (>= ~64K multiply-adds, at most ~64 tasks), claimed
   // dynamically. A thread's rows stay together: they share most of their input rows (a 7x7
@@ -87,22 +104,27 @@ void forward_direct(const ConvKernels<T>& cfg, const Conv2dGeometry& g, const T*
       }
       const T* xrow = xl + (ho * S_h - base) * prow;
       T* yrow = y + r * g.Wo * Q;
-      for (int64_t wb = 0; wb < g.Wo; wb += MR) {
-        const int64_t nw = std::min(MR, g.Wo - wb);
+      for (int64_t blk = 0, wb = 0; wb < g.Wo; ++blk) {
+        const bool tail = blk >= rb.full;
+        const int64_t rows_b = tail ? cfg.MR_direct_tail : MR, nw = std::min(rows_b, g.Wo - wb);
         const T* a = xrow + wb * S_w * C;
         for (int64_t p = 0; p < panels; ++p) {
           const int64_t q0 = p * NR, nq = std::min(NR, Q - q0);
           // A whole tile goes from the registers to y; a partial one through out.
-          const bool whole = nw == MR && nq == NR;
+          const bool whole = nw == rows_b && nq == NR;
           T* dst = whole ? yrow + wb * Q + q0 : out;
           const int64_t ldd = whole ? Q : NR;
           const T* bq = whole && bias ? bias + q0 : nullptr;
-          if (s1)
-            s1(FH, C, a, prow, B.data.data() + p * K * NR, dst, ldd, bq);
+          const T* bp = B.data.data() + p * K * NR;
+          if (tail)
+            cfg.direct_tail(FH, len, a, S_w * C, prow, bp, dst, ldd, bq);
+          else if (s1)
+            s1(FH, C, a, prow, bp, dst, ldd, bq);
           else
-            cfg.direct(FH, len, a, S_w * C, prow, B.data.data() + p * K * NR, dst, ldd, bq);
+            cfg.direct(FH, len, a, S_w * C, prow, bp, dst, ldd, bq);
           if (!whole) cfg.store_tile(out, nw, NR, yrow + wb * Q + q0, Q, bias ? bias + q0 : nullptr, nq);
         }
+        wb += rows_b;
       }
     }
   });
