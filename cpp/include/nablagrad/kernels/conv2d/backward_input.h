@@ -241,6 +241,8 @@ void backward_input_phases_direct(const ConvKernels<T>& cfg, const Conv2dGeometr
   // image), all run in one parallel region: task t belongs to the phase whose range holds it.
   struct Phase {
     int64_t y0, x0, Hph, Wph, nth, ntw, first, blocks, task0;
+    bool by_rows;        // tasks are the phase's rows (rb), else blocks of MR flat positions
+    DirectRowBlocks rb;  // the blocks of a row (by_rows)
     PackedB<T> B;
   };
   std::vector<Phase> phases;
@@ -271,7 +273,13 @@ void backward_input_phases_direct(const ConvKernels<T>& cfg, const Conv2dGeometr
         ph.B.pack(cfg, K, C, [&](int64_t k, int64_t c) { return sub[k * C + c]; });
         // dX pixel (iy, ix) reads from flat padded position iy*Wp + ix + first.
         ph.first = (th.off[ph.nth - 1] + pt) * Wp + tw.off[ph.ntw - 1] + pl;
-        ph.blocks = ((ph.Hph - 1) * Wp + ph.Wph + MR - 1) / MR;
+        // Row by row, in full and tail blocks, where that computes no more positions per row
+        // than the flat walk (Wp): then every block lies in one row, goes from the registers
+        // to dX (pixels S_w*C apart) and no padding column is computed. (16,32,32,32->64, 3x3
+        // S 2) at AVX-512: rows of 16 = 8 + 8 against 17 flat positions per row.
+        ph.rb = direct_row_blocks(ph.Wph, MR, cfg.MR_direct_tail);
+        ph.by_rows = ph.rb.span <= Wp;
+        ph.blocks = ph.by_rows ? ph.Hph : ((ph.Hph - 1) * Wp + ph.Wph + MR - 1) / MR;
         ntasks += g.N * ph.blocks;
       } else {
         ntasks += g.N * ph.Hph;  // no kernel tap ever reaches these pixels: zero rows
@@ -296,7 +304,30 @@ void backward_input_phases_direct(const ConvKernels<T>& cfg, const Conv2dGeometr
         for (int64_t ix = 0; ix < ph.Wph; ++ix) zero_run(dx_at(u / ph.Hph, u % ph.Hph, ix), C);
         continue;
       }
-      const int64_t n = u / ph.blocks, p0 = (u % ph.blocks) * MR, len = ph.ntw * Q, K = ph.nth * len;
+      const int64_t n = u / ph.blocks, len = ph.ntw * Q, K = ph.nth * len;
+      if (ph.by_rows) {
+        const int64_t iy = u % ph.blocks;
+        for (int64_t blk = 0, ix = 0; ix < ph.Wph; ++blk) {
+          const bool tail = blk >= ph.rb.full;
+          const int64_t rows_b = tail ? cfg.MR_direct_tail : MR, nw = std::min(rows_b, ph.Wph - ix);
+          const DirectKernel<T> direct = tail ? cfg.direct_tail : cfg.direct;
+          const T* a = dyp.get() + n * img + (iy * Wp + ix + ph.first) * Q;
+          for (int64_t pn = 0; pn < panels; ++pn) {
+            const int64_t c0 = pn * NR, nc = std::min(NR, C - c0);
+            T* const d = dx_at(n, iy, ix) + c0;
+            const T* const b = ph.B.data.data() + pn * K * NR;
+            if (nw == rows_b && nc == NR) {  // whole: >= 4 pixels, S_w*C apart (below W*C)
+              direct(ph.nth, len, a, Q, Wp * Q, b, d, S_w * C, nullptr);
+            } else {  // (the pixel stride only for two pixels or more, as below)
+              direct(ph.nth, len, a, Q, Wp * Q, b, out, NR, nullptr);
+              cfg.store_tile(out, nw, NR, d, nw > 1 ? S_w * C : 0, nullptr, nc);
+            }
+          }
+          ix += rows_b;
+        }
+        continue;
+      }
+      const int64_t p0 = (u % ph.blocks) * MR;
       const T* a = dyp.get() + n * img + (p0 + ph.first) * Q;
       for (int64_t pn = 0; pn < panels; ++pn) {
         cfg.direct(ph.nth, len, a, Q, Wp * Q, ph.B.data.data() + pn * K * NR, out, NR, nullptr);

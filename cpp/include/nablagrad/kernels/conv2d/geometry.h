@@ -353,6 +353,20 @@ void copy_padded_row(const Conv2dGeometry& g, const T* x, int64_t prow, int64_t 
   std::memset(dst + (g.pad_left + g.W) * C, 0, sizeof(T) * static_cast<size_t>(prow - (g.pad_left + g.W) * C));
 }
 
+// How the direct kernel's callers (forward_direct, the strided dX's phases) cut a row of Wo
+// pixels: `full` blocks of MR pixels, then `tails` blocks of MRt < MR pixels (MRt = 0: none)
+// up to the row's end; as many short blocks as keep the row within the same number of blocks
+// (ceil(Wo / MR)), so the last block is as full as it can be: Wo = 32, MR = 6, MRt = 4 gives
+// 6+6+6+6+4+4; Wo = 30 gives 5 x 6. `span` pixels are computed (>= Wo).
+struct DirectRowBlocks {
+  int64_t full, tails, span;
+};
+inline DirectRowBlocks direct_row_blocks(int64_t Wo, int64_t MR, int64_t MRt) {
+  const int64_t nb = (Wo + MR - 1) / MR;
+  const int64_t tails = MRt <= 0 || MRt >= MR ? 0 : std::min(nb, (nb * MR - Wo) / (MR - MRt));
+  return {nb - tails, tails, (nb - tails) * MR + tails * MRt};
+}
+
 // Split over threads in chunks of 64K values (256 KiB of floats): a 470 KB copy split in two
 // ran faster than on one thread, pool round trip included.
 template <typename T>

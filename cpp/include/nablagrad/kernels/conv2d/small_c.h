@@ -35,20 +35,6 @@ inline int64_t forward_direct_row_values(const Conv2dGeometry& g, int64_t MR) {
   return product_fits({wpe, g.C}, values) ? values : -1;
 }
 
-// How forward_direct cuts an output row of Wo pixels: `full` blocks of MR pixels, then blocks
-// of MRt < MR pixels (MRt = 0: none) up to the row's end; as many short blocks as keep the
-// row within the same number of blocks (ceil(Wo / MR)), so the last block is as full as it
-// can be: Wo = 32, MR = 6, MRt = 4 gives 6+6+6+6+4+4; Wo = 30 gives 5 x 6.
-struct DirectRowBlocks {
-  int64_t full;
-};
-inline DirectRowBlocks direct_row_blocks(int64_t Wo, int64_t MR, int64_t MRt) {
-  const int64_t nb = (Wo + MR - 1) / MR;
-  if (MRt <= 0 || MRt >= MR) return {nb};
-  const int64_t tails = std::min(nb, (nb * MR - Wo) / (MR - MRt));
-  return {nb - tails};
-}
-
 // Direct forward (small depth K = FH*FW*C, or a K x NR kernel panel of <= 64 KiB; at least
 // NR/4 filters; the choice is in select.h): no im2col. Each task of output rows copies the
 // input rows it reads into a zero-padded buffer of its thread (extra zero columns on the
