@@ -383,10 +383,22 @@ void test_direct_s1() {
 // panels at every level, bias set first) and through the C tile (the last, partial tile);
 // K = 4320 in 17 equal depth slices.
 void test_forward_in_place() {
-  const auto g = make_conv2d_geometry(2, 7, 7, 480, 64, 3, 3, 480, 2, 2, 1, 1, 1, 1);
+  const auto g = make_conv2d_geometry(2, 7, 7, 480, 48, 3, 3, 480, 2, 2, 1, 1, 1, 1);
   CHECK(std::string(conv_kernel_choice<float>(g).forward) == "im2col_gemm");
   check_everywhere<double>(g, 1e-12, 35);
   check_everywhere<float>(g, 2e-4, 36);  // sums of 4320 float products
+}
+
+// A packed kernel K x Q beyond 1 MiB: im2col + gemm() (forward_gemm), in one block of rows
+// and, with 512 rows of K = 4320 (past its 8 MiB of im2col rows), in two.
+void test_forward_gemm() {
+  const auto g = make_conv2d_geometry(2, 7, 7, 480, 64, 3, 3, 480, 2, 2, 1, 1, 1, 1);
+  CHECK(std::string(conv_kernel_choice<float>(g).forward) == "gemm");
+  check_everywhere<double>(g, 1e-12, 37);
+  check_everywhere<float>(g, 2e-4, 38);
+  const auto two = make_conv2d_geometry(2, 32, 32, 480, 64, 3, 3, 480, 2, 2, 1, 1, 1, 1);
+  CHECK(std::string(conv_kernel_choice<float>(two).forward) == "gemm");
+  check_everywhere<float>(two, 2e-4, 39);
 }
 
 // The indirect forward: blocks of MR pixels across output rows (and past the last pixel),
@@ -470,9 +482,12 @@ void test_kernel_choice() {
     CHECK(std::string(c.backward_weight) == "smallc");
     const auto wide = make_conv2d_geometry(2, 16, 16, 128, 64, 3, 3, 128, 2, 2, 1, 1, 1, 1);
     CHECK(std::string(conv_kernel_choice<float>(wide).forward) == "indirect");
-    // A kernel panel K x NR beyond 256 KiB (K = 4608): the im2col GEMM with its depth slices.
-    const auto huge_k = make_conv2d_geometry(1, 8, 8, 512, 64, 3, 3, 512, 2, 2, 1, 1, 1, 1);
+    // A kernel panel K x NR beyond 256 KiB (K = 4608): the im2col GEMM with its depth slices;
+    // with 64 filters the whole kernel passes 1 MiB: im2col + gemm().
+    const auto huge_k = make_conv2d_geometry(1, 8, 8, 512, 48, 3, 3, 512, 2, 2, 1, 1, 1, 1);
     CHECK(std::string(conv_kernel_choice<float>(huge_k).forward) == "im2col_gemm");
+    const auto huge_kq = make_conv2d_geometry(1, 8, 8, 512, 64, 3, 3, 512, 2, 2, 1, 1, 1, 1);
+    CHECK(std::string(conv_kernel_choice<float>(huge_kq).forward) == "gemm");
 
     CHECK(std::string(conv_kernel_choice<float>(wide).backward_input) == "phases_direct");
     // A sub-kernel too deep for the direct kernel's panel (4 taps x 512 filters): the gather GEMM.
@@ -576,6 +591,7 @@ int main() {
   RUN_TEST(test_backward_weight_direct);
   RUN_TEST(test_backward_input_phases_direct);
   RUN_TEST(test_forward_in_place);
+  RUN_TEST(test_forward_gemm);
   RUN_TEST(test_forward_indirect);
   RUN_TEST(test_sweep_double);
   RUN_TEST(test_sweep_float);

@@ -93,6 +93,27 @@ void forward_im2col_gemm(const ConvKernels<T>& cfg, const Conv2dGeometry& g, con
       y, bias);
 }
 
+/// Forward as im2col + gemm(): blocks of output pixels whose im2col rows stay within ~8 MiB
+/// are gathered (in parallel) into a buffer and multiplied by W^T with gemm(), whose cache
+/// blocking packs each panel of W once per block and reuses it across all the block's rows
+/// (the bias starts each tile of y). For deep layers, where W (K x Q) is megabytes, the gather
+/// GEMM and the indirect kernel stream all of W once per tile of pixels: (8,14,14,256->512,
+/// 3x3 S 2) 7.5 -> 4.9 ms at 1 thread, 5.2 -> 2.5 ms at 2 (Xeon, AVX-512).
+template <typename T>
+void forward_gemm(const Conv2dGeometry& g, const T* x, const T* w, const T* bias, T* y) {
+  const int64_t K = g.FH * g.FW * g.C, Q = g.Q, rows = g.N * g.Ho * g.Wo;
+  if (rows == 0) return;
+  const int64_t budget = (int64_t{8} << 20) / static_cast<int64_t>(sizeof(T));
+  const int64_t block = std::max<int64_t>(1, std::min(rows, budget / std::max<int64_t>(K, 1)));
+  Scratch<T> a(checked_product({block, std::max<int64_t>(K, 1)}, "conv2d: im2col rows"), "conv2d: im2col rows");
+  for (int64_t r0 = 0; r0 < rows; r0 += block) {
+    const int64_t nb = std::min(block, rows - r0);
+    parallel_for(0, nb, std::max<int64_t>(1, (int64_t{1} << 14) / std::max<int64_t>(K, 1)),
+                 [&](int64_t lo, int64_t hi) { forward_im2col(g, x, r0 + lo, r0 + hi, a.get() + lo * K, K); });
+    gemm<T>(nb, Q, K, a.get(), K, 1, w, 1, K, y + r0 * Q, Q, /*accumulate=*/false, bias);
+  }
+}
+
 /// Forward by the indirect micro-kernel: no im2col and no padded copy. The output pixels are
 /// walked flat (N*Ho*Wo rows) in blocks of MR; for each block a table of FH x MR pointers
 /// gives each pixel's run of FW*C input values per kernel row: in the input itself when the

@@ -79,7 +79,7 @@ inline ConvAlgorithm parse_conv_algorithm(const std::string& name) {
 // Kernel choice per pass.
 // ============================================================================================
 
-enum class ForwardKernel { Im2colGemm, Direct, Pointwise, Winograd, Indirect };  // [WINOGRAD]
+enum class ForwardKernel { Im2colGemm, Direct, Pointwise, Winograd, Indirect, Gemm };  // [WINOGRAD]
 enum class BackwardInputKernel { Phases, Col2im, SmallC, Pointwise, Winograd, FlippedDirect, FlippedIndirect, PhasesDirect };  // [WINOGRAD]
 enum class BackwardWeightKernel { Gemm, SmallC, Pointwise, Winograd, Direct };  // [WINOGRAD]
 
@@ -89,6 +89,7 @@ inline const char* kernel_name(ForwardKernel k) {
     case ForwardKernel::Pointwise: return "1x1_gemm";
     case ForwardKernel::Winograd: return "winograd";
     case ForwardKernel::Indirect: return "indirect";
+    case ForwardKernel::Gemm: return "gemm";
     default: return "im2col_gemm";
   }
 }
@@ -163,7 +164,12 @@ inline ForwardKernel select_forward(const Conv2dGeometry& g, const conv_detail::
   // Measured against the im2col GEMM 5-15% faster on every shape tried, 1 thread, Zen 5
   // (ms): (16,32,32,32->64, 3x3 S2) 0.83 -> 0.72, (8,28,28,128->256, S2) 5.0 -> 4.5,
   // (8,64,64,32->64, 5x5 S2) 4.65 -> 4.04, (32,16,16,48->96, 3x3 unpadded) 2.92 -> 2.62.
-  const bool indirect_ok = cfg.indirect != nullptr && g.Q * 4 > cfg.NR &&
+  // Both it and the gather GEMM below read all of the packed kernel (K x Q) once per block
+  // of pixels: beyond ~1 MiB (half an L2) that comes from L3 each time, and im2col + gemm()
+  // (forward_gemm: each packed panel reused across all rows) is faster: (8,14,14,256->512,
+  // 3x3 S 2, 4.7 MB) at AVX-512 gather 5.2 -> 2.5 ms at 2 threads, at AVX2 indirect 8.5 -> ?.
+  const bool kernel_fits = saturating_mul(K, saturating_mul(g.Q, static_cast<int64_t>(sizeof(T)))) <= (int64_t{1} << 20);
+  const bool indirect_ok = cfg.indirect != nullptr && g.Q * 4 > cfg.NR && kernel_fits &&
                            saturating_mul(K, cfg.NR * static_cast<int64_t>(sizeof(T))) <= (int64_t{256} << 10);
   // Strided, kernel-row runs FW*C of at least 32 values: the indirect kernel also beats the
   // direct one, whose blocks of MR pixels stop at each output row's end and whose padded copy
@@ -186,7 +192,7 @@ inline ForwardKernel select_forward(const Conv2dGeometry& g, const conv_detail::
                                         conv_detail::forward_direct_row_values(g, cfg.MR)))
     return ForwardKernel::Direct;
   if (indirect_ok) return ForwardKernel::Indirect;
-  return ForwardKernel::Im2colGemm;
+  return kernel_fits ? ForwardKernel::Im2colGemm : ForwardKernel::Gemm;
 }
 
 /// Input-gradient kernel for g with the kernels cfg.
@@ -300,6 +306,7 @@ void conv2d_forward(const Conv2dGeometry& g, const T* x, const T* w, const T* bi
     case ForwardKernel::Direct: conv_detail::forward_direct(cfg, g, x, w, bias, y); return;
     case ForwardKernel::Im2colGemm: conv_detail::forward_im2col_gemm(cfg, g, x, w, bias, y); return;
     case ForwardKernel::Indirect: conv_detail::forward_indirect(cfg, g, x, w, bias, y); return;
+    case ForwardKernel::Gemm: conv_detail::forward_gemm(g, x, w, bias, y); return;
     case ForwardKernel::Winograd: winograd_conv2d_forward(g, x, w, bias, y); return;
   }
 }
