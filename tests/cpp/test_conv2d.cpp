@@ -389,11 +389,14 @@ void test_forward_in_place() {
   check_everywhere<float>(g, 2e-4, 36);  // sums of 4320 float products
 }
 
-// A packed kernel K x Q beyond 1 MiB: im2col + gemm() (forward_gemm), in one block of rows
-// and, with 512 rows of K = 4320 (past its 8 MiB of im2col rows), in two.
+// A kernel K x Q beyond 1 MiB: every pass through gemm() (forward_gemm, dX by
+// backward_input_col2im_gemm, dW by backward_weight_im2col_gemm), in one block of rows / images
+// and, with 2 images of 16 x 16 outputs of K = 4320 (past their 8 MiB of rows), in two.
 void test_forward_gemm() {
   const auto g = make_conv2d_geometry(2, 7, 7, 480, 64, 3, 3, 480, 2, 2, 1, 1, 1, 1);
-  CHECK(std::string(conv_kernel_choice<float>(g).forward) == "gemm");
+  const ConvKernelChoice c = conv_kernel_choice<float>(g);
+  CHECK(std::string(c.forward) == "gemm" && std::string(c.backward_input) == "col2im_gemm" &&
+        std::string(c.backward_weight) == "im2col_gemm");
   check_everywhere<double>(g, 1e-12, 37);
   check_everywhere<float>(g, 2e-4, 38);
   const auto two = make_conv2d_geometry(2, 32, 32, 480, 64, 3, 3, 480, 2, 2, 1, 1, 1, 1);
@@ -490,9 +493,13 @@ void test_kernel_choice() {
     CHECK(std::string(conv_kernel_choice<float>(huge_kq).forward) == "gemm");
 
     CHECK(std::string(conv_kernel_choice<float>(wide).backward_input) == "phases_direct");
-    // A sub-kernel too deep for the direct kernel's panel (4 taps x 512 filters): the gather GEMM.
-    const auto deep = make_conv2d_geometry(2, 16, 16, 128, 512, 3, 3, 128, 2, 2, 1, 1, 1, 1);
+    // A sub-kernel too deep for the direct kernel's panel (4 taps x 512 filters): the gather
+    // GEMM; with 128 channels the whole kernel passes 1 MiB: dY.W by gemm() and col2im.
+    const auto deep = make_conv2d_geometry(2, 16, 16, 16, 512, 3, 3, 16, 2, 2, 1, 1, 1, 1);
     CHECK(std::string(conv_kernel_choice<float>(deep).backward_input) == "phases");
+    const auto deeper = make_conv2d_geometry(2, 16, 16, 128, 512, 3, 3, 128, 2, 2, 1, 1, 1, 1);
+    CHECK(std::string(conv_kernel_choice<float>(deeper).backward_input) == "col2im_gemm");
+    CHECK(std::string(conv_kernel_choice<float>(deeper).backward_weight) == "im2col_gemm");
     CHECK(std::string(conv_kernel_choice<float>(wide).backward_weight) == "direct");
     const auto c1 = make_conv2d_geometry(4, 28, 28, 1, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1);
     CHECK(std::string(conv_kernel_choice<float>(c1).backward_input) == (level >= 1 ? "smallc" : "col2im"));

@@ -215,6 +215,29 @@ void bias_gradient(int64_t pixels, int64_t Q, const T* dy, T* db) {
   sum_bias_partials(partial.get(), nchunks, Q, db);
 }
 
+/// Kernel gradient as blocks of im2col rows and gemm(), for kernels over 1 MiB (deep layers,
+/// where backward_weight_direct / _gemm would write and add ~16 partial sums of the whole
+/// kernel): dW (Q x K) += dY_b^T (Q x pixels of the block) im2col_b (pixels x K), the blocks of
+/// pixels (<= ~8 MiB of im2col rows each) in order, dY^T read in place through its strides.
+/// gemm splits Q x K, never the pixel sum, so the result is the same for any thread count.
+/// (8,14,14,256->512, 3x3 S 2) at AVX-512, 2 threads: 5.4 -> 2.6 ms.
+template <typename T>
+void backward_weight_im2col_gemm(const Conv2dGeometry& g, const T* x, const T* dy, T* dw, T* db) {
+  const int64_t K = g.FH * g.FW * g.C, Q = g.Q, pixels = g.N * g.Ho * g.Wo;
+  const int64_t budget = (int64_t{8} << 20) / static_cast<int64_t>(sizeof(T));
+  const int64_t block = std::max<int64_t>(1, std::min(std::max<int64_t>(pixels, 1), budget / std::max<int64_t>(K, 1)));
+  Scratch<T> a(checked_product({block, std::max<int64_t>(K, 1)}, "conv2d backward: im2col rows"),
+               "conv2d backward: im2col rows");
+  if (pixels == 0) std::fill(dw, dw + Q * K, T(0));
+  for (int64_t p0 = 0; p0 < pixels; p0 += block) {
+    const int64_t nb = std::min(block, pixels - p0);
+    parallel_for(0, nb, std::max<int64_t>(1, (int64_t{1} << 14) / std::max<int64_t>(K, 1)),
+                 [&](int64_t lo, int64_t hi) { forward_im2col(g, x, p0 + lo, p0 + hi, a.get() + lo * K, K); });
+    gemm<T>(Q, K, nb, dy + p0 * Q, 1, Q, a.get(), K, 1, dw, K, /*accumulate=*/p0 > 0);
+  }
+  if (db) bias_gradient(pixels, Q, dy, db);
+}
+
 /// 1x1 kernel gradient without padding, straight to the GEMM: dW (Q x C) = dY^T X over the
 /// N*Ho*Wo pixel rows (dY read transposed through its strides; X gathered first when strided).
 /// gemm splits the Q x C output, never the pixel sum, so the result is thread-count invariant.

@@ -80,8 +80,8 @@ inline ConvAlgorithm parse_conv_algorithm(const std::string& name) {
 // ============================================================================================
 
 enum class ForwardKernel { Im2colGemm, Direct, Pointwise, Winograd, Indirect, Gemm };  // [WINOGRAD]
-enum class BackwardInputKernel { Phases, Col2im, SmallC, Pointwise, Winograd, FlippedDirect, FlippedIndirect, PhasesDirect };  // [WINOGRAD]
-enum class BackwardWeightKernel { Gemm, SmallC, Pointwise, Winograd, Direct };  // [WINOGRAD]
+enum class BackwardInputKernel { Phases, Col2im, SmallC, Pointwise, Winograd, FlippedDirect, FlippedIndirect, PhasesDirect, Col2imGemm };  // [WINOGRAD]
+enum class BackwardWeightKernel { Gemm, SmallC, Pointwise, Winograd, Direct, Im2colGemm };  // [WINOGRAD]
 
 inline const char* kernel_name(ForwardKernel k) {
   switch (k) {
@@ -102,6 +102,7 @@ inline const char* kernel_name(BackwardInputKernel k) {
     case BackwardInputKernel::FlippedDirect: return "flipped_direct";
     case BackwardInputKernel::FlippedIndirect: return "flipped_indirect";
     case BackwardInputKernel::PhasesDirect: return "phases_direct";
+    case BackwardInputKernel::Col2imGemm: return "col2im_gemm";
     default: return "phases";
   }
 }
@@ -111,6 +112,7 @@ inline const char* kernel_name(BackwardWeightKernel k) {
     case BackwardWeightKernel::Pointwise: return "1x1_gemm";
     case BackwardWeightKernel::Winograd: return "winograd";
     case BackwardWeightKernel::Direct: return "direct";
+    case BackwardWeightKernel::Im2colGemm: return "im2col_gemm";
     default: return "gemm";
   }
 }
@@ -148,6 +150,19 @@ inline bool use_winograd_weight(const Conv2dGeometry& g) {
   return use_winograd_if(g, [&] { return winograd_preferred_weight<T>(g); });
 }
 
+/// Whether the kernel (FH*FW*C x Q values) stays within ~1 MiB, half an L2. The gather GEMM,
+/// the indirect and direct kernels and the phase GEMMs read all of it (packed) once per block
+/// of pixels, and the kernel-gradient kernels write ~16 partial sums of it; beyond that it
+/// comes from L3 each time, and each pass goes through blocks of im2col (or dY.W) rows and
+/// gemm(), whose cache blocking packs each panel once per block of rows and reuses it for all
+/// of them. Measured (8,14,14,256->512, 3x3 S 2; 4.7 MB of kernel) at AVX-512, 2 threads (ms):
+/// forward 5.2 -> 2.5, dX 9.5 -> 2.9, dW 5.4 -> 2.6 (PyTorch: forward 2.8-3.3, f+b ~11).
+template <typename T>
+inline bool kernel_fits_cache(const Conv2dGeometry& g) {
+  const int64_t K = g.FH * g.FW * g.C;  // the kernel is allocated: fits in int64
+  return saturating_mul(K, saturating_mul(g.Q, static_cast<int64_t>(sizeof(T)))) <= (int64_t{1} << 20);
+}
+
 /// Forward kernel for g with the kernels cfg.
 template <typename T>
 inline ForwardKernel select_forward(const Conv2dGeometry& g, const conv_detail::ConvKernels<T>& cfg) {
@@ -164,11 +179,9 @@ inline ForwardKernel select_forward(const Conv2dGeometry& g, const conv_detail::
   // Measured against the im2col GEMM 5-15% faster on every shape tried, 1 thread, Zen 5
   // (ms): (16,32,32,32->64, 3x3 S2) 0.83 -> 0.72, (8,28,28,128->256, S2) 5.0 -> 4.5,
   // (8,64,64,32->64, 5x5 S2) 4.65 -> 4.04, (32,16,16,48->96, 3x3 unpadded) 2.92 -> 2.62.
-  // Both it and the gather GEMM below read all of the packed kernel (K x Q) once per block
-  // of pixels: beyond ~1 MiB (half an L2) that comes from L3 each time, and im2col + gemm()
-  // (forward_gemm: each packed panel reused across all rows) is faster: (8,14,14,256->512,
-  // 3x3 S 2, 4.7 MB) at AVX-512 gather 5.2 -> 2.5 ms at 2 threads, at AVX2 indirect 8.5 -> ?.
-  const bool kernel_fits = saturating_mul(K, saturating_mul(g.Q, static_cast<int64_t>(sizeof(T)))) <= (int64_t{1} << 20);
+  // Both it and the gather GEMM below read all of the packed kernel once per block of
+  // pixels: beyond kernel_fits_cache, im2col + gemm() (forward_gemm).
+  const bool kernel_fits = kernel_fits_cache<T>(g);
   const bool indirect_ok = cfg.indirect != nullptr && g.Q * 4 > cfg.NR && kernel_fits &&
                            saturating_mul(K, cfg.NR * static_cast<int64_t>(sizeof(T))) <= (int64_t{256} << 10);
   // Strided, kernel-row runs FW*C of at least 32 values: the indirect kernel also beats the
@@ -210,6 +223,8 @@ inline BackwardInputKernel select_backward_input(const Conv2dGeometry& g,
   // thread, while C = 3-4, S = 2 or 5x5 kernels were slower and keep the paths below).
   if (C <= 2 && g.stride_h == 1 && g.stride_w == 1 && g.FH * g.FW <= 9 && cfg.smallc_dx != nullptr)
     return BackwardInputKernel::SmallC;
+  // A kernel over ~1 MiB: dY.W by gemm() and col2im, in blocks of images.
+  if (!kernel_fits_cache<T>(g)) return BackwardInputKernel::Col2imGemm;
   // Stride 1: dX is the forward convolution of dY padded by F-1-P with the flipped kernel
   // (the design document's formula, dilation 1). Where the forward would run its direct kernel
   // on that geometry (small depth FH*FW*Q or a panel that fits, e.g. 5x5 on 16 channels), dX
@@ -251,6 +266,8 @@ inline BackwardWeightKernel select_backward_weight(const Conv2dGeometry& g,
   if (use_winograd_weight<T>(g)) return BackwardWeightKernel::Winograd;
   // 1x1 without padding: dW = dY^T X, a plain GEMM.
   if (conv_detail::is_pointwise(g) && g.C > 4) return BackwardWeightKernel::Pointwise;
+  // A kernel over ~1 MiB: blocks of im2col rows and gemm() (no per-chunk partial sums).
+  if (!kernel_fits_cache<T>(g)) return BackwardWeightKernel::Im2colGemm;
   // No im2col: the padded input read in place (backward_weight_direct: per kernel row a GEMM
   // over the pixels whose columns are the pixels' runs of FW*C values, through the column
   // kernel's pointer per step, or per output row at a fixed stride for long rows), when
@@ -319,6 +336,7 @@ void conv2d_backward_input(const Conv2dGeometry& g, const T* dy, const T* w, T* 
     case BackwardInputKernel::Pointwise: conv_detail::backward_input_pointwise(g, dy, w, dx); return;
     case BackwardInputKernel::SmallC: conv_detail::backward_input_smallc(cfg, g, dy, w, dx); return;
     case BackwardInputKernel::Col2im: conv_detail::backward_input_col2im(cfg, g, dy, w, dx); return;
+    case BackwardInputKernel::Col2imGemm: conv_detail::backward_input_col2im_gemm(g, dy, w, dx); return;
     case BackwardInputKernel::Phases: conv_detail::backward_input_phases(cfg, g, dy, w, dx); return;
     case BackwardInputKernel::Winograd: winograd_conv2d_backward_input(g, dy, w, dx); return;
     case BackwardInputKernel::FlippedDirect:
@@ -337,6 +355,7 @@ void conv2d_backward_weight(const Conv2dGeometry& g, const T* x, const T* dy, T*
     case BackwardWeightKernel::Pointwise: conv_detail::backward_weight_pointwise(g, x, dy, dw, db); return;
     case BackwardWeightKernel::SmallC: conv_detail::backward_weight_smallc(cfg, g, x, dy, dw, db); return;
     case BackwardWeightKernel::Gemm: conv_detail::backward_weight_gemm(cfg, g, x, dy, dw, db); return;
+    case BackwardWeightKernel::Im2colGemm: conv_detail::backward_weight_im2col_gemm(g, x, dy, dw, db); return;
     case BackwardWeightKernel::Direct: conv_detail::backward_weight_direct(cfg, g, x, dy, dw, db); return;
     case BackwardWeightKernel::Winograd:
       winograd_conv2d_backward_weight(g, x, dy, dw);
