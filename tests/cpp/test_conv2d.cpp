@@ -399,6 +399,12 @@ void test_forward_gemm() {
         std::string(c.backward_weight) == "im2col_gemm");
   check_everywhere<double>(g, 1e-12, 37);
   check_everywhere<float>(g, 2e-4, 38);
+  // Stride 1 (a deep 3x3 on 5 x 5 images: Winograd's transformed kernel would be 500 KB per tile).
+  const auto s1 = make_conv2d_geometry(2, 5, 5, 384, 384, 3, 3, 384, 1, 1, 1, 1, 1, 1);
+  const ConvKernelChoice c1 = conv_kernel_choice<float>(s1);
+  CHECK(std::string(c1.forward) == "gemm" && std::string(c1.backward_input) == "col2im_gemm" &&
+        std::string(c1.backward_weight) == "im2col_gemm");
+  check_everywhere<float>(s1, 2e-4, 40);
   const auto two = make_conv2d_geometry(2, 32, 32, 480, 64, 3, 3, 480, 2, 2, 1, 1, 1, 1);
   CHECK(std::string(conv_kernel_choice<float>(two).forward) == "gemm");
   check_everywhere<float>(two, 2e-4, 39);
@@ -497,6 +503,16 @@ void test_kernel_choice() {
     // GEMM; with 128 channels the whole kernel passes 1 MiB: dY.W by gemm() and col2im.
     const auto deep = make_conv2d_geometry(2, 16, 16, 16, 512, 3, 3, 16, 2, 2, 1, 1, 1, 1);
     CHECK(std::string(conv_kernel_choice<float>(deep).backward_input) == "phases");
+    // Deep 3x3 stride-1 layers on small images: Winograd's transformed kernel per tile
+    // (winograd_amortized) sends them to the gemm() paths, pass by pass.
+    const auto c7 = conv_kernel_choice<float>(make_conv2d_geometry(8, 7, 7, 512, 512, 3, 3, 512, 1, 1, 1, 1, 1, 1));
+    CHECK(std::string(c7.forward) == "gemm" && std::string(c7.backward_input) == "col2im_gemm" &&
+          std::string(c7.backward_weight) == "im2col_gemm");
+    const auto c14 = conv_kernel_choice<float>(make_conv2d_geometry(8, 14, 14, 256, 256, 3, 3, 256, 1, 1, 1, 1, 1, 1));
+    CHECK(std::string(c14.forward) == "winograd" && std::string(c14.backward_input) == "winograd" &&
+          std::string(c14.backward_weight) == "im2col_gemm");
+    const auto c28 = conv_kernel_choice<float>(make_conv2d_geometry(8, 28, 28, 128, 128, 3, 3, 128, 1, 1, 1, 1, 1, 1));
+    CHECK(std::string(c28.forward) == "winograd" && std::string(c28.backward_weight) == "winograd");
     const auto deeper = make_conv2d_geometry(2, 16, 16, 128, 512, 3, 3, 128, 2, 2, 1, 1, 1, 1);
     CHECK(std::string(conv_kernel_choice<float>(deeper).backward_input) == "col2im_gemm");
     CHECK(std::string(conv_kernel_choice<float>(deeper).backward_weight) == "im2col_gemm");

@@ -130,26 +130,6 @@ inline conv_detail::ConvKernels<T> conv_kernels_for_width(int64_t ncols) {
   return cfg;
 }
 
-/// [WINOGRAD] Whether a pass of g runs Winograd (winograd.h): never for Direct; wherever it
-/// applies (3x3, stride 1) for Winograd; for Auto where it applies and preferred(), that
-/// pass's measured rule (enough channels), says it pays.
-template <typename Preferred>
-inline bool use_winograd_if(const Conv2dGeometry& g, const Preferred& preferred) {
-  const ConvAlgorithm a = conv_algorithm();
-  if (a == ConvAlgorithm::Direct || !winograd_applicable(g)) return false;
-  return a == ConvAlgorithm::Winograd || preferred();
-}
-/// The forward pass (or the input gradient): winograd_preferred.
-inline bool use_winograd(const Conv2dGeometry& g, bool backward_input) {
-  return use_winograd_if(g, [&] { return winograd_preferred(g, backward_input); });
-}
-
-/// [WINOGRAD] The same for the kernel gradient (winograd_preferred_weight for Auto).
-template <typename T>
-inline bool use_winograd_weight(const Conv2dGeometry& g) {
-  return use_winograd_if(g, [&] { return winograd_preferred_weight<T>(g); });
-}
-
 /// Whether the kernel (FH*FW*C x Q values) stays within ~1 MiB, half an L2. The gather GEMM,
 /// the indirect and direct kernels and the phase GEMMs read all of it (packed) once per block
 /// of pixels, and the kernel-gradient kernels write ~16 partial sums of it; beyond that it
@@ -163,12 +143,54 @@ inline bool kernel_fits_cache(const Conv2dGeometry& g) {
   return saturating_mul(K, saturating_mul(g.Q, static_cast<int64_t>(sizeof(T)))) <= (int64_t{1} << 20);
 }
 
+/// [WINOGRAD] A deep layer on small images: Winograd makes its transformed kernel ((m+2)^2 C Q
+/// values) afresh in every call, and its tiles are the GEMMs' rows. Where the kernel is past
+/// kernel_fits_cache (the alternative being the gemm() paths) and the transformed kernel is
+/// more than `per_tile` bytes per tile, it does not pay. Measured at AVX-512, 2 threads (ms,
+/// Winograd -> gemm paths): (8,7,7,512->512), 131 KB per tile: forward 11.2 -> 5.1, dX 8.5 ->
+/// 5.1, dW 23.6 -> 5.4; (32,7,7,512->512), 33 KB: 26.5 -> 20.3, 23.1 -> 20.2, 45.3 -> 21.2;
+/// (16,7,7,256->256), 16 KB: 3.1 -> 2.4, 3.0 -> 2.3, 5.8 -> 2.7; (8,14,14,256->256), 11 KB: 4.3
+/// -> 4.9, 4.2 -> 4.8 (Winograd stays), dW 7.4 -> 5.4; (16,14,14,256->256), 5 KB: 7.3 -> 10.6,
+/// 7.1 -> 10.1, dW 11.9 -> 10.9. So 12 KB per tile for the forward and dX, 4 KB for dW.
+template <typename T>
+inline bool winograd_amortized(const Conv2dGeometry& g, int64_t per_tile) {
+  if (kernel_fits_cache<T>(g)) return true;
+  const int64_t m = winograd_tile_size(g.Ho, g.Wo, g.C, g.Q);
+  const int64_t tiles = saturating_mul(g.N, saturating_mul((g.Ho + m - 1) / m, (g.Wo + m - 1) / m));
+  const int64_t bytes = saturating_mul(saturating_mul((m + 2) * (m + 2), g.C),
+                                       saturating_mul(g.Q, static_cast<int64_t>(sizeof(T))));
+  return bytes <= saturating_mul(tiles, per_tile);
+}
+
+/// [WINOGRAD] Whether a pass of g runs Winograd (winograd.h): never for Direct; wherever it
+/// applies (3x3, stride 1) for Winograd; for Auto where it applies and preferred(), that
+/// pass's measured rule (enough channels), says it pays.
+template <typename Preferred>
+inline bool use_winograd_if(const Conv2dGeometry& g, const Preferred& preferred) {
+  const ConvAlgorithm a = conv_algorithm();
+  if (a == ConvAlgorithm::Direct || !winograd_applicable(g)) return false;
+  return a == ConvAlgorithm::Winograd || preferred();
+}
+/// The forward pass (or the input gradient): winograd_preferred, and winograd_amortized.
+template <typename T>
+inline bool use_winograd(const Conv2dGeometry& g, bool backward_input) {
+  return use_winograd_if(g, [&] {
+    return winograd_preferred(g, backward_input) && winograd_amortized<T>(g, int64_t{12} << 10);
+  });
+}
+
+/// [WINOGRAD] The same for the kernel gradient (winograd_preferred_weight for Auto).
+template <typename T>
+inline bool use_winograd_weight(const Conv2dGeometry& g) {
+  return use_winograd_if(g, [&] { return winograd_preferred_weight<T>(g) && winograd_amortized<T>(g, int64_t{4} << 10); });
+}
+
 /// Forward kernel for g with the kernels cfg.
 template <typename T>
 inline ForwardKernel select_forward(const Conv2dGeometry& g, const conv_detail::ConvKernels<T>& cfg) {
   // [WINOGRAD] 3x3, stride 1: Winograd when forced, or for Auto with enough channels
   // (winograd_preferred; measured crossover, docs/convolution.md "Winograd").
-  if (use_winograd(g, /*backward_input=*/false)) return ForwardKernel::Winograd;
+  if (use_winograd<T>(g, /*backward_input=*/false)) return ForwardKernel::Winograd;
   const int64_t K = g.FH * g.FW * g.C;
   // 1x1 without padding: a plain GEMM (gemm.h), unless the depth C is too short to pay for
   // its packing (first layers), where the direct kernel below reads the input in place.
@@ -214,7 +236,7 @@ inline BackwardInputKernel select_backward_input(const Conv2dGeometry& g,
                                                  const conv_detail::ConvKernels<T>& cfg) {
   // [WINOGRAD] the same rule: dX is the stride-1 Winograd convolution of the padded dY with
   // the flipped kernel (winograd_conv2d_backward_input).
-  if (use_winograd(g, /*backward_input=*/true)) return BackwardInputKernel::Winograd;
+  if (use_winograd<T>(g, /*backward_input=*/true)) return BackwardInputKernel::Winograd;
   const int64_t C = g.C, Kfull = g.FH * g.FW * C;
   // 1x1 without padding: dX rows = dY W, a plain GEMM, unless C is too narrow for its panels.
   if (conv_detail::is_pointwise(g) && C * 4 > cfg.NR) return BackwardInputKernel::Pointwise;
