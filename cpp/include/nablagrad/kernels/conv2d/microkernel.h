@@ -437,6 +437,20 @@ inline void indirect_kernel_portable(int64_t nh, int64_t len, const T* const* ro
 }
 
 #if NABLAGRAD_X86
+// out[i*ldo ..] = acc[i][0..1] (+ bias): store_acc_portable for MR x 2 AVX2 vectors.
+template <typename T, int MR>
+__attribute__((target("avx2,fma"))) inline void store_acc_avx2(const typename Avx2Vec<T>::VT (&acc)[MR][2], T* out,
+                                                               int64_t ldo, const T* bias) {
+  using V = Avx2Vec<T>;
+  constexpr int W = V::W;
+  const typename V::VT bias0 = bias ? V::load(bias) : V::zero(), bias1 = bias ? V::load(bias + W) : V::zero();
+#pragma GCC unroll 6
+  for (int i = 0; i < MR; ++i) {
+    V::store(out + i * ldo, bias ? V::add(acc[i][0], bias0) : acc[i][0]);
+    V::store(out + i * ldo + W, bias ? V::add(acc[i][1], bias1) : acc[i][1]);
+  }
+}
+
 // The same at AVX2+FMA: a 6 x 2-vector tile (12 ymm accumulators), as direct_kernel_avx2
 // (vector wrapper Avx2Vec: kernels/simd.h).
 template <typename T>
@@ -464,12 +478,7 @@ __attribute__((target("avx2,fma"))) inline void indirect_kernel_avx2(int64_t nh,
       }
     }
   }
-  const VT bias0 = bias ? V::load(bias) : V::zero(), bias1 = bias ? V::load(bias + W) : V::zero();
-#pragma GCC unroll 6
-  for (int i = 0; i < MR; ++i) {
-    V::store(out + i * ldo, bias ? V::add(acc[i][0], bias0) : acc[i][0]);
-    V::store(out + i * ldo + W, bias ? V::add(acc[i][1], bias1) : acc[i][1]);
-  }
+  store_acc_avx2<T, MR>(acc, out, ldo, bias);
 }
 
 // column_kernel_portable at AVX2+FMA: 6 x 2 vectors.
@@ -602,12 +611,7 @@ __attribute__((target("avx2,fma"))) inline void direct_kernel_avx2_rows(int64_t 
       }
     }
   }
-  const VT bias0 = bias ? V::load(bias) : V::zero(), bias1 = bias ? V::load(bias + W) : V::zero();
-#pragma GCC unroll 6
-  for (int i = 0; i < MR; ++i) {
-    V::store(out + i * ldo, bias ? V::add(acc[i][0], bias0) : acc[i][0]);
-    V::store(out + i * ldo + W, bias ? V::add(acc[i][1], bias1) : acc[i][1]);
-  }
+  store_acc_avx2<T, MR>(acc, out, ldo, bias);
 }
 #endif
 
