@@ -154,12 +154,16 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--threads", default="2,1", help="thread counts; the first is the headline")
     ap.add_argument("--shapes", default="", help="comma-separated indices into SHAPES")
+    ap.add_argument("--shape", action="append", default=[], metavar="N,H,W,C,Q,F,S,P",
+                    help="a shape of your own instead of the list (repeatable)")
     ap.add_argument("--markdown", action="store_true", help="print a Markdown table")
     ap.add_argument("--peak", type=float, default=PEAK_PER_THREAD,
                     help="fp32 GFLOP/s of one thread for the %%peak column (default: a Zen 3 core)")
     args = ap.parse_args()
     thread_counts = [int(t) for t in args.threads.split(",")]
     shapes = SHAPES if not args.shapes else [SHAPES[int(i)] for i in args.shapes.split(",")]
+    if args.shape:
+        shapes = [parse_shape(s) for s in args.shape]
     have_torch = torch is not None
     print(f"# CPU: {cpu_model()}; SIMD level: {ng._core._simd_level()} (CPU has {ng._core._cpu_simd_level()}); "
           f"conv algorithm: {ng.backends.conv_algorithm}")
@@ -197,6 +201,13 @@ def main() -> None:
         gm_f = math.exp(sum(math.log(v) for v in fwd_ratios) / len(fwd_ratios))
         print(f"\ngeometric mean of the forward+backward ratio (torch/ours) at {head} threads: {gm:.2f}"
               f"  (min {min(ratios):.2f}); forward: {gm_f:.2f} (min {min(fwd_ratios):.2f})")
+
+
+def parse_shape(text: str) -> tuple:
+    parts = text.split(",")
+    if len(parts) != 8 or not all(p.strip().isdigit() for p in parts):
+        raise SystemExit(f"--shape wants eight non-negative integers N,H,W,C,Q,F,S,P, got {text!r}")
+    return tuple(int(p) for p in parts)
 
 
 def print_row(row, have_torch: bool, markdown: bool, first: bool) -> None:

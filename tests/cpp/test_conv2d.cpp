@@ -410,6 +410,48 @@ void test_forward_gemm() {
   check_everywhere<float>(two, 2e-4, 39);
 }
 
+// The kernel gradient's product dW = sum over pixel blocks of dY_b^T B_b: run as the transposed
+// product plus a transpose where dW is wider than tall over >= 1024 pixels, it must give the
+// bits of the plain product accumulated block by block (tile edges: 40 rows, 100 columns), at
+// every SIMD level; and the convolutions that use it (a 1x1 256 -> 64 like layer and a deep
+// strided 3x3 past 1 MiB of kernel, both over 1024+ pixels) against the reference.
+template <typename T>
+void check_weight_gradient_product(int64_t Q, int64_t Kw, const std::vector<int64_t>& blocks, uint32_t seed) {
+  int64_t P = 0;
+  for (int64_t b : blocks) P += b;
+  std::mt19937 rng(seed);
+  const auto dy = random_vector<T>(P * Q, rng), b = random_vector<T>(P * (Kw + 3), rng);
+  for (int level = 0; level <= static_cast<int>(nablagrad::cpu_simd_level()); ++level) {
+    nablagrad::set_simd_level(static_cast<SimdLevel>(level));
+    std::vector<T> plain(static_cast<size_t>(Q * Kw)), got(plain.size(), T(7));
+    conv_detail::WeightGradientProduct<T> prod(Q, Kw, P, got.data());
+    int64_t p0 = 0;
+    for (int64_t nb : blocks) {
+      gemm<T>(Q, Kw, nb, dy.data() + p0 * Q, 1, Q, b.data() + p0 * (Kw + 3), Kw + 3, 1, plain.data(), Kw, p0 > 0);
+      prod.add(nb, dy.data() + p0 * Q, b.data() + p0 * (Kw + 3), Kw + 3, p0 > 0);
+      p0 += nb;
+    }
+    prod.finish();
+    CHECK(bitwise_equal(got, plain));
+  }
+  nablagrad::set_simd_level(nablagrad::cpu_simd_level());
+}
+
+void test_weight_gradient_product() {
+  check_weight_gradient_product<float>(40, 100, {700, 500}, 61);   // transposed
+  check_weight_gradient_product<double>(40, 100, {700, 500}, 62);  // transposed, scalar copy
+  check_weight_gradient_product<float>(64, 256, {1100}, 63);       // transposed, whole tiles
+  check_weight_gradient_product<float>(100, 40, {1200}, 64);       // taller than wide: plain
+  check_weight_gradient_product<float>(40, 100, {600}, 65);        // too few pixels: plain
+  const auto pw = make_conv2d_geometry(1, 32, 36, 40, 12, 1, 1, 40, 1, 1, 0, 0, 0, 0);
+  CHECK(std::string(conv_kernel_choice<float>(pw).backward_weight) == "1x1_gemm");
+  check_everywhere<double>(pw, 1e-12, 66);
+  check_everywhere<float>(pw, 2e-5, 67);
+  const auto deep = make_conv2d_geometry(4, 32, 32, 128, 232, 3, 3, 128, 2, 2, 1, 1, 1, 1);
+  CHECK(std::string(conv_kernel_choice<float>(deep).backward_weight) == "im2col_gemm");
+  check_everywhere<float>(deep, 2e-4, 68);
+}
+
 // The indirect forward: blocks of MR pixels across output rows (and past the last pixel),
 // runs in the input, in the top/bottom padding (zeros) and across the left/right padding
 // (copied runs), uneven strides and paddings.
@@ -615,6 +657,7 @@ int main() {
   RUN_TEST(test_backward_input_phases_direct);
   RUN_TEST(test_forward_in_place);
   RUN_TEST(test_forward_gemm);
+  RUN_TEST(test_weight_gradient_product);
   RUN_TEST(test_forward_indirect);
   RUN_TEST(test_sweep_double);
   RUN_TEST(test_sweep_float);
