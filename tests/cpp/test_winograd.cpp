@@ -262,9 +262,13 @@ void test_errors_and_empty() {
   const auto g3264 = make_conv2d_geometry(1, 8, 8, 32, 64, 3, 3, 32, 1, 1, 0, 0, 0, 0);
   CHECK(!winograd_preferred(g16) && winograd_preferred(g16, /*backward_input=*/true));
   CHECK(winograd_preferred(g3264) && winograd_preferred(g3264, true));
-  // Kernel gradient: from 16 channels, with at least 4 blocks of tiles to share out.
+  // Kernel gradient: from 16 channels on both sides and 32 on one (below, the direct kernel
+  // is faster), with at least 4 blocks of tiles to share out.
   CHECK(!winograd_preferred_weight<float>(g3));
-  CHECK(winograd_preferred_weight<float>(make_conv2d_geometry(8, 32, 32, 16, 16, 3, 3, 16, 1, 1, 1, 1, 1, 1)));
+  CHECK(!winograd_preferred_weight<float>(make_conv2d_geometry(8, 32, 32, 16, 16, 3, 3, 16, 1, 1, 1, 1, 1, 1)));
+  CHECK(!winograd_preferred_weight<float>(make_conv2d_geometry(8, 32, 32, 24, 24, 3, 3, 24, 1, 1, 1, 1, 1, 1)));
+  CHECK(winograd_preferred_weight<float>(make_conv2d_geometry(8, 32, 32, 16, 32, 3, 3, 16, 1, 1, 1, 1, 1, 1)));
+  CHECK(winograd_preferred_weight<float>(make_conv2d_geometry(8, 32, 32, 32, 16, 3, 3, 32, 1, 1, 1, 1, 1, 1)));
   // 1 x 7 x 7 (16 F(2x2) tiles) is under 4 blocks at every level (a block is >= 2 register
   // tiles of rows, MR >= 4).
   CHECK(!winograd_preferred_weight<float>(make_conv2d_geometry(1, 7, 7, 512, 512, 3, 3, 512, 1, 1, 1, 1, 1, 1)));

@@ -549,10 +549,14 @@ inline int winograd_tile_size(int64_t Ho, int64_t Wo, int64_t K, int64_t Nf) {
 /// docs/convolution.md "Winograd"): C, Q >= 16 (about 2x faster from 16 -> 16 to 256 -> 256
 /// channels; a wash at 8), and at least 4 blocks of tiles: the tiles are the reduction, split
 /// into chunks of whole blocks, so fewer blocks leave threads idle (2 x 7 x 7, 512 -> 512 ran
-/// 14 ms by GEMM, 17 by Winograd on one block).
+/// 14 ms by GEMM, 17 by Winograd on one block). Against the direct kernel-gradient kernel
+/// (backward_weight_direct, which came later) Winograd loses where both C and Q are below 32
+/// (AVX-512, 2 threads, ms, Winograd vs direct: (16,32,32,16->16) 0.335 vs 0.294,
+/// (8,28,28,24->24) 0.353 vs 0.335) and still wins from 32 on either side ((16,32,32,16->32)
+/// 0.40 vs 0.51, (16,32,32,32->32) 0.54 vs 0.98).
 template <typename T>
 inline bool winograd_preferred_weight(const Conv2dGeometry& g) {
-  if (!winograd_applicable(g) || g.C < 16 || g.Q < 16) return false;
+  if (!winograd_applicable(g) || g.C < 16 || g.Q < 16 || (g.C < 32 && g.Q < 32)) return false;
   const int m = winograd_tile_size(g.Ho, g.Wo, g.C, g.Q);
   const int64_t tiles = g.N * ((g.Ho + m - 1) / m) * ((g.Wo + m - 1) / m);
   const int64_t tb = winograd_detail::block_tiles<T>(m, g.C, g.Q, tiles);
