@@ -92,8 +92,7 @@ void backward_input_col2im(const ConvKernels<T>& cfg, const Conv2dGeometry& g, c
 template <typename T>
 void backward_input_col2im_gemm(const Conv2dGeometry& g, const T* dy, const T* w, T* dx) {
   const int64_t Q = g.Q, K = g.FH * g.FW * g.C, per_image = g.Ho * g.Wo;
-  const int64_t budget = (int64_t{8} << 20) / static_cast<int64_t>(sizeof(T));
-  const int64_t images = std::max<int64_t>(1, std::min(g.N, budget / std::max<int64_t>(per_image * K, 1)));
+  const int64_t images = gemm_path_block<T>(per_image * K, g.N);
   Scratch<T> dcol(checked_product({images, std::max<int64_t>(per_image, 1), std::max<int64_t>(K, 1)},
                                   "conv2d backward: dY.W columns"),
                   "conv2d backward: dY.W columns");

@@ -286,16 +286,14 @@ class WeightGradientProduct {
 template <typename T>
 void backward_weight_im2col_gemm(const Conv2dGeometry& g, const T* x, const T* dy, T* dw, T* db) {
   const int64_t K = g.FH * g.FW * g.C, Q = g.Q, pixels = g.N * g.Ho * g.Wo;
-  const int64_t budget = (int64_t{8} << 20) / static_cast<int64_t>(sizeof(T));
-  const int64_t block = std::max<int64_t>(1, std::min(std::max<int64_t>(pixels, 1), budget / std::max<int64_t>(K, 1)));
+  const int64_t block = gemm_path_block<T>(K, pixels);
   Scratch<T> a(checked_product({block, std::max<int64_t>(K, 1)}, "conv2d backward: im2col rows"),
                "conv2d backward: im2col rows");
   WeightGradientProduct<T> prod(Q, K, pixels, dw);
   if (pixels == 0) std::fill(dw, dw + Q * K, T(0));
   for (int64_t p0 = 0; p0 < pixels; p0 += block) {
     const int64_t nb = std::min(block, pixels - p0);
-    parallel_for(0, nb, std::max<int64_t>(1, (int64_t{1} << 14) / std::max<int64_t>(K, 1)),
-                 [&](int64_t lo, int64_t hi) { forward_im2col(g, x, p0 + lo, p0 + hi, a.get() + lo * K, K); });
+    im2col_rows_parallel(g, x, p0, nb, a.get());
     prod.add(nb, dy + p0 * Q, a.get(), K, /*accumulate=*/p0 > 0);
   }
   if (pixels > 0) prod.finish();

@@ -93,6 +93,15 @@ void forward_im2col_gemm(const ConvKernels<T>& cfg, const Conv2dGeometry& g, con
       y, bias);
 }
 
+/// im2col rows [r0, r0 + nb) (K = FH*FW*C values each) into dst, shared out among the threads:
+/// the gather of the gemm() paths' blocks.
+template <typename T>
+void im2col_rows_parallel(const Conv2dGeometry& g, const T* x, int64_t r0, int64_t nb, T* dst) {
+  const int64_t K = g.FH * g.FW * g.C;
+  parallel_for(0, nb, std::max<int64_t>(1, (int64_t{1} << 14) / std::max<int64_t>(K, 1)),
+               [&](int64_t lo, int64_t hi) { forward_im2col(g, x, r0 + lo, r0 + hi, dst + lo * K, K); });
+}
+
 /// Forward as im2col + gemm(): blocks of output pixels whose im2col rows stay within ~8 MiB
 /// are gathered (in parallel) into a buffer and multiplied by W^T with gemm(), whose cache
 /// blocking packs each panel of W once per block and reuses it across all the block's rows
@@ -103,13 +112,11 @@ template <typename T>
 void forward_gemm(const Conv2dGeometry& g, const T* x, const T* w, const T* bias, T* y) {
   const int64_t K = g.FH * g.FW * g.C, Q = g.Q, rows = g.N * g.Ho * g.Wo;
   if (rows == 0) return;
-  const int64_t budget = (int64_t{8} << 20) / static_cast<int64_t>(sizeof(T));
-  const int64_t block = std::max<int64_t>(1, std::min(rows, budget / std::max<int64_t>(K, 1)));
+  const int64_t block = gemm_path_block<T>(K, rows);
   Scratch<T> a(checked_product({block, std::max<int64_t>(K, 1)}, "conv2d: im2col rows"), "conv2d: im2col rows");
   for (int64_t r0 = 0; r0 < rows; r0 += block) {
     const int64_t nb = std::min(block, rows - r0);
-    parallel_for(0, nb, std::max<int64_t>(1, (int64_t{1} << 14) / std::max<int64_t>(K, 1)),
-                 [&](int64_t lo, int64_t hi) { forward_im2col(g, x, r0 + lo, r0 + hi, a.get() + lo * K, K); });
+    im2col_rows_parallel(g, x, r0, nb, a.get());
     gemm<T>(nb, Q, K, a.get(), K, 1, w, 1, K, y + r0 * Q, Q, /*accumulate=*/false, bias);
   }
 }

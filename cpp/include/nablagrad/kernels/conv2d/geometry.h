@@ -292,6 +292,15 @@ namespace conv_detail {
 
 inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
+// The gemm() paths (kernels past kernel_fits_cache: forward_gemm, backward_input_col2im_gemm,
+// backward_weight_im2col_gemm) go through a buffer of im2col (or dY.W) rows in blocks of about
+// 8 MiB: the number of units of `unit` values each that fit, at least 1 and at most `most`.
+template <typename T>
+inline int64_t gemm_path_block(int64_t unit, int64_t most) {
+  const int64_t budget = (int64_t{8} << 20) / static_cast<int64_t>(sizeof(T));
+  return std::max<int64_t>(1, std::min(std::max<int64_t>(most, 1), budget / std::max<int64_t>(unit, 1)));
+}
+
 // Per-thread scratch buffers, reused across calls (no allocation or page faults per tile).
 // Slot tells buffers apart that are live at the same time. A kernel never calls another
 // kernel while it holds a slot (nested parallel regions run inline on the same thread).
