@@ -96,6 +96,52 @@ void test_default_num_threads() {
   CHECK(detail::default_num_threads(1) == 1);
 }
 
+// move_off_cpu (a pool worker that finds itself on its caller's CPU leaves it): the thread
+// ends up off that CPU where it may run elsewhere, with its affinity mask as it was (never
+// left pinned); with a single allowed CPU it reports that it cannot move and changes nothing.
+void test_move_off_cpu() {
+#if defined(__linux__) && defined(CPU_COUNT_S)
+  auto mask = [] {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CHECK(pthread_getaffinity_np(pthread_self(), sizeof(set), &set) == 0);
+    return set;
+  };
+  std::thread([&] {
+    const cpu_set_t before = mask();
+    const int allowed = CPU_COUNT(&before);
+    int moved_off = 0;
+    for (int i = 0; i < 5; ++i) {
+      const int cpu = detail::current_cpu();
+      const bool moved = detail::move_off_cpu(cpu);
+      CHECK(moved == (allowed > 1));
+      if (detail::current_cpu() != cpu) ++moved_off;
+      const cpu_set_t after = mask();
+      CHECK(CPU_EQUAL(&before, &after));
+    }
+    if (allowed > 1) CHECK(moved_off >= 1);  // the kernel migrates at once; allow a move back
+    // Pinned to one CPU: nowhere to go, and the mask stays.
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(detail::current_cpu(), &one);
+    CHECK(pthread_setaffinity_np(pthread_self(), sizeof(one), &one) == 0);
+    CHECK(!detail::move_off_cpu(detail::current_cpu()));
+    const cpu_set_t still = mask();
+    CHECK(CPU_EQUAL(&one, &still));
+  }).join();
+  // The pool still runs regions on every thread count afterwards.
+  for (int n = 1; n <= 3; ++n) {
+    set_num_threads(n);
+    std::atomic<int64_t> total{0};
+    parallel_for(0, 1000, 1, [&](int64_t lo, int64_t hi) {
+      for (int64_t i = lo; i < hi; ++i) total += i;
+    });
+    CHECK(total.load() == int64_t{1000} * 999 / 2);
+  }
+  set_num_threads(2);
+#endif
+}
+
 // Each region throws from some chunks; the pool keeps working, at every size, and resizing
 // between regions never loses or repeats a chunk.
 void test_pool_survives_throws_and_resizes() {
@@ -238,6 +284,7 @@ int main() {
   test_cgroup_v2();
   test_cgroup_v1();
   test_default_num_threads();
+  test_move_off_cpu();
   test_pool_survives_throws_and_resizes();
   test_fork_child_gets_a_working_pool();
   return test_util::finish();
