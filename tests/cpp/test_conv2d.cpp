@@ -476,6 +476,44 @@ void test_forward_indirect() {
   check_everywhere<float>(gi, 1e-4, 41);  // sums of 1200-1600 float products
 }
 
+// Kernel rows wholly in the top or bottom padding are skipped by the direct and indirect
+// forwards (and the stride-1 input gradient that runs them on the flipped geometry):
+// paddings as deep as the kernel (whole output rows of bias alone), uneven top / bottom,
+// blocks of the indirect kernel that cross from such a row into the next, and NaN in the
+// input, which must reach exactly the outputs whose taps read it.
+void test_padding_rows_skipped() {
+  const Conv2dGeometry shapes[] = {
+      make_conv2d_geometry(2, 7, 9, 3, 32, 3, 3, 3, 1, 1, 3, 2, 1, 1),         // direct, rows of bias
+      make_conv2d_geometry(2, 8, 10, 16, 32, 5, 5, 16, 1, 1, 4, 1, 2, 2),      // direct, 5x5
+      make_conv2d_geometry(2, 9, 7, 32, 64, 3, 3, 32, 2, 2, 3, 2, 1, 1),       // indirect, strided
+      make_conv2d_geometry(1, 6, 11, 40, 64, 4, 4, 40, 1, 1, 4, 3, 1, 2)};     // indirect, stride 1
+  const char* expect[] = {"direct", "direct", "indirect", "indirect"};
+  for (int i = 0; i < 4; ++i) {
+    const Conv2dGeometry& g = shapes[i];
+    const std::string got = conv_kernel_choice<double>(g).forward;
+    CHECK(got == expect[i]);
+    if (got != expect[i]) std::printf("  shape %d runs %s\n", i, got.c_str());
+    check_everywhere<double>(g, 1e-12, 70 + i);
+    check_everywhere<float>(g, 1e-4, 80 + i);
+  }
+  // NaN in one input pixel: the fast forward's NaNs are the reference's, at every level.
+  const Conv2dGeometry g = shapes[1];
+  std::mt19937 rng(90);
+  auto x = random_vector<float>(g.N * g.H * g.W * g.C, rng), w = random_vector<float>(g.Q * g.FH * g.FW * g.C, rng),
+       b = random_vector<float>(g.Q, rng);
+  x[static_cast<size_t>((1 * g.H + 2) * g.W + 3) * g.C + 5] = std::nanf("");
+  std::vector<float> ref(static_cast<size_t>(g.N * g.Ho * g.Wo * g.Q)), y(ref.size());
+  conv2d_reference_forward<float>(g, x.data(), w.data(), b.data(), ref.data());
+  for (int level = 0; level <= static_cast<int>(nablagrad::cpu_simd_level()); ++level) {
+    nablagrad::set_simd_level(static_cast<SimdLevel>(level));
+    conv2d_forward<float>(g, x.data(), w.data(), b.data(), y.data());
+    bool same_nans = true;
+    for (size_t k = 0; k < y.size(); ++k) same_nans = same_nans && (std::isnan(y[k]) == std::isnan(ref[k]));
+    CHECK(same_nans);
+  }
+  nablagrad::set_simd_level(nablagrad::cpu_simd_level());
+}
+
 // The strided input gradient by phases read in place from a padded dY (phases_direct):
 // uneven strides and paddings, S > F (phases no tap reaches), C over two panels.
 void test_backward_input_phases_direct() {
@@ -659,6 +697,7 @@ int main() {
   RUN_TEST(test_forward_gemm);
   RUN_TEST(test_weight_gradient_product);
   RUN_TEST(test_forward_indirect);
+  RUN_TEST(test_padding_rows_skipped);
   RUN_TEST(test_sweep_double);
   RUN_TEST(test_sweep_float);
   RUN_TEST(test_larger_shapes);

@@ -88,7 +88,13 @@ void forward_direct(const ConvKernels<T>& cfg, const Conv2dGeometry& g, const T*
         for (int64_t i = 0; i < (last - ho) * S_h + FH; ++i) copy_padded_row(g, x, prow, n * Hp + base + i, xl + i * prow);
         held = n;
       }
-      const T* xrow = xl + (ho * S_h - base) * prow;
+      // Kernel rows wholly in the top or bottom padding add nothing: the tiles of this output
+      // row run rows h0 .. h1 only (as oneDNN skips them). Where a 5x5 meets a 28-row image,
+      // 4 of 28 output rows skip 1-2 of their 5 kernel rows.
+      const int64_t top = ho * S_h - g.pad_top;  // the input row of kernel row 0
+      const int64_t h0 = std::min(FH, std::max<int64_t>(0, -top));
+      const int64_t nh = std::max<int64_t>(0, std::min(FH, g.H - top) - h0);
+      const T* xrow = xl + (ho * S_h - base + h0) * prow;
       T* yrow = y + r * g.Wo * Q;
       for (int64_t blk = 0, wb = 0; wb < g.Wo; ++blk) {
         const bool tail = blk >= rb.full;
@@ -101,13 +107,13 @@ void forward_direct(const ConvKernels<T>& cfg, const Conv2dGeometry& g, const T*
           T* dst = whole ? yrow + wb * Q + q0 : out;
           const int64_t ldd = whole ? Q : NR;
           const T* bq = whole && bias ? bias + q0 : nullptr;
-          const T* bp = B.data.data() + p * K * NR;
+          const T* bp = B.data.data() + p * K * NR + h0 * len * NR;
           if (tail)
-            cfg.direct_tail(FH, len, a, S_w * C, prow, bp, dst, ldd, bq);
+            cfg.direct_tail(nh, len, a, S_w * C, prow, bp, dst, ldd, bq);
           else if (s1)
-            s1(FH, C, a, prow, bp, dst, ldd, bq);
+            s1(nh, C, a, prow, bp, dst, ldd, bq);
           else
-            cfg.direct(FH, len, a, S_w * C, prow, bp, dst, ldd, bq);
+            cfg.direct(nh, len, a, S_w * C, prow, bp, dst, ldd, bq);
           if (!whole) cfg.store_tile(out, nw, NR, yrow + wb * Q + q0, Q, bias ? bias + q0 : nullptr, nq);
         }
         wb += rows_b;
