@@ -377,6 +377,32 @@ void test_direct_s1() {
     check_everywhere<float>(g, 2e-5, 43);
   }
   CHECK(std::string(conv_kernel_choice<float>(shapes[0]).backward_input) == "flipped_direct");
+  // Beside the stride-1 kernel, the remainder of a row past its whole 24-pixel blocks runs
+  // as up to two 8-pixel direct blocks (direct_row_blocks_s1), else as one more s1 block.
+  auto blocks = [](int64_t Wo) {
+    const auto rb = conv_detail::direct_row_blocks_s1(Wo, 24, 8);
+    return std::vector<int64_t>{rb.full, rb.tails, rb.span};
+  };
+  CHECK(blocks(32) == (std::vector<int64_t>{1, 1, 32}));
+  CHECK(blocks(28) == (std::vector<int64_t>{1, 1, 32}));
+  CHECK(blocks(16) == (std::vector<int64_t>{0, 2, 16}));
+  CHECK(blocks(14) == (std::vector<int64_t>{0, 2, 16}));
+  CHECK(blocks(43) == (std::vector<int64_t>{2, 0, 48}));  // 19 left: one more s1 block
+  CHECK(blocks(48) == (std::vector<int64_t>{2, 0, 48}));
+  CHECK(blocks(7) == (std::vector<int64_t>{0, 1, 8}));
+  CHECK(conv_detail::direct_row_blocks_s1(30, 24, 0).full == 2);  // no tail kernel
+  const Conv2dGeometry tails[] = {
+      make_conv2d_geometry(2, 7, 32, 16, 16, 3, 3, 16, 1, 1, 1, 1, 1, 1),  // 24 + 8
+      make_conv2d_geometry(2, 5, 28, 16, 16, 5, 5, 16, 1, 1, 2, 2, 2, 2),  // 24 + 8 (4 used)
+      make_conv2d_geometry(1, 6, 16, 8, 16, 3, 3, 8, 1, 1, 1, 1, 1, 1),    // 8 + 8
+      make_conv2d_geometry(1, 4, 14, 16, 16, 3, 3, 16, 1, 1, 1, 1, 1, 1),  // 8 + 8 (6 used)
+      make_conv2d_geometry(1, 4, 43, 16, 16, 3, 3, 16, 1, 1, 1, 1, 1, 1),  // 24 + 24 (19 used)
+      make_conv2d_geometry(1, 10, 64, 3, 16, 7, 7, 3, 2, 2, 3, 3, 3, 3)};  // strided: 24 + 8
+  for (const Conv2dGeometry& g : tails) {
+    CHECK(std::string(conv_kernel_choice<float>(g).forward) == "direct");
+    check_everywhere<double>(g, 1e-12, 44);
+    check_everywhere<float>(g, 2e-5, 45);
+  }
 }
 
 // The im2col forward accumulating straight into Y (whole micro-tiles, Q a whole number of

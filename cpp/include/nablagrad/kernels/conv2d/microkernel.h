@@ -1278,13 +1278,17 @@ inline ConvKernels<T> conv_kernels(SimdLevel level, bool narrow = false);
 template <>
 inline ConvKernels<float> conv_kernels<float>(SimdLevel level, bool narrow) {
 #if NABLAGRAD_X86
-  if (level >= SimdLevel::AVX512 && narrow)
-    return {SimdLevel::AVX512, 24, 16, 256, 8, &micro_kernel_avx512<float, 24, 1>,
+  if (level >= SimdLevel::AVX512 && narrow) {
+    ConvKernels<float> k{SimdLevel::AVX512, 24, 16, 256, 8, &micro_kernel_avx512<float, 24, 1>,
             &direct_kernel_avx512<float, 24, 1>, &indirect_kernel_avx512<float, 24, 1>, &column_kernel_avx512<float, 24, 1>,
             &store_tile_avx512<float>,
             &dot_avx2, &narrow_row_avx2, &smallc_dx_block<float>,
             &smallc_dw_block_avx2_dispatch<float>,
             8, &micro_kernel_avx512<float, 8, 1>, &column_kernel_avx512<float, 8, 1>};
+    k.MR_direct_tail = 8;
+    k.direct_tail = &direct_kernel_avx512<float, 8, 1>;
+    return k;
+  }
   if (level >= SimdLevel::AVX512) {
     ConvKernels<float> k{SimdLevel::AVX512, 12, 32, 256, 8, &micro_kernel_avx512<float, 12, 2>,
             &direct_kernel_avx512<float, 12, 2>, &indirect_kernel_avx512<float, 12, 2>, &column_kernel_avx512<float, 12, 2>,
@@ -1315,13 +1319,17 @@ inline ConvKernels<float> conv_kernels<float>(SimdLevel level, bool narrow) {
 template <>
 inline ConvKernels<double> conv_kernels<double>(SimdLevel level, bool narrow) {
 #if NABLAGRAD_X86
-  if (level >= SimdLevel::AVX512 && narrow)
-    return {SimdLevel::AVX512, 24, 8, 128, 4, &micro_kernel_avx512<double, 24, 1>,
+  if (level >= SimdLevel::AVX512 && narrow) {
+    ConvKernels<double> k{SimdLevel::AVX512, 24, 8, 128, 4, &micro_kernel_avx512<double, 24, 1>,
             &direct_kernel_avx512<double, 24, 1>, &indirect_kernel_avx512<double, 24, 1>, &column_kernel_avx512<double, 24, 1>,
             &store_tile_avx512<double>,
             &dot_avx2, &narrow_row_avx2, &smallc_dx_block<double>,
             &smallc_dw_block_avx2_dispatch<double>,
             8, &micro_kernel_avx512<double, 8, 1>, &column_kernel_avx512<double, 8, 1>};
+    k.MR_direct_tail = 8;
+    k.direct_tail = &direct_kernel_avx512<double, 8, 1>;
+    return k;
+  }
   if (level >= SimdLevel::AVX512) {
     ConvKernels<double> k{SimdLevel::AVX512, 12, 16, 128, 4, &micro_kernel_avx512<double, 12, 2>,
             &direct_kernel_avx512<double, 12, 2>, &indirect_kernel_avx512<double, 12, 2>, &column_kernel_avx512<double, 12, 2>,

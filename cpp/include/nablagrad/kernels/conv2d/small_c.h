@@ -58,8 +58,10 @@ void forward_direct(const ConvKernels<T>& cfg, const Conv2dGeometry& g, const T*
   // Stride 1 and a tile that has one: the kernel that broadcasts each input value once.
   const DirectS1Kernel<T> s1 = S_w == 1 ? direct_s1_kernel(cfg, FW) : nullptr;
   // Each output row in blocks of MR pixels, the last ones of MR_direct_tail where the tile
-  // has a shorter variant (not beside s1, whose sums run in another order).
-  const DirectRowBlocks rb = direct_row_blocks(g.Wo, MR, s1 ? 0 : cfg.MR_direct_tail);
+  // has a shorter variant (beside s1, the remainder past its whole blocks: the tails then sum
+  // in the direct kernel's order, (h, kx, c), where s1 sums (h, c, kx)).
+  const DirectRowBlocks rb = s1 ? direct_row_blocks_s1(g.Wo, MR, cfg.MR_direct_tail)
+                                : direct_row_blocks(g.Wo, MR, cfg.MR_direct_tail);
   const int64_t row_work = std::max<int64_t>(1, g.Wo * Q * K);
   // Tasks of consecutive output rows (>= ~64K multiply-adds, at most ~64 tasks), claimed
   // dynamically. A thread's rows stay together: they share most of their input rows (a 7x7
