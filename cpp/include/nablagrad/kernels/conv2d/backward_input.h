@@ -265,9 +265,9 @@ void backward_input_phases_direct(const ConvKernels<T>& cfg, const Conv2dGeometr
   // The phases, their packed sub-kernels and their tasks (blocks of MR flat positions of one
   // image), all run in one parallel region: task t belongs to the phase whose range holds it.
   struct Phase {
-    int64_t y0, x0, Hph, Wph, nth, ntw, first, blocks, task0;
-    bool by_rows;        // tasks are the phase's rows (rb), else blocks of MR flat positions
-    DirectRowBlocks rb;  // the blocks of a row (by_rows)
+    int64_t y0 = 0, x0 = 0, Hph = 0, Wph = 0, nth = 0, ntw = 0, first = 0, blocks = 0, task0 = 0;
+    bool by_rows = false;        // tasks are the phase's rows (rb), else blocks of MR flat positions
+    DirectRowBlocks rb{0, 0, 0};  // the blocks of a row (by_rows)
     PackedB<T> B;
   };
   std::vector<Phase> phases;
