@@ -11,7 +11,7 @@ every thread):
 
 * ``"auto"`` (default): the fastest kernel for each shape (``kernels/conv2d/select.h``);
 * ``"direct"``: implicit-GEMM / direct kernels only, never Winograd;
-* ``"winograd"``: Winograd wherever it applies (3x3 kernels, stride 1), the ``"auto"``
+* ``"winograd"``: Winograd wherever it applies (3x3 and 5x5 kernels, stride 1), the ``"auto"``
   choice elsewhere.
 
 Any other value raises ``ValueError``. ``set_conv_algorithm`` / ``get_conv_algorithm`` are the

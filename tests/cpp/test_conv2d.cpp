@@ -345,11 +345,14 @@ void test_register_tiles() {
   check_everywhere<float>(make_conv2d_geometry(3, 28, 28, 1, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1), 2e-5, 32);
   check_everywhere<float>(make_conv2d_geometry(2, 64, 64, 3, 32, 7, 7, 3, 2, 2, 3, 3, 3, 3), 1e-4, 28);  // dW: sums of 2048 products
   check_everywhere<float>(make_conv2d_geometry(1, 20, 95, 3, 32, 7, 7, 3, 2, 2, 3, 3, 3, 3), 2e-5, 29);
-  // The flipped dX of a 5x5 on rows of 16 (C = 32 outputs: the 2-vector tile, two 8-row tails).
+  // The flipped dX of a 5x5 on rows of 16 (C = 32 outputs: the 2-vector tile, two 8-row tails);
+  // "auto" runs this dX by Winograd F(2x2,5x5) (test_winograd), "direct" by the flipped kernel.
   const auto gf = make_conv2d_geometry(2, 9, 16, 32, 16, 5, 5, 32, 1, 1, 2, 2, 2, 2);
+  set_conv_algorithm(ConvAlgorithm::Direct);
   CHECK(std::string(conv_kernel_choice<float>(gf).backward_input) == "flipped_direct");
   check_everywhere<double>(gf, 1e-12, 30);
   check_everywhere<float>(gf, 2e-5, 30);
+  set_conv_algorithm(ConvAlgorithm::Auto);
 }
 
 // The stride-1 direct kernel that broadcasts each input value once (direct_s1_kernel_avx512,
@@ -494,12 +497,15 @@ void test_forward_indirect() {
   // Stride 1, a panel too large for the direct kernel (K = 640): indirect at AVX-512.
   check_everywhere<double>(make_conv2d_geometry(2, 10, 9, 40, 64, 4, 4, 40, 1, 1, 1, 2, 2, 1), 1e-12, 39);
   // The stride-1 input gradient through it: the flipped kernel (K = 25*48 = 1200, a panel
-  // beyond the direct kernel's 64 KiB at every level) on dY padded by F-1-P.
+  // beyond the direct kernel's 64 KiB at every level) on dY padded by F-1-P ("direct": "auto"
+  // runs this 5x5 by Winograd).
   const auto gi = make_conv2d_geometry(2, 9, 11, 64, 48, 5, 5, 64, 1, 1, 2, 1, 2, 3);
+  set_conv_algorithm(ConvAlgorithm::Direct);
   CHECK(std::string(conv_kernel_choice<double>(gi).backward_input) == "flipped_indirect");
   CHECK(std::string(conv_kernel_choice<float>(gi).backward_input) == "flipped_indirect");
   check_everywhere<double>(gi, 1e-12, 40);
   check_everywhere<float>(gi, 1e-4, 41);  // sums of 1200-1600 float products
+  set_conv_algorithm(ConvAlgorithm::Auto);
 }
 
 // Kernel rows wholly in the top or bottom padding are skipped by the direct and indirect
@@ -514,6 +520,7 @@ void test_padding_rows_skipped() {
       make_conv2d_geometry(2, 9, 7, 32, 64, 3, 3, 32, 2, 2, 3, 2, 1, 1),       // indirect, strided
       make_conv2d_geometry(1, 6, 11, 40, 64, 4, 4, 40, 1, 1, 4, 3, 1, 2)};     // indirect, stride 1
   const char* expect[] = {"direct", "direct", "indirect", "indirect"};
+  set_conv_algorithm(ConvAlgorithm::Direct);  // "auto" runs the 5x5 (16 -> 32) by Winograd
   for (int i = 0; i < 4; ++i) {
     const Conv2dGeometry& g = shapes[i];
     const std::string got = conv_kernel_choice<double>(g).forward;
@@ -522,7 +529,9 @@ void test_padding_rows_skipped() {
     check_everywhere<double>(g, 1e-12, 70 + i);
     check_everywhere<float>(g, 1e-4, 80 + i);
   }
-  // NaN in one input pixel: the fast forward's NaNs are the reference's, at every level.
+  // NaN in one input pixel: the fast forward's NaNs are the reference's, at every level, by
+  // the direct kernel and by Winograd F(2x2,5x5) ("auto": its transforms add no term with a
+  // zero coefficient, so a tile's NaN reaches only the outputs whose windows hold it).
   const Conv2dGeometry g = shapes[1];
   std::mt19937 rng(90);
   auto x = random_vector<float>(g.N * g.H * g.W * g.C, rng), w = random_vector<float>(g.Q * g.FH * g.FW * g.C, rng),
@@ -530,12 +539,16 @@ void test_padding_rows_skipped() {
   x[static_cast<size_t>((1 * g.H + 2) * g.W + 3) * g.C + 5] = std::nanf("");
   std::vector<float> ref(static_cast<size_t>(g.N * g.Ho * g.Wo * g.Q)), y(ref.size());
   conv2d_reference_forward<float>(g, x.data(), w.data(), b.data(), ref.data());
-  for (int level = 0; level <= static_cast<int>(nablagrad::cpu_simd_level()); ++level) {
-    nablagrad::set_simd_level(static_cast<SimdLevel>(level));
-    conv2d_forward<float>(g, x.data(), w.data(), b.data(), y.data());
-    bool same_nans = true;
-    for (size_t k = 0; k < y.size(); ++k) same_nans = same_nans && (std::isnan(y[k]) == std::isnan(ref[k]));
-    CHECK(same_nans);
+  for (ConvAlgorithm a : {ConvAlgorithm::Direct, ConvAlgorithm::Auto}) {
+    set_conv_algorithm(a);
+    CHECK(std::string(conv_kernel_choice<float>(g).forward) == (a == ConvAlgorithm::Auto ? "winograd" : "direct"));
+    for (int level = 0; level <= static_cast<int>(nablagrad::cpu_simd_level()); ++level) {
+      nablagrad::set_simd_level(static_cast<SimdLevel>(level));
+      conv2d_forward<float>(g, x.data(), w.data(), b.data(), y.data());
+      bool same_nans = true;
+      for (size_t k = 0; k < y.size(); ++k) same_nans = same_nans && (std::isnan(y[k]) == std::isnan(ref[k]));
+      CHECK(same_nans);
+    }
   }
   nablagrad::set_simd_level(nablagrad::cpu_simd_level());
 }

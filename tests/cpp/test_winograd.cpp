@@ -1,4 +1,4 @@
-// Tests of kernels/conv2d/winograd.h: Winograd F(2x2,3x3) and F(4x4,3x3), forward, input
+// Tests of kernels/conv2d/winograd.h: Winograd F(2x2,3x3), F(4x4,3x3) and F(2x2,5x5), forward, input
 // gradient and kernel gradient (the forward's adjoint), against the reference (the design document's equations, in double) over
 // random shapes with odd sizes, partial edge tiles, paddings 0..3 (asymmetric too), channel
 // counts that are not multiples of the vector width, every SIMD level this CPU has, and
@@ -53,7 +53,11 @@ bool bitwise_equal(const std::vector<T>& a, const std::vector<T>& b) {
 
 struct Shape {
   int64_t N, H, W, C, Q, pt, pb, pl, pr;
+  int64_t r = 3;  // kernel size: 3 or 5
 };
+
+// The tile sizes of F(m x m, r x r) for kernel size r.
+std::vector<int> tile_sizes(int64_t r) { return r == 5 ? std::vector<int>{2} : std::vector<int>{2, 4}; }
 
 template <typename T>
 struct Data {
@@ -65,9 +69,9 @@ struct Data {
 template <typename T>
 Data<T> make_data(const Shape& s, std::mt19937& rng, bool bias = true) {
   Data<T> d;
-  d.g = make_conv2d_geometry(s.N, s.H, s.W, s.C, s.Q, 3, 3, s.C, 1, 1, s.pt, s.pb, s.pl, s.pr);
+  d.g = make_conv2d_geometry(s.N, s.H, s.W, s.C, s.Q, s.r, s.r, s.C, 1, 1, s.pt, s.pb, s.pl, s.pr);
   d.x = random_vector<T>(s.N * s.H * s.W * s.C, rng);
-  d.w = random_vector<T>(s.Q * 9 * s.C, rng, 1.0 / std::sqrt(9.0 * double(s.C)));
+  d.w = random_vector<T>(s.Q * s.r * s.r * s.C, rng, 1.0 / std::sqrt(double(s.r * s.r * s.C)));
   if (bias) d.b = random_vector<T>(s.Q, rng);
   d.dy = random_vector<T>(s.N * d.g.Ho * d.g.Wo * s.Q, rng);
   const auto xd = to_double(d.x), wd = to_double(d.w), bd = to_double(d.b), dyd = to_double(d.dy);
@@ -102,9 +106,11 @@ std::vector<T> run_weight(const Data<T>& d, int m) {
 }
 
 // Tolerances (error relative to the output's scale, see rel_err) with ~10-50x headroom over
-// the measured maxima of the accuracy table.
+// the measured maxima of the accuracy table. F(2x2,5x5) has F(4x4,3x3)'s 6 x 6 tile and
+// transforms: its tolerance.
 template <typename T>
-double tolerance(int m) {
+double tolerance(int m, int64_t r = 3) {
+  if (r == 5) m = 4;
   if (std::is_same<T, double>::value) return m == 2 ? 1e-13 : 1e-12;
   return m == 2 ? 2e-5 : 1e-4;
 }
@@ -120,6 +126,12 @@ const std::vector<Shape>& shapes() {
       {1, 6, 5, 33, 17, 3, 1, 0, 3},   // padding 3 > F-1: negative read offset in backward
       {3, 12, 13, 8, 24, 1, 1, 1, 1},  // several images, tile rows across images
       {1, 4, 21, 40, 5, 1, 0, 2, 1},
+      // 5x5: F(2x2,5x5)
+      {1, 5, 5, 1, 1, 0, 0, 0, 0, 5},     // one output, one partial tile
+      {2, 9, 8, 3, 5, 2, 2, 2, 2, 5},     // edge tiles, padding 2
+      {1, 12, 11, 17, 20, 1, 3, 0, 2, 5}, // asymmetric padding, channels past the vectors
+      {1, 7, 10, 33, 9, 5, 1, 4, 6, 5},   // padding past F-1: negative read offset in backward
+      {3, 10, 10, 16, 16, 2, 2, 2, 2, 5}, // several images, whole vectors
   };
   return s;
 }
@@ -129,43 +141,50 @@ void test_against_reference() {
   std::mt19937 rng(17);
   for (const Shape& s : shapes()) {
     const Data<T> d = make_data<T>(s, rng, s.C % 2 == 1);
-    for (int m : {2, 4}) {
+    for (int m : tile_sizes(s.r)) {
       const double ef = rel_err(run_forward(d, m), d.y_ref);
       const double eb = rel_err(run_backward(d, m), d.dx_ref);
       const double ew = rel_err(run_weight(d, m), d.dw_ref);
-      CHECK(ef <= tolerance<T>(m));
-      CHECK(eb <= tolerance<T>(m));
-      CHECK(ew <= tolerance<T>(m));
-      if (!(ef <= tolerance<T>(m) && eb <= tolerance<T>(m) && ew <= tolerance<T>(m)))
-        std::printf("  %s m=%d shape (%lld,%lld,%lld,%lld->%lld pads %lld,%lld,%lld,%lld): fwd %.3g dx %.3g dw %.3g\n",
-                    sizeof(T) == 4 ? "float" : "double", m, (long long)s.N, (long long)s.H, (long long)s.W,
+      const double tol = tolerance<T>(m, s.r);
+      CHECK(ef <= tol);
+      CHECK(eb <= tol);
+      CHECK(ew <= tol);
+      if (!(ef <= tol && eb <= tol && ew <= tol))
+        std::printf("  %s m=%d r=%lld shape (%lld,%lld,%lld,%lld->%lld pads %lld,%lld,%lld,%lld): fwd %.3g dx %.3g dw %.3g\n",
+                    sizeof(T) == 4 ? "float" : "double", m, (long long)s.r, (long long)s.N, (long long)s.H, (long long)s.W,
                     (long long)s.C, (long long)s.Q, (long long)s.pt, (long long)s.pb, (long long)s.pl,
                     (long long)s.pr, ef, eb, ew);
     }
   }
 }
 
-// Random shapes (sizes 1..13, channels 1..40, paddings 0..3) at every SIMD level.
+// Random shapes (sizes 1..13, channels 1..40, paddings 0..3 for 3x3, 0..5 for 5x5) at every
+// SIMD level.
 template <typename T>
 void test_random_shapes_all_levels() {
   std::mt19937 rng(1234);
   std::uniform_int_distribution<int> sz(1, 13), ch(1, 40), pd(0, 3), nb(1, 2);
   const int best = static_cast<int>(nablagrad::cpu_simd_level());
-  for (int trial = 0; trial < 12; ++trial) {
+  for (int trial = 0; trial < 20; ++trial) {
     Shape s{nb(rng), sz(rng), sz(rng), ch(rng), ch(rng), pd(rng), pd(rng), pd(rng), pd(rng)};
-    if (s.H + s.pt + s.pb < 3 || s.W + s.pl + s.pr < 3) continue;
+    if (trial % 2 == 1) {  // every other trial a 5x5 kernel, with paddings up to 5
+      s.r = 5;
+      s.pt += trial % 3, s.pr += trial % 3;
+    }
+    if (s.H + s.pt + s.pb < s.r || s.W + s.pl + s.pr < s.r) continue;
     const Data<T> d = make_data<T>(s, rng);
     for (int level = 0; level <= best; ++level) {
       nablagrad::set_simd_level(static_cast<SimdLevel>(level));
-      for (int m : {2, 4}) {
+      for (int m : tile_sizes(s.r)) {
         const double ef = rel_err(run_forward(d, m), d.y_ref);
         const double eb = rel_err(run_backward(d, m), d.dx_ref);
         const double ew = rel_err(run_weight(d, m), d.dw_ref);
-        CHECK(ef <= tolerance<T>(m));
-        CHECK(eb <= tolerance<T>(m));
-        CHECK(ew <= tolerance<T>(m));
-        if (!(ef <= tolerance<T>(m) && eb <= tolerance<T>(m) && ew <= tolerance<T>(m)))
-          std::printf("  level %d m=%d trial %d: fwd %.3g dx %.3g dw %.3g\n", level, m, trial, ef, eb, ew);
+        const double tol = tolerance<T>(m, s.r);
+        CHECK(ef <= tol);
+        CHECK(eb <= tol);
+        CHECK(ew <= tol);
+        if (!(ef <= tol && eb <= tol && ew <= tol))
+          std::printf("  level %d m=%d r=%lld trial %d: fwd %.3g dx %.3g dw %.3g\n", level, m, (long long)s.r, trial, ef, eb, ew);
       }
     }
   }
@@ -176,17 +195,19 @@ void test_random_shapes_all_levels() {
 template <typename T>
 void test_threads_bitwise() {
   std::mt19937 rng(99);
-  const Shape s{4, 37, 35, 8, 8, 1, 1, 1, 1};  // 4 * 10 * 9 = 360 F(4) tiles: several blocks (and chunks)
+  // 4 * 10 * 9 = 360 F(4) tiles: several blocks (and chunks); the 5x5 one has 4 * 17 * 17
+  // F(2x2,5x5) tiles.
+  for (const Shape& s : {Shape{4, 37, 35, 8, 8, 1, 1, 1, 1}, Shape{4, 33, 34, 8, 8, 2, 2, 2, 2, 5}}) {
   const Data<T> d = make_data<T>(s, rng);
   const int best = static_cast<int>(nablagrad::cpu_simd_level());
   for (int level = 0; level <= best; ++level) {
     nablagrad::set_simd_level(static_cast<SimdLevel>(level));
-    for (int m : {2, 4}) {
+    for (int m : tile_sizes(s.r)) {
       nablagrad::set_num_threads(1);
       const auto y1 = run_forward(d, m), dx1 = run_backward(d, m), dw1 = run_weight(d, m);
-      CHECK(rel_err(y1, d.y_ref) <= tolerance<T>(m));
-      CHECK(rel_err(dx1, d.dx_ref) <= tolerance<T>(m));
-      CHECK(rel_err(dw1, d.dw_ref) <= tolerance<T>(m));
+      CHECK(rel_err(y1, d.y_ref) <= tolerance<T>(m, s.r));
+      CHECK(rel_err(dx1, d.dx_ref) <= tolerance<T>(m, s.r));
+      CHECK(rel_err(dw1, d.dw_ref) <= tolerance<T>(m, s.r));
       for (int threads : {2, 3}) {
         nablagrad::set_num_threads(threads);
         CHECK(bitwise_equal(run_forward(d, m), y1));
@@ -194,6 +215,7 @@ void test_threads_bitwise() {
         CHECK(bitwise_equal(run_weight(d, m), dw1));
       }
     }
+  }
   }
   nablagrad::set_num_threads(2);
   nablagrad::set_simd_level(nablagrad::cpu_simd_level());
@@ -230,11 +252,22 @@ bool throws_invalid_argument(const F& f) {
 }
 
 void test_errors_and_empty() {
-  std::vector<float> x(2 * 8 * 8 * 3, 1.f), w(4 * 5 * 5 * 3, 1.f), y(2 * 8 * 8 * 4);
-  auto g5 = make_conv2d_geometry(2, 8, 8, 3, 4, 5, 5, 3, 1, 1, 2, 2, 2, 2);
-  CHECK(!winograd_applicable(g5));
+  std::vector<float> x(2 * 8 * 8 * 3, 1.f), w(4 * 7 * 7 * 3, 1.f), y(2 * 8 * 8 * 4);
+  auto g7 = make_conv2d_geometry(2, 8, 8, 3, 4, 7, 7, 3, 1, 1, 3, 3, 3, 3);
+  CHECK(!winograd_applicable(g7));
   CHECK(throws_invalid_argument(
-      [&] { winograd_conv2d_forward(g5, x.data(), w.data(), static_cast<const float*>(nullptr), y.data()); }));
+      [&] { winograd_conv2d_forward(g7, x.data(), w.data(), static_cast<const float*>(nullptr), y.data()); }));
+  auto g53 = make_conv2d_geometry(2, 8, 8, 3, 4, 5, 3, 3, 1, 1, 2, 2, 1, 1);  // 5x3: not square
+  CHECK(!winograd_applicable(g53));
+  CHECK(throws_invalid_argument([&] { winograd_conv2d_backward_input(g53, y.data(), w.data(), x.data()); }));
+  auto g5 = make_conv2d_geometry(2, 8, 8, 3, 4, 5, 5, 3, 1, 1, 2, 2, 2, 2);
+  CHECK(winograd_applicable(g5));
+  CHECK(winograd_tile_size(32, 32, 64, 64, 5) == 2);  // F(2x2,5x5) only
+  CHECK(throws_invalid_argument(
+      [&] { winograd_conv2d_forward(g5, x.data(), w.data(), static_cast<const float*>(nullptr), y.data(), 4); }));
+  CHECK(throws_invalid_argument([&] { winograd_conv2d_backward_weight(g5, x.data(), y.data(), w.data(), 4); }));
+  auto g5s2 = make_conv2d_geometry(2, 8, 8, 3, 4, 5, 5, 3, 2, 2, 2, 2, 2, 2);
+  CHECK(!winograd_applicable(g5s2));
   auto gs2 = make_conv2d_geometry(2, 8, 8, 3, 4, 3, 3, 3, 2, 2, 1, 1, 1, 1);
   CHECK(!winograd_applicable(gs2));
   CHECK(throws_invalid_argument([&] { winograd_conv2d_backward_input(gs2, y.data(), w.data(), x.data()); }));
@@ -297,11 +330,15 @@ void test_algorithm_setting() {
     for (int64_t p = 0; p < d.g.N * d.g.Ho * d.g.Wo; ++p) s += d.dy[p * d.g.Q + q];
     CHECK(std::fabs(db[q] - s) <= 1e-4 * (1 + std::fabs(s)));
   }
-  // Forced, but not applicable (stride 2, 5x5): the other kernels run.
+  // Forced, but not applicable (stride 2, 7x7): the other kernels run; 5x5 stride 1 runs F(2x2,5x5).
   const auto gs2 = make_conv2d_geometry(1, 9, 9, 16, 16, 3, 3, 16, 2, 2, 1, 1, 1, 1);
+  const auto g77 = make_conv2d_geometry(1, 9, 9, 16, 16, 7, 7, 16, 1, 1, 3, 3, 3, 3);
   const auto g55 = make_conv2d_geometry(1, 9, 9, 16, 16, 5, 5, 16, 1, 1, 2, 2, 2, 2);
   CHECK(std::string(conv_kernel_choice<float>(gs2).forward) != "winograd");
-  CHECK(std::string(conv_kernel_choice<float>(g55).backward_input) != "winograd");
+  CHECK(std::string(conv_kernel_choice<float>(g77).backward_input) != "winograd");
+  CHECK(std::string(conv_kernel_choice<float>(g55).forward) == "winograd");
+  CHECK(std::string(conv_kernel_choice<float>(g55).backward_input) == "winograd");
+  CHECK(std::string(conv_kernel_choice<float>(g55).backward_weight) == "winograd");
   set_conv_algorithm(ConvAlgorithm::Direct);
   CHECK(std::string(conv_kernel_choice<float>(d.g).forward) != "winograd");
   CHECK(std::string(conv_kernel_choice<float>(d.g).backward_weight) != "winograd");
@@ -344,6 +381,29 @@ void accuracy_table() {
   }
 }
 
+// --accuracy, 5x5: error of the direct path and of F(2x2,5x5) against the float64 reference.
+template <typename T>
+void accuracy_table5() {
+  const std::vector<Shape> realistic = {
+      {4, 32, 32, 16, 16, 2, 2, 2, 2, 5}, {2, 28, 28, 64, 64, 2, 2, 2, 2, 5}, {1, 14, 14, 256, 256, 2, 2, 2, 2, 5},
+  };
+  std::mt19937 rng(6);
+  for (const Shape& s : realistic) {
+    const Data<T> d = make_data<T>(s, rng);
+    std::vector<T> yd(d.y_ref.size()), dxd(d.dx_ref.size()), dwd(d.dw_ref.size());
+    set_conv_algorithm(ConvAlgorithm::Direct);
+    conv2d_forward(d.g, d.x.data(), d.w.data(), d.b.data(), yd.data());
+    conv2d_backward_input(d.g, d.dy.data(), d.w.data(), dxd.data());
+    conv2d_backward_weight(d.g, d.x.data(), d.dy.data(), dwd.data(), static_cast<T*>(nullptr));
+    set_conv_algorithm(ConvAlgorithm::Auto);
+    std::printf("| %s | (%lld,%lld,%lld,%lld->%lld) 5x5 | %.2e / %.2e / %.2e | %.2e / %.2e / %.2e |\n",
+                sizeof(T) == 4 ? "float32" : "float64", (long long)s.N, (long long)s.H, (long long)s.W,
+                (long long)s.C, (long long)s.Q, rel_err(yd, d.y_ref), rel_err(dxd, d.dx_ref), rel_err(dwd, d.dw_ref),
+                rel_err(run_forward(d, 2), d.y_ref), rel_err(run_backward(d, 2), d.dx_ref),
+                rel_err(run_weight(d, 2), d.dw_ref));
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -352,6 +412,9 @@ int main(int argc, char** argv) {
     std::printf("| type | shape (N,H,W,C->Q) | direct fwd / dX / dW | F(2x2) fwd / dX / dW | F(4x4) fwd / dX / dW |\n|---|---|---|---|---|\n");
     accuracy_table<float>();
     accuracy_table<double>();
+    std::printf("\n| type | shape (N,H,W,C->Q) | direct fwd / dX / dW | F(2x2,5x5) fwd / dX / dW |\n|---|---|---|---|\n");
+    accuracy_table5<float>();
+    accuracy_table5<double>();
     return 0;
   }
   RUN_TEST(test_exact_integers);

@@ -1,6 +1,7 @@
 """Winograd convolution (kernels/conv2d/winograd.h) through ng.backends.conv_algorithm:
 "winograd" vs "direct" vs a NumPy float64 oracle, forward and all gradients, float32 and
-float64, odd sizes, partial edge tiles, paddings 0..3 (asymmetric too), every SIMD level,
+float64, 3x3 (F(2x2,3x3), F(4x4,3x3)) and 5x5 (F(2x2,5x5)) kernels, odd sizes, partial edge
+tiles, paddings 0..3 for 3x3 and 0..5 for 5x5 (asymmetric too), every SIMD level,
 1/2/3 threads bitwise; which kernel "auto" / "direct" / "winograd" pick; PyTorch (optional).
 
 docs/convolution.md ("Winograd") has the transforms, the accuracy table these tolerances come
@@ -70,7 +71,7 @@ def rel_err(a: np.ndarray, ref: np.ndarray) -> float:
 
 
 # Error bounds relative to the output's scale: ~10x above the measured worst case of the
-# accuracy table (F(4x4) in float32 ~1e-5, F(2x2) ~3e-7; float64 ~1e-14).
+# accuracy table (F(4x4,3x3) and F(2x2,5x5) in float32 ~1e-5, F(2x2,3x3) ~3e-7; float64 ~1e-14).
 WINO_TOL = {np.float32: 1e-4, np.float64: 1e-12}
 DIRECT_TOL = {np.float32: 1e-5, np.float64: 1e-12}
 
@@ -82,16 +83,21 @@ SHAPES = [
     (1, 16, 20, 24, 16, (2, 2, 2, 2)),
     (2, 17, 16, 33, 20, (2, 0, 1, 3)),
     (1, 5, 6, 3, 5, (1, 1, 1, 1)),  # too few channels for "auto", still forced by "winograd"
+    # 5x5 kernels (F(2x2,5x5)), the seventh field
+    (2, 9, 11, 16, 33, (2, 2, 2, 2), 5),
+    (1, 12, 7, 35, 18, (4, 0, 1, 5), 5),  # padding past F-1 on two sides
+    (1, 5, 5, 2, 3, (0, 0, 0, 0), 5),     # one output
 ]
 
 
 def data(shape, dtype, seed: int = 0):
-    n, h, w_, c, q, pads = shape
+    n, h, w_, c, q, pads = shape[:6]
+    k = shape[6] if len(shape) > 6 else 3
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, h, w_, c)).astype(dtype)
-    w = (rng.standard_normal((q, 3, 3, c)) / np.sqrt(9 * c)).astype(dtype)
+    w = (rng.standard_normal((q, k, k, c)) / np.sqrt(k * k * c)).astype(dtype)
     b = rng.standard_normal(q).astype(dtype)
-    ho, wo = h + pads[0] + pads[1] - 2, w_ + pads[2] + pads[3] - 2
+    ho, wo = h + pads[0] + pads[1] - (k - 1), w_ + pads[2] + pads[3] - (k - 1)
     r = rng.standard_normal((n, ho, wo, q)).astype(dtype)
     return x, w, b, pads, r
 
@@ -114,10 +120,11 @@ def test_winograd_and_direct_match_oracle(shape, dtype):
             assert err <= tol, f"{name} {what}: relative error {err:.3g} > {tol:g}"
 
 
+@pytest.mark.parametrize("k", [3, 5])
 @pytest.mark.parametrize("level", SIMD_LEVELS)
-def test_every_simd_level(level):
+def test_every_simd_level(level, k):
     require_simd(level)
-    x, w, b, pads, r = data((1, 13, 11, 21, 18, (1, 2, 0, 1)), np.float32, seed=3)
+    x, w, b, pads, r = data((1, 13, 11, 21, 18, (1, 2, 0, 1), k), np.float32, seed=3)
     ref = oracle(x, w, b, pads, r)
     with simd(level), algorithm("winograd"):
         got = run(x, w, b, pads, r)
@@ -125,10 +132,11 @@ def test_every_simd_level(level):
         assert rel_err(g, e) <= WINO_TOL[np.float32]
 
 
+@pytest.mark.parametrize("k", [3, 5])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_thread_counts_bitwise(dtype):
+def test_thread_counts_bitwise(dtype, k):
     # 2 x 33 x 35 with F(4x4) or F(2x2) tiles: several tile blocks, so threads split the work.
-    x, w, b, pads, r = data((2, 33, 35, 24, 24, (1, 1, 1, 1)), dtype, seed=5)
+    x, w, b, pads, r = data((2, 33, 35, 24, 24, (k // 2,) * 4, k), dtype, seed=5)
     with algorithm("winograd"):
         with threads(1):
             first = run(x, w, b, pads, r)
@@ -152,6 +160,12 @@ def test_kernel_choice_per_setting():
         assert pick(*narrow)["backward_weight"] != "winograd"
         # Too few tiles to share out (16 F(2x2) tiles, under 4 blocks at every level): the GEMM.
         assert pick((1, 7, 7, 512), (512, 3, 3, 512))["backward_weight"] != "winograd"
+        # 5x5: F(2x2,5x5) from 32 output channels on 16 inputs; 16 -> 16 keeps the direct kernels.
+        five = pick((8, 32, 32, 32), (64, 5, 5, 32), pad=2)
+        assert five == {"forward": "winograd", "backward_input": "winograd", "backward_weight": "winograd"}, five
+        assert "winograd" not in pick((4, 96, 96, 16), (16, 5, 5, 16), pad=2).values()
+        assert pick((8, 32, 32, 16), (32, 5, 5, 16), pad=2)["forward"] == "winograd"
+        assert pick((8, 32, 32, 16), (32, 5, 5, 16), pad=2)["backward_input"] != "winograd"
     with algorithm("direct"):
         assert "winograd" not in pick(*wide).values()
     with algorithm("winograd"):
@@ -159,7 +173,8 @@ def test_kernel_choice_per_setting():
         assert pick(*narrow)["backward_weight"] == "winograd"
         assert pick((1, 7, 7, 512), (512, 3, 3, 512))["backward_weight"] == "winograd"
         assert pick(*strided, stride=2)["forward"] != "winograd"  # stride 2: falls back
-        assert pick((2, 9, 9, 8), (8, 5, 5, 8), pad=2)["forward"] != "winograd"  # 5x5: falls back
+        assert pick((2, 9, 9, 8), (8, 5, 5, 8), pad=2)["forward"] == "winograd"  # 5x5: F(2x2,5x5)
+        assert pick((2, 9, 9, 8), (8, 7, 7, 8), pad=3)["forward"] != "winograd"  # 7x7: falls back
 
 
 def test_setting_is_validated():

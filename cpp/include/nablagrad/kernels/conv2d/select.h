@@ -143,27 +143,31 @@ inline bool kernel_fits_cache(const Conv2dGeometry& g) {
   return saturating_mul(K, saturating_mul(g.Q, static_cast<int64_t>(sizeof(T)))) <= (int64_t{1} << 20);
 }
 
-/// [WINOGRAD] A deep layer on small images: Winograd makes its transformed kernel ((m+2)^2 C Q
-/// values) afresh in every call, and its tiles are the GEMMs' rows. Where the kernel is past
-/// kernel_fits_cache (the alternative being the gemm() paths) and the transformed kernel is
-/// more than `per_tile` bytes per tile, it does not pay. Measured at AVX-512, 2 threads (ms,
+/// [WINOGRAD] A deep layer on small images: Winograd makes its transformed kernel ((m+r-1)^2
+/// C Q values) afresh in every call, and its tiles are the GEMMs' rows. Where the kernel is
+/// past kernel_fits_cache (the alternative being the gemm() paths) and the transformed kernel
+/// is more than `per_tile` bytes per tile, it does not pay. Measured at AVX-512, 2 threads (ms,
 /// Winograd -> gemm paths): (8,7,7,512->512), 131 KB per tile: forward 11.2 -> 5.1, dX 8.5 ->
 /// 5.1, dW 23.6 -> 5.4; (32,7,7,512->512), 33 KB: 26.5 -> 20.3, 23.1 -> 20.2, 45.3 -> 21.2;
 /// (16,7,7,256->256), 16 KB: 3.1 -> 2.4, 3.0 -> 2.3, 5.8 -> 2.7; (8,14,14,256->256), 11 KB: 4.3
 /// -> 4.9, 4.2 -> 4.8 (Winograd stays), dW 7.4 -> 5.4; (16,14,14,256->256), 5 KB: 7.3 -> 10.6,
 /// 7.1 -> 10.1, dW 11.9 -> 10.9. So 12 KB per tile for the forward and dX, 4 KB for dW.
+/// A 5x5 kernel's gemm() paths do 25/9 of a 3x3's work per output: the forward's and dX's
+/// bound scales with it ((8,14,14,256->256, 5x5), 24 KB per tile: forward 15.9 -> 12.1 ms,
+/// dX 17.3 -> 12.2 by Winograd; (16,7,7,256->256), 37 KB: 8.2 -> 8.6, 7.7 -> 8.5, gemm()
+/// stays); dW's does not (24 KB: 16.5 -> 20.5).
 template <typename T>
 inline bool winograd_amortized(const Conv2dGeometry& g, int64_t per_tile) {
   if (kernel_fits_cache<T>(g)) return true;
-  const int64_t m = winograd_tile_size(g.Ho, g.Wo, g.C, g.Q);
+  const int64_t m = winograd_tile_size(g.Ho, g.Wo, g.C, g.Q, g.FH);
   const int64_t tiles = saturating_mul(g.N, saturating_mul((g.Ho + m - 1) / m, (g.Wo + m - 1) / m));
-  const int64_t bytes = saturating_mul(saturating_mul((m + 2) * (m + 2), g.C),
+  const int64_t bytes = saturating_mul(saturating_mul((m + g.FH - 1) * (m + g.FH - 1), g.C),
                                        saturating_mul(g.Q, static_cast<int64_t>(sizeof(T))));
   return bytes <= saturating_mul(tiles, per_tile);
 }
 
 /// [WINOGRAD] Whether a pass of g runs Winograd (winograd.h): never for Direct; wherever it
-/// applies (3x3, stride 1) for Winograd; for Auto where it applies and preferred(), that
+/// applies (3x3 or 5x5, stride 1) for Winograd; for Auto where it applies and preferred(), that
 /// pass's measured rule (enough channels), says it pays.
 template <typename Preferred>
 inline bool use_winograd_if(const Conv2dGeometry& g, const Preferred& preferred) {
@@ -175,7 +179,8 @@ inline bool use_winograd_if(const Conv2dGeometry& g, const Preferred& preferred)
 template <typename T>
 inline bool use_winograd(const Conv2dGeometry& g, bool backward_input) {
   return use_winograd_if(g, [&] {
-    return winograd_preferred(g, backward_input) && winograd_amortized<T>(g, int64_t{12} << 10);
+    const int64_t per_tile = g.FH == 5 ? (int64_t{12} << 10) * 25 / 9 : int64_t{12} << 10;
+    return winograd_preferred(g, backward_input) && winograd_amortized<T>(g, per_tile);
   });
 }
 
@@ -188,7 +193,7 @@ inline bool use_winograd_weight(const Conv2dGeometry& g) {
 /// Forward kernel for g with the kernels cfg.
 template <typename T>
 inline ForwardKernel select_forward(const Conv2dGeometry& g, const conv_detail::ConvKernels<T>& cfg) {
-  // [WINOGRAD] 3x3, stride 1: Winograd when forced, or for Auto with enough channels
+  // [WINOGRAD] 3x3 or 5x5, stride 1: Winograd when forced, or for Auto with enough channels
   // (winograd_preferred; measured crossover, docs/convolution.md "Winograd").
   if (use_winograd<T>(g, /*backward_input=*/false)) return ForwardKernel::Winograd;
   const int64_t K = g.FH * g.FW * g.C;
@@ -283,7 +288,7 @@ inline BackwardInputKernel select_backward_input(const Conv2dGeometry& g,
 template <typename T>
 inline BackwardWeightKernel select_backward_weight(const Conv2dGeometry& g,
                                                    const conv_detail::ConvKernels<T>& cfg) {
-  // [WINOGRAD] 3x3, stride 1: the adjoint of the forward's Winograd F(m x m, 3x3) when forced,
+  // [WINOGRAD] 3x3 or 5x5, stride 1: the adjoint of the forward's Winograd F(m x m, r x r) when forced,
   // or for Auto with enough channels (winograd_preferred_weight; measured crossover).
   if (use_winograd_weight<T>(g)) return BackwardWeightKernel::Winograd;
   // 1x1 without padding: dW = dY^T X, a plain GEMM.

@@ -1,9 +1,11 @@
-// nablagrad/kernels/conv2d/winograd.h - Winograd minimal filtering for 3x3, stride-1
-// convolutions in NHWC (float, double): F(2x2,3x3) and F(4x4,3x3) (Lavin & Gray 2015).
+// nablagrad/kernels/conv2d/winograd.h - Winograd minimal filtering for 3x3 and 5x5, stride-1
+// convolutions in NHWC (float, double): F(2x2,3x3), F(4x4,3x3) and F(2x2,5x5) (Lavin & Gray
+// 2015).
 //
 // Overview
 // --------
-// F(m x m, 3x3) computes an m x m block of outputs from an a x a block of input (a = m + 2):
+// F(m x m, r x r) computes an m x m block of outputs from an a x a block of input
+// (a = m + r - 1: 4 for F(2x2,3x3), 6 for F(4x4,3x3) and F(2x2,5x5)):
 //
 //     Y_tile = A^T [ (G g G^T) (.) (B^T d B) ] A          (.) = element-wise product
 //
@@ -15,8 +17,9 @@
 //     U[p](c, q)    = (G g_{q,c} G^T)[p]        kernel transform (once per call)
 //     Y(tile, q)    = A^T M(tile, q) A + b[q]   output transform, bias fused
 //
-// Multiplies per m x m output block and (c, q) pair: a*a instead of 9*m*m (2.25x fewer for
-// m = 2, 4x fewer for m = 4). The transforms are additions (and multiplications by small
+// Multiplies per m x m output block and (c, q) pair: a*a instead of r*r*m*m (2.25x fewer for
+// F(2x2,3x3), 4x for F(4x4,3x3), 2.8x for F(2x2,5x5)). The code is written once over (m, r)
+// (M, R template parameters; with_variant picks the instance). The transforms are additions (and multiplications by small
 // constants), vectorised over channels: in NHWC a tile's values for consecutive channels are
 // contiguous, so every load and store of the transforms is a full vector.
 //
@@ -44,7 +47,7 @@
 // Kernel gradient: the adjoint of the forward. Per tile dg = G^T [ (A e A^T) (.) (B^T d B) ] G
 // (e the tile of dY), so S[p](c, q) = sum_tiles V[p](tile, c) E[p](tile, q) with the same
 // input transform V and E = A e A^T, then dW[q, :, :, c] = G^T S(c, q) G; the sum over tiles
-// runs in fixed chunks (kernel_grad3x3).
+// runs in fixed chunks (kernel_grad).
 //
 //     if (winograd_applicable(g)) {
 //       winograd_conv2d_forward(g, x, w, bias, y);           // m chosen by winograd_tile_size
@@ -71,10 +74,10 @@
 namespace nablagrad {
 namespace kernels {
 
-/// True when the Winograd path can compute this convolution: a 3x3 kernel with stride 1
+/// True when the Winograd path can compute this convolution: a 3x3 or 5x5 kernel with stride 1
 /// (any padding, any N, H, W, C, Q). Whether it is *faster* is winograd_preferred's call.
 inline bool winograd_applicable(const Conv2dGeometry& g) {
-  return g.FH == 3 && g.FW == 3 && g.stride_h == 1 && g.stride_w == 1;
+  return g.FH == g.FW && (g.FH == 3 || g.FH == 5) && g.stride_h == 1 && g.stride_w == 1;
 }
 
 namespace winograd_detail {
@@ -221,11 +224,23 @@ struct BlockArgs {
 /// g[i] = g + i * is, o[i] = o + i * os, each a run of n doubles.
 ///   F(2,3): G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1]
 ///   F(4,3): G = [1/4 0 0; -1/6 -1/6 -1/6; -1/6 1/6 -1/6; 1/24 1/12 1/6; 1/24 -1/12 1/6; 0 0 1]
-template <int M>
+///   F(2,5): G = [1/4 0 0 0 0; -1/6 (1 1 1 1 1); -1/6 (1 -1 1 -1 1); 1/24 (1 2 4 8 16);
+///                1/24 (1 -2 4 -8 16); 0 0 0 0 1]
+template <int M, int R>
 inline void g1d(const double* g, int is, double* o, int os, int n) {
   const double *g0 = g, *g1 = g + is, *g2 = g + 2 * is;
   for (int l = 0; l < n; ++l) {
-    if (M == 2) {
+    if (R == 5) {
+      const double g3 = g[3 * is + l], g4 = g[4 * is + l];
+      const double even = g0[l] + g2[l] + g4, odd = g1[l] + g3;
+      const double even2 = g0[l] + 4 * g2[l] + 16 * g4, odd2 = 2 * g1[l] + 8 * g3;
+      o[l] = g0[l] / 4;
+      o[os + l] = -(even + odd) / 6;
+      o[2 * os + l] = -(even - odd) / 6;
+      o[3 * os + l] = (even2 + odd2) / 24;
+      o[4 * os + l] = (even2 - odd2) / 24;
+      o[5 * os + l] = g4;
+    } else if (M == 2) {
       o[l] = g0[l];
       o[os + l] = (g0[l] + g1[l] + g2[l]) / 2;
       o[2 * os + l] = (g0[l] - g1[l] + g2[l]) / 2;
@@ -241,9 +256,16 @@ inline void g1d(const double* g, int is, double* o, int os, int n) {
   }
 }
 
-/// G of F(m x m, 3x3) (A x 3, the rows of g1d), for the kernel gradient's G^T S G.
-template <int M>
+/// G of F(m x m, r x r) (A x r, the rows of g1d), for the kernel gradient's G^T S G.
+template <int M, int R>
 inline double g_entry(int i, int a) {
+  static const double g25[6][5] = {{0.25, 0, 0, 0, 0},
+                                   {-1.0 / 6, -1.0 / 6, -1.0 / 6, -1.0 / 6, -1.0 / 6},
+                                   {-1.0 / 6, 1.0 / 6, -1.0 / 6, 1.0 / 6, -1.0 / 6},
+                                   {1.0 / 24, 2.0 / 24, 4.0 / 24, 8.0 / 24, 16.0 / 24},
+                                   {1.0 / 24, -2.0 / 24, 4.0 / 24, -8.0 / 24, 16.0 / 24},
+                                   {0, 0, 0, 0, 1}};
+  if (R == 5) return g25[i][a];
   static const double g2[4][3] = {{1, 0, 0}, {0.5, 0.5, 0.5}, {0.5, -0.5, 0.5}, {0, 0, 1}};
   static const double g4[6][3] = {{0.25, 0, 0},
                                   {-1.0 / 6, -1.0 / 6, -1.0 / 6},
@@ -279,35 +301,35 @@ using BlockFn = void (*)(const BlockArgs<T>&);
 /// The input and output transforms of one block for T at the current SIMD level: vectors of
 /// 16/8 (AVX-512), 8/4 (AVX2) or 8/4 (portable, plain loops) floats/doubles, then scalars
 /// for the channels left over.
-template <typename T, int M>
+template <typename T, int M, int R>
 inline void block_fns(BlockFn<T>* in, BlockFn<T>* out) {
   using S = XPortable<T, 1>;
-  *in = &portable::input_block<XPortable<T, 32 / sizeof(T)>, S, M>;
-  *out = &portable::output_block<XPortable<T, 32 / sizeof(T)>, S, M>;
+  *in = &portable::input_block<XPortable<T, 32 / sizeof(T)>, S, M, R>;
+  *out = &portable::output_block<XPortable<T, 32 / sizeof(T)>, S, M, R>;
 #if NABLAGRAD_X86
   using X512 = typename std::conditional<std::is_same<T, float>::value, XAvx512F, XAvx512D>::type;
   using X2 = typename std::conditional<std::is_same<T, float>::value, XAvx2F, XAvx2D>::type;
   if (simd_at_least(SimdLevel::AVX512)) {
-    *in = &avx512::input_block<X512, S, M>;
-    *out = &avx512::output_block<X512, S, M>;
+    *in = &avx512::input_block<X512, S, M, R>;
+    *out = &avx512::output_block<X512, S, M, R>;
   } else if (simd_at_least(SimdLevel::AVX2)) {
-    *in = &avx2::input_block<X2, S, M>;
-    *out = &avx2::output_block<X2, S, M>;
+    *in = &avx2::input_block<X2, S, M, R>;
+    *out = &avx2::output_block<X2, S, M, R>;
   }
 #endif
 }
 
 /// The kernel gradient's dY-tile transform of one block for T at the current SIMD level.
-template <typename T, int M>
+template <typename T, int M, int R>
 inline BlockFn<T> grad_block_fn() {
   using S = XPortable<T, 1>;
 #if NABLAGRAD_X86
   using X512 = typename std::conditional<std::is_same<T, float>::value, XAvx512F, XAvx512D>::type;
   using X2 = typename std::conditional<std::is_same<T, float>::value, XAvx2F, XAvx2D>::type;
-  if (simd_at_least(SimdLevel::AVX512)) return &avx512::grad_block<X512, S, M>;
-  if (simd_at_least(SimdLevel::AVX2)) return &avx2::grad_block<X2, S, M>;
+  if (simd_at_least(SimdLevel::AVX512)) return &avx512::grad_block<X512, S, M, R>;
+  if (simd_at_least(SimdLevel::AVX2)) return &avx2::grad_block<X2, S, M, R>;
 #endif
-  return &portable::grad_block<XPortable<T, 32 / sizeof(T)>, S, M>;
+  return &portable::grad_block<XPortable<T, 32 / sizeof(T)>, S, M, R>;
 }
 
 /// gemm_detail::pack_a for the block's row-major V[p] (rows = tiles, unit column stride) with
@@ -357,7 +379,7 @@ struct GemmPlan {
 /// Kernel transform into the packed GEMM operand: U[p](c, f) = (G g_{f,c} G^T)[p] for
 /// filters f < F over channels c < Cc, where g_{f,c}(a, d) = kern(f, c, a, d). Computed in
 /// double and rounded to T once. Up must hold P * Cc * plan.Npad zeros.
-template <typename T, int M, typename Kern>
+template <typename T, int M, int R, typename Kern>
 void transform_kernel(int64_t F, int64_t Cc, const Kern& kern, const GemmPlan<T>& plan, T* Up) {
   constexpr int L = 8;  // L channels at a time (kernel_run's loops over them vectorise at -O3)
   const int64_t NR = plan.cfg.NR, Npad = plan.Npad, pstride = Cc * Npad;
@@ -367,15 +389,15 @@ void transform_kernel(int64_t F, int64_t Cc, const Kern& kern, const GemmPlan<T>
   // gradient's time at 1 thread became 18% at 2).
   const int64_t per_slice = (plan.kc_max + L - 1) / L, slices = (Cc + plan.kc_max - 1) / plan.kc_max;
   using Run = void (*)(const Kern&, int64_t, int64_t, int64_t, int, T*, int64_t, int64_t, T*);
-  Run run = &portable::kernel_run<T, M, L, Kern>;
+  Run run = &portable::kernel_run<T, M, R, L, Kern>;
 #if NABLAGRAD_X86
   if (simd_at_least(SimdLevel::AVX512))
-    run = &avx512::kernel_run<T, M, L, Kern>;
+    run = &avx512::kernel_run<T, M, R, L, Kern>;
   else if (simd_at_least(SimdLevel::AVX2))
-    run = &avx2::kernel_run<T, M, L, Kern>;
+    run = &avx2::kernel_run<T, M, R, L, Kern>;
 #endif
   parallel_for(0, slices * per_slice, 1, [&](int64_t b0, int64_t b1) {
-    T* st = static_cast<T*>(scratch_bytes<4>(sizeof(T) * static_cast<size_t>((M + 2) * (M + 2) * L * NR)));
+    T* st = static_cast<T*>(scratch_bytes<4>(sizeof(T) * static_cast<size_t>((M + R - 1) * (M + R - 1) * L * NR)));
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t k0 = b / per_slice * plan.kc_max, c0 = b % per_slice * L;  // slice start, run in it
       const int64_t kc = std::min(plan.kc_max, Cc - k0);
@@ -392,8 +414,8 @@ void transform_kernel(int64_t F, int64_t Cc, const Kern& kern, const GemmPlan<T>
 /// rounded to a multiple of the GEMM's register tile. A speed knob only: the result of every
 /// output does not depend on it.
 template <typename T>
-inline int64_t block_tiles(int M, int64_t C, int64_t Q, int64_t tiles, int64_t mr = gemm_detail::gemm_config<T>().MR) {
-  const int64_t P = (M + 2) * (M + 2);
+inline int64_t block_tiles(int A, int64_t C, int64_t Q, int64_t tiles, int64_t mr = gemm_detail::gemm_config<T>().MR) {
+  const int64_t P = A * A;  // A = m + r - 1, the tile's extent
   const int64_t budget = int64_t{512} << 10;  // measured: 128 KiB..4 MiB within noise for 64 channels
   int64_t tb = budget / (P * (C + Q) * static_cast<int64_t>(sizeof(T)));
   tb = std::max<int64_t>(2 * mr, tb / mr * mr);
@@ -401,28 +423,29 @@ inline int64_t block_tiles(int M, int64_t C, int64_t Q, int64_t tiles, int64_t m
   return std::min<int64_t>(tb, std::max<int64_t>(1, tiles));
 }
 
-/// The core: y (N, Ho, Wo, Qf) = valid 3x3 correlation of x (N, H, W, Cc) read with offsets
+/// The core: y (N, Ho, Wo, Qf) = valid R x R correlation of x (N, H, W, Cc) read with offsets
 /// (off_h, off_w) (zeros outside) with the kernel kern(f, c, a, d), plus bias.
-template <typename T, int M, typename Kern>
-void conv3x3(int64_t N, int64_t H, int64_t W, int64_t Cc, int64_t off_h, int64_t off_w,
-             int64_t Ho, int64_t Wo, int64_t Qf, const T* x, const Kern& kern, const T* bias, T* y) {
-  constexpr int64_t P = (M + 2) * (M + 2);
+template <typename T, int M, int R, typename Kern>
+void conv_tiles(int64_t N, int64_t H, int64_t W, int64_t Cc, int64_t off_h, int64_t off_w,
+                int64_t Ho, int64_t Wo, int64_t Qf, const T* x, const Kern& kern, const T* bias, T* y) {
+  constexpr int A = M + R - 1;
+  constexpr int64_t P = A * A;
   const int64_t tiles_h = (Ho + M - 1) / M, tiles_w = (Wo + M - 1) / M;
   const int64_t tiles = N * tiles_h * tiles_w;
   if (tiles == 0) return;
   // The GEMM tile: by the block's rows, or by Qf where another width pads it less (a 48 -> 96
   // channel forward's products ran 25% of their multiply-adds on zero columns); then blocks
   // of whole tiles of its height.
-  int64_t tb = block_tiles<T>(M, Cc, Qf, tiles);
+  int64_t tb = block_tiles<T>(A, Cc, Qf, tiles);
   const GemmPlan<T> plan(gemm_detail::gemm_config_for<T>(tb, Qf), Cc, Qf);
-  if (plan.cfg.MR != gemm_detail::gemm_config<T>().MR) tb = block_tiles<T>(M, Cc, Qf, tiles, plan.cfg.MR);
+  if (plan.cfg.MR != gemm_detail::gemm_config<T>().MR) tb = block_tiles<T>(A, Cc, Qf, tiles, plan.cfg.MR);
   conv_detail::Scratch<T> Up(checked_product({P, Cc, plan.Npad}, "winograd: transformed kernel"),
                              "winograd: transformed kernel", /*zero=*/true);
-  transform_kernel<T, M>(Qf, Cc, kern, plan, Up.get());
+  transform_kernel<T, M, R>(Qf, Cc, kern, plan, Up.get());
   const int64_t blocks = (tiles + tb - 1) / tb;
   const int64_t MR = plan.cfg.MR, mpad = (tb + MR - 1) / MR * MR;
   BlockFn<T> in_fn, out_fn;
-  block_fns<T, M>(&in_fn, &out_fn);
+  block_fns<T, M, R>(&in_fn, &out_fn);
   parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
     T* Vb = static_cast<T*>(scratch_bytes<0>(sizeof(T) * static_cast<size_t>(P * tb * Cc)));
     T* Mb = static_cast<T*>(scratch_bytes<1>(sizeof(T) * static_cast<size_t>(P * tb * Qf)));
@@ -449,8 +472,8 @@ void conv3x3(int64_t N, int64_t H, int64_t W, int64_t Cc, int64_t off_h, int64_t
   });
 }
 
-/// Kernel gradient dw (Q, 3, 3, C) of y = conv(x, w) (3x3, stride 1, g's padding) from dy:
-/// the adjoint of the forward's F(m x m, 3x3). Per output tile,
+/// Kernel gradient dw (Q, R, R, C) of y = conv(x, w) (R x R, stride 1, g's padding) from dy:
+/// the adjoint of the forward's F(m x m, r x r). Per output tile,
 ///   y_tile = A^T [ (G g G^T) (.) (B^T d B) ] A   gives   dg = G^T [ (A e A^T) (.) (B^T d B) ] G
 /// (e the tile of dY), so with S[p](c, q) = sum_tiles V[p](tile, c) * E[p](tile, q),
 /// V = B^T d B (the forward's input transform) and E = A e A^T, dw[q, :, :, c] = G^T S(c, q) G.
@@ -458,18 +481,18 @@ void conv3x3(int64_t N, int64_t H, int64_t W, int64_t Cc, int64_t off_h, int64_t
 /// fixed chunks (a function of the shape only); each chunk sums its blocks in order into its
 /// own partial S, and the partials are added in chunk order (in double, with G^T . G):
 /// bitwise identical for any thread count.
-template <typename T, int M>
-void kernel_grad3x3(const Conv2dGeometry& g, const T* x, const T* dy, T* dw) {
-  constexpr int A = M + 2;
+template <typename T, int M, int R>
+void kernel_grad(const Conv2dGeometry& g, const T* x, const T* dy, T* dw) {
+  constexpr int A = M + R - 1;
   constexpr int64_t P = A * A;
   const int64_t C = g.C, Q = g.Q;
   const int64_t tiles_h = (g.Ho + M - 1) / M, tiles_w = (g.Wo + M - 1) / M;
   const int64_t tiles = g.N * tiles_h * tiles_w;
   if (tiles == 0) {
-    std::fill(dw, dw + Q * 9 * C, T(0));
+    std::fill(dw, dw + Q * R * R * C, T(0));
     return;
   }
-  const int64_t tb = block_tiles<T>(M, C, Q, tiles);
+  const int64_t tb = block_tiles<T>(A, C, Q, tiles);
   const gemm_detail::GemmConfig<T> cfg = gemm_detail::gemm_config_for<T>(C, Q);
   const int64_t MR = cfg.MR, NR = cfg.NR;
   const int64_t Cpad = (C + MR - 1) / MR * MR, Qpad = (Q + NR - 1) / NR * NR;
@@ -483,8 +506,8 @@ void kernel_grad3x3(const Conv2dGeometry& g, const T* x, const T* dy, T* dw) {
   conv_detail::Scratch<T> partial(checked_product({nchunks, partial_values}, "winograd: kernel-gradient partial sums"),
                                   "winograd: kernel-gradient partial sums");
   BlockFn<T> in_fn, out_fn;
-  block_fns<T, M>(&in_fn, &out_fn);
-  const BlockFn<T> grad_fn = grad_block_fn<T, M>();
+  block_fns<T, M, R>(&in_fn, &out_fn);
+  const BlockFn<T> grad_fn = grad_block_fn<T, M, R>();
   parallel_chunks(blocks, chunk_blocks, [&](int64_t ci, int64_t b0, int64_t b1) {
     T* Vb = static_cast<T*>(scratch_bytes<0>(sizeof(T) * static_cast<size_t>(P * tb * C)));
     T* Eb = static_cast<T*>(scratch_bytes<1>(sizeof(T) * static_cast<size_t>(P * tb * Q)));
@@ -511,12 +534,12 @@ void kernel_grad3x3(const Conv2dGeometry& g, const T* x, const T* dy, T* dw) {
   });
   // dw[q, a, d, c] = sum_{i,j} G[i][a] S[i*A+j](c, q) G[j][d], S = the partials in chunk order.
   using Reduce = void (*)(const T*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, T*);
-  Reduce reduce = &portable::grad_reduce<T, M>;
+  Reduce reduce = &portable::grad_reduce<T, M, R>;
 #if NABLAGRAD_X86
   if (simd_at_least(SimdLevel::AVX512))
-    reduce = &avx512::grad_reduce<T, M>;
+    reduce = &avx512::grad_reduce<T, M, R>;
   else if (simd_at_least(SimdLevel::AVX2))
-    reduce = &avx2::grad_reduce<T, M>;
+    reduce = &avx2::grad_reduce<T, M, R>;
 #endif
   parallel_for(0, C, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, Q * P)), [&](int64_t c0, int64_t c1) {
     reduce(partial.get(), nchunks, partial_values, C, Q, c0, c1, dw);
@@ -526,22 +549,37 @@ void kernel_grad3x3(const Conv2dGeometry& g, const T* x, const T* dy, T* dw) {
 }  // namespace winograd_detail
 
 /// The "auto" rule (measured crossovers against the direct kernels, docs/convolution.md
-/// "Winograd"): the forward pass runs Winograd where it applies and C, Q >= 32 with
+/// "Winograd"). 3x3: the forward pass runs Winograd where it applies and C, Q >= 32 with
 /// C*Q >= 2048 (32 -> 32 channels measured slower, 32 -> 64 faster); the input gradient, whose
 /// direct kernel is slower, already from C, Q >= 16.
+/// 5x5 (F(2x2,5x5): 2.8x fewer multiplies than direct, against 2.25x for F(2x2,3x3)): both
+/// passes by the depth K and width N of their GEMMs (forward K = C, N = Q; input gradient
+/// K = Q, N = C): N >= 32 and K >= 16, or N >= 24 and K >= 48. A narrower N pads the GEMM's
+/// register tile and leaves the output transform to few lanes. Measured at AVX-512, 2 threads
+/// (ms, direct kernels -> Winograd), forward: (8,32,32,16->32) 0.48 -> 0.41, 16->64 0.97 ->
+/// 0.69, 32->48 1.54 -> 0.87, (8,28,28,64->64) 3.15 -> 1.67, but 24->24 0.77 -> 1.09, 32->16
+/// 0.53 -> 0.68, 8->64 0.48 -> 0.85, (4,96,96,16->16) 1.12 -> 1.83; input gradient: 32->16
+/// 0.50 -> 0.40, 24->48 1.93 -> 1.10, 32->32 1.11 -> 0.69, but 16->32 0.59 -> 0.70, 16->24
+/// 0.40 -> 0.91, 16->16 1.13 -> 1.80.
 inline bool winograd_preferred(const Conv2dGeometry& g, bool backward_input = false) {
   if (!winograd_applicable(g)) return false;
+  if (g.FH == 5) {
+    const int64_t K = backward_input ? g.Q : g.C, N = backward_input ? g.C : g.Q;
+    return (N >= 32 && K >= 16) || (N >= 24 && K >= 48);
+  }
   if (backward_input) return g.C >= 16 && g.Q >= 16;
   return g.C >= 32 && g.Q >= 32 && g.C * g.Q >= 2048;
 }
 
-/// Output tile size m of F(m x m, 3x3) for an output of Ho x Wo from K input to Nf output
+/// Output tile size m of F(m x m, r x r) for an output of Ho x Wo from K input to Nf output
 /// channels: 4 (4x fewer multiplies than direct, ~30x the rounding error of F(2) in float32,
 /// see the accuracy table) where it measured faster: outputs of at least 16 x 16 and at most
 /// 96 channels on either side; else 2 (2.25x fewer multiplies, float32 error as direct). Bigger
 /// channel counts favour F(2): its 16 transformed kernels (C x Q each) stream from cache
 /// instead of 36, and small outputs waste less of a 2 x 2 tile.
-inline int winograd_tile_size(int64_t Ho, int64_t Wo, int64_t K, int64_t Nf) {
+/// A 5x5 kernel (r = 5) always takes m = 2: F(2x2,5x5) has the 6 x 6 tile of F(4x4,3x3).
+inline int winograd_tile_size(int64_t Ho, int64_t Wo, int64_t K, int64_t Nf, int64_t r = 3) {
+  if (r == 5) return 2;
   return (Ho >= 16 && Wo >= 16 && K <= 96 && Nf <= 96) ? 4 : 2;
 }
 
@@ -554,74 +592,99 @@ inline int winograd_tile_size(int64_t Ho, int64_t Wo, int64_t K, int64_t Nf) {
 /// (AVX-512, 2 threads, ms, Winograd vs direct: (16,32,32,16->16) 0.335 vs 0.294,
 /// (8,28,28,24->24) 0.353 vs 0.335) and still wins from 32 on either side ((16,32,32,16->32)
 /// 0.40 vs 0.51, (16,32,32,32->32) 0.54 vs 0.98).
+///
+/// 5x5: C, Q >= 32 (AVX-512, 2 threads, ms, direct -> Winograd: (8,32,32,32->32) 1.12 -> 0.90,
+/// 48->48 2.45 -> 1.70, (8,28,28,64->64) 3.54 -> 2.46, but 24->48 1.24 -> 1.46, 32->16 0.58 ->
+/// 0.88, 16->32 0.60 -> 0.59).
 template <typename T>
 inline bool winograd_preferred_weight(const Conv2dGeometry& g) {
   if (!winograd_applicable(g) || g.C < 16 || g.Q < 16 || (g.C < 32 && g.Q < 32)) return false;
-  const int m = winograd_tile_size(g.Ho, g.Wo, g.C, g.Q);
+  if (g.FH == 5 && (g.C < 32 || g.Q < 32)) return false;
+  const int m = winograd_tile_size(g.Ho, g.Wo, g.C, g.Q, g.FH);
   const int64_t tiles = g.N * ((g.Ho + m - 1) / m) * ((g.Wo + m - 1) / m);
-  const int64_t tb = winograd_detail::block_tiles<T>(m, g.C, g.Q, tiles);
+  const int64_t tb = winograd_detail::block_tiles<T>(static_cast<int>(m + g.FH - 1), g.C, g.Q, tiles);
   return tiles >= 4 * tb;
 }
 
 namespace winograd_detail {
 /// The entry points' checks: g must be winograd_applicable (std::invalid_argument naming
-/// `who` otherwise); m = 2 or 4, or 0 for `automatic`.
+/// `who` otherwise); m = 2 or 4 for a 3x3 kernel, 2 for a 5x5 one, or 0 for `automatic`.
 inline int checked_tile_size(const char* who, const Conv2dGeometry& g, int m, int automatic) {
   if (!winograd_applicable(g))
-    throw std::invalid_argument(std::string(who) + ": needs a 3x3 kernel with stride 1, got " +
+    throw std::invalid_argument(std::string(who) + ": needs a 3x3 or 5x5 kernel with stride 1, got " +
                                 std::to_string(g.FH) + "x" + std::to_string(g.FW) + " stride (" +
                                 std::to_string(g.stride_h) + "," + std::to_string(g.stride_w) + ")");
   if (m == 0) m = automatic;
+  if (g.FH == 5 && m != 2)
+    throw std::invalid_argument("winograd: tile size m must be 2 for a 5x5 kernel, got " + std::to_string(m));
   if (m != 2 && m != 4) throw std::invalid_argument("winograd: tile size m must be 2 or 4, got " + std::to_string(m));
   return m;
 }
+
+/// Runs f(std::integral_constant<int, M>, std::integral_constant<int, R>) for the variant
+/// F(m x m, r x r) of tile size m (checked_tile_size's) and kernel size r = g.FH.
+template <typename F>
+inline void with_variant(const Conv2dGeometry& g, int m, const F& f) {
+  using I2 = std::integral_constant<int, 2>;
+  if (g.FH == 5)
+    f(I2{}, std::integral_constant<int, 5>{});
+  else if (m == 2)
+    f(I2{}, std::integral_constant<int, 3>{});
+  else
+    f(std::integral_constant<int, 4>{}, std::integral_constant<int, 3>{});
+}
 }  // namespace winograd_detail
 
-/// Forward pass y = conv(x, w) + bias by Winograd F(m x m, 3x3); m = 2 or 4, or 0 to let
-/// winograd_tile_size choose. Requires winograd_applicable(g) (std::invalid_argument
-/// otherwise). Same contract as conv2d_forward: y is overwritten, buffers must not alias.
+/// Forward pass y = conv(x, w) + bias by Winograd F(m x m, r x r) (r = 3 or 5); m = 2 or 4
+/// for 3x3 (2 for 5x5), or 0 to let winograd_tile_size choose. Requires winograd_applicable(g)
+/// (std::invalid_argument otherwise). Same contract as conv2d_forward: y is overwritten,
+/// buffers must not alias.
 template <typename T>
 void winograd_conv2d_forward(const Conv2dGeometry& g, const T* x, const T* w, const T* bias, T* y,
                              int m = 0) {
-  m = winograd_detail::checked_tile_size("winograd_conv2d_forward", g, m, winograd_tile_size(g.Ho, g.Wo, g.C, g.Q));
+  m = winograd_detail::checked_tile_size("winograd_conv2d_forward", g, m,
+                                         winograd_tile_size(g.Ho, g.Wo, g.C, g.Q, g.FH));
   if (g.N == 0) return;
-  const int64_t C = g.C, Q = g.Q;
-  auto kern = [&](int64_t f, int64_t c, int a, int d) { return w[((f * 3 + a) * 3 + d) * C + c]; };
-  if (m == 2)
-    winograd_detail::conv3x3<T, 2>(g.N, g.H, g.W, C, g.pad_top, g.pad_left, g.Ho, g.Wo, Q, x, kern, bias, y);
-  else
-    winograd_detail::conv3x3<T, 4>(g.N, g.H, g.W, C, g.pad_top, g.pad_left, g.Ho, g.Wo, Q, x, kern, bias, y);
+  const int64_t C = g.C, Q = g.Q, r = g.FH;
+  auto kern = [&](int64_t f, int64_t c, int a, int d) { return w[((f * r + a) * r + d) * C + c]; };
+  winograd_detail::with_variant(g, m, [&](auto M, auto R) {
+    winograd_detail::conv_tiles<T, decltype(M)::value, decltype(R)::value>(
+        g.N, g.H, g.W, C, g.pad_top, g.pad_left, g.Ho, g.Wo, Q, x, kern, bias, y);
+  });
 }
 
 /// Input gradient dx (N, H, W, C) from dy (N, Ho, Wo, Q) by the same Winograd routine: the
-/// stride-1 convolution of dY zero-padded by 2 with the flipped kernel
-/// Kr[c, a', d', q] = K[q, 2-a', 2-d', c] (flip_kernel), cropped by the forward padding.
-/// m = 2, 4 or 0 (winograd_tile_size). Requires winograd_applicable(g).
+/// stride-1 convolution of dY zero-padded by r-1 with the flipped kernel
+/// Kr[c, a', d', q] = K[q, r-1-a', r-1-d', c] (flip_kernel), cropped by the forward padding.
+/// m as for the forward (winograd_tile_size of dX). Requires winograd_applicable(g).
 template <typename T>
 void winograd_conv2d_backward_input(const Conv2dGeometry& g, const T* dy, const T* w, T* dx, int m = 0) {
-  m = winograd_detail::checked_tile_size("winograd_conv2d_backward_input", g, m, winograd_tile_size(g.H, g.W, g.Q, g.C));
+  m = winograd_detail::checked_tile_size("winograd_conv2d_backward_input", g, m,
+                                         winograd_tile_size(g.H, g.W, g.Q, g.C, g.FH));
   if (g.N == 0) return;
-  const int64_t C = g.C, Q = g.Q;
-  // Kr as a kernel of C filters over Q channels: Kr(f = c, ch = q, a', d') = K[q, 2-a', 2-d', c].
-  auto kern = [&](int64_t f, int64_t ch, int a, int d) { return w[((ch * 3 + (2 - a)) * 3 + (2 - d)) * C + f]; };
-  // dX[y, x] reads dY rows y + pt + a' - 2: the read offset is 2 - pt (negative when pt > 2).
-  const int64_t off_h = 2 - g.pad_top, off_w = 2 - g.pad_left;
-  if (m == 2)
-    winograd_detail::conv3x3<T, 2>(g.N, g.Ho, g.Wo, Q, off_h, off_w, g.H, g.W, C, dy, kern, nullptr, dx);
-  else
-    winograd_detail::conv3x3<T, 4>(g.N, g.Ho, g.Wo, Q, off_h, off_w, g.H, g.W, C, dy, kern, nullptr, dx);
+  const int64_t C = g.C, Q = g.Q, r = g.FH;
+  // Kr as a kernel of C filters over Q channels: Kr(f = c, ch = q, a', d') = K[q, r-1-a', r-1-d', c].
+  auto kern = [&](int64_t f, int64_t ch, int a, int d) {
+    return w[((ch * r + (r - 1 - a)) * r + (r - 1 - d)) * C + f];
+  };
+  // dX[y, x] reads dY rows y + pt + a' - (r-1): the read offset is r-1 - pt (negative when pt > r-1).
+  const int64_t off_h = r - 1 - g.pad_top, off_w = r - 1 - g.pad_left;
+  winograd_detail::with_variant(g, m, [&](auto M, auto R) {
+    winograd_detail::conv_tiles<T, decltype(M)::value, decltype(R)::value>(
+        g.N, g.Ho, g.Wo, Q, off_h, off_w, g.H, g.W, C, dy, kern, nullptr, dx);
+  });
 }
 
-/// Kernel gradient dw (Q, 3, 3, C) from x and dy by the adjoint of F(m x m, 3x3)
-/// (winograd_detail::kernel_grad3x3); m = 2, 4 or 0 (winograd_tile_size of the output, as the
-/// forward). The bias gradient is not computed here. Requires winograd_applicable(g).
+/// Kernel gradient dw (Q, r, r, C) from x and dy by the adjoint of F(m x m, r x r)
+/// (winograd_detail::kernel_grad); m as for the forward (winograd_tile_size of the output). The
+/// bias gradient is not computed here. Requires winograd_applicable(g).
 template <typename T>
 void winograd_conv2d_backward_weight(const Conv2dGeometry& g, const T* x, const T* dy, T* dw, int m = 0) {
-  m = winograd_detail::checked_tile_size("winograd_conv2d_backward_weight", g, m, winograd_tile_size(g.Ho, g.Wo, g.C, g.Q));
-  if (m == 2)
-    winograd_detail::kernel_grad3x3<T, 2>(g, x, dy, dw);
-  else
-    winograd_detail::kernel_grad3x3<T, 4>(g, x, dy, dw);
+  m = winograd_detail::checked_tile_size("winograd_conv2d_backward_weight", g, m,
+                                         winograd_tile_size(g.Ho, g.Wo, g.C, g.Q, g.FH));
+  winograd_detail::with_variant(g, m, [&](auto M, auto R) {
+    winograd_detail::kernel_grad<T, decltype(M)::value, decltype(R)::value>(g, x, dy, dw);
+  });
 }
 
 }  // namespace kernels
