@@ -144,26 +144,27 @@ inline bool kernel_fits_cache(const Conv2dGeometry& g) {
 }
 
 /// [WINOGRAD] A deep layer on small images: Winograd makes its transformed kernel ((m+r-1)^2
-/// C Q values) afresh in every call, and its tiles are the GEMMs' rows. Where the kernel is
-/// past kernel_fits_cache (the alternative being the gemm() paths) and the transformed kernel
-/// is more than `per_tile` bytes per tile, it does not pay. Measured at AVX-512, 2 threads (ms,
-/// Winograd -> gemm paths): (8,7,7,512->512), 131 KB per tile: forward 11.2 -> 5.1, dX 8.5 ->
-/// 5.1, dW 23.6 -> 5.4; (32,7,7,512->512), 33 KB: 26.5 -> 20.3, 23.1 -> 20.2, 45.3 -> 21.2;
-/// (16,7,7,256->256), 16 KB: 3.1 -> 2.4, 3.0 -> 2.3, 5.8 -> 2.7; (8,14,14,256->256), 11 KB: 4.3
-/// -> 4.9, 4.2 -> 4.8 (Winograd stays), dW 7.4 -> 5.4; (16,14,14,256->256), 5 KB: 7.3 -> 10.6,
-/// 7.1 -> 10.1, dW 11.9 -> 10.9. So 12 KB per tile for the forward and dX, 4 KB for dW.
-/// A 5x5 kernel's gemm() paths do 25/9 of a 3x3's work per output: the forward's and dX's
-/// bound scales with it ((8,14,14,256->256, 5x5), 24 KB per tile: forward 15.9 -> 12.1 ms,
-/// dX 17.3 -> 12.2 by Winograd; (16,7,7,256->256), 37 KB: 8.2 -> 8.6, 7.7 -> 8.5, gemm()
-/// stays); dW's does not (24 KB: 16.5 -> 20.5).
+/// C Q values) afresh in every call, a cost of C Q that only enough tiles (the GEMMs' rows)
+/// repay. Where the kernel is past kernel_fits_cache (the alternative being the gemm() paths),
+/// the forward and dX run Winograd from 256 tiles for 3x3 (F(2x2): every such layer has more
+/// than 96 channels on a side) and from 128 for 5x5; dW where its transformed kernel is at most
+/// 4 KB per tile. Measured at AVX-512, 2 threads (ms, gemm paths -> Winograd, forward / dX):
+/// 3x3 (4,7,7,512->512), 64 tiles: 2.7 -> 4.9; (8,7,7,512->512), 128: 5.2 -> 8.6;
+/// (8,7,7,256->256), 128: 1.3 -> 1.7; (16,7,7,256->256), 256: 2.5 -> 2.6, 2.4 -> 2.5;
+/// (16,7,7,512->512), 256: 10.3 -> 9.8; (32,7,7,512->512), 512: 20.5 -> 15.7;
+/// (8,14,14,512->512), 392: 20.4 -> 14.5; 5x5 (8,7,7,256->256), 128: 4.3 -> 4.1, 3.9 -> 4.0;
+/// (4,14,14,256->256), 196: 8.3 -> 5.5; (16,7,7,512->512), 256: 31.8 -> 23.4, 36.6 -> 21.7.
+/// dW by Winograd lost on every one of them (0.3-0.8x), and (8,14,14,256->256, 3x3) at 11 KB
+/// per tile: 5.4 gemm vs 7.4.
 template <typename T>
-inline bool winograd_amortized(const Conv2dGeometry& g, int64_t per_tile) {
+inline bool winograd_amortized(const Conv2dGeometry& g, bool weight) {
   if (kernel_fits_cache<T>(g)) return true;
   const int64_t m = winograd_tile_size(g.Ho, g.Wo, g.C, g.Q, g.FH);
   const int64_t tiles = saturating_mul(g.N, saturating_mul((g.Ho + m - 1) / m, (g.Wo + m - 1) / m));
+  if (!weight) return tiles >= (g.FH == 5 ? 128 : 256);
   const int64_t bytes = saturating_mul(saturating_mul((m + g.FH - 1) * (m + g.FH - 1), g.C),
                                        saturating_mul(g.Q, static_cast<int64_t>(sizeof(T))));
-  return bytes <= saturating_mul(tiles, per_tile);
+  return bytes <= saturating_mul(tiles, int64_t{4} << 10);
 }
 
 /// [WINOGRAD] Whether a pass of g runs Winograd (winograd.h): never for Direct; wherever it
@@ -179,15 +180,14 @@ inline bool use_winograd_if(const Conv2dGeometry& g, const Preferred& preferred)
 template <typename T>
 inline bool use_winograd(const Conv2dGeometry& g, bool backward_input) {
   return use_winograd_if(g, [&] {
-    const int64_t per_tile = g.FH == 5 ? (int64_t{12} << 10) * 25 / 9 : int64_t{12} << 10;
-    return winograd_preferred(g, backward_input) && winograd_amortized<T>(g, per_tile);
+    return winograd_preferred(g, backward_input) && winograd_amortized<T>(g, /*weight=*/false);
   });
 }
 
 /// [WINOGRAD] The same for the kernel gradient (winograd_preferred_weight for Auto).
 template <typename T>
 inline bool use_winograd_weight(const Conv2dGeometry& g) {
-  return use_winograd_if(g, [&] { return winograd_preferred_weight<T>(g) && winograd_amortized<T>(g, int64_t{4} << 10); });
+  return use_winograd_if(g, [&] { return winograd_preferred_weight<T>(g) && winograd_amortized<T>(g, /*weight=*/true); });
 }
 
 /// Forward kernel for g with the kernels cfg.
