@@ -221,6 +221,42 @@ void test_threads_bitwise() {
   nablagrad::set_simd_level(nablagrad::cpu_simd_level());
 }
 
+// Filter panels (conv_tiles_panels: deep layers, a transformed kernel past 2 MiB) against
+// blocks of tiles (conv_tiles_blocks): the same bits at every level and 1-3 threads, with a
+// partial last panel, two K slices (C > 256) and edge tiles; and through the entry points
+// (which pick panels for these shapes) against the reference.
+template <typename T>
+void test_filter_panels() {
+  std::mt19937 rng(77);
+  for (const Shape& s : {Shape{2, 6, 7, 300, 200, 1, 1, 1, 1}, Shape{1, 7, 5, 130, 140, 2, 2, 2, 2, 5}}) {
+    const Data<T> d = make_data<T>(s, rng);
+    const int64_t P = s.r == 5 ? 36 : 16;
+    CHECK(winograd_detail::use_filter_panels<T>(P, s.C, s.Q, s.N * ((d.g.Ho + 1) / 2) * ((d.g.Wo + 1) / 2)));
+    auto kern = [&](int64_t f, int64_t c, int a, int dd) { return d.w[((f * s.r + a) * s.r + dd) * s.C + c]; };
+    const int best = static_cast<int>(nablagrad::cpu_simd_level());
+    for (int level = 0; level <= best; ++level) {
+      nablagrad::set_simd_level(static_cast<SimdLevel>(level));
+      std::vector<T> blocks(d.y_ref.size()), panels(d.y_ref.size());
+      for (int threads = 1; threads <= 3; ++threads) {
+        nablagrad::set_num_threads(threads);
+        winograd_detail::with_variant(d.g, 2, [&](auto M, auto R) {
+          constexpr int m = decltype(M)::value, r = decltype(R)::value;
+          winograd_detail::conv_tiles_blocks<T, m, r>(s.N, s.H, s.W, s.C, s.pt, s.pl, d.g.Ho, d.g.Wo, s.Q, d.x.data(),
+                                                      kern, d.b.data(), blocks.data());
+          winograd_detail::conv_tiles_panels<T, m, r>(s.N, s.H, s.W, s.C, s.pt, s.pl, d.g.Ho, d.g.Wo, s.Q, d.x.data(),
+                                                      kern, d.b.data(), panels.data());
+        });
+        CHECK(bitwise_equal(blocks, panels));
+        CHECK(rel_err(panels, d.y_ref) <= tolerance<T>(2, s.r));
+        CHECK(rel_err(run_forward(d, 2), d.y_ref) <= tolerance<T>(2, s.r));
+        CHECK(rel_err(run_backward(d, 2), d.dx_ref) <= tolerance<T>(2, s.r));
+      }
+    }
+  }
+  nablagrad::set_num_threads(2);
+  nablagrad::set_simd_level(nablagrad::cpu_simd_level());
+}
+
 // The exact case: small integers give exact results in double for F(2) (all transform
 // coefficients are 0, +-1, +-1/2), so the result equals the reference bit for bit.
 void test_exact_integers() {
@@ -404,6 +440,8 @@ int main(int argc, char** argv) {
   RUN_TEST(test_against_reference<float>);
   RUN_TEST(test_random_shapes_all_levels<float>);
   RUN_TEST(test_random_shapes_all_levels<double>);
+  RUN_TEST(test_filter_panels<float>);
+  RUN_TEST(test_filter_panels<double>);
   RUN_TEST(test_threads_bitwise<float>);
   RUN_TEST(test_threads_bitwise<double>);
   RUN_TEST(test_algorithm_setting);
