@@ -623,16 +623,15 @@ void test_kernel_choice() {
     const auto deep = make_conv2d_geometry(2, 16, 16, 16, 512, 3, 3, 16, 2, 2, 1, 1, 1, 1);
     CHECK(std::string(conv_kernel_choice<float>(deep).backward_input) == "phases");
     // Deep 3x3 stride-1 layers on small images: too few tiles for Winograd's transformed
-    // kernel (winograd_amortized) send them to the gemm() paths, pass by pass.
-    const auto c7 = conv_kernel_choice<float>(make_conv2d_geometry(8, 7, 7, 512, 512, 3, 3, 512, 1, 1, 1, 1, 1, 1));
+    // kernel (winograd_amortized: 64 here) send them to the gemm() paths, pass by pass.
+    const auto c7 = conv_kernel_choice<float>(make_conv2d_geometry(4, 7, 7, 512, 512, 3, 3, 512, 1, 1, 1, 1, 1, 1));
     CHECK(std::string(c7.forward) == "gemm" && std::string(c7.backward_input) == "col2im_gemm" &&
           std::string(c7.backward_weight) == "im2col_gemm");
     const auto c14 = conv_kernel_choice<float>(make_conv2d_geometry(8, 14, 14, 256, 256, 3, 3, 256, 1, 1, 1, 1, 1, 1));
     CHECK(std::string(c14.forward) == "winograd" && std::string(c14.backward_input) == "winograd" &&
           std::string(c14.backward_weight) == "im2col_gemm");
-    // The rule counts tiles: 256 F(2x2) tiles repay the kernel transform, 128 do not; a 5x5's
-    // F(2x2,5x5) already from 128.
-    const auto c7w = conv_kernel_choice<float>(make_conv2d_geometry(32, 7, 7, 512, 512, 3, 3, 512, 1, 1, 1, 1, 1, 1));
+    // The rule counts tiles: from 96 they repay the kernel transform (128 here).
+    const auto c7w = conv_kernel_choice<float>(make_conv2d_geometry(8, 7, 7, 512, 512, 3, 3, 512, 1, 1, 1, 1, 1, 1));
     CHECK(std::string(c7w.forward) == "winograd" && std::string(c7w.backward_input) == "winograd" &&
           std::string(c7w.backward_weight) == "im2col_gemm");
     const auto c55 = conv_kernel_choice<float>(make_conv2d_geometry(8, 7, 7, 256, 256, 5, 5, 256, 1, 1, 2, 2, 2, 2));

@@ -232,7 +232,7 @@ void test_filter_panels() {
     const Data<T> d = make_data<T>(s, rng);
     const int64_t P = s.r == 5 ? 36 : 16;
     CHECK(winograd_detail::use_filter_panels<T>(P, s.C, s.Q, s.N * ((d.g.Ho + 1) / 2) * ((d.g.Wo + 1) / 2)));
-    auto kern = [&](int64_t f, int64_t c, int a, int dd) { return d.w[((f * s.r + a) * s.r + dd) * s.C + c]; };
+    const winograd_detail::KernelView<T> kern{d.w.data(), s.r * s.r * s.C, 1, s.r * s.C, s.C};
     const int best = static_cast<int>(nablagrad::cpu_simd_level());
     for (int level = 0; level <= best; ++level) {
       nablagrad::set_simd_level(static_cast<SimdLevel>(level));

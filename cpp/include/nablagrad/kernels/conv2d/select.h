@@ -143,25 +143,24 @@ inline bool kernel_fits_cache(const Conv2dGeometry& g) {
   return saturating_mul(K, saturating_mul(g.Q, static_cast<int64_t>(sizeof(T)))) <= (int64_t{1} << 20);
 }
 
-/// [WINOGRAD] A deep layer on small images: Winograd makes its transformed kernel ((m+r-1)^2
-/// C Q values) afresh in every call, a cost of C Q that only enough tiles (the GEMMs' rows)
-/// repay. Where the kernel is past kernel_fits_cache (the alternative being the gemm() paths),
-/// the forward and dX run Winograd from 256 tiles for 3x3 (F(2x2): every such layer has more
-/// than 96 channels on a side) and from 128 for 5x5; dW where its transformed kernel is at most
-/// 4 KB per tile. Measured at AVX-512, 2 threads (ms, gemm paths -> Winograd, forward / dX):
-/// 3x3 (4,7,7,512->512), 64 tiles: 2.7 -> 4.9; (8,7,7,512->512), 128: 5.2 -> 8.6;
-/// (8,7,7,256->256), 128: 1.3 -> 1.7; (16,7,7,256->256), 256: 2.5 -> 2.6, 2.4 -> 2.5;
-/// (16,7,7,512->512), 256: 10.3 -> 9.8; (32,7,7,512->512), 512: 20.5 -> 15.7;
-/// (8,14,14,512->512), 392: 20.4 -> 14.5; 5x5 (8,7,7,256->256), 128: 4.3 -> 4.1, 3.9 -> 4.0;
-/// (4,14,14,256->256), 196: 8.3 -> 5.5; (16,7,7,512->512), 256: 31.8 -> 23.4, 36.6 -> 21.7.
-/// dW by Winograd lost on every one of them (0.3-0.8x), and (8,14,14,256->256, 3x3) at 11 KB
-/// per tile: 5.4 gemm vs 7.4.
+/// [WINOGRAD] A deep layer on small images: Winograd transforms its kernel ((m+r-1)^2 C Q
+/// values) afresh in every call, a cost of C Q that only enough tiles (its GEMMs' rows) repay.
+/// Where the kernel is past kernel_fits_cache (the alternative being the gemm() paths), the
+/// forward and dX run Winograd from 96 tiles (such 3x3 layers run F(2x2): more than 96 channels
+/// on a side); dW where its transformed kernel is at most 4 KB per tile. Measured at AVX-512,
+/// 2 threads, with the filter panels (conv_tiles_panels) (ms, gemm paths -> Winograd, forward /
+/// dX): 3x3 (4,7,7,512->512), 64 tiles: 2.75 -> 3.04, 2.78 -> 3.13; (4,7,7,256->256), 64:
+/// 0.76 -> 0.71, 0.65 -> 0.73; (2,14,14,256->256), 98: 1.27 -> 0.94, 1.23 -> 0.94;
+/// (2,14,14,512->512), 98: 4.98 -> 3.78; (8,7,7,256->256), 128: 1.31 -> 1.11; (8,7,7,512->512),
+/// 128: 5.16 -> 4.45, 5.12 -> 4.44; 5x5 (2,7,7,256->256), 32: 1.12 -> 1.48; (4,7,7,256->256),
+/// 64: 2.13 -> 2.23, 2.00 -> 2.05; (8,7,7,256->256), 128: 4.2 -> 3.4. dW by Winograd lost on
+/// all of them (0.2-0.8x), and at (8,14,14,256->256, 3x3), 11 KB per tile: 5.4 gemm vs 7.4.
 template <typename T>
 inline bool winograd_amortized(const Conv2dGeometry& g, bool weight) {
   if (kernel_fits_cache<T>(g)) return true;
   const int64_t m = winograd_tile_size(g.Ho, g.Wo, g.C, g.Q, g.FH);
   const int64_t tiles = saturating_mul(g.N, saturating_mul((g.Ho + m - 1) / m, (g.Wo + m - 1) / m));
-  if (!weight) return tiles >= (g.FH == 5 ? 128 : 256);
+  if (!weight) return tiles >= 96;
   const int64_t bytes = saturating_mul(saturating_mul((m + g.FH - 1) * (m + g.FH - 1), g.C),
                                        saturating_mul(g.Q, static_cast<int64_t>(sizeof(T))));
   return bytes <= saturating_mul(tiles, int64_t{4} << 10);

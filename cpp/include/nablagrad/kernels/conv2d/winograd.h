@@ -204,6 +204,18 @@ struct XAvx512D {
 };
 #endif  // NABLAGRAD_X86
 
+/// The kernel as the transforms read it: element (f, c, a, d) (filter f, channel c, tap row a,
+/// tap column d) at base[f * fs + c * cs + a * as + d * ds]. The forward reads w (Q, r, r, C)
+/// as it lies (cs = 1); dX reads it flipped, with filters and channels exchanged (fs = 1,
+/// negative tap strides).
+template <typename T>
+struct KernelView {
+  const T* base;
+  int64_t fs, cs, as, ds;
+  const T* at(int64_t f, int64_t c, int a, int d) const { return base + f * fs + c * cs + a * as + d * ds; }
+  T operator()(int64_t f, int64_t c, int a, int d) const { return *at(f, c, a, d); }
+};
+
 /// Arguments of one tile block (shared by the input and output transforms).
 template <typename T>
 struct BlockArgs {
@@ -285,6 +297,7 @@ namespace portable {
 #undef NABLAGRAD_WINO_TARGET
 }  // namespace portable
 #if NABLAGRAD_X86
+#define NABLAGRAD_WINO_AVX2_SHUFFLES 1  // gather_transposed8 with AVX2 shuffles (both x86 levels)
 namespace avx2 {
 #define NABLAGRAD_WINO_TARGET NABLAGRAD_WINO_AVX2
 #include "winograd_transforms.inc"
@@ -295,6 +308,7 @@ namespace avx512 {
 #include "winograd_transforms.inc"
 #undef NABLAGRAD_WINO_TARGET
 }  // namespace avx512
+#undef NABLAGRAD_WINO_AVX2_SHUFFLES
 #endif
 
 template <typename T>
@@ -775,7 +789,7 @@ void winograd_conv2d_forward(const Conv2dGeometry& g, const T* x, const T* w, co
                                          winograd_tile_size(g.Ho, g.Wo, g.C, g.Q, g.FH));
   if (g.N == 0) return;
   const int64_t C = g.C, Q = g.Q, r = g.FH;
-  auto kern = [&](int64_t f, int64_t c, int a, int d) { return w[((f * r + a) * r + d) * C + c]; };
+  const winograd_detail::KernelView<T> kern{w, r * r * C, 1, r * C, C};  // w[((f * r + a) * r + d) * C + c]
   winograd_detail::with_variant(g, m, [&](auto M, auto R) {
     winograd_detail::conv_tiles<T, decltype(M)::value, decltype(R)::value>(
         g.N, g.H, g.W, C, g.pad_top, g.pad_left, g.Ho, g.Wo, Q, x, kern, bias, y);
@@ -793,9 +807,7 @@ void winograd_conv2d_backward_input(const Conv2dGeometry& g, const T* dy, const 
   if (g.N == 0) return;
   const int64_t C = g.C, Q = g.Q, r = g.FH;
   // Kr as a kernel of C filters over Q channels: Kr(f = c, ch = q, a', d') = K[q, r-1-a', r-1-d', c].
-  auto kern = [&](int64_t f, int64_t ch, int a, int d) {
-    return w[((ch * r + (r - 1 - a)) * r + (r - 1 - d)) * C + f];
-  };
+  const winograd_detail::KernelView<T> kern{w + ((r - 1) * r + (r - 1)) * C, 1, r * r * C, -r * C, -C};
   // dX[y, x] reads dY rows y + pt + a' - (r-1): the read offset is r-1 - pt (negative when pt > r-1).
   const int64_t off_h = r - 1 - g.pad_top, off_w = r - 1 - g.pad_left;
   winograd_detail::with_variant(g, m, [&](auto M, auto R) {
