@@ -34,7 +34,9 @@
 // per call straight into gemm.h's packed-B panel layout, so no GEMM call repacks it. Every
 // output value is computed by one thread in a fixed order that does not depend on the block
 // size or on the thread count: results are bitwise identical for any thread count (for a
-// given simd_level()).
+// given simd_level()). Where U passes 2 MiB (deep layers), conv_tiles_panels runs the same
+// steps in another order (all input transforms; per panel of filters its part of U and the P
+// GEMMs over all tiles; all output transforms): the same bits, without writing U out whole.
 //
 // Backward-input: for stride 1 the design document's input gradient is the stride-1
 // convolution of dY, zero-padded by F-1 = 2 on each side, with the flipped kernel
