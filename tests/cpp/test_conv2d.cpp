@@ -360,6 +360,7 @@ void test_register_tiles() {
 // of them, FH != FW, uneven paddings, Q over several panels and below one, C = 1, and its dX
 // (the flipped kernel of a 5x5 on 16 channels).
 void test_direct_s1() {
+  set_conv_algorithm(ConvAlgorithm::Direct);  // the direct kernels (at AVX2 "auto" runs Winograd for 16 -> 16)
   if (nablagrad::cpu_simd_level() >= SimdLevel::AVX512) {
     nablagrad::set_simd_level(SimdLevel::AVX512);
     CHECK(conv_detail::direct_s1_kernel(conv_kernels_for_width<float>(16), 5) != nullptr);
@@ -406,6 +407,7 @@ void test_direct_s1() {
     check_everywhere<double>(g, 1e-12, 44);
     check_everywhere<float>(g, 2e-5, 45);
   }
+  set_conv_algorithm(ConvAlgorithm::Auto);
 }
 
 // The im2col forward accumulating straight into Y (whole micro-tiles, Q a whole number of
@@ -576,6 +578,7 @@ void test_backward_input_phases_direct() {
 // (packed dY panels) and Q == NR (dY rows used as they lie), several chunks; blocks of 256
 // pixels across output rows (column kernel) and, for rows of >= 64 pixels, per row.
 void test_backward_weight_direct() {
+  set_conv_algorithm(ConvAlgorithm::Direct);  // the direct kernels (at AVX2 "auto" runs Winograd for 16 -> 16)
   const Conv2dGeometry shapes[] = {
       make_conv2d_geometry(2, 5, 70, 16, 40, 3, 3, 16, 1, 1, 1, 1, 1, 1),   // rows of 70: per row
       make_conv2d_geometry(2, 9, 66, 16, 16, 5, 5, 16, 1, 1, 2, 2, 2, 2),   // 80 = 3 x 24 + 8 tail, per row
@@ -594,6 +597,7 @@ void test_backward_weight_direct() {
     check_everywhere<double>(g, 1e-12, 31);
     check_everywhere<float>(g, 2e-5, 32);
   }
+  set_conv_algorithm(ConvAlgorithm::Auto);
 }
 
 // Which kernel each pass picks for shapes of each family (select.h), at every level.

@@ -329,18 +329,35 @@ void test_errors_and_empty() {
   CHECK(!winograd_preferred(g3));  // 3 -> 4 channels: direct
   const auto g16 = make_conv2d_geometry(1, 8, 8, 16, 16, 3, 3, 16, 1, 1, 0, 0, 0, 0);
   const auto g3264 = make_conv2d_geometry(1, 8, 8, 32, 64, 3, 3, 32, 1, 1, 0, 0, 0, 0);
-  CHECK(!winograd_preferred(g16) && winograd_preferred(g16, /*backward_input=*/true));
+  // At AVX2 the forward runs Winograd from 8 channels on both sides (the 3 -> 4 above does not).
+  const bool avx2 = nablagrad::simd_level() == SimdLevel::AVX2;
+  CHECK(winograd_preferred(g16) == avx2 && winograd_preferred(g16, /*backward_input=*/true));
   CHECK(winograd_preferred(g3264) && winograd_preferred(g3264, true));
   // Kernel gradient: from 16 channels on both sides and 32 on one (below, the direct kernel
-  // is faster), with at least 4 blocks of tiles to share out.
+  // is faster; at AVX2 16 on both sides), with at least 4 blocks of tiles to share out.
   CHECK(!winograd_preferred_weight<float>(g3));
-  CHECK(!winograd_preferred_weight<float>(make_conv2d_geometry(8, 32, 32, 16, 16, 3, 3, 16, 1, 1, 1, 1, 1, 1)));
-  CHECK(!winograd_preferred_weight<float>(make_conv2d_geometry(8, 32, 32, 24, 24, 3, 3, 24, 1, 1, 1, 1, 1, 1)));
+  CHECK(winograd_preferred_weight<float>(make_conv2d_geometry(8, 32, 32, 16, 16, 3, 3, 16, 1, 1, 1, 1, 1, 1)) == avx2);
+  CHECK(winograd_preferred_weight<float>(make_conv2d_geometry(8, 32, 32, 24, 24, 3, 3, 24, 1, 1, 1, 1, 1, 1)) == avx2);
   CHECK(winograd_preferred_weight<float>(make_conv2d_geometry(8, 32, 32, 16, 32, 3, 3, 16, 1, 1, 1, 1, 1, 1)));
   CHECK(winograd_preferred_weight<float>(make_conv2d_geometry(8, 32, 32, 32, 16, 3, 3, 32, 1, 1, 1, 1, 1, 1)));
   // 1 x 7 x 7 (16 F(2x2) tiles) is under 4 blocks at every level (a block is >= 2 register
   // tiles of rows, MR >= 4).
   CHECK(!winograd_preferred_weight<float>(make_conv2d_geometry(1, 7, 7, 512, 512, 3, 3, 512, 1, 1, 1, 1, 1, 1)));
+  // The AVX2 rule, where the CPU has AVX2: 8 -> 8 forward and dX by Winograd (3x3 and 5x5),
+  // 5x5 dW from 24 channels; the other levels keep the direct kernels there.
+  const SimdLevel was = nablagrad::simd_level();
+  for (SimdLevel level : {SimdLevel::Portable, SimdLevel::AVX2, SimdLevel::AVX512}) {
+    if (level > nablagrad::cpu_simd_level()) continue;
+    nablagrad::set_simd_level(level);
+    const bool at_avx2 = level == SimdLevel::AVX2;
+    const auto g88 = make_conv2d_geometry(16, 32, 32, 8, 8, 3, 3, 8, 1, 1, 1, 1, 1, 1);
+    const auto g5 = make_conv2d_geometry(4, 32, 32, 16, 16, 5, 5, 16, 1, 1, 2, 2, 2, 2);
+    const auto g5w = make_conv2d_geometry(8, 32, 32, 24, 24, 5, 5, 24, 1, 1, 2, 2, 2, 2);
+    CHECK(winograd_preferred(g88) == at_avx2 && winograd_preferred(g88, true) == at_avx2);
+    CHECK(winograd_preferred(g5) == at_avx2 && winograd_preferred(g5, true) == at_avx2);
+    CHECK(!winograd_preferred_weight<float>(g5) && winograd_preferred_weight<float>(g5w) == at_avx2);
+  }
+  nablagrad::set_simd_level(was);
 }
 
 // The entry points of select.h: "winograd" runs exactly winograd_conv2d_* (bitwise), "direct"

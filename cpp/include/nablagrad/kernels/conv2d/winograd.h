@@ -706,8 +706,16 @@ void kernel_grad(const Conv2dGeometry& g, const T* x, const T* dy, T* dw) {
 /// 0.53 -> 0.68, 8->64 0.48 -> 0.85, (4,96,96,16->16) 1.12 -> 1.83; input gradient: 32->16
 /// 0.50 -> 0.40, 24->48 1.93 -> 1.10, 32->32 1.11 -> 0.69, but 16->32 0.59 -> 0.70, 16->24
 /// 0.40 -> 0.91, 16->16 1.13 -> 1.80.
+///
+/// At AVX2 (8-lane vectors: the direct kernels do half the multiply-adds per load of the
+/// AVX-512 ones, while the transforms stay memory-bound) both passes, 3x3 and 5x5, run
+/// Winograd from C, Q >= 8. AVX2, 2 threads (ms, direct kernels -> Winograd): forward
+/// (16,32,32,16->16, 3x3) 0.34 -> 0.22, 8->8 0.195 -> 0.160, 24->24 0.47 -> 0.29, (4,96,96,16->16,
+/// 5x5) 1.93 -> 1.59, (8,32,32,8->32, 5x5) 0.46 -> 0.40; dX (16,32,32,8->16) 0.36 -> 0.22,
+/// (4,96,96,16->16, 5x5) 1.93 -> 1.59.
 inline bool winograd_preferred(const Conv2dGeometry& g, bool backward_input = false) {
   if (!winograd_applicable(g)) return false;
+  if (simd_level() == SimdLevel::AVX2) return g.C >= 8 && g.Q >= 8;
   if (g.FH == 5) {
     const int64_t K = backward_input ? g.Q : g.C, N = backward_input ? g.C : g.Q;
     return (N >= 32 && K >= 16) || (N >= 24 && K >= 48);
@@ -741,10 +749,17 @@ inline int winograd_tile_size(int64_t Ho, int64_t Wo, int64_t K, int64_t Nf, int
 /// 5x5: C, Q >= 32 (AVX-512, 2 threads, ms, direct -> Winograd: (8,32,32,32->32) 1.12 -> 0.90,
 /// 48->48 2.45 -> 1.70, (8,28,28,64->64) 3.54 -> 2.46, but 24->48 1.24 -> 1.46, 32->16 0.58 ->
 /// 0.88, 16->32 0.60 -> 0.59).
+///
+/// At AVX2, C, Q >= 16, and 24 for 5x5 (AVX2, 2 threads, ms, direct -> Winograd: 16->8 on
+/// (16,32,32) 0.42 -> 0.33, (8,32,32,24->24) 0.58 -> 0.34, 5x5 24->24 1.50 -> 1.17; but 8->16
+/// 0.22 -> 0.26, 5x5 (8,32,32,8->32) 0.54 -> 0.76, (4,96,96,16->16) 2.36 -> 2.59).
 template <typename T>
 inline bool winograd_preferred_weight(const Conv2dGeometry& g) {
-  if (!winograd_applicable(g) || g.C < 16 || g.Q < 16 || (g.C < 32 && g.Q < 32)) return false;
-  if (g.FH == 5 && (g.C < 32 || g.Q < 32)) return false;
+  const bool avx2 = simd_level() == SimdLevel::AVX2;
+  if (!winograd_applicable(g) || g.C < 16 || g.Q < 16) return false;
+  if (!avx2 && g.C < 32 && g.Q < 32) return false;
+  const int64_t five = avx2 ? 24 : 32;
+  if (g.FH == 5 && (g.C < five || g.Q < five)) return false;
   const int m = winograd_tile_size(g.Ho, g.Wo, g.C, g.Q, g.FH);
   const int64_t tiles = g.N * ((g.Ho + m - 1) / m) * ((g.Wo + m - 1) / m);
   const int64_t tb = winograd_detail::block_tiles<T>(static_cast<int>(m + g.FH - 1), g.C, g.Q, tiles);
