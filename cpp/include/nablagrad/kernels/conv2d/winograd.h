@@ -215,7 +215,6 @@ struct KernelView {
   const T* base;
   int64_t fs, cs, as, ds;
   const T* at(int64_t f, int64_t c, int a, int d) const { return base + f * fs + c * cs + a * as + d * ds; }
-  T operator()(int64_t f, int64_t c, int a, int d) const { return *at(f, c, a, d); }
 };
 
 /// Arguments of one tile block (shared by the input and output transforms).
@@ -394,8 +393,18 @@ struct GemmPlan {
   }
 };
 
+/// The kernel transform's kernel_run for T at the current SIMD level.
+template <typename T, int M, int R, int L, typename Kern>
+inline auto kernel_run_fn() -> void (*)(const Kern&, int64_t, int64_t, int64_t, int, T*, int64_t, int64_t, T*) {
+#if NABLAGRAD_X86
+  if (simd_at_least(SimdLevel::AVX512)) return &avx512::kernel_run<T, M, R, L, Kern>;
+  if (simd_at_least(SimdLevel::AVX2)) return &avx2::kernel_run<T, M, R, L, Kern>;
+#endif
+  return &portable::kernel_run<T, M, R, L, Kern>;
+}
+
 /// Kernel transform into the packed GEMM operand: U[p](c, f) = (G g_{f,c} G^T)[p] for
-/// filters f < F over channels c < Cc, where g_{f,c}(a, d) = kern(f, c, a, d). Computed in
+/// filters f < F over channels c < Cc, where g_{f,c}(a, d) = *kern.at(f, c, a, d). Computed in
 /// double and rounded to T once. Up must hold P * Cc * plan.Npad zeros.
 template <typename T, int M, int R, typename Kern>
 void transform_kernel(int64_t F, int64_t Cc, const Kern& kern, const GemmPlan<T>& plan, T* Up) {
@@ -406,14 +415,7 @@ void transform_kernel(int64_t F, int64_t Cc, const Kern& kern, const GemmPlan<T>
   // of the same rows (cache lines passed back and forth: 12% of a (32,16,16,48->96) input
   // gradient's time at 1 thread became 18% at 2).
   const int64_t per_slice = (plan.kc_max + L - 1) / L, slices = (Cc + plan.kc_max - 1) / plan.kc_max;
-  using Run = void (*)(const Kern&, int64_t, int64_t, int64_t, int, T*, int64_t, int64_t, T*);
-  Run run = &portable::kernel_run<T, M, R, L, Kern>;
-#if NABLAGRAD_X86
-  if (simd_at_least(SimdLevel::AVX512))
-    run = &avx512::kernel_run<T, M, R, L, Kern>;
-  else if (simd_at_least(SimdLevel::AVX2))
-    run = &avx2::kernel_run<T, M, R, L, Kern>;
-#endif
+  const auto run = kernel_run_fn<T, M, R, L, Kern>();
   parallel_for(0, slices * per_slice, 1, [&](int64_t b0, int64_t b1) {
     T* st = static_cast<T*>(scratch_bytes<4>(sizeof(T) * static_cast<size_t>((M + R - 1) * (M + R - 1) * L * NR)));
     for (int64_t b = b0; b < b1; ++b) {
@@ -512,14 +514,7 @@ void conv_tiles_panels(int64_t N, int64_t H, int64_t W, int64_t Cc, int64_t off_
   parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) in_fn(args(b));
   });
-  using Run = void (*)(const Kern&, int64_t, int64_t, int64_t, int, T*, int64_t, int64_t, T*);
-  Run run = &portable::kernel_run<T, M, R, L, Kern>;
-#if NABLAGRAD_X86
-  if (simd_at_least(SimdLevel::AVX512))
-    run = &avx512::kernel_run<T, M, R, L, Kern>;
-  else if (simd_at_least(SimdLevel::AVX2))
-    run = &avx2::kernel_run<T, M, R, L, Kern>;
-#endif
+  const auto run = kernel_run_fn<T, M, R, L, Kern>();
   const int64_t mpad = (tiles + MR - 1) / MR * MR;
   parallel_for(0, panels, 1, [&](int64_t j0, int64_t j1) {
     // The panel's U: per p a Cc x NR block, in it the K slices' kc x NR runs (packed_index with
@@ -605,7 +600,7 @@ void conv_tiles_blocks(int64_t N, int64_t H, int64_t W, int64_t Cc, int64_t off_
 }
 
 /// The core: y (N, Ho, Wo, Qf) = valid R x R correlation of x (N, H, W, Cc) read with offsets
-/// (off_h, off_w) (zeros outside) with the kernel kern(f, c, a, d), plus bias: by filter panels
+/// (off_h, off_w) (zeros outside) with the kernel *kern.at(f, c, a, d), plus bias: by filter panels
 /// where use_filter_panels says so, else by blocks of tiles. Both give the same bits.
 template <typename T, int M, int R, typename Kern>
 void conv_tiles(int64_t N, int64_t H, int64_t W, int64_t Cc, int64_t off_h, int64_t off_w,
