@@ -496,6 +496,20 @@ void test_forward_indirect() {
     check_everywhere<double>(g, 1e-12, 37);
     check_everywhere<float>(g, 2e-5, 38);
   }
+  // Tasks of several blocks (2793 pixels: 233 blocks of 12, 117 of 24, 466 of 6; the shapes
+  // above make tasks of one block): a left border copy in most blocks, a last partial block,
+  // a partial filter panel (Q = 40) and uneven padding.
+  const auto many = make_conv2d_geometry(7, 40, 38, 16, 40, 3, 3, 16, 2, 2, 1, 2, 1, 0);
+  CHECK(std::string(conv_kernel_choice<double>(many).forward) == "indirect");
+  CHECK(std::string(conv_kernel_choice<float>(many).forward) == "indirect");
+  check_everywhere<double>(many, 1e-12, 42);
+  check_everywhere<float>(many, 1e-4, 43);  // dW: sums of 2793 float products
+  // Rows of 6 pixels: every block of 6, 12 or 24 starts a row, so every block copies border
+  // runs into the same slots of its task's copy buffer.
+  const auto rows6 = make_conv2d_geometry(32, 24, 12, 16, 40, 3, 3, 16, 2, 2, 1, 1, 1, 1);
+  CHECK(std::string(conv_kernel_choice<float>(rows6).forward) == "indirect");
+  check_everywhere<double>(rows6, 1e-12, 44);
+  check_everywhere<float>(rows6, 1e-4, 45);
   // Stride 1, a panel too large for the direct kernel (K = 640): indirect at AVX-512.
   check_everywhere<double>(make_conv2d_geometry(2, 10, 9, 40, 64, 4, 4, 40, 1, 1, 1, 2, 2, 1), 1e-12, 39);
   // The stride-1 input gradient through it: the flipped kernel (K = 25*48 = 1200, a panel
