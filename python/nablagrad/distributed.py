@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import traceback
 from typing import Any, Callable, List, Optional, Tuple
 
@@ -147,6 +148,10 @@ def _install_abort_hook() -> None:
                          f"{exc_type.__name__}\n")
         sys.stderr.flush()
         sys.stdout.flush()
+        # The launcher forwards a rank's output and its abort request separately: a CI run
+        # (MPICH's Hydra) once acted on the abort first and the job ended with no output at
+        # all. A moment's grace lets the message through; the job still ends within a second.
+        time.sleep(0.25)
         _state.MPI.COMM_WORLD.Abort(1)
 
     _state.previous_excepthook = previous
