@@ -403,6 +403,16 @@ inline auto kernel_run_fn() -> void (*)(const Kern&, int64_t, int64_t, int64_t, 
   return &portable::kernel_run<T, M, R, L, Kern>;
 }
 
+/// The kernel gradient's last step (grad_reduce) for T at the current SIMD level.
+template <typename T, int M, int R>
+inline auto grad_reduce_fn() -> void (*)(const T*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, T*) {
+#if NABLAGRAD_X86
+  if (simd_at_least(SimdLevel::AVX512)) return &avx512::grad_reduce<T, M, R>;
+  if (simd_at_least(SimdLevel::AVX2)) return &avx2::grad_reduce<T, M, R>;
+#endif
+  return &portable::grad_reduce<T, M, R>;
+}
+
 /// Kernel transform into the packed GEMM operand: U[p](c, f) = (G g_{f,c} G^T)[p] for
 /// filters f < F over channels c < Cc, where g_{f,c}(a, d) = *kern.at(f, c, a, d). Computed in
 /// double and rounded to T once. Up must hold P * Cc * plan.Npad zeros.
@@ -673,14 +683,7 @@ void kernel_grad(const Conv2dGeometry& g, const T* x, const T* dy, T* dw) {
     }
   });
   // dw[q, a, d, c] = sum_{i,j} G[i][a] S[i*A+j](c, q) G[j][d], S = the partials in chunk order.
-  using Reduce = void (*)(const T*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, T*);
-  Reduce reduce = &portable::grad_reduce<T, M, R>;
-#if NABLAGRAD_X86
-  if (simd_at_least(SimdLevel::AVX512))
-    reduce = &avx512::grad_reduce<T, M, R>;
-  else if (simd_at_least(SimdLevel::AVX2))
-    reduce = &avx2::grad_reduce<T, M, R>;
-#endif
+  const auto reduce = grad_reduce_fn<T, M, R>();
   parallel_for(0, C, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, Q * P)), [&](int64_t c0, int64_t c1) {
     reduce(partial.get(), nchunks, partial_values, C, Q, c0, c1, dw);
   });
