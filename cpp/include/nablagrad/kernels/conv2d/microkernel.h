@@ -470,6 +470,12 @@ __attribute__((target("avx2,fma"))) inline void indirect_kernel_avx2(int64_t nh,
     const T* bh = b + h * len * 2 * W;
     for (int64_t d = 0; d < len; ++d) {
       const VT b0 = V::load(bh + d * 2 * W), b1 = V::load(bh + d * 2 * W + W);
+      // The panel's line 8 steps ahead, as in indirect_kernel_avx512 (one 64-byte line per
+      // step here): 3-6% on the stride-2 3x3 forwards at AVX2 (Xeon held to AVX2, 2 threads,
+      // alternated in one process: (16,32,32,32->64) 0.75 -> 0.72 ms, (8,56,56,64->128)
+      // 4.6 -> 4.4 ms).
+      _mm_prefetch(reinterpret_cast<const char*>(reinterpret_cast<uintptr_t>(bh + d * 2 * W) + sizeof(T) * 16 * W),
+                   _MM_HINT_T0);
 #pragma GCC unroll 6
       for (int i = 0; i < MR; ++i) {
         const VT ai = V::bcast(r[i] + d);
