@@ -141,15 +141,20 @@ inline AlignedBuffer& packed_b_buffer() {
 }
 
 // A micro-kernel computes one MR x NR tile: acc = sum_{k<kc} Ap[k*MR + i] * Bp[k*NR + j]
-// (one chain per element, k ascending, starting from zero), then C = add ? C + acc : acc.
+// (one chain per element, k ascending, starting from zero), then C = add ? C + acc : acc, or
+// C = bias + acc where bias (NR values, only with !add) is not null: the tile starts from the
+// bias row without writing it to C first (filling C with the bias and adding made a
+// 3136 x 256 x 128 product with a bias, the 1x1 convolution's forward, 16% slower than
+// without at AVX2: 1.005 vs 0.866 ms at 2 threads; 8% at AVX-512).
 template <typename T>
-using MicroKernel = void (*)(int64_t kc, const T* Ap, const T* Bp, T* C, int64_t ldc, bool add);
+using MicroKernel = void (*)(int64_t kc, const T* Ap, const T* Bp, T* C, int64_t ldc, bool add, const T* bias);
 // The same tile with A read in place, row-major (A(i, k) = A[i*lda + k]) instead of packed:
 // the same arithmetic (one FMA chain per element, k ascending), so the same bits.
 // Also the type of the tile with A read in place column-major (A(i, k) = A[i + k*lda]: a
 // transposed operand, e.g. dY^T in a kernel gradient), likewise the same bits.
 template <typename T>
-using MicroKernelRows = void (*)(int64_t kc, const T* A, int64_t lda, const T* Bp, T* C, int64_t ldc, bool add);
+using MicroKernelRows = void (*)(int64_t kc, const T* A, int64_t lda, const T* Bp, T* C, int64_t ldc, bool add,
+                                 const T* bias);
 
 /// How a micro-kernel reads A: the packed panel Ap[k*MR + i], in place row-major
 /// A[i*lda + k], or in place column-major A[i + k*lda].
@@ -172,7 +177,7 @@ struct GemmConfig {
 // ---------------------------------------------------------------------------------------
 template <typename T, int MR, int NR>
 inline void micro_kernel_portable(int64_t kc, const T* Ap, const T* Bp, T* C, int64_t ldc,
-                                  bool add) {
+                                  bool add, const T* bias) {
   T acc[MR][NR];
   for (int i = 0; i < MR; ++i)
     for (int j = 0; j < NR; ++j) acc[i][j] = T(0);
@@ -188,6 +193,8 @@ inline void micro_kernel_portable(int64_t kc, const T* Ap, const T* Bp, T* C, in
     T* c = C + i * ldc;
     if (add) {
       for (int j = 0; j < NR; ++j) c[j] = c[j] + acc[i][j];
+    } else if (bias) {
+      for (int j = 0; j < NR; ++j) c[j] = bias[j] + acc[i][j];
     } else {
       for (int j = 0; j < NR; ++j) c[j] = acc[i][j];
     }
@@ -201,7 +208,7 @@ inline void micro_kernel_portable(int64_t kc, const T* Ap, const T* Bp, T* C, in
 
 // float, 6 x 16: 12 ymm accumulators, 2 ymm for the B row, 1 for the broadcast of A.
 __attribute__((target("avx2,fma"))) inline void micro_kernel_avx2_f32_6x16(
-    int64_t kc, const float* Ap, const float* Bp, float* C, int64_t ldc, bool add) {
+    int64_t kc, const float* Ap, const float* Bp, float* C, int64_t ldc, bool add, const float* bias) {
   __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
   __m256 c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
   __m256 c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps();
@@ -273,6 +280,20 @@ __attribute__((target("avx2,fma"))) inline void micro_kernel_avx2_f32_6x16(
     c41 = _mm256_add_ps(_mm256_loadu_ps(c4 + 8), c41);
     c50 = _mm256_add_ps(_mm256_loadu_ps(c5), c50);
     c51 = _mm256_add_ps(_mm256_loadu_ps(c5 + 8), c51);
+  } else if (bias) {
+    const __m256 b0 = _mm256_loadu_ps(bias), b1 = _mm256_loadu_ps(bias + 8);
+    c00 = _mm256_add_ps(b0, c00);
+    c01 = _mm256_add_ps(b1, c01);
+    c10 = _mm256_add_ps(b0, c10);
+    c11 = _mm256_add_ps(b1, c11);
+    c20 = _mm256_add_ps(b0, c20);
+    c21 = _mm256_add_ps(b1, c21);
+    c30 = _mm256_add_ps(b0, c30);
+    c31 = _mm256_add_ps(b1, c31);
+    c40 = _mm256_add_ps(b0, c40);
+    c41 = _mm256_add_ps(b1, c41);
+    c50 = _mm256_add_ps(b0, c50);
+    c51 = _mm256_add_ps(b1, c51);
   }
   _mm256_storeu_ps(c0, c00);
   _mm256_storeu_ps(c0 + 8, c01);
@@ -290,7 +311,7 @@ __attribute__((target("avx2,fma"))) inline void micro_kernel_avx2_f32_6x16(
 
 // double, 6 x 8: 12 ymm accumulators.
 __attribute__((target("avx2,fma"))) inline void micro_kernel_avx2_f64_6x8(
-    int64_t kc, const double* Ap, const double* Bp, double* C, int64_t ldc, bool add) {
+    int64_t kc, const double* Ap, const double* Bp, double* C, int64_t ldc, bool add, const double* bias) {
   __m256d c00 = _mm256_setzero_pd(), c01 = _mm256_setzero_pd();
   __m256d c10 = _mm256_setzero_pd(), c11 = _mm256_setzero_pd();
   __m256d c20 = _mm256_setzero_pd(), c21 = _mm256_setzero_pd();
@@ -363,6 +384,20 @@ __attribute__((target("avx2,fma"))) inline void micro_kernel_avx2_f64_6x8(
     c41 = _mm256_add_pd(_mm256_loadu_pd(c4 + 4), c41);
     c50 = _mm256_add_pd(_mm256_loadu_pd(c5), c50);
     c51 = _mm256_add_pd(_mm256_loadu_pd(c5 + 4), c51);
+  } else if (bias) {
+    const __m256d b0 = _mm256_loadu_pd(bias), b1 = _mm256_loadu_pd(bias + 4);
+    c00 = _mm256_add_pd(b0, c00);
+    c01 = _mm256_add_pd(b1, c01);
+    c10 = _mm256_add_pd(b0, c10);
+    c11 = _mm256_add_pd(b1, c11);
+    c20 = _mm256_add_pd(b0, c20);
+    c21 = _mm256_add_pd(b1, c21);
+    c30 = _mm256_add_pd(b0, c30);
+    c31 = _mm256_add_pd(b1, c31);
+    c40 = _mm256_add_pd(b0, c40);
+    c41 = _mm256_add_pd(b1, c41);
+    c50 = _mm256_add_pd(b0, c50);
+    c51 = _mm256_add_pd(b1, c51);
   }
   _mm256_storeu_pd(c0, c00);
   _mm256_storeu_pd(c0 + 4, c01);
@@ -418,7 +453,7 @@ struct Avx512Vec<double> {
 /// either way, and the arithmetic is the same in every mode.
 template <typename T, int MR, int NV, AMode Mode>
 __attribute__((target("avx512f,avx2,fma"), flatten)) inline void micro_kernel_avx512_impl(
-    int64_t kc, const T* Ap, int64_t lda, const T* Bp, T* C, int64_t ldc, bool add) {
+    int64_t kc, const T* Ap, int64_t lda, const T* Bp, T* C, int64_t ldc, bool add, const T* bias) {
   using X = Avx512Vec<T>;
   using V = typename X::V;
   constexpr int NR = NV * X::kLanes;
@@ -455,25 +490,29 @@ __attribute__((target("avx512f,avx2,fma"), flatten)) inline void micro_kernel_av
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) {
       V r = acc[i][v];
-      if (add) r = X::add(X::loadu(c + v * X::kLanes), r);
+      if (add)
+        r = X::add(X::loadu(c + v * X::kLanes), r);
+      else if (bias)
+        r = X::add(X::loadu(bias + v * X::kLanes), r);
       X::storeu(c + v * X::kLanes, r);
     }
   }
 }
 
 template <typename T, int MR, int NV>
-inline void micro_kernel_avx512(int64_t kc, const T* Ap, const T* Bp, T* C, int64_t ldc, bool add) {
-  micro_kernel_avx512_impl<T, MR, NV, AMode::Packed>(kc, Ap, 0, Bp, C, ldc, add);
+inline void micro_kernel_avx512(int64_t kc, const T* Ap, const T* Bp, T* C, int64_t ldc, bool add,
+                                const T* bias) {
+  micro_kernel_avx512_impl<T, MR, NV, AMode::Packed>(kc, Ap, 0, Bp, C, ldc, add, bias);
 }
 template <typename T, int MR, int NV>
 inline void micro_kernel_avx512_rows(int64_t kc, const T* A, int64_t lda, const T* Bp, T* C, int64_t ldc,
-                                     bool add) {
-  micro_kernel_avx512_impl<T, MR, NV, AMode::Rows>(kc, A, lda, Bp, C, ldc, add);
+                                     bool add, const T* bias) {
+  micro_kernel_avx512_impl<T, MR, NV, AMode::Rows>(kc, A, lda, Bp, C, ldc, add, bias);
 }
 template <typename T, int MR, int NV>
 inline void micro_kernel_avx512_cols(int64_t kc, const T* A, int64_t lda, const T* Bp, T* C, int64_t ldc,
-                                     bool add) {
-  micro_kernel_avx512_impl<T, MR, NV, AMode::Cols>(kc, A, lda, Bp, C, ldc, add);
+                                     bool add, const T* bias) {
+  micro_kernel_avx512_impl<T, MR, NV, AMode::Cols>(kc, A, lda, Bp, C, ldc, add, bias);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -486,7 +525,7 @@ inline void micro_kernel_avx512_cols(int64_t kc, const T* A, int64_t lda, const 
 // ---------------------------------------------------------------------------------------
 template <typename T, AMode Mode>
 __attribute__((target("avx2,fma"), flatten)) inline void micro_kernel_avx2_in_place(
-    int64_t kc, const T* A, int64_t lda, const T* Bp, T* C, int64_t ldc, bool add) {
+    int64_t kc, const T* A, int64_t lda, const T* Bp, T* C, int64_t ldc, bool add, const T* bias) {
   static_assert(Mode != AMode::Packed, "the packed AVX2 tiles are the hand-written ones above");
   using X = Avx2Vec<T>;
   using V = typename X::VT;
@@ -517,7 +556,10 @@ __attribute__((target("avx2,fma"), flatten)) inline void micro_kernel_avx2_in_pl
 #pragma GCC unroll 2
     for (int v = 0; v < 2; ++v) {
       V s = acc[i][v];
-      if (add) s = X::add(X::load(c + v * X::W), s);
+      if (add)
+        s = X::add(X::load(c + v * X::W), s);
+      else if (bias)
+        s = X::add(X::load(bias + v * X::W), s);
       X::store(c + v * X::W, s);
     }
   }
@@ -790,11 +832,11 @@ inline void pack_b(int64_t kc, int64_t nc, const T* B, int64_t rs, int64_t cs, i
 }
 
 /// The loop of a macro-kernel over an mc x nc block of C against the packed B panels:
-/// tile(ir, b, c, ldc, add) runs one micro-kernel call for the MR rows from ir against panel b.
-/// A partial tile (fewer than MR rows or NR columns) runs the same call into scratch (same
-/// per-element arithmetic), then C = C + acc (or acc) on the part that exists.
-/// With `bias` (the block's first nc of gemm's row vector) and !add, C = bias + acc: a full
-/// tile's rows are first set to the bias (in L1, just before the micro-kernel adds to them).
+/// tile(ir, b, c, ldc, add, bias) runs one micro-kernel call for the MR rows from ir against
+/// panel b. A partial tile (fewer than MR rows or NR columns) runs the same call into scratch
+/// (same per-element arithmetic), then C = C + acc (or acc) on the part that exists.
+/// With `bias` (the block's first nc of gemm's row vector) and !add, C = bias + acc: the
+/// micro-kernel adds a full tile's bias from the row itself, a partial tile's is added here.
 template <typename T, typename Tile>
 inline void macro_tiles(const GemmConfig<T>& cfg, int64_t mc, int64_t nc, int64_t kc, const T* Bp, T* C,
                         int64_t ldc, bool add, const T* bias, const Tile& tile) {
@@ -808,11 +850,9 @@ inline void macro_tiles(const GemmConfig<T>& cfg, int64_t mc, int64_t nc, int64_
       const int64_t mr = std::min(MR, mc - ir);
       T* c = C + ir * ldc + jr;
       if (mr == MR && nr == NR) {
-        if (init)
-          for (int64_t i = 0; i < MR; ++i) std::memcpy(c + i * ldc, bias + jr, sizeof(T) * static_cast<size_t>(NR));
-        tile(ir, b, c, ldc, add || init);
+        tile(ir, b, c, ldc, add, init ? bias + jr : nullptr);
       } else {
-        tile(ir, b, edge, NR, false);
+        tile(ir, b, edge, NR, false, nullptr);
         for (int64_t i = 0; i < mr; ++i) {
           T* ci = c + i * ldc;
           const T* ei = edge + i * NR;
@@ -833,8 +873,8 @@ inline void macro_tiles(const GemmConfig<T>& cfg, int64_t mc, int64_t nc, int64_
 template <typename T>
 inline void macro_kernel(const GemmConfig<T>& cfg, int64_t mc, int64_t nc, int64_t kc,
                          const T* Ap, const T* Bp, T* C, int64_t ldc, bool add, const T* bias = nullptr) {
-  macro_tiles(cfg, mc, nc, kc, Bp, C, ldc, add, bias, [&](int64_t ir, const T* b, T* c, int64_t ldc_, bool add_) {
-    cfg.kernel(kc, Ap + ir * kc, b, c, ldc_, add_);
+  macro_tiles(cfg, mc, nc, kc, Bp, C, ldc, add, bias, [&](int64_t ir, const T* b, T* c, int64_t ldc_, bool add_, const T* bias_) {
+    cfg.kernel(kc, Ap + ir * kc, b, c, ldc_, add_, bias_);
   });
 }
 
@@ -846,8 +886,8 @@ inline void macro_kernel_rows(const GemmConfig<T>& cfg, int64_t mc, int64_t nc, 
                               int64_t lda, T* Ap, const T* Bp, T* C, int64_t ldc, bool add,
                               const T* bias = nullptr) {
   const int64_t mfull = mc / cfg.MR * cfg.MR;
-  macro_tiles(cfg, mfull, nc, kc, Bp, C, ldc, add, bias, [&](int64_t ir, const T* b, T* c, int64_t ldc_, bool add_) {
-    cfg.kernel_rows(kc, A + ir * lda, lda, b, c, ldc_, add_);
+  macro_tiles(cfg, mfull, nc, kc, Bp, C, ldc, add, bias, [&](int64_t ir, const T* b, T* c, int64_t ldc_, bool add_, const T* bias_) {
+    cfg.kernel_rows(kc, A + ir * lda, lda, b, c, ldc_, add_, bias_);
   });
   if (mfull < mc) {
     pack_a(mc - mfull, kc, A + mfull * lda, lda, int64_t{1}, cfg.MR, Ap);
@@ -861,8 +901,8 @@ inline void macro_kernel_cols(const GemmConfig<T>& cfg, int64_t mc, int64_t nc, 
                               int64_t lda, T* Ap, const T* Bp, T* C, int64_t ldc, bool add,
                               const T* bias = nullptr) {
   const int64_t mfull = mc / cfg.MR * cfg.MR;
-  macro_tiles(cfg, mfull, nc, kc, Bp, C, ldc, add, bias, [&](int64_t ir, const T* b, T* c, int64_t ldc_, bool add_) {
-    cfg.kernel_cols(kc, A + ir, lda, b, c, ldc_, add_);
+  macro_tiles(cfg, mfull, nc, kc, Bp, C, ldc, add, bias, [&](int64_t ir, const T* b, T* c, int64_t ldc_, bool add_, const T* bias_) {
+    cfg.kernel_cols(kc, A + ir, lda, b, c, ldc_, add_, bias_);
   });
   if (mfull < mc) {
     pack_a(mc - mfull, kc, A + mfull, int64_t{1}, lda, cfg.MR, Ap);
