@@ -337,12 +337,36 @@ void test_register_tiles() {
   CHECK(conv_detail::direct_row_blocks(30, 6, 4).full == 5 && conv_detail::direct_row_blocks(48, 12, 8).full == 4);
   CHECK(conv_detail::direct_row_blocks(7, 6, 4).full == 0 && conv_detail::direct_row_blocks(7, 12, 8).full == 0);
   CHECK(conv_detail::direct_row_blocks(28, 12, 8).full == 1 && conv_detail::direct_row_blocks(32, 6, 0).full == 6);
+  // With the 14-row tile beside the 12-row one (AVX-512): 28 = 14 + 14 and 56 = 4 x 14 (as
+  // many pixels in fewer blocks), 14 = 14 (fewer pixels than 8 + 8), but 32 stays 12 + 12 + 8
+  // (14 + 14 + 8 computes 4 more) and 16 stays 8 + 8 (a tie).
+  {
+    const auto r28 = conv_detail::direct_row_blocks(28, 12, 8, 14), r56 = conv_detail::direct_row_blocks(56, 12, 8, 14);
+    const auto r14 = conv_detail::direct_row_blocks(14, 12, 8, 14), r32 = conv_detail::direct_row_blocks(32, 12, 8, 14);
+    const auto r16 = conv_detail::direct_row_blocks(16, 12, 8, 14);
+    CHECK(r28.mr == 14 && r28.full == 2 && r28.tails == 0 && r28.span == 28);
+    CHECK(r56.mr == 14 && r56.full == 4 && r56.tails == 0);
+    CHECK(r14.mr == 14 && r14.full == 1 && r14.span == 14);
+    CHECK(r32.mr == 12 && r32.full == 2 && r32.tails == 1 && r32.span == 32);
+    CHECK(r16.mr == 12 && r16.full == 0 && r16.tails == 2);
+    CHECK(conv_detail::direct_row_blocks(28, 12, 8).mr == 12);  // no wide tile
+  }
   // The tail kernels through every pass: rows of 32 (7x7 stride 2, C = 3; tails at AVX2 and
-  // AVX-512), rows of 7 (one partial tail block), rows of 28 (C = 1; 12 + 8 + 8 at AVX-512)
-  // and, below, the flipped dX of a 5x5 on rows of 16 (8 + 8 at AVX-512).
+  // AVX-512), rows of 7 (one partial tail block), rows of 28 (C = 1; 14 + 14 at AVX-512, the
+  // wide tile; 6 x 4 + 4 at AVX2) and, below, the flipped dX of a 5x5 on rows of 16 (8 + 8
+  // at AVX-512).
   check_everywhere<float>(make_conv2d_geometry(2, 9, 7, 3, 32, 3, 3, 3, 1, 1, 1, 1, 1, 1), 2e-5, 31);
   check_everywhere<double>(make_conv2d_geometry(2, 9, 7, 3, 32, 3, 3, 3, 1, 1, 1, 1, 1, 1), 1e-12, 31);
   check_everywhere<float>(make_conv2d_geometry(3, 28, 28, 1, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1), 2e-5, 32);
+  check_everywhere<double>(make_conv2d_geometry(2, 6, 28, 1, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1), 1e-12, 32);
+  // The stride-2 dX's phases of 14 and 28 pixels per row (inputs 28 and 56 wide): the wide
+  // tile at AVX-512 in the direct phases (14 and 14 + 14), two 2-vector panels (C = 64).
+  for (const Conv2dGeometry& g : {make_conv2d_geometry(2, 6, 28, 64, 32, 3, 3, 64, 2, 2, 1, 1, 1, 1),
+                                  make_conv2d_geometry(1, 5, 56, 64, 32, 3, 3, 64, 2, 2, 1, 1, 1, 1)}) {
+    CHECK(std::string(conv_kernel_choice<float>(g).backward_input) == "phases_direct");
+    check_everywhere<float>(g, 2e-5, 33);
+    check_everywhere<double>(g, 1e-12, 33);
+  }
   check_everywhere<float>(make_conv2d_geometry(2, 64, 64, 3, 32, 7, 7, 3, 2, 2, 3, 3, 3, 3), 1e-4, 28);  // dW: sums of 2048 products
   check_everywhere<float>(make_conv2d_geometry(1, 20, 95, 3, 32, 7, 7, 3, 2, 2, 3, 3, 3, 3), 2e-5, 29);
   // The flipped dX of a 5x5 on rows of 16 (C = 32 outputs: the 2-vector tile, two 8-row tails);

@@ -267,7 +267,7 @@ void backward_input_phases_direct(const ConvKernels<T>& cfg, const Conv2dGeometr
   struct Phase {
     int64_t y0 = 0, x0 = 0, Hph = 0, Wph = 0, nth = 0, ntw = 0, first = 0, blocks = 0, task0 = 0;
     bool by_rows = false;        // tasks are the phase's rows (rb), else blocks of MR flat positions
-    DirectRowBlocks rb{0, 0, 0};  // the blocks of a row (by_rows)
+    DirectRowBlocks rb{0, 0, 0, 0};  // the blocks of a row (by_rows)
     PackedB<T> B;
   };
   std::vector<Phase> phases;
@@ -302,7 +302,7 @@ void backward_input_phases_direct(const ConvKernels<T>& cfg, const Conv2dGeometr
         // than the flat walk (Wp): then every block lies in one row, goes from the registers
         // to dX (pixels S_w*C apart) and no padding column is computed. (16,32,32,32->64, 3x3
         // S 2) at AVX-512: rows of 16 = 8 + 8 against 17 flat positions per row.
-        ph.rb = direct_row_blocks(ph.Wph, MR, cfg.MR_direct_tail);
+        ph.rb = direct_row_blocks(ph.Wph, MR, cfg.MR_direct_tail, cfg.MR_direct_wide);
         ph.by_rows = ph.rb.span <= Wp;
         ph.blocks = ph.by_rows ? ph.Hph : ((ph.Hph - 1) * Wp + ph.Wph + MR - 1) / MR;
         ntasks += g.N * ph.blocks;
@@ -334,8 +334,8 @@ void backward_input_phases_direct(const ConvKernels<T>& cfg, const Conv2dGeometr
         const int64_t iy = u % ph.blocks;
         for (int64_t blk = 0, ix = 0; ix < ph.Wph; ++blk) {
           const bool tail = blk >= ph.rb.full;
-          const int64_t rows_b = tail ? cfg.MR_direct_tail : MR, nw = std::min(rows_b, ph.Wph - ix);
-          const DirectKernel<T> direct = tail ? cfg.direct_tail : cfg.direct;
+          const int64_t rows_b = tail ? cfg.MR_direct_tail : ph.rb.mr, nw = std::min(rows_b, ph.Wph - ix);
+          const DirectKernel<T> direct = tail ? cfg.direct_tail : ph.rb.mr == MR ? cfg.direct : cfg.direct_wide;
           const T* a = dyp.get() + n * img + (iy * Wp + ix + ph.first) * Q;
           for (int64_t pn = 0; pn < panels; ++pn) {
             const int64_t c0 = pn * NR, nc = std::min(NR, C - c0);

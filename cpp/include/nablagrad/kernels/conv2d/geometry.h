@@ -366,14 +366,27 @@ void copy_padded_row(const Conv2dGeometry& g, const T* x, int64_t prow, int64_t 
 // pixels: `full` blocks of MR pixels, then `tails` blocks of MRt < MR pixels (MRt = 0: none)
 // up to the row's end; as many short blocks as keep the row within the same number of blocks
 // (ceil(Wo / MR)), so the last block is as full as it can be: Wo = 32, MR = 6, MRt = 4 gives
-// 6+6+6+6+4+4; Wo = 30 gives 5 x 6. `span` pixels are computed (>= Wo).
+// 6+6+6+6+4+4; Wo = 30 gives 5 x 6. `span` pixels are computed (>= Wo). Where the tile has a
+// wider variant (MRw > MR rows, 0: none), the full blocks are MRw pixels when that computes
+// fewer pixels, or as many in fewer blocks: rows of 28 (the phases of a stride-2 layer on 56
+// x 56 inputs) ran 12 + 8 + 8 on the 12-row AVX-512 tile, now 14 + 14 (4% on that dX, most
+// of whose time was in the 8-row tail tile); rows of 32 stay 12 + 12 + 8. `mr`: the full
+// blocks' pixels.
 struct DirectRowBlocks {
-  int64_t full, tails, span;
+  int64_t full, tails, span, mr;
 };
-inline DirectRowBlocks direct_row_blocks(int64_t Wo, int64_t MR, int64_t MRt) {
-  const int64_t nb = (Wo + MR - 1) / MR;
-  const int64_t tails = MRt <= 0 || MRt >= MR ? 0 : std::min(nb, (nb * MR - Wo) / (MR - MRt));
-  return {nb - tails, tails, (nb - tails) * MR + tails * MRt};
+inline DirectRowBlocks direct_row_blocks(int64_t Wo, int64_t MR, int64_t MRt, int64_t MRw = 0) {
+  auto cut = [&](int64_t mr) -> DirectRowBlocks {
+    const int64_t nb = (Wo + mr - 1) / mr;
+    const int64_t tails = MRt <= 0 || MRt >= mr ? 0 : std::min(nb, (nb * mr - Wo) / (mr - MRt));
+    return {nb - tails, tails, (nb - tails) * mr + tails * MRt, mr};
+  };
+  const DirectRowBlocks base = cut(MR);
+  if (MRw <= MR) return base;
+  const DirectRowBlocks wide = cut(MRw);
+  const bool better = wide.span < base.span ||
+                      (wide.span == base.span && wide.full + wide.tails < base.full + base.tails);
+  return better ? wide : base;
 }
 // The same beside the stride-1 kernel (direct_s1_kernel, MR = 24 pixels), which is ~3x as
 // fast per pixel as the direct kernel but all-or-nothing: the remainder of Wo past the whole
@@ -382,12 +395,12 @@ inline DirectRowBlocks direct_row_blocks(int64_t Wo, int64_t MR, int64_t MRt) {
 // wasted), now 24 + 8; rows of 16, 24 -> 8 + 8.
 inline DirectRowBlocks direct_row_blocks_s1(int64_t Wo, int64_t MR, int64_t MRt) {
   const int64_t full = Wo / MR, rem = Wo - full * MR;
-  if (rem == 0) return {full, 0, Wo};
+  if (rem == 0) return {full, 0, Wo, MR};
   if (MRt > 0 && MRt < MR && rem <= 2 * MRt) {
     const int64_t tails = (rem + MRt - 1) / MRt;
-    return {full, tails, full * MR + tails * MRt};
+    return {full, tails, full * MR + tails * MRt, MR};
   }
-  return {full + 1, 0, (full + 1) * MR};
+  return {full + 1, 0, (full + 1) * MR, MR};
 }
 
 // Split over threads in chunks of 64K values (256 KiB of floats): a 470 KB copy split in two

@@ -61,7 +61,8 @@ void forward_direct(const ConvKernels<T>& cfg, const Conv2dGeometry& g, const T*
   // has a shorter variant (beside s1, the remainder past its whole blocks: the tails then sum
   // in the direct kernel's order, (h, kx, c), where s1 sums (h, c, kx)).
   const DirectRowBlocks rb = s1 ? direct_row_blocks_s1(g.Wo, MR, cfg.MR_direct_tail)
-                                : direct_row_blocks(g.Wo, MR, cfg.MR_direct_tail);
+                                : direct_row_blocks(g.Wo, MR, cfg.MR_direct_tail, cfg.MR_direct_wide);
+  const DirectKernel<T> direct = rb.mr == MR ? cfg.direct : cfg.direct_wide;
   const int64_t row_work = std::max<int64_t>(1, g.Wo * Q * K);
   // Tasks of consecutive output rows (>= ~64K multiply-adds, at most ~64 tasks), claimed
   // dynamically. A thread's rows stay together: they share most of their input rows (a 7x7
@@ -100,7 +101,7 @@ void forward_direct(const ConvKernels<T>& cfg, const Conv2dGeometry& g, const T*
       T* yrow = y + r * g.Wo * Q;
       for (int64_t blk = 0, wb = 0; wb < g.Wo; ++blk) {
         const bool tail = blk >= rb.full;
-        const int64_t rows_b = tail ? cfg.MR_direct_tail : MR, nw = std::min(rows_b, g.Wo - wb);
+        const int64_t rows_b = tail ? cfg.MR_direct_tail : rb.mr, nw = std::min(rows_b, g.Wo - wb);
         const T* a = xrow + wb * S_w * C;
         for (int64_t p = 0; p < panels; ++p) {
           const int64_t q0 = p * NR, nq = std::min(NR, Q - q0);
@@ -115,7 +116,7 @@ void forward_direct(const ConvKernels<T>& cfg, const Conv2dGeometry& g, const T*
           else if (s1)
             s1(nh, C, a, prow, bp, dst, ldd, bq);
           else
-            cfg.direct(nh, len, a, S_w * C, prow, bp, dst, ldd, bq);
+            direct(nh, len, a, S_w * C, prow, bp, dst, ldd, bq);
           if (!whole) cfg.store_tile(out, nw, NR, yrow + wb * Q + q0, Q, bias ? bias + q0 : nullptr, nq);
         }
         wb += rows_b;
