@@ -141,7 +141,7 @@ inline void indirect_block_table(const Conv2dGeometry& g, const T* x, const T* z
   h1 = 0;
   for (int64_t i = 0; i < nr; ++i) {
     const int64_t top = ho * S_h - pad_top, iw0 = wo * S_w - pad_left;
-    const int64_t lo = std::max<int64_t>(0, -top), hi_raw = std::min(FH, H - top);
+    const int64_t lo = std::min(FH, std::max<int64_t>(0, -top)), hi_raw = std::min(FH, H - top);
     const int64_t hi = std::max(lo, hi_raw);
     h0 = std::min(h0, lo);
     h1 = std::max(h1, hi_raw);
