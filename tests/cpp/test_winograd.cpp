@@ -333,6 +333,15 @@ void test_errors_and_empty() {
   const bool avx2 = nablagrad::simd_level() == SimdLevel::AVX2;
   CHECK(winograd_preferred(g16) == avx2 && winograd_preferred(g16, /*backward_input=*/true));
   CHECK(winograd_preferred(g3264) && winograd_preferred(g3264, true));
+  // The forward's rule at every level other than AVX2: C >= 16 with Q >= 24, or C >= 48 with
+  // Q >= 16 (32 -> 32 and 16 -> 24 by Winograd; 32 -> 16 and 16 -> 16 direct).
+  const auto g3232 = make_conv2d_geometry(8, 28, 28, 32, 32, 3, 3, 32, 1, 1, 1, 1, 1, 1);
+  const auto g1624 = make_conv2d_geometry(8, 28, 28, 16, 24, 3, 3, 16, 1, 1, 1, 1, 1, 1);
+  const auto g4816 = make_conv2d_geometry(8, 28, 28, 48, 16, 3, 3, 48, 1, 1, 1, 1, 1, 1);
+  const auto g3216 = make_conv2d_geometry(8, 28, 28, 32, 16, 3, 3, 32, 1, 1, 1, 1, 1, 1);
+  const auto g1516 = make_conv2d_geometry(8, 28, 28, 15, 32, 3, 3, 15, 1, 1, 1, 1, 1, 1);
+  CHECK(winograd_preferred(g3232) && winograd_preferred(g1624) && winograd_preferred(g4816));
+  CHECK(winograd_preferred(g3216) == avx2 && winograd_preferred(g1516) == avx2);
   // Kernel gradient: from 16 channels on both sides and 32 on one (below, the direct kernel
   // is faster; at AVX2 16 on both sides), with at least 4 blocks of tiles to share out.
   CHECK(!winograd_preferred_weight<float>(g3));

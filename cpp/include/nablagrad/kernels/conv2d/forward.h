@@ -204,8 +204,8 @@ void forward_indirect(const ConvKernels<T>& cfg, const Conv2dGeometry& g, const 
       int64_t h0 = 0, h1 = 0;
       indirect_block_table(g, x, zeros.data(), MR, r0, nr, ptr, edge, h0, h1);
       // Kernel rows in the top or bottom padding for every pixel of the block add nothing:
-      // the micro-kernel runs rows h0 .. h1 only (as oneDNN skips them).
-      h0 = std::min(h0, FH);
+      // the micro-kernel runs rows h0 .. h1 only (as oneDNN skips them; the table builder
+      // clamps both to 0 .. FH).
       const int64_t nh = std::max<int64_t>(0, h1 - h0);
       const T* const* ph = ptr + h0 * MR;
       for (int64_t p = 0; p < panels; ++p) {

@@ -692,9 +692,16 @@ void kernel_grad(const Conv2dGeometry& g, const T* x, const T* dy, T* dw) {
 }  // namespace winograd_detail
 
 /// The "auto" rule (measured crossovers against the direct kernels, docs/convolution.md
-/// "Winograd"). 3x3: the forward pass runs Winograd where it applies and C, Q >= 32 with
-/// C*Q >= 2048 (32 -> 32 channels measured slower, 32 -> 64 faster); the input gradient, whose
-/// direct kernel is slower, already from C, Q >= 16.
+/// "Winograd"). 3x3: the forward pass runs Winograd where it applies and C >= 16 with Q >= 24,
+/// or C >= 48 with Q >= 16; the input gradient from C, Q >= 16. Forward, measured at AVX-512,
+/// 2 threads, N x H x W of 16x14x14, 8x28x28 and 4x56x56 (ms, direct -> Winograd):
+/// 32 -> 32 0.217 -> 0.173, 0.412 -> 0.276, 0.841 -> 0.440 (and (16,32,32,32->32) 1.08 -> 0.64,
+/// (4,112,112,32->32) 3.2 -> 1.5); 16 -> 24 0.164 -> 0.137, 0.257 -> 0.213, 0.446 -> 0.387;
+/// 48 -> 16 0.233 -> 0.230, 0.402 -> 0.353, 0.686 -> 0.566; 24 -> 24 (the worst inside the
+/// rule) 0.229 -> 0.190, 0.387 -> 0.381, 0.659 -> 0.732. Outside it the direct kernel wins:
+/// 32 -> 16 0.163 vs 0.166, 0.270 vs 0.257, 0.456 vs 0.466; 16 -> 16 0.099 vs 0.138, 0.144 vs
+/// 0.159, 0.241 vs 0.276; 8 -> 64 0.128 vs 0.170, 0.222 vs 0.274, 0.459 vs 0.547. (An older rule,
+/// C, Q >= 32 with C*Q >= 2048, predates the Winograd filter panels and left 32 -> 32 direct.)
 /// 5x5 (F(2x2,5x5): 2.8x fewer multiplies than direct, against 2.25x for F(2x2,3x3)): both
 /// passes by the depth K and width N of their GEMMs (forward K = C, N = Q; input gradient
 /// K = Q, N = C): N >= 32 and K >= 16, or N >= 24 and K >= 48. A narrower N pads the GEMM's
@@ -719,7 +726,7 @@ inline bool winograd_preferred(const Conv2dGeometry& g, bool backward_input = fa
     return (N >= 32 && K >= 16) || (N >= 24 && K >= 48);
   }
   if (backward_input) return g.C >= 16 && g.Q >= 16;
-  return g.C >= 32 && g.Q >= 32 && g.C * g.Q >= 2048;
+  return (g.C >= 16 && g.Q >= 24) || (g.C >= 48 && g.Q >= 16);
 }
 
 /// Output tile size m of F(m x m, r x r) for an output of Ho x Wo from K input to Nf output
