@@ -463,6 +463,14 @@ void test_forward_gemm() {
   const auto two = make_conv2d_geometry(2, 32, 32, 480, 64, 3, 3, 480, 2, 2, 1, 1, 1, 1);
   CHECK(std::string(conv_kernel_choice<float>(two).forward) == "gemm");
   check_everywhere<float>(two, 2e-4, 39);
+  // Kernels under 1 MiB whose strided dX takes the same path (select.h: Q >= C and a deep
+  // enough dY.W; narrow images, or 3x3 with Q >= 96).
+  const auto narrow = make_conv2d_geometry(3, 14, 13, 64, 64, 3, 3, 64, 2, 2, 1, 1, 1, 1);
+  const auto deepq = make_conv2d_geometry(2, 19, 20, 48, 96, 3, 3, 48, 2, 2, 1, 0, 1, 1);
+  CHECK(std::string(conv_kernel_choice<float>(narrow).backward_input) == "col2im_gemm");
+  CHECK(std::string(conv_kernel_choice<double>(deepq).backward_input) == "col2im_gemm");
+  check_everywhere<float>(narrow, 2e-5, 43);
+  check_everywhere<double>(deepq, 1e-12, 44);
 }
 
 // The kernel gradient's product dW = sum over pixel blocks of dY_b^T B_b: run as the transposed
@@ -702,6 +710,16 @@ void test_kernel_choice() {
     CHECK(std::string(conv_kernel_choice<float>(k7).backward_input) == "col2im");  // C = 3
     const auto s2w = make_conv2d_geometry(16, 32, 32, 32, 64, 3, 3, 32, 2, 2, 1, 1, 1, 1);
     CHECK(std::string(conv_kernel_choice<float>(s2w).backward_input) == "phases_direct");
+    // ... unless the filters make dY.W a deep GEMM: Q >= C with Q >= 64 on dY rows of <= 12
+    // pixels, or 3x3 with Q >= 96 on inputs up to 64 wide (dY.W by gemm(), then col2im).
+    const auto s2n = make_conv2d_geometry(4, 14, 14, 64, 64, 3, 3, 64, 2, 2, 1, 1, 1, 1);
+    const auto s2q = make_conv2d_geometry(2, 32, 32, 64, 128, 3, 3, 64, 2, 2, 1, 1, 1, 1);
+    const auto s2big = make_conv2d_geometry(1, 66, 66, 64, 128, 3, 3, 64, 2, 2, 1, 1, 1, 1);
+    const auto s2c = make_conv2d_geometry(2, 32, 32, 128, 96, 3, 3, 128, 2, 2, 1, 1, 1, 1);
+    CHECK(std::string(conv_kernel_choice<float>(s2n).backward_input) == "col2im_gemm");
+    CHECK(std::string(conv_kernel_choice<float>(s2q).backward_input) == "col2im_gemm");
+    CHECK(std::string(conv_kernel_choice<float>(s2big).backward_input) == "phases_direct");
+    CHECK(std::string(conv_kernel_choice<float>(s2c).backward_input) == "phases_direct");
     const auto s2 = make_conv2d_geometry(16, 32, 32, 32, 64, 3, 3, 32, 2, 2, 1, 1, 1, 1);
     CHECK(std::string(conv_kernel_choice<float>(s2).backward_weight) == "direct");
     // Kernel rows of 9 values (3x1 on 9 channels): blocks of MR (and of the shorter tail
