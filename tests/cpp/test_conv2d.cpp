@@ -473,6 +473,16 @@ void test_forward_gemm() {
   check_everywhere<double>(deepq, 1e-12, 44);
 }
 
+// The strided dX by the phase gather GEMMs (backward_input_phases): one channel and a 2x2
+// kernel, too few values (4 per pixel) for the col2im GEMM's or the direct phases' tiles.
+void test_backward_input_phases_gather() {
+  const auto g = make_conv2d_geometry(3, 11, 10, 1, 24, 2, 2, 1, 2, 2, 1, 0, 0, 1);
+  nablagrad::set_simd_level(nablagrad::cpu_simd_level());
+  CHECK(std::string(conv_kernel_choice<float>(g).backward_input) == "phases");
+  check_everywhere<float>(g, 2e-5, 46);
+  check_everywhere<double>(g, 1e-12, 47);
+}
+
 // The kernel gradient's product dW = sum over pixel blocks of dY_b^T B_b: run as the transposed
 // product plus a transpose where dW is wider than tall over >= 1024 pixels, it must give the
 // bits of the plain product accumulated block by block (tile edges: 40 rows, 100 columns), at
@@ -668,10 +678,10 @@ void test_kernel_choice() {
     CHECK(std::string(conv_kernel_choice<float>(huge_kq).forward) == "gemm");
 
     CHECK(std::string(conv_kernel_choice<float>(wide).backward_input) == "phases_direct");
-    // A sub-kernel too deep for the direct kernel's panel (4 taps x 512 filters): the gather
-    // GEMM; with 128 channels the whole kernel passes 1 MiB: dY.W by gemm() and col2im.
+    // 32 times more filters than channels on dY rows of 8: dY.W by gemm() and col2im (with
+    // 128 channels the whole kernel passes 1 MiB, the same path).
     const auto deep = make_conv2d_geometry(2, 16, 16, 16, 512, 3, 3, 16, 2, 2, 1, 1, 1, 1);
-    CHECK(std::string(conv_kernel_choice<float>(deep).backward_input) == "phases");
+    CHECK(std::string(conv_kernel_choice<float>(deep).backward_input) == "col2im_gemm");
     // Deep 3x3 stride-1 layers on small images: too few tiles for Winograd's transformed
     // kernel (winograd_amortized: 64 here) send them to the gemm() paths, pass by pass.
     const auto c7 = conv_kernel_choice<float>(make_conv2d_geometry(4, 7, 7, 512, 512, 3, 3, 512, 1, 1, 1, 1, 1, 1));
@@ -800,6 +810,7 @@ int main() {
   RUN_TEST(test_geometry_errors);
   RUN_TEST(test_backward_weight_direct);
   RUN_TEST(test_backward_input_phases_direct);
+  RUN_TEST(test_backward_input_phases_gather);
   RUN_TEST(test_forward_in_place);
   RUN_TEST(test_forward_gemm);
   RUN_TEST(test_weight_gradient_product);

@@ -264,9 +264,12 @@ inline BackwardInputKernel select_backward_input(const Conv2dGeometry& g,
   }
   // Strided, channels filling the register tile: each phase as a direct convolution of a
   // zero-padded copy of dY with its sub-kernel (backward_input_phases_direct, no gather), when
-  // the largest sub-kernel's panel fits as the forward's direct kernel asks, and the copy is
-  // about dY's size (its padding is below the kernel's size). Measured (16,32,32,32->64, 3x3,
-  // S 2): phases 0.74-0.76 -> 0.54 ms; (4,33,31,24->40, 4x4, S 3): 0.24 -> 0.10 ms.
+  // the largest sub-kernel's panel stays within 256 KiB (as the indirect forward's), and the
+  // copy is about dY's size (its padding is below the kernel's size). Measured (16,32,32,32->64,
+  // 3x3, S 2): phases 0.74-0.76 -> 0.54 ms; (4,33,31,24->40, 4x4, S 3): 0.24 -> 0.10 ms. Panels
+  // of 72-256 KiB (AVX-512, 2 threads, ms, phases -> phases_direct): (2,64,64,32->64, 5x5)
+  // 1.45 -> 0.88, (8,32,32,64->64, 5x5) 2.67 -> 2.09, (4,64,64,32->128, 7x7) 10.6 -> 8.2;
+  // AVX2: 1.85 -> 1.46, 3.53 -> 2.68, 13.1 -> 11.8. (The limit was 64 KiB, the direct forward's.)
   // Except where dY.W by gemm() and col2im (Col2imGemm) measured faster: at least as many
   // filters as channels (the GEMM's depth Q) and either narrow images (dY rows of <= 12 pixels,
   // which the direct tile's blocks of 12-14 pixels cover badly) with Q >= 64, or 3x3 kernels
@@ -274,13 +277,14 @@ inline BackwardInputKernel select_backward_input(const Conv2dGeometry& g,
   // AVX-512, 2 threads (ms, phases_direct -> col2im_gemm): (16,14,14,64->64) 0.43 -> 0.29,
   // (8,14,14,128->128) 1.10 -> 0.52, (8,24,24,64->64) 0.51 -> 0.45, (8,14,14,64->64, 5x5)
   // 0.62 -> 0.46, (8,32,32,64->128) 1.65 -> 1.39, (8,32,32,48->96) 1.12 -> 0.81,
-  // (8,56,56,64->128) 4.61 -> 4.38, (1,56,56,64->128) 0.73 -> 0.56; kept: (16,32,32,32->64)
+  // (8,56,56,64->128) 4.61 -> 4.38, (1,56,56,64->128) 0.73 -> 0.56, (8,32,32,16->256) 1.19 ->
+  // 0.58, (2,16,16,16->512) 0.36 -> 0.14 (0.88 by the phase gather GEMMs); kept: (16,32,32,32->64)
   // 0.72 vs 0.82, (8,56,56,64->64) 2.48 vs 3.14, (8,28,28,128->96) 1.94 vs 2.28,
   // (4,112,112,64->128) 10.5 vs 11.7, (16,14,14,32->16) 0.078 vs 0.095. AVX2 (Xeon held to
   // AVX2): (8,14,14,128->128) 1.50 -> 0.84, (8,32,32,48->96) 1.37 -> 1.31, the rest even.
   if ((g.stride_h > 1 || g.stride_w > 1) && C * 4 > cfg.NR) {
     const int64_t Kmax = (g.FH + g.stride_h - 1) / g.stride_h * ((g.FW + g.stride_w - 1) / g.stride_w) * g.Q;
-    const bool fits = Kmax <= cfg.KC || saturating_mul(Kmax, cfg.NR * static_cast<int64_t>(sizeof(T))) <= (int64_t{64} << 10);
+    const bool fits = Kmax <= cfg.KC || saturating_mul(Kmax, cfg.NR * static_cast<int64_t>(sizeof(T))) <= (int64_t{256} << 10);
     const bool gemm_deeper = g.Q >= C && ((g.Q >= 64 && g.Wo <= 12) ||
                                           (g.Q >= 96 && g.W <= 64 && g.FH * g.FW <= 9));
     if (fits && gemm_deeper) return BackwardInputKernel::Col2imGemm;
