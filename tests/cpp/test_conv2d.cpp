@@ -730,6 +730,10 @@ void test_kernel_choice() {
     CHECK(std::string(conv_kernel_choice<float>(s2q).backward_input) == "col2im_gemm");
     CHECK(std::string(conv_kernel_choice<float>(s2big).backward_input) == "phases_direct");
     CHECK(std::string(conv_kernel_choice<float>(s2c).backward_input) == "phases_direct");
+    // A tall narrow image whose dY.W rows would pass col2im_gemm's 8 MiB block (4000 x 7
+    // pixels x 576 values) keeps the direct phases.
+    const auto s2tall = make_conv2d_geometry(1, 8000, 14, 64, 64, 3, 3, 64, 2, 2, 1, 1, 1, 1);
+    CHECK(std::string(conv_kernel_choice<float>(s2tall).backward_input) == "phases_direct");
     const auto s2 = make_conv2d_geometry(16, 32, 32, 32, 64, 3, 3, 32, 2, 2, 1, 1, 1, 1);
     CHECK(std::string(conv_kernel_choice<float>(s2).backward_weight) == "direct");
     // Kernel rows of 9 values (3x1 on 9 channels): blocks of MR (and of the shorter tail
