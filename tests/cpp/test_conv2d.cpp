@@ -703,7 +703,13 @@ void test_kernel_choice() {
     const auto deeper = make_conv2d_geometry(2, 16, 16, 128, 512, 3, 3, 128, 2, 2, 1, 1, 1, 1);
     CHECK(std::string(conv_kernel_choice<float>(deeper).backward_input) == "col2im_gemm");
     CHECK(std::string(conv_kernel_choice<float>(deeper).backward_weight) == "im2col_gemm");
-    CHECK(std::string(conv_kernel_choice<float>(wide).backward_weight) == "direct");
+    // From 128 channels over at most 4096 pixels: im2col + gemm(), not the direct kernel's
+    // partial sums of the whole kernel; over more pixels the direct kernel.
+    CHECK(std::string(conv_kernel_choice<float>(wide).backward_weight) == "im2col_gemm");
+    const auto wide_many = make_conv2d_geometry(8, 28, 28, 128, 64, 3, 3, 128, 1, 1, 1, 1, 1, 1);
+    set_conv_algorithm(ConvAlgorithm::Direct);
+    CHECK(std::string(conv_kernel_choice<float>(wide_many).backward_weight) == "direct");
+    set_conv_algorithm(ConvAlgorithm::Auto);
     const auto c1 = make_conv2d_geometry(4, 28, 28, 1, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1);
     CHECK(std::string(conv_kernel_choice<float>(c1).backward_input) == (level >= 1 ? "smallc" : "col2im"));
     CHECK(std::string(conv_kernel_choice<float>(c1).backward_weight) == "smallc");  // FW*C = 3: MR wastes most

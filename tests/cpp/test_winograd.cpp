@@ -352,6 +352,9 @@ void test_errors_and_empty() {
   // 1 x 7 x 7 (16 F(2x2) tiles) is under 4 blocks at every level (a block is >= 2 register
   // tiles of rows, MR >= 4).
   CHECK(!winograd_preferred_weight<float>(make_conv2d_geometry(1, 7, 7, 512, 512, 3, 3, 512, 1, 1, 1, 1, 1, 1)));
+  // 196 F(2x2) tiles of 128 -> 128 channels: 6.5 blocks, enough at AVX2 only (8 elsewhere).
+  CHECK(winograd_preferred_weight<float>(make_conv2d_geometry(1, 28, 28, 128, 128, 3, 3, 128, 1, 1, 1, 1, 1, 1)) == avx2);
+  CHECK(winograd_preferred_weight<float>(make_conv2d_geometry(2, 28, 28, 128, 128, 3, 3, 128, 1, 1, 1, 1, 1, 1)));
   // The AVX2 rule, where the CPU has AVX2: 8 -> 8 forward and dX by Winograd (3x3 and 5x5),
   // 5x5 dW from 24 channels; the other levels keep the direct kernels there.
   const SimdLevel was = nablagrad::simd_level();

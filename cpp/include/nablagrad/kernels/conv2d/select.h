@@ -328,6 +328,15 @@ inline BackwardWeightKernel select_backward_weight(const Conv2dGeometry& g,
   //   (8,28,28,128->256, S2)  5.0 -> 3.7-3.9;  (16,32,32,32->64, S2) 0.50-0.70 -> 0.46-0.50
   //   1 thread: (8,56,56,64->64) 10.9 -> 10.1, (32,16,16,48->96, unpadded) 2.86 -> 2.73
   // (Sizes saturate: a huge padding makes the copy "not small", never an overflow.)
+  // But from 128 channels over at most 4096 pixels, im2col + gemm() first: the direct kernel's
+  // ~16 partial sums of the whole kernel cost more than its reads in place save when the sum
+  // over pixels is short (AVX-512, 2 threads, ms, direct -> im2col_gemm): (1,28,28,128->128)
+  // 1.48 -> 1.17, (8,14,14,128->128, S2) 0.92 -> 0.57, (4,28,28,160->160, S2) 2.52 -> 1.86,
+  // (2,16,16,128->64, S2) 0.22 -> 0.11, (1,56,56,128->128) 4.41 -> 4.15; AVX2 2.21 -> 1.84,
+  // 1.29 -> 0.90, 3.84 -> 2.92, 0.32 -> 0.17. Not beyond: (8,28,28,128->64) 4.13 vs 5.93;
+  // nor below 128 channels: (1,56,56,64->64) 1.09 vs 1.77, (1,40,40,96->96) 1.16 vs 1.42.
+  if (g.C >= 128 && saturating_mul(g.N, saturating_mul(g.Ho, g.Wo)) <= 4096)
+    return BackwardWeightKernel::Im2colGemm;
   const int64_t len = g.FW * g.C;  // a kernel row: fits, the kernel is allocated
   if (conv_detail::direct_dw_rows(cfg, len) * 4 <= len * 5 &&
       conv_detail::padded_copy_is_small(

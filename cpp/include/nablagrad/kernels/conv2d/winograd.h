@@ -758,6 +758,16 @@ inline int winograd_tile_size(int64_t Ho, int64_t Wo, int64_t K, int64_t Nf, int
 /// At AVX2, C, Q >= 16, and 24 for 5x5 (AVX2, 2 threads, ms, direct -> Winograd: 16->8 on
 /// (16,32,32) 0.42 -> 0.33, (8,32,32,24->24) 0.58 -> 0.34, 5x5 24->24 1.50 -> 1.17; but 8->16
 /// 0.22 -> 0.26, 5x5 (8,32,32,8->32) 0.54 -> 0.76, (4,96,96,16->16) 2.36 -> 2.59).
+///
+/// Blocks of tiles: at least 8 for F(2x2) tiles at AVX-512 (and portable), else 4. Batch-1
+/// and small-batch F(2) layers with 6.5 blocks lost to the im2col GEMM at AVX-512 (2 threads,
+/// ms, Winograd vs im2col_gemm: (1,28,28,128->128) 1.62 vs 1.17, (4,14,14,128->128) 1.64 vs
+/// 1.19); 8.5 blocks tied ((16,8,8,128->128) 1.49 vs 1.45), 13 won ((2,28,28,128->128) 2.04
+/// vs 2.22). F(4) tiles win from fewer blocks ((4,32,32,32->32), 4.7 blocks: 0.26 vs direct
+/// 0.35; (8,28,28,32->32), 7.3: 0.45 vs 0.55) and lose only a little below 6
+/// ((2,32,32,64->64), 5.3: 0.78 vs 0.71). At AVX2 F(2) at 6.5 blocks still wins
+/// ((1,28,28,128->128) 2.08 vs direct 2.21; im2col 1.84 is not in its way: C >= 128 sends
+/// such layers there only where Winograd does not run).
 template <typename T>
 inline bool winograd_preferred_weight(const Conv2dGeometry& g) {
   const bool avx2 = simd_level() == SimdLevel::AVX2;
@@ -768,7 +778,7 @@ inline bool winograd_preferred_weight(const Conv2dGeometry& g) {
   const int m = winograd_tile_size(g.Ho, g.Wo, g.C, g.Q, g.FH);
   const int64_t tiles = g.N * ((g.Ho + m - 1) / m) * ((g.Wo + m - 1) / m);
   const int64_t tb = winograd_detail::block_tiles<T>(static_cast<int>(m + g.FH - 1), g.C, g.Q, tiles);
-  return tiles >= 4 * tb;
+  return tiles >= ((avx2 || m == 4) ? 4 : 8) * tb;
 }
 
 namespace winograd_detail {
