@@ -292,12 +292,15 @@ namespace conv_detail {
 
 inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
-// The gemm() paths (kernels past kernel_fits_cache: forward_gemm, backward_input_col2im_gemm,
-// backward_weight_im2col_gemm) go through a buffer of im2col (or dY.W) rows in blocks of about
-// 8 MiB: the number of units of `unit` values each that fit, at least 1 and at most `most`.
+// The gemm() paths (forward_gemm, backward_input_col2im_gemm, backward_weight_im2col_gemm) go
+// through a buffer of im2col (or dY.W) rows in blocks of about this many bytes.
+constexpr int64_t kGemmPathBlockBytes = int64_t{8} << 20;
+
+// The number of units of `unit` values each that fit in a block of the gemm() paths, at least
+// 1 (a unit larger than the block makes a block of its own size) and at most `most`.
 template <typename T>
 inline int64_t gemm_path_block(int64_t unit, int64_t most) {
-  const int64_t budget = (int64_t{8} << 20) / static_cast<int64_t>(sizeof(T));
+  const int64_t budget = kGemmPathBlockBytes / static_cast<int64_t>(sizeof(T));
   return std::max<int64_t>(1, std::min(std::max<int64_t>(most, 1), budget / std::max<int64_t>(unit, 1)));
 }
 

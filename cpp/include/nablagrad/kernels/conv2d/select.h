@@ -285,17 +285,19 @@ inline BackwardInputKernel select_backward_input(const Conv2dGeometry& g,
   if ((g.stride_h > 1 || g.stride_w > 1) && C * 4 > cfg.NR) {
     const int64_t Kmax = (g.FH + g.stride_h - 1) / g.stride_h * ((g.FW + g.stride_w - 1) / g.stride_w) * g.Q;
     const bool fits = Kmax <= cfg.KC || saturating_mul(Kmax, cfg.NR * static_cast<int64_t>(sizeof(T))) <= (int64_t{256} << 10);
-    // (Only where one image's dY.W rows stay within the 8 MiB block of col2im_gemm: a tall,
-    // narrow image would otherwise make it one block of any size.)
-    const bool image_block_fits =
-        saturating_mul(saturating_mul(g.Ho, g.Wo), saturating_mul(Kfull, static_cast<int64_t>(sizeof(T)))) <=
-        (int64_t{8} << 20);
-    const bool gemm_deeper = image_block_fits && g.Q >= C &&
-                             ((g.Q >= 64 && g.Wo <= 12) || (g.Q >= 96 && g.W <= 64 && g.FH * g.FW <= 9));
-    if (fits && gemm_deeper) return BackwardInputKernel::Col2imGemm;
-    if (fits && conv_detail::padded_copy_is_small(g, saturating_add(g.Ho, 2 * g.FH),
-                                                  saturating_mul(saturating_add(g.Wo, 2 * g.FW), g.Q)))
-      return BackwardInputKernel::PhasesDirect;
+    if (fits) {
+      // (Only where one image's dY.W rows stay within a block of col2im_gemm: a tall, narrow
+      // image would otherwise make one block of any size.)
+      const bool image_block_fits =
+          saturating_mul(saturating_mul(g.Ho, g.Wo), saturating_mul(Kfull, static_cast<int64_t>(sizeof(T)))) <=
+          conv_detail::kGemmPathBlockBytes;
+      if (image_block_fits && g.Q >= C &&
+          ((g.Q >= 64 && g.Wo <= 12) || (g.Q >= 96 && g.W <= 64 && g.FH * g.FW <= 9)))
+        return BackwardInputKernel::Col2imGemm;
+      if (conv_detail::padded_copy_is_small(g, saturating_add(g.Ho, 2 * g.FH),
+                                            saturating_mul(saturating_add(g.Wo, 2 * g.FW), g.Q)))
+        return BackwardInputKernel::PhasesDirect;
+    }
   }
   // Few channels (a panel of NR columns would be mostly empty): dY.W GEMM + col2im, when the
   // dY.W buffer N*Ho*Wo*FH*FW*C stays below 2^26 values.

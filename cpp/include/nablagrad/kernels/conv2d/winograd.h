@@ -765,9 +765,9 @@ inline int winograd_tile_size(int64_t Ho, int64_t Wo, int64_t K, int64_t Nf, int
 /// 1.19); 8.5 blocks tied ((16,8,8,128->128) 1.49 vs 1.45), 13 won ((2,28,28,128->128) 2.04
 /// vs 2.22). F(4) tiles win from fewer blocks ((4,32,32,32->32), 4.7 blocks: 0.26 vs direct
 /// 0.35; (8,28,28,32->32), 7.3: 0.45 vs 0.55) and lose only a little below 6
-/// ((2,32,32,64->64), 5.3: 0.78 vs 0.71). At AVX2 F(2) at 6.5 blocks still wins
-/// ((1,28,28,128->128) 2.08 vs direct 2.21; im2col 1.84 is not in its way: C >= 128 sends
-/// such layers there only where Winograd does not run).
+/// ((2,32,32,64->64), 5.3: 0.78 vs 0.71). At AVX2, F(2) at 6.5 blocks beats the direct
+/// kernel ((1,28,28,128->128) 2.08 vs 2.21) but not the im2col GEMM (1.84), which select.h's
+/// rule for 128 channels reaches only where Winograd does not run.
 template <typename T>
 inline bool winograd_preferred_weight(const Conv2dGeometry& g) {
   const bool avx2 = simd_level() == SimdLevel::AVX2;
