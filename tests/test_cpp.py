@@ -83,6 +83,57 @@ def test_headers_compile_standalone() -> None:
     assert res.returncode == 0, res.stderr[-5000:]
 
 
+_EXTERN_PROBE = """#include <nablagrad/nablagrad.h>
+using namespace nablagrad;
+double f(const Tensor& x, const Tensor& w, const Tensor& k) {
+  nn::LSTM rnn(nn::LSTMOptions(4, 4));
+  nn::MultiHeadAttention mha(4, 2);
+  Tensor loss = x.matmul(w).sum() + conv2d(k, k, Tensor(), Conv2dFuncOptions().padding(1)).sum() +
+                rnn.forward(x).sum() + mha.forward(x).sum();
+  loss.backward();
+  return loss.item<double>();
+}
+"""
+_ENTRY_POINTS = ["gemm", "conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight", "rnn_layer_forward",
+                 "rnn_layer_backward", "attention_forward_block", "attention_backward_block"]
+
+
+def _nm_kind(line: str) -> str:
+    """The symbol type letter of one `nm` line: "U" for undefined, "W" / "T" for defined code."""
+    parts = line.split()
+    return parts[0] if len(parts[0]) == 1 else parts[1]
+
+
+def test_extern_kernels_compile_nothing_of_the_kernels(tmp_path: Path) -> None:
+    """With NABLAGRAD_EXTERN_KERNELS a unit that trains a conv + LSTM + attention model calls every
+    kernel entry point (kernels/instances.h) for float and double without compiling any: each is
+    an undefined symbol and no micro-kernel is defined. An `inline` on an entry point, or a new
+    path from the ops into a kernel's internals, would compile them again in every unit (the
+    tests and the extension are built this way to cut their build time by a third)."""
+    cxx = shutil.which("g++") or shutil.which("c++")
+    nm = shutil.which("nm")
+    if cxx is None or nm is None:
+        pytest.fail("a C++ compiler and nm are required")
+    src = tmp_path / "probe.cpp"
+    src.write_text(_EXTERN_PROBE)
+    obj = tmp_path / "probe.o"
+    # -O1: with optimisation GCC compiles an `inline` function for inlining despite `extern template`
+    res = subprocess.run([cxx, "-std=c++17", "-O1", "-pthread", "-DNABLAGRAD_EXTERN_KERNELS", "-I",
+                          str(ROOT / "cpp" / "include"), "-c", str(src), "-o", str(obj)],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-5000:]
+    symbols = subprocess.run([nm, "-C", str(obj)], capture_output=True, text=True, timeout=60).stdout.splitlines()
+    for name in _ENTRY_POINTS:
+        for t in ("float", "double"):
+            sig = f"nablagrad::kernels::{name}<{t}>("
+            kinds = [_nm_kind(line) for line in symbols if sig in line]
+            assert kinds == ["U"], f"{name}<{t}>: {kinds or 'not referenced'} (expected one undefined reference)"
+    internals = ("gemm_detail::", "micro_kernel", "_kernel_avx", "_kernel_portable", "winograd", "rnn_detail::",
+                 "attention_detail::", "conv_detail::forward_", "conv_detail::backward_")
+    compiled = [line for line in symbols if _nm_kind(line) != "U" and any(d in line for d in internals)]
+    assert not compiled, "kernel code compiled in an extern-kernels unit:\n" + "\n".join(compiled[:20])
+
+
 def test_installed_cmake_package(tmp_path: Path) -> None:
     """`cmake --install` exports nablagrad::nablagrad; a consumer builds against it."""
     cmake = _tool("cmake")

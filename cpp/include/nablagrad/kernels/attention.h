@@ -367,10 +367,10 @@ inline void attention_forward_rows(const AttentionConfig& c, int64_t b, int64_t 
 ///   avg, avg_scale : when avg is set, avg[i, j] += Pd[i, j] * avg_scale (head-averaged weights;
 ///             the caller loops over heads in order, starting from zeros)
 template <typename T>
-inline void attention_forward_block(const AttentionConfig& c, int64_t b, int64_t h, int64_t r0, int64_t r1,
-                                    const HeadView<const T>& q, const HeadView<const T>& k,
-                                    const HeadView<const T>& v, const HeadView<T>& out, const bool* keep,
-                                    T* P_block, T* W_block, T* avg, T avg_scale) {
+void attention_forward_block(const AttentionConfig& c, int64_t b, int64_t h, int64_t r0, int64_t r1,
+                             const HeadView<const T>& q, const HeadView<const T>& k, const HeadView<const T>& v,
+                             const HeadView<T>& out, const bool* keep, T* P_block, T* W_block, T* avg,
+                             T avg_scale) {
   using namespace attention_detail;
   const int64_t chunk = attention_row_chunk<T>(c.S);
   for (int64_t c0 = r0; c0 < r1; c0 += chunk) {
@@ -423,10 +423,10 @@ inline void attention_forward_block(const AttentionConfig& c, int64_t b, int64_t
 ///              by dw_scale (1 / H for head-averaged weights), or nullptr
 ///   dq, dk, dv : head views to write (each may be null: ptr == nullptr)
 template <typename T>
-inline void attention_backward_block(const AttentionConfig& c, int64_t b, int64_t h, const HeadView<const T>& q,
-                                     const HeadView<const T>& k, const HeadView<const T>& v, const T* P_block,
-                                     const bool* keep, const HeadView<const T>& dO, const T* dW, T dw_scale,
-                                     const HeadView<T>& dq, const HeadView<T>& dk, const HeadView<T>& dv) {
+void attention_backward_block(const AttentionConfig& c, int64_t b, int64_t h, const HeadView<const T>& q,
+                              const HeadView<const T>& k, const HeadView<const T>& v, const T* P_block,
+                              const bool* keep, const HeadView<const T>& dO, const T* dW, T dw_scale,
+                              const HeadView<T>& dq, const HeadView<T>& dk, const HeadView<T>& dv) {
   using namespace attention_detail;
   const T* qb = q.block(b, h);
   const T* kb = k.block(b, h);
@@ -493,6 +493,23 @@ inline void attention_backward_block(const AttentionConfig& c, int64_t b, int64_
     }
   }
 }
+
+
+// The two blocks are compiled once per program where NABLAGRAD_EXTERN_KERNELS is defined (see
+// kernels/instances.h).
+#define NABLAGRAD_ATTENTION_INSTANCES(PREFIX, T)                                                               \
+  PREFIX void attention_forward_block<T>(const AttentionConfig&, int64_t, int64_t, int64_t, int64_t,           \
+                                         const HeadView<const T>&, const HeadView<const T>&,                   \
+                                         const HeadView<const T>&, const HeadView<T>&, const bool*, T*, T*, T*, \
+                                         T);                                                                   \
+  PREFIX void attention_backward_block<T>(const AttentionConfig&, int64_t, int64_t, const HeadView<const T>&,  \
+                                          const HeadView<const T>&, const HeadView<const T>&, const T*,         \
+                                          const bool*, const HeadView<const T>&, const T*, T, const HeadView<T>&, \
+                                          const HeadView<T>&, const HeadView<T>&);
+#ifdef NABLAGRAD_EXTERN_KERNELS
+NABLAGRAD_ATTENTION_INSTANCES(extern template, float)
+NABLAGRAD_ATTENTION_INSTANCES(extern template, double)
+#endif
 
 }  // namespace kernels
 }  // namespace nablagrad

@@ -1041,6 +1041,17 @@ void gemm(int64_t M, int64_t N, int64_t K,
   });
 }
 
+
+// gemm<float> and gemm<double> are compiled once per program where NABLAGRAD_EXTERN_KERNELS is
+// defined (see kernels/instances.h).
+#define NABLAGRAD_GEMM_INSTANCES(PREFIX, T)                                                       \
+  PREFIX void gemm<T>(int64_t, int64_t, int64_t, const T*, int64_t, int64_t, const T*, int64_t, int64_t, T*, \
+                      int64_t, bool, const T*);
+#ifdef NABLAGRAD_EXTERN_KERNELS
+NABLAGRAD_GEMM_INSTANCES(extern template, float)
+NABLAGRAD_GEMM_INSTANCES(extern template, double)
+#endif
+
 }  // namespace kernels
 }  // namespace nablagrad
 

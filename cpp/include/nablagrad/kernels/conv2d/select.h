@@ -424,5 +424,17 @@ void conv2d_backward_weight(const Conv2dGeometry& g, const T* x, const T* dy, T*
   }
 }
 
+
+// The three passes are compiled once per program where NABLAGRAD_EXTERN_KERNELS is defined
+// (see kernels/instances.h).
+#define NABLAGRAD_CONV2D_INSTANCES(PREFIX, T)                                                 \
+  PREFIX void conv2d_forward<T>(const Conv2dGeometry&, const T*, const T*, const T*, T*);     \
+  PREFIX void conv2d_backward_input<T>(const Conv2dGeometry&, const T*, const T*, T*);        \
+  PREFIX void conv2d_backward_weight<T>(const Conv2dGeometry&, const T*, const T*, T*, T*);
+#ifdef NABLAGRAD_EXTERN_KERNELS
+NABLAGRAD_CONV2D_INSTANCES(extern template, float)
+NABLAGRAD_CONV2D_INSTANCES(extern template, double)
+#endif
+
 }  // namespace kernels
 }  // namespace nablagrad
