@@ -6,7 +6,7 @@ instead of two:
     this builds every test target with Clang (Debian's `clang` package) and the test targets'
     -Wall -Wextra -Werror. (Each header compiled alone, the header_check target, is left to the
     GCC build of test_cpp.py: it has no code to sanitize and took 2 minutes here.)
-  * Sanitizers: the flags of the `clang-asan` preset in CMakePresets.json (-O1 -g,
+  * Sanitizers: the flags of the `clang-asan` preset in CMakePresets.json (-O1 -g1: line tables,
     -fsanitize=address,undefined, UBSan recovery off so that the first finding ends the run,
     leak detection on). Any report fails: a sanitizer error makes the program exit non-zero,
     and the output is also searched for report headers.
@@ -78,7 +78,7 @@ def build(tmp_path_factory: pytest.TempPathFactory) -> Tuple[Path, bool]:
     cmake = _tool("cmake")
     gen = ["-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={_tool('ninja')}"]
     cfg = subprocess.run([cmake, "-S", str(ROOT), "-B", str(BUILD), *gen, f"-DCMAKE_CXX_COMPILER={cxx}",
-                          "-DCMAKE_BUILD_TYPE=RelWithDebInfo", "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O1 -g",
+                          "-DCMAKE_BUILD_TYPE=RelWithDebInfo", "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O1 -g1",
                           f"-DCMAKE_CXX_FLAGS={SAN_FLAGS}", "-DNABLAGRAD_BUILD_TESTS=ON",
                           "-DNABLAGRAD_HEADER_CHECK=OFF"],
                          cwd=ROOT, capture_output=True, text=True, timeout=600)

@@ -9,7 +9,7 @@ conv/batch-norm/pooling/dropout stack from four threads. Under TSan a data race,
 inversion that could deadlock (leaf mutex -> GIL against GIL -> leaf mutex), is a report;
 TSAN_OPTIONS makes the first one end the run with exit code 66.
 
-The build lives in build/cpp-tsan (-fsanitize=thread -O1 -g) and builds only these targets.
+The build lives in build/cpp-tsan (-fsanitize=thread -O1 -g1) and builds only these targets.
 Skipped when the compiler cannot build and run a ThreadSanitizer program.
 """
 
@@ -25,7 +25,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILD = ROOT / "build" / "cpp-tsan"
-TSAN_FLAGS = "-fsanitize=thread -O1 -g"
+TSAN_FLAGS = "-fsanitize=thread -O1 -g1"
 TSAN_OPTIONS = "halt_on_error=1 exitcode=66 second_deadlock_stack=1"
 # test_grad_threads: the cross-thread state; test_autograd: the pool and concurrent backward
 # tests among the engine's own; test_threading and test_layer: concurrent inference and training.
