@@ -706,6 +706,12 @@ void test_kernel_choice() {
     // From 128 channels over at most 4096 pixels: im2col + gemm(), not the direct kernel's
     // partial sums of the whole kernel; over more pixels the direct kernel.
     CHECK(std::string(conv_kernel_choice<float>(wide).backward_weight) == "im2col_gemm");
+    // The edge, under Auto (strided: no Winograd): 4 x 32 x 32 = 4096 pixels, then 5 x 32 x 32.
+    const auto edge_in = make_conv2d_geometry(4, 64, 64, 128, 64, 3, 3, 128, 2, 2, 1, 1, 1, 1);
+    const auto edge_out = make_conv2d_geometry(5, 64, 64, 128, 64, 3, 3, 128, 2, 2, 1, 1, 1, 1);
+    CHECK(std::string(conv_kernel_choice<float>(edge_in).backward_weight) == "im2col_gemm");
+    CHECK(std::string(conv_kernel_choice<float>(edge_out).backward_weight) == "direct");
+    CHECK(std::string(conv_kernel_choice<double>(edge_out).backward_weight) == "direct");
     const auto wide_many = make_conv2d_geometry(8, 28, 28, 128, 64, 3, 3, 128, 1, 1, 1, 1, 1, 1);
     set_conv_algorithm(ConvAlgorithm::Direct);
     CHECK(std::string(conv_kernel_choice<float>(wide_many).backward_weight) == "direct");
