@@ -768,6 +768,15 @@ inline int winograd_tile_size(int64_t Ho, int64_t Wo, int64_t K, int64_t Nf, int
 /// ((2,32,32,64->64), 5.3: 0.78 vs 0.71). At AVX2, F(2) at 6.5 blocks beats the direct
 /// kernel ((1,28,28,128->128) 2.08 vs 2.21) but not the im2col GEMM (1.84), which select.h's
 /// rule for 128 channels reaches only where Winograd does not run.
+///
+/// 5x5 (F(2x2, 5x5), 36 products per tile) needs 16 blocks at every level, and at AVX-512 (and
+/// portable) blocks of at least 24 tiles, about C Q <= 4096: the tiles are the depth of its
+/// GEMMs, and shorter blocks reload the accumulators too often (2 threads, ms, Winograd vs
+/// direct, AVX-512: (4,16,16,64->64) 10.7 blocks 0.95 vs 0.80, (4,16,16,128->64) 14.2 blocks
+/// of 18: 1.92 vs 1.57, (2,28,28,64->128) 21.8 of 18: 2.91 vs 2.59; but (8,16,16,64->64) 21.3
+/// of 24: 1.44 vs 1.57, (4,24,24,48->48) 16 of 36: 0.83 vs 1.01, (4,32,32,64->64) 43 of 24: 2.35
+/// vs 3.07. AVX2: (2,16,16,64->64) 5.3 blocks 0.89 vs 0.68, 10.7: 1.32 vs 1.35, 14.2 of 18:
+/// 2.89 vs 2.76; 21.8 of 18: 4.04 vs 4.37, (4,24,24,48->48) 1.13 vs 1.62).
 template <typename T>
 inline bool winograd_preferred_weight(const Conv2dGeometry& g) {
   const bool avx2 = simd_level() == SimdLevel::AVX2;
@@ -778,6 +787,7 @@ inline bool winograd_preferred_weight(const Conv2dGeometry& g) {
   const int m = winograd_tile_size(g.Ho, g.Wo, g.C, g.Q, g.FH);
   const int64_t tiles = g.N * ((g.Ho + m - 1) / m) * ((g.Wo + m - 1) / m);
   const int64_t tb = winograd_detail::block_tiles<T>(static_cast<int>(m + g.FH - 1), g.C, g.Q, tiles);
+  if (g.FH == 5) return tiles >= 16 * tb && (avx2 || tb >= 24);
   return tiles >= ((avx2 || m == 4) ? 4 : 8) * tb;
 }
 
