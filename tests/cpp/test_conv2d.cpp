@@ -712,6 +712,11 @@ void test_kernel_choice() {
     CHECK(std::string(conv_kernel_choice<float>(edge_in).backward_weight) == "im2col_gemm");
     CHECK(std::string(conv_kernel_choice<float>(edge_out).backward_weight) == "direct");
     CHECK(std::string(conv_kernel_choice<double>(edge_out).backward_weight) == "direct");
+    // Past 3x3 only with Q >= C: 5x5 128 -> 64 keeps the direct kernel, 128 -> 128 does not.
+    const auto k5_down = make_conv2d_geometry(4, 16, 16, 128, 64, 5, 5, 128, 1, 1, 2, 2, 2, 2);
+    const auto k5_same = make_conv2d_geometry(4, 8, 8, 128, 128, 5, 5, 128, 1, 1, 2, 2, 2, 2);
+    CHECK(std::string(conv_kernel_choice<float>(k5_down).backward_weight) == "direct");
+    CHECK(std::string(conv_kernel_choice<float>(k5_same).backward_weight) == "im2col_gemm");
     const auto wide_many = make_conv2d_geometry(8, 28, 28, 128, 64, 3, 3, 128, 1, 1, 1, 1, 1, 1);
     set_conv_algorithm(ConvAlgorithm::Direct);
     CHECK(std::string(conv_kernel_choice<float>(wide_many).backward_weight) == "direct");

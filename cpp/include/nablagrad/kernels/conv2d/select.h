@@ -337,7 +337,10 @@ inline BackwardWeightKernel select_backward_weight(const Conv2dGeometry& g,
   // (2,16,16,128->64, S2) 0.22 -> 0.11, (1,56,56,128->128) 4.41 -> 4.15; AVX2 2.21 -> 1.84,
   // 1.29 -> 0.90, 3.84 -> 2.92, 0.32 -> 0.17. Not beyond: (8,28,28,128->64) 4.13 vs 5.93;
   // nor below 128 channels: (1,56,56,64->64) 1.09 vs 1.77, (1,40,40,96->96) 1.16 vs 1.42.
-  if (g.C >= 128 && saturating_mul(g.N, saturating_mul(g.Ho, g.Wo)) <= 4096)
+  // Past 3x3 only where Q >= C: 5x5 with fewer filters than channels keeps the direct kernel
+  // ((4,16,16,128->64) 1.78 vs 2.79, (8,14,14,128->64) 2.89 vs 3.84, (2,16,16,160->64) 1.16 vs
+  // 1.75; but (2,28,28,128->128) 5.94 vs 5.69, (4,8,8,128->128) 2.01 vs 1.06).
+  if (g.C >= 128 && saturating_mul(g.N, saturating_mul(g.Ho, g.Wo)) <= 4096 && (g.FH * g.FW <= 9 || g.Q >= g.C))
     return BackwardWeightKernel::Im2colGemm;
   const int64_t len = g.FW * g.C;  // a kernel row: fits, the kernel is allocated
   if (conv_detail::direct_dw_rows(cfg, len) * 4 <= len * 5 &&
