@@ -494,9 +494,7 @@ void attention_backward_block(const AttentionConfig& c, int64_t b, int64_t h, co
   }
 }
 
-
-// The two blocks are compiled once per program where NABLAGRAD_EXTERN_KERNELS is defined (see
-// kernels/instances.h).
+// The entry points compiled once per program (NABLAGRAD_EXTERN_KERNEL_INSTANCES, gemm.h).
 #define NABLAGRAD_ATTENTION_INSTANCES(PREFIX, T)                                                               \
   PREFIX void attention_forward_block<T>(const AttentionConfig&, int64_t, int64_t, int64_t, int64_t,           \
                                          const HeadView<const T>&, const HeadView<const T>&,                   \
@@ -506,10 +504,7 @@ void attention_backward_block(const AttentionConfig& c, int64_t b, int64_t h, co
                                           const HeadView<const T>&, const HeadView<const T>&, const T*,         \
                                           const bool*, const HeadView<const T>&, const T*, T, const HeadView<T>&, \
                                           const HeadView<T>&, const HeadView<T>&);
-#ifdef NABLAGRAD_EXTERN_KERNELS
-NABLAGRAD_ATTENTION_INSTANCES(extern template, float)
-NABLAGRAD_ATTENTION_INSTANCES(extern template, double)
-#endif
+NABLAGRAD_EXTERN_KERNEL_INSTANCES(NABLAGRAD_ATTENTION_INSTANCES)
 
 }  // namespace kernels
 }  // namespace nablagrad

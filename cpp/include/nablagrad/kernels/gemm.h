@@ -1041,16 +1041,19 @@ void gemm(int64_t M, int64_t N, int64_t K,
   });
 }
 
+// A kernel header lists its entry points as LIST(PREFIX, T); where NABLAGRAD_EXTERN_KERNELS is
+// defined, NABLAGRAD_EXTERN_KERNEL_INSTANCES(LIST) declares them `extern template` for float and
+// double, and one unit of the program defines them (kernels/instances.h).
+#ifdef NABLAGRAD_EXTERN_KERNELS
+#define NABLAGRAD_EXTERN_KERNEL_INSTANCES(LIST) LIST(extern template, float) LIST(extern template, double)
+#else
+#define NABLAGRAD_EXTERN_KERNEL_INSTANCES(LIST)
+#endif
 
-// gemm<float> and gemm<double> are compiled once per program where NABLAGRAD_EXTERN_KERNELS is
-// defined (see kernels/instances.h).
-#define NABLAGRAD_GEMM_INSTANCES(PREFIX, T)                                                       \
+#define NABLAGRAD_GEMM_INSTANCES(PREFIX, T)                                                                  \
   PREFIX void gemm<T>(int64_t, int64_t, int64_t, const T*, int64_t, int64_t, const T*, int64_t, int64_t, T*, \
                       int64_t, bool, const T*);
-#ifdef NABLAGRAD_EXTERN_KERNELS
-NABLAGRAD_GEMM_INSTANCES(extern template, float)
-NABLAGRAD_GEMM_INSTANCES(extern template, double)
-#endif
+NABLAGRAD_EXTERN_KERNEL_INSTANCES(NABLAGRAD_GEMM_INSTANCES)
 
 }  // namespace kernels
 }  // namespace nablagrad

@@ -6,8 +6,8 @@
 //
 //   * compile every unit with NABLAGRAD_EXTERN_KERNELS defined: the headers then declare gemm,
 //     the three conv2d passes, the recurrent layer's two passes and attention's two blocks
-//     `extern template` for float
-//     and double, so a unit calls them without compiling them;
+//     `extern template` for float and double (NABLAGRAD_EXTERN_KERNEL_INSTANCES, gemm.h), so a
+//     unit calls them without compiling them;
 //   * in exactly one unit, include this header and write NABLAGRAD_INSTANTIATE_KERNELS() at
 //     namespace scope: it defines them.
 //

@@ -751,18 +751,14 @@ void rnn_layer_backward(RnnMode mode, const RnnDims& d, const T* x, const T* h0,
   if (dx) gemm<T>(rows, I, GH, dg, GH, 1, w.w_ih, I, 1, dx, I, false);
 }
 
-
-// Compiled once per program where NABLAGRAD_EXTERN_KERNELS is defined (see kernels/instances.h).
+// The entry points compiled once per program (NABLAGRAD_EXTERN_KERNEL_INSTANCES, gemm.h).
 #define NABLAGRAD_RNN_INSTANCES(PREFIX, T)                                                              \
   PREFIX void rnn_layer_forward<T>(RnnMode, const RnnDims&, const T*, const T*, const T*, const RnnWeights<T>&, \
                                    T*, T*, T*, T*, T*);                                                 \
   PREFIX void rnn_layer_backward<T>(RnnMode, const RnnDims&, const T*, const T*, const T*,               \
                                     const RnnWeights<T>&, const T*, const T*, const T*, const T*, const T*, \
                                     const T*, T*, T*, T*, T*, T*, T*, T*);
-#ifdef NABLAGRAD_EXTERN_KERNELS
-NABLAGRAD_RNN_INSTANCES(extern template, float)
-NABLAGRAD_RNN_INSTANCES(extern template, double)
-#endif
+NABLAGRAD_EXTERN_KERNEL_INSTANCES(NABLAGRAD_RNN_INSTANCES)
 
 }  // namespace kernels
 }  // namespace nablagrad

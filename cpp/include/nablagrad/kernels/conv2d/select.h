@@ -23,6 +23,7 @@
 #include <string>
 
 #include "../../checked.h"
+#include "../gemm.h"
 #include "../simd.h"
 #include "backward_input.h"
 #include "backward_weight.h"
@@ -427,17 +428,12 @@ void conv2d_backward_weight(const Conv2dGeometry& g, const T* x, const T* dy, T*
   }
 }
 
-
-// The three passes are compiled once per program where NABLAGRAD_EXTERN_KERNELS is defined
-// (see kernels/instances.h).
+// The entry points compiled once per program (NABLAGRAD_EXTERN_KERNEL_INSTANCES, gemm.h).
 #define NABLAGRAD_CONV2D_INSTANCES(PREFIX, T)                                                 \
   PREFIX void conv2d_forward<T>(const Conv2dGeometry&, const T*, const T*, const T*, T*);     \
   PREFIX void conv2d_backward_input<T>(const Conv2dGeometry&, const T*, const T*, T*);        \
   PREFIX void conv2d_backward_weight<T>(const Conv2dGeometry&, const T*, const T*, T*, T*);
-#ifdef NABLAGRAD_EXTERN_KERNELS
-NABLAGRAD_CONV2D_INSTANCES(extern template, float)
-NABLAGRAD_CONV2D_INSTANCES(extern template, double)
-#endif
+NABLAGRAD_EXTERN_KERNEL_INSTANCES(NABLAGRAD_CONV2D_INSTANCES)
 
 }  // namespace kernels
 }  // namespace nablagrad
