@@ -396,7 +396,7 @@ void test_direct_s1() {
   const Conv2dGeometry shapes[] = {
       make_conv2d_geometry(2, 13, 30, 16, 16, 5, 5, 16, 1, 1, 2, 2, 2, 2),  // 30 = 24 + 6
       make_conv2d_geometry(3, 7, 9, 12, 48, 3, 3, 12, 1, 1, 1, 1, 1, 1),    // 9 < 24, 3 panels
-      make_conv2d_geometry(2, 9, 51, 5, 8, 3, 5, 5, 1, 1, 0, 2, 1, 3),      // FH != FW, Q < NR
+      make_conv2d_geometry(2, 9, 51, 5, 12, 3, 5, 5, 1, 1, 0, 2, 1, 3),     // FH != FW, Q < NR
       make_conv2d_geometry(2, 10, 26, 1, 20, 5, 5, 1, 1, 1, 2, 2, 2, 2),    // C = 1
       make_conv2d_geometry(1, 12, 50, 16, 16, 5, 3, 16, 1, 1, 2, 2, 1, 1)};
   for (const Conv2dGeometry& g : shapes) {
@@ -563,6 +563,68 @@ void test_forward_indirect() {
   CHECK(std::string(conv_kernel_choice<float>(gi).backward_input) == "flipped_indirect");
   check_everywhere<double>(gi, 1e-12, 40);
   check_everywhere<float>(gi, 1e-4, 41);  // sums of 1200-1600 float products
+  set_conv_algorithm(ConvAlgorithm::Auto);
+}
+
+// The narrow forward (narrow.h; vectors along each pixel's runs, for 1-8 float / 1-4 double
+// filters): every row of its table (1, 2, 3 filters; 4 and more in blocks of 4 and a rest of
+// 1-3), runs shorter than a vector and not a multiple of one (masked loads), FH != FW, uneven
+// strides and paddings, whole output rows in the padding, 1x1, a last partial block of P
+// pixels, several blocks per task; at every level (the choice is checked at each), with its
+// backward passes, and NaN reaching exactly the outputs whose windows hold it.
+void test_forward_narrow() {
+  struct Case {
+    Conv2dGeometry g;
+    bool in_double;  // Q <= 4: narrow for double too (half of its 8-double tile)
+  };
+  const Case cases[] = {
+      {make_conv2d_geometry(2, 9, 11, 7, 1, 3, 3, 7, 1, 1, 1, 1, 1, 1), true},     // runs of 21
+      {make_conv2d_geometry(1, 8, 13, 1, 1, 3, 3, 1, 1, 1, 1, 1, 1, 1), true},     // runs of 3 (< W)
+      {make_conv2d_geometry(3, 10, 7, 6, 2, 5, 3, 6, 2, 1, 2, 1, 0, 3), true},     // FH != FW, strides 2x1
+      {make_conv2d_geometry(2, 12, 9, 16, 3, 3, 3, 16, 1, 1, 1, 1, 1, 1), true},   // runs of 48
+      {make_conv2d_geometry(2, 7, 8, 33, 4, 3, 3, 33, 2, 2, 3, 1, 2, 0), true},    // 99; rows of bias alone
+      {make_conv2d_geometry(2, 9, 9, 20, 5, 3, 3, 20, 1, 1, 1, 1, 1, 1), false},   // 4 + 1 filters
+      {make_conv2d_geometry(3, 6, 10, 24, 7, 3, 3, 24, 1, 2, 0, 1, 1, 1), false},  // 4 + 3
+      {make_conv2d_geometry(1, 11, 11, 40, 8, 2, 4, 40, 1, 1, 1, 0, 2, 1), false}, // 4 + 4, FW even
+      {make_conv2d_geometry(4, 7, 9, 24, 3, 1, 1, 24, 1, 1, 0, 0, 0, 0), true},    // 1x1
+      {make_conv2d_geometry(5, 17, 19, 9, 2, 3, 3, 9, 1, 1, 1, 1, 1, 1), true}};   // 1615 pixels
+  set_conv_algorithm(ConvAlgorithm::Direct);  // at AVX2 "auto" runs the 3x3 Q = 5..8 by Winograd
+  uint32_t seed = 300;
+  for (const Case& c : cases) {
+    for (int level = 0; level <= static_cast<int>(nablagrad::cpu_simd_level()); ++level) {
+      nablagrad::set_simd_level(static_cast<SimdLevel>(level));
+      CHECK(std::string(conv_kernel_choice<float>(c.g).forward) == "narrow");
+      CHECK((std::string(conv_kernel_choice<double>(c.g).forward) == "narrow") == c.in_double);
+    }
+    nablagrad::set_simd_level(nablagrad::cpu_simd_level());
+    check_everywhere<double>(c.g, 1e-12, seed++);
+    check_everywhere<float>(c.g, 2e-5, seed++);
+  }
+  // Not narrow: 8 filters on runs of 15 (shorter than a tile's width; the direct kernel
+  // measured 2x faster), 9 float filters, 5 double ones.
+  const auto short_runs = make_conv2d_geometry(2, 16, 16, 3, 8, 5, 5, 3, 1, 1, 2, 2, 2, 2);
+  CHECK(std::string(conv_kernel_choice<float>(short_runs).forward) == "direct");
+  CHECK(std::string(conv_kernel_choice<float>(make_conv2d_geometry(2, 9, 9, 20, 9, 3, 3, 20, 1, 1, 1, 1, 1, 1)).forward) != "narrow");
+  CHECK(std::string(conv_kernel_choice<double>(cases[5].g).forward) != "narrow");
+  // NaN in one input value: NaN exactly where the reference has it, at every level.
+  const Conv2dGeometry& g = cases[6].g;
+  std::mt19937 rng(91);
+  auto x = random_vector<float>(g.N * g.H * g.W * g.C, rng), w = random_vector<float>(g.Q * g.FH * g.FW * g.C, rng),
+       b = random_vector<float>(g.Q, rng);
+  x[static_cast<size_t>((1 * g.H + 2) * g.W + 3) * g.C + 5] = std::nanf("");
+  std::vector<float> ref(static_cast<size_t>(g.N * g.Ho * g.Wo * g.Q)), y(ref.size());
+  conv2d_reference_forward<float>(g, x.data(), w.data(), b.data(), ref.data());
+  size_t nans = 0;
+  for (float v : ref) nans += std::isnan(v) ? 1 : 0;
+  CHECK(nans > 0 && nans < ref.size() / 4);
+  for (int level = 0; level <= static_cast<int>(nablagrad::cpu_simd_level()); ++level) {
+    nablagrad::set_simd_level(static_cast<SimdLevel>(level));
+    conv2d_forward<float>(g, x.data(), w.data(), b.data(), y.data());
+    bool same_nans = true;
+    for (size_t k = 0; k < y.size(); ++k) same_nans = same_nans && (std::isnan(y[k]) == std::isnan(ref[k]));
+    CHECK(same_nans);
+  }
+  nablagrad::set_simd_level(nablagrad::cpu_simd_level());
   set_conv_algorithm(ConvAlgorithm::Auto);
 }
 
@@ -836,6 +898,7 @@ int main() {
   RUN_TEST(test_forward_gemm);
   RUN_TEST(test_weight_gradient_product);
   RUN_TEST(test_forward_indirect);
+  RUN_TEST(test_forward_narrow);
   RUN_TEST(test_padding_rows_skipped);
   RUN_TEST(test_sweep_double);
   RUN_TEST(test_sweep_float);

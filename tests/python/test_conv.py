@@ -301,6 +301,9 @@ def test_conv_algorithm_for():
     # Strided, channels filling the register tiles: every pass reads its operands in place.
     strided = pick((16, 32, 32, 16), (32, 3, 3, 16), 2, 2, 1, 1, 1, 1)
     assert strided == {"forward": "indirect", "backward_input": "phases_direct", "backward_weight": "direct"}
+    # An image decoder's RGB output: 3 filters run the narrow kernel (vectors along the runs).
+    for dtype in ("float32", "float64"):
+        assert pick((4, 64, 64, 32), (3, 3, 3, 32), 1, 1, 1, 1, 1, 1, dtype)["forward"] == "narrow"
     with pytest.raises(ValueError, match="dtype"):
         pick((1, 4, 4, 1), (1, 1, 1, 1), 1, 1, 0, 0, 0, 0, "int64")
     with pytest.raises(ValueError, match="C=2"):

@@ -30,6 +30,7 @@
 #include "forward.h"
 #include "geometry.h"
 #include "microkernel.h"
+#include "narrow.h"
 #include "small_c.h"
 #include "winograd.h"  // [WINOGRAD]
 
@@ -80,7 +81,7 @@ inline ConvAlgorithm parse_conv_algorithm(const std::string& name) {
 // Kernel choice per pass.
 // ============================================================================================
 
-enum class ForwardKernel { Im2colGemm, Direct, Pointwise, Winograd, Indirect, Gemm };  // [WINOGRAD]
+enum class ForwardKernel { Im2colGemm, Direct, Pointwise, Winograd, Indirect, Gemm, Narrow };  // [WINOGRAD]
 enum class BackwardInputKernel { Phases, Col2im, SmallC, Pointwise, Winograd, FlippedDirect, FlippedIndirect, PhasesDirect, Col2imGemm };  // [WINOGRAD]
 enum class BackwardWeightKernel { Gemm, SmallC, Pointwise, Winograd, Direct, Im2colGemm };  // [WINOGRAD]
 
@@ -91,6 +92,7 @@ inline const char* kernel_name(ForwardKernel k) {
     case ForwardKernel::Winograd: return "winograd";
     case ForwardKernel::Indirect: return "indirect";
     case ForwardKernel::Gemm: return "gemm";
+    case ForwardKernel::Narrow: return "narrow";
     default: return "im2col_gemm";
   }
 }
@@ -197,6 +199,16 @@ inline ForwardKernel select_forward(const Conv2dGeometry& g, const conv_detail::
   // (winograd_preferred; measured crossover, docs/convolution.md "Winograd").
   if (use_winograd<T>(g, /*backward_input=*/false)) return ForwardKernel::Winograd;
   const int64_t K = g.FH * g.FW * g.C;
+  // Few filters, at most half the register tile's width (1-8 floats, 1-4 doubles; the tiles
+  // below would be at least half padding): the narrow kernel (narrow.h), vectors along each
+  // pixel's kernel-row runs, where those runs fill a tile's width or the filters are at most a
+  // quarter of it. Measured against the kernel chosen before (2 threads, Xeon, ms, AVX-512 /
+  // AVX2): (4,64,64,32->3) 0.71 -> 0.29 / 0.71 -> 0.26, (4,64,64,64->1) 0.74 -> 0.26 /
+  // 0.81 -> 0.27, (8,28,28,64->8) 0.47 -> 0.32 (AVX2: Winograd first, 0.30 vs 0.36),
+  // (8,56,56,64->4, 1x1) 0.37 -> 0.25 / 0.29 -> 0.27, (4,64,64,3->4) 0.31 -> 0.16,
+  // (8,28,28,64->3, S2) 0.136 -> 0.056; double (8,28,28,64->4) 0.58 -> 0.32; portable 1.0-2x.
+  // Not (4,64,64,3->8, 5x5), runs of 15 values: direct 0.16, narrow 0.38.
+  if (g.Q * 2 <= cfg.NR && (g.Q * 4 <= cfg.NR || g.FW * g.C >= cfg.NR)) return ForwardKernel::Narrow;
   // 1x1 without padding: a plain GEMM (gemm.h), unless the depth C is too short to pay for
   // its packing (first layers), where the direct kernel below reads the input in place.
   if (conv_detail::is_pointwise(g) && g.C >= 8) return ForwardKernel::Pointwise;
@@ -389,6 +401,9 @@ void conv2d_forward(const Conv2dGeometry& g, const T* x, const T* w, const T* bi
     case ForwardKernel::Indirect: conv_detail::forward_indirect(cfg, g, x, w, bias, y); return;
     case ForwardKernel::Gemm: conv_detail::forward_gemm(g, x, w, bias, y); return;
     case ForwardKernel::Winograd: winograd_conv2d_forward(g, x, w, bias, y); return;
+    case ForwardKernel::Narrow:
+      conv_detail::forward_narrow(conv_detail::narrow_kernels<T>(cfg.level, g.Q), g, x, w, bias, y);
+      return;
   }
 }
 

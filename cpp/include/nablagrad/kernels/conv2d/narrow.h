@@ -1,0 +1,224 @@
+// nablagrad/kernels/conv2d/narrow.h - the forward pass for outputs of a few filters (an image
+// decoder's RGB or mask output, a bottleneck of 8 channels): dot products along each pixel's
+// runs instead of a register tile across the filters.
+//
+//   Y[(n,ho,wo), q] = b[q] + sum_{fh} sum_{d < FW*C} X[n, ho*S_h+fh-pt, wo*S_w-pl + d/C, d%C] * W[q, fh, d]
+//
+// (the forward equation of forward.h, the taps of one kernel row taken as one run). The
+// register tiles of microkernel.h run across the filters, 16 to 32 of them: with 1 to 8
+// filters most of every FMA is padding. Here the vectors run along the depth instead. In
+// NHWC a kernel row's FW*C input values for one pixel are one contiguous run, and W[q, fh, :]
+// is another, so a block of P pixels x QB filters keeps P*QB vector sums (narrow_kernel.inc),
+// and reduces each to a scalar once at the end. The runs come from the indirect kernel's
+// pointer table (forward.h: in x itself, a zero run for the rows in the top or bottom
+// padding, a zero-padded copy at the left and right borders). Which shapes run it:
+// select.h's select_forward.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <type_traits>
+#include <vector>
+
+#include "../simd.h"
+#include "forward.h"
+#include "geometry.h"
+
+namespace nablagrad {
+namespace kernels {
+namespace conv_detail {
+namespace narrow_detail {
+
+// The vector types of narrow_kernel.inc: zero, load, load_n (the first n < W values, the rest
+// zero, nothing read past them), fma, and sum (a fixed order).
+template <typename Tp>
+struct NarrowScalar {
+  using T = Tp;
+  static constexpr int W = 4;
+  struct VT {
+    T v[W];
+  };
+  static VT zero() { return {}; }
+  static VT load(const T* p) {
+    VT r;
+    for (int l = 0; l < W; ++l) r.v[l] = p[l];
+    return r;
+  }
+  static VT load_n(const T* p, int64_t n) {
+    VT r{};
+    for (int l = 0; l < n; ++l) r.v[l] = p[l];
+    return r;
+  }
+  static VT fma(VT a, VT b, VT c) {
+    for (int l = 0; l < W; ++l) c.v[l] += a.v[l] * b.v[l];
+    return c;
+  }
+  static T sum(VT a) { return (a.v[0] + a.v[1]) + (a.v[2] + a.v[3]); }
+};
+
+#if NABLAGRAD_X86
+#define NABLAGRAD_NARROW_AVX2 __attribute__((target("avx2,fma")))
+#define NABLAGRAD_NARROW_AVX512 __attribute__((target("avx512f,avx2,fma")))
+struct NarrowAvx2F {
+  using T = float;
+  using VT = __m256;
+  static constexpr int W = 8;
+  NABLAGRAD_NARROW_AVX2 static VT zero() { return _mm256_setzero_ps(); }
+  NABLAGRAD_NARROW_AVX2 static VT load(const T* p) { return _mm256_loadu_ps(p); }
+  NABLAGRAD_NARROW_AVX2 static VT load_n(const T* p, int64_t n) {
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    return _mm256_maskload_ps(p, _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)), lane));
+  }
+  NABLAGRAD_NARROW_AVX2 static VT fma(VT a, VT b, VT c) { return _mm256_fmadd_ps(a, b, c); }
+  NABLAGRAD_NARROW_AVX2 static T sum(VT v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+  }
+};
+struct NarrowAvx2D {
+  using T = double;
+  using VT = __m256d;
+  static constexpr int W = 4;
+  NABLAGRAD_NARROW_AVX2 static VT zero() { return _mm256_setzero_pd(); }
+  NABLAGRAD_NARROW_AVX2 static VT load(const T* p) { return _mm256_loadu_pd(p); }
+  NABLAGRAD_NARROW_AVX2 static VT load_n(const T* p, int64_t n) {
+    const __m256i lane = _mm256_setr_epi64x(0, 1, 2, 3);
+    return _mm256_maskload_pd(p, _mm256_cmpgt_epi64(_mm256_set1_epi64x(n), lane));
+  }
+  NABLAGRAD_NARROW_AVX2 static VT fma(VT a, VT b, VT c) { return _mm256_fmadd_pd(a, b, c); }
+  NABLAGRAD_NARROW_AVX2 static T sum(VT v) {
+    const __m128d s = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
+  }
+};
+struct NarrowAvx512F {
+  using T = float;
+  using VT = __m512;
+  static constexpr int W = 16;
+  NABLAGRAD_NARROW_AVX512 static VT zero() { return _mm512_setzero_ps(); }
+  NABLAGRAD_NARROW_AVX512 static VT load(const T* p) { return _mm512_loadu_ps(p); }
+  NABLAGRAD_NARROW_AVX512 static VT load_n(const T* p, int64_t n) {
+    return _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1u), p);
+  }
+  NABLAGRAD_NARROW_AVX512 static VT fma(VT a, VT b, VT c) { return _mm512_fmadd_ps(a, b, c); }
+  // Folds of halves, quarters, pairs and neighbours (the maskz forms with every lane set:
+  // GCC 12's unmasked shuffles and _mm512_reduce_add_* trip -Wuninitialized on their
+  // _mm512_undefined_* operand, as vmath.h notes).
+  NABLAGRAD_NARROW_AVX512 static T sum(VT v) {
+    const __mmask16 all = 0xFFFF;
+    v = _mm512_add_ps(v, _mm512_maskz_shuffle_f32x4(all, v, v, 0x4E));
+    v = _mm512_add_ps(v, _mm512_maskz_shuffle_f32x4(all, v, v, 0xB1));
+    v = _mm512_add_ps(v, _mm512_maskz_permute_ps(all, v, 0x4E));
+    return _mm512_cvtss_f32(_mm512_add_ps(v, _mm512_maskz_permute_ps(all, v, 0xB1)));
+  }
+};
+struct NarrowAvx512D {
+  using T = double;
+  using VT = __m512d;
+  static constexpr int W = 8;
+  NABLAGRAD_NARROW_AVX512 static VT zero() { return _mm512_setzero_pd(); }
+  NABLAGRAD_NARROW_AVX512 static VT load(const T* p) { return _mm512_loadu_pd(p); }
+  NABLAGRAD_NARROW_AVX512 static VT load_n(const T* p, int64_t n) {
+    return _mm512_maskz_loadu_pd(static_cast<__mmask8>((1u << n) - 1u), p);
+  }
+  NABLAGRAD_NARROW_AVX512 static VT fma(VT a, VT b, VT c) { return _mm512_fmadd_pd(a, b, c); }
+  NABLAGRAD_NARROW_AVX512 static T sum(VT v) {  // as NarrowAvx512F::sum
+    const __mmask8 all = 0xFF;
+    v = _mm512_add_pd(v, _mm512_maskz_shuffle_f64x2(all, v, v, 0x4E));
+    v = _mm512_add_pd(v, _mm512_maskz_shuffle_f64x2(all, v, v, 0xB1));
+    return _mm512_cvtsd_f64(_mm512_add_pd(v, _mm512_maskz_permute_pd(all, v, 0x55)));
+  }
+};
+#endif
+
+template <typename T>
+using NarrowKernel = void (*)(int64_t nh, int64_t len, const T* const* rows, const T* w, int64_t K, T* out,
+                              int64_t ldo, const T* bias);
+
+/// The kernels of one call: blocks of P pixels; by_q[n] takes n filters at a time (n <= 4;
+/// nullptr for the counts the call never needs).
+template <typename T>
+struct NarrowKernels {
+  int64_t P = 0;
+  NarrowKernel<T> by_q[5] = {};
+};
+
+// The kernel and its table, once per instruction set (see narrow_kernel.inc).
+namespace portable {
+#define NABLAGRAD_NARROW_TARGET
+#include "narrow_kernel.inc"
+#undef NABLAGRAD_NARROW_TARGET
+}  // namespace portable
+#if NABLAGRAD_X86
+namespace avx2 {
+#define NABLAGRAD_NARROW_TARGET NABLAGRAD_NARROW_AVX2
+#include "narrow_kernel.inc"
+#undef NABLAGRAD_NARROW_TARGET
+}  // namespace avx2
+namespace avx512 {
+#define NABLAGRAD_NARROW_TARGET NABLAGRAD_NARROW_AVX512
+#include "narrow_kernel.inc"
+#undef NABLAGRAD_NARROW_TARGET
+}  // namespace avx512
+#undef NABLAGRAD_NARROW_AVX2
+#undef NABLAGRAD_NARROW_AVX512
+#endif
+}  // namespace narrow_detail
+
+/// The narrow kernels of `level` for Q filters. P, the pixels of a block, is the most that
+/// keep the P*QB sums and one step's operands in the registers: P*QB <= 24 of the 32 vectors
+/// at AVX-512, <= 12 of the 16 at AVX2, 16 scalars portable. From 4 filters P is the 4-filter
+/// block's and the filters go 4 at a time, the last block 1-3. Measured (AVX-512, 2 threads,
+/// ms): (8,28,28,64->8) 6 x 4 0.30, 4 x 4 0.34, 3 x 8 0.49, 2 x 8 0.51; (4,64,64,32->3)
+/// 8 x 3 0.31, 4 x 3 0.34; (4,64,64,64->1) 16 x 1 0.27, 12 x 1 0.28.
+template <typename T>
+inline narrow_detail::NarrowKernels<T> narrow_kernels(SimdLevel level, int64_t Q) {
+#if NABLAGRAD_X86
+  using Z = std::conditional_t<std::is_same<T, float>::value, narrow_detail::NarrowAvx512F, narrow_detail::NarrowAvx512D>;
+  using Y = std::conditional_t<std::is_same<T, float>::value, narrow_detail::NarrowAvx2F, narrow_detail::NarrowAvx2D>;
+  if (level >= SimdLevel::AVX512) return narrow_detail::avx512::narrow_table<Z, 6, 8, 12, 16>(Q);
+  if (level >= SimdLevel::AVX2) return narrow_detail::avx2::narrow_table<Y, 3, 4, 6, 8>(Q);
+#endif
+  (void)level;
+  return narrow_detail::portable::narrow_table<narrow_detail::NarrowScalar<T>, 4, 4, 8, 16>(Q);
+}
+
+/// Forward by the narrow kernels: the output pixels walked flat in blocks of P (as
+/// forward_indirect walks them in blocks of MR, with the same pointer table), the filters 4 at
+/// a time. Each output element is computed by one block in a fixed order, whatever thread
+/// runs it.
+template <typename T>
+void forward_narrow(const narrow_detail::NarrowKernels<T>& nk, const Conv2dGeometry& g, const T* x, const T* w, const T* bias,
+                    T* y) {
+  const int64_t P = nk.P, FH = g.FH, Q = g.Q, len = g.FW * g.C, K = FH * len;
+  const int64_t rows = g.N * g.Ho * g.Wo, blocks = (rows + P - 1) / P;
+  const std::vector<T> zeros(static_cast<size_t>(len), T(0));
+  parallel_chunks(blocks, std::max<int64_t>(1, (blocks + 63) / 64), [&](int64_t, int64_t lo, int64_t hi) {
+    T out[16 * 4];  // the last block's P <= 16 pixels x <= 4 filters
+    const T** ptr = scratch<const T*, 0>(static_cast<size_t>(FH * P));
+    T* edge = scratch<T, 1>(static_cast<size_t>(FH * P * len));  // copies of border runs
+    for (int64_t blk = lo; blk < hi; ++blk) {
+      const int64_t r0 = blk * P, nr = std::min(P, rows - r0);
+      int64_t h0 = 0, h1 = 0;
+      indirect_block_table(g, x, zeros.data(), P, r0, nr, ptr, edge, h0, h1);
+      const int64_t nh = std::max<int64_t>(0, h1 - h0);
+      for (int64_t q0 = 0; q0 < Q; q0 += 4) {
+        const int64_t nq = std::min<int64_t>(4, Q - q0);
+        const narrow_detail::NarrowKernel<T> kernel = nk.by_q[nq];
+        const T* wq = w + q0 * K + h0 * len;
+        const T* bq = bias ? bias + q0 : nullptr;
+        if (nr == P) {
+          kernel(nh, len, ptr + h0 * P, wq, K, y + r0 * Q + q0, Q, bq);
+          continue;
+        }
+        kernel(nh, len, ptr + h0 * P, wq, K, out, nq, bq);
+        for (int64_t i = 0; i < nr; ++i) copy_run(y + (r0 + i) * Q + q0, out + i * nq, nq);
+      }
+    }
+  });
+}
+
+}  // namespace conv_detail
+}  // namespace kernels
+}  // namespace nablagrad
