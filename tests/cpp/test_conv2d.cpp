@@ -566,44 +566,55 @@ void test_forward_indirect() {
   set_conv_algorithm(ConvAlgorithm::Auto);
 }
 
-// The narrow forward (narrow.h; vectors along each pixel's runs, for 1-8 float / 1-4 double
-// filters): every row of its table (1, 2, 3 filters; 4 and more in blocks of 4 and a rest of
-// 1-3), runs shorter than a vector and not a multiple of one (masked loads), FH != FW, uneven
-// strides and paddings, whole output rows in the padding, 1x1, a last partial block of P
-// pixels, several blocks per task; at every level (the choice is checked at each), with its
-// backward passes, and NaN reaching exactly the outputs whose windows hold it.
-void test_forward_narrow() {
+// The narrow kernels (narrow.h; vectors along each pixel's runs, for 1-8 float / 1-4 double
+// filters), forward and kernel gradient: every row of the forward's table (1, 2, 3 filters;
+// 4 and more in blocks of 4 and a rest of 1-3), runs shorter than a vector and not a
+// multiple of one (masked loads; the kernel gradient's vectors reading past the run), FH !=
+// FW, uneven strides and paddings, whole output rows in the padding, 1x1, a last partial
+// block of pixels, several blocks and chunks; at every level (the choice is checked at
+// each), bitwise across thread counts, and NaN reaching exactly the outputs whose windows
+// hold it.
+void test_narrow() {
   struct Case {
     Conv2dGeometry g;
     bool in_double;  // Q <= 4: narrow for double too (half of its 8-double tile)
+    bool weight;     // runs of >= 12 values: the kernel gradient too
   };
   const Case cases[] = {
-      {make_conv2d_geometry(2, 9, 11, 7, 1, 3, 3, 7, 1, 1, 1, 1, 1, 1), true},     // runs of 21
-      {make_conv2d_geometry(1, 8, 13, 1, 1, 3, 3, 1, 1, 1, 1, 1, 1, 1), true},     // runs of 3 (< W)
-      {make_conv2d_geometry(3, 10, 7, 6, 2, 5, 3, 6, 2, 1, 2, 1, 0, 3), true},     // FH != FW, strides 2x1
-      {make_conv2d_geometry(2, 12, 9, 16, 3, 3, 3, 16, 1, 1, 1, 1, 1, 1), true},   // runs of 48
-      {make_conv2d_geometry(2, 7, 8, 33, 4, 3, 3, 33, 2, 2, 3, 1, 2, 0), true},    // 99; rows of bias alone
-      {make_conv2d_geometry(2, 9, 9, 20, 5, 3, 3, 20, 1, 1, 1, 1, 1, 1), false},   // 4 + 1 filters
-      {make_conv2d_geometry(3, 6, 10, 24, 7, 3, 3, 24, 1, 2, 0, 1, 1, 1), false},  // 4 + 3
-      {make_conv2d_geometry(1, 11, 11, 40, 8, 2, 4, 40, 1, 1, 1, 0, 2, 1), false}, // 4 + 4, FW even
-      {make_conv2d_geometry(4, 7, 9, 24, 3, 1, 1, 24, 1, 1, 0, 0, 0, 0), true},    // 1x1
-      {make_conv2d_geometry(5, 17, 19, 9, 2, 3, 3, 9, 1, 1, 1, 1, 1, 1), true}};   // 1615 pixels
+      {make_conv2d_geometry(2, 9, 11, 7, 1, 3, 3, 7, 1, 1, 1, 1, 1, 1), true, true},     // runs of 21
+      {make_conv2d_geometry(1, 8, 13, 1, 1, 3, 3, 1, 1, 1, 1, 1, 1, 1), true, false},    // runs of 3 (< W)
+      {make_conv2d_geometry(3, 10, 7, 6, 2, 5, 3, 6, 2, 1, 2, 1, 0, 3), true, true},     // FH != FW, strides 2x1
+      {make_conv2d_geometry(2, 12, 9, 16, 3, 3, 3, 16, 1, 1, 1, 1, 1, 1), true, true},   // runs of 48
+      {make_conv2d_geometry(2, 7, 8, 33, 4, 3, 3, 33, 2, 2, 3, 1, 2, 0), true, true},    // 99; rows of bias alone
+      {make_conv2d_geometry(2, 9, 9, 20, 5, 3, 3, 20, 1, 1, 1, 1, 1, 1), false, true},   // 4 + 1 filters
+      {make_conv2d_geometry(3, 6, 10, 24, 7, 3, 3, 24, 1, 2, 0, 1, 1, 1), false, true},  // 4 + 3
+      {make_conv2d_geometry(1, 11, 11, 40, 8, 2, 4, 40, 1, 1, 1, 0, 2, 1), false, true}, // 4 + 4, FW even
+      {make_conv2d_geometry(4, 7, 9, 24, 3, 1, 1, 24, 1, 1, 0, 0, 0, 0), true, true},    // 1x1
+      {make_conv2d_geometry(5, 17, 19, 9, 2, 3, 3, 9, 1, 1, 1, 1, 1, 1), true, true},    // 1615 pixels: 7 chunks
+      {make_conv2d_geometry(2, 6, 7, 4, 2, 3, 3, 4, 1, 1, 1, 1, 1, 1), true, true}};     // runs of 12
   set_conv_algorithm(ConvAlgorithm::Direct);  // at AVX2 "auto" runs the 3x3 Q = 5..8 by Winograd
   uint32_t seed = 300;
   for (const Case& c : cases) {
     for (int level = 0; level <= static_cast<int>(nablagrad::cpu_simd_level()); ++level) {
       nablagrad::set_simd_level(static_cast<SimdLevel>(level));
-      CHECK(std::string(conv_kernel_choice<float>(c.g).forward) == "narrow");
-      CHECK((std::string(conv_kernel_choice<double>(c.g).forward) == "narrow") == c.in_double);
+      const ConvKernelChoice f = conv_kernel_choice<float>(c.g), d = conv_kernel_choice<double>(c.g);
+      CHECK(std::string(f.forward) == "narrow");
+      CHECK((std::string(d.forward) == "narrow") == c.in_double);
+      CHECK((std::string(f.backward_weight) == "narrow") == c.weight);
+      CHECK((std::string(d.backward_weight) == "narrow") == (c.weight && c.in_double));
     }
     nablagrad::set_simd_level(nablagrad::cpu_simd_level());
     check_everywhere<double>(c.g, 1e-12, seed++);
     check_everywhere<float>(c.g, 2e-5, seed++);
   }
   // Not narrow: 8 filters on runs of 15 (shorter than a tile's width; the direct kernel
-  // measured 2x faster), 9 float filters, 5 double ones.
+  // measured 2x faster; the kernel gradient is narrow from 12), 9 float filters, 5 double ones;
+  // the kernel gradient of runs of 9 (small-C).
   const auto short_runs = make_conv2d_geometry(2, 16, 16, 3, 8, 5, 5, 3, 1, 1, 2, 2, 2, 2);
   CHECK(std::string(conv_kernel_choice<float>(short_runs).forward) == "direct");
+  CHECK(std::string(conv_kernel_choice<float>(short_runs).backward_weight) == "narrow");
+  check_everywhere<float>(short_runs, 2e-5, 299);
+  CHECK(std::string(conv_kernel_choice<float>(make_conv2d_geometry(2, 8, 8, 3, 4, 3, 3, 3, 1, 1, 1, 1, 1, 1)).backward_weight) == "smallc");
   CHECK(std::string(conv_kernel_choice<float>(make_conv2d_geometry(2, 9, 9, 20, 9, 3, 3, 20, 1, 1, 1, 1, 1, 1)).forward) != "narrow");
   CHECK(std::string(conv_kernel_choice<double>(cases[5].g).forward) != "narrow");
   // NaN in one input value: NaN exactly where the reference has it, at every level.
@@ -898,7 +909,7 @@ int main() {
   RUN_TEST(test_forward_gemm);
   RUN_TEST(test_weight_gradient_product);
   RUN_TEST(test_forward_indirect);
-  RUN_TEST(test_forward_narrow);
+  RUN_TEST(test_narrow);
   RUN_TEST(test_padding_rows_skipped);
   RUN_TEST(test_sweep_double);
   RUN_TEST(test_sweep_float);

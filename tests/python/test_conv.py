@@ -301,9 +301,10 @@ def test_conv_algorithm_for():
     # Strided, channels filling the register tiles: every pass reads its operands in place.
     strided = pick((16, 32, 32, 16), (32, 3, 3, 16), 2, 2, 1, 1, 1, 1)
     assert strided == {"forward": "indirect", "backward_input": "phases_direct", "backward_weight": "direct"}
-    # An image decoder's RGB output: 3 filters run the narrow kernel (vectors along the runs).
+    # An image decoder's RGB output: 3 filters run the narrow kernels (vectors along the runs).
     for dtype in ("float32", "float64"):
-        assert pick((4, 64, 64, 32), (3, 3, 3, 32), 1, 1, 1, 1, 1, 1, dtype)["forward"] == "narrow"
+        rgb = pick((4, 64, 64, 32), (3, 3, 3, 32), 1, 1, 1, 1, 1, 1, dtype)
+        assert rgb["forward"] == "narrow" and rgb["backward_weight"] == "narrow"
     with pytest.raises(ValueError, match="dtype"):
         pick((1, 4, 4, 1), (1, 1, 1, 1), 1, 1, 0, 0, 0, 0, "int64")
     with pytest.raises(ValueError, match="C=2"):
@@ -472,6 +473,8 @@ TORCH_CONV = [  # (N,H,W,C), (Q,FH,FW), stride, padding
     ((2, 6, 6, 32), (48, 1, 1), 1, 0),
     ((2, 9, 9, 16), (24, 1, 1), 2, 0),
     ((2, 12, 12, 3), (16, 5, 5), 1, 2),
+    ((2, 14, 13, 32), (3, 3, 3), 1, 1),   # an RGB output: the narrow kernels
+    ((2, 11, 12, 20), (1, 5, 5), 2, 2),   # one filter, strided
 ]
 
 

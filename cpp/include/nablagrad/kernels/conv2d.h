@@ -10,7 +10,7 @@
 //   backward_input.h   input gradient: phase decomposition; dY.W GEMM + col2im
 //   backward_weight.h  kernel + bias gradient: chunked pixel reduction
 //   small_c.h          few input channels: direct forward, dot-product dX, register-blocked dW
-//   narrow.h           few filters: forward by dot products along each pixel's runs
+//   narrow.h           few filters: forward and kernel gradient with vectors along the runs
 //   select.h           which kernel for which shape, the algorithm setting, and the entry
 //                      points conv2d_forward / conv2d_backward_input / conv2d_backward_weight
 //

@@ -1,6 +1,6 @@
-// nablagrad/kernels/conv2d/narrow.h - the forward pass for outputs of a few filters (an image
-// decoder's RGB or mask output, a bottleneck of 8 channels): dot products along each pixel's
-// runs instead of a register tile across the filters.
+// nablagrad/kernels/conv2d/narrow.h - the forward pass and the kernel gradient for outputs of
+// a few filters (an image decoder's RGB or mask output, a bottleneck of 8 channels): vectors
+// along each pixel's runs instead of a register tile across the filters.
 //
 //   Y[(n,ho,wo), q] = b[q] + sum_{fh} sum_{d < FW*C} X[n, ho*S_h+fh-pt, wo*S_w-pl + d/C, d%C] * W[q, fh, d]
 //
@@ -11,8 +11,9 @@
 // is another, so a block of P pixels x QB filters keeps P*QB vector sums (narrow_kernel.inc),
 // and reduces each to a scalar once at the end. The runs come from the indirect kernel's
 // pointer table (forward.h: in x itself, a zero run for the rows in the top or bottom
-// padding, a zero-padded copy at the left and right borders). Which shapes run it:
-// select.h's select_forward.
+// padding, a zero-padded copy at the left and right borders). The kernel gradient
+// (backward_weight_narrow) is the transpose: the sums of a few filters' kernel rows along the
+// runs, dY broadcast. Which shapes run them: select.h.
 #pragma once
 
 #include <algorithm>
@@ -30,7 +31,7 @@ namespace conv_detail {
 namespace narrow_detail {
 
 // The vector types of narrow_kernel.inc: zero, load, load_n (the first n < W values, the rest
-// zero, nothing read past them), fma, and sum (a fixed order).
+// zero, nothing read past them), bcast, store, fma, and sum (a fixed order).
 template <typename Tp>
 struct NarrowScalar {
   using T = Tp;
@@ -48,6 +49,14 @@ struct NarrowScalar {
     VT r{};
     for (int l = 0; l < n; ++l) r.v[l] = p[l];
     return r;
+  }
+  static VT bcast(const T* p) {
+    VT r;
+    for (int l = 0; l < W; ++l) r.v[l] = *p;
+    return r;
+  }
+  static void store(T* p, VT a) {
+    for (int l = 0; l < W; ++l) p[l] = a.v[l];
   }
   static VT fma(VT a, VT b, VT c) {
     for (int l = 0; l < W; ++l) c.v[l] += a.v[l] * b.v[l];
@@ -69,6 +78,8 @@ struct NarrowAvx2F {
     const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     return _mm256_maskload_ps(p, _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)), lane));
   }
+  NABLAGRAD_NARROW_AVX2 static VT bcast(const T* p) { return _mm256_broadcast_ss(p); }
+  NABLAGRAD_NARROW_AVX2 static void store(T* p, VT v) { _mm256_storeu_ps(p, v); }
   NABLAGRAD_NARROW_AVX2 static VT fma(VT a, VT b, VT c) { return _mm256_fmadd_ps(a, b, c); }
   NABLAGRAD_NARROW_AVX2 static T sum(VT v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -86,6 +97,8 @@ struct NarrowAvx2D {
     const __m256i lane = _mm256_setr_epi64x(0, 1, 2, 3);
     return _mm256_maskload_pd(p, _mm256_cmpgt_epi64(_mm256_set1_epi64x(n), lane));
   }
+  NABLAGRAD_NARROW_AVX2 static VT bcast(const T* p) { return _mm256_broadcast_sd(p); }
+  NABLAGRAD_NARROW_AVX2 static void store(T* p, VT v) { _mm256_storeu_pd(p, v); }
   NABLAGRAD_NARROW_AVX2 static VT fma(VT a, VT b, VT c) { return _mm256_fmadd_pd(a, b, c); }
   NABLAGRAD_NARROW_AVX2 static T sum(VT v) {
     const __m128d s = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
@@ -101,6 +114,8 @@ struct NarrowAvx512F {
   NABLAGRAD_NARROW_AVX512 static VT load_n(const T* p, int64_t n) {
     return _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1u), p);
   }
+  NABLAGRAD_NARROW_AVX512 static VT bcast(const T* p) { return _mm512_set1_ps(*p); }
+  NABLAGRAD_NARROW_AVX512 static void store(T* p, VT v) { _mm512_storeu_ps(p, v); }
   NABLAGRAD_NARROW_AVX512 static VT fma(VT a, VT b, VT c) { return _mm512_fmadd_ps(a, b, c); }
   // Folds of halves, quarters, pairs and neighbours (the maskz forms with every lane set:
   // GCC 12's unmasked shuffles and _mm512_reduce_add_* trip -Wuninitialized on their
@@ -122,6 +137,8 @@ struct NarrowAvx512D {
   NABLAGRAD_NARROW_AVX512 static VT load_n(const T* p, int64_t n) {
     return _mm512_maskz_loadu_pd(static_cast<__mmask8>((1u << n) - 1u), p);
   }
+  NABLAGRAD_NARROW_AVX512 static VT bcast(const T* p) { return _mm512_set1_pd(*p); }
+  NABLAGRAD_NARROW_AVX512 static void store(T* p, VT v) { _mm512_storeu_pd(p, v); }
   NABLAGRAD_NARROW_AVX512 static VT fma(VT a, VT b, VT c) { return _mm512_fmadd_pd(a, b, c); }
   NABLAGRAD_NARROW_AVX512 static T sum(VT v) {  // as NarrowAvx512F::sum
     const __mmask8 all = 0xFF;
@@ -144,7 +161,19 @@ struct NarrowKernels {
   NarrowKernel<T> by_q[5] = {};
 };
 
-// The kernel and its table, once per instruction set (see narrow_kernel.inc).
+template <typename T>
+using NarrowDwKernel = void (*)(int64_t np, const T* const* cols, int64_t off, const T* dy, int64_t ldy, T* out,
+                                int64_t ldo);
+
+/// The kernel gradient's kernels: NV vectors of W values at a time (full), or one (one), for
+/// by_q[n] n <= 4 filters.
+template <typename T>
+struct NarrowDwKernels {
+  int64_t W = 0, NV = 0;
+  NarrowDwKernel<T> full[5] = {}, one[5] = {};
+};
+
+// The kernels and their tables, once per instruction set (see narrow_kernel.inc).
 namespace portable {
 #define NABLAGRAD_NARROW_TARGET
 #include "narrow_kernel.inc"
@@ -217,6 +246,90 @@ void forward_narrow(const narrow_detail::NarrowKernels<T>& nk, const Conv2dGeome
       }
     }
   });
+}
+
+/// The narrow kernel-gradient kernels of `level`: 4 vectors at a time at AVX-512 (4 x 4 sums,
+/// 16 of the 32 registers), 2 at AVX2 and portable.
+template <typename T>
+inline narrow_detail::NarrowDwKernels<T> narrow_dw_kernels(SimdLevel level) {
+#if NABLAGRAD_X86
+  using Z = std::conditional_t<std::is_same<T, float>::value, narrow_detail::NarrowAvx512F, narrow_detail::NarrowAvx512D>;
+  using Y = std::conditional_t<std::is_same<T, float>::value, narrow_detail::NarrowAvx2F, narrow_detail::NarrowAvx2D>;
+  if (level >= SimdLevel::AVX512) return narrow_detail::avx512::narrow_dw_table<Z, 4>();
+  if (level >= SimdLevel::AVX2) return narrow_detail::avx2::narrow_dw_table<Y, 2>();
+#endif
+  (void)level;
+  return narrow_detail::portable::narrow_dw_table<narrow_detail::NarrowScalar<T>, 2>();
+}
+
+/// Kernel (and bias) gradient for a few filters, the transpose of forward_narrow's layout:
+///   dW[q, fh, d] = sum_{pixels p} dY[p, q] * run(p, fh)[d],   d < FW*C,
+/// vectors along the run d (a zero-padded copy of the input holds every run whole), dY
+/// broadcast, the sums in registers over blocks of 256 pixels (narrow_dw_kernel). Fixed chunks
+/// of pixels (a function of the shape only) sum into their own partials, added in chunk
+/// order: the same result for any thread count.
+template <typename T>
+void backward_weight_narrow(const narrow_detail::NarrowDwKernels<T>& nk, const Conv2dGeometry& g, const T* x,
+                            const T* dy, T* dw, T* db) {
+  const int64_t VW = nk.W, NV = nk.NV, FH = g.FH, Q = g.Q, C = g.C;
+  const int64_t len = g.FW * C, lenp = round_up(len, VW), K = FH * len, Kp = FH * lenp, nvec = lenp / VW;
+  const int64_t Hp = g.H + g.pad_top + g.pad_bottom, prow = (g.W + g.pad_left + g.pad_right) * C;
+  // The padded copy, and VW zeros after it for the last run's last vector.
+  Scratch<T> xp(g.N * Hp * prow + VW, "conv2d backward: padded input copy");
+  copy_padded_input(g, x, prow, xp.get());
+  std::fill(xp.get() + g.N * Hp * prow, xp.get() + g.N * Hp * prow + VW, T(0));
+  constexpr int64_t PT = 256;  // pixels per block: one pointer table, the sums' span in registers
+  const int64_t pixels = g.N * g.Ho * g.Wo;
+  const int64_t partial_bytes = std::max<int64_t>(1, Q * Kp * static_cast<int64_t>(sizeof(T)));
+  const int64_t nchunk_target = std::max<int64_t>(1, std::min<int64_t>(16, (int64_t{64} << 20) / partial_bytes));
+  const int64_t chunk = round_up(std::max<int64_t>(1, (pixels + nchunk_target - 1) / nchunk_target), PT);
+  const int64_t nchunks = std::max<int64_t>(1, (pixels + chunk - 1) / chunk);
+  const char* const what_p = "conv2d backward: weight partial sums";
+  const char* const what_b = "conv2d backward: bias partial sums";
+  Scratch<T> partial(checked_product({nchunks, Q, Kp}, what_p), what_p, /*zero=*/pixels == 0);
+  Scratch<T> dbpartial(checked_product({nchunks, Q}, what_b), what_b, /*zero=*/pixels == 0);
+  parallel_chunks(pixels, chunk, [&](int64_t ci, int64_t lo, int64_t hi) {
+    T* P = partial.get() + ci * Q * Kp;  // P[q*Kp + fh*lenp + d]
+    T* dbp = dbpartial.get() + ci * Q;
+    std::fill(P, P + Q * Kp, T(0));
+    std::fill(dbp, dbp + Q, T(0));
+    const T** cols = scratch<const T*, 0>(static_cast<size_t>(PT));
+    for (int64_t p0 = lo; p0 < hi; p0 += PT) {
+      const int64_t np = std::min(PT, hi - p0);
+      int64_t n = p0 / (g.Ho * g.Wo), ho = (p0 / g.Wo) % g.Ho, wo = p0 % g.Wo;
+      for (int64_t i = 0; i < np; ++i) {  // each pixel's run of kernel row 0
+        cols[i] = xp.get() + (n * Hp + ho * g.stride_h) * prow + wo * g.stride_w * C;
+        if (++wo == g.Wo) {
+          wo = 0;
+          if (++ho == g.Ho) {
+            ho = 0;
+            ++n;
+          }
+        }
+      }
+      const T* drows = dy + p0 * Q;
+      sum_rows(drows, np, Q, Q, dbp);
+      for (int64_t fh = 0; fh < FH; ++fh)
+        for (int64_t q0 = 0; q0 < Q; q0 += 4) {
+          const int64_t nq = std::min<int64_t>(4, Q - q0);
+          T* out = P + q0 * Kp + fh * lenp;
+          int64_t v = 0;
+          for (; v + NV <= nvec; v += NV) nk.full[nq](np, cols, fh * prow + v * VW, drows + q0, Q, out + v * VW, Kp);
+          for (; v < nvec; ++v) nk.one[nq](np, cols, fh * prow + v * VW, drows + q0, Q, out + v * VW, Kp);
+        }
+    }
+  });
+  // Partials in chunk order: dW[q, fh*len + d] = sum_c P_c[q*Kp + fh*lenp + d].
+  parallel_for(0, Q * FH, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, len * nchunks)), [&](int64_t lo, int64_t hi) {
+    for (int64_t r = lo; r < hi; ++r) {
+      const int64_t q = r / FH, fh = r % FH;
+      const T* src = partial.get() + q * Kp + fh * lenp;
+      T* dst = dw + q * K + fh * len;
+      std::copy(src, src + len, dst);
+      sum_rows(src + Q * Kp, nchunks - 1, Q * Kp, len, dst);
+    }
+  });
+  if (db) sum_bias_partials(dbpartial.get(), nchunks, Q, db);
 }
 
 }  // namespace conv_detail
