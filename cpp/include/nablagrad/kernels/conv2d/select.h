@@ -208,8 +208,14 @@ inline ForwardKernel select_forward(const Conv2dGeometry& g, const conv_detail::
   // 0.81 -> 0.27, (8,28,28,64->8) 0.47 -> 0.32 (AVX2: Winograd first, 0.30 vs 0.36),
   // (8,56,56,64->4, 1x1) 0.37 -> 0.25 / 0.29 -> 0.27, (4,64,64,3->4) 0.31 -> 0.16,
   // (8,28,28,64->3, S2) 0.136 -> 0.056; double (8,28,28,64->4) 0.58 -> 0.32; portable 1.0-2x.
-  // Not (4,64,64,3->8, 5x5), runs of 15 values: direct 0.16, narrow 0.38.
-  if (g.Q * 2 <= cfg.NR && (g.Q * 4 <= cfg.NR || g.FW * g.C >= cfg.NR)) return ForwardKernel::Narrow;
+  // Not (4,64,64,3->8, 5x5), runs of 15 values: direct 0.16, narrow 0.38. A 1x1 only with
+  // 1-2 filters or C >= 16 Q: the GEMM below reads such short runs better (a vector sum per
+  // 1-2 vectors of run is mostly reduction): (8,56,56,C->Q) narrow vs GEMM, AVX-512 / AVX2:
+  // 16->2 0.105 vs 0.188 / 0.119 vs 0.191, 64->4 0.25 vs 0.34 / 0.24 vs 0.27, 128->8 0.56 vs
+  // 0.68; but 16->4 0.15 vs 0.10 / 0.18 vs 0.09, 32->6 0.26 vs 0.18 / 0.23 vs 0.14.
+  if (g.Q * 2 <= cfg.NR && (g.Q * 4 <= cfg.NR || g.FW * g.C >= cfg.NR) &&
+      (!conv_detail::is_pointwise(g) || g.Q <= 2 || g.C >= 16 * g.Q))
+    return ForwardKernel::Narrow;
   // 1x1 without padding: a plain GEMM (gemm.h), unless the depth C is too short to pay for
   // its packing (first layers), where the direct kernel below reads the input in place.
   if (conv_detail::is_pointwise(g) && g.C >= 8) return ForwardKernel::Pointwise;
@@ -336,8 +342,12 @@ inline BackwardWeightKernel select_backward_weight(const Conv2dGeometry& g,
   // 0.41 / 1.79 -> 0.56, (8,28,28,64->8) 0.47 -> 0.28 / 0.74 -> 0.58, (8,56,56,64->4, 1x1)
   // 0.48 -> 0.31 / 0.54 -> 0.44, (8,14,14,256->4) 1.37 -> 0.19, (4,64,64,4->2) 0.071 ->
   // 0.063; double (8,28,28,64->4) 0.58 -> 0.38 / 0.83 -> 0.72. Not shorter runs: small-C
-  // (4,64,64,3->4), runs of 9, 0.063 vs 0.079.
+  // (4,64,64,3->4), runs of 9, 0.063 vs 0.079. A 1x1 at AVX2 only with 1-2 filters or
+  // Q C <= 256, beyond which the GEMM wins ((8,56,56,C->Q), narrow vs GEMM: 128->4 1.02 vs
+  // 0.94, 64->8 0.58 vs 0.55; but 64->4 0.47 vs 0.55, 32->8 0.29 vs 0.37); at AVX-512 it
+  // lost nowhere (16..128 -> 1..8: 1.25-2.6x).
   if (g.Q * 2 <= cfg.NR && g.FW * g.C >= 12 &&
+      (!conv_detail::is_pointwise(g) || g.Q <= 2 || g.Q * g.C <= 256 || cfg.level >= SimdLevel::AVX512) &&
       conv_detail::padded_copy_is_small(
           g, saturating_add(g.H, saturating_add(g.pad_top, g.pad_bottom)),
           saturating_mul(saturating_add(g.W, saturating_add(g.pad_left, g.pad_right)), g.C)))
