@@ -331,17 +331,23 @@ void test_errors_and_empty() {
   const auto g3264 = make_conv2d_geometry(1, 8, 8, 32, 64, 3, 3, 32, 1, 1, 0, 0, 0, 0);
   // At AVX2 the forward runs Winograd from 8 channels on both sides (the 3 -> 4 above does not).
   const bool avx2 = nablagrad::simd_level() == SimdLevel::AVX2;
-  CHECK(winograd_preferred(g16) == avx2 && winograd_preferred(g16, /*backward_input=*/true));
+  CHECK(winograd_preferred(g16) && winograd_preferred(g16, /*backward_input=*/true));
   CHECK(winograd_preferred(g3264) && winograd_preferred(g3264, true));
-  // The forward's rule at every level other than AVX2: C >= 16 with Q >= 24, or C >= 48 with
-  // Q >= 16 (32 -> 32 and 16 -> 24 by Winograd; 32 -> 16 and 16 -> 16 direct).
+  // The forward's rule at every level other than AVX2: C, Q >= 16, or C >= 64 with Q >= 10
+  // (32 -> 32, 16 -> 24, 32 -> 16, 64 -> 10 by Winograd; 32 -> 12, 15 -> 32, 8 -> 16 not).
   const auto g3232 = make_conv2d_geometry(8, 28, 28, 32, 32, 3, 3, 32, 1, 1, 1, 1, 1, 1);
   const auto g1624 = make_conv2d_geometry(8, 28, 28, 16, 24, 3, 3, 16, 1, 1, 1, 1, 1, 1);
   const auto g4816 = make_conv2d_geometry(8, 28, 28, 48, 16, 3, 3, 48, 1, 1, 1, 1, 1, 1);
   const auto g3216 = make_conv2d_geometry(8, 28, 28, 32, 16, 3, 3, 32, 1, 1, 1, 1, 1, 1);
   const auto g1516 = make_conv2d_geometry(8, 28, 28, 15, 32, 3, 3, 15, 1, 1, 1, 1, 1, 1);
   CHECK(winograd_preferred(g3232) && winograd_preferred(g1624) && winograd_preferred(g4816));
-  CHECK(winograd_preferred(g3216) == avx2 && winograd_preferred(g1516) == avx2);
+  CHECK(winograd_preferred(g3216) && winograd_preferred(g1516) == avx2);
+  const auto g6410 = make_conv2d_geometry(8, 28, 28, 64, 10, 3, 3, 64, 1, 1, 1, 1, 1, 1);
+  const auto g6409 = make_conv2d_geometry(8, 28, 28, 64, 9, 3, 3, 64, 1, 1, 1, 1, 1, 1);
+  const auto g3212 = make_conv2d_geometry(8, 28, 28, 32, 12, 3, 3, 32, 1, 1, 1, 1, 1, 1);
+  const auto g0816 = make_conv2d_geometry(8, 28, 28, 8, 16, 3, 3, 8, 1, 1, 1, 1, 1, 1);
+  CHECK(winograd_preferred(g6410) && winograd_preferred(g6409) == avx2);
+  CHECK(winograd_preferred(g3212) == avx2 && winograd_preferred(g0816) == avx2);
   // Kernel gradient: from 16 channels on both sides and 32 on one (below, the direct kernel
   // is faster; at AVX2 16 on both sides), with at least 4 blocks of tiles to share out.
   CHECK(!winograd_preferred_weight<float>(g3));
@@ -385,7 +391,8 @@ void test_errors_and_empty() {
 
 // The entry points of select.h: "winograd" runs exactly winograd_conv2d_* (bitwise), "direct"
 // never does, "auto" picks Winograd for 3x3 stride 1 with >= 16 channels on both sides (the
-// forward from 32); the kernel gradient too where there are enough tiles.
+// forward also from 64 channels to 10 filters); the kernel gradient too where there are
+// enough tiles.
 void test_algorithm_setting() {
   std::mt19937 rng(21);
   const Data<float> d = make_data<float>({2, 11, 10, 16, 20, 1, 1, 1, 1}, rng);
@@ -424,9 +431,14 @@ void test_algorithm_setting() {
   CHECK(rel_err(y, d.y_ref) <= 1e-5);
   CHECK(rel_err(dx, d.dx_ref) <= 1e-5);
   CHECK(rel_err(dw, d.dw_ref) <= 1e-5);
-  set_conv_algorithm(ConvAlgorithm::Auto);  // 16 -> 20 channels: dX only
-  CHECK(std::string(conv_kernel_choice<float>(d.g).forward) != "winograd");
+  set_conv_algorithm(ConvAlgorithm::Auto);  // 16 -> 20 channels: forward and dX
+  CHECK(std::string(conv_kernel_choice<float>(d.g).forward) == "winograd");
   CHECK(std::string(conv_kernel_choice<float>(d.g).backward_input) == "winograd");
+  // 64 -> 12: the forward only (dX from 16 filters), but at AVX2 (both from 8).
+  const auto g6412 = make_conv2d_geometry(2, 11, 10, 64, 12, 3, 3, 64, 1, 1, 1, 1, 1, 1);
+  CHECK(std::string(conv_kernel_choice<float>(g6412).forward) == "winograd");
+  CHECK((std::string(conv_kernel_choice<float>(g6412).backward_input) == "winograd") ==
+        (nablagrad::simd_level() == SimdLevel::AVX2));
   const auto g3 = make_conv2d_geometry(2, 16, 16, 3, 32, 3, 3, 3, 1, 1, 1, 1, 1, 1);
   CHECK(std::string(conv_kernel_choice<float>(g3).forward) != "winograd");
   CHECK(std::string(conv_kernel_choice<float>(g3).backward_input) != "winograd");

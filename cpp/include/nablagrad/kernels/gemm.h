@@ -645,15 +645,22 @@ inline GemmConfig<T> gemm_config_rows(int64_t rows) {
 
 /// The variant for a product of M rows and N columns: gemm_config(M), unless at AVX-512 a
 /// tile of another width pads N with fewer zero columns: 8 x 3 vectors (48 floats / 24
-/// doubles) or 8 x 2 vectors. The 6 x 64 float tile runs 96 columns as 128 and 48 as 64:
-/// a quarter to a third of its multiply-adds on zeros (the Winograd products of a 48 -> 96
-/// channel convolution). Same KC, so the same bits whichever is chosen.
+/// doubles) or 8 x 2 vectors, and for at most one vector of columns 8 x 1. The 6 x 64 float
+/// tile runs 96 columns as 128 and 48 as 64: a quarter to a third of its multiply-adds on
+/// zeros (the Winograd products of a 48 -> 96 channel convolution); 8 x 2 ran 6-16 columns
+/// as 32. One Xeon, AVX-512, 2 threads (ms, 8 x 2 -> 8 x 1): 25088 x 6 x 32 0.181 -> 0.117,
+/// 25088 x 12 x 64 0.362 -> 0.270, 25088 x 16 x 64 0.354 -> 0.242, 512 x 10 x 784 0.071 ->
+/// 0.046 (16 x 1: 0.126, 0.294, 0.280, 0.047; 24 x 1 spills: 2x slower). Same KC, so the same
+/// bits whichever is chosen.
 template <typename T>
 inline GemmConfig<T> gemm_config_for(int64_t M, int64_t N) {
   const GemmConfig<T> cfg = gemm_config<T>(M);
 #if NABLAGRAD_X86
   if (simd_at_least(SimdLevel::AVX512) && N > 0) {
     constexpr int64_t W = Avx512Vec<T>::kLanes;
+    if (N <= W)  // one vector wide: 8 x 1 vector
+      return {8, W, 128, cfg.KC, (4096 / W - 1) * W, &micro_kernel_avx512<T, 8, 1>,
+              &micro_kernel_avx512_rows<T, 8, 1>, &micro_kernel_avx512_cols<T, 8, 1>};
     auto padded = [N](int64_t nr) { return (N + nr - 1) / nr * nr; };
     const int64_t best = std::min(padded(2 * W), padded(3 * W));  // 4W never pads less than 2W
     if (padded(cfg.NR) == best) return cfg;

@@ -342,12 +342,12 @@ inline BackwardWeightKernel select_backward_weight(const Conv2dGeometry& g,
   // 0.41 / 1.79 -> 0.56, (8,28,28,64->8) 0.47 -> 0.28 / 0.74 -> 0.58, (8,56,56,64->4, 1x1)
   // 0.48 -> 0.31 / 0.54 -> 0.44, (8,14,14,256->4) 1.37 -> 0.19, (4,64,64,4->2) 0.071 ->
   // 0.063; double (8,28,28,64->4) 0.58 -> 0.38 / 0.83 -> 0.72. Not shorter runs: small-C
-  // (4,64,64,3->4), runs of 9, 0.063 vs 0.079. A 1x1 at AVX2 only with 1-2 filters or
-  // Q C <= 256, beyond which the GEMM wins ((8,56,56,C->Q), narrow vs GEMM: 128->4 1.02 vs
-  // 0.94, 64->8 0.58 vs 0.55; but 64->4 0.47 vs 0.55, 32->8 0.29 vs 0.37); at AVX-512 it
-  // lost nowhere (16..128 -> 1..8: 1.25-2.6x).
+  // (4,64,64,3->4), runs of 9, 0.063 vs 0.079. A 1x1 only with 1-2 filters or Q C <= 256
+  // (512 at AVX-512), beyond which the GEMM wins ((8,56,56,C->Q), narrow vs GEMM: AVX2 128->4
+  // 1.02 vs 0.94, 64->8 0.58 vs 0.55; but 64->4 0.47 vs 0.55, 32->8 0.29 vs 0.37; AVX-512
+  // 128->8 0.76 vs 0.67, but 64->8 0.40 vs 0.43, 128->4 0.68 vs 0.70).
   if (g.Q * 2 <= cfg.NR && g.FW * g.C >= 12 &&
-      (!conv_detail::is_pointwise(g) || g.Q <= 2 || g.Q * g.C <= 256 || cfg.level >= SimdLevel::AVX512) &&
+      (!conv_detail::is_pointwise(g) || g.Q <= 2 || g.Q * g.C <= (cfg.level >= SimdLevel::AVX512 ? 512 : 256)) &&
       conv_detail::padded_copy_is_small(
           g, saturating_add(g.H, saturating_add(g.pad_top, g.pad_bottom)),
           saturating_mul(saturating_add(g.W, saturating_add(g.pad_left, g.pad_right)), g.C)))

@@ -692,8 +692,15 @@ void kernel_grad(const Conv2dGeometry& g, const T* x, const T* dy, T* dw) {
 }  // namespace winograd_detail
 
 /// The "auto" rule (measured crossovers against the direct kernels, docs/convolution.md
-/// "Winograd"). 3x3: the forward pass runs Winograd where it applies and C >= 16 with Q >= 24,
-/// or C >= 48 with Q >= 16; the input gradient from C, Q >= 16. Forward, measured at AVX-512,
+/// "Winograd"). 3x3: the forward pass runs Winograd where it applies and C, Q >= 16, or C >= 64
+/// with Q >= 10; the input gradient from C, Q >= 16. Since the GEMMs run up to 16 filters on
+/// gemm.h's 8 x 1-vector tile (not 8 x 2, half padding), at AVX-512, 2 threads (ms, direct ->
+/// Winograd; Winograd before that tile in brackets): 16 -> 16 (16,14,14) 0.070 -> 0.074
+/// [0.113], (8,28,28) 0.117 -> 0.095, (4,56,56) 0.200 -> 0.159 [0.245]; 32 -> 16 0.134 ->
+/// 0.102 [0.150], 0.220 -> 0.150, 0.387 -> 0.285 [0.413]; 32 -> 20 (8,28,28) 0.464 -> 0.272;
+/// 64 -> 12 (16,14,14) 0.273 -> 0.224, (8,28,28) 0.498 -> 0.359 (narrow 0.41); 64 -> 10
+/// (4,56,56) 0.842 -> 0.706; but 32 -> 12 (8,28,28) 0.231 -> 0.248, 8 -> 16 0.063 -> 0.129.
+/// The measurements that set the rule before that tile, forward at AVX-512,
 /// 2 threads, N x H x W of 16x14x14, 8x28x28 and 4x56x56 (ms, direct -> Winograd):
 /// 32 -> 32 0.217 -> 0.173, 0.412 -> 0.276, 0.841 -> 0.440 (and (16,32,32,32->32) 1.08 -> 0.64,
 /// (4,112,112,32->32) 3.2 -> 1.5); 16 -> 24 0.164 -> 0.137, 0.257 -> 0.213, 0.446 -> 0.387;
@@ -726,7 +733,7 @@ inline bool winograd_preferred(const Conv2dGeometry& g, bool backward_input = fa
     return (N >= 32 && K >= 16) || (N >= 24 && K >= 48);
   }
   if (backward_input) return g.C >= 16 && g.Q >= 16;
-  return (g.C >= 16 && g.Q >= 24) || (g.C >= 48 && g.Q >= 16);
+  return (g.C >= 16 && g.Q >= 16) || (g.C >= 64 && g.Q >= 10);
 }
 
 /// Output tile size m of F(m x m, r x r) for an output of Ho x Wo from K input to Nf output
