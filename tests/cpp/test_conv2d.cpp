@@ -566,6 +566,29 @@ void test_forward_indirect() {
   set_conv_algorithm(ConvAlgorithm::Auto);
 }
 
+// NaN in one input value (image 1, row 2, column 3, channel 5; g.N >= 2, C >= 6): the fast
+// forward's NaNs are the reference's, at every SIMD level the CPU has, under the current
+// algorithm setting.
+void check_nan_reaches_its_windows(const Conv2dGeometry& g, uint32_t seed) {
+  std::mt19937 rng(seed);
+  auto x = random_vector<float>(g.N * g.H * g.W * g.C, rng), w = random_vector<float>(g.Q * g.FH * g.FW * g.C, rng),
+       b = random_vector<float>(g.Q, rng);
+  x[static_cast<size_t>((1 * g.H + 2) * g.W + 3) * g.C + 5] = std::nanf("");
+  std::vector<float> ref(static_cast<size_t>(g.N * g.Ho * g.Wo * g.Q)), y(ref.size());
+  conv2d_reference_forward<float>(g, x.data(), w.data(), b.data(), ref.data());
+  size_t nans = 0;
+  for (float v : ref) nans += std::isnan(v) ? 1 : 0;
+  CHECK(nans > 0 && nans < ref.size() / 4);
+  for (int level = 0; level <= static_cast<int>(nablagrad::cpu_simd_level()); ++level) {
+    nablagrad::set_simd_level(static_cast<SimdLevel>(level));
+    conv2d_forward<float>(g, x.data(), w.data(), b.data(), y.data());
+    bool same_nans = true;
+    for (size_t k = 0; k < y.size(); ++k) same_nans = same_nans && (std::isnan(y[k]) == std::isnan(ref[k]));
+    CHECK(same_nans);
+  }
+  nablagrad::set_simd_level(nablagrad::cpu_simd_level());
+}
+
 // The narrow kernels (narrow.h; vectors along each pixel's runs, for 1-8 float / 1-4 double
 // filters), forward and kernel gradient: every row of the forward's table (1, 2, 3 filters;
 // 4 and more in blocks of 4 and a rest of 1-3), runs shorter than a vector and not a
@@ -631,24 +654,7 @@ void test_narrow() {
   CHECK(std::string(conv_kernel_choice<float>(make_conv2d_geometry(2, 9, 9, 20, 9, 3, 3, 20, 1, 1, 1, 1, 1, 1)).forward) != "narrow");
   CHECK(std::string(conv_kernel_choice<double>(cases[5].g).forward) != "narrow");
   // NaN in one input value: NaN exactly where the reference has it, at every level.
-  const Conv2dGeometry& g = cases[6].g;
-  std::mt19937 rng(91);
-  auto x = random_vector<float>(g.N * g.H * g.W * g.C, rng), w = random_vector<float>(g.Q * g.FH * g.FW * g.C, rng),
-       b = random_vector<float>(g.Q, rng);
-  x[static_cast<size_t>((1 * g.H + 2) * g.W + 3) * g.C + 5] = std::nanf("");
-  std::vector<float> ref(static_cast<size_t>(g.N * g.Ho * g.Wo * g.Q)), y(ref.size());
-  conv2d_reference_forward<float>(g, x.data(), w.data(), b.data(), ref.data());
-  size_t nans = 0;
-  for (float v : ref) nans += std::isnan(v) ? 1 : 0;
-  CHECK(nans > 0 && nans < ref.size() / 4);
-  for (int level = 0; level <= static_cast<int>(nablagrad::cpu_simd_level()); ++level) {
-    nablagrad::set_simd_level(static_cast<SimdLevel>(level));
-    conv2d_forward<float>(g, x.data(), w.data(), b.data(), y.data());
-    bool same_nans = true;
-    for (size_t k = 0; k < y.size(); ++k) same_nans = same_nans && (std::isnan(y[k]) == std::isnan(ref[k]));
-    CHECK(same_nans);
-  }
-  nablagrad::set_simd_level(nablagrad::cpu_simd_level());
+  check_nan_reaches_its_windows(cases[6].g, 91);
   set_conv_algorithm(ConvAlgorithm::Auto);
 }
 
@@ -676,25 +682,11 @@ void test_padding_rows_skipped() {
   // NaN in one input pixel: the fast forward's NaNs are the reference's, at every level, by
   // the direct kernel and by Winograd F(2x2,5x5) ("auto": its transforms add no term with a
   // zero coefficient, so a tile's NaN reaches only the outputs whose windows hold it).
-  const Conv2dGeometry g = shapes[1];
-  std::mt19937 rng(90);
-  auto x = random_vector<float>(g.N * g.H * g.W * g.C, rng), w = random_vector<float>(g.Q * g.FH * g.FW * g.C, rng),
-       b = random_vector<float>(g.Q, rng);
-  x[static_cast<size_t>((1 * g.H + 2) * g.W + 3) * g.C + 5] = std::nanf("");
-  std::vector<float> ref(static_cast<size_t>(g.N * g.Ho * g.Wo * g.Q)), y(ref.size());
-  conv2d_reference_forward<float>(g, x.data(), w.data(), b.data(), ref.data());
   for (ConvAlgorithm a : {ConvAlgorithm::Direct, ConvAlgorithm::Auto}) {
     set_conv_algorithm(a);
-    CHECK(std::string(conv_kernel_choice<float>(g).forward) == (a == ConvAlgorithm::Auto ? "winograd" : "direct"));
-    for (int level = 0; level <= static_cast<int>(nablagrad::cpu_simd_level()); ++level) {
-      nablagrad::set_simd_level(static_cast<SimdLevel>(level));
-      conv2d_forward<float>(g, x.data(), w.data(), b.data(), y.data());
-      bool same_nans = true;
-      for (size_t k = 0; k < y.size(); ++k) same_nans = same_nans && (std::isnan(y[k]) == std::isnan(ref[k]));
-      CHECK(same_nans);
-    }
+    CHECK(std::string(conv_kernel_choice<float>(shapes[1]).forward) == (a == ConvAlgorithm::Auto ? "winograd" : "direct"));
+    check_nan_reaches_its_windows(shapes[1], 90);
   }
-  nablagrad::set_simd_level(nablagrad::cpu_simd_level());
 }
 
 // The strided input gradient by phases read in place from a padded dY (phases_direct):

@@ -146,22 +146,14 @@ void backward_weight_direct(const ConvKernels<T>& cfg, const Conv2dGeometry& g, 
     T* dyp = packed ? nullptr : scratch<T, 1>(static_cast<size_t>(panels * PT * NR));
     for (int64_t p0 = lo; p0 < hi; p0 += PT) {
       const int64_t np = std::min(PT, hi - p0);
-      int64_t n = p0 / (g.Ho * g.Wo), ho = (p0 / g.Wo) % g.Ho, wo = p0 % g.Wo;
+      const int64_t n = p0 / (g.Ho * g.Wo), ho = (p0 / g.Wo) % g.Ho;
       // by_rows: the block is one output row, read through its padded input row; else each
       // pixel's run of kernel row 0 (and fh rows down) goes into the pointer table.
       const T* row = by_rows ? xp.get() + (n * Hp + ho * g.stride_h) * prow : nullptr;
       if (!by_rows)
-        for (int64_t i = 0; i < np; ++i) {
-          const T* run = xp.get() + (n * Hp + ho * g.stride_h) * prow + wo * g.stride_w * C;
+        for_each_window(g, xp.get(), Hp, prow, p0, np, [&](int64_t i, const T* run) {
           for (int64_t fh = 0; fh < FH; ++fh) cols[fh * PT + i] = run + fh * prow;
-          if (++wo == g.Wo) {
-            wo = 0;
-            if (++ho == g.Ho) {
-              ho = 0;
-              ++n;
-            }
-          }
-        }
+        });
       const T* drows = dy + p0 * Q;
       sum_rows(drows, np, Q, Q, dbp);
       if (!packed)  // NR-wide panels of the block's dY, zeros past Q

@@ -348,6 +348,25 @@ inline bool padded_copy_is_small(const Conv2dGeometry& g, int64_t rows, int64_t 
   return elems <= saturating_add(saturating_mul(4, saturating_add(input, output)), int64_t{1} << 22);
 }
 
+/// Calls f(i, window) for the np output pixels from flat pixel p0 (n, ho, wo order), window =
+/// the first of pixel i's values in the zero-padded copy xp (Hp rows of prow values per
+/// image, copy_padded_input): its kernel row fh starts fh * prow further on.
+template <typename T, typename F>
+inline void for_each_window(const Conv2dGeometry& g, const T* xp, int64_t Hp, int64_t prow, int64_t p0, int64_t np,
+                            const F& f) {
+  int64_t n = p0 / (g.Ho * g.Wo), ho = (p0 / g.Wo) % g.Ho, wo = p0 % g.Wo;
+  for (int64_t i = 0; i < np; ++i) {
+    f(i, xp + (n * Hp + ho * g.stride_h) * prow + wo * g.stride_w * g.C);
+    if (++wo == g.Wo) {
+      wo = 0;
+      if (++ho == g.Ho) {
+        ho = 0;
+        ++n;
+      }
+    }
+  }
+}
+
 // Zero-padded copy of the input for those paths: row r = (n, ih + pad_top) of the N*Hp rows
 // holds prow >= (pad_left + W + pad_right)*C values, pad_left*C zeros, input row ih (zeros
 // above and below the input), then zeros to prow. copy_padded_row writes row r into dst

@@ -296,17 +296,7 @@ void backward_weight_narrow(const narrow_detail::NarrowDwKernels<T>& nk, const C
     const T** cols = scratch<const T*, 0>(static_cast<size_t>(PT));
     for (int64_t p0 = lo; p0 < hi; p0 += PT) {
       const int64_t np = std::min(PT, hi - p0);
-      int64_t n = p0 / (g.Ho * g.Wo), ho = (p0 / g.Wo) % g.Ho, wo = p0 % g.Wo;
-      for (int64_t i = 0; i < np; ++i) {  // each pixel's run of kernel row 0
-        cols[i] = xp.get() + (n * Hp + ho * g.stride_h) * prow + wo * g.stride_w * C;
-        if (++wo == g.Wo) {
-          wo = 0;
-          if (++ho == g.Ho) {
-            ho = 0;
-            ++n;
-          }
-        }
-      }
+      for_each_window(g, xp.get(), Hp, prow, p0, np, [&](int64_t i, const T* run) { cols[i] = run; });
       const T* drows = dy + p0 * Q;
       sum_rows(drows, np, Q, Q, dbp);
       for (int64_t fh = 0; fh < FH; ++fh)
