@@ -612,7 +612,7 @@ void test_narrow() {
       {make_conv2d_geometry(2, 9, 9, 20, 5, 3, 3, 20, 1, 1, 1, 1, 1, 1), false, true},   // 4 + 1 filters
       {make_conv2d_geometry(3, 6, 10, 24, 7, 3, 3, 24, 1, 2, 0, 1, 1, 1), false, true},  // 4 + 3
       {make_conv2d_geometry(1, 11, 11, 40, 8, 2, 4, 40, 1, 1, 1, 0, 2, 1), false, true}, // 4 + 4, FW even
-      {make_conv2d_geometry(4, 7, 9, 48, 3, 1, 1, 48, 1, 1, 0, 0, 0, 0), true, true},    // 1x1, C >= 16 Q
+      {make_conv2d_geometry(4, 7, 9, 24, 2, 1, 1, 24, 1, 1, 0, 0, 0, 0), true, true},    // 1x1, 2 filters
       {make_conv2d_geometry(5, 17, 19, 9, 2, 3, 3, 9, 1, 1, 1, 1, 1, 1), true, true},    // 1615 pixels: 7 chunks
       {make_conv2d_geometry(2, 6, 7, 4, 2, 3, 3, 4, 1, 1, 1, 1, 1, 1), true, true}};     // runs of 12
   set_conv_algorithm(ConvAlgorithm::Direct);  // at AVX2 "auto" runs the 3x3 Q = 5..8 by Winograd
@@ -638,16 +638,19 @@ void test_narrow() {
   CHECK(std::string(conv_kernel_choice<float>(short_runs).backward_weight) == "narrow");
   check_everywhere<float>(short_runs, 2e-5, 299);
   CHECK(std::string(conv_kernel_choice<float>(make_conv2d_geometry(2, 8, 8, 3, 4, 3, 3, 3, 1, 1, 1, 1, 1, 1)).backward_weight) == "smallc");
-  // A 1x1 with short runs keeps the GEMM forward; its kernel gradient too at AVX2 past Q C = 256.
+  // A 1x1 with short runs (C < 32 Q) keeps the GEMM forward; its kernel gradient past Q C = 512
+  // at AVX-512, 64 below.
   const auto pw = make_conv2d_geometry(2, 8, 8, 32, 4, 1, 1, 32, 1, 1, 0, 0, 0, 0);
   const auto pw_wide = make_conv2d_geometry(2, 8, 8, 128, 4, 1, 1, 128, 1, 1, 0, 0, 0, 0);
+  const auto pw_small = make_conv2d_geometry(2, 8, 8, 16, 4, 1, 1, 16, 1, 1, 0, 0, 0, 0);
   for (int level = 0; level <= static_cast<int>(nablagrad::cpu_simd_level()); ++level) {
     nablagrad::set_simd_level(static_cast<SimdLevel>(level));
+    const bool avx512 = level >= static_cast<int>(SimdLevel::AVX512);
     CHECK(std::string(conv_kernel_choice<float>(pw).forward) == "1x1_gemm");
-    CHECK(std::string(conv_kernel_choice<float>(pw).backward_weight) == "narrow");
+    CHECK(std::string(conv_kernel_choice<float>(pw).backward_weight) == (avx512 ? "narrow" : "1x1_gemm"));
     CHECK(std::string(conv_kernel_choice<float>(pw_wide).forward) == "narrow");
-    CHECK(std::string(conv_kernel_choice<float>(pw_wide).backward_weight) ==
-          (level >= static_cast<int>(SimdLevel::AVX512) ? "narrow" : "1x1_gemm"));
+    CHECK(std::string(conv_kernel_choice<float>(pw_wide).backward_weight) == (avx512 ? "narrow" : "1x1_gemm"));
+    CHECK(std::string(conv_kernel_choice<float>(pw_small).backward_weight) == "narrow");
   }
   nablagrad::set_simd_level(nablagrad::cpu_simd_level());
   check_everywhere<float>(pw_wide, 2e-5, 298);

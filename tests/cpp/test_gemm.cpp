@@ -203,12 +203,13 @@ void test_large_shapes() {
   for (const Shape& s : double_shapes) check_shape<double>(s, rng);
 }
 
-// Edges of the AVX-512 tiles (6x64 / 8x32 float, 6x32 / 8x16 double) and of the row count
+// Edges of the AVX-512 tiles (6x64 / 8x32 float, 6x32 / 8x16 double, 8 x 1 vector up to one
+// vector of columns; at AVX2 8 x 1 vector up to 8 floats / 4 doubles) and of the row count
 // (48) where gemm_config() switches between them, at every level.
 void test_wide_tile_edges() {
   std::mt19937 rng(5);
   for (int64_t m : {7, 8, 9, 47, 48, 49})
-    for (int64_t n : {31, 32, 33, 63, 64, 65, 129})
+    for (int64_t n : {3, 4, 5, 8, 9, 16, 17, 31, 32, 33, 63, 64, 65, 129})
       for (int64_t k : {1, 9, 300}) {
         check_shape<float>({m, n, k}, rng);
         if (k != 300) check_shape<double>({m, n, k}, rng);
@@ -243,8 +244,9 @@ void check_row_count_independence() {
   }
 }
 
-// gemm_config_for() also picks the tile by the column count (at AVX-512: 8 x 3 vectors for
-// 48 or 96 columns, 8 x 2 for 10 or 160, 6 x 4 for 64 or 100): the first n columns of a
+// gemm_config_for() also picks the tile by the column count (at AVX-512: 8 x 1 vector for up
+// to 16 columns, 8 x 3 vectors for 48 or 96, 8 x 2 for 24 or 160, 6 x 4 for 64 or 100; at
+// AVX2 8 x 1 vector for up to 8 floats / 4 doubles): the first n columns of a
 // 192-column product (6 x 4-vector tile) equal the n-column product bitwise, for row counts on
 // both sides of the small-M tile's limit, at every level and thread count.
 template <typename T>
@@ -262,7 +264,7 @@ void check_column_count_independence() {
         nablagrad::set_num_threads(threads);
         std::vector<T> wide(static_cast<size_t>(M * Nw));
         gemm<T>(M, Nw, K, a.data(), K, 1, b.data(), Nw, 1, wide.data(), Nw, false);
-        for (int64_t n : {10, 24, 48, 96, 100, 160}) {
+        for (int64_t n : {3, 8, 10, 16, 24, 48, 96, 100, 160}) {
           std::vector<T> part(static_cast<size_t>(M * n));
           gemm<T>(M, n, K, a.data(), K, 1, b.data(), Nw, 1, part.data(), n, false);
           bool same = true;
@@ -298,7 +300,7 @@ template <typename T>
 void check_a_layout_independence() {
   std::mt19937 rng(8);
   std::uniform_real_distribution<double> dist(-1.0, 1.0);
-  const Shape shapes[] = {{301, 77, 600}, {47, 65, 257}, {13, 129, 5}, {150, 64, 256}};
+  const Shape shapes[] = {{301, 77, 600}, {47, 65, 257}, {13, 129, 5}, {150, 64, 256}, {301, 5, 600}, {47, 12, 257}};
   for (const Shape& s : shapes) {
     const int64_t M = s.M, N = s.N, K = s.K, lda = K + 3, ldc_a = M + 5;
     std::vector<T> a_rows(static_cast<size_t>(M * lda)), a_cols(static_cast<size_t>(K * ldc_a), T(1e30)),
@@ -347,7 +349,8 @@ template <typename T>
 void check_bias() {
   std::mt19937 rng(11);
   std::uniform_real_distribution<double> dist(-1.0, 1.0);
-  const Shape shapes[] = {{301, 77, 600}, {47, 65, 257}, {13, 129, 5}, {150, 64, 256}, {3, 4, 2}, {9, 70, 0}};
+  const Shape shapes[] = {{301, 77, 600}, {47, 65, 257}, {13, 129, 5}, {150, 64, 256}, {3, 4, 2}, {9, 70, 0},
+                          {301, 6, 600}, {47, 16, 257}, {150, 8, 256}, {33, 4, 300}};  // 1-vector tiles, whole and partial
   for (const Shape& s : shapes) {
     const int64_t M = s.M, N = s.N, K = s.K, ldc = N + 2;
     std::vector<T> a(static_cast<size_t>(M * K + 1)), b(static_cast<size_t>(K * N + 1)), bias(static_cast<size_t>(N));

@@ -565,6 +565,48 @@ __attribute__((target("avx2,fma"), flatten)) inline void micro_kernel_avx2_in_pl
   }
 }
 
+
+/// AVX2 + FMA tile of MR rows x one vector (8 floats / 4 doubles), A packed or read in place
+/// (AMode): the tile for products at most one vector wide (gemm_config_for), which the 6 x 2
+/// vector tile runs at most half full. Same FMA chain per element as the other tiles.
+template <typename T, int MR, AMode Mode>
+__attribute__((target("avx2,fma"), flatten)) inline void micro_kernel_avx2_one_vector(
+    int64_t kc, const T* Ap, int64_t lda, const T* Bp, T* C, int64_t ldc, bool add, const T* bias) {
+  using X = Avx2Vec<T>;
+  using V = typename X::VT;
+  constexpr bool kRows = Mode == AMode::Rows;
+  const int64_t a_step = Mode == AMode::Cols ? lda : MR;
+  const T* rows[MR];
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i) rows[i] = Ap + (kRows ? i * lda : 0);
+  V acc[MR];
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i) acc[i] = X::zero();
+#pragma GCC unroll 2
+  for (int64_t k = 0; k < kc; ++k) {
+    const V b = X::load(Bp);
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) acc[i] = X::fma(kRows ? X::bcast(rows[i] + k) : X::bcast(Ap + i), b, acc[i]);
+    if (!kRows) Ap += a_step;
+    Bp += X::W;
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i) {
+    T* c = C + i * ldc;
+    V r = acc[i];
+    if (add)
+      r = X::add(X::load(c), r);
+    else if (bias)
+      r = X::add(X::load(bias), r);
+    X::store(c, r);
+  }
+}
+template <typename T, int MR>
+inline void micro_kernel_avx2_one_vector_packed(int64_t kc, const T* Ap, const T* Bp, T* C, int64_t ldc, bool add,
+                                                const T* bias) {
+  micro_kernel_avx2_one_vector<T, MR, AMode::Packed>(kc, Ap, 0, Bp, C, ldc, add, bias);
+}
+
 #endif  // NABLAGRAD_X86
 
 /// The variant to run for T at the current simd_level(), for a product with M rows
@@ -650,8 +692,10 @@ inline GemmConfig<T> gemm_config_rows(int64_t rows) {
 /// zeros (the Winograd products of a 48 -> 96 channel convolution); 8 x 2 ran 6-16 columns
 /// as 32. One Xeon, AVX-512, 2 threads (ms, 8 x 2 -> 8 x 1): 25088 x 6 x 32 0.181 -> 0.117,
 /// 25088 x 12 x 64 0.362 -> 0.270, 25088 x 16 x 64 0.354 -> 0.242, 512 x 10 x 784 0.071 ->
-/// 0.046 (16 x 1: 0.126, 0.294, 0.280, 0.047; 24 x 1 spills: 2x slower). Same KC, so the same
-/// bits whichever is chosen.
+/// 0.046 (16 x 1: 0.126, 0.294, 0.280, 0.047; 24 x 1 spills: 2x slower). At AVX2 likewise an
+/// 8 x 1-vector tile for at most 8 floats / 4 doubles (the 6 x 2-vector one ran them at most
+/// half full): 25088 x 6 x 32 0.155 -> 0.118, 25088 x 8 x 64 0.286 -> 0.216, 512 x 8 x 784
+/// 0.066 -> 0.038 (12 x 1 about the same). Same KC, so the same bits whichever is chosen.
 template <typename T>
 inline GemmConfig<T> gemm_config_for(int64_t M, int64_t N) {
   const GemmConfig<T> cfg = gemm_config<T>(M);
@@ -668,6 +712,11 @@ inline GemmConfig<T> gemm_config_for(int64_t M, int64_t N) {
       return {8, 3 * W, 128, cfg.KC, (4096 / (3 * W)) * 3 * W, &micro_kernel_avx512<T, 8, 3>,
               &micro_kernel_avx512_rows<T, 8, 3>, &micro_kernel_avx512_cols<T, 8, 3>};
     return gemm_config<T>(0);  // the 8 x 2-vector tile
+  }
+  if (simd_level() == SimdLevel::AVX2 && N > 0 && N <= Avx2Vec<T>::W) {  // 8 x 1 vector
+    constexpr int64_t W = Avx2Vec<T>::W;
+    return {8, W, 144, cfg.KC, (4096 / W - 1) * W, &micro_kernel_avx2_one_vector_packed<T, 8>,
+            &micro_kernel_avx2_one_vector<T, 8, AMode::Rows>, &micro_kernel_avx2_one_vector<T, 8, AMode::Cols>};
   }
 #endif
   (void)N;

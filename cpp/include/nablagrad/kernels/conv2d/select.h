@@ -209,12 +209,13 @@ inline ForwardKernel select_forward(const Conv2dGeometry& g, const conv_detail::
   // (8,56,56,64->4, 1x1) 0.37 -> 0.25 / 0.29 -> 0.27, (4,64,64,3->4) 0.31 -> 0.16,
   // (8,28,28,64->3, S2) 0.136 -> 0.056; double (8,28,28,64->4) 0.58 -> 0.32; portable 1.0-2x.
   // Not (4,64,64,3->8, 5x5), runs of 15 values: direct 0.16, narrow 0.38. A 1x1 only with
-  // 1-2 filters or C >= 16 Q: the GEMM below reads such short runs better (a vector sum per
-  // 1-2 vectors of run is mostly reduction): (8,56,56,C->Q) narrow vs GEMM, AVX-512 / AVX2:
-  // 16->2 0.105 vs 0.188 / 0.119 vs 0.191, 64->4 0.25 vs 0.34 / 0.24 vs 0.27, 128->8 0.56 vs
-  // 0.68; but 16->4 0.15 vs 0.10 / 0.18 vs 0.09, 32->6 0.26 vs 0.18 / 0.23 vs 0.14.
+  // 1-2 filters or C >= 32 Q: the GEMM below (on its 8 x 1-vector tiles) reads such short
+  // runs better (a vector sum per few vectors of run is mostly reduction). (8,56,56,C->Q)
+  // narrow vs GEMM, AVX-512 / AVX2: 16->1 0.09 vs 0.15 / 0.11 vs 0.14, 64->2 0.22 vs 0.25 /
+  // 0.20 vs 0.23, 128->4 0.38 vs 0.44 / 0.37 vs 0.40; but 64->4 0.27 vs 0.25 / 0.26 vs 0.23,
+  // 128->8 0.52 vs 0.45 / 0.56 vs 0.39, 16->4 0.17 vs 0.08 / 0.17 vs 0.07.
   if (g.Q * 2 <= cfg.NR && (g.Q * 4 <= cfg.NR || g.FW * g.C >= cfg.NR) &&
-      (!conv_detail::is_pointwise(g) || g.Q <= 2 || g.C >= 16 * g.Q))
+      (!conv_detail::is_pointwise(g) || g.Q <= 2 || g.C >= 32 * g.Q))
     return ForwardKernel::Narrow;
   // 1x1 without padding: a plain GEMM (gemm.h), unless the depth C is too short to pay for
   // its packing (first layers), where the direct kernel below reads the input in place.
@@ -342,12 +343,13 @@ inline BackwardWeightKernel select_backward_weight(const Conv2dGeometry& g,
   // 0.41 / 1.79 -> 0.56, (8,28,28,64->8) 0.47 -> 0.28 / 0.74 -> 0.58, (8,56,56,64->4, 1x1)
   // 0.48 -> 0.31 / 0.54 -> 0.44, (8,14,14,256->4) 1.37 -> 0.19, (4,64,64,4->2) 0.071 ->
   // 0.063; double (8,28,28,64->4) 0.58 -> 0.38 / 0.83 -> 0.72. Not shorter runs: small-C
-  // (4,64,64,3->4), runs of 9, 0.063 vs 0.079. A 1x1 only with 1-2 filters or Q C <= 256
-  // (512 at AVX-512), beyond which the GEMM wins ((8,56,56,C->Q), narrow vs GEMM: AVX2 128->4
-  // 1.02 vs 0.94, 64->8 0.58 vs 0.55; but 64->4 0.47 vs 0.55, 32->8 0.29 vs 0.37; AVX-512
-  // 128->8 0.76 vs 0.67, but 64->8 0.40 vs 0.43, 128->4 0.68 vs 0.70).
+  // (4,64,64,3->4), runs of 9, 0.063 vs 0.079. A 1x1 only with 1-2 filters or Q C <= 512 at
+  // AVX-512, 64 below, beyond which the GEMM (its 8 x 1-vector tiles) wins ((8,56,56,C->Q),
+  // narrow vs GEMM: AVX-512 128->8 0.76 vs 0.67, but 64->8 0.40 vs 0.43, 128->4 0.68 vs 0.70;
+  // AVX2 16->4 0.12 vs 0.14, 32->2 0.24 vs 0.26, but 32->4 0.250 vs 0.251, 16->8 0.15 vs 0.13,
+  // 64->4 0.48 vs 0.45).
   if (g.Q * 2 <= cfg.NR && g.FW * g.C >= 12 &&
-      (!conv_detail::is_pointwise(g) || g.Q <= 2 || g.Q * g.C <= (cfg.level >= SimdLevel::AVX512 ? 512 : 256)) &&
+      (!conv_detail::is_pointwise(g) || g.Q <= 2 || g.Q * g.C <= (cfg.level >= SimdLevel::AVX512 ? 512 : 64)) &&
       conv_detail::padded_copy_is_small(
           g, saturating_add(g.H, saturating_add(g.pad_top, g.pad_bottom)),
           saturating_mul(saturating_add(g.W, saturating_add(g.pad_left, g.pad_right)), g.C)))
