@@ -565,7 +565,6 @@ __attribute__((target("avx2,fma"), flatten)) inline void micro_kernel_avx2_in_pl
   }
 }
 
-
 /// AVX2 + FMA tile of MR rows x one vector (8 floats / 4 doubles), A packed or read in place
 /// (AMode): the tile for products at most one vector wide (gemm_config_for), which the 6 x 2
 /// vector tile runs at most half full. Same FMA chain per element as the other tiles.

@@ -336,6 +336,11 @@ inline BackwardWeightKernel select_backward_weight(const Conv2dGeometry& g,
   // [WINOGRAD] 3x3 or 5x5, stride 1: the adjoint of the forward's Winograd F(m x m, r x r) when forced,
   // or for Auto with enough channels (winograd_preferred_weight; measured crossover).
   if (use_winograd_weight<T>(g)) return BackwardWeightKernel::Winograd;
+  // Narrow, Direct and SmallC read a zero-padded copy of the input; only where it is about the
+  // input's size. (Sizes saturate: a huge padding makes the copy "not small", never an overflow.)
+  const bool padded_copy_small = conv_detail::padded_copy_is_small(
+      g, saturating_add(g.H, saturating_add(g.pad_top, g.pad_bottom)),
+      saturating_mul(saturating_add(g.W, saturating_add(g.pad_left, g.pad_right)), g.C));
   // Few filters (at most half the tile's width, as the narrow forward) and kernel-row runs of
   // at least 12 values: backward_weight_narrow (narrow.h), vectors along the runs of a padded
   // copy, dY broadcast. Measured against the kernel chosen before (2 threads, Xeon, ms,
@@ -350,9 +355,7 @@ inline BackwardWeightKernel select_backward_weight(const Conv2dGeometry& g,
   // 64->4 0.48 vs 0.45).
   if (g.Q * 2 <= cfg.NR && g.FW * g.C >= 12 &&
       (!conv_detail::is_pointwise(g) || g.Q <= 2 || g.Q * g.C <= (cfg.level >= SimdLevel::AVX512 ? 512 : 64)) &&
-      conv_detail::padded_copy_is_small(
-          g, saturating_add(g.H, saturating_add(g.pad_top, g.pad_bottom)),
-          saturating_mul(saturating_add(g.W, saturating_add(g.pad_left, g.pad_right)), g.C)))
+      padded_copy_small)
     return BackwardWeightKernel::Narrow;
   // 1x1 without padding: dW = dY^T X, a plain GEMM.
   if (conv_detail::is_pointwise(g) && g.C > 4) return BackwardWeightKernel::Pointwise;
@@ -368,7 +371,6 @@ inline BackwardWeightKernel select_backward_weight(const Conv2dGeometry& g,
   //   (8,64,64,3->32, 7x7 S2)  smallc 0.50 -> 0.24  (AVX2: equal)
   //   (8,28,28,128->256, S2)  5.0 -> 3.7-3.9;  (16,32,32,32->64, S2) 0.50-0.70 -> 0.46-0.50
   //   1 thread: (8,56,56,64->64) 10.9 -> 10.1, (32,16,16,48->96, unpadded) 2.86 -> 2.73
-  // (Sizes saturate: a huge padding makes the copy "not small", never an overflow.)
   // But from 128 channels over at most 4096 pixels, im2col + gemm() first: the direct kernel's
   // ~16 partial sums of the whole kernel cost more than its reads in place save when the sum
   // over pixels is short (AVX-512, 2 threads, ms, direct -> im2col_gemm): (1,28,28,128->128)
@@ -382,16 +384,11 @@ inline BackwardWeightKernel select_backward_weight(const Conv2dGeometry& g,
   if (g.C >= 128 && saturating_mul(g.N, saturating_mul(g.Ho, g.Wo)) <= 4096 && (g.FH * g.FW <= 9 || g.Q >= g.C))
     return BackwardWeightKernel::Im2colGemm;
   const int64_t len = g.FW * g.C;  // a kernel row: fits, the kernel is allocated
-  if (conv_detail::direct_dw_rows(cfg, len) * 4 <= len * 5 &&
-      conv_detail::padded_copy_is_small(
-          g, saturating_add(g.H, saturating_add(g.pad_top, g.pad_bottom)),
-          saturating_mul(saturating_add(g.W, saturating_add(g.pad_left, g.pad_right)), g.C)))
+  if (conv_detail::direct_dw_rows(cfg, len) * 4 <= len * 5 && padded_copy_small)
     return BackwardWeightKernel::Direct;
   // Few input channels: register accumulators straight from a zero-padded copy of the input,
   // when that copy is about the input's size.
-  if (g.C <= 4 && g.N * g.Ho > 0 &&
-      conv_detail::padded_copy_is_small(g, g.H + g.pad_top + g.pad_bottom,
-                                        (g.W + g.pad_left + g.pad_right) * g.C))
+  if (g.C <= 4 && g.N * g.Ho > 0 && padded_copy_small)
     return BackwardWeightKernel::SmallC;
   return BackwardWeightKernel::Gemm;
 }
