@@ -38,12 +38,9 @@ void backward_weight_gemm(const ConvKernels<T>& cfg, const Conv2dGeometry& g, co
   // Pixel sub-tile: the im2col tile (PT x Kpad) stays in L2.
   int64_t PT = (160 * 1024) / (Kpad * static_cast<int64_t>(sizeof(T)));
   PT = std::max<int64_t>(16, std::min<int64_t>(256, PT / 16 * 16));
-  // Fixed chunking: about 16 chunks, a whole number of sub-tiles each, partials capped ~64 MiB.
-  int64_t nchunk_target = 16;
-  const int64_t partial_bytes = Kpad * ldq * static_cast<int64_t>(sizeof(T));
-  nchunk_target = std::max<int64_t>(1, std::min<int64_t>(nchunk_target, (64 << 20) / partial_bytes));
-  const int64_t chunk = std::max<int64_t>(PT, round_up((pixels + nchunk_target - 1) / nchunk_target, PT));
-  const int64_t nchunks = std::max<int64_t>(1, (pixels + chunk - 1) / chunk);
+  // Fixed chunks of whole sub-tiles (dw_pixel_chunks).
+  const PixelChunks chunks = dw_pixel_chunks(pixels, PT, Kpad * ldq * static_cast<int64_t>(sizeof(T)));
+  const int64_t chunk = chunks.size, nchunks = chunks.count;
   const char* const what_p = "conv2d backward: weight partial sums";
   const char* const what_b = "conv2d backward: bias partial sums";
   Scratch<T> partial_buf(checked_product({nchunks, Kpad, ldq}, what_p), what_p, true);
@@ -118,17 +115,14 @@ void backward_weight_direct(const ConvKernels<T>& cfg, const Conv2dGeometry& g, 
   // kernel there, which loads a pointer per step), or at stride 1 with a tile that has them
   // and rows of >= 16 pixels, per output row through the kernels that broadcast each input
   // value once (dw_s1_kernel_avx512, in balanced blocks of <= cb channels); else 256 pixels
-  // across rows through the column kernel. Fixed chunks of whole blocks: about 16, fewer when
-  // the partials would pass ~64 MiB.
+  // across rows through the column kernel. Fixed chunks of whole blocks (dw_pixel_chunks).
   const DwS1Kernels<T> s1 = g.stride_w == 1 && g.Wo >= 16 ? dw_s1_kernels(cfg, g.FW) : DwS1Kernels<T>{};
   const int64_t nblk = s1.cb > 0 ? (C + s1.cb - 1) / s1.cb : 0;  // channel blocks, balanced sizes
   const bool by_rows = g.Wo >= 64 || s1.cb > 0;
   const int64_t PT = by_rows ? g.Wo : 256;
   const int64_t pixels = g.N * g.Ho * g.Wo;
-  const int64_t partial_bytes = Kp * ldq * static_cast<int64_t>(sizeof(T));
-  const int64_t nchunk_target = std::max<int64_t>(1, std::min<int64_t>(16, (int64_t{64} << 20) / partial_bytes));
-  const int64_t chunk = round_up(std::max<int64_t>(1, (pixels + nchunk_target - 1) / nchunk_target), PT);
-  const int64_t nchunks = std::max<int64_t>(1, (pixels + chunk - 1) / chunk);
+  const PixelChunks chunks = dw_pixel_chunks(pixels, PT, Kp * ldq * static_cast<int64_t>(sizeof(T)));
+  const int64_t chunk = chunks.size, nchunks = chunks.count;
   const char* const what_p = "conv2d backward: weight partial sums";
   const char* const what_b = "conv2d backward: bias partial sums";
   // Each chunk zeroes its own partials: in parallel, and into the cache it is about to sum in

@@ -172,54 +172,62 @@ inline void indirect_block_table(const Conv2dGeometry& g, const T* x, const T* z
     for (int64_t h = 0; h < FH; ++h) ptr[h * MR + i] = zeros;
 }
 
-/// Forward by the indirect micro-kernel: no im2col and no padded copy. The output pixels are
-/// walked flat (N*Ho*Wo rows) in blocks of MR; for each block a table of FH x MR pointers
-/// gives each pixel's run of FW*C input values per kernel row: in the input itself when the
-/// run lies inside it, at a zero run for rows in the top or bottom padding (or past the last
-/// pixel), and at a zero-padded copy of the run (a few per image border) otherwise. The
-/// micro-kernel keeps the MR x NR sums in registers over the FH*FW*C taps (less the kernel
-/// rows that lie in the top or bottom padding for all MR pixels) and the tile is
-/// stored once, bias added (straight from the registers when the tile is whole). Blocks
-/// cross output rows freely, so no block is left mostly empty at the end of a row (16-pixel
-/// rows with MR = 12). Each output element is computed by one block in a fixed order,
-/// whatever thread runs it.
-template <typename T>
-void forward_indirect(const ConvKernels<T>& cfg, const Conv2dGeometry& g, const T* x, const T* w,
-                      const T* bias, T* y) {
-  const int64_t NR = cfg.NR, MR = cfg.MR;
-  const int64_t C = g.C, FH = g.FH, FW = g.FW, Q = g.Q, len = FW * C, K = FH * len;
+/// The block driver of the indirect kernels (forward_indirect, forward_narrow): the output
+/// pixels walked flat (N*Ho*Wo rows) in blocks of MR, about 64 chunks of consecutive blocks
+/// claimed dynamically (the split changes no sum: a block is one task). For each block,
+/// fn(r0, nr, nh, ph, h0) gets its first pixel r0 and count nr (<= MR), and the pointer table
+/// of indirect_block_table from kernel row h0 on (ph = ptr + h0 MR), for the nh kernel rows
+/// that do not lie in the top or bottom padding for every pixel of the block: the others add
+/// nothing, and the kernels skip them (as oneDNN does).
+template <typename T, typename Fn>
+void for_each_indirect_block(const Conv2dGeometry& g, const T* x, int64_t MR, Fn&& fn) {
+  const int64_t FH = g.FH, len = g.FW * g.C;
   const int64_t rows = g.N * g.Ho * g.Wo, blocks = (rows + MR - 1) / MR;
-  PackedB<T> B;
-  B.pack(cfg, K, Q, [&](int64_t k, int64_t q) { return w[q * K + k]; });
-  const int64_t panels = (Q + NR - 1) / NR;
   const std::vector<T> zeros(static_cast<size_t>(len), T(0));
-  // About 64 chunks of consecutive blocks, claimed dynamically (the split does not change any
-  // sum: a block is one task).
   parallel_chunks(blocks, std::max<int64_t>(1, (blocks + 63) / 64), [&](int64_t, int64_t lo, int64_t hi) {
-    alignas(64) T out[kMaxTileValues];
     const T** ptr = scratch<const T*, 0>(static_cast<size_t>(FH * MR));
     T* edge = scratch<T, 1>(static_cast<size_t>(FH * MR * len));  // copies of border runs
     for (int64_t blk = lo; blk < hi; ++blk) {
       const int64_t r0 = blk * MR, nr = std::min(MR, rows - r0);
-      int64_t h0 = 0, h1 = 0;
+      int64_t h0 = 0, h1 = 0;  // clamped to 0 .. FH by the table builder
       indirect_block_table(g, x, zeros.data(), MR, r0, nr, ptr, edge, h0, h1);
-      // Kernel rows in the top or bottom padding for every pixel of the block add nothing:
-      // the micro-kernel runs rows h0 .. h1 only (as oneDNN skips them; the table builder
-      // clamps both to 0 .. FH).
-      const int64_t nh = std::max<int64_t>(0, h1 - h0);
-      const T* const* ph = ptr + h0 * MR;
-      for (int64_t p = 0; p < panels; ++p) {
-        const int64_t q0 = p * NR, nq = std::min(NR, Q - q0);
-        const T* bp = B.data.data() + p * K * NR + h0 * len * NR;
-        // A whole tile goes from the registers to y (-2.5% at (16,32,32,32->64, 3x3 S2));
-        // a partial one through out and store_tile.
-        if (nr == MR && nq == NR) {
-          cfg.indirect(nh, len, ph, bp, y + r0 * Q + q0, Q, bias ? bias + q0 : nullptr);
-          continue;
-        }
-        cfg.indirect(nh, len, ph, bp, out, NR, nullptr);
-        cfg.store_tile(out, nr, NR, y + r0 * Q + q0, Q, bias ? bias + q0 : nullptr, nq);
+      fn(r0, nr, std::max<int64_t>(0, h1 - h0), static_cast<const T* const*>(ptr + h0 * MR), h0);
+    }
+  });
+}
+
+/// Forward by the indirect micro-kernel: no im2col and no padded copy. The output pixels are
+/// walked flat (N*Ho*Wo rows) in blocks of MR (for_each_indirect_block); for each block a
+/// table of FH x MR pointers gives each pixel's run of FW*C input values per kernel row: in
+/// the input itself when the run lies inside it, at a zero run for rows in the top or bottom
+/// padding (or past the last pixel), and at a zero-padded copy of the run (a few per image
+/// border) otherwise. The micro-kernel keeps the MR x NR sums in registers over the FH*FW*C
+/// taps (less the kernel rows that lie in the top or bottom padding for all MR pixels) and
+/// the tile is stored once, bias added (straight from the registers when the tile is whole).
+/// Blocks cross output rows freely, so no block is left mostly empty at the end of a row
+/// (16-pixel rows with MR = 12). Each output element is computed by one block in a fixed
+/// order, whatever thread runs it.
+template <typename T>
+void forward_indirect(const ConvKernels<T>& cfg, const Conv2dGeometry& g, const T* x, const T* w,
+                      const T* bias, T* y) {
+  const int64_t NR = cfg.NR, MR = cfg.MR;
+  const int64_t len = g.FW * g.C, K = g.FH * len, Q = g.Q;
+  PackedB<T> B;
+  B.pack(cfg, K, Q, [&](int64_t k, int64_t q) { return w[q * K + k]; });
+  const int64_t panels = (Q + NR - 1) / NR;
+  for_each_indirect_block(g, x, MR, [&](int64_t r0, int64_t nr, int64_t nh, const T* const* ph, int64_t h0) {
+    for (int64_t p = 0; p < panels; ++p) {
+      const int64_t q0 = p * NR, nq = std::min(NR, Q - q0);
+      const T* bp = B.data.data() + p * K * NR + h0 * len * NR;
+      // A whole tile goes from the registers to y (-2.5% at (16,32,32,32->64, 3x3 S2));
+      // a partial one through out and store_tile.
+      if (nr == MR && nq == NR) {
+        cfg.indirect(nh, len, ph, bp, y + r0 * Q + q0, Q, bias ? bias + q0 : nullptr);
+        continue;
       }
+      alignas(64) T out[kMaxTileValues];
+      cfg.indirect(nh, len, ph, bp, out, NR, nullptr);
+      cfg.store_tile(out, nr, NR, y + r0 * Q + q0, Q, bias ? bias + q0 : nullptr, nq);
     }
   });
 }

@@ -462,6 +462,20 @@ void sum_weight_partials(const T* partial, int64_t nchunks, int64_t chunk_stride
   });
 }
 
+/// Fixed chunks of pixels for a kernel-gradient reduction into per-chunk partial sums: about
+/// 16 chunks of a whole number of blocks of PT pixels, fewer where the partials (partial_bytes
+/// each) would pass ~64 MiB. A function of the shape only, so that the partials added in chunk
+/// order give the same bits for any thread count. (Zero pixels: one chunk, which runs nothing.)
+struct PixelChunks {
+  int64_t size;   // pixels per chunk, a multiple of PT
+  int64_t count;  // chunks, >= 1
+};
+inline PixelChunks dw_pixel_chunks(int64_t pixels, int64_t PT, int64_t partial_bytes) {
+  const int64_t target = std::max<int64_t>(1, std::min<int64_t>(16, (int64_t{64} << 20) / std::max<int64_t>(1, partial_bytes)));
+  const int64_t size = round_up(std::max<int64_t>(1, (pixels + target - 1) / target), PT);
+  return {size, std::max<int64_t>(1, (pixels + size - 1) / size)};
+}
+
 /// The bias gradient's partial sums added in chunk order: db[q] = sum over c of partial[c*Q + q].
 template <typename T>
 void sum_bias_partials(const T* partial, int64_t nchunks, int64_t Q, T* db) {

@@ -213,37 +213,26 @@ inline narrow_detail::NarrowKernels<T> narrow_kernels(SimdLevel level, int64_t Q
   return narrow_detail::portable::narrow_table<narrow_detail::NarrowScalar<T>, 4, 4, 8, 16>(Q);
 }
 
-/// Forward by the narrow kernels: the output pixels walked flat in blocks of P (as
-/// forward_indirect walks them in blocks of MR, with the same pointer table), the filters 4 at
-/// a time. Each output element is computed by one block in a fixed order, whatever thread
+/// Forward by the narrow kernels: the output pixels walked flat in blocks of P with the
+/// indirect kernel's pointer tables (for_each_indirect_block), the filters 4 at a time. Each output element is computed by one block in a fixed order, whatever thread
 /// runs it.
 template <typename T>
 void forward_narrow(const narrow_detail::NarrowKernels<T>& nk, const Conv2dGeometry& g, const T* x, const T* w, const T* bias,
                     T* y) {
-  const int64_t P = nk.P, FH = g.FH, Q = g.Q, len = g.FW * g.C, K = FH * len;
-  const int64_t rows = g.N * g.Ho * g.Wo, blocks = (rows + P - 1) / P;
-  const std::vector<T> zeros(static_cast<size_t>(len), T(0));
-  parallel_chunks(blocks, std::max<int64_t>(1, (blocks + 63) / 64), [&](int64_t, int64_t lo, int64_t hi) {
-    T out[16 * 4];  // the last block's P <= 16 pixels x <= 4 filters
-    const T** ptr = scratch<const T*, 0>(static_cast<size_t>(FH * P));
-    T* edge = scratch<T, 1>(static_cast<size_t>(FH * P * len));  // copies of border runs
-    for (int64_t blk = lo; blk < hi; ++blk) {
-      const int64_t r0 = blk * P, nr = std::min(P, rows - r0);
-      int64_t h0 = 0, h1 = 0;
-      indirect_block_table(g, x, zeros.data(), P, r0, nr, ptr, edge, h0, h1);
-      const int64_t nh = std::max<int64_t>(0, h1 - h0);
-      for (int64_t q0 = 0; q0 < Q; q0 += 4) {
-        const int64_t nq = std::min<int64_t>(4, Q - q0);
-        const narrow_detail::NarrowKernel<T> kernel = nk.by_q[nq];
-        const T* wq = w + q0 * K + h0 * len;
-        const T* bq = bias ? bias + q0 : nullptr;
-        if (nr == P) {
-          kernel(nh, len, ptr + h0 * P, wq, K, y + r0 * Q + q0, Q, bq);
-          continue;
-        }
-        kernel(nh, len, ptr + h0 * P, wq, K, out, nq, bq);
-        for (int64_t i = 0; i < nr; ++i) copy_run(y + (r0 + i) * Q + q0, out + i * nq, nq);
+  const int64_t P = nk.P, Q = g.Q, len = g.FW * g.C, K = g.FH * len;
+  for_each_indirect_block(g, x, P, [&](int64_t r0, int64_t nr, int64_t nh, const T* const* ph, int64_t h0) {
+    for (int64_t q0 = 0; q0 < Q; q0 += 4) {
+      const int64_t nq = std::min<int64_t>(4, Q - q0);
+      const narrow_detail::NarrowKernel<T> kernel = nk.by_q[nq];
+      const T* wq = w + q0 * K + h0 * len;
+      const T* bq = bias ? bias + q0 : nullptr;
+      if (nr == P) {
+        kernel(nh, len, ph, wq, K, y + r0 * Q + q0, Q, bq);
+        continue;
       }
+      T out[16 * 4];  // the last block's P <= 16 pixels x <= 4 filters
+      kernel(nh, len, ph, wq, K, out, nq, bq);
+      for (int64_t i = 0; i < nr; ++i) copy_run(y + (r0 + i) * Q + q0, out + i * nq, nq);
     }
   });
 }
@@ -280,10 +269,8 @@ void backward_weight_narrow(const narrow_detail::NarrowDwKernels<T>& nk, const C
   std::fill(xp.get() + g.N * Hp * prow, xp.get() + g.N * Hp * prow + VW, T(0));
   constexpr int64_t PT = 256;  // pixels per block: one pointer table, the sums' span in registers
   const int64_t pixels = g.N * g.Ho * g.Wo;
-  const int64_t partial_bytes = std::max<int64_t>(1, Q * Kp * static_cast<int64_t>(sizeof(T)));
-  const int64_t nchunk_target = std::max<int64_t>(1, std::min<int64_t>(16, (int64_t{64} << 20) / partial_bytes));
-  const int64_t chunk = round_up(std::max<int64_t>(1, (pixels + nchunk_target - 1) / nchunk_target), PT);
-  const int64_t nchunks = std::max<int64_t>(1, (pixels + chunk - 1) / chunk);
+  const PixelChunks chunks = dw_pixel_chunks(pixels, PT, Q * Kp * static_cast<int64_t>(sizeof(T)));
+  const int64_t chunk = chunks.size, nchunks = chunks.count;
   const char* const what_p = "conv2d backward: weight partial sums";
   const char* const what_b = "conv2d backward: bias partial sums";
   Scratch<T> partial(checked_product({nchunks, Q, Kp}, what_p), what_p, /*zero=*/pixels == 0);
