@@ -709,7 +709,8 @@ void test_backward_input_phases_direct() {
   }
 }
 
-// The kernel gradient read in place from the padded input (backward_weight_direct): shapes
+// The kernel gradient read in place from the padded input (backward_weight_direct, or from x
+// itself without padding): shapes
 // whose kernel rows are not a multiple of MR (the last block reads past the run, the last
 // pixel's into the copy's zero tail), uneven paddings and strides, Q not a multiple of NR
 // (packed dY panels) and Q == NR (dY rows used as they lie), several chunks; blocks of 256
@@ -727,7 +728,12 @@ void test_backward_weight_direct() {
       make_conv2d_geometry(2, 11, 30, 7, 20, 3, 3, 7, 1, 2, 0, 2, 1, 0),
       make_conv2d_geometry(1, 9, 40, 10, 40, 4, 2, 10, 2, 1, 1, 2, 0, 1),
       make_conv2d_geometry(5, 6, 24, 8, 16, 3, 3, 8, 1, 1, 1, 1, 1, 1),
-      make_conv2d_geometry(0, 9, 66, 16, 16, 5, 5, 16, 1, 1, 2, 2, 2, 2)};  // no pixels: dW = db = 0
+      make_conv2d_geometry(0, 9, 66, 16, 16, 5, 5, 16, 1, 1, 2, 2, 2, 2),   // no pixels: dW = db = 0
+      // No padding, runs a whole number of blocks: x read in place, no copy. The last pixel's
+      // run ends where x ends (2x2 S 2 on 16 x 20; ASan would see a read past it).
+      make_conv2d_geometry(2, 16, 20, 32, 64, 2, 2, 32, 2, 2, 0, 0, 0, 0),
+      make_conv2d_geometry(2, 6, 70, 16, 16, 3, 3, 16, 1, 1, 0, 0, 0, 0),   // rows of 68: per row
+      make_conv2d_geometry(3, 11, 13, 16, 24, 3, 3, 16, 2, 2, 0, 0, 0, 0)};
   for (const Conv2dGeometry& g : shapes) {
     nablagrad::set_simd_level(nablagrad::cpu_simd_level());
     CHECK(std::string(conv_kernel_choice<double>(g).backward_weight) == "direct");
