@@ -709,8 +709,8 @@ void test_backward_input_phases_direct() {
   }
 }
 
-// The kernel gradient read in place from the padded input (backward_weight_direct, or from x
-// itself without padding): shapes
+// The kernel gradient read in place from the padded input (backward_weight_direct; from x
+// itself without padding, or through the indirect forward's pointer tables): shapes
 // whose kernel rows are not a multiple of MR (the last block reads past the run, the last
 // pixel's into the copy's zero tail), uneven paddings and strides, Q not a multiple of NR
 // (packed dY panels) and Q == NR (dY rows used as they lie), several chunks; blocks of 256
@@ -733,7 +733,13 @@ void test_backward_weight_direct() {
       // run ends where x ends (2x2 S 2 on 16 x 20; ASan would see a read past it).
       make_conv2d_geometry(2, 16, 20, 32, 64, 2, 2, 32, 2, 2, 0, 0, 0, 0),
       make_conv2d_geometry(2, 6, 70, 16, 16, 3, 3, 16, 1, 1, 0, 0, 0, 0),   // rows of 68: per row
-      make_conv2d_geometry(3, 11, 13, 16, 24, 3, 3, 16, 2, 2, 0, 0, 0, 0)};
+      make_conv2d_geometry(3, 11, 13, 16, 24, 3, 3, 16, 2, 2, 0, 0, 0, 0),
+      // Padded, runs of 48 (a whole number of blocks at every level), rows of < 64 pixels:
+      // pointers from indirect_block_table, no copy. Uneven paddings, a pad of 2 rows (kernel
+      // rows above the image for a whole block), border runs on both sides.
+      make_conv2d_geometry(2, 20, 22, 16, 32, 3, 3, 16, 2, 2, 1, 1, 1, 1),
+      make_conv2d_geometry(3, 13, 17, 16, 24, 3, 3, 16, 2, 1, 2, 0, 1, 2),
+      make_conv2d_geometry(2, 9, 30, 16, 16, 3, 3, 16, 1, 1, 2, 2, 0, 2)};
   for (const Conv2dGeometry& g : shapes) {
     nablagrad::set_simd_level(nablagrad::cpu_simd_level());
     CHECK(std::string(conv_kernel_choice<double>(g).backward_weight) == "direct");

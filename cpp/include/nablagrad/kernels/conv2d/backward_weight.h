@@ -106,18 +106,6 @@ void backward_weight_direct(const ConvKernels<T>& cfg, const Conv2dGeometry& g, 
   const int64_t full = len / MR * MR;  // blocks of MR rows up to here, then of MR_tail
   const int64_t panels = (Q + NR - 1) / NR, ldq = panels * NR;
   const int64_t Hp = g.H + g.pad_top + g.pad_bottom, prow = (g.W + g.pad_left + g.pad_right) * C;
-  // The padded copy, and lenp - len zeros after it for the last block of the last pixel.
-  // Without padding, where the blocks end with the runs, the copy would be x itself: x is
-  // read in place. (In a training step the copy of a large input is not in the cache: forward,
-  // dX and dW in sequence, AVX-512, 2 threads, 3 runs, ms: (16,64,64,64->64, 2x2 S 2) 7.0-8.2
-  // -> 6.1-6.7; (8,64,64,64->64, 2x2 S 2) 3.4-3.6 -> 2.9-3.2.)
-  const bool in_place = g.pad_top == 0 && g.pad_bottom == 0 && g.pad_left == 0 && g.pad_right == 0 && lenp == len;
-  Scratch<T> copy(in_place ? 0 : g.N * Hp * prow + (lenp - len), "conv2d backward: padded input copy");
-  if (!in_place) {
-    copy_padded_input(g, x, prow, copy.get());
-    std::fill(copy.get() + g.N * Hp * prow, copy.get() + g.N * Hp * prow + (lenp - len), T(0));
-  }
-  const T* const xp = in_place ? x : copy.get();
   // Blocks: whole output rows when they are long (Wo >= 64), each one a strided GEMM of depth
   // Wo (the tile micro-kernel with column stride S_w*C: measured ~10% faster than the column
   // kernel there, which loads a pointer per step), or at stride 1 with a tile that has them
@@ -128,6 +116,24 @@ void backward_weight_direct(const ConvKernels<T>& cfg, const Conv2dGeometry& g, 
   const int64_t nblk = s1.cb > 0 ? (C + s1.cb - 1) / s1.cb : 0;  // channel blocks, balanced sizes
   const bool by_rows = g.Wo >= 64 || s1.cb > 0;
   const int64_t PT = by_rows ? g.Wo : 256;
+  // The padded copy, and lenp - len zeros after it for the last block of the last pixel.
+  // Where the blocks end with the runs (lenp = len), no copy: without padding the copy would
+  // be x itself, read in place; with padding, blocks across rows take their pointers from the
+  // indirect forward's table (indirect_block_table: runs in x, zero runs above and below the
+  // image, copies of the few runs that straddle its left or right border). In a training step
+  // the copy of a large input is not in the cache. Forward, dX and dW in sequence, AVX-512,
+  // 2 threads, 3 runs, ms: (16,64,64,64->64, 2x2 S 2) 7.0-8.2 -> 6.1-6.7; (8,64,64,64->64,
+  // 2x2 S 2) 3.4-3.6 -> 2.9-3.2; by the table: (16,32,32,32->64, 3x3 S 2) 1.79-1.84 ->
+  // 1.63-1.64; (8,112,112,32->64, S 2) 13.1-13.7 -> 10.9-12.1; even where the copy was small.
+  const bool unpadded = g.pad_top == 0 && g.pad_bottom == 0 && g.pad_left == 0 && g.pad_right == 0;
+  const bool in_place = unpadded && lenp == len, by_table = !in_place && !by_rows && lenp == len;
+  Scratch<T> copy(in_place || by_table ? 0 : g.N * Hp * prow + (lenp - len), "conv2d backward: padded input copy");
+  if (!in_place && !by_table) {
+    copy_padded_input(g, x, prow, copy.get());
+    std::fill(copy.get() + g.N * Hp * prow, copy.get() + g.N * Hp * prow + (lenp - len), T(0));
+  }
+  const T* const xp = in_place ? x : copy.get();
+  const std::vector<T> zeros(by_table ? static_cast<size_t>(len) : 0, T(0));
   const int64_t pixels = g.N * g.Ho * g.Wo;
   const PixelChunks chunks = dw_pixel_chunks(pixels, PT, Kp * ldq * static_cast<int64_t>(sizeof(T)));
   const int64_t chunk = chunks.size, nchunks = chunks.count;
@@ -145,6 +151,7 @@ void backward_weight_direct(const ConvKernels<T>& cfg, const Conv2dGeometry& g, 
     std::fill(P, P + Kp * ldq, T(0));
     std::fill(dbp, dbp + Q, T(0));
     const T** cols = by_rows ? nullptr : scratch<const T*, 0>(static_cast<size_t>(FH * PT));
+    T* edge = by_table ? scratch<T, 2>(static_cast<size_t>(FH * PT * len)) : nullptr;  // border runs
     T* dyp = packed ? nullptr : scratch<T, 1>(static_cast<size_t>(panels * PT * NR));
     for (int64_t p0 = lo; p0 < hi; p0 += PT) {
       const int64_t np = std::min(PT, hi - p0);
@@ -152,10 +159,14 @@ void backward_weight_direct(const ConvKernels<T>& cfg, const Conv2dGeometry& g, 
       // by_rows: the block is one output row, read through its padded input row; else each
       // pixel's run of kernel row 0 (and fh rows down) goes into the pointer table.
       const T* row = by_rows ? xp + (n * Hp + ho * g.stride_h) * prow : nullptr;
-      if (!by_rows)
+      if (by_table) {
+        int64_t h0 = 0, h1 = 0;  // (the rows outside [h0, h1) point at zeros and add nothing)
+        indirect_block_table(g, x, zeros.data(), PT, p0, np, cols, edge, h0, h1);
+      } else if (!by_rows) {
         for_each_window(g, xp, Hp, prow, p0, np, [&](int64_t i, const T* run) {
           for (int64_t fh = 0; fh < FH; ++fh) cols[fh * PT + i] = run + fh * prow;
         });
+      }
       const T* drows = dy + p0 * Q;
       sum_rows(drows, np, Q, Q, dbp);
       if (!packed)  // NR-wide panels of the block's dY, zeros past Q
