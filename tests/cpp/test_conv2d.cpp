@@ -529,6 +529,9 @@ void test_weight_gradient_product() {
 // runs in the input, in the top/bottom padding (zeros) and across the left/right padding
 // (copied runs), uneven strides and paddings.
 void test_forward_indirect() {
+  // "direct": the indirect kernel on these small shapes too ("auto" runs gemm() on at most 800
+  // output pixels; test_kernel_choice).
+  set_conv_algorithm(ConvAlgorithm::Direct);
   const Conv2dGeometry shapes[] = {
       make_conv2d_geometry(3, 13, 17, 32, 64, 3, 3, 32, 2, 2, 1, 1, 1, 1),
       make_conv2d_geometry(2, 11, 12, 20, 24, 4, 4, 20, 2, 3, 1, 2, 0, 3),
@@ -558,7 +561,6 @@ void test_forward_indirect() {
   // beyond the direct kernel's 64 KiB at every level) on dY padded by F-1-P ("direct": "auto"
   // runs this 5x5 by Winograd).
   const auto gi = make_conv2d_geometry(2, 9, 11, 64, 48, 5, 5, 64, 1, 1, 2, 1, 2, 3);
-  set_conv_algorithm(ConvAlgorithm::Direct);
   CHECK(std::string(conv_kernel_choice<double>(gi).backward_input) == "flipped_indirect");
   CHECK(std::string(conv_kernel_choice<float>(gi).backward_input) == "flipped_indirect");
   check_everywhere<double>(gi, 1e-12, 40);
@@ -761,8 +763,15 @@ void test_kernel_choice() {
     const ConvKernelChoice c = conv_kernel_choice<float>(first);
     CHECK(std::string(c.forward) == "direct");
     CHECK(std::string(c.backward_weight) == "smallc");
+    // A strided layer the indirect kernel runs, but with at most 800 output pixels (128 here,
+    // 800 at 2 x 20 x 20): im2col + gemm(), except with the algorithm set to "direct".
     const auto wide = make_conv2d_geometry(2, 16, 16, 128, 64, 3, 3, 128, 2, 2, 1, 1, 1, 1);
+    CHECK(std::string(conv_kernel_choice<float>(wide).forward) == "gemm");
+    CHECK(std::string(conv_kernel_choice<float>(make_conv2d_geometry(2, 40, 40, 128, 64, 3, 3, 128, 2, 2, 1, 1, 1, 1)).forward) == "gemm");
+    CHECK(std::string(conv_kernel_choice<float>(make_conv2d_geometry(2, 40, 42, 128, 64, 3, 3, 128, 2, 2, 1, 1, 1, 1)).forward) == "indirect");
+    set_conv_algorithm(ConvAlgorithm::Direct);
     CHECK(std::string(conv_kernel_choice<float>(wide).forward) == "indirect");
+    set_conv_algorithm(ConvAlgorithm::Auto);
     // A kernel panel K x NR beyond 256 KiB (K = 4608): the im2col GEMM with its depth slices;
     // with 64 filters the whole kernel passes 1 MiB: im2col + gemm().
     const auto huge_k = make_conv2d_geometry(1, 8, 8, 512, 48, 3, 3, 512, 2, 2, 1, 1, 1, 1);

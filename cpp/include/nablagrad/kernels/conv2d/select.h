@@ -193,9 +193,11 @@ inline bool use_winograd_weight(const Conv2dGeometry& g) {
   return use_winograd_if(g, [&] { return winograd_preferred_weight<T>(g) && winograd_amortized<T>(g, /*weight=*/true); });
 }
 
-/// Forward kernel for g with the kernels cfg.
+/// Forward kernel for g with the kernels cfg. (select_backward_input asks it about dX's flipped
+/// geometry with few_rows_gemm = false: the indirect kernel there, whatever the pixel count.)
 template <typename T>
-inline ForwardKernel select_forward(const Conv2dGeometry& g, const conv_detail::ConvKernels<T>& cfg) {
+inline ForwardKernel select_forward(const Conv2dGeometry& g, const conv_detail::ConvKernels<T>& cfg,
+                                    bool few_rows_gemm = true) {
   // [WINOGRAD] 3x3 or 5x5, stride 1: Winograd when forced, or for Auto with enough channels
   // (winograd_preferred; measured crossover, docs/convolution.md "Winograd").
   if (use_winograd<T>(g, /*backward_input=*/false)) return ForwardKernel::Winograd;
@@ -231,12 +233,29 @@ inline ForwardKernel select_forward(const Conv2dGeometry& g, const conv_detail::
   const bool kernel_fits = kernel_fits_cache<T>(g);
   const bool indirect_ok = cfg.indirect != nullptr && g.Q * 4 > cfg.NR && kernel_fits &&
                            saturating_mul(K, cfg.NR * static_cast<int64_t>(sizeof(T))) <= (int64_t{256} << 10);
+  // But at most 800 output pixels (about 64 blocks of 12): im2col + gemm() (forward_gemm).
+  // With so few blocks the indirect kernel's two threads get uneven shares, and its serial
+  // packing of the kernel is a large part of the call; gemm() splits the filters too. AVX-512,
+  // 2 threads (ms, indirect -> gemm): (1,14,14,128->128, S 2) 0.150 -> 0.081, (2,14,14,128->128,
+  // S 2) 0.185 -> 0.123, (4,14,14,160->160, S 2) 0.41 -> 0.30, (8,16,16,64->64, 2x2 S 2) 0.105
+  // -> 0.059, (2,28,28,256->256, 2x2 S 2) 0.78 -> 0.64, (4,224,224,3->192, 16x16 S 16) 0.78 ->
+  // 0.69, (4,28,28,64->128, S 2) 0.369 -> 0.338, (1,14,14,64->64, 4x4) 0.112 -> 0.094; AVX2
+  // 0.190 -> 0.105, 0.589 -> 0.547 (784 pixels), 0.096 -> 0.086. From 1024 pixels on even or
+  // slower: (4,32,32,64->64, S 2) 0.285 vs 0.278 (1 thread 0.39 vs 0.48), (6,28,28,64->128,
+  // S 2, 1176 pixels) 0.567 vs 0.578, (2,56,56,64->128, S 2) 0.68 vs 0.70. (1 thread, 784
+  // pixels: (4,28,28,64->128) 0.62 vs 0.64, the 16x16 patches 1.38 vs 1.30.)
+  // (Not with the algorithm set to "direct", which keeps to the kernels that read the input
+  // in place where they apply.)
+  const ForwardKernel indirect = few_rows_gemm && conv_algorithm() != ConvAlgorithm::Direct &&
+                                         saturating_mul(g.N, saturating_mul(g.Ho, g.Wo)) <= 800
+                                     ? ForwardKernel::Gemm
+                                     : ForwardKernel::Indirect;
   // Strided, kernel-row runs FW*C of at least 32 values: the indirect kernel also beats the
   // direct one, whose blocks of MR pixels stop at each output row's end and whose padded copy
   // is 4x the output ((16,32,32,16->32, S2) 0.29 -> 0.23 ms, (16,32,32,24->48, S2) 0.72 ->
   // 0.57); shorter runs (the 7x7 C = 3 first layer: 21 values) do not pay for the pointer
   // table and keep the direct kernel (0.33 vs 0.43 ms).
-  if (indirect_ok && (g.stride_h > 1 || g.stride_w > 1) && g.FW * g.C >= 32) return ForwardKernel::Indirect;
+  if (indirect_ok && (g.stride_h > 1 || g.stride_w > 1) && g.FW * g.C >= 32) return indirect;
   // Direct from a zero-padded copy of the input (no im2col: each input value is read in place
   // by all the taps that use it) when the depth is small (C = 1..3 first layers) or the packed
   // kernel panel K x NR still fits in ~64 KiB (e.g. 5x5 on 16 channels: measured 3.5 vs 6.3 ms
@@ -251,7 +270,7 @@ inline ForwardKernel select_forward(const Conv2dGeometry& g, const conv_detail::
       conv_detail::padded_copy_is_small(g, g.H + g.pad_top + g.pad_bottom,
                                         conv_detail::forward_direct_row_values(g, cfg.MR)))
     return ForwardKernel::Direct;
-  if (indirect_ok) return ForwardKernel::Indirect;
+  if (indirect_ok) return indirect;
   return kernel_fits ? ForwardKernel::Im2colGemm : ForwardKernel::Gemm;
 }
 
@@ -279,7 +298,7 @@ inline BackwardInputKernel select_backward_input(const Conv2dGeometry& g,
   // it would run the indirect kernel, dX runs that (no im2col of dY).
   if (conv_detail::flipped_applies(g)) {
     const Conv2dGeometry gf = conv_detail::flipped_geometry(g);
-    const ForwardKernel fk = select_forward(gf, cfg);
+    const ForwardKernel fk = select_forward(gf, cfg, /*few_rows_gemm=*/false);
     if (fk == ForwardKernel::Direct) return BackwardInputKernel::FlippedDirect;
     if (fk == ForwardKernel::Indirect) return BackwardInputKernel::FlippedIndirect;
   }
