@@ -656,6 +656,24 @@ void test_narrow() {
   }
   nablagrad::set_simd_level(nablagrad::cpu_simd_level());
   check_everywhere<float>(pw_wide, 2e-5, 298);
+  // The stride-1 input gradient of layers with few channels: the narrow forward on the
+  // flipped geometry (C = 3..8 of dX's filters; C <= 2 keeps smallc), uneven paddings, a 5x3
+  // kernel, padding as deep as the kernel (zero rows of dX), NaN.
+  const Conv2dGeometry few_channels[] = {
+      make_conv2d_geometry(2, 9, 10, 8, 40, 3, 3, 8, 1, 1, 1, 1, 1, 1),
+      make_conv2d_geometry(3, 11, 9, 4, 32, 3, 3, 4, 1, 1, 2, 0, 1, 2),
+      make_conv2d_geometry(2, 8, 12, 6, 24, 5, 3, 6, 1, 1, 2, 2, 0, 1),
+      make_conv2d_geometry(2, 7, 7, 3, 16, 3, 3, 3, 1, 1, 0, 0, 0, 0)};
+  for (const Conv2dGeometry& g : few_channels) {
+    for (int level = 1; level <= static_cast<int>(nablagrad::cpu_simd_level()); ++level) {
+      nablagrad::set_simd_level(static_cast<SimdLevel>(level));
+      CHECK(std::string(conv_kernel_choice<float>(g).backward_input) == "flipped_narrow");
+    }
+    nablagrad::set_simd_level(nablagrad::cpu_simd_level());
+    check_everywhere<double>(g, 1e-12, seed++);
+    check_everywhere<float>(g, 2e-5, seed++);
+  }
+  CHECK(std::string(conv_kernel_choice<float>(make_conv2d_geometry(2, 9, 10, 2, 40, 3, 3, 2, 1, 1, 1, 1, 1, 1)).backward_input) == "smallc");
   CHECK(std::string(conv_kernel_choice<float>(make_conv2d_geometry(2, 9, 9, 20, 9, 3, 3, 20, 1, 1, 1, 1, 1, 1)).forward) != "narrow");
   CHECK(std::string(conv_kernel_choice<double>(cases[5].g).forward) != "narrow");
   // NaN in one input value: NaN exactly where the reference has it, at every level.
@@ -824,7 +842,7 @@ void test_kernel_choice() {
     CHECK(std::string(conv_kernel_choice<float>(wide_many).backward_weight) == "direct");
     set_conv_algorithm(ConvAlgorithm::Auto);
     const auto c1 = make_conv2d_geometry(4, 28, 28, 1, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1);
-    CHECK(std::string(conv_kernel_choice<float>(c1).backward_input) == (level >= 1 ? "smallc" : "col2im"));
+    CHECK(std::string(conv_kernel_choice<float>(c1).backward_input) == (level >= 1 ? "smallc" : "flipped_narrow"));
     CHECK(std::string(conv_kernel_choice<float>(c1).backward_weight) == "smallc");  // FW*C = 3: MR wastes most
     // Kernel rows of FW*C values that blocks of MR cover with little waste, filters Q <= 2*Wo:
     // the kernel gradient reads the padded input in place (no im2col), first layers included.

@@ -297,7 +297,8 @@ def test_conv_algorithm_for():
     first = pick((8, 32, 32, 3), (32, 3, 3, 3), 1, 1, 1, 1, 1, 1, "float64")
     assert first["forward"] == "direct" and first["backward_weight"] == "smallc"
     assert set(pick((2, 16, 16, 64), (64, 3, 3, 64), 1, 1, 1, 1, 1, 1).values()) <= {
-        "indirect", "im2col_gemm", "phases", "flipped_direct", "flipped_indirect", "gemm", "direct", "winograd"}
+        "indirect", "im2col_gemm", "phases", "flipped_direct", "flipped_indirect", "flipped_narrow", "gemm",
+        "direct", "winograd"}
     # Strided, channels filling the register tiles: every pass reads its operands in place.
     strided = pick((16, 32, 32, 16), (32, 3, 3, 16), 2, 2, 1, 1, 1, 1)
     assert strided == {"forward": "indirect", "backward_input": "phases_direct", "backward_weight": "direct"}

@@ -18,6 +18,7 @@
 #include "gather_gemm.h"
 #include "geometry.h"
 #include "microkernel.h"
+#include "narrow.h"
 
 namespace nablagrad {
 namespace kernels {
@@ -288,13 +289,16 @@ inline Conv2dGeometry flipped_geometry(const Conv2dGeometry& g) {
           g.FW - 1 - g.pad_left, g.FW - 1 - g.pad_right, g.H, g.W};
 }
 
+/// The forward kernel that runs a stride-1 input gradient (backward_input_flipped).
+enum class FlippedBy { Direct, Indirect, Narrow };
+
 /// Stride-1 input gradient by a forward kernel (see select.h): dX = conv(dY padded by F-1-P,
 /// Wf) with Wf[c, i, j, q] = W[q, FH-1-i, FW-1-j, c], the kernel flipped in space and
-/// transposed in its channels, run by the direct forward kernel or (indirect) by the
-/// pointer-table one (forward.h).
+/// transposed in its channels, run by the direct forward kernel, the pointer-table one
+/// (forward.h) or, for few channels, the narrow one (narrow.h).
 template <typename T>
 void backward_input_flipped(const ConvKernels<T>& cfg, const Conv2dGeometry& g, const T* dy, const T* w,
-                            T* dx, bool indirect) {
+                            T* dx, FlippedBy by) {
   const Conv2dGeometry gf = flipped_geometry(g);
   Scratch<T> wf(std::max<int64_t>(g.Q * g.FH * g.FW * g.C, 1), "conv2d backward: flipped kernel");
   for (int64_t c = 0; c < g.C; ++c)
@@ -303,10 +307,12 @@ void backward_input_flipped(const ConvKernels<T>& cfg, const Conv2dGeometry& g, 
         T* dst = wf.get() + ((c * g.FH + i) * g.FW + j) * g.Q;
         for (int64_t q = 0; q < g.Q; ++q) dst[q] = w[((q * g.FH + (g.FH - 1 - i)) * g.FW + (g.FW - 1 - j)) * g.C + c];
       }
-  if (indirect)
-    forward_indirect(cfg, gf, dy, wf.get(), static_cast<const T*>(nullptr), dx);
-  else
-    forward_direct(cfg, gf, dy, wf.get(), static_cast<const T*>(nullptr), dx);
+  const T* const none = nullptr;  // no bias
+  switch (by) {
+    case FlippedBy::Direct: forward_direct(cfg, gf, dy, wf.get(), none, dx); return;
+    case FlippedBy::Indirect: forward_indirect(cfg, gf, dy, wf.get(), none, dx); return;
+    case FlippedBy::Narrow: forward_narrow(narrow_kernels<T>(cfg.level, gf.Q), gf, dy, wf.get(), none, dx); return;
+  }
 }
 
 }  // namespace conv_detail
