@@ -126,7 +126,10 @@ void backward_weight_direct(const ConvKernels<T>& cfg, const Conv2dGeometry& g, 
   // 2x2 S 2) 3.4-3.6 -> 2.9-3.2; by the table: (16,32,32,32->64, 3x3 S 2) 1.79-1.84 ->
   // 1.63-1.64; (8,112,112,32->64, S 2) 13.1-13.7 -> 10.9-12.1; even where the copy was small.
   const bool unpadded = g.pad_top == 0 && g.pad_bottom == 0 && g.pad_left == 0 && g.pad_right == 0;
-  const bool in_place = unpadded && lenp == len, by_table = !in_place && !by_rows && lenp == len;
+  // (The table's border copies take FH x PT runs a thread, kept for later calls: at most 8 MiB.)
+  const bool in_place = unpadded && lenp == len;
+  const bool by_table = !in_place && !by_rows && lenp == len &&
+                        saturating_mul(K, PT * static_cast<int64_t>(sizeof(T))) <= (int64_t{8} << 20);
   Scratch<T> copy(in_place || by_table ? 0 : g.N * Hp * prow + (lenp - len), "conv2d backward: padded input copy");
   if (!in_place && !by_table) {
     copy_padded_input(g, x, prow, copy.get());
