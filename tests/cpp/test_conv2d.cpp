@@ -713,14 +713,20 @@ void test_padding_rows_skipped() {
 }
 
 // The strided input gradient by phases read in place from a padded dY (phases_direct):
-// uneven strides and paddings, S > F (phases no tap reaches), C over two panels.
+// uneven strides and paddings, S > F (phases no tap reaches), C over two panels. Without
+// padding dY itself is read (the last blocks, whose reads run past its end, from a copy: ASan
+// would see a read past it); where the phases have as many tasks each, their tasks alternate
+// (the first two, and the last three with S == F or S > F).
 void test_backward_input_phases_direct() {
   const Conv2dGeometry shapes[] = {
       make_conv2d_geometry(2, 13, 15, 16, 24, 3, 3, 16, 2, 2, 1, 1, 1, 1),
       make_conv2d_geometry(3, 17, 16, 24, 20, 4, 4, 24, 3, 2, 1, 2, 0, 3),
       make_conv2d_geometry(2, 12, 14, 20, 12, 2, 2, 20, 3, 3, 0, 0, 1, 0),  // S > F: empty phases
       make_conv2d_geometry(1, 9, 30, 40, 8, 5, 3, 40, 2, 1, 2, 2, 1, 1),    // stride in H only
-      make_conv2d_geometry(2, 8, 8, 70, 16, 3, 3, 70, 2, 2, 1, 0, 1, 0)};   // C over two panels
+      make_conv2d_geometry(2, 8, 8, 70, 16, 3, 3, 70, 2, 2, 1, 0, 1, 0),    // C over two panels
+      make_conv2d_geometry(2, 16, 22, 24, 32, 2, 2, 24, 2, 2, 0, 0, 0, 0),  // in place, rows of 11
+      make_conv2d_geometry(2, 12, 21, 16, 20, 3, 3, 16, 3, 3, 0, 0, 0, 0),  // in place, 9 phases
+      make_conv2d_geometry(2, 12, 12, 8, 8, 2, 2, 8, 3, 3, 0, 0, 0, 0)};    // in place, S > F
   for (const Conv2dGeometry& g : shapes) {
     nablagrad::set_simd_level(nablagrad::cpu_simd_level());
     CHECK(std::string(conv_kernel_choice<double>(g).backward_input) == "phases_direct");
