@@ -557,6 +557,12 @@ void test_forward_indirect() {
   check_everywhere<float>(rows6, 1e-4, 45);
   // Stride 1, a panel too large for the direct kernel (K = 640): indirect at AVX-512.
   check_everywhere<double>(make_conv2d_geometry(2, 10, 9, 40, 64, 4, 4, 40, 1, 1, 1, 2, 2, 1), 1e-12, 39);
+  // Filters in whole panels of the wider tile (6 x 4 vectors at AVX-512: 64 floats, 32
+  // doubles; the first shape's 64 filters too): 363 pixels, a last partial block of 3.
+  const auto wide_q = make_conv2d_geometry(3, 21, 21, 24, 128, 3, 3, 24, 2, 2, 1, 1, 1, 1);
+  CHECK(std::string(conv_kernel_choice<float>(wide_q).forward) == "indirect");
+  check_everywhere<double>(wide_q, 1e-12, 46);
+  check_everywhere<float>(wide_q, 1e-4, 47);
   // The stride-1 input gradient through it: the flipped kernel (K = 25*48 = 1200, a panel
   // beyond the direct kernel's 64 KiB at every level) on dY padded by F-1-P ("direct": "auto"
   // runs this 5x5 by Winograd).

@@ -207,11 +207,21 @@ void for_each_indirect_block(const Conv2dGeometry& g, const T* x, int64_t MR, Fn
 /// Blocks cross output rows freely, so no block is left mostly empty at the end of a row
 /// (16-pixel rows with MR = 12). Each output element is computed by one block in a fixed
 /// order, whatever thread runs it.
+/// Where the filters fill whole panels of the level's wider indirect tile (6 x 4 vectors at
+/// AVX-512) and such a panel stays within 256 KiB, that tile runs: the same sums in the same
+/// order, so the same bits.
 template <typename T>
-void forward_indirect(const ConvKernels<T>& cfg, const Conv2dGeometry& g, const T* x, const T* w,
+void forward_indirect(const ConvKernels<T>& cfg_in, const Conv2dGeometry& g, const T* x, const T* w,
                       const T* bias, T* y) {
-  const int64_t NR = cfg.NR, MR = cfg.MR;
   const int64_t len = g.FW * g.C, K = g.FH * len, Q = g.Q;
+  ConvKernels<T> cfg = cfg_in;
+  if (cfg.indirect_wide && Q % cfg.NR_indirect_wide == 0 &&
+      K * cfg.NR_indirect_wide * static_cast<int64_t>(sizeof(T)) <= (int64_t{256} << 10)) {
+    cfg.MR = cfg.MR_indirect_wide;
+    cfg.NR = cfg.NR_indirect_wide;
+    cfg.indirect = cfg.indirect_wide;
+  }
+  const int64_t NR = cfg.NR, MR = cfg.MR;
   PackedB<T> B;
   B.pack(cfg, K, Q, [&](int64_t k, int64_t q) { return w[q * K + k]; });
   const int64_t panels = (Q + NR - 1) / NR;
