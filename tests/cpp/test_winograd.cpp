@@ -222,6 +222,34 @@ void test_threads_bitwise() {
 }
 
 // Filter panels (conv_tiles_panels: deep layers, a transformed kernel past 2 MiB) against
+// The forward and dX tile rule through the entry points: a layer with more than 96 channels
+// (100 -> 16, and 16 -> 100 for dX) and 64 F(4) tiles runs F(4x4) (the same bits as m = 4 asked for, not those of m = 2), within
+// F(4)'s tolerance of the reference; with fewer tiles F(2x2). Filter panels or blocks by the
+// level (use_filter_panels): more tiles than Qf run by blocks below AVX-512, fewer than 4 Qf
+// by panels at AVX-512.
+template <typename T>
+void test_forward_tile_rule() {
+  std::mt19937 rng(91);
+  const Shape many{4, 16, 16, 100, 16, 1, 1, 1, 1}, few{1, 16, 16, 100, 16, 1, 1, 1, 1};
+  const Data<T> d = make_data<T>(many, rng), e = make_data<T>(few, rng);
+  const int best = static_cast<int>(nablagrad::cpu_simd_level());
+  for (int level = 0; level <= best; ++level) {
+    nablagrad::set_simd_level(static_cast<SimdLevel>(level));
+    const std::vector<T> y = run_forward(d, 0), dx = run_backward(d, 0);
+    CHECK(bitwise_equal(y, run_forward(d, 4)) && !bitwise_equal(y, run_forward(d, 2)));
+    CHECK(bitwise_equal(dx, run_backward(d, 4)) && !bitwise_equal(dx, run_backward(d, 2)));
+    CHECK(rel_err(y, d.y_ref) <= tolerance<T>(4, 3));
+    CHECK(rel_err(dx, d.dx_ref) <= tolerance<T>(4, 3));
+    CHECK(bitwise_equal(run_forward(e, 0), run_forward(e, 2)));  // 1 x 4 x 4 = 16 tiles
+    const bool avx512 = level >= static_cast<int>(SimdLevel::AVX512);
+    CHECK(winograd_detail::use_filter_panels<T>(16, 256, 256, 200));
+    CHECK(winograd_detail::use_filter_panels<T>(16, 256, 256, 392) == avx512);
+    CHECK(!winograd_detail::use_filter_panels<T>(16, 256, 256, 1100));
+    CHECK(!winograd_detail::use_filter_panels<T>(16, 64, 64, 10));  // U within 2 MiB
+  }
+  nablagrad::set_simd_level(nablagrad::cpu_simd_level());
+}
+
 // blocks of tiles (conv_tiles_blocks): the same bits at every level and 1-3 threads, with a
 // partial last panel, two K slices (C > 256) and edge tiles; and through the entry points
 // (which pick panels for these shapes) against the reference.
@@ -326,6 +354,22 @@ void test_errors_and_empty() {
   CHECK(winograd_tile_size(32, 32, 64, 64) == 4);
   CHECK(winograd_tile_size(8, 8, 64, 64) == 2);
   CHECK(winograd_tile_size(32, 32, 256, 256) == 2);
+  // The forward's and dX's: F(4) also for more channels with at least 64 F(4) tiles on
+  // outputs of at least 7 x 7 (test_forward_tile_rule runs it).
+  CHECK(winograd_forward_tile_size(8, 28, 28, 256, 256) == 4);
+  CHECK(winograd_forward_tile_size(16, 7, 7, 256, 256) == 4);      // 16 x 2 x 2 = 64 tiles
+  CHECK(winograd_forward_tile_size(4, 7, 7, 512, 512) == 2);       // 16 tiles
+  // 32 tiles: F(4) below AVX-512 where its tiles cover no more than F(2)'s (7 x 7: 8 x 8 both).
+  for (SimdLevel level : {SimdLevel::Portable, nablagrad::cpu_simd_level()}) {
+    nablagrad::set_simd_level(level);
+    const bool below = nablagrad::simd_level() < SimdLevel::AVX512;
+    CHECK(winograd_forward_tile_size(8, 7, 7, 512, 512) == (below ? 4 : 2));
+    CHECK(winograd_forward_tile_size(2, 14, 14, 256, 256) == 2);  // 16 x 16 against 14 x 14
+  }
+  nablagrad::set_simd_level(nablagrad::cpu_simd_level());
+  CHECK(winograd_forward_tile_size(64, 6, 6, 256, 256) == 2);      // 6 x 6 outputs
+  CHECK(winograd_forward_tile_size(1, 32, 32, 64, 64) == 4);       // winograd_tile_size's
+  CHECK(winograd_forward_tile_size(8, 28, 28, 256, 256, 5) == 2);  // 5x5: F(2x2,5x5) only
   CHECK(!winograd_preferred(g3));  // 3 -> 4 channels: direct
   const auto g16 = make_conv2d_geometry(1, 8, 8, 16, 16, 3, 3, 16, 1, 1, 0, 0, 0, 0);
   const auto g3264 = make_conv2d_geometry(1, 8, 8, 32, 64, 3, 3, 32, 1, 1, 0, 0, 0, 0);
@@ -492,6 +536,8 @@ int main(int argc, char** argv) {
   RUN_TEST(test_against_reference<float>);
   RUN_TEST(test_random_shapes_all_levels<float>);
   RUN_TEST(test_random_shapes_all_levels<double>);
+  RUN_TEST(test_forward_tile_rule<float>);
+  RUN_TEST(test_forward_tile_rule<double>);
   RUN_TEST(test_filter_panels<float>);
   RUN_TEST(test_filter_panels<double>);
   RUN_TEST(test_threads_bitwise<float>);

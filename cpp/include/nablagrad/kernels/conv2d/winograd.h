@@ -52,7 +52,7 @@
 // runs in fixed chunks (kernel_grad).
 //
 //     if (winograd_applicable(g)) {
-//       winograd_conv2d_forward(g, x, w, bias, y);           // m chosen by winograd_tile_size
+//       winograd_conv2d_forward(g, x, w, bias, y);           // m by winograd_forward_tile_size
 //       winograd_conv2d_backward_input(g, dy, w, dx);
 //       winograd_conv2d_backward_weight(g, x, dy, dw);
 //     }
@@ -479,15 +479,22 @@ inline int64_t forward_block_tiles(int A, int64_t C, int64_t Q, int64_t tiles, i
 }
 
 /// Whether conv_tiles runs by filter panels (conv_tiles_panels): where the transformed kernel
-/// U (P x Cc x Qf) is past 2 MiB (an L2) and the whole V and M (tiles x P x (Cc + Qf)) stay
-/// within 64 MiB. Measured at AVX-512, 2 threads, forward (ms, blocks -> panels):
-/// (8,7,7,512->512) 9.8 -> 5.4, (8,7,7,256->256) 2.1 -> 1.6, (8,14,14,256->256) 3.6 -> 3.3,
-/// (8,7,7,256->256, 5x5) 5.0 -> 3.6.
+/// U (P x Cc x Qf) is past 2 MiB (an L2), the whole V and M (tiles x P x (Cc + Qf)) stay
+/// within 64 MiB, and the tiles are fewer than 4 Qf at AVX-512 (Qf below): every panel reads
+/// all of V (tiles x P x Cc), every block all of U (P x Cc x Qf). Measured at AVX-512, 2
+/// threads, forward (ms, blocks -> panels): (8,7,7,512->512) 9.8 -> 5.4, (8,7,7,256->256) 2.1
+/// -> 1.6, (8,14,14,256->256) 3.6 -> 3.3, (8,7,7,256->256, 5x5) 5.0 -> 3.6; F(4x4)
+/// (8,28,28,256->256, 392 tiles) 11.4 -> 10.3, (8,28,28,128->128, 392) 3.2 -> 3.0, but
+/// (4,56,56,128->128, 784) 6.0 -> 7.2. AVX2: (8,28,28,256->256, 392) 17.7 -> 19.8,
+/// (16,14,14,256->256, 256) 10.9 -> 11.3, (8,28,28,128->128) 4.2 -> 6.2, but
+/// (16,12,12,256->256, 144) 7.1 -> 6.4, (2,28,28,512->512, 98) 28.5 -> 20.4.
 template <typename T>
 inline bool use_filter_panels(int64_t P, int64_t Cc, int64_t Qf, int64_t tiles) {
   const int64_t bytes = static_cast<int64_t>(sizeof(T));
+  const int64_t per_filter = simd_level() >= SimdLevel::AVX512 ? 4 : 1;
   return saturating_mul(saturating_mul(P, Cc), saturating_mul(Qf, bytes)) > (int64_t{2} << 20) &&
-         saturating_mul(saturating_mul(tiles, P), saturating_mul(Cc + Qf, bytes)) <= (int64_t{64} << 20);
+         saturating_mul(saturating_mul(tiles, P), saturating_mul(Cc + Qf, bytes)) <= (int64_t{64} << 20) &&
+         tiles < saturating_mul(per_filter, Qf);
 }
 
 /// conv_tiles for few tiles and a large transformed kernel (a deep layer on small images):
@@ -748,6 +755,36 @@ inline int winograd_tile_size(int64_t Ho, int64_t Wo, int64_t K, int64_t Nf, int
   return (Ho >= 16 && Wo >= 16 && K <= 96 && Nf <= 96) ? 4 : 2;
 }
 
+/// The tile size of the forward and the input gradient (N images of Ho x Wo outputs):
+/// winograd_tile_size, and F(4x4) also for more channels where its tiles are many, at least
+/// 64 (N ceil(Ho/4) ceil(Wo/4)) on outputs of at least 7 x 7. With such counts the transformed
+/// kernel's 36 matrices are repaid, and where it is large the filter panels (use_filter_panels)
+/// stream the 2.25x fewer tiles' V. Measured forward, 2 threads (ms, F(2) -> F(4), AVX-512 /
+/// AVX2): (8,28,28,256->256) 16.4 -> 10.5 / 36.5 -> 17.7, (2,56,56,256->256) 15.6 -> 9.7 /
+/// 34.9 -> 16.5, (4,28,28,256->256) 7.7 -> 5.0 / 16.6 -> 9.2, (2,28,28,512->512) 15.1 -> 11.5 /
+/// 29.3 -> 19.6, (32,7,7,512->512) 18.1 -> 13.1 / 38.6 -> 24.0, (16,14,14,256->256) 8.0 ->
+/// 6.4 / 15.4 -> 10.9, (8,14,14,256->256) 4.1 -> 3.5 / 6.8 -> 5.8, (16,12,12,256->256) 5.5 ->
+/// 3.8 / 10.5 -> 6.3, (16,7,7,256->256) 2.6 -> 2.3 / 4.6 -> 3.2, (4,56,56,128->128) 6.9 -> 6.0
+/// / 10.1 -> 8.2, (8,28,28,128->128) 3.6 -> 2.9 / 5.3 -> 4.2, (32,14,14,64->64) 0.96 -> 0.83
+/// / 1.34 -> 1.15, (32,14,14,48->96) 0.99 -> 0.96 / 1.41 -> 1.26. Slower: (16,14,14,128->128)
+/// 2.0 -> 2.0 / 2.6 -> 2.8, (8,14,14,128->128) 1.16 -> 1.14 / 1.39 -> 1.60, (4,14,14,256->256)
+/// 2.04 -> 2.23 / 3.4 -> 3.1; kept at F(2) with fewer tiles: (8,7,7,512->512), 32 tiles, 5.6
+/// vs 7.0 (AVX2 10.1 vs 8.7). (The kernel gradient keeps winograd_tile_size: its F(4) was
+/// slower at 256 and 512 channels, e.g. (4,28,28,512->512) 75 vs 133 ms.)
+/// Below AVX-512, where the GEMMs weigh more against the transforms, from 32 tiles where
+/// F(4x4)'s tiles cover no more of the plane than F(2x2)'s (7, 12, 28: the full 1.78x fewer
+/// multiplies; not 13 or 14 x 14, 1.36x): AVX2 (8,7,7,512->512) 10.1 -> 8.3, (8,7,7,256->256)
+/// 2.18 -> 1.75; not (2,14,14,256->256) 1.61 vs 1.76, (2,14,14,512->512) 7.6 vs 8.3.
+inline int winograd_forward_tile_size(int64_t N, int64_t Ho, int64_t Wo, int64_t K, int64_t Nf, int64_t r = 3) {
+  if (r == 5) return 2;
+  if (winograd_tile_size(Ho, Wo, K, Nf, r) == 4) return 4;
+  if (Ho < 7 || Wo < 7) return 2;
+  const int64_t tiles4 = saturating_mul(N, saturating_mul((Ho + 3) / 4, (Wo + 3) / 4));
+  const bool same_cover = (Ho + 3) / 4 * 2 == (Ho + 1) / 2 && (Wo + 3) / 4 * 2 == (Wo + 1) / 2;
+  const int64_t least = simd_level() < SimdLevel::AVX512 && same_cover ? 32 : 64;
+  return tiles4 >= least ? 4 : 2;
+}
+
 /// The "auto" rule for the kernel gradient (measured against the im2col GEMM, 2 threads,
 /// docs/convolution.md "Winograd"): C, Q >= 16 (about 2x faster from 16 -> 16 to 256 -> 256
 /// channels; a wash at 8), and at least 4 blocks of tiles: the tiles are the reduction, split
@@ -835,7 +872,7 @@ template <typename T>
 void winograd_conv2d_forward(const Conv2dGeometry& g, const T* x, const T* w, const T* bias, T* y,
                              int m = 0) {
   m = winograd_detail::checked_tile_size("winograd_conv2d_forward", g, m,
-                                         winograd_tile_size(g.Ho, g.Wo, g.C, g.Q, g.FH));
+                                         winograd_forward_tile_size(g.N, g.Ho, g.Wo, g.C, g.Q, g.FH));
   if (g.N == 0) return;
   const int64_t C = g.C, Q = g.Q, r = g.FH;
   const winograd_detail::KernelView<T> kern{w, r * r * C, 1, r * C, C};  // w[((f * r + a) * r + d) * C + c]
@@ -848,11 +885,11 @@ void winograd_conv2d_forward(const Conv2dGeometry& g, const T* x, const T* w, co
 /// Input gradient dx (N, H, W, C) from dy (N, Ho, Wo, Q) by the same Winograd routine: the
 /// stride-1 convolution of dY zero-padded by r-1 with the flipped kernel
 /// Kr[c, a', d', q] = K[q, r-1-a', r-1-d', c] (flip_kernel), cropped by the forward padding.
-/// m as for the forward (winograd_tile_size of dX). Requires winograd_applicable(g).
+/// m as for the forward (winograd_forward_tile_size of dX). Requires winograd_applicable(g).
 template <typename T>
 void winograd_conv2d_backward_input(const Conv2dGeometry& g, const T* dy, const T* w, T* dx, int m = 0) {
   m = winograd_detail::checked_tile_size("winograd_conv2d_backward_input", g, m,
-                                         winograd_tile_size(g.H, g.W, g.Q, g.C, g.FH));
+                                         winograd_forward_tile_size(g.N, g.H, g.W, g.Q, g.C, g.FH));
   if (g.N == 0) return;
   const int64_t C = g.C, Q = g.Q, r = g.FH;
   // Kr as a kernel of C filters over Q channels: Kr(f = c, ch = q, a', d') = K[q, r-1-a', r-1-d', c].
@@ -866,7 +903,7 @@ void winograd_conv2d_backward_input(const Conv2dGeometry& g, const T* dy, const 
 }
 
 /// Kernel gradient dw (Q, r, r, C) from x and dy by the adjoint of F(m x m, r x r)
-/// (winograd_detail::kernel_grad); m as for the forward (winograd_tile_size of the output). The
+/// (winograd_detail::kernel_grad); m by winograd_tile_size of the output. The
 /// bias gradient is not computed here. Requires winograd_applicable(g).
 template <typename T>
 void winograd_conv2d_backward_weight(const Conv2dGeometry& g, const T* x, const T* dy, T* dw, int m = 0) {
