@@ -225,12 +225,6 @@ void forward_indirect(const ConvKernels<T>& cfg_in, const Conv2dGeometry& g, con
   PackedB<T> B;
   B.pack(cfg, K, Q, [&](int64_t k, int64_t q) { return w[q * K + k]; });
   const int64_t panels = (Q + NR - 1) / NR;
-  // Where the runs of neighbouring pixels do not overlap (FW <= S_w: 2x2 S 2, patchify stems),
-  // each block reads input lines no other block read, and the kernel prefetches the next
-  // block's runs (in the same output row: MR pixels on) into L2: (16,64,64,64->64, 2x2 S 2)
-  // 2.35 -> 2.0 ms after a cache flush, 2.15 -> 1.9 without (AVX-512, 2 threads). Where they
-  // overlap the lines are mostly in cache already, and the prefetches cost 3-9% (3x3 S 2).
-  const int64_t ahead = g.FW <= g.stride_w ? MR * g.stride_w * g.C : 0;
   for_each_indirect_block(g, x, MR, [&](int64_t r0, int64_t nr, int64_t nh, const T* const* ph, int64_t h0) {
     for (int64_t p = 0; p < panels; ++p) {
       const int64_t q0 = p * NR, nq = std::min(NR, Q - q0);
@@ -238,11 +232,11 @@ void forward_indirect(const ConvKernels<T>& cfg_in, const Conv2dGeometry& g, con
       // A whole tile goes from the registers to y (-2.5% at (16,32,32,32->64, 3x3 S2));
       // a partial one through out and store_tile.
       if (nr == MR && nq == NR) {
-        cfg.indirect(nh, len, ph, bp, y + r0 * Q + q0, Q, bias ? bias + q0 : nullptr, ahead);
+        cfg.indirect(nh, len, ph, bp, y + r0 * Q + q0, Q, bias ? bias + q0 : nullptr);
         continue;
       }
       alignas(64) T out[kMaxTileValues];
-      cfg.indirect(nh, len, ph, bp, out, NR, nullptr, ahead);
+      cfg.indirect(nh, len, ph, bp, out, NR, nullptr);
       cfg.store_tile(out, nr, NR, y + r0 * Q + q0, Q, bias ? bias + q0 : nullptr, nq);
     }
   });

@@ -46,10 +46,6 @@ constexpr int64_t kSmallCAccStride = 16;
 inline void prefetch_ahead(const void* p, size_t bytes) {
   _mm_prefetch(reinterpret_cast<const char*>(reinterpret_cast<uintptr_t>(p) + bytes), _MM_HINT_T0);
 }
-// The same into L2 only (data for a later block).
-inline void prefetch_l2_ahead(const void* p, size_t bytes) {
-  _mm_prefetch(reinterpret_cast<const char*>(reinterpret_cast<uintptr_t>(p) + bytes), _MM_HINT_T1);
-}
 #endif
 
 // Pixels per block of the smallc_dx kernels: NP*C <= 8 accumulators.
@@ -430,11 +426,10 @@ inline void direct_kernel_portable(int64_t nh, int64_t len, const T* a, int64_t 
 //   out[i*ldo + j] = sum_{h < nh} sum_{d < len} rows[h*MR + i][d] * b[(h*len + d)*NR + j]
 //                    (+ bias[j] where bias is not null)
 // out is overwritten; one FMA chain per element, (h, d) ascending (the im2col GEMM's order),
-// out and bias as for the direct kernel. The vector variants prefetch into L2, a line per run
-// and 64 bytes of it, the values `ahead` further on (where the caller's next block reads).
+// out and bias as for the direct kernel.
 template <typename T, int MR, int NR>
 inline void indirect_kernel_portable(int64_t nh, int64_t len, const T* const* rows, const T* b,
-                                     T* out, int64_t ldo, const T* bias, int64_t /*ahead*/) {
+                                     T* out, int64_t ldo, const T* bias) {
   T acc[MR][NR] = {};
   for (int64_t h = 0; h < nh; ++h) {
     const T* const* rh = rows + h * MR;
@@ -470,12 +465,10 @@ __attribute__((target("avx2,fma"))) inline void store_acc_avx2(const typename Av
 template <typename T>
 __attribute__((target("avx2,fma"))) inline void indirect_kernel_avx2(int64_t nh, int64_t len,
                                                                      const T* const* rows, const T* b,
-                                                                     T* out, int64_t ldo, const T* bias,
-                                                                     int64_t ahead) {
+                                                                     T* out, int64_t ldo, const T* bias) {
   using V = Avx2Vec<T>;
   using VT = typename V::VT;
-  constexpr int MR = 6, W = V::W, LINE = 64 / sizeof(T);
-  const size_t ahead_bytes = sizeof(T) * static_cast<size_t>(ahead);
+  constexpr int MR = 6, W = V::W;
   VT acc[MR][2];
 #pragma GCC unroll 6
   for (int i = 0; i < MR; ++i) acc[i][0] = acc[i][1] = V::zero();
@@ -485,9 +478,6 @@ __attribute__((target("avx2,fma"))) inline void indirect_kernel_avx2(int64_t nh,
     for (int i = 0; i < MR; ++i) r[i] = rows[h * MR + i];
     const T* bh = b + h * len * 2 * W;
     for (int64_t d = 0; d < len; ++d) {
-      if (ahead != 0 && d % LINE == 0)
-#pragma GCC unroll 6
-        for (int i = 0; i < MR; ++i) prefetch_l2_ahead(r[i] + d, ahead_bytes);
       const VT b0 = V::load(bh + d * 2 * W), b1 = V::load(bh + d * 2 * W + W);
       // The panel's line 8 steps ahead, as in indirect_kernel_avx512 (one 64-byte line per
       // step here): 3-6% on the stride-2 3x3 forwards at AVX2 (Xeon held to AVX2, 2 threads,
@@ -1159,11 +1149,9 @@ __attribute__((target("avx512f,avx2,fma"))) inline void dw_s1_kernel_avx512(
 // harmless.
 template <typename T, int MR, int NV>
 __attribute__((target("avx512f,avx2,fma"))) inline void indirect_kernel_avx512(
-    int64_t nh, int64_t len, const T* const* rows, const T* b, T* out, int64_t ldo, const T* bias,
-    int64_t ahead) {
+    int64_t nh, int64_t len, const T* const* rows, const T* b, T* out, int64_t ldo, const T* bias) {
   using VT = typename Avx512<T>::VT;
-  constexpr int W = Avx512<T>::W, LINE = 64 / sizeof(T);
-  const size_t ahead_bytes = sizeof(T) * static_cast<size_t>(ahead);
+  constexpr int W = Avx512<T>::W;
   VT acc[MR][NV];
 #pragma GCC unroll 32
   for (int i = 0; i < MR; ++i)
@@ -1175,9 +1163,6 @@ __attribute__((target("avx512f,avx2,fma"))) inline void indirect_kernel_avx512(
     for (int i = 0; i < MR; ++i) r[i] = rows[h * MR + i];
     const T* bh = b + h * len * NV * W;
     for (int64_t d = 0; d < len; ++d) {
-      if (ahead != 0 && d % LINE == 0)
-#pragma GCC unroll 32
-        for (int i = 0; i < MR; ++i) prefetch_l2_ahead(r[i] + d, ahead_bytes);
       VT bv[NV];
 #pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) bv[v] = z_load(bh + (d * NV + v) * W);
@@ -1253,7 +1238,7 @@ using DirectKernel = void (*)(int64_t nh, int64_t len, const T* a, int64_t a_rs,
                               const T* b, T* out, int64_t ldo, const T* bias);
 template <typename T>
 using IndirectKernel = void (*)(int64_t nh, int64_t len, const T* const* rows, const T* b, T* out,
-                                int64_t ldo, const T* bias, int64_t ahead);
+                                int64_t ldo, const T* bias);
 template <typename T>
 using ColumnKernel = void (*)(int64_t depth, const T* const* cols, int64_t off, const T* b, T* c,
                               int64_t ldc);
