@@ -215,8 +215,7 @@ void forward_indirect(const ConvKernels<T>& cfg_in, const Conv2dGeometry& g, con
                       const T* bias, T* y) {
   const int64_t len = g.FW * g.C, K = g.FH * len, Q = g.Q;
   ConvKernels<T> cfg = cfg_in;
-  if (cfg.indirect_wide && Q % cfg.NR_indirect_wide == 0 &&
-      K * cfg.NR_indirect_wide * static_cast<int64_t>(sizeof(T)) <= (int64_t{256} << 10)) {
+  if (cfg.indirect_wide && Q % cfg.NR_indirect_wide == 0 && panel_fits<T>(K, cfg.NR_indirect_wide)) {
     cfg.MR = cfg.MR_indirect_wide;
     cfg.NR = cfg.NR_indirect_wide;
     cfg.indirect = cfg.indirect_wide;

@@ -163,6 +163,8 @@ inline bool kernel_fits_cache(const Conv2dGeometry& g) {
 template <typename T>
 inline bool winograd_amortized(const Conv2dGeometry& g, bool weight) {
   if (kernel_fits_cache<T>(g)) return true;
+  // Tiles counted at winograd_tile_size (F(2x2) for deep layers) even where the forward and dX
+  // now run F(4x4) (winograd_forward_tile_size): the 96-tile threshold was measured in them.
   const int64_t m = winograd_tile_size(g.Ho, g.Wo, g.C, g.Q, g.FH);
   const int64_t tiles = saturating_mul(g.N, saturating_mul((g.Ho + m - 1) / m, (g.Wo + m - 1) / m));
   if (!weight) return tiles >= 96;
@@ -232,8 +234,8 @@ inline ForwardKernel select_forward(const Conv2dGeometry& g, const conv_detail::
   // Both it and the gather GEMM below read all of the packed kernel once per block of
   // pixels: beyond kernel_fits_cache, im2col + gemm() (forward_gemm).
   const bool kernel_fits = kernel_fits_cache<T>(g);
-  const bool indirect_ok = cfg.indirect != nullptr && g.Q * 4 > cfg.NR && kernel_fits &&
-                           saturating_mul(K, cfg.NR * static_cast<int64_t>(sizeof(T))) <= (int64_t{256} << 10);
+  const bool indirect_ok =
+      cfg.indirect != nullptr && g.Q * 4 > cfg.NR && kernel_fits && conv_detail::panel_fits<T>(K, cfg.NR);
   // But at most 800 output pixels (about 64 blocks of 12): im2col + gemm() (forward_gemm).
   // With so few blocks the indirect kernel's two threads get uneven shares, and its serial
   // packing of the kernel is a large part of the call; gemm() splits the filters too. AVX-512,
@@ -330,7 +332,7 @@ inline BackwardInputKernel select_backward_input(const Conv2dGeometry& g,
   // AVX2): (8,14,14,128->128) 1.50 -> 0.84, (8,32,32,48->96) 1.37 -> 1.31, the rest even.
   if ((g.stride_h > 1 || g.stride_w > 1) && C * 4 > cfg.NR) {
     const int64_t Kmax = (g.FH + g.stride_h - 1) / g.stride_h * ((g.FW + g.stride_w - 1) / g.stride_w) * g.Q;
-    const bool fits = Kmax <= cfg.KC || saturating_mul(Kmax, cfg.NR * static_cast<int64_t>(sizeof(T))) <= (int64_t{256} << 10);
+    const bool fits = Kmax <= cfg.KC || conv_detail::panel_fits<T>(Kmax, cfg.NR);
     if (fits) {
       // (Only where one image's dY.W rows stay within a block of col2im_gemm: a tall, narrow
       // image would otherwise make one block of any size.)
