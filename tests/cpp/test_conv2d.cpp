@@ -885,16 +885,38 @@ void test_kernel_choice() {
     CHECK(std::string(conv_kernel_choice<float>(s2tall).backward_input) == "phases_direct");
     const auto s2 = make_conv2d_geometry(16, 32, 32, 32, 64, 3, 3, 32, 2, 2, 1, 1, 1, 1);
     CHECK(std::string(conv_kernel_choice<float>(s2).backward_weight) == "direct");
-    // Kernel rows of 9 values (3x1 on 9 channels): blocks of MR (and of the shorter tail
-    // tile) would pad a third or more, so the im2col GEMM, at every level.
+    // Kernel rows of 9 or 7 values (3x1 on 9 or 7 channels): blocks of MR (and of the shorter
+    // tail tile) pad a third or more at some levels, but with more than 4 channels the direct
+    // kernel all the same (the GEMM pads its depth too), at every level.
     const auto r9 = make_conv2d_geometry(2, 16, 16, 9, 64, 3, 1, 9, 2, 2, 1, 1, 0, 0);
-    CHECK(std::string(conv_kernel_choice<float>(r9).backward_weight) == "gemm");
-    // 7 values: the AVX-512 tiles' 4-row tail pads one row, the others' 6-row tile five.
+    CHECK(std::string(conv_kernel_choice<float>(r9).backward_weight) == "direct");
+    CHECK(std::string(conv_kernel_choice<double>(r9).backward_weight) == "direct");
     const auto r7 = make_conv2d_geometry(2, 16, 16, 7, 64, 3, 1, 7, 2, 2, 1, 1, 0, 0);
-    CHECK(std::string(conv_kernel_choice<float>(r7).backward_weight) ==
-          (level >= static_cast<int>(SimdLevel::AVX512) ? "direct" : "gemm"));
+    CHECK(std::string(conv_kernel_choice<float>(r7).backward_weight) == "direct");
+    // 6 channels on 24 filters: rows of 18 on the narrow AVX-512 tile's 24 rows.
+    const auto r18 = make_conv2d_geometry(2, 12, 12, 6, 24, 3, 3, 6, 1, 1, 1, 1, 1, 1);
+    CHECK(std::string(conv_kernel_choice<float>(r18).backward_weight) == "direct");
+    // A padded copy far larger than the input and output (padding 1000, stride 200): the
+    // im2col GEMM, which reads the padding as zeros.
+    const auto far = make_conv2d_geometry(1, 3, 3, 8, 16, 3, 3, 8, 200, 200, 1000, 1000, 1000, 1000);
+    CHECK(std::string(conv_kernel_choice<float>(far).backward_weight) == "gemm");
   }
   nablagrad::set_simd_level(nablagrad::cpu_simd_level());
+}
+
+// The kernel gradient's direct kernel on kernel rows its tiles pad by a third or more (more
+// than 4 channels), and the im2col GEMM where the padded copy would dwarf the input, against
+// the oracle at every level.
+void test_backward_weight_padded_rows() {
+  const auto r9 = make_conv2d_geometry(2, 16, 16, 9, 64, 3, 1, 9, 2, 2, 1, 1, 0, 0);
+  const auto r18 = make_conv2d_geometry(2, 12, 12, 6, 24, 3, 3, 6, 1, 1, 1, 1, 1, 1);
+  const auto r5 = make_conv2d_geometry(2, 9, 7, 5, 40, 3, 1, 5, 1, 1, 1, 1, 0, 0);
+  const auto far = make_conv2d_geometry(1, 3, 3, 8, 16, 3, 3, 8, 200, 200, 1000, 1000, 1000, 1000);
+  uint32_t seed = 90;
+  for (const auto& g : {r9, r18, r5, far}) {
+    check_everywhere<float>(g, 2e-4, seed++);
+    check_everywhere<double>(g, 1e-12, seed++);
+  }
 }
 
 // The process-wide algorithm setting: names, parsing, invalid values; "direct" never picks a
@@ -977,6 +999,7 @@ int main() {
   RUN_TEST(test_register_tiles);
   RUN_TEST(test_direct_s1);
   RUN_TEST(test_kernel_choice);
+  RUN_TEST(test_backward_weight_padded_rows);
   RUN_TEST(test_algorithm_setting);
   return test_util::finish();
 }

@@ -312,6 +312,32 @@ def test_conv_algorithm_for():
         pick((1, 4, 4, 1), (1, 1, 1, 2), 1, 1, 0, 0, 0, 0)
 
 
+DW_DIRECT_PADDED = [  # 5-9 channels: kernel rows of 5-18 values, padded to the tile's rows
+    (2, 9, 10, 6, 24, 3, 3, 1, 1),       # rows of 18 (24 on the narrow AVX-512 tile)
+    (2, 8, 7, 5, 24, 3, 1, 1, (1, 0)),   # rows of 5 (8)
+    (1, 9, 9, 9, 40, 2, 1, 2, 0),        # rows of 9, stride 2
+    (2, 11, 9, 6, 16, 3, 3, 2, 1),
+]
+
+
+@pytest.mark.parametrize("case", DW_DIRECT_PADDED, ids=[str(c) for c in DW_DIRECT_PADDED])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_backward_weight_direct_padded_rows(case, dtype, restore_conv_algorithm):
+    """More than 4 channels: the direct kernel gradient whatever its rows' padding."""
+    n, h, w_, c, q, fh_, fw_, stride, p = case
+    pads = resolve_pads(p, fh_, fw_)
+    ng.backends.conv_algorithm = "auto"
+    got = _core._conv_algorithm_for((n, h, w_, c), (q, fh_, fw_, c), stride, stride, *pads, dtype)
+    assert got["backward_weight"] == "direct", got
+    tol = 1e-4 if dtype == "float32" else 1e-11
+    x, w, b, dy, _, _ = conv_case(n, h, w_, c, q, fh_, fw_, stride, p, dtype=np.dtype(dtype).type)
+    _, _, dw, db = conv_run(x, w, b, dy, stride, p)
+    ref = _core.conv2d_reference_backward(ng.tensor(x), ng.tensor(w), ng.tensor(dy), stride, stride, *pads)
+    dw_ref = ref[1].numpy()
+    np.testing.assert_allclose(dw, dw_ref, rtol=tol, atol=tol * np.abs(dw_ref).max())
+    np.testing.assert_allclose(db, dy.sum(axis=(0, 1, 2)), rtol=tol, atol=tol * np.abs(dy).sum(axis=(0, 1, 2)).max())
+
+
 # ---------------------------------------------------------------------------------------------
 # gradcheck (finite differences)
 # ---------------------------------------------------------------------------------------------

@@ -410,8 +410,15 @@ inline BackwardWeightKernel select_backward_weight(const Conv2dGeometry& g,
   // 1.75; but (2,28,28,128->128) 5.94 vs 5.69, (4,8,8,128->128) 2.01 vs 1.06).
   if (g.C >= 128 && saturating_mul(g.N, saturating_mul(g.Ho, g.Wo)) <= 4096 && (g.FH * g.FW <= 9 || g.Q >= g.C))
     return BackwardWeightKernel::Im2colGemm;
+  // With more than 4 channels, whatever its rows' padding: the GEMM below pads its depth
+  // FH*FW*C to whole tiles too, and packs an im2col copy besides. Measured where the padding
+  // passed 25% (2 threads, Xeon, ms, gemm -> direct, AVX-512 / AVX2): (8,56,56,6->24, 3x3)
+  // 0.80 -> 0.41 / (AVX2 already direct), (8,56,56,6->16) 0.49 -> 0.19, (8,56,56,6->24, S 2)
+  // 0.21 -> 0.16, (8,56,56,5->24, 3x1) 0.50 -> 0.35, (8,56,56,5->40, 3x1) 0.64 -> 0.47,
+  // (8,56,56,6->24, 2x2) 0.40 -> 0.36, (8,56,56,9->24, 2x1) 0.42 -> 0.39 / 0.40 -> 0.37.
+  // At most 4 channels keep the padding limit (the small-C kernel below takes the rest).
   const int64_t len = g.FW * g.C;  // a kernel row: fits, the kernel is allocated
-  if (conv_detail::direct_dw_rows(cfg, len) * 4 <= len * 5 && padded_copy_small)
+  if ((g.C > 4 || conv_detail::direct_dw_rows(cfg, len) * 4 <= len * 5) && padded_copy_small)
     return BackwardWeightKernel::Direct;
   // Few input channels: register accumulators straight from a zero-padded copy of the input,
   // when that copy is about the input's size.
