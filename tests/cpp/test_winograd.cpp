@@ -369,6 +369,17 @@ void test_errors_and_empty() {
   nablagrad::set_simd_level(nablagrad::cpu_simd_level());
   CHECK(winograd_forward_tile_size(64, 6, 6, 256, 256) == 2);      // 6 x 6 outputs
   CHECK(winograd_forward_tile_size(1, 32, 32, 64, 64) == 4);       // winograd_tile_size's
+  // At most 96 channels on outputs under 16 x 16: F(4) from 256 tiles, at every level.
+  for (SimdLevel level : {SimdLevel::Portable, nablagrad::cpu_simd_level()}) {
+    nablagrad::set_simd_level(level);
+    CHECK(winograd_forward_tile_size(8, 14, 14, 64, 64) == 2);     // 128 tiles
+    CHECK(winograd_forward_tile_size(8, 7, 7, 64, 64) == 2);       // 32 tiles, same cover
+    CHECK(winograd_forward_tile_size(32, 8, 8, 96, 96) == 2);      // 128 tiles
+    CHECK(winograd_forward_tile_size(16, 14, 14, 48, 48) == 4);    // 256 tiles
+    CHECK(winograd_forward_tile_size(32, 14, 14, 64, 64) == 4);    // 512 tiles
+    CHECK(winograd_forward_tile_size(16, 7, 7, 97, 16) == 4);      // 97 channels: 64 suffice
+  }
+  nablagrad::set_simd_level(nablagrad::cpu_simd_level());
   CHECK(winograd_forward_tile_size(8, 28, 28, 256, 256, 5) == 2);  // 5x5: F(2x2,5x5) only
   CHECK(!winograd_preferred(g3));  // 3 -> 4 channels: direct
   const auto g16 = make_conv2d_geometry(1, 8, 8, 16, 16, 3, 3, 16, 1, 1, 0, 0, 0, 0);

@@ -775,13 +775,22 @@ inline int winograd_tile_size(int64_t Ho, int64_t Wo, int64_t K, int64_t Nf, int
 /// F(4x4)'s tiles cover no more of the plane than F(2x2)'s (7, 12, 28: the full 1.78x fewer
 /// multiplies; not 13 or 14 x 14, 1.36x): AVX2 (8,7,7,512->512) 10.1 -> 8.3, (8,7,7,256->256)
 /// 2.18 -> 1.75; not (2,14,14,256->256) 1.61 vs 1.76, (2,14,14,512->512) 7.6 vs 8.3.
+/// With at most 96 channels on both sides (outputs under 16 x 16, where winograd_tile_size
+/// says F(2)) the kernel is cheap to transform and F(2)'s GEMMs are efficient: F(4) from 256
+/// tiles only. F(2) -> F(4) there, 2 threads (ms, AVX-512 / AVX2): (8,14,14,64->64), 128
+/// tiles, 0.224 vs 0.263; (8,12,12,64->64), 72 tiles, 0.165 vs 0.198 / 0.251 vs 0.278;
+/// (8,12,12,96->96) 0.423 vs 0.467; (8,8,8,64->64), 32 tiles, AVX2 0.155 vs 0.208;
+/// (8,7,7,64->64) AVX2 0.158 vs 0.211; even at (16,8,8,64->64) and (32,8,8,64->64); F(4)
+/// from 256: (16,14,14,48->48) 0.243 -> 0.231, (32,14,14,64->64) 0.96 -> 0.83 / 1.34 -> 1.15.
 inline int winograd_forward_tile_size(int64_t N, int64_t Ho, int64_t Wo, int64_t K, int64_t Nf, int64_t r = 3) {
   if (r == 5) return 2;
   if (winograd_tile_size(Ho, Wo, K, Nf, r) == 4) return 4;
   if (Ho < 7 || Wo < 7) return 2;
   const int64_t tiles4 = saturating_mul(N, saturating_mul((Ho + 3) / 4, (Wo + 3) / 4));
   const bool same_cover = (Ho + 3) / 4 * 2 == (Ho + 1) / 2 && (Wo + 3) / 4 * 2 == (Wo + 1) / 2;
-  const int64_t least = simd_level() < SimdLevel::AVX512 && same_cover ? 32 : 64;
+  const int64_t least = K <= 96 && Nf <= 96                              ? 256
+                        : simd_level() < SimdLevel::AVX512 && same_cover ? 32
+                                                                         : 64;
   return tiles4 >= least ? 4 : 2;
 }
 
