@@ -709,13 +709,14 @@ void test_padding_rows_skipped() {
     check_everywhere<float>(g, 1e-4, 80 + i);
   }
   // NaN in one input pixel: the fast forward's NaNs are the reference's, at every level, by
-  // the direct kernel and by Winograd F(2x2,5x5) ("auto": its transforms add no term with a
-  // zero coefficient, so a tile's NaN reaches only the outputs whose windows hold it).
-  for (ConvAlgorithm a : {ConvAlgorithm::Direct, ConvAlgorithm::Auto}) {
+  // the direct kernel and by Winograd F(2x2,5x5) (its transforms add no term with a zero
+  // coefficient, so a tile's NaN reaches only the outputs whose windows hold it).
+  for (ConvAlgorithm a : {ConvAlgorithm::Direct, ConvAlgorithm::Winograd}) {
     set_conv_algorithm(a);
-    CHECK(std::string(conv_kernel_choice<float>(shapes[1]).forward) == (a == ConvAlgorithm::Auto ? "winograd" : "direct"));
+    CHECK(std::string(conv_kernel_choice<float>(shapes[1]).forward) == (a == ConvAlgorithm::Winograd ? "winograd" : "direct"));
     check_nan_reaches_its_windows(shapes[1], 90);
   }
+  set_conv_algorithm(ConvAlgorithm::Auto);
 }
 
 // The strided input gradient by phases read in place from a padded dY (phases_direct):

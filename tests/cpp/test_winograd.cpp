@@ -487,10 +487,20 @@ void test_algorithm_setting() {
   CHECK(rel_err(dx, d.dx_ref) <= 1e-5);
   CHECK(rel_err(dw, d.dw_ref) <= 1e-5);
   set_conv_algorithm(ConvAlgorithm::Auto);  // 16 -> 20 channels: forward and dX
-  CHECK(std::string(conv_kernel_choice<float>(d.g).forward) == "winograd");
-  CHECK(std::string(conv_kernel_choice<float>(d.g).backward_input) == "winograd");
+  const auto g1620 = make_conv2d_geometry(32, 16, 16, 16, 20, 3, 3, 16, 1, 1, 1, 1, 1, 1);
+  CHECK(std::string(conv_kernel_choice<float>(g1620).forward) == "winograd");
+  CHECK(std::string(conv_kernel_choice<float>(g1620).backward_input) == "winograd");
+  // ... but not with too little work (winograd_enough_work: 12M multiply-adds at AVX-512, 6M
+  // below): 2 images of 16 x 16 (1.5M), nor 12 (8.8M) at AVX-512.
+  const auto g1620_2 = make_conv2d_geometry(2, 16, 16, 16, 20, 3, 3, 16, 1, 1, 1, 1, 1, 1);
+  const auto g1620_12 = make_conv2d_geometry(12, 16, 16, 16, 20, 3, 3, 16, 1, 1, 1, 1, 1, 1);
+  CHECK(std::string(conv_kernel_choice<float>(g1620_2).forward) != "winograd");
+  CHECK(std::string(conv_kernel_choice<float>(g1620_2).backward_input) != "winograd");
+  CHECK((std::string(conv_kernel_choice<float>(g1620_12).forward) == "winograd") ==
+        (nablagrad::simd_level() < SimdLevel::AVX512));
+  CHECK(winograd_enough_work(g1620) && !winograd_enough_work(g1620_2));
   // 64 -> 12: the forward only (dX from 16 filters), but at AVX2 (both from 8).
-  const auto g6412 = make_conv2d_geometry(2, 11, 10, 64, 12, 3, 3, 64, 1, 1, 1, 1, 1, 1);
+  const auto g6412 = make_conv2d_geometry(20, 11, 10, 64, 12, 3, 3, 64, 1, 1, 1, 1, 1, 1);
   CHECK(std::string(conv_kernel_choice<float>(g6412).forward) == "winograd");
   CHECK((std::string(conv_kernel_choice<float>(g6412).backward_input) == "winograd") ==
         (nablagrad::simd_level() == SimdLevel::AVX2));

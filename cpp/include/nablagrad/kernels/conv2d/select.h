@@ -182,11 +182,33 @@ inline bool use_winograd_if(const Conv2dGeometry& g, const Preferred& preferred)
   if (a == ConvAlgorithm::Direct || !winograd_applicable(g)) return false;
   return a == ConvAlgorithm::Winograd || preferred();
 }
-/// The forward pass (or the input gradient): winograd_preferred, and winograd_amortized.
+/// [WINOGRAD] Whether a forward (or input gradient) is big enough for Winograd: at least 12M
+/// multiply-adds by the direct sums (N Ho Wo Q FH FW C) at AVX-512, 6M below. Under that its
+/// transforms (three passes over the data, the kernel's afresh each call) and few tiles per
+/// thread cost more than its fewer multiplies save: small images, small batches, inference of
+/// one image. Measured forward, 2 threads (Winograd time / the best of the direct, indirect
+/// and GEMM kernels; MMAC = millions of multiply-adds), AVX-512 / AVX2: (1,7,7,32->32), 0.5
+/// MMAC, 2.9 / 2.7; (8,8,8,32->32), 4.7, 1.13 / 1.39; (2,14,14,32->32), 3.6, 1.32 / 1.23;
+/// (1,16,16,64->64), 9.4, 1.57 / 1.68; (8,7,7,32->32), 3.6, 1.43 / 1.75; (2,16,16,32->32),
+/// 4.7, 1.72 / 1.53; (32,7,7,24->24), 8.1, 1.46 / 1.20; (1,28,28,32->32), 7.2, 1.23 / 0.92;
+/// (32,8,8,24->24), 10.6, 1.23 / 0.96; (8,16,16,24->24), 10.6, 1.14 / 0.69; past it
+/// (8,28,28,16->16), 14.5, 0.76 / 0.71; (32,8,8,32->32), 18.9, 0.86 / 0.75; (8,16,16,32->32),
+/// 18.9, 0.76 / 0.72. Lost by the limit: (2,28,28,16->16), 3.6, 0.90 / 0.81; (8,14,14,16->16),
+/// 3.6, 1.01 / 0.87; (32,8,8,16->16), 4.7, 0.86 / 0.86 (benchmarks/RESULTS.md, "Winograd only
+/// with enough work").
+inline bool winograd_enough_work(const Conv2dGeometry& g) {
+  const int64_t macs = saturating_mul(saturating_mul(g.N, saturating_mul(g.Ho, g.Wo)),
+                                      saturating_mul(g.Q, saturating_mul(g.FH * g.FW, g.C)));
+  return macs >= (simd_level() >= SimdLevel::AVX512 ? int64_t{12000000} : int64_t{6000000});
+}
+
+/// The forward pass (or the input gradient): winograd_preferred, winograd_amortized and
+/// winograd_enough_work.
 template <typename T>
 inline bool use_winograd(const Conv2dGeometry& g, bool backward_input) {
   return use_winograd_if(g, [&] {
-    return winograd_preferred(g, backward_input) && winograd_amortized<T>(g, /*weight=*/false);
+    return winograd_preferred(g, backward_input) && winograd_amortized<T>(g, /*weight=*/false) &&
+           winograd_enough_work(g);
   });
 }
 
