@@ -275,18 +275,25 @@ FLIPPED_DIRECT = [  # stride 1, a direct-sized flipped kernel: dX runs the forwa
 ]
 
 
+def _chosen_pass_run(case, dtype, setting, pass_name, expected):
+    """Under the conv_algorithm `setting`, asserts the kernel chosen for `pass_name`, then runs
+    forward and backward: ((y, dx, dw, db) of the fast path, (dx, dw, db) of the oracle, dy)."""
+    n, h, w_, c, q, fh_, fw_, stride, p = case
+    pads = resolve_pads(p, fh_, fw_)
+    ng.backends.conv_algorithm = setting
+    got = _core._conv_algorithm_for((n, h, w_, c), (q, fh_, fw_, c), stride, stride, *pads, dtype)
+    assert got[pass_name] == expected, got
+    x, w, b, dy, _, _ = conv_case(n, h, w_, c, q, fh_, fw_, stride, p, dtype=np.dtype(dtype).type)
+    fast = conv_run(x, w, b, dy, stride, p)
+    ref = _core.conv2d_reference_backward(ng.tensor(x), ng.tensor(w), ng.tensor(dy), stride, stride, *pads)
+    return fast, [t.numpy() for t in ref], dy
+
+
 @pytest.mark.parametrize("case", FLIPPED_DIRECT, ids=[str(c) for c in FLIPPED_DIRECT])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_backward_input_flipped_direct(case, dtype, restore_conv_algorithm):
-    n, h, w_, c, q, fh_, fw_, _, p = case
-    pads = resolve_pads(p, fh_, fw_)
-    ng.backends.conv_algorithm = "direct"
-    got = _core._conv_algorithm_for((n, h, w_, c), (q, fh_, fw_, c), 1, 1, *pads, dtype)
-    assert got["backward_input"] == "flipped_direct", got
+    (_, dx, _, _), (dx_ref, _, _), _ = _chosen_pass_run(case, dtype, "direct", "backward_input", "flipped_direct")
     tol = 1e-4 if dtype == "float32" else 1e-11
-    x, w, b, dy, _, _ = conv_case(n, h, w_, c, q, fh_, fw_, 1, p, dtype=np.dtype(dtype).type)
-    _, dx, _, _ = conv_run(x, w, b, dy, 1, p)
-    dx_ref = _core.conv2d_reference_backward(ng.tensor(x), ng.tensor(w), ng.tensor(dy), 1, 1, *pads)[0].numpy()
     np.testing.assert_allclose(dx, dx_ref, rtol=tol, atol=tol * np.abs(dx_ref).max())
 
 
@@ -324,18 +331,11 @@ DW_DIRECT_PADDED = [  # 5-9 channels: kernel rows of 5-18 values, padded to the 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_backward_weight_direct_padded_rows(case, dtype, restore_conv_algorithm):
     """More than 4 channels: the direct kernel gradient whatever its rows' padding."""
-    n, h, w_, c, q, fh_, fw_, stride, p = case
-    pads = resolve_pads(p, fh_, fw_)
-    ng.backends.conv_algorithm = "auto"
-    got = _core._conv_algorithm_for((n, h, w_, c), (q, fh_, fw_, c), stride, stride, *pads, dtype)
-    assert got["backward_weight"] == "direct", got
+    (_, _, dw, db), (_, dw_ref, _), dy = _chosen_pass_run(case, dtype, "auto", "backward_weight", "direct")
     tol = 1e-4 if dtype == "float32" else 1e-11
-    x, w, b, dy, _, _ = conv_case(n, h, w_, c, q, fh_, fw_, stride, p, dtype=np.dtype(dtype).type)
-    _, _, dw, db = conv_run(x, w, b, dy, stride, p)
-    ref = _core.conv2d_reference_backward(ng.tensor(x), ng.tensor(w), ng.tensor(dy), stride, stride, *pads)
-    dw_ref = ref[1].numpy()
     np.testing.assert_allclose(dw, dw_ref, rtol=tol, atol=tol * np.abs(dw_ref).max())
-    np.testing.assert_allclose(db, dy.sum(axis=(0, 1, 2)), rtol=tol, atol=tol * np.abs(dy).sum(axis=(0, 1, 2)).max())
+    db_ref = dy.sum(axis=(0, 1, 2))
+    np.testing.assert_allclose(db, db_ref, rtol=tol, atol=tol * np.abs(dy).sum(axis=(0, 1, 2)).max())
 
 
 # ---------------------------------------------------------------------------------------------
