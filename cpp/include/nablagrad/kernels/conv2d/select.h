@@ -289,9 +289,9 @@ inline ForwardKernel select_forward(const Conv2dGeometry& g, const conv_detail::
   // 1.15 ms im2col), the output has
   // enough filters to fill a register tile, and the copy is about the input's size (a huge
   // padding or stride would make it absurd; then im2col reads the padding as 0).
-  const bool panel_fits = g.stride_h == 1 && g.stride_w == 1 &&
-                          saturating_mul(K, cfg.NR * static_cast<int64_t>(sizeof(T))) <= (int64_t{64} << 10);
-  if ((K <= cfg.KC || panel_fits) && g.Q * 4 > cfg.NR &&
+  const bool direct_panel_fits =
+      g.stride_h == 1 && g.stride_w == 1 && conv_detail::panel_fits<T>(K, cfg.NR, int64_t{64} << 10);
+  if ((K <= cfg.KC || direct_panel_fits) && g.Q * 4 > cfg.NR &&
       conv_detail::padded_copy_is_small(g, g.H + g.pad_top + g.pad_bottom,
                                         conv_detail::forward_direct_row_values(g, cfg.MR)))
     return ForwardKernel::Direct;
