@@ -378,6 +378,63 @@ void test_register_tiles() {
   check_everywhere<float>(gf, 2e-5, 30);
   set_conv_algorithm(ConvAlgorithm::Auto);
 }
+// Each kernel of a ConvKernels row straight (not through the selection), all passes, against
+// the oracle: direct and indirect forward, the gather GEMM's tile (im2col forward, col2im dX),
+// the direct dX of the stride phases, and the kernel gradient's tile and column kernels.
+template <typename T>
+void check_kernel_row(const conv_detail::ConvKernels<T>& cfg, const Conv2dGeometry& g, double tol, uint32_t seed) {
+  std::mt19937 rng(seed);
+  auto x = random_vector<T>(g.N * g.H * g.W * g.C, rng), w = random_vector<T>(g.Q * g.FH * g.FW * g.C, rng),
+       b = random_vector<T>(g.Q, rng), dy = random_vector<T>(g.N * g.Ho * g.Wo * g.Q, rng);
+  const Results ref = run_reference(g, x, w, b, dy, true);
+  std::vector<T> y(ref.y.size()), dx(x.size()), dw(w.size()), db(g.Q);
+  auto same_y = [&] { return max_rel_diff(std::vector<double>(y.begin(), y.end()), ref.y) < tol; };
+  auto same_dx = [&] { return max_rel_diff(std::vector<double>(dx.begin(), dx.end()), ref.dx) < tol; };
+  auto same_dw = [&] {
+    return max_rel_diff(std::vector<double>(dw.begin(), dw.end()), ref.dw) < tol &&
+           max_rel_diff(std::vector<double>(db.begin(), db.end()), ref.db) < tol;
+  };
+  conv_detail::forward_direct(cfg, g, x.data(), w.data(), b.data(), y.data());
+  CHECK(same_y());
+  conv_detail::forward_indirect(cfg, g, x.data(), w.data(), b.data(), y.data());
+  CHECK(same_y());
+  conv_detail::forward_im2col_gemm(cfg, g, x.data(), w.data(), b.data(), y.data());
+  CHECK(same_y());
+  conv_detail::backward_input_col2im(cfg, g, dy.data(), w.data(), dx.data());
+  CHECK(same_dx());
+  if (g.stride_h > 1 || g.stride_w > 1) {
+    conv_detail::backward_input_phases_direct(cfg, g, dy.data(), w.data(), dx.data());
+    CHECK(same_dx());
+  }
+  conv_detail::backward_weight_direct(cfg, g, x.data(), dy.data(), dw.data(), db.data());
+  CHECK(same_dw());
+  conv_detail::backward_weight_gemm(cfg, g, x.data(), dy.data(), dw.data(), db.data());
+  CHECK(same_dw());
+}
+
+// The AVX2 level's 4 x 3-vector tile (24 floats / 12 doubles wide) for widths of 3 vectors
+// that the 6 x 2 tile would pad (conv_kernels_for_width): chosen for exactly those widths,
+// each of its kernels right in every pass, and the passes through the entry points at every
+// level for 24 and 72 filters / channels (floats) and 12 (doubles).
+void test_avx2_three_vector_tile() {
+  if (nablagrad::cpu_simd_level() < SimdLevel::AVX2) return;
+  nablagrad::set_simd_level(SimdLevel::AVX2);
+  for (int64_t n : {24, 72, 120}) CHECK(conv_kernels_for_width<float>(n).NR == 24 && conv_kernels_for_width<float>(n).MR == 4);
+  for (int64_t n : {8, 16, 32, 40, 48, 56, 96}) CHECK(conv_kernels_for_width<float>(n).NR == 16);
+  for (int64_t n : {12, 36}) CHECK(conv_kernels_for_width<double>(n).NR == 12);
+  for (int64_t n : {4, 8, 20, 24}) CHECK(conv_kernels_for_width<double>(n).NR == 8);
+  const auto s1 = make_conv2d_geometry(2, 9, 10, 24, 24, 3, 3, 24, 1, 1, 1, 1, 1, 1);
+  const auto s2 = make_conv2d_geometry(2, 13, 15, 24, 72, 3, 3, 24, 2, 2, 1, 0, 1, 2);
+  const auto s2d = make_conv2d_geometry(3, 11, 9, 12, 12, 3, 2, 12, 2, 3, 0, 1, 1, 0);
+  for (const auto* g : {&s1, &s2}) check_kernel_row(conv_detail::conv_kernels<float>(SimdLevel::AVX2, true), *g, 2e-5, 61);
+  for (const auto* g : {&s1, &s2, &s2d}) check_kernel_row(conv_detail::conv_kernels<double>(SimdLevel::AVX2, true), *g, 1e-12, 62);
+  nablagrad::set_simd_level(nablagrad::cpu_simd_level());
+  check_everywhere<float>(make_conv2d_geometry(2, 9, 10, 6, 24, 3, 3, 6, 1, 1, 1, 1, 1, 1), 2e-5, 63);
+  check_everywhere<float>(s2, 2e-5, 64);
+  check_everywhere<float>(make_conv2d_geometry(1, 6, 7, 72, 24, 3, 3, 72, 1, 1, 1, 1, 1, 1), 2e-5, 65);
+  check_everywhere<double>(s2d, 1e-12, 66);
+}
+
 
 // The stride-1 direct kernel that broadcasts each input value once (direct_s1_kernel_avx512,
 // the 1-vector AVX-512 tile, FW = 3 or 5): rows narrower than its 24 pixels and not a multiple
@@ -999,6 +1056,7 @@ int main() {
   RUN_TEST(test_pointwise);
   RUN_TEST(test_register_tiles);
   RUN_TEST(test_direct_s1);
+  RUN_TEST(test_avx2_three_vector_tile);
   RUN_TEST(test_kernel_choice);
   RUN_TEST(test_backward_weight_padded_rows);
   RUN_TEST(test_algorithm_setting);

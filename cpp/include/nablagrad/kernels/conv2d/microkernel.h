@@ -446,67 +446,78 @@ inline void indirect_kernel_portable(int64_t nh, int64_t len, const T* const* ro
 }
 
 #if NABLAGRAD_X86
-// out[i*ldo ..] = acc[i][0..1] (+ bias): store_acc_portable for MR x 2 AVX2 vectors.
-template <typename T, int MR>
-__attribute__((target("avx2,fma"))) inline void store_acc_avx2(const typename Avx2Vec<T>::VT (&acc)[MR][2], T* out,
+// out[i*ldo ..] = acc[i][0..NV-1] (+ bias): store_acc_portable for MR x NV AVX2 vectors.
+template <typename T, int MR, int NV = 2>
+__attribute__((target("avx2,fma"))) inline void store_acc_avx2(const typename Avx2Vec<T>::VT (&acc)[MR][NV], T* out,
                                                                int64_t ldo, const T* bias) {
   using V = Avx2Vec<T>;
   constexpr int W = V::W;
-  const typename V::VT bias0 = bias ? V::load(bias) : V::zero(), bias1 = bias ? V::load(bias + W) : V::zero();
+  typename V::VT bv[NV];
+#pragma GCC unroll 3
+  for (int v = 0; v < NV; ++v) bv[v] = bias ? V::load(bias + v * W) : V::zero();
 #pragma GCC unroll 6
-  for (int i = 0; i < MR; ++i) {
-    V::store(out + i * ldo, bias ? V::add(acc[i][0], bias0) : acc[i][0]);
-    V::store(out + i * ldo + W, bias ? V::add(acc[i][1], bias1) : acc[i][1]);
-  }
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 3
+    for (int v = 0; v < NV; ++v) V::store(out + i * ldo + v * W, bias ? V::add(acc[i][v], bv[v]) : acc[i][v]);
 }
 
-// The same at AVX2+FMA: a 6 x 2-vector tile (12 ymm accumulators), as direct_kernel_avx2
-// (vector wrapper Avx2Vec: kernels/simd.h).
-template <typename T>
+// The same at AVX2+FMA: an MR x NV-vector tile (vector wrapper Avx2Vec: kernels/simd.h), the
+// level's 6 x 2 one (12 ymm accumulators, as direct_kernel_avx2) or its 4 x 3 one for widths
+// of 3 vectors (ConvKernels below).
+template <typename T, int MR = 6, int NV = 2>
 __attribute__((target("avx2,fma"))) inline void indirect_kernel_avx2(int64_t nh, int64_t len,
                                                                      const T* const* rows, const T* b,
                                                                      T* out, int64_t ldo, const T* bias) {
   using V = Avx2Vec<T>;
   using VT = typename V::VT;
-  constexpr int MR = 6, W = V::W;
-  VT acc[MR][2];
+  constexpr int W = V::W;
+  VT acc[MR][NV];
 #pragma GCC unroll 6
-  for (int i = 0; i < MR; ++i) acc[i][0] = acc[i][1] = V::zero();
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 3
+    for (int v = 0; v < NV; ++v) acc[i][v] = V::zero();
   for (int64_t h = 0; h < nh; ++h) {
     const T* r[MR];
 #pragma GCC unroll 6
     for (int i = 0; i < MR; ++i) r[i] = rows[h * MR + i];
-    const T* bh = b + h * len * 2 * W;
+    const T* bh = b + h * len * NV * W;
     for (int64_t d = 0; d < len; ++d) {
-      const VT b0 = V::load(bh + d * 2 * W), b1 = V::load(bh + d * 2 * W + W);
-      // The panel's line 8 steps ahead, as in indirect_kernel_avx512 (one 64-byte line per
-      // step here): 3-6% on the stride-2 3x3 forwards at AVX2 (Xeon held to AVX2, 2 threads,
+      VT bv[NV];
+#pragma GCC unroll 3
+      for (int v = 0; v < NV; ++v) bv[v] = V::load(bh + (d * NV + v) * W);
+      // The panel's lines 8 steps ahead, as in indirect_kernel_avx512 (a 64-byte line per two
+      // vectors): 3-6% on the stride-2 3x3 forwards at AVX2 (Xeon held to AVX2, 2 threads,
       // alternated in one process: (16,32,32,32->64) 0.75 -> 0.72 ms, (8,56,56,64->128)
       // 4.6 -> 4.4 ms).
-      prefetch_ahead(bh + d * 2 * W, sizeof(T) * 16 * W);
+#pragma GCC unroll 3
+      for (int v = 0; v < NV; v += 2) prefetch_ahead(bh + d * NV * W, sizeof(T) * (8 * NV + v) * W);
 #pragma GCC unroll 6
       for (int i = 0; i < MR; ++i) {
         const VT ai = V::bcast(r[i] + d);
-        acc[i][0] = V::fma(ai, b0, acc[i][0]);
-        acc[i][1] = V::fma(ai, b1, acc[i][1]);
+#pragma GCC unroll 3
+        for (int v = 0; v < NV; ++v) acc[i][v] = V::fma(ai, bv[v], acc[i][v]);
       }
     }
   }
-  store_acc_avx2<T, MR>(acc, out, ldo, bias);
+  store_acc_avx2<T, MR, NV>(acc, out, ldo, bias);
 }
 
-// column_kernel_portable at AVX2+FMA: 6 x 2 vectors.
-template <typename T>
+// column_kernel_portable at AVX2+FMA: MR x NV vectors.
+template <typename T, int MR = 6, int NV = 2>
 __attribute__((target("avx2,fma"))) inline void column_kernel_avx2(int64_t depth, const T* const* cols,
                                                                    int64_t off, const T* b, T* c, int64_t ldc) {
   using V = Avx2Vec<T>;
   using VT = typename V::VT;
-  constexpr int MR = 6, W = V::W;
-  VT acc[MR][2];
+  constexpr int W = V::W;
+  VT acc[MR][NV];
 #pragma GCC unroll 6
-  for (int i = 0; i < MR; ++i) acc[i][0] = acc[i][1] = V::zero();
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 3
+    for (int v = 0; v < NV; ++v) acc[i][v] = V::zero();
   for (int64_t d = 0; d < depth; ++d) {
-    const VT b0 = V::load(b + d * 2 * W), b1 = V::load(b + d * 2 * W + W);
+    VT bv[NV];
+#pragma GCC unroll 3
+    for (int v = 0; v < NV; ++v) bv[v] = V::load(b + (d * NV + v) * W);
     const T* ad = cols[d] + off;
     // One register for the column: the MR broadcasts then take constant displacements (left
     // alone, GCC hoists off + i into MR loop-invariant offsets, which spill).
@@ -514,15 +525,47 @@ __attribute__((target("avx2,fma"))) inline void column_kernel_avx2(int64_t depth
 #pragma GCC unroll 6
     for (int i = 0; i < MR; ++i) {
       const VT ai = V::bcast(ad + i);
-      acc[i][0] = V::fma(ai, b0, acc[i][0]);
-      acc[i][1] = V::fma(ai, b1, acc[i][1]);
+#pragma GCC unroll 3
+      for (int v = 0; v < NV; ++v) acc[i][v] = V::fma(ai, bv[v], acc[i][v]);
     }
   }
 #pragma GCC unroll 6
-  for (int i = 0; i < MR; ++i) {
-    V::store(c + i * ldc, V::add(V::load(c + i * ldc), acc[i][0]));
-    V::store(c + i * ldc + W, V::add(V::load(c + i * ldc + W), acc[i][1]));
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 3
+    for (int v = 0; v < NV; ++v)
+      V::store(c + i * ldc + v * W, V::add(V::load(c + i * ldc + v * W), acc[i][v]));
+}
+
+// The gather GEMM's tile kernel (micro_kernel_portable) at AVX2+FMA on an MR x NV-vector tile:
+// the level's 4 x 3 one (micro_kernel_avx2 is its 6 x 2 one).
+template <typename T, int MR, int NV>
+__attribute__((target("avx2,fma"))) inline void micro_kernel_avx2_tile(int64_t depth, const T* a, int64_t a_rs,
+                                                                       int64_t a_cs, const T* b, T* c, int64_t ldc) {
+  using V = Avx2Vec<T>;
+  using VT = typename V::VT;
+  constexpr int W = V::W;
+  VT acc[MR][NV];
+#pragma GCC unroll 6
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 3
+    for (int v = 0; v < NV; ++v) acc[i][v] = V::zero();
+  for (int64_t d = 0; d < depth; ++d) {
+    VT bv[NV];
+#pragma GCC unroll 3
+    for (int v = 0; v < NV; ++v) bv[v] = V::load(b + (d * NV + v) * W);
+    const T* ad = a + d * a_cs;
+#pragma GCC unroll 6
+    for (int i = 0; i < MR; ++i) {
+      const VT ai = V::bcast(ad + i * a_rs);
+#pragma GCC unroll 3
+      for (int v = 0; v < NV; ++v) acc[i][v] = V::fma(ai, bv[v], acc[i][v]);
+    }
   }
+#pragma GCC unroll 6
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 3
+    for (int v = 0; v < NV; ++v)
+      V::store(c + i * ldc + v * W, V::add(V::load(c + i * ldc + v * W), acc[i][v]));
 }
 #endif
 
@@ -599,33 +642,37 @@ __attribute__((target("avx2,fma"))) inline void direct_kernel_avx2(int64_t nh, i
 #undef NG_DK_STORE
 #undef NG_DK_BODY
 
-// The same sums on a tile of MR (< 6) pixels x 2 vectors: the blocks at the end of an output
-// row that the 6-row tile would run part empty (forward_direct): rows of 32 pixels run as
-// 6+6+6+6+4+4 instead of 6 x 6 = 36.
-template <typename T, int MR>
+// The same sums on a tile of MR pixels x NV vectors: MR < 6 x 2 for the blocks at the end of
+// an output row that the 6-row tile would run part empty (forward_direct): rows of 32 pixels
+// run as 6+6+6+6+4+4 instead of 6 x 6 = 36; and the level's 4 x 3 tile (ConvKernels below).
+template <typename T, int MR, int NV = 2>
 __attribute__((target("avx2,fma"))) inline void direct_kernel_avx2_rows(int64_t nh, int64_t len, const T* a,
                                                                         int64_t a_rs, int64_t a_hs, const T* b,
                                                                         T* out, int64_t ldo, const T* bias) {
   using V = Avx2Vec<T>;
   using VT = typename V::VT;
   constexpr int W = V::W;
-  VT acc[MR][2];
+  VT acc[MR][NV];
 #pragma GCC unroll 6
-  for (int i = 0; i < MR; ++i) acc[i][0] = acc[i][1] = V::zero();
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 3
+    for (int v = 0; v < NV; ++v) acc[i][v] = V::zero();
   for (int64_t h = 0; h < nh; ++h) {
     const T* ah = a + h * a_hs;
-    const T* bh = b + h * len * 2 * W;
+    const T* bh = b + h * len * NV * W;
     for (int64_t d = 0; d < len; ++d) {
-      const VT b0 = V::load(bh + d * 2 * W), b1 = V::load(bh + d * 2 * W + W);
+      VT bv[NV];
+#pragma GCC unroll 3
+      for (int v = 0; v < NV; ++v) bv[v] = V::load(bh + (d * NV + v) * W);
 #pragma GCC unroll 6
       for (int i = 0; i < MR; ++i) {
         const VT ai = V::bcast(ah + i * a_rs + d);
-        acc[i][0] = V::fma(ai, b0, acc[i][0]);
-        acc[i][1] = V::fma(ai, b1, acc[i][1]);
+#pragma GCC unroll 3
+        for (int v = 0; v < NV; ++v) acc[i][v] = V::fma(ai, bv[v], acc[i][v]);
       }
     }
   }
-  store_acc_avx2<T, MR>(acc, out, ldo, bias);
+  store_acc_avx2<T, MR, NV>(acc, out, ldo, bias);
 }
 #endif
 
@@ -1300,18 +1347,23 @@ struct ConvKernels {
   IndirectKernel<T> indirect_wide = nullptr;
 };
 
-/// The kernels of `level` (which the CPU must support); `narrow` asks for the variant with the
-/// narrower register tile where the level has two (AVX-512).
+/// The kernels of `level` (which the CPU must support); `alt_tile` asks for the level's other
+/// register tile, for widths its main tile would pad (conv_kernels_for_width, select.h):
+/// AVX-512 24 x 1 vectors (main 12 x 2), AVX2 4 x 3 vectors (main 6 x 2); the portable level
+/// has one.
 template <typename T>
-inline ConvKernels<T> conv_kernels(SimdLevel level, bool narrow = false);
+inline ConvKernels<T> conv_kernels(SimdLevel level, bool alt_tile = false);
 
-// The AVX-512 rows: 12 x 2-vector tile and direct kernels, or with `narrow` (for outputs
+// The AVX-512 rows: 12 x 2-vector tile and direct kernels, or with `alt_tile` (for outputs
 // whose width is not a multiple of 2 vectors, e.g. 16 or 48 filters) 24 x 1-vector ones; the
 // dot, narrow-row and small-C kernels are the AVX2 ones (memory-bound: no gain from zmm).
+// The AVX2 rows: 6 x 2 vectors, or with `alt_tile` (widths of 3 vectors but not of 2: 24 or
+// 72 filters, which the main tile pads to 32 and 80) 4 x 3 vectors, 12 accumulators beside
+// the 3 vectors of the kernel's panel and the broadcast (all 16 ymm registers).
 template <>
-inline ConvKernels<float> conv_kernels<float>(SimdLevel level, bool narrow) {
+inline ConvKernels<float> conv_kernels<float>(SimdLevel level, bool alt_tile) {
 #if NABLAGRAD_X86
-  if (level >= SimdLevel::AVX512 && narrow) {
+  if (level >= SimdLevel::AVX512 && alt_tile) {
     ConvKernels<float> k{SimdLevel::AVX512, 24, 16, 256, 8, &micro_kernel_avx512<float, 24, 1>,
             &direct_kernel_avx512<float, 24, 1>, &indirect_kernel_avx512<float, 24, 1>, &column_kernel_avx512<float, 24, 1>,
             &store_tile_avx512<float>,
@@ -1338,6 +1390,11 @@ inline ConvKernels<float> conv_kernels<float>(SimdLevel level, bool narrow) {
     k.indirect_wide = &indirect_kernel_avx512<float, 6, 4>;
     return k;
   }
+  if (level >= SimdLevel::AVX2 && alt_tile)
+    return {SimdLevel::AVX2, 4, 24, 256, 8, &micro_kernel_avx2_tile<float, 4, 3>,
+            &direct_kernel_avx2_rows<float, 4, 3>, &indirect_kernel_avx2<float, 4, 3>,
+            &column_kernel_avx2<float, 4, 3>, &store_tile_avx2<float>, &dot_avx2, &narrow_row_avx2,
+            &smallc_dx_block<float>, &smallc_dw_block_avx2_dispatch<float>, 0, nullptr, nullptr};
   if (level >= SimdLevel::AVX2) {
     ConvKernels<float> k{SimdLevel::AVX2, 6, 16, 256, 8, &micro_kernel_avx2, &direct_kernel_avx2,
             &indirect_kernel_avx2<float>, &column_kernel_avx2<float>, &store_tile_avx2<float>, &dot_avx2,
@@ -1347,7 +1404,7 @@ inline ConvKernels<float> conv_kernels<float>(SimdLevel level, bool narrow) {
     return k;
   }
 #endif
-  (void)level, (void)narrow;
+  (void)level, (void)alt_tile;
   return {SimdLevel::Portable, 6, 16, 256, 8, &micro_kernel_portable<float, 6, 16>,
           &direct_kernel_portable<float, 6, 16>, &indirect_kernel_portable<float, 6, 16>, &column_kernel_portable<float, 6, 16>, &store_tile_portable<float>,
           &dot_portable<float>, &narrow_row_portable<float>,
@@ -1355,9 +1412,9 @@ inline ConvKernels<float> conv_kernels<float>(SimdLevel level, bool narrow) {
 }
 
 template <>
-inline ConvKernels<double> conv_kernels<double>(SimdLevel level, bool narrow) {
+inline ConvKernels<double> conv_kernels<double>(SimdLevel level, bool alt_tile) {
 #if NABLAGRAD_X86
-  if (level >= SimdLevel::AVX512 && narrow) {
+  if (level >= SimdLevel::AVX512 && alt_tile) {
     ConvKernels<double> k{SimdLevel::AVX512, 24, 8, 128, 4, &micro_kernel_avx512<double, 24, 1>,
             &direct_kernel_avx512<double, 24, 1>, &indirect_kernel_avx512<double, 24, 1>, &column_kernel_avx512<double, 24, 1>,
             &store_tile_avx512<double>,
@@ -1384,6 +1441,11 @@ inline ConvKernels<double> conv_kernels<double>(SimdLevel level, bool narrow) {
     k.indirect_wide = &indirect_kernel_avx512<double, 6, 4>;
     return k;
   }
+  if (level >= SimdLevel::AVX2 && alt_tile)
+    return {SimdLevel::AVX2, 4, 12, 128, 4, &micro_kernel_avx2_tile<double, 4, 3>,
+            &direct_kernel_avx2_rows<double, 4, 3>, &indirect_kernel_avx2<double, 4, 3>,
+            &column_kernel_avx2<double, 4, 3>, &store_tile_avx2<double>, &dot_avx2, &narrow_row_avx2,
+            &smallc_dx_block<double>, &smallc_dw_block_avx2_dispatch<double>, 0, nullptr, nullptr};
   if (level >= SimdLevel::AVX2) {
     ConvKernels<double> k{SimdLevel::AVX2, 6, 8, 128, 4, &micro_kernel_avx2, &direct_kernel_avx2,
             &indirect_kernel_avx2<double>, &column_kernel_avx2<double>, &store_tile_avx2<double>, &dot_avx2,
@@ -1393,7 +1455,7 @@ inline ConvKernels<double> conv_kernels<double>(SimdLevel level, bool narrow) {
     return k;
   }
 #endif
-  (void)level, (void)narrow;
+  (void)level, (void)alt_tile;
   return {SimdLevel::Portable, 6, 8, 128, 4, &micro_kernel_portable<double, 6, 8>,
           &direct_kernel_portable<double, 6, 8>, &indirect_kernel_portable<double, 6, 8>, &column_kernel_portable<double, 6, 8>, &store_tile_portable<double>,
           &dot_portable<double>, &narrow_row_portable<double>,
