@@ -246,7 +246,8 @@ void check_row_count_independence() {
 
 // gemm_config_for() also picks the tile by the column count (at AVX-512: 8 x 1 vector for up
 // to 16 columns, 8 x 3 vectors for 48 or 96, 8 x 2 for 24 or 160, 6 x 4 for 64 or 100; at
-// AVX2 8 x 1 vector for up to 8 floats / 4 doubles): the first n columns of a
+// AVX2 8 x 1 vector for up to 8 floats / 4 doubles, 4 x 3 vectors for 24 or 72 floats / 12
+// doubles, 6 x 2 for 20 or 48): the first n columns of a
 // 192-column product (6 x 4-vector tile) equal the n-column product bitwise, for row counts on
 // both sides of the small-M tile's limit, at every level and thread count.
 template <typename T>
@@ -264,7 +265,7 @@ void check_column_count_independence() {
         nablagrad::set_num_threads(threads);
         std::vector<T> wide(static_cast<size_t>(M * Nw));
         gemm<T>(M, Nw, K, a.data(), K, 1, b.data(), Nw, 1, wide.data(), Nw, false);
-        for (int64_t n : {3, 8, 10, 16, 24, 48, 96, 100, 160}) {
+        for (int64_t n : {3, 8, 10, 12, 16, 20, 24, 36, 48, 72, 96, 100, 160}) {
           std::vector<T> part(static_cast<size_t>(M * n));
           gemm<T>(M, n, K, a.data(), K, 1, b.data(), Nw, 1, part.data(), n, false);
           bool same = true;
@@ -284,6 +285,15 @@ void check_column_count_independence() {
 void test_column_count_independence() {
   check_column_count_independence<float>();
   check_column_count_independence<double>();
+  if (nablagrad::cpu_simd_level() >= SimdLevel::AVX2) {  // the tiles chosen at AVX2
+    nablagrad::set_simd_level(SimdLevel::AVX2);
+    using nablagrad::kernels::gemm_detail::gemm_config_for;
+    CHECK(gemm_config_for<float>(1000, 24).NR == 24 && gemm_config_for<float>(1000, 72).NR == 24);
+    CHECK(gemm_config_for<float>(1000, 20).NR == 16 && gemm_config_for<float>(1000, 48).NR == 16);
+    CHECK(gemm_config_for<float>(1000, 8).NR == 8 && gemm_config_for<double>(1000, 36).NR == 12);
+    CHECK(gemm_config_for<double>(1000, 24).NR == 8);
+    nablagrad::set_simd_level(nablagrad::cpu_simd_level());
+  }
 }
 
 void test_row_count_independence() {
@@ -300,7 +310,8 @@ template <typename T>
 void check_a_layout_independence() {
   std::mt19937 rng(8);
   std::uniform_real_distribution<double> dist(-1.0, 1.0);
-  const Shape shapes[] = {{301, 77, 600}, {47, 65, 257}, {13, 129, 5}, {150, 64, 256}, {301, 5, 600}, {47, 12, 257}};
+  const Shape shapes[] = {{301, 77, 600}, {47, 65, 257}, {13, 129, 5}, {150, 64, 256}, {301, 5, 600}, {47, 12, 257},
+                          {301, 24, 600}, {47, 36, 257}};  // the AVX2 4 x 3 tile: floats / doubles
   for (const Shape& s : shapes) {
     const int64_t M = s.M, N = s.N, K = s.K, lda = K + 3, ldc_a = M + 5;
     std::vector<T> a_rows(static_cast<size_t>(M * lda)), a_cols(static_cast<size_t>(K * ldc_a), T(1e30)),

@@ -19,7 +19,9 @@
 //       for each MC-tall row block of A                pack A block into MR-tall panels (L2)
 //         for each NR panel of B, MR panel of A        micro-kernel: an MR x NR tile of C is
 //                                                      held in registers across the KC loop
-//   The AVX2+FMA micro-kernels are 6x16 (float) and 6x8 (double): 12 ymm accumulators.
+//   The AVX2+FMA micro-kernels are 6x16 (float) and 6x8 (double): 12 ymm accumulators; 4x24
+//   / 4x12 for column counts in whole panels of those that 6x16 / 6x8 would pad (24, 72) and
+//   8x8 / 8x4 for at most one vector of columns (gemm_config_for()).
 //   The AVX-512F ones are 6x64 / 6x32 (24 zmm accumulators), or 8x32 / 8x16 for products
 //   with fewer than 48 rows (gemm_config()), or 8x48 / 8x24 or 8x32 / 8x16 where that pads
 //   the column count less (gemm_config_for(): 48 or 96 columns, not 64 or 128).
@@ -565,11 +567,13 @@ __attribute__((target("avx2,fma"), flatten)) inline void micro_kernel_avx2_in_pl
   }
 }
 
-/// AVX2 + FMA tile of MR rows x one vector (8 floats / 4 doubles), A packed or read in place
-/// (AMode): the tile for products at most one vector wide (gemm_config_for), which the 6 x 2
-/// vector tile runs at most half full. Same FMA chain per element as the other tiles.
-template <typename T, int MR, AMode Mode>
-__attribute__((target("avx2,fma"), flatten)) inline void micro_kernel_avx2_one_vector(
+/// AVX2 + FMA tile of MR rows x NV vectors (8 floats / 4 doubles each), A packed or read in
+/// place (AMode): the tiles for column counts that the 6 x 2-vector one pads (gemm_config_for):
+/// 8 x 1 vector for products at most one vector wide (which it runs at most half full), 4 x 3
+/// vectors for 24 or 72 floats (which it runs as 32 and 80). Same FMA chain per element as the
+/// other tiles.
+template <typename T, int MR, int NV, AMode Mode>
+__attribute__((target("avx2,fma"), flatten)) inline void micro_kernel_avx2_vectors(
     int64_t kc, const T* Ap, int64_t lda, const T* Bp, T* C, int64_t ldc, bool add, const T* bias) {
   using X = Avx2Vec<T>;
   using V = typename X::VT;
@@ -578,32 +582,42 @@ __attribute__((target("avx2,fma"), flatten)) inline void micro_kernel_avx2_one_v
   const T* rows[MR];
 #pragma GCC unroll 16
   for (int i = 0; i < MR; ++i) rows[i] = Ap + (kRows ? i * lda : 0);
-  V acc[MR];
+  V acc[MR][NV];
 #pragma GCC unroll 16
-  for (int i = 0; i < MR; ++i) acc[i] = X::zero();
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[i][v] = X::zero();
 #pragma GCC unroll 2
   for (int64_t k = 0; k < kc; ++k) {
-    const V b = X::load(Bp);
+    V b[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) b[v] = X::load(Bp + v * X::W);
 #pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i) acc[i] = X::fma(kRows ? X::bcast(rows[i] + k) : X::bcast(Ap + i), b, acc[i]);
+    for (int i = 0; i < MR; ++i) {
+      const V a = kRows ? X::bcast(rows[i] + k) : X::bcast(Ap + i);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[i][v] = X::fma(a, b[v], acc[i][v]);
+    }
     if (!kRows) Ap += a_step;
-    Bp += X::W;
+    Bp += NV * X::W;
   }
 #pragma GCC unroll 16
-  for (int i = 0; i < MR; ++i) {
-    T* c = C + i * ldc;
-    V r = acc[i];
-    if (add)
-      r = X::add(X::load(c), r);
-    else if (bias)
-      r = X::add(X::load(bias), r);
-    X::store(c, r);
-  }
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      T* c = C + i * ldc + v * X::W;
+      V r = acc[i][v];
+      if (add)
+        r = X::add(X::load(c), r);
+      else if (bias)
+        r = X::add(X::load(bias + v * X::W), r);
+      X::store(c, r);
+    }
 }
-template <typename T, int MR>
-inline void micro_kernel_avx2_one_vector_packed(int64_t kc, const T* Ap, const T* Bp, T* C, int64_t ldc, bool add,
-                                                const T* bias) {
-  micro_kernel_avx2_one_vector<T, MR, AMode::Packed>(kc, Ap, 0, Bp, C, ldc, add, bias);
+template <typename T, int MR, int NV>
+inline void micro_kernel_avx2_vectors_packed(int64_t kc, const T* Ap, const T* Bp, T* C, int64_t ldc, bool add,
+                                             const T* bias) {
+  micro_kernel_avx2_vectors<T, MR, NV, AMode::Packed>(kc, Ap, 0, Bp, C, ldc, add, bias);
 }
 
 #endif  // NABLAGRAD_X86
@@ -694,7 +708,8 @@ inline GemmConfig<T> gemm_config_rows(int64_t rows) {
 /// 0.046 (16 x 1: 0.126, 0.294, 0.280, 0.047; 24 x 1 spills: 2x slower). At AVX2 likewise an
 /// 8 x 1-vector tile for at most 8 floats / 4 doubles (the 6 x 2-vector one ran them at most
 /// half full): 25088 x 6 x 32 0.155 -> 0.118, 25088 x 8 x 64 0.286 -> 0.216, 512 x 8 x 784
-/// 0.066 -> 0.038 (12 x 1 about the same). Same KC, so the same bits whichever is chosen.
+/// 0.066 -> 0.038 (12 x 1 about the same); and 4 x 3 vectors for 24 or 72 floats (below).
+/// Same KC, so the same bits whichever is chosen.
 template <typename T>
 inline GemmConfig<T> gemm_config_for(int64_t M, int64_t N) {
   const GemmConfig<T> cfg = gemm_config<T>(M);
@@ -712,10 +727,19 @@ inline GemmConfig<T> gemm_config_for(int64_t M, int64_t N) {
               &micro_kernel_avx512_rows<T, 8, 3>, &micro_kernel_avx512_cols<T, 8, 3>};
     return gemm_config<T>(0);  // the 8 x 2-vector tile
   }
-  if (simd_level() == SimdLevel::AVX2 && N > 0 && N <= Avx2Vec<T>::W) {  // 8 x 1 vector
+  if (simd_level() == SimdLevel::AVX2 && N > 0) {
     constexpr int64_t W = Avx2Vec<T>::W;
-    return {8, W, 144, cfg.KC, (4096 / W - 1) * W, &micro_kernel_avx2_one_vector_packed<T, 8>,
-            &micro_kernel_avx2_one_vector<T, 8, AMode::Rows>, &micro_kernel_avx2_one_vector<T, 8, AMode::Cols>};
+    if (N <= W)  // 8 x 1 vector
+      return {8, W, 144, cfg.KC, (4096 / W - 1) * W, &micro_kernel_avx2_vectors_packed<T, 8, 1>,
+              &micro_kernel_avx2_vectors<T, 8, 1, AMode::Rows>, &micro_kernel_avx2_vectors<T, 8, 1, AMode::Cols>};
+    // 4 x 3 vectors for whole panels of them that 6 x 2 would pad (24, 72, 120 floats: the
+    // conv kernels' rule, conv_kernels_for_width). 1x1 convolutions at AVX2, 2 threads (ms,
+    // 6 x 2 -> 4 x 3; forward, dX, dW): (8,56,56,24->24) 0.21 -> 0.14, 0.21 -> 0.14, 0.43 ->
+    // 0.35; (8,28,28,144->24) forward 0.26 -> 0.20; (8,14,14,72->72) 0.086 -> 0.074 each. Not
+    // where the last panel is partial: (8,56,56,20->20) dX 0.19 -> 0.23.
+    if (N % (3 * W) == 0 && N % (2 * W) != 0)
+      return {4, 3 * W, 144, cfg.KC, (4096 / (3 * W)) * 3 * W, &micro_kernel_avx2_vectors_packed<T, 4, 3>,
+              &micro_kernel_avx2_vectors<T, 4, 3, AMode::Rows>, &micro_kernel_avx2_vectors<T, 4, 3, AMode::Cols>};
   }
 #endif
   (void)N;
