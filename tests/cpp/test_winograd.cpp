@@ -126,6 +126,7 @@ const std::vector<Shape>& shapes() {
       {1, 6, 5, 33, 17, 3, 1, 0, 3},   // padding 3 > F-1: negative read offset in backward
       {3, 12, 13, 8, 24, 1, 1, 1, 1},  // several images, tile rows across images
       {1, 4, 21, 40, 5, 1, 0, 2, 1},
+      {2, 9, 10, 27, 29, 1, 1, 1, 1},  // all three channel stages at AVX-512: zmm, ymm, scalars
       // 5x5: F(2x2,5x5)
       {1, 5, 5, 1, 1, 0, 0, 0, 0, 5},     // one output, one partial tile
       {2, 9, 8, 3, 5, 2, 2, 2, 2, 5},     // edge tiles, padding 2
