@@ -404,11 +404,13 @@ void test_errors_and_empty() {
   const auto g0816 = make_conv2d_geometry(8, 28, 28, 8, 16, 3, 3, 8, 1, 1, 1, 1, 1, 1);
   CHECK(winograd_preferred(g6410) && winograd_preferred(g6409) == avx2);
   CHECK(winograd_preferred(g3212) == avx2 && winograd_preferred(g0816) == avx2);
-  // Kernel gradient: from 16 channels on both sides and 32 on one (below, the direct kernel
-  // is faster; at AVX2 16 on both sides), with at least 4 blocks of tiles to share out.
+  // Kernel gradient: from 16 channels on both sides (portable: and 32 on one; below, its
+  // direct kernel is faster), with at least 4 blocks of tiles to share out.
+  const bool vector_level = nablagrad::simd_level() >= SimdLevel::AVX2;
   CHECK(!winograd_preferred_weight<float>(g3));
-  CHECK(winograd_preferred_weight<float>(make_conv2d_geometry(8, 32, 32, 16, 16, 3, 3, 16, 1, 1, 1, 1, 1, 1)) == avx2);
-  CHECK(winograd_preferred_weight<float>(make_conv2d_geometry(8, 32, 32, 24, 24, 3, 3, 24, 1, 1, 1, 1, 1, 1)) == avx2);
+  CHECK(winograd_preferred_weight<float>(make_conv2d_geometry(8, 32, 32, 16, 16, 3, 3, 16, 1, 1, 1, 1, 1, 1)) == vector_level);
+  CHECK(winograd_preferred_weight<float>(make_conv2d_geometry(8, 32, 32, 24, 24, 3, 3, 24, 1, 1, 1, 1, 1, 1)) == vector_level);
+  CHECK(!winograd_preferred_weight<float>(make_conv2d_geometry(8, 32, 32, 12, 24, 3, 3, 12, 1, 1, 1, 1, 1, 1)));
   CHECK(winograd_preferred_weight<float>(make_conv2d_geometry(8, 32, 32, 16, 32, 3, 3, 16, 1, 1, 1, 1, 1, 1)));
   CHECK(winograd_preferred_weight<float>(make_conv2d_geometry(8, 32, 32, 32, 16, 3, 3, 32, 1, 1, 1, 1, 1, 1)));
   // 1 x 7 x 7 (16 F(2x2) tiles) is under 4 blocks at every level (a block is >= 2 register
@@ -430,6 +432,15 @@ void test_errors_and_empty() {
     CHECK(winograd_preferred(g88) == at_avx2 && winograd_preferred(g88, true) == at_avx2);
     CHECK(winograd_preferred(g5) == at_avx2 && winograd_preferred(g5, true) == at_avx2);
     CHECK(!winograd_preferred_weight<float>(g5) && winograd_preferred_weight<float>(g5w) == at_avx2);
+    // 5x5 forward and dX at AVX-512: from 24 output columns (filters; dX: channels) on 16 deep
+    // (24 -> 24 both passes, 16 -> 24 the forward, 24 -> 16 dX); portable from 32 on 16, or 24
+    // on 48.
+    const bool vectors = level != SimdLevel::Portable;
+    const auto g5a = make_conv2d_geometry(8, 32, 32, 16, 24, 5, 5, 16, 1, 1, 2, 2, 2, 2);
+    const auto g5b = make_conv2d_geometry(8, 32, 32, 24, 16, 5, 5, 24, 1, 1, 2, 2, 2, 2);
+    CHECK(winograd_preferred(g5w) == vectors && winograd_preferred(g5w, true) == vectors);
+    CHECK(winograd_preferred(g5a) == vectors && winograd_preferred(g5a, true) == at_avx2);
+    CHECK(winograd_preferred(g5b) == at_avx2 && winograd_preferred(g5b, true) == vectors);
     // 5x5 dW: 16 blocks of tiles at every level ((4,24,24,48->48) has exactly 16 where a
     // block is 36 tiles, the AVX-512 and AVX2 tiles' case), and at AVX-512 blocks of >= 24
     // tiles: (2,28,28,64->128) has 21.8 blocks of 18 tiles.

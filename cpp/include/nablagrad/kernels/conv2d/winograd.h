@@ -728,7 +728,12 @@ void kernel_grad(const Conv2dGeometry& g, const T* x, const T* dy, T* dw) {
 /// 0.69, 32->48 1.54 -> 0.87, (8,28,28,64->64) 3.15 -> 1.67, but 24->24 0.77 -> 1.09, 32->16
 /// 0.53 -> 0.68, 8->64 0.48 -> 0.85, (4,96,96,16->16) 1.12 -> 1.83; input gradient: 32->16
 /// 0.50 -> 0.40, 24->48 1.93 -> 1.10, 32->32 1.11 -> 0.69, but 16->32 0.59 -> 0.70, 16->24
-/// 0.40 -> 0.91, 16->16 1.13 -> 1.80.
+/// 0.40 -> 0.91, 16->16 1.13 -> 1.80. Since the transforms' half-vector fix (block_fns), at
+/// AVX-512 from 24 output columns on 16 (filters for the forward, channels for dX; portable
+/// keeps the rule above): AVX-512, 2 threads, ms, direct -> Winograd, forward / dX:
+/// (8,56,56,24->24) 2.77 / 2.68 -> 2.15 / 2.15, (8,32,32,24->24) 0.96 / 0.87 -> 0.73 / 0.73,
+/// 16->24 0.59 -> 0.52 (dX 0.45 vs 0.46), 24->16 dX 0.60 -> 0.51 (forward 0.44 vs 0.46),
+/// 16->16 (4,96,96) 1.28 vs 1.29 (kept direct).
 ///
 /// At AVX2 (8-lane vectors: the direct kernels do half the multiply-adds per load of the
 /// AVX-512 ones, while the transforms stay memory-bound) both passes, 3x3 and 5x5, run
@@ -741,6 +746,7 @@ inline bool winograd_preferred(const Conv2dGeometry& g, bool backward_input = fa
   if (simd_level() == SimdLevel::AVX2) return g.C >= 8 && g.Q >= 8;
   if (g.FH == 5) {
     const int64_t K = backward_input ? g.Q : g.C, N = backward_input ? g.C : g.Q;
+    if (simd_level() >= SimdLevel::AVX512) return N >= 24 && K >= 16;
     return (N >= 32 && K >= 16) || (N >= 24 && K >= 48);
   }
   if (backward_input) return g.C >= 16 && g.Q >= 16;
@@ -803,10 +809,14 @@ inline int winograd_forward_tile_size(int64_t N, int64_t Ho, int64_t Wo, int64_t
 /// channels; a wash at 8), and at least 4 blocks of tiles: the tiles are the reduction, split
 /// into chunks of whole blocks, so fewer blocks leave threads idle (2 x 7 x 7, 512 -> 512 ran
 /// 14 ms by GEMM, 17 by Winograd on one block). Against the direct kernel-gradient kernel
-/// (backward_weight_direct, which came later) Winograd loses where both C and Q are below 32
+/// (backward_weight_direct, which came later) Winograd lost where both C and Q are below 32
 /// (AVX-512, 2 threads, ms, Winograd vs direct: (16,32,32,16->16) 0.335 vs 0.294,
-/// (8,28,28,24->24) 0.353 vs 0.335) and still wins from 32 on either side ((16,32,32,16->32)
-/// 0.40 vs 0.51, (16,32,32,32->32) 0.54 vs 0.98).
+/// (8,28,28,24->24) 0.353 vs 0.335) and won from 32 on either side ((16,32,32,16->32)
+/// 0.40 vs 0.51, (16,32,32,32->32) 0.54 vs 0.98). Since its transforms run the half vector of
+/// 24 or 40 channels in an AVX2 vector (block_fns) it wins from 16 on both sides at AVX-512 as
+/// well (2026-12-05: (16,32,32,16->16) 0.23 vs 0.28, (8,56,56,16->16) 0.34 vs 0.41,
+/// (8,28,28,24->24) 0.25 vs 0.35, 16->24 0.41 vs 0.57, 24->16 0.33 vs 0.43; (4,28,28,24->24)
+/// 0.195 vs 0.185); the portable level keeps the old limit.
 ///
 /// 5x5: C, Q >= 32 (AVX-512, 2 threads, ms, direct -> Winograd: (8,32,32,32->32) 1.12 -> 0.90,
 /// 48->48 2.45 -> 1.70, (8,28,28,64->64) 3.54 -> 2.46, but 24->48 1.24 -> 1.46, 32->16 0.58 ->
@@ -838,7 +848,7 @@ template <typename T>
 inline bool winograd_preferred_weight(const Conv2dGeometry& g) {
   const bool avx2 = simd_level() == SimdLevel::AVX2;
   if (!winograd_applicable(g) || g.C < 16 || g.Q < 16) return false;
-  if (!avx2 && g.C < 32 && g.Q < 32) return false;
+  if (simd_level() < SimdLevel::AVX2 && g.C < 32 && g.Q < 32) return false;
   const int64_t five = avx2 ? 24 : 32;
   if (g.FH == 5 && (g.C < five || g.Q < five)) return false;
   const int m = winograd_tile_size(g.Ho, g.Wo, g.C, g.Q, g.FH);
