@@ -461,6 +461,25 @@ __attribute__((target("avx2,fma"))) inline void store_acc_avx2(const typename Av
     for (int v = 0; v < NV; ++v) V::store(out + i * ldo + v * W, bias ? V::add(acc[i][v], bv[v]) : acc[i][v]);
 }
 
+// acc = 0, and c[i*ldc ..] += acc[i][..]: the AVX2 tile kernels' start and accumulating store.
+template <typename T, int MR, int NV>
+__attribute__((target("avx2,fma"), always_inline)) inline void zero_acc_avx2(typename Avx2Vec<T>::VT (&acc)[MR][NV]) {
+#pragma GCC unroll 6
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 3
+    for (int v = 0; v < NV; ++v) acc[i][v] = Avx2Vec<T>::zero();
+}
+template <typename T, int MR, int NV>
+__attribute__((target("avx2,fma"), always_inline)) inline void add_acc_avx2(const typename Avx2Vec<T>::VT (&acc)[MR][NV], T* c,
+                                                             int64_t ldc) {
+  using V = Avx2Vec<T>;
+#pragma GCC unroll 6
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 3
+    for (int v = 0; v < NV; ++v)
+      V::store(c + i * ldc + v * V::W, V::add(V::load(c + i * ldc + v * V::W), acc[i][v]));
+}
+
 // The same at AVX2+FMA: an MR x NV-vector tile (vector wrapper Avx2Vec: kernels/simd.h), the
 // level's 6 x 2 one (12 ymm accumulators, as direct_kernel_avx2) or its 4 x 3 one for widths
 // of 3 vectors (ConvKernels below).
@@ -472,10 +491,7 @@ __attribute__((target("avx2,fma"))) inline void indirect_kernel_avx2(int64_t nh,
   using VT = typename V::VT;
   constexpr int W = V::W;
   VT acc[MR][NV];
-#pragma GCC unroll 6
-  for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 3
-    for (int v = 0; v < NV; ++v) acc[i][v] = V::zero();
+  zero_acc_avx2<T, MR, NV>(acc);
   for (int64_t h = 0; h < nh; ++h) {
     const T* r[MR];
 #pragma GCC unroll 6
@@ -510,10 +526,7 @@ __attribute__((target("avx2,fma"))) inline void column_kernel_avx2(int64_t depth
   using VT = typename V::VT;
   constexpr int W = V::W;
   VT acc[MR][NV];
-#pragma GCC unroll 6
-  for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 3
-    for (int v = 0; v < NV; ++v) acc[i][v] = V::zero();
+  zero_acc_avx2<T, MR, NV>(acc);
   for (int64_t d = 0; d < depth; ++d) {
     VT bv[NV];
 #pragma GCC unroll 3
@@ -529,11 +542,7 @@ __attribute__((target("avx2,fma"))) inline void column_kernel_avx2(int64_t depth
       for (int v = 0; v < NV; ++v) acc[i][v] = V::fma(ai, bv[v], acc[i][v]);
     }
   }
-#pragma GCC unroll 6
-  for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 3
-    for (int v = 0; v < NV; ++v)
-      V::store(c + i * ldc + v * W, V::add(V::load(c + i * ldc + v * W), acc[i][v]));
+  add_acc_avx2<T, MR, NV>(acc, c, ldc);
 }
 
 // The gather GEMM's tile kernel (micro_kernel_portable) at AVX2+FMA on an MR x NV-vector tile:
@@ -545,10 +554,7 @@ __attribute__((target("avx2,fma"))) inline void micro_kernel_avx2_tile(int64_t d
   using VT = typename V::VT;
   constexpr int W = V::W;
   VT acc[MR][NV];
-#pragma GCC unroll 6
-  for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 3
-    for (int v = 0; v < NV; ++v) acc[i][v] = V::zero();
+  zero_acc_avx2<T, MR, NV>(acc);
   for (int64_t d = 0; d < depth; ++d) {
     VT bv[NV];
 #pragma GCC unroll 3
@@ -561,11 +567,7 @@ __attribute__((target("avx2,fma"))) inline void micro_kernel_avx2_tile(int64_t d
       for (int v = 0; v < NV; ++v) acc[i][v] = V::fma(ai, bv[v], acc[i][v]);
     }
   }
-#pragma GCC unroll 6
-  for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 3
-    for (int v = 0; v < NV; ++v)
-      V::store(c + i * ldc + v * W, V::add(V::load(c + i * ldc + v * W), acc[i][v]));
+  add_acc_avx2<T, MR, NV>(acc, c, ldc);
 }
 #endif
 
@@ -653,10 +655,7 @@ __attribute__((target("avx2,fma"))) inline void direct_kernel_avx2_rows(int64_t 
   using VT = typename V::VT;
   constexpr int W = V::W;
   VT acc[MR][NV];
-#pragma GCC unroll 6
-  for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 3
-    for (int v = 0; v < NV; ++v) acc[i][v] = V::zero();
+  zero_acc_avx2<T, MR, NV>(acc);
   for (int64_t h = 0; h < nh; ++h) {
     const T* ah = a + h * a_hs;
     const T* bh = b + h * len * NV * W;
