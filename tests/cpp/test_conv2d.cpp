@@ -378,6 +378,25 @@ void test_register_tiles() {
   check_everywhere<float>(gf, 2e-5, 30);
   set_conv_algorithm(ConvAlgorithm::Auto);
 }
+// At AVX-512, 17-31 float columns (9-15 doubles) keep the 12 x 2-vector tile (one panel of
+// 32) for the forward and dX, the 24 x 1-vector one (two panels of 16) for dW; other widths
+// take the same row in every pass. Through the entry points against the oracle, every level:
+// 24 filters (strided: indirect forward) and 20 channels (phases_direct dX).
+void test_avx512_tile_per_pass() {
+  if (nablagrad::cpu_simd_level() >= SimdLevel::AVX512) {
+    nablagrad::set_simd_level(SimdLevel::AVX512);
+    for (int64_t n : {17, 20, 24, 31})
+      CHECK(conv_kernels_for_width<float>(n).NR == 32 && conv_kernels_for_width<float>(n, true).NR == 16);
+    for (int64_t n : {9, 12, 15})
+      CHECK(conv_kernels_for_width<double>(n).NR == 16 && conv_kernels_for_width<double>(n, true).NR == 8);
+    for (int64_t n : {8, 16, 40, 48}) CHECK(conv_kernels_for_width<float>(n).NR == conv_kernels_for_width<float>(n, true).NR);
+    nablagrad::set_simd_level(nablagrad::cpu_simd_level());
+  }
+  const auto g = make_conv2d_geometry(2, 17, 15, 20, 24, 3, 3, 20, 2, 2, 1, 1, 0, 1);
+  check_everywhere<float>(g, 2e-5, 71);
+  check_everywhere<double>(make_conv2d_geometry(2, 17, 15, 10, 12, 3, 3, 10, 2, 2, 1, 1, 0, 1), 1e-12, 72);
+}
+
 // Each kernel of a ConvKernels row straight (not through the selection), all passes, against
 // the oracle: direct and indirect forward, the gather GEMM's tile (im2col forward, col2im dX),
 // the direct dX of the stride phases, and the kernel gradient's tile and column kernels.
@@ -1057,6 +1076,7 @@ int main() {
   RUN_TEST(test_register_tiles);
   RUN_TEST(test_direct_s1);
   RUN_TEST(test_avx2_three_vector_tile);
+  RUN_TEST(test_avx512_tile_per_pass);
   RUN_TEST(test_kernel_choice);
   RUN_TEST(test_backward_weight_padded_rows);
   RUN_TEST(test_algorithm_setting);

@@ -134,9 +134,17 @@ inline const char* kernel_name(BackwardWeightKernel k) {
 /// 0.45; (8,112,112,16->24, 3x3 S 2) forward 1.34 -> 0.96, dW 1.50 -> 1.10-1.17; dX of
 /// (16,56,56,24->40, S 2) (24 channels) 1.70 -> 1.21; (8,28,28,24->72, S 2) forward 0.34 ->
 /// 0.26, dX 0.47 -> 0.34, dW 0.47 -> 0.31; (16,28,28,120->120, S 2) forward 4.36 -> 4.3.
+/// The forward and the input gradient (`weight` false) keep the 12 x 2-vector tile at AVX-512
+/// for 17-31 columns (24 filters, 20 channels): its one panel reads each input value once
+/// where the 24 x 1-vector tile's two panels read it twice, and the strided forward and dX are
+/// bound by those reads. AVX-512, 2 threads (ms, 24 x 1 -> 12 x 2): (8,112,112,16->24, 3x3
+/// S 2) forward 1.05 -> 0.87, dX of (16,56,56,24->40, S 2) 1.40 -> 1.14; (8,56,56,6->24) and
+/// (8,64,64,3->24, 7x7 S 2) forward unchanged. The kernel gradient keeps 24 x 1 (5x5 24->24
+/// direct dW 3.06 -> 3.5 on 12 x 2).
 template <typename T>
-inline conv_detail::ConvKernels<T> conv_kernels_for_width(int64_t ncols) {
+inline conv_detail::ConvKernels<T> conv_kernels_for_width(int64_t ncols, bool weight = false) {
   const auto cfg = conv_detail::conv_kernels<T>();
+  if (cfg.level == SimdLevel::AVX512 && !weight && ncols * 2 > cfg.NR && ncols < cfg.NR) return cfg;
   if (cfg.level == SimdLevel::AVX512 && ncols % cfg.NR != 0 && ncols < 4 * cfg.NR)
     return conv_detail::conv_kernels<T>(SimdLevel::AVX512, /*alt_tile=*/true);
   if (cfg.level == SimdLevel::AVX2 && ncols % cfg.NR != 0 && ncols % (cfg.NR / 2 * 3) == 0)
@@ -469,7 +477,7 @@ template <typename T>
 inline ConvKernelChoice conv_kernel_choice(const Conv2dGeometry& g) {
   return {kernel_name(select_forward(g, conv_kernels_for_width<T>(g.Q))),
           kernel_name(select_backward_input(g, conv_kernels_for_width<T>(g.C))),
-          kernel_name(select_backward_weight(g, conv_kernels_for_width<T>(g.Q)))};
+          kernel_name(select_backward_weight(g, conv_kernels_for_width<T>(g.Q, /*weight=*/true)))};
 }
 
 // ============================================================================================
@@ -522,7 +530,7 @@ void conv2d_backward_input(const Conv2dGeometry& g, const T* dy, const T* w, T* 
 /// dW (and db = sum of dY when db != nullptr) from X and dY.
 template <typename T>
 void conv2d_backward_weight(const Conv2dGeometry& g, const T* x, const T* dy, T* dw, T* db) {
-  const auto cfg = conv_kernels_for_width<T>(g.Q);
+  const auto cfg = conv_kernels_for_width<T>(g.Q, /*weight=*/true);
   switch (select_backward_weight(g, cfg)) {
     case BackwardWeightKernel::Pointwise: conv_detail::backward_weight_pointwise(g, x, dy, dw, db); return;
     case BackwardWeightKernel::SmallC: conv_detail::backward_weight_smallc(cfg, g, x, dy, dw, db); return;
