@@ -812,11 +812,13 @@ inline int winograd_forward_tile_size(int64_t N, int64_t Ho, int64_t Wo, int64_t
 /// (backward_weight_direct, which came later) Winograd lost where both C and Q are below 32
 /// (AVX-512, 2 threads, ms, Winograd vs direct: (16,32,32,16->16) 0.335 vs 0.294,
 /// (8,28,28,24->24) 0.353 vs 0.335) and won from 32 on either side ((16,32,32,16->32)
-/// 0.40 vs 0.51, (16,32,32,32->32) 0.54 vs 0.98). Since its transforms run the half vector of
-/// 24 or 40 channels in an AVX2 vector (block_fns) it wins from 16 on both sides at AVX-512 as
-/// well (2026-12-05: (16,32,32,16->16) 0.23 vs 0.28, (8,56,56,16->16) 0.34 vs 0.41,
-/// (8,28,28,24->24) 0.25 vs 0.35, 16->24 0.41 vs 0.57, 24->16 0.33 vs 0.43; (4,28,28,24->24)
-/// 0.195 vs 0.185); the portable level keeps the old limit.
+/// 0.40 vs 0.51, (16,32,32,32->32) 0.54 vs 0.98). Re-measured on 2026-12-05, after the
+/// transforms began to run the half vector of 24 or 40 channels in an AVX2 vector (block_fns),
+/// it wins from 16 on both sides at AVX-512 as well, 16 -> 16 included, which has no half
+/// vector (so that gain is not the fix's; the code had changed since the first measurement):
+/// (16,32,32,16->16) 0.23 vs 0.28, (8,56,56,16->16) 0.34 vs 0.41, (8,28,28,24->24) 0.25 vs
+/// 0.35, 16->24 0.41 vs 0.57, 24->16 0.33 vs 0.43; (4,28,28,24->24) 0.195 vs 0.185. The
+/// portable level keeps the old limit (not re-measured).
 ///
 /// 5x5: C, Q >= 32 (AVX-512, 2 threads, ms, direct -> Winograd: (8,32,32,32->32) 1.12 -> 0.90,
 /// 48->48 2.45 -> 1.70, (8,28,28,64->64) 3.54 -> 2.46, but 24->48 1.24 -> 1.46, 32->16 0.58 ->
