@@ -650,6 +650,62 @@ void test_forward_indirect() {
   set_conv_algorithm(ConvAlgorithm::Auto);
 }
 
+// The indirect forward's last panel on the half-width kernel (indirect_half) where half a
+// tile covers it: AVX2 6 x 1 vectors (40 floats = 16 + 16 + 8, 20 doubles = 8 + 8 + 4, and 8
+// floats, one half panel alone), AVX-512 12 x 1 (40 or 48 floats = 32 + 16, 24 or 40 doubles
+// on the 12 x 2 tile rather than the 24 x 1 one it was given). Straight through
+// forward_indirect with the row conv_kernels_for_width gives (partial last blocks, border
+// copies, a partial half panel) against the oracle, then through the entry points at every
+// level; widths that a half panel does not cover (56 floats at AVX2: 16 x 3 + 8 runs, 36 at
+// AVX-512) keep whole panels and are checked beside them.
+template <typename T>
+void check_forward_indirect_row(const conv_detail::ConvKernels<T>& cfg, const Conv2dGeometry& g, double tol,
+                                uint32_t seed) {
+  std::mt19937 rng(seed);
+  auto x = random_vector<T>(g.N * g.H * g.W * g.C, rng), w = random_vector<T>(g.Q * g.FH * g.FW * g.C, rng),
+       b = random_vector<T>(g.Q, rng), dy = random_vector<T>(g.N * g.Ho * g.Wo * g.Q, rng);
+  const Results ref = run_reference(g, x, w, b, dy, true);
+  for (const T* bias : {static_cast<const T*>(b.data()), static_cast<const T*>(nullptr)}) {
+    std::vector<T> y(ref.y.size(), T(7));
+    conv_detail::forward_indirect(cfg, g, x.data(), w.data(), bias, y.data());
+    std::vector<double> want = ref.y;
+    if (!bias)
+      for (size_t i = 0; i < want.size(); ++i) want[i] -= double(b[i % static_cast<size_t>(g.Q)]);
+    const bool ok = max_rel_diff(std::vector<double>(y.begin(), y.end()), want) < tol;
+    CHECK(ok);
+    if (!ok)
+      std::printf("  %s Q=%lld level=%d NR=%lld bias=%d\n", sizeof(T) == 4 ? "float" : "double", (long long)g.Q,
+                  static_cast<int>(cfg.level), (long long)cfg.NR, bias != nullptr);
+  }
+}
+
+void test_indirect_half_panel() {
+  set_conv_algorithm(ConvAlgorithm::Direct);
+  const auto shape = [](int64_t C, int64_t Q) { return make_conv2d_geometry(2, 13, 11, C, Q, 3, 3, C, 2, 2, 1, 1, 0, 1); };
+  if (nablagrad::cpu_simd_level() >= SimdLevel::AVX2) {
+    CHECK(conv_detail::conv_kernels<float>(SimdLevel::AVX2).indirect_half != nullptr);
+    CHECK(conv_detail::conv_kernels<double>(SimdLevel::AVX2).indirect_half != nullptr);
+  }
+  if (nablagrad::cpu_simd_level() >= SimdLevel::AVX512) {
+    CHECK(conv_detail::conv_kernels<float>(SimdLevel::AVX512).indirect_half != nullptr);
+    CHECK(conv_detail::conv_kernels<double>(SimdLevel::AVX512).indirect_half != nullptr);
+  }
+  for (int level = 0; level <= static_cast<int>(nablagrad::cpu_simd_level()); ++level) {
+    nablagrad::set_simd_level(static_cast<SimdLevel>(level));
+    for (int64_t q : {8, 36, 40, 48, 56, 80})
+      check_forward_indirect_row(conv_kernels_for_width<float>(q), shape(12, q), 2e-5, static_cast<uint32_t>(80 + q));
+    for (int64_t q : {4, 20, 24, 40, 44})
+      check_forward_indirect_row(conv_kernels_for_width<double>(q), shape(7, q), 1e-12, static_cast<uint32_t>(90 + q));
+  }
+  nablagrad::set_simd_level(nablagrad::cpu_simd_level());
+  for (int64_t q : {8, 40, 48}) {
+    CHECK(q == 8 || std::string(conv_kernel_choice<float>(shape(12, q)).forward) == "indirect");
+    check_everywhere<float>(shape(12, q), 2e-5, static_cast<uint32_t>(100 + q));
+  }
+  for (int64_t q : {20, 24}) check_everywhere<double>(shape(7, q), 1e-12, static_cast<uint32_t>(110 + q));
+  set_conv_algorithm(ConvAlgorithm::Auto);
+}
+
 // NaN in one input value (image 1, row 2, column 3, channel 5; g.N >= 2, C >= 6): the fast
 // forward's NaNs are the reference's, at every SIMD level the CPU has, under the current
 // algorithm setting.
@@ -1067,6 +1123,7 @@ int main() {
   RUN_TEST(test_forward_gemm);
   RUN_TEST(test_weight_gradient_product);
   RUN_TEST(test_forward_indirect);
+  RUN_TEST(test_indirect_half_panel);
   RUN_TEST(test_narrow);
   RUN_TEST(test_padding_rows_skipped);
   RUN_TEST(test_sweep_double);

@@ -219,24 +219,39 @@ void forward_indirect(const ConvKernels<T>& cfg_in, const Conv2dGeometry& g, con
     cfg.MR = cfg.MR_indirect_wide;
     cfg.NR = cfg.NR_indirect_wide;
     cfg.indirect = cfg.indirect_wide;
+    cfg.indirect_half = nullptr;
+  } else if (one_vector_avx512(cfg) && Q > 2 * cfg.NR) {
+    const ConvKernels<T> main = conv_kernels<T>(cfg.level);
+    if (Q % main.NR != 0 && Q % main.NR <= main.NR / 2) cfg = main;
   }
   const int64_t NR = cfg.NR, MR = cfg.MR;
   PackedB<T> B;
   B.pack(cfg, K, Q, [&](int64_t k, int64_t q) { return w[q * K + k]; });
   const int64_t panels = (Q + NR - 1) / NR;
+  // The last panel on the half-width kernel where half a tile covers it, packed NR / 2 wide.
+  const bool half = cfg.indirect_half && Q % NR != 0 && Q % NR <= NR / 2;
+  if (half) {
+    const int64_t q0 = (panels - 1) * NR, NRh = NR / 2;
+    T* d = B.data.data() + q0 * K;
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t j = 0; j < NRh; ++j) d[k * NRh + j] = q0 + j < Q ? w[(q0 + j) * K + k] : T(0);
+  }
   for_each_indirect_block(g, x, MR, [&](int64_t r0, int64_t nr, int64_t nh, const T* const* ph, int64_t h0) {
     for (int64_t p = 0; p < panels; ++p) {
-      const int64_t q0 = p * NR, nq = std::min(NR, Q - q0);
-      const T* bp = B.data.data() + p * K * NR + h0 * len * NR;
+      const bool last_half = half && p == panels - 1;
+      const int64_t width = last_half ? NR / 2 : NR;
+      const IndirectKernel<T> kernel = last_half ? cfg.indirect_half : cfg.indirect;
+      const int64_t q0 = p * NR, nq = std::min(width, Q - q0);
+      const T* bp = B.data.data() + p * K * NR + h0 * len * width;
       // A whole tile goes from the registers to y (-2.5% at (16,32,32,32->64, 3x3 S2));
       // a partial one through out and store_tile.
-      if (nr == MR && nq == NR) {
-        cfg.indirect(nh, len, ph, bp, y + r0 * Q + q0, Q, bias ? bias + q0 : nullptr);
+      if (nr == MR && nq == width) {
+        kernel(nh, len, ph, bp, y + r0 * Q + q0, Q, bias ? bias + q0 : nullptr);
         continue;
       }
       alignas(64) T out[kMaxTileValues];
-      cfg.indirect(nh, len, ph, bp, out, NR, nullptr);
-      cfg.store_tile(out, nr, NR, y + r0 * Q + q0, Q, bias ? bias + q0 : nullptr, nq);
+      kernel(nh, len, ph, bp, out, width, nullptr);
+      cfg.store_tile(out, nr, width, y + r0 * Q + q0, Q, bias ? bias + q0 : nullptr, nq);
     }
   });
 }
