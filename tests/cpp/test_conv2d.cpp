@@ -314,6 +314,19 @@ void test_pointwise() {
     check_everywhere<double>(*g, 1e-12, 7);
     check_everywhere<float>(*g, 2e-5, 8);
   }
+  // From 16384 pixels on, a small kernel's gradient (C x Q <= 65536) sums fixed chunks of
+  // pixels side by side, with the bias gradient from the same rows (18432 pixels; strided:
+  // 16384 gathered ones); bitwise the same for 1-3 threads (check_everywhere).
+  const auto gc = make_conv2d_geometry(2, 96, 96, 5, 7, 1, 1, 5, 1, 1, 0, 0, 0, 0);
+  const auto gcs = make_conv2d_geometry(2, 255, 128, 6, 17, 1, 1, 6, 2, 2, 0, 0, 0, 0);
+  CHECK(gc.N * gc.Ho * gc.Wo >= conv_detail::kPointwiseChunkedPixels && gcs.N * gcs.Ho * gcs.Wo == 16384);
+  // 64 -> 64 channels: chunks of 1024 pixels in sub-blocks of 512 (doubles) and 1024 (floats).
+  const auto gsub = make_conv2d_geometry(1, 128, 128, 64, 64, 1, 1, 64, 1, 1, 0, 0, 0, 0);
+  for (const auto* g : {&gc, &gcs, &gsub}) {
+    CHECK(std::string(conv_kernel_choice<float>(*g).backward_weight) == "1x1_gemm");
+    check_everywhere<double>(*g, 1e-12, 11);
+    check_everywhere<float>(*g, g == &gsub ? 1e-3 : 1e-4, 12);  // sums of 16384+ float products
+  }
   // A padded 1x1 (its border outputs are the bias alone) is not a plain GEMM.
   const auto gp = make_conv2d_geometry(1, 5, 5, 16, 16, 1, 1, 16, 1, 1, 1, 1, 1, 1);
   CHECK(std::string(conv_kernel_choice<float>(gp).forward) != "1x1_gemm");
