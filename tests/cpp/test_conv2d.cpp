@@ -663,10 +663,12 @@ void test_forward_indirect() {
   set_conv_algorithm(ConvAlgorithm::Auto);
 }
 
-// The indirect forward's last panel on the half-width kernel (indirect_half) where half a
-// tile covers it: AVX2 6 x 1 vectors (40 floats = 16 + 16 + 8, 20 doubles = 8 + 8 + 4, and 8
-// floats, one half panel alone), AVX-512 12 x 1 (40 or 48 floats = 32 + 16, 24 or 40 doubles
-// on the 12 x 2 tile rather than the 24 x 1 one it was given). Straight through
+// The indirect forward's tile by the filters: the last panel on the half-width kernel
+// (indirect_half) where half a tile covers it: AVX2 6 x 1 vectors (40 floats = 16 + 16 + 8,
+// 20 doubles = 8 + 8 + 4, and 8 floats, one half panel alone), AVX-512 12 x 1 (80 floats =
+// 32 + 32 + 16, 40 doubles = 16 + 16 + 8); at AVX-512 the 8 x 3-vector tile for 3-vector
+// panels, the last at least two-thirds full (36, 40, 48 floats; 20, 24, 44 doubles; not 56
+// or 80 floats, 40 doubles). Straight through
 // forward_indirect with the row conv_kernels_for_width gives (partial last blocks, border
 // copies, a partial half panel) against the oracle, then through the entry points at every
 // level; widths that a half panel does not cover (56 floats at AVX2: 16 x 3 + 8 runs, 36 at
@@ -702,6 +704,10 @@ void test_indirect_half_panel() {
   if (nablagrad::cpu_simd_level() >= SimdLevel::AVX512) {
     CHECK(conv_detail::conv_kernels<float>(SimdLevel::AVX512).indirect_half != nullptr);
     CHECK(conv_detail::conv_kernels<double>(SimdLevel::AVX512).indirect_half != nullptr);
+    for (bool alt : {false, true}) {
+      CHECK(conv_detail::conv_kernels<float>(SimdLevel::AVX512, alt).NR_indirect_three == 48);
+      CHECK(conv_detail::conv_kernels<double>(SimdLevel::AVX512, alt).NR_indirect_three == 24);
+    }
   }
   for (int level = 0; level <= static_cast<int>(nablagrad::cpu_simd_level()); ++level) {
     nablagrad::set_simd_level(static_cast<SimdLevel>(level));

@@ -207,9 +207,16 @@ void for_each_indirect_block(const Conv2dGeometry& g, const T* x, int64_t MR, Fn
 /// Blocks cross output rows freely, so no block is left mostly empty at the end of a row
 /// (16-pixel rows with MR = 12). Each output element is computed by one block in a fixed
 /// order, whatever thread runs it.
-/// Where the filters fill whole panels of the level's wider indirect tile (6 x 4 vectors at
-/// AVX-512) and such a panel stays within 256 KiB, that tile runs: the same sums in the same
-/// order, so the same bits.
+/// The tile, by the filters (each a function of Q and K only; every tile runs the same sums in
+/// the same order, so the same bits): where they fill whole panels of the level's wider tile
+/// (6 x 4 vectors at AVX-512) and such a panel stays within 256 KiB, that tile; else where
+/// they fill 3-vector panels, the last at least two-thirds full, the 8 x 3-vector one
+/// (AVX-512: 48 filters as one panel, not 32 + 16; 40 as 48 read once, not 32 + 16 read
+/// twice); else a last panel that half a tile covers runs on the half-width kernel
+/// (indirect_half). AVX-512, 2 threads, ms, 12 x 2 + 12 x 1 -> 8 x 3: (8,28,28,48->48,
+/// 3x3 S 2) 0.225 -> 0.194, (8,56,56,32->48) 0.58 -> 0.52, (8,112,112,16->48) 1.18 -> 1.05,
+/// (16,56,56,24->40) 0.85 -> 0.82; 12 x 2 -> 8 x 3 (8,28,28,96->96) 0.79 -> 0.77; 6 x 3
+/// measured as 8 x 3.
 template <typename T>
 void forward_indirect(const ConvKernels<T>& cfg_in, const Conv2dGeometry& g, const T* x, const T* w,
                       const T* bias, T* y) {
@@ -219,6 +226,12 @@ void forward_indirect(const ConvKernels<T>& cfg_in, const Conv2dGeometry& g, con
     cfg.MR = cfg.MR_indirect_wide;
     cfg.NR = cfg.NR_indirect_wide;
     cfg.indirect = cfg.indirect_wide;
+    cfg.indirect_half = nullptr;
+  } else if (cfg.indirect_three && (Q % cfg.NR_indirect_three == 0 || 3 * (Q % cfg.NR_indirect_three) > 2 * cfg.NR_indirect_three) &&
+             panel_fits<T>(K, cfg.NR_indirect_three)) {
+    cfg.MR = cfg.MR_indirect_three;
+    cfg.NR = cfg.NR_indirect_three;
+    cfg.indirect = cfg.indirect_three;
     cfg.indirect_half = nullptr;
   } else if (one_vector_avx512(cfg) && Q > 2 * cfg.NR) {
     const ConvKernels<T> main = conv_kernels<T>(cfg.level);

@@ -1349,6 +1349,12 @@ struct ConvKernels {
   // run 16 + 16 + 8 on the 6 x 2 AVX2 tile rather than 3 x 16, and 32 + 16 on the 12 x 2
   // AVX-512 one rather than 3 x 16 on 24 x 1 (one read of each input value fewer).
   IndirectKernel<T> indirect_half = nullptr;
+  // An indirect kernel 3 vectors wide (0 / nullptr where the level has none) for filters in
+  // whole panels of it or with a last panel at least two-thirds full (forward_indirect): 8 x 3
+  // vectors at AVX-512 (24 accumulators) run 48 filters as one panel, not 32 + 16, and 40 as
+  // one panel of 48 rather than 32 + 16: each input value read once.
+  int64_t MR_indirect_three = 0, NR_indirect_three = 0;
+  IndirectKernel<T> indirect_three = nullptr;
 };
 
 /// The kernels of `level` (which the CPU must support); `alt_tile` asks for the level's other
@@ -1376,6 +1382,9 @@ inline ConvKernels<float> conv_kernels<float>(SimdLevel level, bool alt_tile) {
             8, &micro_kernel_avx512<float, 8, 1>, &column_kernel_avx512<float, 8, 1>};
     k.MR_direct_tail = 8;
     k.direct_tail = &direct_kernel_avx512<float, 8, 1>;
+    k.MR_indirect_three = 8;
+    k.NR_indirect_three = 48;
+    k.indirect_three = &indirect_kernel_avx512<float, 8, 3>;
     return k;
   }
   if (level >= SimdLevel::AVX512) {
@@ -1393,6 +1402,9 @@ inline ConvKernels<float> conv_kernels<float>(SimdLevel level, bool alt_tile) {
     k.NR_indirect_wide = 64;
     k.indirect_wide = &indirect_kernel_avx512<float, 6, 4>;
     k.indirect_half = &indirect_kernel_avx512<float, 12, 1>;
+    k.MR_indirect_three = 8;
+    k.NR_indirect_three = 48;
+    k.indirect_three = &indirect_kernel_avx512<float, 8, 3>;
     return k;
   }
   if (level >= SimdLevel::AVX2 && alt_tile)
@@ -1429,6 +1441,9 @@ inline ConvKernels<double> conv_kernels<double>(SimdLevel level, bool alt_tile) 
             8, &micro_kernel_avx512<double, 8, 1>, &column_kernel_avx512<double, 8, 1>};
     k.MR_direct_tail = 8;
     k.direct_tail = &direct_kernel_avx512<double, 8, 1>;
+    k.MR_indirect_three = 8;
+    k.NR_indirect_three = 24;
+    k.indirect_three = &indirect_kernel_avx512<double, 8, 3>;
     return k;
   }
   if (level >= SimdLevel::AVX512) {
@@ -1446,6 +1461,9 @@ inline ConvKernels<double> conv_kernels<double>(SimdLevel level, bool alt_tile) 
     k.NR_indirect_wide = 32;
     k.indirect_wide = &indirect_kernel_avx512<double, 6, 4>;
     k.indirect_half = &indirect_kernel_avx512<double, 12, 1>;
+    k.MR_indirect_three = 8;
+    k.NR_indirect_three = 24;
+    k.indirect_three = &indirect_kernel_avx512<double, 8, 3>;
     return k;
   }
   if (level >= SimdLevel::AVX2 && alt_tile)
