@@ -663,16 +663,15 @@ void test_forward_indirect() {
   set_conv_algorithm(ConvAlgorithm::Auto);
 }
 
-// The indirect forward's tile by the filters: the last panel on the half-width kernel
-// (indirect_half) where half a tile covers it: AVX2 6 x 1 vectors (40 floats = 16 + 16 + 8,
-// 20 doubles = 8 + 8 + 4, and 8 floats, one half panel alone), AVX-512 12 x 1 (80 floats =
-// 32 + 32 + 16, 40 doubles = 16 + 16 + 8); at AVX-512 the 8 x 3-vector tile for 3-vector
-// panels, the last at least two-thirds full (36, 40, 48 floats; 20, 24, 44 doubles; not 56
-// or 80 floats, 40 doubles). Straight through
-// forward_indirect with the row conv_kernels_for_width gives (partial last blocks, border
-// copies, a partial half panel) against the oracle, then through the entry points at every
-// level; widths that a half panel does not cover (56 floats at AVX2: 16 x 3 + 8 runs, 36 at
-// AVX-512) keep whole panels and are checked beside them.
+// The indirect forward's tile by the filters: the last panel on the row's narrower kernel
+// of the same rows (indirect_last) where that covers it: AVX2 6 x 1 vectors (56 floats = 16 x
+// 3 + 8, 8 floats alone, 4 doubles), AVX-512 12 x 1 (80 floats = 32 + 32 + 16, 40 doubles =
+// 16 + 16 + 8); at AVX2 the 4 x 3-vector row with a 4 x 2 last panel for 24k + 16 floats
+// (40, 88) and 12k + 8 doubles (20, 44); at AVX-512 the 8 x 3-vector tile for 3-vector
+// panels, the last at least two-thirds full (36, 40, 48, 88 floats; 20, 24, 44 doubles).
+// Straight through forward_indirect with the row conv_kernels_for_width gives (partial last
+// blocks, border copies, a partial last panel), with and without bias, against the oracle,
+// then through the entry points at every level.
 template <typename T>
 void check_forward_indirect_row(const conv_detail::ConvKernels<T>& cfg, const Conv2dGeometry& g, double tol,
                                 uint32_t seed) {
@@ -694,16 +693,18 @@ void check_forward_indirect_row(const conv_detail::ConvKernels<T>& cfg, const Co
   }
 }
 
-void test_indirect_half_panel() {
+void test_indirect_tiles_by_filters() {
   set_conv_algorithm(ConvAlgorithm::Direct);
   const auto shape = [](int64_t C, int64_t Q) { return make_conv2d_geometry(2, 13, 11, C, Q, 3, 3, C, 2, 2, 1, 1, 0, 1); };
   if (nablagrad::cpu_simd_level() >= SimdLevel::AVX2) {
-    CHECK(conv_detail::conv_kernels<float>(SimdLevel::AVX2).indirect_half != nullptr);
-    CHECK(conv_detail::conv_kernels<double>(SimdLevel::AVX2).indirect_half != nullptr);
+    CHECK(conv_detail::conv_kernels<float>(SimdLevel::AVX2).NR_indirect_last == 8);
+    CHECK(conv_detail::conv_kernels<double>(SimdLevel::AVX2).NR_indirect_last == 4);
+    CHECK(conv_detail::conv_kernels<float>(SimdLevel::AVX2, true).NR_indirect_last == 16);
+    CHECK(conv_detail::conv_kernels<double>(SimdLevel::AVX2, true).NR_indirect_last == 8);
   }
   if (nablagrad::cpu_simd_level() >= SimdLevel::AVX512) {
-    CHECK(conv_detail::conv_kernels<float>(SimdLevel::AVX512).indirect_half != nullptr);
-    CHECK(conv_detail::conv_kernels<double>(SimdLevel::AVX512).indirect_half != nullptr);
+    CHECK(conv_detail::conv_kernels<float>(SimdLevel::AVX512).NR_indirect_last == 16);
+    CHECK(conv_detail::conv_kernels<double>(SimdLevel::AVX512).NR_indirect_last == 8);
     for (bool alt : {false, true}) {
       CHECK(conv_detail::conv_kernels<float>(SimdLevel::AVX512, alt).NR_indirect_three == 48);
       CHECK(conv_detail::conv_kernels<double>(SimdLevel::AVX512, alt).NR_indirect_three == 24);
@@ -711,7 +712,7 @@ void test_indirect_half_panel() {
   }
   for (int level = 0; level <= static_cast<int>(nablagrad::cpu_simd_level()); ++level) {
     nablagrad::set_simd_level(static_cast<SimdLevel>(level));
-    for (int64_t q : {8, 36, 40, 48, 56, 80})
+    for (int64_t q : {8, 36, 40, 48, 56, 80, 88})
       check_forward_indirect_row(conv_kernels_for_width<float>(q), shape(12, q), 2e-5, static_cast<uint32_t>(80 + q));
     for (int64_t q : {4, 20, 24, 40, 44})
       check_forward_indirect_row(conv_kernels_for_width<double>(q), shape(7, q), 1e-12, static_cast<uint32_t>(90 + q));
@@ -1142,7 +1143,7 @@ int main() {
   RUN_TEST(test_forward_gemm);
   RUN_TEST(test_weight_gradient_product);
   RUN_TEST(test_forward_indirect);
-  RUN_TEST(test_indirect_half_panel);
+  RUN_TEST(test_indirect_tiles_by_filters);
   RUN_TEST(test_narrow);
   RUN_TEST(test_padding_rows_skipped);
   RUN_TEST(test_sweep_double);

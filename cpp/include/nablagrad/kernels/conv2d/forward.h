@@ -212,11 +212,15 @@ void for_each_indirect_block(const Conv2dGeometry& g, const T* x, int64_t MR, Fn
 /// (6 x 4 vectors at AVX-512) and such a panel stays within 256 KiB, that tile; else where
 /// they fill 3-vector panels, the last at least two-thirds full, the 8 x 3-vector one
 /// (AVX-512: 48 filters as one panel, not 32 + 16; 40 as 48 read once, not 32 + 16 read
-/// twice); else a last panel that half a tile covers runs on the half-width kernel
-/// (indirect_half). AVX-512, 2 threads, ms, 12 x 2 + 12 x 1 -> 8 x 3: (8,28,28,48->48,
-/// 3x3 S 2) 0.225 -> 0.194, (8,56,56,32->48) 0.58 -> 0.52, (8,112,112,16->48) 1.18 -> 1.05,
-/// (16,56,56,24->40) 0.85 -> 0.82; 12 x 2 -> 8 x 3 (8,28,28,96->96) 0.79 -> 0.77; 6 x 3
-/// measured as 8 x 3.
+/// twice); at AVX2 the 4 x 3-vector row where the filters are whole panels of it and one of
+/// 2 vectors but not of 2-vector panels alone (40 floats = 24 + 16, read twice, not 16 + 16
+/// + 8, three times); then a last panel that the row's narrower kernel of the same rows covers
+/// runs on it (indirect_last: 56 floats = 16 x 3 + 8 at AVX2, 80 = 32 + 32 + 16 at AVX-512).
+/// AVX-512, 2 threads, ms, 12 x 2 + 12 x 1 -> 8 x 3: (8,28,28,48->48, 3x3 S 2) 0.225 ->
+/// 0.194, (8,56,56,32->48) 0.58 -> 0.52, (8,112,112,16->48) 1.18 -> 1.05, (16,56,56,24->40)
+/// 0.85 -> 0.82; 12 x 2 -> 8 x 3 (8,28,28,96->96) 0.79 -> 0.77; 6 x 3 measured as 8 x 3.
+/// AVX2, 6 x 2 + 6 x 1 -> 4 x 3 + 4 x 2: (16,56,56,24->40) 1.116 -> 1.055, (8,56,56,32->40)
+/// 0.731 -> 0.708, (8,28,28,40->88) 0.476 -> 0.455.
 template <typename T>
 void forward_indirect(const ConvKernels<T>& cfg_in, const Conv2dGeometry& g, const T* x, const T* w,
                       const T* bias, T* y) {
@@ -226,34 +230,37 @@ void forward_indirect(const ConvKernels<T>& cfg_in, const Conv2dGeometry& g, con
     cfg.MR = cfg.MR_indirect_wide;
     cfg.NR = cfg.NR_indirect_wide;
     cfg.indirect = cfg.indirect_wide;
-    cfg.indirect_half = nullptr;
+    cfg.indirect_last = nullptr;
   } else if (cfg.indirect_three && (Q % cfg.NR_indirect_three == 0 || 3 * (Q % cfg.NR_indirect_three) > 2 * cfg.NR_indirect_three) &&
              panel_fits<T>(K, cfg.NR_indirect_three)) {
     cfg.MR = cfg.MR_indirect_three;
     cfg.NR = cfg.NR_indirect_three;
     cfg.indirect = cfg.indirect_three;
-    cfg.indirect_half = nullptr;
+    cfg.indirect_last = nullptr;
   } else if (one_vector_avx512(cfg) && Q > 2 * cfg.NR) {
     const ConvKernels<T> main = conv_kernels<T>(cfg.level);
-    if (Q % main.NR != 0 && Q % main.NR <= main.NR / 2) cfg = main;
+    if (Q % main.NR != 0 && Q % main.NR <= main.NR_indirect_last) cfg = main;
+  } else if (cfg.level == SimdLevel::AVX2 && Q % cfg.NR != 0) {
+    const ConvKernels<T> three = conv_kernels<T>(cfg.level, /*alt_tile=*/true);
+    if (three.NR != cfg.NR && Q % three.NR == three.NR_indirect_last) cfg = three;
   }
-  const int64_t NR = cfg.NR, MR = cfg.MR;
+  const int64_t NR = cfg.NR, MR = cfg.MR, NRl = cfg.NR_indirect_last;
   PackedB<T> B;
   B.pack(cfg, K, Q, [&](int64_t k, int64_t q) { return w[q * K + k]; });
   const int64_t panels = (Q + NR - 1) / NR;
-  // The last panel on the half-width kernel where half a tile covers it, packed NR / 2 wide.
-  const bool half = cfg.indirect_half && Q % NR != 0 && Q % NR <= NR / 2;
-  if (half) {
-    const int64_t q0 = (panels - 1) * NR, NRh = NR / 2;
+  // The last panel on the row's narrower kernel where that covers it, packed NRl wide.
+  const bool narrower = cfg.indirect_last && Q % NR != 0 && Q % NR <= NRl;
+  if (narrower) {
+    const int64_t q0 = (panels - 1) * NR;
     T* d = B.data.data() + q0 * K;
     for (int64_t k = 0; k < K; ++k)
-      for (int64_t j = 0; j < NRh; ++j) d[k * NRh + j] = q0 + j < Q ? w[(q0 + j) * K + k] : T(0);
+      for (int64_t j = 0; j < NRl; ++j) d[k * NRl + j] = q0 + j < Q ? w[(q0 + j) * K + k] : T(0);
   }
   for_each_indirect_block(g, x, MR, [&](int64_t r0, int64_t nr, int64_t nh, const T* const* ph, int64_t h0) {
     for (int64_t p = 0; p < panels; ++p) {
-      const bool last_half = half && p == panels - 1;
-      const int64_t width = last_half ? NR / 2 : NR;
-      const IndirectKernel<T> kernel = last_half ? cfg.indirect_half : cfg.indirect;
+      const bool last = narrower && p == panels - 1;
+      const int64_t width = last ? NRl : NR;
+      const IndirectKernel<T> kernel = last ? cfg.indirect_last : cfg.indirect;
       const int64_t q0 = p * NR, nq = std::min(width, Q - q0);
       const T* bp = B.data.data() + p * K * NR + h0 * len * width;
       // A whole tile goes from the registers to y (-2.5% at (16,32,32,32->64, 3x3 S2));

@@ -1344,11 +1344,12 @@ struct ConvKernels {
   // S 2) after a cache flush went 3.5 -> 3.1 ms, (8,56,56,64->128) 3.3 -> 3.1 (2 threads).
   int64_t MR_indirect_wide = 0, NR_indirect_wide = 0;
   IndirectKernel<T> indirect_wide = nullptr;
-  // An indirect kernel of the same MR rows and half the width (NR / 2; nullptr where the
-  // level has none) for a last panel that half a tile covers (forward_indirect): 40 filters
-  // run 16 + 16 + 8 on the 6 x 2 AVX2 tile rather than 3 x 16, and 32 + 16 on the 12 x 2
-  // AVX-512 one rather than 3 x 16 on 24 x 1 (one read of each input value fewer).
-  IndirectKernel<T> indirect_half = nullptr;
+  // An indirect kernel of the same MR rows and NR_indirect_last < NR columns (0 / nullptr
+  // where the row has none) for a last panel that it covers (forward_indirect): 56 filters
+  // run 16 + 16 + 16 + 8 on the 6 x 2 AVX2 tile rather than 4 x 16, 40 run 24 + 16 on the
+  // 4 x 3 one (4 x 2 for the last), 80 run 32 + 32 + 16 on the 12 x 2 AVX-512 one.
+  int64_t NR_indirect_last = 0;
+  IndirectKernel<T> indirect_last = nullptr;
   // An indirect kernel 3 vectors wide (0 / nullptr where the level has none) for filters in
   // whole panels of it or with a last panel at least two-thirds full (forward_indirect): 8 x 3
   // vectors at AVX-512 (24 accumulators) run 48 filters as one panel, not 32 + 16, and 40 as
@@ -1401,24 +1402,30 @@ inline ConvKernels<float> conv_kernels<float>(SimdLevel level, bool alt_tile) {
     k.MR_indirect_wide = 6;
     k.NR_indirect_wide = 64;
     k.indirect_wide = &indirect_kernel_avx512<float, 6, 4>;
-    k.indirect_half = &indirect_kernel_avx512<float, 12, 1>;
+    k.NR_indirect_last = 16;
+    k.indirect_last = &indirect_kernel_avx512<float, 12, 1>;
     k.MR_indirect_three = 8;
     k.NR_indirect_three = 48;
     k.indirect_three = &indirect_kernel_avx512<float, 8, 3>;
     return k;
   }
-  if (level >= SimdLevel::AVX2 && alt_tile)
-    return {SimdLevel::AVX2, 4, 24, 256, 8, &micro_kernel_avx2_tile<float, 4, 3>,
+  if (level >= SimdLevel::AVX2 && alt_tile) {
+    ConvKernels<float> k{SimdLevel::AVX2, 4, 24, 256, 8, &micro_kernel_avx2_tile<float, 4, 3>,
             &direct_kernel_avx2_rows<float, 4, 3>, &indirect_kernel_avx2<float, 4, 3>,
             &column_kernel_avx2<float, 4, 3>, &store_tile_avx2<float>, &dot_avx2, &narrow_row_avx2,
             &smallc_dx_block<float>, &smallc_dw_block_avx2_dispatch<float>, 0, nullptr, nullptr};
+    k.NR_indirect_last = 16;
+    k.indirect_last = &indirect_kernel_avx2<float, 4, 2>;
+    return k;
+  }
   if (level >= SimdLevel::AVX2) {
     ConvKernels<float> k{SimdLevel::AVX2, 6, 16, 256, 8, &micro_kernel_avx2, &direct_kernel_avx2,
             &indirect_kernel_avx2<float>, &column_kernel_avx2<float>, &store_tile_avx2<float>, &dot_avx2,
             &narrow_row_avx2, &smallc_dx_block<float>, &smallc_dw_block_avx2_dispatch<float>, 0, nullptr, nullptr};
     k.MR_direct_tail = 4;
     k.direct_tail = &direct_kernel_avx2_rows<float, 4>;
-    k.indirect_half = &indirect_kernel_avx2<float, 6, 1>;
+    k.NR_indirect_last = 8;
+    k.indirect_last = &indirect_kernel_avx2<float, 6, 1>;
     return k;
   }
 #endif
@@ -1460,24 +1467,30 @@ inline ConvKernels<double> conv_kernels<double>(SimdLevel level, bool alt_tile) 
     k.MR_indirect_wide = 6;
     k.NR_indirect_wide = 32;
     k.indirect_wide = &indirect_kernel_avx512<double, 6, 4>;
-    k.indirect_half = &indirect_kernel_avx512<double, 12, 1>;
+    k.NR_indirect_last = 8;
+    k.indirect_last = &indirect_kernel_avx512<double, 12, 1>;
     k.MR_indirect_three = 8;
     k.NR_indirect_three = 24;
     k.indirect_three = &indirect_kernel_avx512<double, 8, 3>;
     return k;
   }
-  if (level >= SimdLevel::AVX2 && alt_tile)
-    return {SimdLevel::AVX2, 4, 12, 128, 4, &micro_kernel_avx2_tile<double, 4, 3>,
+  if (level >= SimdLevel::AVX2 && alt_tile) {
+    ConvKernels<double> k{SimdLevel::AVX2, 4, 12, 128, 4, &micro_kernel_avx2_tile<double, 4, 3>,
             &direct_kernel_avx2_rows<double, 4, 3>, &indirect_kernel_avx2<double, 4, 3>,
             &column_kernel_avx2<double, 4, 3>, &store_tile_avx2<double>, &dot_avx2, &narrow_row_avx2,
             &smallc_dx_block<double>, &smallc_dw_block_avx2_dispatch<double>, 0, nullptr, nullptr};
+    k.NR_indirect_last = 8;
+    k.indirect_last = &indirect_kernel_avx2<double, 4, 2>;
+    return k;
+  }
   if (level >= SimdLevel::AVX2) {
     ConvKernels<double> k{SimdLevel::AVX2, 6, 8, 128, 4, &micro_kernel_avx2, &direct_kernel_avx2,
             &indirect_kernel_avx2<double>, &column_kernel_avx2<double>, &store_tile_avx2<double>, &dot_avx2,
             &narrow_row_avx2, &smallc_dx_block<double>, &smallc_dw_block_avx2_dispatch<double>, 0, nullptr, nullptr};
     k.MR_direct_tail = 4;
     k.direct_tail = &direct_kernel_avx2_rows<double, 4>;
-    k.indirect_half = &indirect_kernel_avx2<double, 6, 1>;
+    k.NR_indirect_last = 4;
+    k.indirect_last = &indirect_kernel_avx2<double, 6, 1>;
     return k;
   }
 #endif
