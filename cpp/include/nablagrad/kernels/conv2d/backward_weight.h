@@ -308,9 +308,6 @@ void backward_weight_im2col_gemm(const Conv2dGeometry& g, const T* x, const T* d
   if (db) bias_gradient(pixels, Q, dy, db);
 }
 
-/// 1x1 kernel gradient without padding, straight to the GEMM: dW (Q x C) = dY^T X over the
-/// N*Ho*Wo pixel rows (dY read transposed through its strides; X gathered first when strided).
-/// gemm splits the Q x C output, never the pixel sum, so the result is thread-count invariant.
 /// From this many pixels the 1x1 kernel gradient (a C x Q product over all of them) splits
 /// the pixel sum into fixed chunks run side by side, their partials added in chunk order, and
 /// sums the bias gradient from the same rows: gemm() splits only its C x Q output, whose few
@@ -324,6 +321,11 @@ void backward_weight_im2col_gemm(const Conv2dGeometry& g, const T* x, const T* d
 /// has tiles enough for every thread, and 16 partials of it would be megabytes.
 constexpr int64_t kPointwiseChunkedPixels = 16384, kPointwiseChunkedValues = 65536;
 
+/// 1x1 kernel gradient without padding, straight to the GEMM: dW (Q x C) = dY^T X over the
+/// N*Ho*Wo pixel rows (dY read transposed through its strides; X gathered first when strided).
+/// gemm splits the Q x C output, never the pixel sum; from kPointwiseChunkedPixels on, fixed
+/// chunks of pixels (a function of the shape) are summed in chunk order. Either way the
+/// result is thread-count invariant.
 template <typename T>
 void backward_weight_pointwise(const Conv2dGeometry& g, const T* x, const T* dy, T* dw, T* db) {
   const int64_t C = g.C, Q = g.Q, rows = g.N * g.Ho * g.Wo;
