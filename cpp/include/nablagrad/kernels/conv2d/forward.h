@@ -226,17 +226,17 @@ void forward_indirect(const ConvKernels<T>& cfg_in, const Conv2dGeometry& g, con
                       const T* bias, T* y) {
   const int64_t len = g.FW * g.C, K = g.FH * len, Q = g.Q;
   ConvKernels<T> cfg = cfg_in;
-  if (cfg.indirect_wide && Q % cfg.NR_indirect_wide == 0 && panel_fits<T>(K, cfg.NR_indirect_wide)) {
-    cfg.MR = cfg.MR_indirect_wide;
-    cfg.NR = cfg.NR_indirect_wide;
-    cfg.indirect = cfg.indirect_wide;
+  const auto take = [&cfg](int64_t mr, int64_t nr, IndirectKernel<T> kernel) {  // one tile, no last-panel kernel
+    cfg.MR = mr;
+    cfg.NR = nr;
+    cfg.indirect = kernel;
     cfg.indirect_last = nullptr;
+  };
+  if (cfg.indirect_wide && Q % cfg.NR_indirect_wide == 0 && panel_fits<T>(K, cfg.NR_indirect_wide)) {
+    take(cfg.MR_indirect_wide, cfg.NR_indirect_wide, cfg.indirect_wide);
   } else if (cfg.indirect_three && (Q % cfg.NR_indirect_three == 0 || 3 * (Q % cfg.NR_indirect_three) > 2 * cfg.NR_indirect_three) &&
              panel_fits<T>(K, cfg.NR_indirect_three)) {
-    cfg.MR = cfg.MR_indirect_three;
-    cfg.NR = cfg.NR_indirect_three;
-    cfg.indirect = cfg.indirect_three;
-    cfg.indirect_last = nullptr;
+    take(cfg.MR_indirect_three, cfg.NR_indirect_three, cfg.indirect_three);
   } else if (one_vector_avx512(cfg) && Q > 2 * cfg.NR) {
     const ConvKernels<T> main = conv_kernels<T>(cfg.level);
     if (Q % main.NR != 0 && Q % main.NR <= main.NR_indirect_last) cfg = main;
@@ -245,17 +245,11 @@ void forward_indirect(const ConvKernels<T>& cfg_in, const Conv2dGeometry& g, con
     if (three.NR != cfg.NR && Q % three.NR == three.NR_indirect_last) cfg = three;
   }
   const int64_t NR = cfg.NR, MR = cfg.MR, NRl = cfg.NR_indirect_last;
-  PackedB<T> B;
-  B.pack(cfg, K, Q, [&](int64_t k, int64_t q) { return w[q * K + k]; });
-  const int64_t panels = (Q + NR - 1) / NR;
   // The last panel on the row's narrower kernel where that covers it, packed NRl wide.
   const bool narrower = cfg.indirect_last && Q % NR != 0 && Q % NR <= NRl;
-  if (narrower) {
-    const int64_t q0 = (panels - 1) * NR;
-    T* d = B.data.data() + q0 * K;
-    for (int64_t k = 0; k < K; ++k)
-      for (int64_t j = 0; j < NRl; ++j) d[k * NRl + j] = q0 + j < Q ? w[(q0 + j) * K + k] : T(0);
-  }
+  PackedB<T> B;
+  B.pack(cfg, K, Q, [&](int64_t k, int64_t q) { return w[q * K + k]; }, narrower ? NRl : 0);
+  const int64_t panels = (Q + NR - 1) / NR;
   for_each_indirect_block(g, x, MR, [&](int64_t r0, int64_t nr, int64_t nh, const T* const* ph, int64_t h0) {
     for (int64_t p = 0; p < panels; ++p) {
       const bool last = narrower && p == panels - 1;

@@ -26,13 +26,15 @@ namespace conv_detail {
 // The kernel matrix B (K x ncols) of a gather GEMM, packed for the micro-kernel (panels of NR
 // columns, zero-padded: panel p holds B(k, p*NR + j) at [p*K*NR + k*NR + j]) or, when the
 // output is narrow (few columns), transposed for dot products (B(k, j) at [j*K + k]).
+// With last_nr > 0 the last panel is packed last_nr columns wide ([p*K*NR + k*last_nr + j]),
+// for a narrower kernel that covers it (forward_indirect's indirect_last).
 template <typename T>
 struct PackedB {
   int64_t K = 0, ncols = 0, NR = 0;
   bool narrow = false;
   std::vector<T> data;
   template <typename F>
-  void pack(const ConvKernels<T>& cfg, int64_t K_, int64_t ncols_, const F& at) {
+  void pack(const ConvKernels<T>& cfg, int64_t K_, int64_t ncols_, const F& at, int64_t last_nr = 0) {
     NR = cfg.NR;
     K = K_;
     ncols = ncols_;
@@ -46,10 +48,12 @@ struct PackedB {
     } else {
       const int64_t panels = (ncols + NR - 1) / NR;
       data.assign(static_cast<size_t>(panels * K * NR), T(0));
-      for (int64_t p = 0; p < panels; ++p)
+      for (int64_t p = 0; p < panels; ++p) {
+        const int64_t width = p == panels - 1 && last_nr > 0 ? last_nr : NR;
         for (int64_t k = 0; k < K; ++k)
-          for (int64_t j = 0; j < NR && p * NR + j < ncols; ++j)
-            data[(p * K + k) * NR + j] = at(k, p * NR + j);
+          for (int64_t j = 0; j < width && p * NR + j < ncols; ++j)
+            data[p * K * NR + k * width + j] = at(k, p * NR + j);
+      }
     }
   }
 };
