@@ -931,6 +931,56 @@ void test_backward_weight_direct() {
   set_conv_algorithm(ConvAlgorithm::Auto);
 }
 
+// The small-C kernel gradient (backward_weight_smallc) at every level, called directly: filter
+// counts below, at and past one vector and two (the AVX-512 block is two zmm vectors, the last
+// one masked), tap blocks of 1-4 kernel rows x 1-3 run values (7x7: row groups 4 + 3), strides
+// and uneven paddings, float and double. The per-lane sums run in the same order at AVX2 and
+// AVX-512, so those two give the same bits.
+template <typename T>
+void check_smallc_weight_gradient(const Conv2dGeometry& g, double tol, uint32_t seed) {
+  std::mt19937 rng(seed);
+  auto x = random_vector<T>(g.N * g.H * g.W * g.C, rng), dy = random_vector<T>(g.N * g.Ho * g.Wo * g.Q, rng);
+  const size_t nw = static_cast<size_t>(g.Q * g.FH * g.FW * g.C);
+  std::vector<T> dw_ref(nw), db_ref(static_cast<size_t>(g.Q));
+  conv2d_reference_backward_weight(g, x.data(), dy.data(), dw_ref.data(), db_ref.data());
+  std::vector<T> dw_avx2, db_avx2;
+  for (int level = 0; level <= static_cast<int>(nablagrad::cpu_simd_level()); ++level) {
+    nablagrad::set_simd_level(static_cast<SimdLevel>(level));
+    std::vector<T> dw(nw, T(7)), db(static_cast<size_t>(g.Q), T(7));
+    conv_detail::backward_weight_smallc(conv_detail::conv_kernels<T>(), g, x.data(), dy.data(), dw.data(), db.data());
+    for (size_t i = 0; i < nw; ++i) CHECK_NEAR(dw[i], dw_ref[i], tol);
+    for (int64_t q = 0; q < g.Q; ++q) CHECK_NEAR(db[q], db_ref[q], tol);
+    if (level == static_cast<int>(SimdLevel::AVX2)) {
+      dw_avx2 = dw;
+      db_avx2 = db;
+    }
+    if (level == static_cast<int>(SimdLevel::AVX512)) CHECK(dw == dw_avx2 && db == db_avx2);
+  }
+  nablagrad::set_simd_level(nablagrad::cpu_simd_level());
+}
+
+void test_smallc_weight_gradient() {
+  if (nablagrad::cpu_simd_level() >= SimdLevel::AVX512) {
+    CHECK(conv_detail::conv_kernels<float>(SimdLevel::AVX512).VL == 32);
+    CHECK(conv_detail::conv_kernels<double>(SimdLevel::AVX512).VL == 16);
+  }
+  for (int64_t q : {1, 5, 16, 17, 31, 32, 33, 40, 70}) {
+    check_smallc_weight_gradient<float>(make_conv2d_geometry(2, 9, 11, 3, q, 3, 3, 3, 2, 2, 1, 1, 1, 0), 2e-5,
+                                        static_cast<uint32_t>(300 + q));
+    check_smallc_weight_gradient<double>(make_conv2d_geometry(2, 9, 11, 3, q, 3, 3, 3, 2, 2, 1, 1, 1, 0), 1e-12,
+                                         static_cast<uint32_t>(400 + q));
+  }
+  const Conv2dGeometry shapes[] = {make_conv2d_geometry(3, 20, 18, 3, 24, 7, 7, 3, 2, 2, 3, 3, 3, 3),
+                                   make_conv2d_geometry(2, 12, 10, 1, 32, 5, 5, 1, 1, 1, 2, 2, 2, 2),
+                                   make_conv2d_geometry(2, 8, 9, 4, 48, 2, 3, 4, 1, 2, 0, 1, 1, 0),
+                                   make_conv2d_geometry(1, 6, 7, 2, 9, 4, 1, 2, 1, 1, 2, 1, 0, 0)};
+  uint32_t seed = 500;
+  for (const Conv2dGeometry& g : shapes) {
+    check_smallc_weight_gradient<float>(g, 2e-5, ++seed);
+    check_smallc_weight_gradient<double>(g, 1e-12, ++seed);
+  }
+}
+
 // Which kernel each pass picks for shapes of each family (select.h), at every level.
 void test_kernel_choice() {
   for (int level = 0; level <= static_cast<int>(nablagrad::cpu_simd_level()); ++level) {
@@ -1153,6 +1203,7 @@ int main() {
   RUN_TEST(test_avx512_tile_per_pass);
   RUN_TEST(test_kernel_choice);
   RUN_TEST(test_backward_weight_padded_rows);
+  RUN_TEST(test_smallc_weight_gradient);
   RUN_TEST(test_algorithm_setting);
   return test_util::finish();
 }

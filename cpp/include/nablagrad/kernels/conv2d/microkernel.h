@@ -37,7 +37,7 @@ namespace conv_detail {
 // Largest register tile of any variant (MR * NR values): callers size stack buffers with it.
 constexpr int64_t kMaxTileValues = 1024;
 // Stride of the small-C kernel-gradient accumulator buffers (>= the widest VL).
-constexpr int64_t kSmallCAccStride = 16;
+constexpr int64_t kSmallCAccStride = 32;
 
 #if NABLAGRAD_X86
 // Prefetches into L1 the line `bytes` past p. The address is formed as an integer, not as
@@ -794,8 +794,9 @@ inline void smallc_dx_block(int64_t C, const T* const* src, int64_t ntap, int64_
 // tap (fh, j = fw*C + c) of output pixel (n, ho, wo) is Xp_row(n, ho*S_h + fh)[wo*S_w*C + j]:
 // the FW*C taps of one kernel row are one contiguous run. The taps are cut into blocks of
 // NRW <= 4 kernel rows x NCL <= 3 consecutive run values (<= 12 taps), the filters into blocks
-// of one vector (8 floats / 4 doubles, the last one masked); for each (tap block, filter block)
-// the <= 12 vector accumulators acc[t] += X(pixel, t) * dY(pixel, q-block) (plus the bias sum)
+// of VL (one AVX2 vector: 8 floats / 4 doubles; two AVX-512 ones: 32 / 16; the last masked);
+// for each (tap block, filter block) the <= 12 x (1 or 2) vector accumulators
+// acc[t] += X(pixel, t) * dY(pixel, q-block) (plus the bias sum)
 // stay in registers over all pixels of a chunk. Chunks are runs of whole output rows whose
 // size depends on the shape only; each chunk writes its own partial (K x Q) and the partials
 // are added in chunk order, so the result is the same for any thread count.
@@ -911,6 +912,8 @@ __attribute__((target("avx512f,avx2,fma"))) inline __m512 z_zero(float) { return
 __attribute__((target("avx512f,avx2,fma"))) inline __m512d z_zero(double) { return _mm512_setzero_pd(); }
 __attribute__((target("avx512f,avx2,fma"))) inline __m512 z_load(const float* p) { return _mm512_loadu_ps(p); }
 __attribute__((target("avx512f,avx2,fma"))) inline __m512d z_load(const double* p) { return _mm512_loadu_pd(p); }
+__attribute__((target("avx512f,avx2,fma"))) inline __m512 z_maskz_load(__mmask16 m, const float* p) { return _mm512_maskz_loadu_ps(m, p); }
+__attribute__((target("avx512f,avx2,fma"))) inline __m512d z_maskz_load(__mmask16 m, const double* p) { return _mm512_maskz_loadu_pd(static_cast<__mmask8>(m), p); }
 __attribute__((target("avx512f,avx2,fma"))) inline void z_store(float* p, __m512 v) { _mm512_storeu_ps(p, v); }
 __attribute__((target("avx512f,avx2,fma"))) inline void z_store(double* p, __m512d v) { _mm512_storeu_pd(p, v); }
 __attribute__((target("avx512f,avx2,fma"))) inline __m512 z_bcast(const float* p) { return _mm512_set1_ps(*p); }
@@ -1258,6 +1261,84 @@ __attribute__((target("avx512f,avx2,fma"))) inline void column_kernel_avx512(
     for (int v = 0; v < NV; ++v)
       z_store(c + i * ldc + v * W, z_add(z_load(c + i * ldc + v * W), acc[i][v]));
 }
+
+// The small-C kernel gradient block at AVX-512: smallc_dw_block_avx2's sums, but each block of
+// filters is NV zmm vectors (NV = 2: 32 floats / 16 doubles), so a broadcast input value feeds
+// NV FMAs and one pass over the chunk covers 4x (floats) the filters of an AVX2 block: 12 taps
+// x 2 vectors = 24 accumulators + 2 bias sums + 2 dY vectors + a broadcast, 29 registers. Per
+// pixel 2 loads + 12 broadcasts for 24 FMAs where the 8-wide block needs 13 loads for 12 FMAs
+// of a third the width. Each sum runs over the same pixels in the same order as the AVX2 and
+// portable blocks, so the results are the same bits.
+template <typename T, int NRW, int NCL, int NV>
+__attribute__((target("avx512f,avx2,fma"))) inline void smallc_dw_block_avx512(
+    const SmallCPlan& pl, const T* xp, const T* dy, int64_t Ho, int64_t Wo, int64_t S_h, int64_t Q,
+    int64_t r0, int64_t r1, int64_t fh0, int64_t j0, int64_t q0, int64_t nq, T* acc, T* accb) {
+  using VT = typename Avx512<T>::VT;
+  constexpr int W = Avx512<T>::W;
+  const int64_t nlast = nq - (NV - 1) * W;  // 1 .. W filters in the last vector
+  const bool full = nlast == W;
+  const __mmask16 m = static_cast<__mmask16>((1u << nlast) - 1u);
+  VT a[NRW * NCL][NV], b[NV];
+#pragma GCC unroll 12
+  for (int t = 0; t < NRW * NCL; ++t)
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) a[t][v] = z_zero(T());
+#pragma GCC unroll 2
+  for (int v = 0; v < NV; ++v) b[v] = z_zero(T());
+  const int64_t prow = pl.prow, xs = pl.xs;
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t n = r / Ho, ho = r % Ho;
+    const T* xrow = xp + (n * pl.Hp + ho * S_h + fh0) * prow + j0;
+    const T* drow = dy + r * Wo * Q + q0;
+    for (int64_t wo = 0; wo < Wo; ++wo) {  // indexed: see smallc_dw_block_portable_acc
+      const T* xb = xrow + wo * xs;
+      const T* d = drow + wo * Q;
+      VT dv[NV];
+#pragma GCC unroll 2
+      for (int v = 0; v + 1 < NV; ++v) dv[v] = z_load(d + v * W);
+      dv[NV - 1] = full ? z_load(d + (NV - 1) * W) : z_maskz_load(m, d + (NV - 1) * W);
+#pragma GCC unroll 4
+      for (int ra = 0; ra < NRW; ++ra)
+#pragma GCC unroll 3
+        for (int cb = 0; cb < NCL; ++cb) {
+          const VT xv = z_bcast(xb + ra * prow + cb);
+#pragma GCC unroll 2
+          for (int v = 0; v < NV; ++v) a[ra * NCL + cb][v] = z_fma(xv, dv[v], a[ra * NCL + cb][v]);
+        }
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; ++v) b[v] = z_add(b[v], dv[v]);
+    }
+  }
+#pragma GCC unroll 12
+  for (int t = 0; t < NRW * NCL; ++t)
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) z_store(acc + t * kSmallCAccStride + v * W, a[t][v]);
+  if (accb)
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) z_store(accb + v * W, b[v]);
+}
+
+template <typename T>
+inline void smallc_dw_block_avx512_dispatch(const SmallCPlan& pl, const T* xp, const T* dy,
+                                            int64_t Ho, int64_t Wo, int64_t S_h, int64_t Q,
+                                            int64_t r0, int64_t r1, int64_t fh0, int64_t nrw,
+                                            int64_t j0, int64_t ncl, int64_t q0, int64_t nq,
+                                            T* acc, T* accb) {
+  const bool two = nq > Avx512<T>::W;
+#define NG_SC(R, Cc)                                                                             \
+  case (R) * 4 + (Cc):                                                                           \
+    return two ? smallc_dw_block_avx512<T, R, Cc, 2>(pl, xp, dy, Ho, Wo, S_h, Q, r0, r1, fh0, j0, \
+                                                     q0, nq, acc, accb)                           \
+               : smallc_dw_block_avx512<T, R, Cc, 1>(pl, xp, dy, Ho, Wo, S_h, Q, r0, r1, fh0, j0, \
+                                                     q0, nq, acc, accb);
+  switch (nrw * 4 + ncl) {
+    NG_SC(1, 1) NG_SC(1, 2) NG_SC(1, 3) NG_SC(2, 1) NG_SC(2, 2) NG_SC(2, 3)
+    NG_SC(3, 1) NG_SC(3, 2) NG_SC(3, 3) NG_SC(4, 1) NG_SC(4, 2) NG_SC(4, 3)
+    default: break;
+  }
+#undef NG_SC
+}
+
 #endif
 
 // Portable small-C kernel gradient block: acc (and accb) overwritten, as the vector variants do.
@@ -1311,7 +1392,7 @@ struct ConvKernels {
   SimdLevel level;   // the variant these kernels belong to
   int64_t MR, NR;    // register tile of `tile` and `direct` (pixels x filters), MR*NR <= kMaxTileValues
   int64_t KC;        // depth slice of the gather GEMM (the packed A tile is MR.. x KC)
-  int64_t VL;        // filters per block of smallc_dw (one vector), <= kSmallCAccStride
+  int64_t VL;        // filters per block of smallc_dw (an AVX2 vector, two AVX-512 ones), <= kSmallCAccStride
   TileKernel<T> tile;
   DirectKernel<T> direct;
   IndirectKernel<T> indirect;
@@ -1375,11 +1456,11 @@ template <>
 inline ConvKernels<float> conv_kernels<float>(SimdLevel level, bool alt_tile) {
 #if NABLAGRAD_X86
   if (level >= SimdLevel::AVX512 && alt_tile) {
-    ConvKernels<float> k{SimdLevel::AVX512, 24, 16, 256, 8, &micro_kernel_avx512<float, 24, 1>,
+    ConvKernels<float> k{SimdLevel::AVX512, 24, 16, 256, 32, &micro_kernel_avx512<float, 24, 1>,
             &direct_kernel_avx512<float, 24, 1>, &indirect_kernel_avx512<float, 24, 1>, &column_kernel_avx512<float, 24, 1>,
             &store_tile_avx512<float>,
             &dot_avx2, &narrow_row_avx2, &smallc_dx_block<float>,
-            &smallc_dw_block_avx2_dispatch<float>,
+            &smallc_dw_block_avx512_dispatch<float>,
             8, &micro_kernel_avx512<float, 8, 1>, &column_kernel_avx512<float, 8, 1>};
     k.MR_direct_tail = 8;
     k.direct_tail = &direct_kernel_avx512<float, 8, 1>;
@@ -1389,11 +1470,11 @@ inline ConvKernels<float> conv_kernels<float>(SimdLevel level, bool alt_tile) {
     return k;
   }
   if (level >= SimdLevel::AVX512) {
-    ConvKernels<float> k{SimdLevel::AVX512, 12, 32, 256, 8, &micro_kernel_avx512<float, 12, 2>,
+    ConvKernels<float> k{SimdLevel::AVX512, 12, 32, 256, 32, &micro_kernel_avx512<float, 12, 2>,
             &direct_kernel_avx512<float, 12, 2>, &indirect_kernel_avx512<float, 12, 2>, &column_kernel_avx512<float, 12, 2>,
             &store_tile_avx512<float>,
             &dot_avx2, &narrow_row_avx2, &smallc_dx_block<float>,
-            &smallc_dw_block_avx2_dispatch<float>,
+            &smallc_dw_block_avx512_dispatch<float>,
             4, &micro_kernel_avx512<float, 4, 2>, &column_kernel_avx512<float, 4, 2>};
     k.MR_direct_tail = 8;
     k.direct_tail = &direct_kernel_avx512<float, 8, 2>;
@@ -1440,11 +1521,11 @@ template <>
 inline ConvKernels<double> conv_kernels<double>(SimdLevel level, bool alt_tile) {
 #if NABLAGRAD_X86
   if (level >= SimdLevel::AVX512 && alt_tile) {
-    ConvKernels<double> k{SimdLevel::AVX512, 24, 8, 128, 4, &micro_kernel_avx512<double, 24, 1>,
+    ConvKernels<double> k{SimdLevel::AVX512, 24, 8, 128, 16, &micro_kernel_avx512<double, 24, 1>,
             &direct_kernel_avx512<double, 24, 1>, &indirect_kernel_avx512<double, 24, 1>, &column_kernel_avx512<double, 24, 1>,
             &store_tile_avx512<double>,
             &dot_avx2, &narrow_row_avx2, &smallc_dx_block<double>,
-            &smallc_dw_block_avx2_dispatch<double>,
+            &smallc_dw_block_avx512_dispatch<double>,
             8, &micro_kernel_avx512<double, 8, 1>, &column_kernel_avx512<double, 8, 1>};
     k.MR_direct_tail = 8;
     k.direct_tail = &direct_kernel_avx512<double, 8, 1>;
@@ -1454,11 +1535,11 @@ inline ConvKernels<double> conv_kernels<double>(SimdLevel level, bool alt_tile) 
     return k;
   }
   if (level >= SimdLevel::AVX512) {
-    ConvKernels<double> k{SimdLevel::AVX512, 12, 16, 128, 4, &micro_kernel_avx512<double, 12, 2>,
+    ConvKernels<double> k{SimdLevel::AVX512, 12, 16, 128, 16, &micro_kernel_avx512<double, 12, 2>,
             &direct_kernel_avx512<double, 12, 2>, &indirect_kernel_avx512<double, 12, 2>, &column_kernel_avx512<double, 12, 2>,
             &store_tile_avx512<double>,
             &dot_avx2, &narrow_row_avx2, &smallc_dx_block<double>,
-            &smallc_dw_block_avx2_dispatch<double>,
+            &smallc_dw_block_avx512_dispatch<double>,
             4, &micro_kernel_avx512<double, 4, 2>, &column_kernel_avx512<double, 4, 2>};
     k.MR_direct_tail = 8;
     k.direct_tail = &direct_kernel_avx512<double, 8, 2>;

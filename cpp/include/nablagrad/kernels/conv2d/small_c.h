@@ -244,7 +244,7 @@ void backward_weight_smallc(const ConvKernels<T>& cfg, const Conv2dGeometry& g, 
   const char* const what_b = "conv2d backward: bias partial sums";
   Scratch<T> partial(checked_product({nchunks, K, Q}, what_p), what_p, true);
   Scratch<T> dbpartial(checked_product({nchunks, Q}, what_b), what_b, true);
-  const int64_t VL = cfg.VL;  // filters per block: one vector
+  const int64_t VL = cfg.VL;  // filters per block: one AVX2 vector, two AVX-512 ones
   parallel_chunks(out_rows, chunk_rows, [&](int64_t ci, int64_t r0, int64_t r1) {
     T* P = partial.get() + ci * K * Q;  // P[k*Q + q], k = fh*len + j
     T* dbp = dbpartial.get() + ci * Q;
