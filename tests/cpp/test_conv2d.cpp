@@ -1028,6 +1028,14 @@ void test_kernel_choice() {
           std::string(c7w.backward_weight) == "im2col_gemm");
     const auto c55 = conv_kernel_choice<float>(make_conv2d_geometry(8, 7, 7, 256, 256, 5, 5, 256, 1, 1, 2, 2, 2, 2));
     CHECK(std::string(c55.forward) == "winograd" && std::string(c55.backward_weight) == "im2col_gemm");
+    // A 5x5 dW's transformed kernel may take 8 KB per tile (3x3: 4): 4.6 KB at (8,14,14,112->112),
+    // 12 KB with 4 images of 128 -> 128, 9.4 KB with 8 of 160 -> 160; a 3x3 of 192 -> 192 on 8
+    // images of 14 x 14 takes 6 KB.
+    const auto amortized = [](int64_t n, int64_t c, int64_t f) {
+      return nablagrad::kernels::winograd_amortized<float>(make_conv2d_geometry(n, 14, 14, c, c, f, f, c, 1, 1, f / 2, f / 2, f / 2, f / 2), true);
+    };
+    CHECK(amortized(8, 112, 5) && !amortized(4, 128, 5) && !amortized(8, 160, 5));
+    CHECK(!amortized(8, 192, 3));
     const auto c55s = conv_kernel_choice<float>(make_conv2d_geometry(4, 7, 7, 256, 256, 5, 5, 256, 1, 1, 2, 2, 2, 2));
     CHECK(std::string(c55s.forward) == "gemm" && std::string(c55s.backward_input) == "col2im_gemm");
     const auto c28 = conv_kernel_choice<float>(make_conv2d_geometry(8, 28, 28, 128, 128, 3, 3, 128, 1, 1, 1, 1, 1, 1));
@@ -1045,7 +1053,8 @@ void test_kernel_choice() {
     CHECK(std::string(conv_kernel_choice<float>(edge_out).backward_weight) == "direct");
     CHECK(std::string(conv_kernel_choice<double>(edge_out).backward_weight) == "direct");
     // Past 3x3 only with Q >= C: 5x5 128 -> 64 keeps the direct kernel, 128 -> 128 does not.
-    const auto k5_down = make_conv2d_geometry(4, 16, 16, 128, 64, 5, 5, 128, 1, 1, 2, 2, 2, 2);
+    // (2 images: 4 take Winograd at AVX-512, 16 blocks of its tiles.)
+    const auto k5_down = make_conv2d_geometry(2, 16, 16, 128, 64, 5, 5, 128, 1, 1, 2, 2, 2, 2);
     const auto k5_same = make_conv2d_geometry(4, 8, 8, 128, 128, 5, 5, 128, 1, 1, 2, 2, 2, 2);
     CHECK(std::string(conv_kernel_choice<float>(k5_down).backward_weight) == "direct");
     CHECK(std::string(conv_kernel_choice<float>(k5_same).backward_weight) == "im2col_gemm");

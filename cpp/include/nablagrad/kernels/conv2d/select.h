@@ -169,7 +169,7 @@ inline bool kernel_fits_cache(const Conv2dGeometry& g) {
 /// values) afresh in every call, a cost of C Q that only enough tiles (its GEMMs' rows) repay.
 /// Where the kernel is past kernel_fits_cache (the alternative being the gemm() paths), the
 /// forward and dX run Winograd from 96 tiles (such 3x3 layers run F(2x2): more than 96 channels
-/// on a side); dW where its transformed kernel is at most 4 KB per tile. Measured at AVX-512,
+/// on a side); dW where its transformed kernel is at most 4 KB per tile (8 KB for 5x5). Measured at AVX-512,
 /// 2 threads, with the filter panels (conv_tiles_panels) (ms, gemm paths -> Winograd, forward /
 /// dX): 3x3 (4,7,7,512->512), 64 tiles: 2.75 -> 3.04, 2.78 -> 3.13; (4,7,7,256->256), 64:
 /// 0.76 -> 0.71, 0.65 -> 0.73; (2,14,14,256->256), 98: 1.27 -> 0.94, 1.23 -> 0.94;
@@ -177,6 +177,11 @@ inline bool kernel_fits_cache(const Conv2dGeometry& g) {
 /// 128: 5.16 -> 4.45, 5.12 -> 4.44; 5x5 (2,7,7,256->256), 32: 1.12 -> 1.48; (4,7,7,256->256),
 /// 64: 2.13 -> 2.23, 2.00 -> 2.05; (8,7,7,256->256), 128: 4.2 -> 3.4. dW by Winograd lost on
 /// all of them (0.2-0.8x), and at (8,14,14,256->256, 3x3), 11 KB per tile: 5.4 gemm vs 7.4.
+/// A 5x5 dW up to 8 KB per tile (each tile saves 100 - 36 multiplies per channel pair, 3x3
+/// F(2x2) 36 - 16): (8,14,14,112->112), 4.6 KB, 3.17-3.19 vs 3.70-3.89 im2col_gemm;
+/// (8,14,14,128->128), 6 KB, ties (4.29-4.38 vs 4.26-4.33); (4,14,14,128->128), 12 KB, lost
+/// (2.77-2.94 vs 2.42-2.43), (8,14,14,160->160), 9.4 KB, won (6.39 vs 6.93) but stays out.
+/// AVX2: (8,14,14,112->112) 6.05-6.31 -> 3.76-3.90, 128->128 8.59-8.63 -> 5.79-5.80.
 template <typename T>
 inline bool winograd_amortized(const Conv2dGeometry& g, bool weight) {
   if (kernel_fits_cache<T>(g)) return true;
@@ -187,7 +192,7 @@ inline bool winograd_amortized(const Conv2dGeometry& g, bool weight) {
   if (!weight) return tiles >= 96;
   const int64_t bytes = saturating_mul(saturating_mul((m + g.FH - 1) * (m + g.FH - 1), g.C),
                                        saturating_mul(g.Q, static_cast<int64_t>(sizeof(T))));
-  return bytes <= saturating_mul(tiles, int64_t{4} << 10);
+  return bytes <= saturating_mul(tiles, int64_t{g.FH == 5 ? 8 : 4} << 10);
 }
 
 /// [WINOGRAD] Whether a pass of g runs Winograd (winograd.h): never for Direct; wherever it

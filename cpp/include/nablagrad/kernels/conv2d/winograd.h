@@ -846,6 +846,15 @@ inline int winograd_forward_tile_size(int64_t N, int64_t Ho, int64_t Wo, int64_t
 /// of 24: 1.44 vs 1.57, (4,24,24,48->48) 16 of 36: 0.83 vs 1.01, (4,32,32,64->64) 43 of 24: 2.35
 /// vs 3.07. AVX2: (2,16,16,64->64) 5.3 blocks 0.89 vs 0.68, 10.7: 1.32 vs 1.35, 14.2 of 18:
 /// 2.89 vs 2.76; 21.8 of 18: 4.04 vs 4.37, (4,24,24,48->48) 1.13 vs 1.62).
+/// Re-measured at AVX-512 on 2026-12-05 (Xeon, 2 threads, ms, Winograd vs the kernel chosen
+/// then; "blocks" counts block_tiles blocks): the 24-tile block limit kept out 14 x 14 layers
+/// that now win; from 10 blocks whatever the block size: (8,14,14,96->96) 21.8 blocks of 18:
+/// 2.02-2.08 vs 2.50-2.57 direct, (4,14,14,96->96) 10.9 of 18: 1.26-1.39 vs 1.59-1.64,
+/// (8,14,14,48->48) 10.9 of 36: 0.52 vs 0.76, (8,14,14,112->112) 32.7 of 12: 3.17-3.19 vs
+/// 3.70-3.89 im2col_gemm (see winograd_amortized), (16,16,16,128->64) 3.95 vs 5.96,
+/// (4,28,28,64->128) 3.53 vs 4.55; (2,28,28,64->128) ties (2.23-2.40 vs 2.32-2.39). Lost by
+/// the rule: (4,16,16,64->64), 10.7 blocks of 24, 0.75-0.83 vs 0.67-0.74 (its rows of 16 suit
+/// the direct kernel); below it (2,16,16,64->64), 5.3 blocks: 0.63 vs 0.38.
 template <typename T>
 inline bool winograd_preferred_weight(const Conv2dGeometry& g) {
   const bool avx2 = simd_level() == SimdLevel::AVX2;
@@ -856,7 +865,11 @@ inline bool winograd_preferred_weight(const Conv2dGeometry& g) {
   const int m = winograd_tile_size(g.Ho, g.Wo, g.C, g.Q, g.FH);
   const int64_t tiles = g.N * ((g.Ho + m - 1) / m) * ((g.Wo + m - 1) / m);
   const int64_t tb = winograd_detail::block_tiles<T>(static_cast<int>(m + g.FH - 1), g.C, g.Q, tiles);
-  if (g.FH == 5) return tiles >= 16 * tb && (avx2 || tb >= 24);
+  if (g.FH == 5) {
+    if (avx2) return tiles >= 16 * tb;
+    if (simd_level() >= SimdLevel::AVX512) return tiles >= 10 * tb;
+    return tiles >= 16 * tb && tb >= 24;
+  }
   return tiles >= ((avx2 || m == 4) ? 4 : 8) * tb;
 }
 
