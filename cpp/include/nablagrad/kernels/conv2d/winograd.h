@@ -854,7 +854,11 @@ inline int winograd_forward_tile_size(int64_t N, int64_t Ho, int64_t Wo, int64_t
 /// 3.70-3.89 im2col_gemm (see winograd_amortized), (16,16,16,128->64) 3.95 vs 5.96,
 /// (4,28,28,64->128) 3.53 vs 4.55; (2,28,28,64->128) ties (2.23-2.40 vs 2.32-2.39). Lost by
 /// the rule: (4,16,16,64->64), 10.7 blocks of 24, 0.75-0.83 vs 0.67-0.74 (its rows of 16 suit
-/// the direct kernel); below it (2,16,16,64->64), 5.3 blocks: 0.63 vs 0.38.
+/// the direct kernel); below it (2,16,16,64->64), 5.3 blocks: 0.63 vs 0.38. At AVX2 from 8
+/// blocks (was 16): (4,14,14,64->64) 8.2 blocks of 24: 0.89 vs 1.25-1.29 direct, (4,14,14,96->96)
+/// 10.9 of 18: 1.85-1.90 vs 2.90-3.12, (8,14,14,48->48) 0.72 vs 1.10-1.12, (4,16,16,64->64)
+/// 10.7 of 24: 1.10 vs 1.27-1.31, (4,22,22,48->48) 13.4 of 36: 0.90 vs 1.31-1.35; not
+/// (2,16,16,64->64), 5.3 blocks: 0.77-0.79 vs 0.66.
 template <typename T>
 inline bool winograd_preferred_weight(const Conv2dGeometry& g) {
   const bool avx2 = simd_level() == SimdLevel::AVX2;
@@ -866,7 +870,7 @@ inline bool winograd_preferred_weight(const Conv2dGeometry& g) {
   const int64_t tiles = g.N * ((g.Ho + m - 1) / m) * ((g.Wo + m - 1) / m);
   const int64_t tb = winograd_detail::block_tiles<T>(static_cast<int>(m + g.FH - 1), g.C, g.Q, tiles);
   if (g.FH == 5) {
-    if (avx2) return tiles >= 16 * tb;
+    if (avx2) return tiles >= 8 * tb;
     if (simd_level() >= SimdLevel::AVX512) return tiles >= 10 * tb;
     return tiles >= 16 * tb && tb >= 24;
   }
