@@ -869,6 +869,11 @@ __attribute__((target("avx2,fma"))) inline void smallc_dw_block_avx2(
   if (accb) V::store(accb, b);
 }
 
+// The tap blocks backward_weight_smallc cuts (1-4 kernel rows x 1-3 run values), for the
+// switches of the vector levels' dispatchers: X(rows, values) for each.
+#define NG_SMALLC_TAP_BLOCKS(X) \
+  X(1, 1) X(1, 2) X(1, 3) X(2, 1) X(2, 2) X(2, 3) X(3, 1) X(3, 2) X(3, 3) X(4, 1) X(4, 2) X(4, 3)
+
 template <typename T>
 inline void smallc_dw_block_avx2_dispatch(const SmallCPlan& pl, const T* xp, const T* dy,
                                           int64_t Ho, int64_t Wo, int64_t S_h, int64_t Q,
@@ -881,8 +886,7 @@ inline void smallc_dw_block_avx2_dispatch(const SmallCPlan& pl, const T* xp, con
     return smallc_dw_block_avx2<V, R, Cc>(pl, xp, dy, Ho, Wo, S_h, Q, r0, r1, fh0, j0, q0, nq, \
                                           acc, accb);
   switch (nrw * 4 + ncl) {
-    NG_SC(1, 1) NG_SC(1, 2) NG_SC(1, 3) NG_SC(2, 1) NG_SC(2, 2) NG_SC(2, 3)
-    NG_SC(3, 1) NG_SC(3, 2) NG_SC(3, 3) NG_SC(4, 1) NG_SC(4, 2) NG_SC(4, 3)
+    NG_SMALLC_TAP_BLOCKS(NG_SC)
     default: break;
   }
 #undef NG_SC
@@ -1332,12 +1336,12 @@ inline void smallc_dw_block_avx512_dispatch(const SmallCPlan& pl, const T* xp, c
                : smallc_dw_block_avx512<T, R, Cc, 1>(pl, xp, dy, Ho, Wo, S_h, Q, r0, r1, fh0, j0, \
                                                      q0, nq, acc, accb);
   switch (nrw * 4 + ncl) {
-    NG_SC(1, 1) NG_SC(1, 2) NG_SC(1, 3) NG_SC(2, 1) NG_SC(2, 2) NG_SC(2, 3)
-    NG_SC(3, 1) NG_SC(3, 2) NG_SC(3, 3) NG_SC(4, 1) NG_SC(4, 2) NG_SC(4, 3)
+    NG_SMALLC_TAP_BLOCKS(NG_SC)
     default: break;
   }
 #undef NG_SC
 }
+#undef NG_SMALLC_TAP_BLOCKS
 
 #endif
 
