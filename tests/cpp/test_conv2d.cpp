@@ -523,6 +523,51 @@ void test_direct_s1() {
   set_conv_algorithm(ConvAlgorithm::Auto);
 }
 
+// The direct kernel with its pixel stride fixed at compile time (direct_kernel_for: AVX-512,
+// floats, the 12- and 14-row 2-vector tiles, strides 1, 2, 3, 4, 6, 8, 12): chosen for exactly
+// those, the same bits as the runtime-stride kernel (with and without bias, a wider output
+// row, kernel rows skipped), and the first layers that run it right through the entry points.
+void test_direct_fixed_stride() {
+  if (nablagrad::cpu_simd_level() >= SimdLevel::AVX512) {
+    const auto cfg = conv_detail::conv_kernels<float>(SimdLevel::AVX512);
+    std::mt19937 rng(71);
+    const int64_t hs = 301, len = 9, ldo = 40;
+    const auto a = random_vector<float>(3 * hs + 14 * 12 + len, rng);
+    const auto b = random_vector<float>(3 * len * 32, rng), bias = random_vector<float>(32, rng);
+    for (int64_t rs : {1, 2, 3, 4, 6, 8, 12})
+      for (int64_t mr : {int64_t{12}, int64_t{14}}) {
+        const auto own = mr == 12 ? cfg.direct : cfg.direct_wide;
+        const auto fixed = conv_detail::direct_kernel_for(cfg, mr, rs);
+        CHECK(fixed != nullptr && fixed != own);
+        for (int64_t nh : {3, 2, 0})
+          for (const float* bp : {bias.data(), static_cast<const float*>(nullptr)}) {
+            std::vector<float> y0(static_cast<size_t>(mr * ldo), 5.f), y1 = y0;
+            own(nh, len, a.data(), rs, hs, b.data(), y0.data(), ldo, bp);
+            fixed(nh, len, a.data(), rs, hs, b.data(), y1.data(), ldo, bp);
+            CHECK(bitwise_equal(y0, y1));
+          }
+      }
+    for (int64_t rs : {5, 7, 16, 64}) CHECK(conv_detail::direct_kernel_for(cfg, 12, rs) == cfg.direct);
+    const auto alt = conv_detail::conv_kernels<float>(SimdLevel::AVX512, true);
+    CHECK(conv_detail::direct_kernel_for(alt, 24, 6) == alt.direct);
+    const auto dbl = conv_detail::conv_kernels<double>(SimdLevel::AVX512);
+    CHECK(conv_detail::direct_kernel_for(dbl, 12, 6) == dbl.direct);
+  }
+  const Conv2dGeometry shapes[] = {
+      make_conv2d_geometry(2, 9, 56, 3, 32, 3, 3, 3, 2, 2, 1, 1, 1, 1),   // S_w C = 6, rows 14 + 14
+      make_conv2d_geometry(2, 7, 24, 3, 64, 3, 3, 3, 1, 1, 1, 1, 1, 1),   // 3, rows 12 + 12, 2 panels
+      make_conv2d_geometry(3, 8, 28, 1, 32, 5, 5, 1, 1, 1, 2, 2, 2, 2),   // 1, 5x5
+      make_conv2d_geometry(1, 9, 48, 4, 64, 3, 3, 4, 2, 2, 1, 1, 1, 1),   // 8
+      make_conv2d_geometry(2, 16, 96, 3, 96, 4, 4, 3, 4, 4, 0, 0, 0, 0),  // 12, 4x4 patches
+      make_conv2d_geometry(1, 6, 36, 2, 32, 3, 3, 2, 1, 1, 1, 1, 1, 1),   // 2, rows 12 x 3
+      make_conv2d_geometry(2, 9, 53, 1, 32, 3, 3, 1, 2, 4, 1, 0, 1, 1),   // 4 (S_w 4), uneven padding
+      make_conv2d_geometry(1, 30, 60, 3, 64, 7, 7, 3, 2, 2, 3, 3, 3, 3)}; // 6, the 7x7 first layer
+  for (const Conv2dGeometry& g : shapes) {
+    CHECK(std::string(conv_kernel_choice<float>(g).forward) == "direct");
+    check_everywhere<float>(g, 2e-5, 46);
+  }
+}
+
 // The im2col forward accumulating straight into Y (whole micro-tiles, Q a whole number of
 // panels at every level, bias set first) and through the C tile (the last, partial tile);
 // K = 4320 in 17 equal depth slices.
@@ -1208,6 +1253,7 @@ int main() {
   RUN_TEST(test_pointwise);
   RUN_TEST(test_register_tiles);
   RUN_TEST(test_direct_s1);
+  RUN_TEST(test_direct_fixed_stride);
   RUN_TEST(test_avx2_three_vector_tile);
   RUN_TEST(test_avx512_tile_per_pass);
   RUN_TEST(test_kernel_choice);

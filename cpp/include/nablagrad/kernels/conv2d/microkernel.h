@@ -26,6 +26,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "../simd.h"
@@ -1060,8 +1061,15 @@ __attribute__((target("avx512f,avx2,fma"))) inline void z_store_acc(const VT (&a
 }
 
 // out[MR x NR] = A B (+ bias) as direct_kernel_portable (A read in place from nh padded-input
-// rows).
-template <typename T, int MR, int NV>
+// rows). RS > 0: the pixels are RS values apart (a_rs == RS, known at compile time), so a
+// depth step's MR broadcasts are constant displacements from one pointer. With a runtime
+// stride the 14 rows of the 14 x 2 tile take 14 pointer registers, three of them spilled and
+// reloaded every step, and even 12 leave the loop short of registers: for the few-channel
+// first layers (RS = S_w C: 1, 2, 3, 4, 6, 8, 12; direct_kernel_for) in L1, GFLOP/s on one
+// Xeon core, runtime -> fixed: 3x3 S 2 on 3 channels 180 -> 198 (14 rows), 170 -> 194 (12);
+// 3x3 S 1 on 3 channels 178 -> 199 (12); 3x3 on 1 channel 137-150 -> 170-172; 7x7 S 2 on 3
+// channels 190 -> 205. Same FMAs in the same order: the same bits.
+template <typename T, int MR, int NV, int RS = 0>
 __attribute__((target("avx512f,avx2,fma"))) inline void direct_kernel_avx512(
     int64_t nh, int64_t len, const T* a, int64_t a_rs, int64_t a_hs, const T* b, T* out,
     int64_t ldo, const T* bias) {
@@ -1080,7 +1088,18 @@ __attribute__((target("avx512f,avx2,fma"))) inline void direct_kernel_avx512(
       VT bv[NV];
 #pragma GCC unroll 2
       for (int v = 0; v < NV; ++v) bv[v] = z_load(bh + (d * NV + v) * W);
-      fma_rows<T, MR, NV, NV == 1>(ah + d, a_rs, rows, bv, acc);
+      if constexpr (RS > 0) {
+        const T* ad = ah + d;
+        __asm__("" : "+r"(ad));  // one register; the rows at ad + i RS (see column_kernel_avx512)
+#pragma GCC unroll 32
+        for (int i = 0; i < MR; ++i) {
+          const VT ai = z_bcast(ad + i * RS);
+#pragma GCC unroll 2
+          for (int v = 0; v < NV; ++v) acc[i][v] = z_fma(ai, bv[v], acc[i][v]);
+        }
+      } else {
+        fma_rows<T, MR, NV, NV == 1>(ah + d, a_rs, rows, bv, acc);
+      }
     }
   }
   z_store_acc<T, MR, NV>(acc, out, ldo, bias);
@@ -1595,6 +1614,31 @@ inline bool one_vector_avx512(const ConvKernels<T>& cfg) {
   (void)cfg;
   return false;
 #endif
+}
+
+/// The direct kernel of cfg for blocks of mr pixels (cfg.MR, or the wide tile's
+/// cfg.MR_direct_wide) whose input runs lie rs values apart (S_w C in forward_direct): at
+/// AVX-512, for floats on the 2-vector tile, a copy with rs fixed at compile time where rs is
+/// one of the few-channel first layers' (direct_kernel_avx512, RS), else the tile's own.
+template <typename T>
+inline DirectKernel<T> direct_kernel_for(const ConvKernels<T>& cfg, int64_t mr, int64_t rs) {
+  const DirectKernel<T> own = mr == cfg.MR ? cfg.direct : cfg.direct_wide;
+#if NABLAGRAD_X86
+  if constexpr (std::is_same<T, float>::value) {
+    if (cfg.level == SimdLevel::AVX512 && cfg.NR == 2 * Avx512<T>::W && (mr == 12 || mr == 14)) {
+#define NG_DIRECT_FIXED_RS(RS) \
+  case RS: return mr == 12 ? &direct_kernel_avx512<T, 12, 2, RS> : &direct_kernel_avx512<T, 14, 2, RS>;
+      switch (rs) {
+        NG_DIRECT_FIXED_RS(1) NG_DIRECT_FIXED_RS(2) NG_DIRECT_FIXED_RS(3) NG_DIRECT_FIXED_RS(4)
+        NG_DIRECT_FIXED_RS(6) NG_DIRECT_FIXED_RS(8) NG_DIRECT_FIXED_RS(12)
+        default: break;
+      }
+#undef NG_DIRECT_FIXED_RS
+    }
+  }
+#endif
+  (void)rs;
+  return own;
 }
 
 /// The stride-1 direct kernel of cfg for kernels FW wide (direct_s1_kernel_avx512), or

@@ -63,7 +63,7 @@ void forward_direct(const ConvKernels<T>& cfg, const Conv2dGeometry& g, const T*
   // in the direct kernel's order, (h, kx, c), where s1 sums (h, c, kx)).
   const DirectRowBlocks rb = s1 ? direct_row_blocks_s1(g.Wo, MR, cfg.MR_direct_tail)
                                 : direct_row_blocks(g.Wo, MR, cfg.MR_direct_tail, cfg.MR_direct_wide);
-  const DirectKernel<T> direct = rb.mr == MR ? cfg.direct : cfg.direct_wide;
+  const DirectKernel<T> direct = direct_kernel_for(cfg, rb.mr, S_w * C);
   const int64_t row_work = std::max<int64_t>(1, g.Wo * Q * K);
   // Tasks of consecutive output rows (>= ~64K multiply-adds, at most ~64 tasks), claimed
   // dynamically. A thread's rows stay together: they share most of their input rows (a 7x7
