@@ -523,20 +523,20 @@ void test_direct_s1() {
   set_conv_algorithm(ConvAlgorithm::Auto);
 }
 
-// The direct kernel with its pixel stride fixed at compile time (direct_kernel_for: AVX-512,
-// floats, the 12- and 14-row 2-vector tiles, strides 1, 2, 3, 4, 6, 8, 12): chosen for exactly
+// The direct kernel with its pixel stride fixed at compile time (direct_kernel_for: floats,
+// AVX-512's 12- and 14-row and AVX2's 6-row 2-vector tiles, strides 1, 2, 3, 4, 6, 8, 12): chosen for exactly
 // those, the same bits as the runtime-stride kernel (with and without bias, a wider output
 // row, kernel rows skipped), and the first layers that run it right through the entry points.
 void test_direct_fixed_stride() {
-  if (nablagrad::cpu_simd_level() >= SimdLevel::AVX512) {
-    const auto cfg = conv_detail::conv_kernels<float>(SimdLevel::AVX512);
-    std::mt19937 rng(71);
-    const int64_t hs = 301, len = 9, ldo = 40;
-    const auto a = random_vector<float>(3 * hs + 14 * 12 + len, rng);
-    const auto b = random_vector<float>(3 * len * 32, rng), bias = random_vector<float>(32, rng);
+  std::mt19937 rng(71);
+  const int64_t hs = 301, len = 9, ldo = 40;
+  const auto a = random_vector<float>(3 * hs + 14 * 12 + len, rng);
+  const auto b = random_vector<float>(3 * len * 32, rng), bias = random_vector<float>(32, rng);
+  // The level's tiles of mrs rows: each fixed-stride copy against the tile's own kernel.
+  auto same_bits = [&](const conv_detail::ConvKernels<float>& cfg, std::initializer_list<int64_t> mrs) {
     for (int64_t rs : {1, 2, 3, 4, 6, 8, 12})
-      for (int64_t mr : {int64_t{12}, int64_t{14}}) {
-        const auto own = mr == 12 ? cfg.direct : cfg.direct_wide;
+      for (int64_t mr : mrs) {
+        const auto own = mr == cfg.MR ? cfg.direct : cfg.direct_wide;
         const auto fixed = conv_detail::direct_kernel_for(cfg, mr, rs);
         CHECK(fixed != nullptr && fixed != own);
         for (int64_t nh : {3, 2, 0})
@@ -547,7 +547,16 @@ void test_direct_fixed_stride() {
             CHECK(bitwise_equal(y0, y1));
           }
       }
-    for (int64_t rs : {5, 7, 16, 64}) CHECK(conv_detail::direct_kernel_for(cfg, 12, rs) == cfg.direct);
+    for (int64_t rs : {5, 7, 16, 64}) CHECK(conv_detail::direct_kernel_for(cfg, cfg.MR, rs) == cfg.direct);
+  };
+  if (nablagrad::cpu_simd_level() >= SimdLevel::AVX2) {
+    const auto alt = conv_detail::conv_kernels<float>(SimdLevel::AVX2, true);
+    same_bits(conv_detail::conv_kernels<float>(SimdLevel::AVX2), {6});
+    CHECK(conv_detail::direct_kernel_for(alt, 4, 6) == alt.direct);
+  }
+  if (nablagrad::cpu_simd_level() >= SimdLevel::AVX512) {
+    const auto cfg = conv_detail::conv_kernels<float>(SimdLevel::AVX512);
+    same_bits(cfg, {12, 14});
     const auto alt = conv_detail::conv_kernels<float>(SimdLevel::AVX512, true);
     CHECK(conv_detail::direct_kernel_for(alt, 24, 6) == alt.direct);
     const auto dbl = conv_detail::conv_kernels<double>(SimdLevel::AVX512);
