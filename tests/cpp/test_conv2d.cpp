@@ -949,8 +949,9 @@ void test_backward_input_phases_direct() {
 // itself without padding, or through the indirect forward's pointer tables): shapes
 // whose kernel rows are not a multiple of MR (the last block reads past the run, the last
 // pixel's into the copy's zero tail), uneven paddings and strides, Q not a multiple of NR
-// (packed dY panels) and Q == NR (dY rows used as they lie), several chunks; blocks of 256
-// pixels across output rows (column kernel) and, for rows of >= 64 pixels, per row.
+// (packed dY panels) and Q == NR (dY rows used as they lie), several chunks; blocks of 64
+// pixels across output rows (column kernel; chunks of 256-pixel groups, a last block short)
+// and, for rows of >= 64 pixels, per row.
 void test_backward_weight_direct() {
   set_conv_algorithm(ConvAlgorithm::Direct);  // the direct kernels (at AVX2 "auto" runs Winograd for 16 -> 16)
   const Conv2dGeometry shapes[] = {

@@ -88,7 +88,7 @@ inline int64_t direct_dw_rows(const ConvKernels<T>& cfg, int64_t len) {
 ///   dW[q, fh, j] = sum_{pixels (n,ho,wo)} X_p[n, ho*S_h + fh, wo*S_w*C + j] * dY[n, ho, wo, q]
 /// for j < FW*C: a GEMM whose depth is the pixels and whose column for pixel p is the run of
 /// FW*C values of X_p at which it starts. The column micro-kernel (microkernel.h) takes one
-/// pointer per depth step, so a call's depth runs on across output rows (blocks of up to 256
+/// pointer per depth step, so a call's depth runs on across output rows (blocks of up to 64
 /// pixels: its MR x NR sums are loaded and stored once per block, not once per output row);
 /// im2col would write and re-read FH*FW*C values per pixel. The run is cut into blocks of MR
 /// (the last one reads up to MR-1 values past it, into the next pixels or the copy's zero
@@ -110,12 +110,18 @@ void backward_weight_direct(const ConvKernels<T>& cfg, const Conv2dGeometry& g, 
   // Wo (the tile micro-kernel with column stride S_w*C: measured ~10% faster than the column
   // kernel there, which loads a pointer per step), or at stride 1 with a tile that has them
   // and rows of >= 16 pixels, per output row through the kernels that broadcast each input
-  // value once (dw_s1_kernel_avx512, in balanced blocks of <= cb channels); else 256 pixels
-  // across rows through the column kernel. Fixed chunks of whole blocks (dw_pixel_chunks).
+  // value once (dw_s1_kernel_avx512, in balanced blocks of <= cb channels); else 64 pixels
+  // across rows through the column kernel, in fixed chunks of whole 256-pixel groups
+  // (dw_pixel_chunks). A column-kernel call reads its block's MR values of each pixel's run
+  // (a cache line or two per pixel) against the NR-wide dY panel: at 256 pixels that was
+  // 48-64 KiB, past L1, at 64 a quarter. 2 threads, ms, 256 -> 64 (3 runs, C++ harness):
+  // AVX-512 (8,56,56,64->128, 3x3 S 2) 3.41-3.54 -> 3.27-3.52, (16,32,32,32->64, S 2)
+  // 0.56-0.61 -> 0.54-0.57, (8,56,56,32->64, S 2) 0.88-0.90 -> 0.83-0.86; AVX2 5.49-5.84 ->
+  // 4.89-5.31, 0.93-0.99 -> 0.86-0.88, 1.41-1.49 -> 1.30-1.34. (32 was slower than 64.)
   const DwS1Kernels<T> s1 = g.stride_w == 1 && g.Wo >= 16 ? dw_s1_kernels(cfg, g.FW) : DwS1Kernels<T>{};
   const int64_t nblk = s1.cb > 0 ? (C + s1.cb - 1) / s1.cb : 0;  // channel blocks, balanced sizes
   const bool by_rows = g.Wo >= 64 || s1.cb > 0;
-  const int64_t PT = by_rows ? g.Wo : 256;
+  const int64_t PT = by_rows ? g.Wo : 64, group = by_rows ? PT : 256;
   // The padded copy, and lenp - len zeros after it for the last block of the last pixel.
   // Where the blocks end with the runs (lenp = len), no copy: without padding the copy would
   // be x itself, read in place; with padding, blocks across rows take their pointers from the
@@ -126,10 +132,11 @@ void backward_weight_direct(const ConvKernels<T>& cfg, const Conv2dGeometry& g, 
   // 2x2 S 2) 3.4-3.6 -> 2.9-3.2; by the table: (16,32,32,32->64, 3x3 S 2) 1.79-1.84 ->
   // 1.63-1.64; (8,112,112,32->64, S 2) 13.1-13.7 -> 10.9-12.1; even where the copy was small.
   const bool unpadded = g.pad_top == 0 && g.pad_bottom == 0 && g.pad_left == 0 && g.pad_right == 0;
-  // (The table's border copies take FH x PT runs a thread, kept for later calls: at most 8 MiB.)
+  // (The table's border copies take FH x PT runs a thread, kept for later calls: at most 2 MiB;
+  // the limit is the one measured with 256-pixel blocks, 8 MiB of runs.)
   const bool in_place = unpadded && lenp == len;
   const bool by_table = !in_place && !by_rows && lenp == len &&
-                        saturating_mul(K, PT * static_cast<int64_t>(sizeof(T))) <= (int64_t{8} << 20);
+                        saturating_mul(K, group * static_cast<int64_t>(sizeof(T))) <= (int64_t{8} << 20);
   Scratch<T> copy(in_place || by_table ? 0 : g.N * Hp * prow + (lenp - len), "conv2d backward: padded input copy");
   if (!in_place && !by_table) {
     copy_padded_input(g, x, prow, copy.get());
@@ -138,7 +145,7 @@ void backward_weight_direct(const ConvKernels<T>& cfg, const Conv2dGeometry& g, 
   const T* const xp = in_place ? x : copy.get();
   const std::vector<T> zeros(by_table ? static_cast<size_t>(len) : 0, T(0));
   const int64_t pixels = g.N * g.Ho * g.Wo;
-  const PixelChunks chunks = dw_pixel_chunks(pixels, PT, Kp * ldq * static_cast<int64_t>(sizeof(T)));
+  const PixelChunks chunks = dw_pixel_chunks(pixels, group, Kp * ldq * static_cast<int64_t>(sizeof(T)));
   const int64_t chunk = chunks.size, nchunks = chunks.count;
   const char* const what_p = "conv2d backward: weight partial sums";
   const char* const what_b = "conv2d backward: bias partial sums";
