@@ -565,6 +565,8 @@ void test_direct_fixed_stride() {
   const Conv2dGeometry shapes[] = {
       make_conv2d_geometry(2, 9, 56, 3, 32, 3, 3, 3, 2, 2, 1, 1, 1, 1),   // S_w C = 6, rows 14 + 14
       make_conv2d_geometry(2, 7, 24, 3, 64, 3, 3, 3, 1, 1, 1, 1, 1, 1),   // 3, rows 12 + 12, 2 panels
+      make_conv2d_geometry(2, 5, 32, 3, 32, 3, 3, 3, 1, 1, 1, 1, 1, 1),   // 3, rows 12 + 12 + 8 (runtime-stride tail)
+      make_conv2d_geometry(1, 9, 64, 3, 32, 3, 3, 3, 2, 2, 1, 1, 1, 1),   // 6, the same rows of 32
       make_conv2d_geometry(3, 8, 28, 1, 32, 5, 5, 1, 1, 1, 2, 2, 2, 2),   // 1, 5x5
       make_conv2d_geometry(1, 9, 48, 4, 64, 3, 3, 4, 2, 2, 1, 1, 1, 1),   // 8
       make_conv2d_geometry(2, 16, 96, 3, 96, 4, 4, 3, 4, 4, 0, 0, 0, 0),  // 12, 4x4 patches
