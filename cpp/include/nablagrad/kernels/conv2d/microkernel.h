@@ -1092,18 +1092,10 @@ __attribute__((target("avx512f,avx2,fma"))) inline void direct_kernel_avx512(
       VT bv[NV];
 #pragma GCC unroll 2
       for (int v = 0; v < NV; ++v) bv[v] = z_load(bh + (d * NV + v) * W);
-      if constexpr (RS > 0) {
-        const T* ad = ah + d;
-        __asm__("" : "+r"(ad));  // one register; the rows at ad + i RS (see column_kernel_avx512)
-#pragma GCC unroll 32
-        for (int i = 0; i < MR; ++i) {
-          const VT ai = z_bcast(ad + i * RS);
-#pragma GCC unroll 2
-          for (int v = 0; v < NV; ++v) acc[i][v] = z_fma(ai, bv[v], acc[i][v]);
-        }
-      } else {
-        fma_rows<T, MR, NV, NV == 1>(ah + d, a_rs, rows, bv, acc);
-      }
+      const T* ad = ah + d;
+      // RS: one register, the rows at ad + i RS (see column_kernel_avx512).
+      if constexpr (RS > 0) __asm__("" : "+r"(ad));
+      fma_rows<T, MR, NV, RS == 0 && NV == 1>(ad, RS > 0 ? RS : a_rs, rows, bv, acc);
     }
   }
   z_store_acc<T, MR, NV>(acc, out, ldo, bias);
@@ -1632,28 +1624,27 @@ inline DirectKernel<T> direct_kernel_for(const ConvKernels<T>& cfg, int64_t mr, 
   const DirectKernel<T> own = mr == cfg.MR ? cfg.direct : cfg.direct_wide;
 #if NABLAGRAD_X86
   if constexpr (std::is_same<T, float>::value) {
+// The strides with a copy, listed once for both levels' switches.
+#define NG_FIXED_STRIDES(X) X(1) X(2) X(3) X(4) X(6) X(8) X(12)
     if (cfg.level == SimdLevel::AVX512 && cfg.NR == 2 * Avx512<T>::W && (mr == 12 || mr == 14)) {
-#define NG_DIRECT_FIXED_RS(RS) \
+#define NG_FIXED_CASE(RS) \
   case RS: return mr == 12 ? &direct_kernel_avx512<T, 12, 2, RS> : &direct_kernel_avx512<T, 14, 2, RS>;
       switch (rs) {
-        NG_DIRECT_FIXED_RS(1) NG_DIRECT_FIXED_RS(2) NG_DIRECT_FIXED_RS(3) NG_DIRECT_FIXED_RS(4)
-        NG_DIRECT_FIXED_RS(6) NG_DIRECT_FIXED_RS(8) NG_DIRECT_FIXED_RS(12)
+        NG_FIXED_STRIDES(NG_FIXED_CASE)
         default: break;
       }
-#undef NG_DIRECT_FIXED_RS
+#undef NG_FIXED_CASE
     }
-    if (cfg.level == SimdLevel::AVX2 && cfg.NR == 16 && mr == 6) {
+    if (cfg.level == SimdLevel::AVX2 && cfg.NR == 2 * Avx2Vec<T>::W && mr == 6) {
+#define NG_FIXED_CASE(RS) \
+  case RS: return &direct_kernel_avx2_rows<T, 6, 2, RS>;
       switch (rs) {
-        case 1: return &direct_kernel_avx2_rows<T, 6, 2, 1>;
-        case 2: return &direct_kernel_avx2_rows<T, 6, 2, 2>;
-        case 3: return &direct_kernel_avx2_rows<T, 6, 2, 3>;
-        case 4: return &direct_kernel_avx2_rows<T, 6, 2, 4>;
-        case 6: return &direct_kernel_avx2_rows<T, 6, 2, 6>;
-        case 8: return &direct_kernel_avx2_rows<T, 6, 2, 8>;
-        case 12: return &direct_kernel_avx2_rows<T, 6, 2, 12>;
+        NG_FIXED_STRIDES(NG_FIXED_CASE)
         default: break;
       }
+#undef NG_FIXED_CASE
     }
+#undef NG_FIXED_STRIDES
   }
 #endif
   (void)rs;
