@@ -427,7 +427,7 @@ void test_errors_and_empty() {
     nablagrad::set_simd_level(level);
     const bool at_avx2 = level == SimdLevel::AVX2;
     const auto g88 = make_conv2d_geometry(16, 32, 32, 8, 8, 3, 3, 8, 1, 1, 1, 1, 1, 1);
-    const auto g5 = make_conv2d_geometry(4, 32, 32, 16, 16, 5, 5, 16, 1, 1, 2, 2, 2, 2);
+    const auto g5 = make_conv2d_geometry(4, 48, 48, 16, 16, 5, 5, 16, 1, 1, 2, 2, 2, 2);
     const auto g5w = make_conv2d_geometry(8, 32, 32, 24, 24, 5, 5, 24, 1, 1, 2, 2, 2, 2);
     CHECK(winograd_preferred(g88) == at_avx2 && winograd_preferred(g88, true) == at_avx2);
     CHECK(winograd_preferred(g5) == at_avx2 && winograd_preferred(g5, true) == at_avx2);
@@ -436,11 +436,30 @@ void test_errors_and_empty() {
     // (24 -> 24 both passes, 16 -> 24 the forward, 24 -> 16 dX); portable from 32 on 16, or 24
     // on 48.
     const bool vectors = level != SimdLevel::Portable;
-    const auto g5a = make_conv2d_geometry(8, 32, 32, 16, 24, 5, 5, 16, 1, 1, 2, 2, 2, 2);
-    const auto g5b = make_conv2d_geometry(8, 32, 32, 24, 16, 5, 5, 24, 1, 1, 2, 2, 2, 2);
+    const bool at_avx512 = level == SimdLevel::AVX512;
+    const auto g5a = make_conv2d_geometry(8, 48, 48, 16, 24, 5, 5, 16, 1, 1, 2, 2, 2, 2);
+    const auto g5b = make_conv2d_geometry(8, 48, 48, 24, 16, 5, 5, 24, 1, 1, 2, 2, 2, 2);
     CHECK(winograd_preferred(g5w) == vectors && winograd_preferred(g5w, true) == vectors);
     CHECK(winograd_preferred(g5a) == vectors && winograd_preferred(g5a, true) == at_avx2);
     CHECK(winograd_preferred(g5b) == at_avx2 && winograd_preferred(g5b, true) == vectors);
+    // ... and at AVX-512 from 16 columns where the depth is 32 (32 -> 16 forward, 16 -> 32 dX,
+    // on rows of 48 that the direct tiles' 24 pixels fill), or where the rows (dX: the input's)
+    // fill under 85% of those tiles: 16 -> 16 on rows of 14, 20, 32 and 40, not 24, 48 or 64.
+    // (Their other passes have 32 columns on 16 deep: Winograd at every level.)
+    const auto g5c = make_conv2d_geometry(8, 48, 48, 32, 16, 5, 5, 32, 1, 1, 2, 2, 2, 2);
+    CHECK(winograd_preferred(g5c) == (at_avx2 || at_avx512) && winograd_preferred(g5c, true));
+    const auto g5d = make_conv2d_geometry(8, 48, 48, 16, 32, 5, 5, 16, 1, 1, 2, 2, 2, 2);
+    CHECK(winograd_preferred(g5d) && winograd_preferred(g5d, true) == (at_avx2 || at_avx512));
+    for (int64_t wide : {14, 20, 32, 40, 24, 48, 64}) {
+      const bool poor_fill = wide != 24 && wide != 48 && wide != 64;
+      const auto g = make_conv2d_geometry(4, wide, wide, 16, 16, 5, 5, 16, 1, 1, 2, 2, 2, 2);
+      CHECK(winograd_preferred(g) == (at_avx2 || (at_avx512 && poor_fill)));
+      CHECK(winograd_preferred(g, true) == (at_avx2 || (at_avx512 && poor_fill)));
+    }
+    // The forward counts its output rows, dX the input's (P 0: rows of 48 outputs fill two
+    // tiles, the input's 52 pixels 72% of three).
+    const auto g5e = make_conv2d_geometry(4, 52, 52, 16, 16, 5, 5, 16, 1, 1, 0, 0, 0, 0);
+    CHECK(winograd_preferred(g5e) == at_avx2 && winograd_preferred(g5e, true) == (at_avx2 || at_avx512));
     // 5x5 dW: 8 blocks of tiles at AVX2, 10 at AVX-512 (a block is 36 tiles at (4,24,24,48->48),
     // the AVX-512 and AVX2 tiles' case, which has 16): (4,22,22,48->48) has 13.4,
     // (4,16,16,64->64) 10.7 of 24 tiles, (4,14,14,64->64) 8.2, (2,16,16,64->64) 5.3;

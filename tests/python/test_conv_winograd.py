@@ -166,10 +166,18 @@ def test_kernel_choice_per_setting():
         # (The 5x5 rules of AVX-512 and portable; at AVX2 Winograd runs from 8 channels on each
         # side, 5x5 included: winograd_preferred. Checked at the level in force, so the test
         # holds on a machine without AVX-512 and under NABLAGRAD_SIMD.)
-        if _core._simd_level() != "avx2":
+        level = _core._simd_level()
+        if level != "avx2":
             assert "winograd" not in pick((4, 96, 96, 16), (16, 5, 5, 16), pad=2).values()
             assert pick((8, 32, 32, 16), (32, 5, 5, 16), pad=2)["forward"] == "winograd"
-            assert pick((8, 32, 32, 16), (32, 5, 5, 16), pad=2)["backward_input"] != "winograd"
+            # dX of 16 channels from 32 filters: at AVX-512 by Winograd (its depth 32 repays
+            # the 16-column GEMMs), portable by the direct kernels.
+            dx_16 = pick((8, 32, 32, 16), (32, 5, 5, 16), pad=2)["backward_input"]
+            assert (dx_16 == "winograd") == (level == "avx512"), dx_16
+            # 16 -> 16 on rows of 14 fill the direct kernels' 24-pixel AVX-512 tiles at 58%.
+            small = pick((32, 14, 14, 16), (16, 5, 5, 16), pad=2)
+            assert (small["forward"] == "winograd") == (level == "avx512"), small
+            assert (small["backward_input"] == "winograd") == (level == "avx512"), small
         else:
             assert pick((4, 96, 96, 16), (16, 5, 5, 16), pad=2)["forward"] == "winograd"
             assert pick((8, 32, 32, 16), (32, 5, 5, 16), pad=2)["backward_input"] == "winograd"

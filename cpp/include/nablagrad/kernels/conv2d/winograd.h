@@ -733,7 +733,20 @@ void kernel_grad(const Conv2dGeometry& g, const T* x, const T* dy, T* dw) {
 /// keeps the rule above): AVX-512, 2 threads, ms, direct -> Winograd, forward / dX:
 /// (8,56,56,24->24) 2.77 / 2.68 -> 2.15 / 2.15, (8,32,32,24->24) 0.96 / 0.87 -> 0.73 / 0.73,
 /// 16->24 0.59 -> 0.52 (dX 0.45 vs 0.46), 24->16 dX 0.60 -> 0.51 (forward 0.44 vs 0.46),
-/// 16->16 (4,96,96) 1.28 vs 1.29 (kept direct).
+/// 16->16 (4,96,96) 1.28 vs 1.29 (kept direct). And from 16 columns where the depth is at
+/// least 32, or where the output rows (dX: the input's) fill under 85% of the direct kernels'
+/// 24-pixel tiles (their blocks stop at each row's end: 14 pixels fill 58%, 28 58%, 32 67%,
+/// 40 and 20 83%, 56 78%, but 24, 48 and 96 all): AVX-512, 2 threads, ms, direct -> Winograd,
+/// forward / dX: 16 -> 16 (32,12,12) 0.307 -> 0.212 / 0.319 -> 0.221, (32,14,14) 0.351 ->
+/// 0.276, (32,16,16) 0.412 -> 0.366 / 0.435 -> 0.392, (16,20,20) 0.315 -> 0.288 / 0.332 ->
+/// 0.304, (16,28,28) 0.644 -> 0.564, (8,32,32) 0.372 -> 0.358 / 0.368 -> 0.356, (6,56,56)
+/// 0.836 -> 0.823 / 0.812 -> 0.805, (8,40,40) 0.593 vs 0.603 / 0.602 -> 0.581; 32 -> 16 and
+/// dX 16 -> 32: (32,14,14) 0.742 -> 0.511 / 0.745 -> 0.500, (16,28,28) 1.399 -> 0.993 /
+/// 1.293 -> 0.959, (8,48,48) 1.548 -> 1.445 / 1.520 -> 1.415, (4,96,96) 3.01 -> 2.83 / 3.09 ->
+/// 2.81, (16,24,24) 0.721 -> 0.700 / 0.756 -> 0.693; 64 -> 16 (8,32,32) 1.82 -> 1.16, dX
+/// 16 -> 64 (8,28,28) 1.44 -> 0.89, (32,14,14) 1.49 -> 0.90. Kept direct, 16 -> 16 on rows
+/// that fill the tiles: (8,48,48) 0.865 vs 1.083 / 0.735 vs 0.800, (16,24,24) dX 0.383 vs
+/// 0.422, (4,96,96) 1.59 vs 1.64 / 1.58 vs 1.60, and (4,64,64) 0.755 vs 0.734 (89%).
 ///
 /// At AVX2 (8-lane vectors: the direct kernels do half the multiply-adds per load of the
 /// AVX-512 ones, while the transforms stay memory-bound) both passes, 3x3 and 5x5, run
@@ -746,7 +759,14 @@ inline bool winograd_preferred(const Conv2dGeometry& g, bool backward_input = fa
   if (simd_level() == SimdLevel::AVX2) return g.C >= 8 && g.Q >= 8;
   if (g.FH == 5) {
     const int64_t K = backward_input ? g.Q : g.C, N = backward_input ? g.C : g.Q;
-    if (simd_level() >= SimdLevel::AVX512) return N >= 24 && K >= 16;
+    if (simd_level() >= SimdLevel::AVX512) {
+      // 16 columns (one vector of floats): the direct kernels' tile is then 24 pixels of a
+      // row, so where the output rows (dX: the input's) fill those tiles poorly, or the depth
+      // is 32 or more, Winograd's 2.8x fewer multiplies win.
+      const int64_t Wout = backward_input ? g.W : g.Wo, tiles = (Wout + 23) / 24;
+      const bool rows_fill_tiles = Wout * 20 >= tiles * 24 * 17;  // at least 85% of the tiles' rows
+      return K >= 16 && (N >= 24 || (N >= 16 && (K >= 32 || !rows_fill_tiles)));
+    }
     return (N >= 32 && K >= 16) || (N >= 24 && K >= 48);
   }
   if (backward_input) return g.C >= 16 && g.Q >= 16;
