@@ -129,6 +129,9 @@ void forward_gemm(const Conv2dGeometry& g, const T* x, const T* w, const T* bias
 /// kernel rows some pixel of the block reads inside the input (h1 <= h0: none). The geometry
 /// is read into locals once: the border copies may alias anything, so fields read through g
 /// were reloaded for every pointer (the table was 6% of the (16,32,32,32->64, 3x3 S 2) forward).
+/// A pixel that follows one wholly inside x on the same output row, and is itself inside,
+/// takes that pixel's pointers a stride on (no bounds or row arithmetic): the table 6.0 -> 5.0%
+/// of that forward at 1 thread, most of the rest being the border copies' first reads of x.
 template <typename T>
 inline void indirect_block_table(const Conv2dGeometry& g, const T* x, const T* zeros, int64_t MR,
                                  int64_t r0, int64_t nr, const T** ptr, T* edge, int64_t& h0,
@@ -136,27 +139,37 @@ inline void indirect_block_table(const Conv2dGeometry& g, const T* x, const T* z
   const int64_t C = g.C, H = g.H, W = g.W, FH = g.FH, FW = g.FW, Ho = g.Ho, Wo = g.Wo;
   const int64_t S_h = g.stride_h, S_w = g.stride_w, pad_top = g.pad_top, pad_left = g.pad_left;
   const int64_t len = FW * C, row = W * C;
+  const int64_t step = S_w * C;
   int64_t n = r0 / (Ho * Wo), ho = (r0 / Wo) % Ho, wo = r0 % Wo;
   h0 = FH;
   h1 = 0;
+  bool inside = false;  // pixel i - 1's runs all lie in x
   for (int64_t i = 0; i < nr; ++i) {
     const int64_t top = ho * S_h - pad_top, iw0 = wo * S_w - pad_left;
-    const int64_t lo = std::min(FH, std::max<int64_t>(0, -top)), hi_raw = std::min(FH, H - top);
-    const int64_t hi = std::max(lo, hi_raw);
-    h0 = std::min(h0, lo);
-    h1 = std::max(h1, hi_raw);
-    for (int64_t h = 0; h < lo; ++h) ptr[h * MR + i] = zeros;
-    for (int64_t h = hi; h < FH; ++h) ptr[h * MR + i] = zeros;
-    if (lo < hi) {
-      if (iw0 >= 0 && iw0 + FW <= W) {
-        const T* p = x + ((n * H + top + lo) * W + iw0) * C;
-        for (int64_t h = lo; h < hi; ++h, p += row) ptr[h * MR + i] = p;
-      } else {
-        const T* r = x + (n * H + top + lo) * row;
-        for (int64_t h = lo; h < hi; ++h, r += row) {
-          T* e = edge + (h * MR + i) * len;
-          copy_clipped_run(e, r, iw0, FW, C, W);
-          ptr[h * MR + i] = e;
+    if (inside && wo > 0 && iw0 + FW <= W) {
+      // The next pixel of the same output row, still inside: its runs start a stride further
+      // (most pixels; h0 = 0 and h1 = FH are already set by pixel i - 1).
+      for (int64_t h = 0; h < FH; ++h) ptr[h * MR + i] = ptr[h * MR + i - 1] + step;
+    } else {
+      inside = false;
+      const int64_t lo = std::min(FH, std::max<int64_t>(0, -top)), hi_raw = std::min(FH, H - top);
+      const int64_t hi = std::max(lo, hi_raw);
+      h0 = std::min(h0, lo);
+      h1 = std::max(h1, hi_raw);
+      for (int64_t h = 0; h < lo; ++h) ptr[h * MR + i] = zeros;
+      for (int64_t h = hi; h < FH; ++h) ptr[h * MR + i] = zeros;
+      if (lo < hi) {
+        if (iw0 >= 0 && iw0 + FW <= W) {
+          const T* p = x + ((n * H + top + lo) * W + iw0) * C;
+          for (int64_t h = lo; h < hi; ++h, p += row) ptr[h * MR + i] = p;
+          inside = lo == 0 && hi == FH;
+        } else {
+          const T* r = x + (n * H + top + lo) * row;
+          for (int64_t h = lo; h < hi; ++h, r += row) {
+            T* e = edge + (h * MR + i) * len;
+            copy_clipped_run(e, r, iw0, FW, C, W);
+            ptr[h * MR + i] = e;
+          }
         }
       }
     }
