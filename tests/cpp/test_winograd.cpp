@@ -456,6 +456,10 @@ void test_errors_and_empty() {
       CHECK(winograd_preferred(g) == (at_avx2 || (at_avx512 && poor_fill)));
       CHECK(winograd_preferred(g, true) == (at_avx2 || (at_avx512 && poor_fill)));
     }
+    // An empty batch admits rows of 2^55 pixels here (the padded input's element count must
+    // fit int64): the fill is counted without overflow, and such rows fill their tiles.
+    const auto wide = make_conv2d_geometry(0, 5, int64_t{1} << 55, 16, 16, 5, 5, 16, 1, 1, 2, 2, 2, 2);
+    CHECK(winograd_preferred(wide) == at_avx2 && winograd_preferred(wide, true) == at_avx2);
     // The forward counts its output rows, dX the input's (P 0: rows of 48 outputs fill two
     // tiles, the input's 52 pixels 72% of three).
     const auto g5e = make_conv2d_geometry(4, 52, 52, 16, 16, 5, 5, 16, 1, 1, 0, 0, 0, 0);
