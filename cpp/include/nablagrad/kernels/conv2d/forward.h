@@ -139,7 +139,9 @@ inline void indirect_block_table(const Conv2dGeometry& g, const T* x, const T* z
   const int64_t C = g.C, H = g.H, W = g.W, FH = g.FH, FW = g.FW, Ho = g.Ho, Wo = g.Wo;
   const int64_t S_h = g.stride_h, S_w = g.stride_w, pad_top = g.pad_top, pad_left = g.pad_left;
   const int64_t len = FW * C, row = W * C;
-  const int64_t step = S_w * C;
+  // The fast path's pixel step; only formed where a row has two pixels (then S_w < W + pads,
+  // whose product with C the geometry has checked: a crafted stride would overflow it).
+  const int64_t step = Wo > 1 ? S_w * C : 0;
   int64_t n = r0 / (Ho * Wo), ho = (r0 / Wo) % Ho, wo = r0 % Wo;
   h0 = FH;
   h1 = 0;
