@@ -167,6 +167,22 @@ struct XAvx2F {
   NABLAGRAD_WINO_AVX2 static V sub(V a, V b) { return _mm256_sub_ps(a, b); }
   NABLAGRAD_WINO_AVX2 static V madd(V a, float k, V b) { return _mm256_fmadd_ps(a, _mm256_set1_ps(k), b); }
   NABLAGRAD_WINO_AVX2 static V mul(V a, float k) { return _mm256_mul_ps(a, _mm256_set1_ps(k)); }
+  // The first n <= L lanes: p[j * stride] (one gather; stride * (L - 1) must fit an int32),
+  // zeros past n; and their store to p[0, n).
+  NABLAGRAD_WINO_AVX2 static __m256i first(int n) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  }
+  NABLAGRAD_WINO_AVX2 static V load_n(const float* p, int64_t stride, int n) {
+    if (stride == 1) return n == L ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, first(n));
+    const __m256i idx = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(static_cast<int>(stride)));
+    return _mm256_mask_i32gather_ps(_mm256_setzero_ps(), p, idx, _mm256_castsi256_ps(first(n)), 4);
+  }
+  NABLAGRAD_WINO_AVX2 static void store_n(float* p, V a, int n) {
+    if (n == L)
+      _mm256_storeu_ps(p, a);
+    else
+      _mm256_maskstore_ps(p, first(n), a);
+  }
 };
 struct XAvx2D {
   using T = double;
@@ -191,6 +207,19 @@ struct XAvx512F {
   NABLAGRAD_WINO_AVX512 static V sub(V a, V b) { return _mm512_sub_ps(a, b); }
   NABLAGRAD_WINO_AVX512 static V madd(V a, float k, V b) { return _mm512_fmadd_ps(a, _mm512_set1_ps(k), b); }
   NABLAGRAD_WINO_AVX512 static V mul(V a, float k) { return _mm512_mul_ps(a, _mm512_set1_ps(k)); }
+  NABLAGRAD_WINO_AVX512 static V load_n(const float* p, int64_t stride, int n) {  // as XAvx2F's
+    const __mmask16 m = static_cast<__mmask16>((1u << n) - 1);
+    if (stride == 1) return n == L ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps(m, p);
+    const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                           _mm512_set1_epi32(static_cast<int>(stride)));
+    return _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, idx, p, 4);
+  }
+  NABLAGRAD_WINO_AVX512 static void store_n(float* p, V a, int n) {
+    if (n == L)
+      _mm512_storeu_ps(p, a);
+    else
+      _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << n) - 1), a);
+  }
 };
 struct XAvx512D {
   using T = double;
@@ -397,14 +426,33 @@ struct GemmPlan {
   }
 };
 
-/// The kernel transform's kernel_run for T at the current SIMD level.
-template <typename T, int M, int R, int L, typename Kern>
-inline auto kernel_run_fn() -> void (*)(const Kern&, int64_t, int64_t, int64_t, int, T*, int64_t, int64_t, T*) {
+/// The kernel transform's step for T at the current SIMD level and the run of channels it
+/// takes: for float at AVX2 and AVX-512, kernel_run_vec on runs of 16 channels (whole cache
+/// lines of the forward's w), with 8 filters a vector where the kernel's channels are
+/// contiguous (the forward's w, transposed in 8 x 8 blocks; its gathers at the edges index
+/// filters in int32, so strides up to 2^31 / 16 values: 3x3 kernels on up to 14.9M channels),
+/// else a whole vector of contiguous filters (dX's flipped kernel); elsewhere kernel_run (in
+/// double) on runs of 8.
+template <typename T, typename Kern>
+struct KernelRun {
+  void (*fn)(const Kern&, int64_t, int64_t, int64_t, int, T*, int64_t, int64_t, T*);
+  int L;
+};
+template <typename T, int M, int R, typename Kern>
+inline KernelRun<T, Kern> kernel_run_fn(const Kern& kern) {
 #if NABLAGRAD_X86
-  if (simd_at_least(SimdLevel::AVX512)) return &avx512::kernel_run<T, M, R, L, Kern>;
-  if (simd_at_least(SimdLevel::AVX2)) return &avx2::kernel_run<T, M, R, L, Kern>;
+  if constexpr (std::is_same<T, float>::value) {
+    if (kern.fs <= (int64_t{1} << 31) / 16 && (kern.cs == 1 || kern.fs == 1)) {
+      if (simd_at_least(SimdLevel::AVX512))
+        return {kern.cs == 1 ? &avx512::kernel_run_vec<XAvx2F, T, M, R, Kern> : &avx512::kernel_run_vec<XAvx512F, T, M, R, Kern>, 16};
+      if (simd_at_least(SimdLevel::AVX2)) return {&avx2::kernel_run_vec<XAvx2F, T, M, R, Kern>, 16};
+    }
+  }
+  if (simd_at_least(SimdLevel::AVX512)) return {&avx512::kernel_run<T, M, R, 8, Kern>, 8};
+  if (simd_at_least(SimdLevel::AVX2)) return {&avx2::kernel_run<T, M, R, 8, Kern>, 8};
 #endif
-  return &portable::kernel_run<T, M, R, L, Kern>;
+  (void)kern;
+  return {&portable::kernel_run<T, M, R, 8, Kern>, 8};
 }
 
 /// The kernel gradient's last step (grad_reduce) for T at the current SIMD level.
@@ -419,17 +467,19 @@ inline auto grad_reduce_fn() -> void (*)(const T*, int64_t, int64_t, int64_t, in
 
 /// Kernel transform into the packed GEMM operand: U[p](c, f) = (G g_{f,c} G^T)[p] for
 /// filters f < F over channels c < Cc, where g_{f,c}(a, d) = *kern.at(f, c, a, d). Computed in
-/// double and rounded to T once. Up must hold P * Cc * plan.Npad zeros.
+/// double and rounded to T once, but for float at AVX2 and AVX-512 in float (kernel_run_vec:
+/// a few units in the last place of U, under the transforms' own rounding, docs/convolution.md).
+/// Up must hold P * Cc * plan.Npad zeros.
 template <typename T, int M, int R, typename Kern>
 void transform_kernel(int64_t F, int64_t Cc, const Kern& kern, const GemmPlan<T>& plan, T* Up) {
-  constexpr int L = 8;  // L channels at a time (kernel_run's loops over them vectorise at -O3)
+  const KernelRun<T, Kern> run = kernel_run_fn<T, M, R>(kern);
+  const int64_t L = run.L;  // channels at a time
   const int64_t NR = plan.cfg.NR, Npad = plan.Npad, pstride = Cc * Npad;
   // Tasks are runs of L channels (within one K slice), each for every filter: a task writes
   // whole rows of the packed panels. Split by filters, two threads wrote neighbouring columns
   // of the same rows (cache lines passed back and forth: 12% of a (32,16,16,48->96) input
   // gradient's time at 1 thread became 18% at 2).
   const int64_t per_slice = (plan.kc_max + L - 1) / L, slices = (Cc + plan.kc_max - 1) / plan.kc_max;
-  const auto run = kernel_run_fn<T, M, R, L, Kern>();
   parallel_for(0, slices * per_slice, 1, [&](int64_t b0, int64_t b1) {
     T* st = static_cast<T*>(scratch_bytes<4>(sizeof(T) * static_cast<size_t>((M + R - 1) * (M + R - 1) * L * NR)));
     for (int64_t b = b0; b < b1; ++b) {
@@ -439,7 +489,7 @@ void transform_kernel(int64_t F, int64_t Cc, const Kern& kern, const GemmPlan<T>
       const int n = static_cast<int>(std::min<int64_t>(L, kc - c0));
       // U[p](k0 + c0 + l, jp + jf) at Up[p * pstride + k0 * Npad + jp * kc + (c0 + l) * NR + jf]
       for (int64_t jp = 0; jp < F; jp += NR)
-        run(kern, jp, std::min(NR, F - jp), k0 + c0, n, Up + k0 * Npad + jp * kc + c0 * NR, pstride, NR, st);
+        run.fn(kern, jp, std::min(NR, F - jp), k0 + c0, n, Up + k0 * Npad + jp * kc + c0 * NR, pstride, NR, st);
     }
   });
 }
@@ -515,7 +565,8 @@ void conv_tiles_panels(int64_t N, int64_t H, int64_t W, int64_t Cc, int64_t off_
                        int64_t Ho, int64_t Wo, int64_t Qf, const T* x, const Kern& kern, const T* bias, T* y) {
   constexpr int A = M + R - 1;
   constexpr int64_t P = A * A;
-  constexpr int L = 8;  // kernel_run's run of channels
+  const KernelRun<T, Kern> run = kernel_run_fn<T, M, R>(kern);
+  const int64_t L = run.L;  // kernel_run's run of channels
   const int64_t tiles_h = (Ho + M - 1) / M, tiles_w = (Wo + M - 1) / M;
   const int64_t tiles = N * tiles_h * tiles_w;
   if (tiles == 0) return;
@@ -535,7 +586,6 @@ void conv_tiles_panels(int64_t N, int64_t H, int64_t W, int64_t Cc, int64_t off_
   parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) in_fn(args(b));
   });
-  const auto run = kernel_run_fn<T, M, R, L, Kern>();
   const int64_t mpad = (tiles + MR - 1) / MR * MR;
   parallel_for(0, panels, 1, [&](int64_t j0, int64_t j1) {
     // The panel's U: per p a Cc x NR block, in it the K slices' kc x NR runs (packed_index with
@@ -549,7 +599,7 @@ void conv_tiles_panels(int64_t N, int64_t H, int64_t W, int64_t Cc, int64_t off_
       for (int64_t k0 = 0; k0 < Cc; k0 += plan.kc_max) {
         const int64_t kc = std::min(plan.kc_max, Cc - k0);
         for (int64_t c0 = 0; c0 < kc; c0 += L)
-          run(kern, f0, nf, k0 + c0, static_cast<int>(std::min<int64_t>(L, kc - c0)), Up + (k0 + c0) * NR, Cc * NR, NR, st);
+          run.fn(kern, f0, nf, k0 + c0, static_cast<int>(std::min<int64_t>(L, kc - c0)), Up + (k0 + c0) * NR, Cc * NR, NR, st);
       }
       for (int64_t p = 0; p < P; ++p)
         for (int64_t k0 = 0; k0 < Cc; k0 += plan.kc_max) {
