@@ -252,12 +252,14 @@ void test_forward_tile_rule() {
 }
 
 // blocks of tiles (conv_tiles_blocks): the same bits at every level and 1-3 threads, with a
-// partial last panel, two K slices (C > 256) and edge tiles; and through the entry points
-// (which pick panels for these shapes) against the reference.
+// partial last panel, two K slices (C > 256) and edge tiles, and 192 filters on 49 tiles (at
+// AVX-512 3 panels of 64, which 2 threads run as 6 of 32); and through the entry points (which pick
+// panels for these shapes) against the reference.
 template <typename T>
 void test_filter_panels() {
   std::mt19937 rng(77);
-  for (const Shape& s : {Shape{2, 6, 7, 300, 200, 1, 1, 1, 1}, Shape{1, 7, 5, 130, 140, 2, 2, 2, 2, 5}}) {
+  for (const Shape& s : {Shape{2, 6, 7, 300, 200, 1, 1, 1, 1}, Shape{1, 7, 5, 130, 140, 2, 2, 2, 2, 5},
+                         Shape{1, 14, 14, 260, 192, 1, 1, 1, 1}}) {
     const Data<T> d = make_data<T>(s, rng);
     const int64_t P = s.r == 5 ? 36 : 16;
     CHECK(winograd_detail::use_filter_panels<T>(P, s.C, s.Q, s.N * ((d.g.Ho + 1) / 2) * ((d.g.Wo + 1) / 2)));
