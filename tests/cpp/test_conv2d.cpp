@@ -1093,6 +1093,27 @@ void test_kernel_choice() {
     };
     CHECK(amortized(8, 112, 5) && !amortized(4, 128, 5) && !amortized(8, 160, 5));
     CHECK(!amortized(8, 192, 3));
+    // Batch 1 (winograd_amortized's small-batch rule: 3x3 in float from AVX2, outputs of even
+    // height and width): 49 tiles of 86 KB of transformed kernel and 36 of 117 KB at AVX2 and
+    // AVX-512; 342 KB per tile (512 -> 512) and 25 tiles (10 x 10) only at AVX2; 7 x 7 never.
+    {
+      const bool vec = level >= static_cast<int>(SimdLevel::AVX2), avx2 = level == static_cast<int>(SimdLevel::AVX2);
+      const auto choice = [](int64_t n, int64_t hw, int64_t c) {
+        return conv_kernel_choice<float>(make_conv2d_geometry(n, hw, hw, c, c, 3, 3, c, 1, 1, 1, 1, 1, 1));
+      };
+      const auto wino = [&](int64_t n, int64_t hw, int64_t c) {
+        const ConvKernelChoice k = choice(n, hw, c);
+        const bool f = std::string(k.forward) == "winograd", b = std::string(k.backward_input) == "winograd";
+        CHECK(f == b);
+        CHECK(f || (std::string(k.forward) == "gemm" && std::string(k.backward_input) == "col2im_gemm"));
+        return f;
+      };
+      CHECK(wino(1, 14, 256) == vec && wino(1, 16, 256) == vec && wino(1, 12, 256) == vec);
+      CHECK(wino(1, 14, 512) == avx2 && wino(1, 10, 256) == avx2);
+      CHECK(!wino(2, 7, 512) && !wino(4, 7, 256) && !wino(1, 8, 256));
+      const auto d14 = conv_kernel_choice<double>(make_conv2d_geometry(1, 14, 14, 256, 256, 3, 3, 256, 1, 1, 1, 1, 1, 1));
+      CHECK(std::string(d14.forward) == "gemm");
+    }
     const auto c55s = conv_kernel_choice<float>(make_conv2d_geometry(4, 7, 7, 256, 256, 5, 5, 256, 1, 1, 2, 2, 2, 2));
     CHECK(std::string(c55s.forward) == "gemm" && std::string(c55s.backward_input) == "col2im_gemm");
     const auto c28 = conv_kernel_choice<float>(make_conv2d_geometry(8, 28, 28, 128, 128, 3, 3, 128, 1, 1, 1, 1, 1, 1));

@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "../../checked.h"
 #include "../gemm.h"
@@ -182,6 +183,24 @@ inline bool kernel_fits_cache(const Conv2dGeometry& g) {
 /// (8,14,14,128->128), 6 KB, ties (4.29-4.38 vs 4.26-4.33); (4,14,14,128->128), 12 KB, lost
 /// (2.77-2.94 vs 2.42-2.43), (8,14,14,160->160), 9.4 KB, won (6.39 vs 6.93) but stays out.
 /// AVX2: (8,14,14,112->112) 6.05-6.31 -> 3.76-3.90, 128->128 8.59-8.63 -> 5.79-5.80.
+/// Since the float kernel transform (kernel_run_vec) and the balanced filter panels, fewer
+/// tiles repay the forward and dX where they cover the output well. AVX-512, 2 threads (ms,
+/// gemm paths -> Winograd, forward / dX): (1,14,14,256->256), 49 tiles, 86 KB of transformed
+/// kernel per tile, 0.72-0.81 -> 0.64-0.65 / 0.71-0.77 -> 0.57-0.59; (1,16,16,256->256), 64
+/// tiles, 0.96-0.99 -> 0.76 / 0.92-1.00 -> 0.67-0.72; (1,14,14,192->192) 0.42 -> 0.40 / 0.42-0.45
+/// -> 0.34-0.36; (1,14,14,256->512), 171 KB, 1.34-1.44 -> 1.26-1.29 / 1.46-1.47 -> 1.19-1.29;
+/// ties (1,12,12,256->256), 36 tiles, 0.57-0.59 vs 0.58 / 0.54-0.57 -> 0.50-0.52, and
+/// (1,14,14,384->384), 193 KB, 1.59-1.63 vs 1.62 / 1.73-1.77 -> 1.53-1.55; lost (kept out):
+/// (1,14,14,512->512), 342 KB, 2.76-2.87 vs 2.92; odd outputs, whose tiles reach past them:
+/// (4,7,7,256->256) 0.83 vs 0.81 / 0.73-0.75 vs 0.80, (2,7,7,256->256), 32 tiles, 0.45-0.46 vs
+/// 0.50 / 0.41-0.42 vs 0.43-0.56, (4,7,7,512->512) 3.25-3.37 vs 3.47-3.52. AVX2, where the
+/// GEMMs weigh more: forward / dX (1,14,14,256->256) 1.12-1.17 -> 0.80-0.81 / 1.17 -> 0.92,
+/// (1,16,16,256->256) 1.45-1.51 -> 0.97-1.00 / 1.48 -> 1.09, (1,12,12,256->256) 0.80 -> 0.56 /
+/// 0.86 -> 0.64, (1,14,14,512->512), 342 KB, 4.60 -> 3.48 / 4.88 -> 4.14, (1,10,10,256->256),
+/// 25 tiles, 0.59 -> 0.54 / 0.65 -> 0.58; on 7 x 7 outputs (kept out, as at AVX-512)
+/// (4,7,7,256->256) 1.17 -> 1.00 / 1.11 -> 1.10, (4,7,7,512->512) 4.34 vs 4.24-4.27 / 4.90 vs
+/// 5.06-5.22, (4,7,7,384->384) 2.44 vs 2.37-2.39 / 2.80 vs 2.65-2.84, and lost (2,7,7,512->512),
+/// 524 KB per tile, 2.35 vs 2.61 / 2.75 vs 3.00.
 template <typename T>
 inline bool winograd_amortized(const Conv2dGeometry& g, bool weight) {
   if (kernel_fits_cache<T>(g)) return true;
@@ -189,7 +208,19 @@ inline bool winograd_amortized(const Conv2dGeometry& g, bool weight) {
   // now run F(4x4) (winograd_forward_tile_size): the 96-tile threshold was measured in them.
   const int64_t m = winograd_tile_size(g.Ho, g.Wo, g.C, g.Q, g.FH);
   const int64_t tiles = saturating_mul(g.N, saturating_mul((g.Ho + m - 1) / m, (g.Wo + m - 1) / m));
-  if (!weight) return tiles >= 96;
+  if (!weight) {
+    if (tiles >= 96) return true;
+    // Batch 1 and small batches (see above; 3x3 in float, the measured cases): on outputs of
+    // even height and width (F(2x2)'s tiles cover them whole), from 36 tiles at AVX-512 with a
+    // transformed kernel of at most 192 KB per tile, at AVX2 from 24 tiles and up to 384 KB.
+    const bool avx512 = simd_level() >= SimdLevel::AVX512;
+    if (!std::is_same<T, float>::value || g.FH != 3 || simd_level() < SimdLevel::AVX2 || g.Ho % 2 != 0 ||
+        g.Wo % 2 != 0 || tiles < (avx512 ? 36 : 24))
+      return false;
+    const int64_t u_bytes = saturating_mul(saturating_mul((m + g.FH - 1) * (m + g.FH - 1), g.C),
+                                           saturating_mul(g.Q, static_cast<int64_t>(sizeof(T))));
+    return u_bytes <= saturating_mul(tiles, int64_t{avx512 ? 192 : 384} << 10);
+  }
   const int64_t bytes = saturating_mul(saturating_mul((m + g.FH - 1) * (m + g.FH - 1), g.C),
                                        saturating_mul(g.Q, static_cast<int64_t>(sizeof(T))));
   return bytes <= saturating_mul(tiles, int64_t{g.FH == 5 ? 8 : 4} << 10);
