@@ -39,6 +39,9 @@ namespace conv_detail {
 constexpr int64_t kMaxTileValues = 1024;
 // Stride of the small-C kernel-gradient accumulator buffers (>= the widest VL).
 constexpr int64_t kSmallCAccStride = 32;
+// Rows (output pixels) of the AVX-512 one-vector tile (24 x 1 vector: its direct, indirect and
+// stride-1 kernels); winograd_preferred's 5x5 rule counts how well output rows fill it.
+constexpr int kAvx512OneVectorRows = 24;
 
 #if NABLAGRAD_X86
 // Prefetches into L1 the line `bytes` past p. The address is formed as an integer, not as
@@ -1475,7 +1478,7 @@ template <>
 inline ConvKernels<float> conv_kernels<float>(SimdLevel level, bool alt_tile) {
 #if NABLAGRAD_X86
   if (level >= SimdLevel::AVX512 && alt_tile) {
-    ConvKernels<float> k{SimdLevel::AVX512, 24, 16, 256, 32, &micro_kernel_avx512<float, 24, 1>,
+    ConvKernels<float> k{SimdLevel::AVX512, kAvx512OneVectorRows, 16, 256, 32, &micro_kernel_avx512<float, 24, 1>,
             &direct_kernel_avx512<float, 24, 1>, &indirect_kernel_avx512<float, 24, 1>, &column_kernel_avx512<float, 24, 1>,
             &store_tile_avx512<float>,
             &dot_avx2, &narrow_row_avx2, &smallc_dx_block<float>,
@@ -1540,7 +1543,7 @@ template <>
 inline ConvKernels<double> conv_kernels<double>(SimdLevel level, bool alt_tile) {
 #if NABLAGRAD_X86
   if (level >= SimdLevel::AVX512 && alt_tile) {
-    ConvKernels<double> k{SimdLevel::AVX512, 24, 8, 128, 16, &micro_kernel_avx512<double, 24, 1>,
+    ConvKernels<double> k{SimdLevel::AVX512, kAvx512OneVectorRows, 8, 128, 16, &micro_kernel_avx512<double, 24, 1>,
             &direct_kernel_avx512<double, 24, 1>, &indirect_kernel_avx512<double, 24, 1>, &column_kernel_avx512<double, 24, 1>,
             &store_tile_avx512<double>,
             &dot_avx2, &narrow_row_avx2, &smallc_dx_block<double>,
@@ -1605,7 +1608,7 @@ inline ConvKernels<double> conv_kernels<double>(SimdLevel level, bool alt_tile) 
 template <typename T>
 inline bool one_vector_avx512(const ConvKernels<T>& cfg) {
 #if NABLAGRAD_X86
-  return cfg.level == SimdLevel::AVX512 && cfg.MR == 24 && cfg.NR == Avx512<T>::W;
+  return cfg.level == SimdLevel::AVX512 && cfg.MR == kAvx512OneVectorRows && cfg.NR == Avx512<T>::W;
 #else
   (void)cfg;
   return false;

@@ -72,6 +72,7 @@
 #include "../gemm.h"
 #include "../simd.h"
 #include "geometry.h"
+#include "microkernel.h"  // kAvx512OneVectorRows
 
 namespace nablagrad {
 namespace kernels {
@@ -822,12 +823,13 @@ inline bool winograd_preferred(const Conv2dGeometry& g, bool backward_input = fa
     const int64_t K = backward_input ? g.Q : g.C, N = backward_input ? g.C : g.Q;
     if (simd_level() >= SimdLevel::AVX512) {
       // 16 columns (one vector of floats): the direct kernels' tile is then 24 pixels of a
-      // row, so where the output rows (dX: the input's) fill those tiles poorly, or the depth
-      // is 32 or more, Winograd's 2.8x fewer multiplies win.
-      // (Saturated: with N = 0 a row may be up to 2^62 pixels wide.)
-      const int64_t Wout = backward_input ? g.W : g.Wo, tiles = Wout / 24 + (Wout % 24 != 0 ? 1 : 0);
+      // row (kAvx512OneVectorRows), so where the output rows (dX: the input's) fill those
+      // tiles poorly, or the depth is 32 or more, Winograd's 2.8x fewer multiplies win.
+      // (Saturated products: geometry's checks bound a row's width, but not this rule's input.)
+      constexpr int64_t mr = conv_detail::kAvx512OneVectorRows;
+      const int64_t Wout = backward_input ? g.W : g.Wo, tiles = Wout / mr + (Wout % mr != 0 ? 1 : 0);
       const bool rows_fill_tiles =  // at least 85% of the tiles' rows
-          saturating_mul(Wout, int64_t{20}) >= saturating_mul(tiles, int64_t{24 * 17});
+          saturating_mul(Wout, int64_t{20}) >= saturating_mul(tiles, int64_t{mr * 17});
       return K >= 16 && (N >= 24 || (N >= 16 && (K >= 32 || !rows_fill_tiles)));
     }
     return (N >= 32 && K >= 16) || (N >= 24 && K >= 48);
