@@ -208,6 +208,8 @@ inline bool winograd_amortized(const Conv2dGeometry& g, bool weight) {
   // now run F(4x4) (winograd_forward_tile_size): the 96-tile threshold was measured in them.
   const int64_t m = winograd_tile_size(g.Ho, g.Wo, g.C, g.Q, g.FH);
   const int64_t tiles = saturating_mul(g.N, saturating_mul((g.Ho + m - 1) / m, (g.Wo + m - 1) / m));
+  const int64_t u_bytes = saturating_mul(saturating_mul((m + g.FH - 1) * (m + g.FH - 1), g.C),
+                                         saturating_mul(g.Q, static_cast<int64_t>(sizeof(T))));  // transformed kernel
   if (!weight) {
     if (tiles >= 96) return true;
     // Batch 1 and small batches (see above; 3x3 in float, the measured cases): on outputs of
@@ -217,13 +219,9 @@ inline bool winograd_amortized(const Conv2dGeometry& g, bool weight) {
     if (!std::is_same<T, float>::value || g.FH != 3 || simd_level() < SimdLevel::AVX2 || g.Ho % 2 != 0 ||
         g.Wo % 2 != 0 || tiles < (avx512 ? 36 : 24))
       return false;
-    const int64_t u_bytes = saturating_mul(saturating_mul((m + g.FH - 1) * (m + g.FH - 1), g.C),
-                                           saturating_mul(g.Q, static_cast<int64_t>(sizeof(T))));
     return u_bytes <= saturating_mul(tiles, int64_t{avx512 ? 192 : 384} << 10);
   }
-  const int64_t bytes = saturating_mul(saturating_mul((m + g.FH - 1) * (m + g.FH - 1), g.C),
-                                       saturating_mul(g.Q, static_cast<int64_t>(sizeof(T))));
-  return bytes <= saturating_mul(tiles, int64_t{g.FH == 5 ? 8 : 4} << 10);
+  return u_bytes <= saturating_mul(tiles, int64_t{g.FH == 5 ? 8 : 4} << 10);
 }
 
 /// [WINOGRAD] Whether a pass of g runs Winograd (winograd.h): never for Direct; wherever it
