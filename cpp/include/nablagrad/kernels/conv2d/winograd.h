@@ -168,15 +168,16 @@ struct XAvx2F {
   NABLAGRAD_WINO_AVX2 static V sub(V a, V b) { return _mm256_sub_ps(a, b); }
   NABLAGRAD_WINO_AVX2 static V madd(V a, float k, V b) { return _mm256_fmadd_ps(a, _mm256_set1_ps(k), b); }
   NABLAGRAD_WINO_AVX2 static V mul(V a, float k) { return _mm256_mul_ps(a, _mm256_set1_ps(k)); }
-  // The first n <= L lanes: p[j * stride] (one gather; stride * (L - 1) must fit an int32),
-  // zeros past n; and their store to p[0, n).
+  // The first n <= L lanes: p[j * stride], zeros past n (strided: scalar loads, cheaper than
+  // a gather on the Xeons measured); and their store to p[0, n).
   NABLAGRAD_WINO_AVX2 static __m256i first(int n) {
     return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
   }
   NABLAGRAD_WINO_AVX2 static V load_n(const float* p, int64_t stride, int n) {
     if (stride == 1) return n == L ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, first(n));
-    const __m256i idx = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(static_cast<int>(stride)));
-    return _mm256_mask_i32gather_ps(_mm256_setzero_ps(), p, idx, _mm256_castsi256_ps(first(n)), 4);
+    alignas(32) float b[L] = {};
+    for (int j = 0; j < n; ++j) b[j] = p[j * stride];
+    return _mm256_load_ps(b);
   }
   NABLAGRAD_WINO_AVX2 static void store_n(float* p, V a, int n) {
     if (n == L)
@@ -209,11 +210,10 @@ struct XAvx512F {
   NABLAGRAD_WINO_AVX512 static V madd(V a, float k, V b) { return _mm512_fmadd_ps(a, _mm512_set1_ps(k), b); }
   NABLAGRAD_WINO_AVX512 static V mul(V a, float k) { return _mm512_mul_ps(a, _mm512_set1_ps(k)); }
   NABLAGRAD_WINO_AVX512 static V load_n(const float* p, int64_t stride, int n) {  // as XAvx2F's
-    const __mmask16 m = static_cast<__mmask16>((1u << n) - 1);
-    if (stride == 1) return n == L ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps(m, p);
-    const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                           _mm512_set1_epi32(static_cast<int>(stride)));
-    return _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, idx, p, 4);
+    if (stride == 1) return n == L ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1), p);
+    alignas(64) float b[L] = {};
+    for (int j = 0; j < n; ++j) b[j] = p[j * stride];
+    return _mm512_load_ps(b);
   }
   NABLAGRAD_WINO_AVX512 static void store_n(float* p, V a, int n) {
     if (n == L)
@@ -430,30 +430,34 @@ struct GemmPlan {
 /// The kernel transform's step for T at the current SIMD level and the run of channels it
 /// takes: for float at AVX2 and AVX-512, kernel_run_vec on runs of 16 channels (whole cache
 /// lines of the forward's w), with 8 filters a vector where the kernel's channels are
-/// contiguous (the forward's w, transposed in 8 x 8 blocks; its gathers at the edges index
-/// filters in int32, so strides up to 2^31 / 16 values: 3x3 kernels on up to 14.9M channels),
+/// contiguous (the forward's w, transposed in 8 x 8 blocks, by scalar loads at the edges),
 /// else a whole vector of contiguous filters (dX's flipped kernel); elsewhere kernel_run (in
-/// double) on runs of 8.
+/// double) on runs of 8, through a staging block of P x L x NR values (staging() takes it from
+/// the thread's scratch; kernel_run_vec needs none).
 template <typename T, typename Kern>
 struct KernelRun {
   void (*fn)(const Kern&, int64_t, int64_t, int64_t, int, T*, int64_t, int64_t, T*);
   int L;
+  bool staged;
+  T* staging(int64_t P, int64_t NR) const {
+    return staged ? static_cast<T*>(scratch_bytes<4>(sizeof(T) * static_cast<size_t>(P * L * NR))) : nullptr;
+  }
 };
 template <typename T, int M, int R, typename Kern>
 inline KernelRun<T, Kern> kernel_run_fn(const Kern& kern) {
 #if NABLAGRAD_X86
   if constexpr (std::is_same<T, float>::value) {
-    if (kern.fs <= (int64_t{1} << 31) / 16 && (kern.cs == 1 || kern.fs == 1)) {
+    if (kern.cs == 1 || kern.fs == 1) {
       if (simd_at_least(SimdLevel::AVX512))
-        return {kern.cs == 1 ? &avx512::kernel_run_vec<XAvx2F, T, M, R, Kern> : &avx512::kernel_run_vec<XAvx512F, T, M, R, Kern>, 16};
-      if (simd_at_least(SimdLevel::AVX2)) return {&avx2::kernel_run_vec<XAvx2F, T, M, R, Kern>, 16};
+        return {kern.cs == 1 ? &avx512::kernel_run_vec<XAvx2F, T, M, R, Kern> : &avx512::kernel_run_vec<XAvx512F, T, M, R, Kern>, 16, false};
+      if (simd_at_least(SimdLevel::AVX2)) return {&avx2::kernel_run_vec<XAvx2F, T, M, R, Kern>, 16, false};
     }
   }
-  if (simd_at_least(SimdLevel::AVX512)) return {&avx512::kernel_run<T, M, R, 8, Kern>, 8};
-  if (simd_at_least(SimdLevel::AVX2)) return {&avx2::kernel_run<T, M, R, 8, Kern>, 8};
+  if (simd_at_least(SimdLevel::AVX512)) return {&avx512::kernel_run<T, M, R, 8, Kern>, 8, true};
+  if (simd_at_least(SimdLevel::AVX2)) return {&avx2::kernel_run<T, M, R, 8, Kern>, 8, true};
 #endif
   (void)kern;
-  return {&portable::kernel_run<T, M, R, 8, Kern>, 8};
+  return {&portable::kernel_run<T, M, R, 8, Kern>, 8, true};
 }
 
 /// The kernel gradient's last step (grad_reduce) for T at the current SIMD level.
@@ -482,7 +486,7 @@ void transform_kernel(int64_t F, int64_t Cc, const Kern& kern, const GemmPlan<T>
   // gradient's time at 1 thread became 18% at 2).
   const int64_t per_slice = (plan.kc_max + L - 1) / L, slices = (Cc + plan.kc_max - 1) / plan.kc_max;
   parallel_for(0, slices * per_slice, 1, [&](int64_t b0, int64_t b1) {
-    T* st = static_cast<T*>(scratch_bytes<4>(sizeof(T) * static_cast<size_t>((M + R - 1) * (M + R - 1) * L * NR)));
+    T* st = run.staging((M + R - 1) * (M + R - 1), NR);
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t k0 = b / per_slice * plan.kc_max, c0 = b % per_slice * L;  // slice start, run in it
       const int64_t kc = std::min(plan.kc_max, Cc - k0);
@@ -603,7 +607,7 @@ void conv_tiles_panels(int64_t N, int64_t H, int64_t W, int64_t Cc, int64_t off_
     // The panel's U: per p a Cc x NR block, in it the K slices' kc x NR runs (packed_index with
     // Npad = NR); zeros in the columns past the last filter.
     T* Up = static_cast<T*>(scratch_bytes<5>(sizeof(T) * static_cast<size_t>(P * Cc * NR)));
-    T* st = static_cast<T*>(scratch_bytes<4>(sizeof(T) * static_cast<size_t>(P * L * NR)));
+    T* st = run.staging(P, NR);
     T* Ap = static_cast<T*>(scratch_bytes<2>(sizeof(T) * static_cast<size_t>(mpad * plan.kc_max)));
     for (int64_t j = j0; j < j1; ++j) {
       const int64_t f0 = j * NR, nf = std::min(NR, Qf - f0);
