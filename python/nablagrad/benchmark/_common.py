@@ -22,7 +22,13 @@ NO_TORCH_ENV = "NABLAGRAD_BENCH_NO_TORCH"
 # milliseconds of work: measured on the 2-vCPU cloud VM, a 0.25 ms conv ran 0.35-0.45 ms for
 # its first ~10 calls after a pause, and 0.24 at once when two nice-19 busy loops kept the CPUs
 # from idling. One untimed call only absorbs that ramp for a library whose first call is long.
-WARM_SECONDS = 0.01
+# The ramp lasts longer than 10 ms, for both libraries: after a 50 ms pause a (8,56,56,256->64)
+# 1x1 forward took, call by call (ms, 2 threads, medians of 12 pauses), ours from C++ 3.42 3.16
+# 2.69 2.45 2.33 -> 2.35 (2.37 with no pause; 1 thread 6.37 ... 4.8), PyTorch's 3.59 3.33 2.82
+# 2.59 2.37; forward+backward ours 11.9 11.3 10.6 10.4 10.0 9.6 9.4 9.1 ... 8.0, PyTorch's 11.2
+# 10.1 9.4 9.0 8.9. With 10 ms, the blocks timed the ramp: that layer's forward+backward ratio
+# was 0.86-0.91 in the benchmark and 1.03 with 100 ms.
+WARM_SECONDS = 0.1
 
 
 def warm_up(fn: Callable[[], object], seconds: float = WARM_SECONDS) -> None:
