@@ -579,14 +579,50 @@ void test_direct_fixed_stride() {
   }
 }
 
-// The im2col forward accumulating straight into Y (whole micro-tiles, Q a whole number of
-// panels at every level, bias set first) and through the C tile (the last, partial tile);
-// K = 4320 in 17 equal depth slices.
+// The im2col forward (called straight: the selection now runs such kernels through the
+// indirect kernel or gemm()) accumulating straight into Y (whole micro-tiles, Q a whole number
+// of panels at every level, bias set first) and through the C tile (the last, partial tile);
+// K = 4320 in 17 equal depth slices, at every level, 1-3 threads, bitwise the same.
+template <typename T, typename Forward>
+void check_forward_straight(const Conv2dGeometry& g, double tol, uint32_t seed, const Forward& forward) {
+  std::mt19937 rng(seed);
+  auto x = random_vector<T>(g.N * g.H * g.W * g.C, rng), w = random_vector<T>(g.Q * g.FH * g.FW * g.C, rng),
+       b = random_vector<T>(g.Q, rng), dy = random_vector<T>(g.N * g.Ho * g.Wo * g.Q, rng);
+  const Results ref = run_reference(g, x, w, b, dy, true);
+  for (int level = 0; level <= static_cast<int>(nablagrad::cpu_simd_level()); ++level) {
+    nablagrad::set_simd_level(static_cast<SimdLevel>(level));
+    const auto cfg = conv_kernels_for_width<T>(g.Q);
+    std::vector<T> first;
+    for (int threads = 1; threads <= 3; ++threads) {
+      nablagrad::set_num_threads(threads);
+      std::vector<T> y(ref.y.size(), T(7));  // overwritten, not added to
+      forward(cfg, g, x.data(), w.data(), b.data(), y.data());
+      if (threads == 1) first = y;
+      CHECK(max_rel_diff(std::vector<double>(y.begin(), y.end()), ref.y) < tol);
+      CHECK(bitwise_equal(y, first));
+    }
+  }
+  nablagrad::set_simd_level(nablagrad::cpu_simd_level());
+  nablagrad::set_num_threads(2);
+}
 void test_forward_in_place() {
   const auto g = make_conv2d_geometry(2, 7, 7, 480, 48, 3, 3, 480, 2, 2, 1, 1, 1, 1);
-  CHECK(std::string(conv_kernel_choice<float>(g).forward) == "im2col_gemm");
-  check_everywhere<double>(g, 1e-12, 35);
-  check_everywhere<float>(g, 2e-4, 36);  // sums of 4320 float products
+  const auto im2col_gemm = [](const auto& cfg, const Conv2dGeometry& gg, const auto* x, const auto* w, const auto* b,
+                              auto* y) { conv_detail::forward_im2col_gemm(cfg, gg, x, w, b, y); };
+  check_forward_straight<double>(g, 1e-12, 35, im2col_gemm);
+  check_forward_straight<float>(g, 2e-4, 36, im2col_gemm);  // sums of 4320 float products
+  check_everywhere<float>(g, 2e-4, 36);                      // and through the selection (gemm())
+}
+
+// The indirect forward on a kernel whose packed panels pass 256 KiB (K = 3136: 802 KB of
+// 64-filter panel on the AVX-512 6 x 4-vector tile, 200 KB on AVX2's 16 filters), straight
+// (the selection sends so few pixels to gemm()), against the oracle at every level.
+void test_indirect_big_panel() {
+  const auto g = make_conv2d_geometry(2, 9, 9, 64, 64, 7, 7, 64, 1, 1, 3, 3, 3, 3);
+  const auto indirect = [](const auto& cfg, const Conv2dGeometry& gg, const auto* x, const auto* w, const auto* b,
+                           auto* y) { conv_detail::forward_indirect(cfg, gg, x, w, b, y); };
+  check_forward_straight<float>(g, 2e-4, 38, indirect);
+  check_forward_straight<double>(g, 1e-12, 39, indirect);
 }
 
 // A kernel K x Q beyond 1 MiB: every pass through gemm() (forward_gemm, dX by
@@ -1059,10 +1095,15 @@ void test_kernel_choice() {
     set_conv_algorithm(ConvAlgorithm::Direct);
     CHECK(std::string(conv_kernel_choice<float>(wide).forward) == "indirect");
     set_conv_algorithm(ConvAlgorithm::Auto);
-    // A kernel panel K x NR beyond 256 KiB (K = 4608): the im2col GEMM with its depth slices;
-    // with 64 filters the whole kernel passes 1 MiB: im2col + gemm().
+    // A kernel panel K x NR beyond 256 KiB (K = 4608, 884 KB of kernel): the indirect kernel
+    // all the same (gemm() on at most 800 pixels); with 64 filters the whole kernel passes
+    // 1 MiB: im2col + gemm().
     const auto huge_k = make_conv2d_geometry(1, 8, 8, 512, 48, 3, 3, 512, 2, 2, 1, 1, 1, 1);
-    CHECK(std::string(conv_kernel_choice<float>(huge_k).forward) == "im2col_gemm");
+    CHECK(std::string(conv_kernel_choice<float>(huge_k).forward) == "gemm");
+    CHECK(std::string(conv_kernel_choice<float>(make_conv2d_geometry(2, 48, 48, 512, 48, 3, 3, 512, 2, 2, 1, 1, 1, 1)).forward) ==
+          "indirect");
+    CHECK(std::string(conv_kernel_choice<float>(make_conv2d_geometry(2, 32, 32, 64, 64, 7, 7, 64, 1, 1, 3, 3, 3, 3)).forward) ==
+          "indirect");
     const auto huge_kq = make_conv2d_geometry(1, 8, 8, 512, 64, 3, 3, 512, 2, 2, 1, 1, 1, 1);
     CHECK(std::string(conv_kernel_choice<float>(huge_kq).forward) == "gemm");
 
@@ -1274,6 +1315,7 @@ int main() {
   RUN_TEST(test_backward_input_phases_direct);
   RUN_TEST(test_backward_input_phases_gather);
   RUN_TEST(test_forward_in_place);
+  RUN_TEST(test_indirect_big_panel);
   RUN_TEST(test_forward_gemm);
   RUN_TEST(test_weight_gradient_product);
   RUN_TEST(test_forward_indirect);

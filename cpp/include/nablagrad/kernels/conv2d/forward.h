@@ -224,7 +224,10 @@ void for_each_indirect_block(const Conv2dGeometry& g, const T* x, int64_t MR, Fn
 /// order, whatever thread runs it.
 /// The tile, by the filters (each a function of Q and K only; every tile runs the same sums in
 /// the same order, so the same bits): where they fill whole panels of the level's wider tile
-/// (6 x 4 vectors at AVX-512) and such a panel stays within 256 KiB, that tile; else where
+/// (6 x 4 vectors at AVX-512), that tile, whatever its panel's size (the selection holds the
+/// kernel to kernel_fits_cache; panels past 256 KiB, once kept on the 12 x 2 tile, measured
+/// 2 threads, ms: (8,32,32,64->64, 7x7) 8.64-8.68 -> 8.17-8.35, (16,16,16,384->64, S 2)
+/// 1.40-1.44 -> 1.34-1.36); else where
 /// they fill 3-vector panels, the last at least two-thirds full, the 8 x 3-vector one
 /// (AVX-512: 48 filters as one panel, not 32 + 16; 40 as 48 read once, not 32 + 16 read
 /// twice); at AVX2 the 4 x 3-vector row where the filters are whole panels of it and one of
@@ -247,7 +250,7 @@ void forward_indirect(const ConvKernels<T>& cfg_in, const Conv2dGeometry& g, con
     cfg.indirect = kernel;
     cfg.indirect_last = nullptr;
   };
-  if (cfg.indirect_wide && Q % cfg.NR_indirect_wide == 0 && panel_fits<T>(K, cfg.NR_indirect_wide)) {
+  if (cfg.indirect_wide && Q % cfg.NR_indirect_wide == 0) {
     take(cfg.MR_indirect_wide, cfg.NR_indirect_wide, cfg.indirect_wide);
   } else if (cfg.indirect_three && (Q % cfg.NR_indirect_three == 0 || 3 * (Q % cfg.NR_indirect_three) > 2 * cfg.NR_indirect_three) &&
              panel_fits<T>(K, cfg.NR_indirect_three)) {

@@ -299,16 +299,24 @@ inline ForwardKernel select_forward(const Conv2dGeometry& g, const conv_detail::
   // its packing (first layers), where the direct kernel below reads the input in place.
   if (conv_detail::is_pointwise(g) && g.C >= 8) return ForwardKernel::Pointwise;
   // The indirect kernel (forward_indirect: each pixel's runs read in place through a pointer
-  // table, no im2col, no padded copy) where its packed kernel panel K x NR stays within about
-  // a quarter of L2 (<= 256 KiB) and the output has enough filters to fill a register tile.
-  // Measured against the im2col GEMM 5-15% faster on every shape tried, 1 thread, Zen 5
-  // (ms): (16,32,32,32->64, 3x3 S2) 0.83 -> 0.72, (8,28,28,128->256, S2) 5.0 -> 4.5,
-  // (8,64,64,32->64, 5x5 S2) 4.65 -> 4.04, (32,16,16,48->96, 3x3 unpadded) 2.92 -> 2.62.
-  // Both it and the gather GEMM below read all of the packed kernel once per block of
-  // pixels: beyond kernel_fits_cache, im2col + gemm() (forward_gemm).
+  // table, no im2col, no padded copy) where the packed kernel fits kernel_fits_cache and the
+  // output has enough filters to fill a register tile. Measured against the im2col GEMM 5-15%
+  // faster on every shape tried, 1 thread, Zen 5 (ms): (16,32,32,32->64, 3x3 S2) 0.83 -> 0.72,
+  // (8,28,28,128->256, S2) 5.0 -> 4.5, (8,64,64,32->64, 5x5 S2) 4.65 -> 4.04,
+  // (32,16,16,48->96, 3x3 unpadded) 2.92 -> 2.62. It also held the packed panel (K x NR) to
+  // 256 KiB, which sent deep kernels that fit the cache to the im2col GEMM: a panel streams
+  // from L2 or L3 at one row of NR values per MR x NR multiply-adds, which they deliver. Xeon,
+  // 2 threads, forward (ms, im2col_gemm -> indirect), AVX-512 (panels of 32 filters):
+  // (8,32,32,64->64, 7x7) 10.5 -> 8.3 (dX, flipped the same way: phases 11.7 -> 8.4),
+  // (8,32,32,128->32, 7x7) 12.8 -> 8.6, (8,32,32,48->64, 7x7) 7.9 -> 6.3, (8,32,32,512->32,
+  // S2) 2.45 -> 1.78, (8,32,32,768->24, S2) 3.95 -> 2.65, (8,28,28,96->96, 5x5 S2) 2.39 ->
+  // 2.00, (8,28,28,256->64, S2) 1.62 -> 1.33, (16,16,16,384->64, S2) 1.76 -> 1.42; AVX2
+  // (panels of 16): (8,32,32,128->32, 7x7) 19.1 -> 13.6, (8,32,32,512->32, S2) 3.74 -> 2.86,
+  // (8,32,32,768->24, S2) 4.42 -> 3.22. Both it and the gather GEMM below read all of the
+  // packed kernel once per block of pixels: beyond kernel_fits_cache, im2col + gemm()
+  // (forward_gemm).
   const bool kernel_fits = kernel_fits_cache<T>(g);
-  const bool indirect_ok =
-      cfg.indirect != nullptr && g.Q * 4 > cfg.NR && kernel_fits && conv_detail::panel_fits<T>(K, cfg.NR);
+  const bool indirect_ok = cfg.indirect != nullptr && g.Q * 4 > cfg.NR && kernel_fits;
   // But at most 800 output pixels (about 64 blocks of 12): im2col + gemm() (forward_gemm).
   // With so few blocks the indirect kernel's two threads get uneven shares, and its serial
   // packing of the kernel is a large part of the call; gemm() splits the filters too. AVX-512,
