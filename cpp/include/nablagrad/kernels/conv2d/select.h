@@ -489,7 +489,16 @@ inline BackwardWeightKernel select_backward_weight(const Conv2dGeometry& g,
   // Past 3x3 only where Q >= C: 5x5 with fewer filters than channels keeps the direct kernel
   // ((4,16,16,128->64) 1.78 vs 2.79, (8,14,14,128->64) 2.89 vs 3.84, (2,16,16,160->64) 1.16 vs
   // 1.75; but (2,28,28,128->128) 5.94 vs 5.69, (4,8,8,128->128) 2.01 vs 1.06).
-  if (g.C >= 128 && saturating_mul(g.N, saturating_mul(g.Ho, g.Wo)) <= 4096 && (g.FH * g.FW <= 9 || g.Q >= g.C))
+  // And only over at most 8 Q pixels: im2col writes and reads back K values per pixel for Q
+  // multiply-adds each, so with few filters the copy costs more than the partials
+  // (AVX-512, 2 threads, ms, im2col_gemm -> direct): (8,32,32,512->32, S2) 5.95 -> 2.63,
+  // (8,32,32,768->24, S2) 8.76 -> 4.22, (8,14,14,128->32, S2) 0.184 -> 0.144; AVX2 7.92 ->
+  // 3.83, 0.267 -> 0.215; about even from 16 Q: (4,28,28,192->48, S2) 0.69 vs 0.72 / AVX2 1.04
+  // vs 0.92, (16,16,16,384->64, S2) 1.93 vs 1.85, (8,28,28,256->64, S2) 2.02 vs 1.99; kept
+  // below 8 Q: (4,16,16,512->48, S2) 0.64 vs 1.55, (2,16,16,128->64, S2) 0.083 vs 0.156;
+  // given up: (1,56,56,128->128), 24.5 Q, 4.15 vs 4.41 (Winograd's in Auto).
+  const int64_t dw_pixels = saturating_mul(g.N, saturating_mul(g.Ho, g.Wo));
+  if (g.C >= 128 && dw_pixels <= std::min<int64_t>(4096, saturating_mul(8, g.Q)) && (g.FH * g.FW <= 9 || g.Q >= g.C))
     return BackwardWeightKernel::Im2colGemm;
   // With more than 4 channels, whatever its rows' padding: the GEMM below pads its depth
   // FH*FW*C to whole tiles too, and packs an im2col copy besides. Measured where the padding
