@@ -181,6 +181,24 @@ Results run_reference(const Conv2dGeometry& g, const std::vector<T>& x, const st
   return r;
 }
 
+// Random x, w, b and dy for g (drawn in that order from seed) and the oracle's results on them.
+template <typename T>
+struct Case {
+  std::vector<T> x, w, b, dy;
+  Results ref;
+};
+template <typename T>
+Case<T> make_case(const Conv2dGeometry& g, uint32_t seed) {
+  std::mt19937 rng(seed);
+  Case<T> c;
+  c.x = random_vector<T>(g.N * g.H * g.W * g.C, rng);
+  c.w = random_vector<T>(g.Q * g.FH * g.FW * g.C, rng);
+  c.b = random_vector<T>(g.Q, rng);
+  c.dy = random_vector<T>(g.N * g.Ho * g.Wo * g.Q, rng);
+  c.ref = run_reference(g, c.x, c.w, c.b, c.dy, true);
+  return c;
+}
+
 // Fast vs reference over random shapes, at 1, 2 and 3 threads (bitwise equal) and both SIMD
 // levels. Every failure prints the full parameter set.
 template <typename T>
@@ -274,10 +292,9 @@ void test_larger_shapes() {
 // Fast vs reference for one shape at every SIMD level the CPU has and 1..3 threads (bitwise).
 template <typename T>
 void check_everywhere(const Conv2dGeometry& g, double tol, uint32_t seed) {
-  std::mt19937 rng(seed);
-  auto x = random_vector<T>(g.N * g.H * g.W * g.C, rng), w = random_vector<T>(g.Q * g.FH * g.FW * g.C, rng),
-       b = random_vector<T>(g.Q, rng), dy = random_vector<T>(g.N * g.Ho * g.Wo * g.Q, rng);
-  const Results ref = run_reference(g, x, w, b, dy, true);
+  const Case<T> c = make_case<T>(g, seed);
+  const auto &x = c.x, &w = c.w, &b = c.b, &dy = c.dy;
+  const Results& ref = c.ref;
   for (int level = 0; level <= static_cast<int>(nablagrad::cpu_simd_level()); ++level) {
     nablagrad::set_simd_level(static_cast<SimdLevel>(level));
     Results first;
@@ -415,10 +432,9 @@ void test_avx512_tile_per_pass() {
 // the direct dX of the stride phases, and the kernel gradient's tile and column kernels.
 template <typename T>
 void check_kernel_row(const conv_detail::ConvKernels<T>& cfg, const Conv2dGeometry& g, double tol, uint32_t seed) {
-  std::mt19937 rng(seed);
-  auto x = random_vector<T>(g.N * g.H * g.W * g.C, rng), w = random_vector<T>(g.Q * g.FH * g.FW * g.C, rng),
-       b = random_vector<T>(g.Q, rng), dy = random_vector<T>(g.N * g.Ho * g.Wo * g.Q, rng);
-  const Results ref = run_reference(g, x, w, b, dy, true);
+  const Case<T> c = make_case<T>(g, seed);
+  const auto &x = c.x, &w = c.w, &b = c.b, &dy = c.dy;
+  const Results& ref = c.ref;
   std::vector<T> y(ref.y.size()), dx(x.size()), dw(w.size()), db(g.Q);
   auto same_y = [&] { return max_rel_diff(std::vector<double>(y.begin(), y.end()), ref.y) < tol; };
   auto same_dx = [&] { return max_rel_diff(std::vector<double>(dx.begin(), dx.end()), ref.dx) < tol; };
@@ -579,16 +595,14 @@ void test_direct_fixed_stride() {
   }
 }
 
-// The im2col forward (called straight: the selection now runs such kernels through the
-// indirect kernel or gemm()) accumulating straight into Y (whole micro-tiles, Q a whole number
-// of panels at every level, bias set first) and through the C tile (the last, partial tile);
-// K = 4320 in 17 equal depth slices, at every level, 1-3 threads, bitwise the same.
+// A forward kernel called straight, forward(cfg, g, x, w, b, y) with the row for Q filters,
+// against the oracle at every level the CPU has, at 1-3 threads bitwise the same, into a y
+// that it must overwrite.
 template <typename T, typename Forward>
 void check_forward_straight(const Conv2dGeometry& g, double tol, uint32_t seed, const Forward& forward) {
-  std::mt19937 rng(seed);
-  auto x = random_vector<T>(g.N * g.H * g.W * g.C, rng), w = random_vector<T>(g.Q * g.FH * g.FW * g.C, rng),
-       b = random_vector<T>(g.Q, rng), dy = random_vector<T>(g.N * g.Ho * g.Wo * g.Q, rng);
-  const Results ref = run_reference(g, x, w, b, dy, true);
+  const Case<T> c = make_case<T>(g, seed);
+  const auto &x = c.x, &w = c.w, &b = c.b;
+  const Results& ref = c.ref;
   for (int level = 0; level <= static_cast<int>(nablagrad::cpu_simd_level()); ++level) {
     nablagrad::set_simd_level(static_cast<SimdLevel>(level));
     const auto cfg = conv_kernels_for_width<T>(g.Q);
@@ -605,6 +619,10 @@ void check_forward_straight(const Conv2dGeometry& g, double tol, uint32_t seed, 
   nablagrad::set_simd_level(nablagrad::cpu_simd_level());
   nablagrad::set_num_threads(2);
 }
+// The im2col forward (called straight: the selection now runs such kernels through the
+// indirect kernel or gemm()) accumulating straight into Y (whole micro-tiles, Q a whole number
+// of panels at every level, bias set first) and through the C tile (the last, partial tile);
+// K = 4320 in 17 equal depth slices.
 void test_forward_in_place() {
   const auto g = make_conv2d_geometry(2, 7, 7, 480, 48, 3, 3, 480, 2, 2, 1, 1, 1, 1);
   const auto im2col_gemm = [](const auto& cfg, const Conv2dGeometry& gg, const auto* x, const auto* w, const auto* b,
