@@ -112,9 +112,9 @@ def measure(case: Case, nthreads: int, rounds: int, reps: int = 3, settle: float
     the faster of the two and ("torch_layout", pass) names it.
 
     Each round runs, for each pass, a block of torch calls then a block of ours. A block
-    starts with a pause of `settle` seconds and untimed calls for 10 ms (warm_up: after even a
-    short idle the CPU runs slower for its first milliseconds of work, which one call of a
-    fast kernel does not absorb), then times `reps` calls:
+    starts with a pause of `settle` seconds and untimed calls for 100 ms (warm_up: after even a
+    short idle the CPU runs slower for its first 25-80 ms of work, which one call of a fast
+    kernel does not absorb), then times `reps` calls:
     PyTorch's OpenMP workers spin-wait for several milliseconds after a parallel region, and
     a contender timed right after a torch call finds them still burning the second core
     (measured: nablagrad's 2-thread (8,64,64,3->32,7,2,3) f+b 2.7 ms alone, 7.2 ms right after a

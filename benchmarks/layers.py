@@ -265,8 +265,8 @@ def timed(fn: Callable[[], None]) -> float:
 def measure(case: LayerCase, rounds: int, reps: int = 3, settle: float = 0.05) -> Dict[Tuple[str, str], float]:
     """Median seconds {(lib, pass): t}. Each round runs, per pass, a block of torch calls then a
     block of ours; each block starts with a short pause (PyTorch's OpenMP workers spin for a
-    while after a region and would steal the second core) and untimed calls for 10 ms
-    (warm_up: the CPU's first milliseconds after an idle pause run slower)."""
+    while after a region and would steal the second core) and untimed calls for 100 ms
+    (warm_up: the CPU's first 25-80 ms after an idle pause run slower)."""
     fns = {("ours", "fwd"): case.ours_fwd, ("ours", "fb"): case.ours_fb}
     if torch is not None:
         fns.update({("torch", "fwd"): case.torch_fwd, ("torch", "fb"): case.torch_fb})
