@@ -1118,10 +1118,10 @@ void test_kernel_choice() {
     // 1 MiB: im2col + gemm().
     const auto huge_k = make_conv2d_geometry(1, 8, 8, 512, 48, 3, 3, 512, 2, 2, 1, 1, 1, 1);
     CHECK(std::string(conv_kernel_choice<float>(huge_k).forward) == "gemm");
-    CHECK(std::string(conv_kernel_choice<float>(make_conv2d_geometry(2, 48, 48, 512, 48, 3, 3, 512, 2, 2, 1, 1, 1, 1)).forward) ==
-          "indirect");
-    CHECK(std::string(conv_kernel_choice<float>(make_conv2d_geometry(2, 32, 32, 64, 64, 7, 7, 64, 1, 1, 3, 3, 3, 3)).forward) ==
-          "indirect");
+    const auto deep_s2 = make_conv2d_geometry(2, 48, 48, 512, 48, 3, 3, 512, 2, 2, 1, 1, 1, 1);
+    const auto deep_7x7 = make_conv2d_geometry(2, 32, 32, 64, 64, 7, 7, 64, 1, 1, 3, 3, 3, 3);
+    CHECK(std::string(conv_kernel_choice<float>(deep_s2).forward) == "indirect");
+    CHECK(std::string(conv_kernel_choice<float>(deep_7x7).forward) == "indirect");
     const auto huge_kq = make_conv2d_geometry(1, 8, 8, 512, 64, 3, 3, 512, 2, 2, 1, 1, 1, 1);
     CHECK(std::string(conv_kernel_choice<float>(huge_kq).forward) == "gemm");
 
@@ -1187,8 +1187,8 @@ void test_kernel_choice() {
     // 16; and 512 -> 32 over 2048 pixels (im2col + gemm() measured 2.3x slower).
     const auto edge_in = make_conv2d_geometry(2, 32, 32, 128, 64, 3, 3, 128, 2, 2, 1, 1, 1, 1);
     const auto edge_out = make_conv2d_geometry(3, 32, 32, 128, 64, 3, 3, 128, 2, 2, 1, 1, 1, 1);
-    CHECK(std::string(conv_kernel_choice<float>(make_conv2d_geometry(8, 32, 32, 512, 32, 3, 3, 512, 2, 2, 1, 1, 1, 1)).backward_weight) ==
-          "direct");
+    const auto few_filters = make_conv2d_geometry(8, 32, 32, 512, 32, 3, 3, 512, 2, 2, 1, 1, 1, 1);
+    CHECK(std::string(conv_kernel_choice<float>(few_filters).backward_weight) == "direct");
     CHECK(std::string(conv_kernel_choice<float>(edge_in).backward_weight) == "im2col_gemm");
     CHECK(std::string(conv_kernel_choice<float>(edge_out).backward_weight) == "direct");
     CHECK(std::string(conv_kernel_choice<double>(edge_out).backward_weight) == "direct");

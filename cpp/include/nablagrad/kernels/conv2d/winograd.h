@@ -210,7 +210,8 @@ struct XAvx512F {
   NABLAGRAD_WINO_AVX512 static V madd(V a, float k, V b) { return _mm512_fmadd_ps(a, _mm512_set1_ps(k), b); }
   NABLAGRAD_WINO_AVX512 static V mul(V a, float k) { return _mm512_mul_ps(a, _mm512_set1_ps(k)); }
   NABLAGRAD_WINO_AVX512 static V load_n(const float* p, int64_t stride, int n) {  // as XAvx2F's
-    if (stride == 1) return n == L ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1), p);
+    const __mmask16 m = static_cast<__mmask16>((1u << n) - 1);
+    if (stride == 1) return n == L ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps(m, p);
     alignas(64) float b[L] = {};
     for (int j = 0; j < n; ++j) b[j] = p[j * stride];
     return _mm512_load_ps(b);
@@ -449,7 +450,9 @@ inline KernelRun<T, Kern> kernel_run_fn(const Kern& kern) {
   if constexpr (std::is_same<T, float>::value) {
     if (kern.cs == 1 || kern.fs == 1) {
       if (simd_at_least(SimdLevel::AVX512))
-        return {kern.cs == 1 ? &avx512::kernel_run_vec<XAvx2F, T, M, R, Kern> : &avx512::kernel_run_vec<XAvx512F, T, M, R, Kern>, 16, false};
+        return {kern.cs == 1 ? &avx512::kernel_run_vec<XAvx2F, T, M, R, Kern>
+                             : &avx512::kernel_run_vec<XAvx512F, T, M, R, Kern>,
+                16, false};
       if (simd_at_least(SimdLevel::AVX2)) return {&avx2::kernel_run_vec<XAvx2F, T, M, R, Kern>, 16, false};
     }
   }
