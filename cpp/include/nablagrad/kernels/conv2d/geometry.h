@@ -337,9 +337,10 @@ inline void zero_run(T* dst, int64_t n) {
 }
 
 // Whether a packed kernel panel of K rows x NR columns of T stays within `bytes`: by default
-// 256 KiB (about a quarter of L2), the bound of the indirect forward's wider tiles (its
-// default tile takes any panel of a kernel within kernel_fits_cache) and of the strided dX's
-// sub-kernel panels; 64 KiB for the direct forward's (select.h). Saturating: a huge K is "does not fit".
+// 256 KiB (about a quarter of L2), the bound of the indirect forward's 8 x 3-vector tile
+// (forward_indirect; its other tiles take any panel of a kernel within kernel_fits_cache) and
+// of the strided dX's sub-kernel panels (select_backward_input); 64 KiB for the direct
+// forward's (select_forward). Saturating: a huge K is "does not fit".
 template <typename T>
 inline bool panel_fits(int64_t K, int64_t NR, int64_t bytes = int64_t{256} << 10) {
   return saturating_mul(K, saturating_mul(NR, static_cast<int64_t>(sizeof(T)))) <= bytes;
