@@ -199,13 +199,28 @@ Case<T> make_case(const Conv2dGeometry& g, uint32_t seed) {
   return c;
 }
 
+// run(level, threads) at every SIMD level the CPU has and 1, 2, 3 threads (both set first;
+// threads = 1 comes first at each level, so a check can keep its result to compare the others
+// with bitwise), then the CPU's level and 2 threads restored.
+template <typename Run>
+void at_every_level_and_thread_count(const Run& run) {
+  for (int level = 0; level <= static_cast<int>(nablagrad::cpu_simd_level()); ++level) {
+    nablagrad::set_simd_level(static_cast<SimdLevel>(level));
+    for (int threads = 1; threads <= 3; ++threads) {
+      nablagrad::set_num_threads(threads);
+      run(level, threads);
+    }
+  }
+  nablagrad::set_simd_level(nablagrad::cpu_simd_level());
+  nablagrad::set_num_threads(2);
+}
+
 // Fast vs reference over random shapes, at 1, 2 and 3 threads (bitwise equal) and both SIMD
 // levels. Every failure prints the full parameter set.
 template <typename T>
 void sweep(int cases, uint32_t seed, double tol) {
   std::mt19937 rng(seed);
   auto pick = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
-  const int top_level = static_cast<int>(nablagrad::cpu_simd_level());
   for (int t = 0; t < cases; ++t) {
     const int64_t N = pick(1, 3), C = (t % 5 == 0) ? pick(1, 3) : pick(1, 19),
                   Q = (t % 7 == 0) ? pick(1, 3) : pick(1, 21);
@@ -220,36 +235,25 @@ void sweep(int cases, uint32_t seed, double tol) {
          b = random_vector<T>(Q, rng), dy = random_vector<T>(N * g.Ho * g.Wo * Q, rng);
     const bool with_bias = t % 3 != 0;
     const Results ref = run_reference(g, x, w, b, dy, with_bias);
-    for (int level = 0; level <= top_level; ++level) {
-      nablagrad::set_simd_level(static_cast<SimdLevel>(level));
-      Results first;
-      for (int threads = 1; threads <= 3; ++threads) {
-        nablagrad::set_num_threads(threads);
-        const Results r = run_fast(g, x, w, b, dy, with_bias);
-        const double ey = max_rel_diff(r.y, ref.y), edx = max_rel_diff(r.dx, ref.dx),
-                     edw = max_rel_diff(r.dw, ref.dw),
-                     edb = with_bias ? max_rel_diff(r.db, ref.db) : 0.0;
-        bool same = true;
-        if (threads == 1)
-          first = r;
-        else
-          same = bitwise_equal(r.y, first.y) && bitwise_equal(r.dx, first.dx) &&
-                 bitwise_equal(r.dw, first.dw) && bitwise_equal(r.db, first.db);
-        CHECK(ey < tol && edx < tol && edw < tol && edb < tol && same);
-        if (!(ey < tol && edx < tol && edw < tol && edb < tol && same))
-          std::printf(
-              "  %s case %d: N=%lld H=%lld W=%lld C=%lld Q=%lld F=%lldx%lld S=%lldx%lld "
-              "pad(t%lld,b%lld,l%lld,r%lld) bias=%d simd=%d threads=%d: err y=%g dx=%g dw=%g "
-              "db=%g bitwise_same=%d\n",
-              sizeof(T) == 4 ? "float" : "double", t, (long long)N, (long long)H, (long long)W,
-              (long long)C, (long long)Q, (long long)FH, (long long)FW, (long long)sh,
-              (long long)sw, (long long)pt, (long long)pb, (long long)pl, (long long)pr,
-              with_bias, level, threads, ey, edx, edw, edb, same);
-      }
-    }
+    Results first;
+    at_every_level_and_thread_count([&](int level, int threads) {
+      const Results r = run_fast(g, x, w, b, dy, with_bias);
+      const double ey = max_rel_diff(r.y, ref.y), edx = max_rel_diff(r.dx, ref.dx), edw = max_rel_diff(r.dw, ref.dw),
+                   edb = with_bias ? max_rel_diff(r.db, ref.db) : 0.0;
+      if (threads == 1) first = r;
+      const bool same = bitwise_equal(r.y, first.y) && bitwise_equal(r.dx, first.dx) &&
+                        bitwise_equal(r.dw, first.dw) && bitwise_equal(r.db, first.db);
+      CHECK(ey < tol && edx < tol && edw < tol && edb < tol && same);
+      if (!(ey < tol && edx < tol && edw < tol && edb < tol && same))
+        std::printf(
+            "  %s case %d: N=%lld H=%lld W=%lld C=%lld Q=%lld F=%lldx%lld S=%lldx%lld "
+            "pad(t%lld,b%lld,l%lld,r%lld) bias=%d simd=%d threads=%d: err y=%g dx=%g dw=%g "
+            "db=%g bitwise_same=%d\n",
+            sizeof(T) == 4 ? "float" : "double", t, (long long)N, (long long)H, (long long)W, (long long)C,
+            (long long)Q, (long long)FH, (long long)FW, (long long)sh, (long long)sw, (long long)pt,
+            (long long)pb, (long long)pl, (long long)pr, with_bias, level, threads, ey, edx, edw, edb, same);
+    });
   }
-  nablagrad::set_simd_level(nablagrad::cpu_simd_level());
-  nablagrad::set_num_threads(2);
 }
 
 void test_sweep_double() { sweep<double>(150, 1234, 1e-12); }
@@ -293,29 +297,22 @@ void test_larger_shapes() {
 template <typename T>
 void check_everywhere(const Conv2dGeometry& g, double tol, uint32_t seed) {
   const Case<T> c = make_case<T>(g, seed);
-  const auto &x = c.x, &w = c.w, &b = c.b, &dy = c.dy;
   const Results& ref = c.ref;
-  for (int level = 0; level <= static_cast<int>(nablagrad::cpu_simd_level()); ++level) {
-    nablagrad::set_simd_level(static_cast<SimdLevel>(level));
-    Results first;
-    for (int threads = 1; threads <= 3; ++threads) {
-      nablagrad::set_num_threads(threads);
-      const Results r = run_fast(g, x, w, b, dy, true);
-      const bool ok = max_rel_diff(r.y, ref.y) < tol && max_rel_diff(r.dx, ref.dx) < tol &&
-                      max_rel_diff(r.dw, ref.dw) < tol && max_rel_diff(r.db, ref.db) < tol;
-      if (threads == 1) first = r;
-      const bool same = bitwise_equal(r.y, first.y) && bitwise_equal(r.dx, first.dx) &&
-                        bitwise_equal(r.dw, first.dw) && bitwise_equal(r.db, first.db);
-      CHECK(ok && same);
-      if (!(ok && same))
-        std::printf("  %s N=%lld H=%lld W=%lld C=%lld Q=%lld F=%lldx%lld S=%lld level=%d threads=%d ok=%d same=%d\n",
-                    sizeof(T) == 4 ? "float" : "double", (long long)g.N, (long long)g.H,
-                    (long long)g.W, (long long)g.C, (long long)g.Q, (long long)g.FH,
-                    (long long)g.FW, (long long)g.stride_h, level, threads, ok, same);
-    }
-  }
-  nablagrad::set_simd_level(nablagrad::cpu_simd_level());
-  nablagrad::set_num_threads(2);
+  Results first;
+  at_every_level_and_thread_count([&](int level, int threads) {
+    const Results r = run_fast(g, c.x, c.w, c.b, c.dy, true);
+    const bool ok = max_rel_diff(r.y, ref.y) < tol && max_rel_diff(r.dx, ref.dx) < tol &&
+                    max_rel_diff(r.dw, ref.dw) < tol && max_rel_diff(r.db, ref.db) < tol;
+    if (threads == 1) first = r;
+    const bool same = bitwise_equal(r.y, first.y) && bitwise_equal(r.dx, first.dx) &&
+                      bitwise_equal(r.dw, first.dw) && bitwise_equal(r.db, first.db);
+    CHECK(ok && same);
+    if (!(ok && same))
+      std::printf("  %s N=%lld H=%lld W=%lld C=%lld Q=%lld F=%lldx%lld S=%lld level=%d threads=%d ok=%d same=%d\n",
+                  sizeof(T) == 4 ? "float" : "double", (long long)g.N, (long long)g.H, (long long)g.W,
+                  (long long)g.C, (long long)g.Q, (long long)g.FH, (long long)g.FW, (long long)g.stride_h, level,
+                  threads, ok, same);
+  });
 }
 
 // 1x1 convolutions without padding go straight to the GEMM (stride 1: the input as it lies;
@@ -344,6 +341,15 @@ void test_pointwise() {
     check_everywhere<double>(*g, 1e-12, 11);
     check_everywhere<float>(*g, g == &gsub ? 1e-3 : 1e-4, 12);  // sums of 16384+ float products
   }
+  // Too few channels to pay for the GEMM's packing but also too few filters (4 Q <= NR, floats,
+  // every level) for the direct kernel's tile, and a 1x1 the narrow kernel declines (3-31
+  // filters under 32 Q channels): the GEMM all the same.
+  const auto gtiny = make_conv2d_geometry(4, 14, 14, 2, 4, 1, 1, 2, 1, 1, 0, 0, 0, 0);
+  at_every_level_and_thread_count([&](int, int) {
+    CHECK(std::string(conv_kernel_choice<float>(gtiny).forward) == "1x1_gemm");
+  });
+  check_everywhere<float>(gtiny, 2e-5, 13);
+  check_everywhere<double>(gtiny, 1e-12, 13);
   // A padded 1x1 (its border outputs are the bias alone) is not a plain GEMM.
   const auto gp = make_conv2d_geometry(1, 5, 5, 16, 16, 1, 1, 16, 1, 1, 1, 1, 1, 1);
   CHECK(std::string(conv_kernel_choice<float>(gp).forward) != "1x1_gemm");
@@ -428,7 +434,7 @@ void test_avx512_tile_per_pass() {
 }
 
 // Each kernel of a ConvKernels row straight (not through the selection), all passes, against
-// the oracle: direct and indirect forward, the gather GEMM's tile (im2col forward, col2im dX),
+// the oracle: direct and indirect forward, the gather GEMM's tile (col2im dX),
 // the direct dX of the stride phases, and the kernel gradient's tile and column kernels.
 template <typename T>
 void check_kernel_row(const conv_detail::ConvKernels<T>& cfg, const Conv2dGeometry& g, double tol, uint32_t seed) {
@@ -445,8 +451,6 @@ void check_kernel_row(const conv_detail::ConvKernels<T>& cfg, const Conv2dGeomet
   conv_detail::forward_direct(cfg, g, x.data(), w.data(), b.data(), y.data());
   CHECK(same_y());
   conv_detail::forward_indirect(cfg, g, x.data(), w.data(), b.data(), y.data());
-  CHECK(same_y());
-  conv_detail::forward_im2col_gemm(cfg, g, x.data(), w.data(), b.data(), y.data());
   CHECK(same_y());
   conv_detail::backward_input_col2im(cfg, g, dy.data(), w.data(), dx.data());
   CHECK(same_dx());
@@ -601,35 +605,14 @@ void test_direct_fixed_stride() {
 template <typename T, typename Forward>
 void check_forward_straight(const Conv2dGeometry& g, double tol, uint32_t seed, const Forward& forward) {
   const Case<T> c = make_case<T>(g, seed);
-  const auto &x = c.x, &w = c.w, &b = c.b;
-  const Results& ref = c.ref;
-  for (int level = 0; level <= static_cast<int>(nablagrad::cpu_simd_level()); ++level) {
-    nablagrad::set_simd_level(static_cast<SimdLevel>(level));
-    const auto cfg = conv_kernels_for_width<T>(g.Q);
-    std::vector<T> first;
-    for (int threads = 1; threads <= 3; ++threads) {
-      nablagrad::set_num_threads(threads);
-      std::vector<T> y(ref.y.size(), T(7));  // overwritten, not added to
-      forward(cfg, g, x.data(), w.data(), b.data(), y.data());
-      if (threads == 1) first = y;
-      CHECK(max_rel_diff(std::vector<double>(y.begin(), y.end()), ref.y) < tol);
-      CHECK(bitwise_equal(y, first));
-    }
-  }
-  nablagrad::set_simd_level(nablagrad::cpu_simd_level());
-  nablagrad::set_num_threads(2);
-}
-// The im2col forward (called straight: the selection now runs such kernels through the
-// indirect kernel or gemm()) accumulating straight into Y (whole micro-tiles, Q a whole number
-// of panels at every level, bias set first) and through the C tile (the last, partial tile);
-// K = 4320 in 17 equal depth slices.
-void test_forward_in_place() {
-  const auto g = make_conv2d_geometry(2, 7, 7, 480, 48, 3, 3, 480, 2, 2, 1, 1, 1, 1);
-  const auto im2col_gemm = [](const auto& cfg, const Conv2dGeometry& gg, const auto* x, const auto* w, const auto* b,
-                              auto* y) { conv_detail::forward_im2col_gemm(cfg, gg, x, w, b, y); };
-  check_forward_straight<double>(g, 1e-12, 35, im2col_gemm);
-  check_forward_straight<float>(g, 2e-4, 36, im2col_gemm);  // sums of 4320 float products
-  check_everywhere<float>(g, 2e-4, 36);                      // and through the selection (gemm())
+  std::vector<T> first;
+  at_every_level_and_thread_count([&](int, int threads) {
+    std::vector<T> y(c.ref.y.size(), T(7));  // overwritten, not added to
+    forward(conv_kernels_for_width<T>(g.Q), g, c.x.data(), c.w.data(), c.b.data(), y.data());
+    if (threads == 1) first = y;
+    CHECK(max_rel_diff(std::vector<double>(y.begin(), y.end()), c.ref.y) < tol);
+    CHECK(bitwise_equal(y, first));
+  });
 }
 
 // The indirect forward on a kernel whose packed panels pass 256 KiB (K = 3136: 802 KB of
@@ -1335,7 +1318,6 @@ int main() {
   RUN_TEST(test_backward_weight_direct);
   RUN_TEST(test_backward_input_phases_direct);
   RUN_TEST(test_backward_input_phases_gather);
-  RUN_TEST(test_forward_in_place);
   RUN_TEST(test_indirect_big_panel);
   RUN_TEST(test_forward_gemm);
   RUN_TEST(test_weight_gradient_product);

@@ -1,5 +1,6 @@
-// nablagrad/kernels/conv2d/forward.h - the forward pass as an implicit GEMM (im2col of a tile
-// of output pixels at a time, packed kernel, the `tile` micro-kernel of microkernel.h).
+// nablagrad/kernels/conv2d/forward.h - the forward pass as a GEMM: through a pointer table into
+// the input (the indirect kernel of microkernel.h on the packed kernel), as im2col + gemm() for
+// kernels beyond the cache, and as a plain GEMM for 1x1 convolutions.
 //
 //   Y[(n,ho,wo), q] = sum_{(fh,fw,c)} X[n, ho*S_h+fh-pt, wo*S_w+fw-pl, c] * W[q, fh, fw, c] + b[q]
 //
@@ -67,30 +68,6 @@ void forward_im2col(const Conv2dGeometry& g, const T* x, int64_t r0, int64_t r1,
       }
     }
   }
-}
-
-/// Forward as an implicit GEMM over tiles of im2col rows; bias added in the store.
-template <typename T>
-void forward_im2col_gemm(const ConvKernels<T>& cfg, const Conv2dGeometry& g, const T* x,
-                         const T* w, const T* bias, T* y) {
-  const int64_t K = g.FH * g.FW * g.C, Q = g.Q;
-  PackedB<T> B;
-  B.pack(cfg, K, Q, [&](int64_t k, int64_t q) { return w[q * K + k]; });
-  const int64_t rows = g.N * g.Ho * g.Wo;
-  gather_gemm<T>(
-      cfg, rows, B,
-      [&](int64_t r0, int64_t r1, T* tile, int64_t lda) { forward_im2col(g, x, r0, r1, tile, lda); },
-      [&](int64_t r0, int64_t r1, const T* ctile, int64_t ldc) {
-        for (int64_t r = r0; r < r1; ++r) {
-          const T* src = ctile + (r - r0) * ldc;
-          T* dst = y + r * Q;
-          if (bias)
-            for (int64_t q = 0; q < Q; ++q) dst[q] = src[q] + bias[q];
-          else
-            std::memcpy(dst, src, sizeof(T) * Q);
-        }
-      },
-      y, bias);
 }
 
 /// im2col rows [r0, r0 + nb) (K = FH*FW*C values each) into dst, shared out among the threads:

@@ -69,12 +69,9 @@ inline int64_t tile_rows(int64_t K, int64_t MR) {
 // out rows [0, rows): C(r, :) = A(r, :) B. build(r0, r1, tile, lda) writes A's rows r0..r1-1
 // (K values each) into tile; store(r0, r1, ctile, ldc) consumes the finished rows.
 // Tiles are fixed (shape-only) and handed to the threads with parallel_chunks.
-// With `out` (rows x ncols, row stride ncols, ncols a whole number of panels), tiles of whole
-// micro-tiles accumulate straight into out's rows, first set to `init` (ncols values) or 0,
-// and store is not called for them: no C tile to zero, fill and copy out.
 template <typename T, typename Build, typename Store>
 void gather_gemm(const ConvKernels<T>& cfg, int64_t rows, const PackedB<T>& B, const Build& build,
-                 const Store& store, T* out = nullptr, const T* init = nullptr) {
+                 const Store& store) {
   const int64_t NR = B.NR, KC = cfg.KC, MR = cfg.MR;
   const int64_t K = B.K, ncols = B.ncols;
   const int64_t lda = std::max<int64_t>(K, 1);
@@ -82,7 +79,6 @@ void gather_gemm(const ConvKernels<T>& cfg, int64_t rows, const PackedB<T>& B, c
   const int64_t ntiles = (rows + MT - 1) / MT;
   const int64_t panels = (ncols + NR - 1) / NR;
   const int64_t ldc = B.narrow ? ncols : panels * NR;
-  const bool direct = out != nullptr && !B.narrow && ldc == ncols;
   // One task per tile, claimed dynamically by the pool's threads: a thread that shares its
   // core with another process simply does fewer tiles (a static half-and-half split would wait
   // for the slow half). The tiles are fixed, so the results do not depend on who runs them.
@@ -100,14 +96,7 @@ void gather_gemm(const ConvKernels<T>& cfg, int64_t rows, const PackedB<T>& B, c
         const int64_t nr_pad = round_up(nr, MR);
         if (nr_pad > nr)
           std::fill(tile + nr * lda, tile + nr_pad * lda, T(0));
-        const bool in_place = direct && nr_pad == nr;
-        T* const c = in_place ? out + r0 * ldc : ctile;
-        for (int64_t r = 0; r < nr_pad; ++r) {
-          if (in_place && init)
-            std::copy_n(init, ldc, c + r * ldc);
-          else
-            std::fill(c + r * ldc, c + (r + 1) * ldc, T(0));
-        }
+        std::fill(ctile, ctile + nr_pad * ldc, T(0));
         // Depth slices of about KC: K split into equal parts (288 = 2 x 144, not 256 + 32).
         const int64_t kslices = (K + KC - 1) / KC, kstep = (K + kslices - 1) / kslices;
         for (int64_t k0 = 0; k0 < K; k0 += kstep) {
@@ -115,10 +104,9 @@ void gather_gemm(const ConvKernels<T>& cfg, int64_t rows, const PackedB<T>& B, c
           for (int64_t p = 0; p < panels; ++p) {
             const T* bp = B.data.data() + (p * K + k0) * NR;
             for (int64_t i = 0; i < nr_pad; i += MR)
-              cfg.tile(kc, tile + i * lda + k0, lda, int64_t{1}, bp, c + i * ldc + p * NR, ldc);
+              cfg.tile(kc, tile + i * lda + k0, lda, int64_t{1}, bp, ctile + i * ldc + p * NR, ldc);
           }
         }
-        if (in_place) continue;
       }
       store(r0, r1, ctile, ldc);
     }

@@ -82,7 +82,7 @@ inline ConvAlgorithm parse_conv_algorithm(const std::string& name) {
 // Kernel choice per pass.
 // ============================================================================================
 
-enum class ForwardKernel { Im2colGemm, Direct, Pointwise, Winograd, Indirect, Gemm, Narrow };  // [WINOGRAD]
+enum class ForwardKernel { Direct, Pointwise, Winograd, Indirect, Gemm, Narrow };  // [WINOGRAD]
 enum class BackwardInputKernel { Phases, Col2im, SmallC, Pointwise, Winograd, FlippedDirect, FlippedIndirect, FlippedNarrow, PhasesDirect, Col2imGemm };  // [WINOGRAD]
 enum class BackwardWeightKernel { Gemm, SmallC, Pointwise, Winograd, Direct, Im2colGemm, Narrow };  // [WINOGRAD]
 
@@ -92,9 +92,8 @@ inline const char* kernel_name(ForwardKernel k) {
     case ForwardKernel::Pointwise: return "1x1_gemm";
     case ForwardKernel::Winograd: return "winograd";
     case ForwardKernel::Indirect: return "indirect";
-    case ForwardKernel::Gemm: return "gemm";
     case ForwardKernel::Narrow: return "narrow";
-    default: return "im2col_gemm";
+    default: return "gemm";
   }
 }
 inline const char* kernel_name(BackwardInputKernel k) {
@@ -296,8 +295,11 @@ inline ForwardKernel select_forward(const Conv2dGeometry& g, const conv_detail::
       (!conv_detail::is_pointwise(g) || g.Q <= 2 || g.C >= 32 * g.Q))
     return ForwardKernel::Narrow;
   // 1x1 without padding: a plain GEMM (gemm.h), unless the depth C is too short to pay for
-  // its packing (first layers), where the direct kernel below reads the input in place.
-  if (conv_detail::is_pointwise(g) && g.C >= 8) return ForwardKernel::Pointwise;
+  // its packing (first layers) and the filters fill the direct kernel's tile below, which
+  // reads the input in place. Too few filters for that tile (and the narrow kernel above
+  // declined): the GEMM all the same, e.g. (32,28,28,2->4) 0.248 ms by the im2col gather
+  // GEMM that took these before -> 0.071 at AVX-512, 0.260 -> 0.062 at AVX2 (2 threads).
+  if (conv_detail::is_pointwise(g) && (g.C >= 8 || g.Q * 4 <= cfg.NR)) return ForwardKernel::Pointwise;
   // The indirect kernel (forward_indirect: each pixel's runs read in place through a pointer
   // table, no im2col, no padded copy) where the packed kernel fits kernel_fits_cache and the
   // output has enough filters to fill a register tile. Measured against the im2col GEMM 5-15%
@@ -312,11 +314,9 @@ inline ForwardKernel select_forward(const Conv2dGeometry& g, const conv_detail::
   // S2) 2.45 -> 1.78, (8,32,32,768->24, S2) 3.95 -> 2.65, (8,28,28,96->96, 5x5 S2) 2.39 ->
   // 2.00, (8,28,28,256->64, S2) 1.62 -> 1.33, (16,16,16,384->64, S2) 1.76 -> 1.42; AVX2
   // (panels of 16): (8,32,32,128->32, 7x7) 19.1 -> 13.6, (8,32,32,512->32, S2) 3.74 -> 2.86,
-  // (8,32,32,768->24, S2) 4.42 -> 3.22. Both it and the gather GEMM below read all of the
-  // packed kernel once per block of pixels: beyond kernel_fits_cache, im2col + gemm()
-  // (forward_gemm).
-  const bool kernel_fits = kernel_fits_cache<T>(g);
-  const bool indirect_ok = cfg.indirect != nullptr && g.Q * 4 > cfg.NR && kernel_fits;
+  // (8,32,32,768->24, S2) 4.42 -> 3.22. It reads all of the packed kernel once per block of
+  // pixels: beyond kernel_fits_cache, im2col + gemm() (forward_gemm).
+  const bool indirect_ok = cfg.indirect != nullptr && g.Q * 4 > cfg.NR && kernel_fits_cache<T>(g);
   // But at most 800 output pixels (about 64 blocks of 12): im2col + gemm() (forward_gemm).
   // With so few blocks the indirect kernel's two threads get uneven shares, and its serial
   // packing of the kernel is a large part of the call; gemm() splits the filters too. AVX-512,
@@ -354,8 +354,10 @@ inline ForwardKernel select_forward(const Conv2dGeometry& g, const conv_detail::
       conv_detail::padded_copy_is_small(g, g.H + g.pad_top + g.pad_bottom,
                                         conv_detail::forward_direct_row_values(g, cfg.MR)))
     return ForwardKernel::Direct;
+  // (Every ConvKernels row has an indirect kernel, and a kernel that fits with filters too few
+  // for its tile went to the narrow kernel or the GEMM above: what is left does not fit.)
   if (indirect_ok) return indirect;
-  return kernel_fits ? ForwardKernel::Im2colGemm : ForwardKernel::Gemm;
+  return ForwardKernel::Gemm;
 }
 
 /// Input-gradient kernel for g with the kernels cfg.
@@ -544,7 +546,6 @@ void conv2d_forward(const Conv2dGeometry& g, const T* x, const T* w, const T* bi
   switch (select_forward(g, cfg)) {
     case ForwardKernel::Pointwise: conv_detail::forward_pointwise(g, x, w, bias, y); return;
     case ForwardKernel::Direct: conv_detail::forward_direct(cfg, g, x, w, bias, y); return;
-    case ForwardKernel::Im2colGemm: conv_detail::forward_im2col_gemm(cfg, g, x, w, bias, y); return;
     case ForwardKernel::Indirect: conv_detail::forward_indirect(cfg, g, x, w, bias, y); return;
     case ForwardKernel::Gemm: conv_detail::forward_gemm(g, x, w, bias, y); return;
     case ForwardKernel::Winograd: winograd_conv2d_forward(g, x, w, bias, y); return;
