@@ -409,6 +409,15 @@ inline void pack_v(int64_t MR, int64_t mc, int64_t kc, const T* A, int64_t lda, 
   }
 }
 
+/// The distance between the P blocks (Cc x Npad values each) of a transformed kernel U: one
+/// cache line more than a block. At a multiple of 4 KiB (128 KiB at 512 channels and 64
+/// filters) the P stores of each kernel's transform all fell in one set of L1 and of L2 and
+/// evicted each other: (8,7,7,512->512)'s kernel transform, 1 thread, alone, 2.7 -> 2.4 ms.
+template <typename T>
+inline int64_t u_block_stride(int64_t Cc, int64_t Npad) {
+  return Cc * Npad + 64 / static_cast<int64_t>(sizeof(T));
+}
+
 /// The P GEMMs' shared plan: gemm.h's variant cfg (register tile MR x NR, micro-kernel),
 /// and its slicing of the depth K (= input channels) into slices of kc.
 template <typename T>
@@ -419,12 +428,12 @@ struct GemmPlan {
   GemmPlan(const gemm_detail::GemmConfig<T>& cfg_, int64_t K_, int64_t N_)
       : cfg(cfg_), K(K_), Nc(N_),
         Npad((N_ + cfg.NR - 1) / cfg.NR * cfg.NR), kc_max(gemm_detail::k_slice_depth(K_, cfg.KC)) {}
-  /// Where U[p](k, n) lives in the packed kernel: per p a K x Npad block; in it, K slice s
-  /// (rows k0 = s * kc_max .. k0 + kc) is a run of Npad/NR panels of kc x NR values, as
-  /// gemm_detail::pack_b lays them out for the micro-kernel.
+  /// Where U[p](k, n) lives in the packed kernel: per p a K x Npad block (u_block_stride
+  /// apart); in it, K slice s (rows k0 = s * kc_max .. k0 + kc) is a run of Npad/NR panels of
+  /// kc x NR values, as gemm_detail::pack_b lays them out for the micro-kernel.
   int64_t packed_index(int64_t p, int64_t k, int64_t n) const {
     const int64_t k0 = k / kc_max * kc_max, kc = std::min(kc_max, K - k0);
-    return p * K * Npad + k0 * Npad + (n / cfg.NR) * cfg.NR * kc + (k - k0) * cfg.NR + n % cfg.NR;
+    return p * u_block_stride<T>(K, Npad) + k0 * Npad + (n / cfg.NR) * cfg.NR * kc + (k - k0) * cfg.NR + n % cfg.NR;
   }
 };
 
@@ -477,12 +486,12 @@ inline auto grad_reduce_fn() -> void (*)(const T*, int64_t, int64_t, int64_t, in
 /// filters f < F over channels c < Cc, where g_{f,c}(a, d) = *kern.at(f, c, a, d). Computed in
 /// double and rounded to T once, but for float at AVX2 and AVX-512 in float (kernel_run_vec:
 /// a few units in the last place of U, under the transforms' own rounding, docs/convolution.md).
-/// Up must hold P * Cc * plan.Npad zeros.
+/// Up must hold P blocks u_block_stride(Cc, plan.Npad) apart, zeros.
 template <typename T, int M, int R, typename Kern>
 void transform_kernel(int64_t F, int64_t Cc, const Kern& kern, const GemmPlan<T>& plan, T* Up) {
   const KernelRun<T, Kern> run = kernel_run_fn<T, M, R>(kern);
   const int64_t L = run.L;  // channels at a time
-  const int64_t NR = plan.cfg.NR, Npad = plan.Npad, pstride = Cc * Npad;
+  const int64_t NR = plan.cfg.NR, Npad = plan.Npad, pstride = u_block_stride<T>(Cc, Npad);
   // Tasks are runs of L channels (within one K slice), each for every filter: a task writes
   // whole rows of the packed panels. Split by filters, two threads wrote neighbouring columns
   // of the same rows (cache lines passed back and forth: 12% of a (32,16,16,48->96) input
@@ -606,12 +615,9 @@ void conv_tiles_panels(int64_t N, int64_t H, int64_t W, int64_t Cc, int64_t off_
     for (int64_t b = b0; b < b1; ++b) in_fn(args(b));
   });
   const int64_t mpad = (tiles + MR - 1) / MR * MR;
-  // The panel's U: per p a Cc x NR block, in it the K slices' kc x NR runs (packed_index with
-  // Npad = NR); zeros in the columns past the last filter. The blocks are one cache line more
-  // than Cc x NR apart: at a multiple of 4 KiB (128 KiB at 512 channels and 64 filters) the
-  // P stores of each kernel's transform all fell in one set of L1 and of L2 and evicted each
-  // other (the kernel transform of (8,7,7,512->512), 1 thread, alone: 2.7 -> 2.4 ms).
-  const int64_t ustride = Cc * NR + 64 / static_cast<int64_t>(sizeof(T));
+  // The panel's U: per p a Cc x NR block (u_block_stride apart), in it the K slices' kc x NR
+  // runs (packed_index with Npad = NR); zeros in the columns past the last filter.
+  const int64_t ustride = u_block_stride<T>(Cc, NR);
   parallel_for(0, panels, 1, [&](int64_t j0, int64_t j1) {
     T* Up = static_cast<T*>(scratch_bytes<5>(sizeof(T) * static_cast<size_t>(P * ustride)));
     T* st = run.staging(P, NR);
@@ -660,7 +666,8 @@ void conv_tiles_blocks(int64_t N, int64_t H, int64_t W, int64_t Cc, int64_t off_
   int64_t tb = forward_block_tiles<T>(A, Cc, Qf, tiles, gemm_detail::gemm_config<T>().MR);
   const GemmPlan<T> plan(gemm_detail::gemm_config_for<T>(tb, Qf), Cc, Qf);
   if (plan.cfg.MR != gemm_detail::gemm_config<T>().MR) tb = forward_block_tiles<T>(A, Cc, Qf, tiles, plan.cfg.MR);
-  conv_detail::Scratch<T> Up(checked_product({P, Cc, plan.Npad}, "winograd: transformed kernel"),
+  const int64_t ustride = u_block_stride<T>(Cc, plan.Npad);
+  conv_detail::Scratch<T> Up(checked_product({P, ustride}, "winograd: transformed kernel"),
                              "winograd: transformed kernel", /*zero=*/true);
   transform_kernel<T, M, R>(Qf, Cc, kern, plan, Up.get());
   const int64_t blocks = (tiles + tb - 1) / tb;
@@ -680,7 +687,7 @@ void conv_tiles_blocks(int64_t N, int64_t H, int64_t W, int64_t Cc, int64_t off_
         for (int64_t k0 = 0; k0 < Cc; k0 += plan.kc_max) {
           const int64_t kc = std::min(plan.kc_max, Cc - k0);
           const T* vp = Vb + p * Cc + k0;
-          const T* up = Up.get() + p * Cc * plan.Npad + k0 * plan.Npad;
+          const T* up = Up.get() + p * ustride + k0 * plan.Npad;
           if (plan.cfg.kernel_rows != nullptr) {  // V[p] read in place (rows P*Cc apart)
             gemm_detail::macro_kernel_rows(plan.cfg, a.nt, Qf, kc, vp, P * Cc, Ap, up, Mb + p * Qf, P * Qf, k0 > 0);
           } else {
