@@ -428,13 +428,10 @@ struct GemmPlan {
   GemmPlan(const gemm_detail::GemmConfig<T>& cfg_, int64_t K_, int64_t N_)
       : cfg(cfg_), K(K_), Nc(N_),
         Npad((N_ + cfg.NR - 1) / cfg.NR * cfg.NR), kc_max(gemm_detail::k_slice_depth(K_, cfg.KC)) {}
-  /// Where U[p](k, n) lives in the packed kernel: per p a K x Npad block (u_block_stride
-  /// apart); in it, K slice s (rows k0 = s * kc_max .. k0 + kc) is a run of Npad/NR panels of
-  /// kc x NR values, as gemm_detail::pack_b lays them out for the micro-kernel.
-  int64_t packed_index(int64_t p, int64_t k, int64_t n) const {
-    const int64_t k0 = k / kc_max * kc_max, kc = std::min(kc_max, K - k0);
-    return p * u_block_stride<T>(K, Npad) + k0 * Npad + (n / cfg.NR) * cfg.NR * kc + (k - k0) * cfg.NR + n % cfg.NR;
-  }
+  // The packed kernel U: per p a K x Npad block (u_block_stride apart); in it, K slice s
+  // (rows k0 = s * kc_max .. k0 + kc) is a run of Npad/NR panels of kc x NR values, as
+  // gemm_detail::pack_b lays them out for the micro-kernel: U[p](k, n) at
+  // p * u_block_stride(K, Npad) + k0 * Npad + (n / NR) * NR * kc + (k - k0) * NR + n % NR.
 };
 
 /// The kernel transform's step for T at the current SIMD level and the run of channels it
@@ -616,7 +613,7 @@ void conv_tiles_panels(int64_t N, int64_t H, int64_t W, int64_t Cc, int64_t off_
   });
   const int64_t mpad = (tiles + MR - 1) / MR * MR;
   // The panel's U: per p a Cc x NR block (u_block_stride apart), in it the K slices' kc x NR
-  // runs (packed_index with Npad = NR); zeros in the columns past the last filter.
+  // runs (GemmPlan's layout with Npad = NR); zeros in the columns past the last filter.
   const int64_t ustride = u_block_stride<T>(Cc, NR);
   parallel_for(0, panels, 1, [&](int64_t j0, int64_t j1) {
     T* Up = static_cast<T*>(scratch_bytes<5>(sizeof(T) * static_cast<size_t>(P * ustride)));
@@ -628,7 +625,8 @@ void conv_tiles_panels(int64_t N, int64_t H, int64_t W, int64_t Cc, int64_t off_
       for (int64_t k0 = 0; k0 < Cc; k0 += plan.kc_max) {
         const int64_t kc = std::min(plan.kc_max, Cc - k0);
         for (int64_t c0 = 0; c0 < kc; c0 += L)
-          run.fn(kern, f0, nf, k0 + c0, static_cast<int>(std::min<int64_t>(L, kc - c0)), Up + (k0 + c0) * NR, ustride, NR, st);
+          run.fn(kern, f0, nf, k0 + c0, static_cast<int>(std::min<int64_t>(L, kc - c0)), Up + (k0 + c0) * NR,
+                 ustride, NR, st);
       }
       for (int64_t p = 0; p < P; ++p)
         for (int64_t k0 = 0; k0 < Cc; k0 += plan.kc_max) {
