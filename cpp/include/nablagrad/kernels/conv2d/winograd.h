@@ -209,9 +209,10 @@ struct XAvx512F {
   NABLAGRAD_WINO_AVX512 static V sub(V a, V b) { return _mm512_sub_ps(a, b); }
   NABLAGRAD_WINO_AVX512 static V madd(V a, float k, V b) { return _mm512_fmadd_ps(a, _mm512_set1_ps(k), b); }
   NABLAGRAD_WINO_AVX512 static V mul(V a, float k) { return _mm512_mul_ps(a, _mm512_set1_ps(k)); }
-  NABLAGRAD_WINO_AVX512 static V load_n(const float* p, int64_t stride, int n) {  // as XAvx2F's
-    const __mmask16 m = static_cast<__mmask16>((1u << n) - 1);
-    if (stride == 1) return n == L ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps(m, p);
+  // As XAvx2F's: the mask of the first n <= L lanes, and the loads and stores through it.
+  static __mmask16 first(int n) { return static_cast<__mmask16>((1u << n) - 1); }
+  NABLAGRAD_WINO_AVX512 static V load_n(const float* p, int64_t stride, int n) {
+    if (stride == 1) return n == L ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps(first(n), p);
     alignas(64) float b[L] = {};
     for (int j = 0; j < n; ++j) b[j] = p[j * stride];
     return _mm512_load_ps(b);
@@ -220,7 +221,7 @@ struct XAvx512F {
     if (n == L)
       _mm512_storeu_ps(p, a);
     else
-      _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << n) - 1), a);
+      _mm512_mask_storeu_ps(p, first(n), a);
   }
 };
 struct XAvx512D {
