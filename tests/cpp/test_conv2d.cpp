@@ -599,16 +599,15 @@ void test_direct_fixed_stride() {
   }
 }
 
-// A forward kernel called straight, forward(cfg, g, x, w, b, y) with the row for Q filters,
-// against the oracle at every level the CPU has, at 1-3 threads bitwise the same, into a y
-// that it must overwrite.
-template <typename T, typename Forward>
-void check_forward_straight(const Conv2dGeometry& g, double tol, uint32_t seed, const Forward& forward) {
+// The indirect forward called straight with the row for Q filters, against the oracle at
+// every level the CPU has, at 1-3 threads bitwise the same, into a y that it must overwrite.
+template <typename T>
+void check_indirect_straight(const Conv2dGeometry& g, double tol, uint32_t seed) {
   const Case<T> c = make_case<T>(g, seed);
   std::vector<T> first;
   at_every_level_and_thread_count([&](int, int threads) {
     std::vector<T> y(c.ref.y.size(), T(7));  // overwritten, not added to
-    forward(conv_kernels_for_width<T>(g.Q), g, c.x.data(), c.w.data(), c.b.data(), y.data());
+    conv_detail::forward_indirect(conv_kernels_for_width<T>(g.Q), g, c.x.data(), c.w.data(), c.b.data(), y.data());
     if (threads == 1) first = y;
     CHECK(max_rel_diff(std::vector<double>(y.begin(), y.end()), c.ref.y) < tol);
     CHECK(bitwise_equal(y, first));
@@ -620,10 +619,8 @@ void check_forward_straight(const Conv2dGeometry& g, double tol, uint32_t seed, 
 // (the selection sends so few pixels to gemm()), against the oracle at every level.
 void test_indirect_big_panel() {
   const auto g = make_conv2d_geometry(2, 9, 9, 64, 64, 7, 7, 64, 1, 1, 3, 3, 3, 3);
-  const auto indirect = [](const auto& cfg, const Conv2dGeometry& gg, const auto* x, const auto* w, const auto* b,
-                           auto* y) { conv_detail::forward_indirect(cfg, gg, x, w, b, y); };
-  check_forward_straight<float>(g, 2e-4, 38, indirect);
-  check_forward_straight<double>(g, 1e-12, 39, indirect);
+  check_indirect_straight<float>(g, 2e-4, 38);
+  check_indirect_straight<double>(g, 1e-12, 39);
 }
 
 // A kernel K x Q beyond 1 MiB: every pass through gemm() (forward_gemm, dX by
