@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "../simd.h"
+#include "vec.h"
 
 namespace nablagrad {
 namespace kernels {
@@ -684,46 +685,6 @@ __attribute__((target("avx2,fma"))) inline void direct_kernel_avx2_rows(int64_t 
 #endif
 
 #if NABLAGRAD_X86
-// AVX2 vector helpers of the small-C kernels (one vector of filters; masked loads for a tail).
-struct SmallCVecF {
-  using T = float;
-  using VT = __m256;
-  static constexpr int64_t L = 8;
-  __attribute__((target("avx2,fma"))) static VT zero() { return _mm256_setzero_ps(); }
-  __attribute__((target("avx2,fma"))) static VT load(const T* p, __m256i m, bool full) {
-    return full ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, m);
-  }
-  __attribute__((target("avx2,fma"))) static VT bcast(const T* p) { return _mm256_broadcast_ss(p); }
-  __attribute__((target("avx2,fma"))) static VT fma(VT a, VT b, VT c) { return _mm256_fmadd_ps(a, b, c); }
-  __attribute__((target("avx2,fma"))) static VT add(VT a, VT b) { return _mm256_add_ps(a, b); }
-  __attribute__((target("avx2,fma"))) static void store(T* p, VT v) { _mm256_storeu_ps(p, v); }
-  __attribute__((target("avx2,fma"))) static __m256i mask(int64_t nq) {
-    alignas(32) int32_t m[8];
-    for (int i = 0; i < 8; ++i) m[i] = i < nq ? -1 : 0;
-    return _mm256_load_si256(reinterpret_cast<const __m256i*>(m));
-  }
-};
-struct SmallCVecD {
-  using T = double;
-  using VT = __m256d;
-  static constexpr int64_t L = 4;
-  __attribute__((target("avx2,fma"))) static VT zero() { return _mm256_setzero_pd(); }
-  __attribute__((target("avx2,fma"))) static VT load(const T* p, __m256i m, bool full) {
-    return full ? _mm256_loadu_pd(p) : _mm256_maskload_pd(p, m);
-  }
-  __attribute__((target("avx2,fma"))) static VT bcast(const T* p) { return _mm256_broadcast_sd(p); }
-  __attribute__((target("avx2,fma"))) static VT fma(VT a, VT b, VT c) { return _mm256_fmadd_pd(a, b, c); }
-  __attribute__((target("avx2,fma"))) static VT add(VT a, VT b) { return _mm256_add_pd(a, b); }
-  __attribute__((target("avx2,fma"))) static void store(T* p, VT v) { _mm256_storeu_pd(p, v); }
-  __attribute__((target("avx2,fma"))) static __m256i mask(int64_t nq) {
-    alignas(32) int64_t m[4];
-    for (int i = 0; i < 4; ++i) m[i] = i < nq ? -1 : 0;
-    return _mm256_load_si256(reinterpret_cast<const __m256i*>(m));
-  }
-};
-template <typename T> struct SmallCVec;
-template <> struct SmallCVec<float> { using type = SmallCVecF; };
-template <> struct SmallCVec<double> { using type = SmallCVecD; };
 
 // Input gradient for few input channels (C <= 4), NP consecutive pixels of one phase row at
 // once. In a phase, tap t = (th, tw) of pixel ix + p reads the dY pixel src[t] + p*Q (the next
@@ -737,7 +698,7 @@ __attribute__((target("avx2,fma"))) inline void smallc_dx_block_avx2(
     int64_t K, typename V::T* out, int64_t ostride) {
   using T = typename V::T;
   using VT = typename V::VT;
-  constexpr int64_t L = V::L;
+  constexpr int64_t L = V::W;
   VT acc[NP * C];
   T tail[NP * C];
 #pragma GCC unroll 16
@@ -745,7 +706,6 @@ __attribute__((target("avx2,fma"))) inline void smallc_dx_block_avx2(
     acc[i] = V::zero();
     tail[i] = 0;
   }
-  const __m256i m = V::mask(L);
   for (int64_t t = 0; t < ntap; ++t) {
     const T* a = src[t];
     if (!a) continue;
@@ -754,10 +714,10 @@ __attribute__((target("avx2,fma"))) inline void smallc_dx_block_avx2(
     for (; k + L <= Q; k += L) {
       VT wv[C];
 #pragma GCC unroll 4
-      for (int c = 0; c < C; ++c) wv[c] = V::load(b + c * K + k, m, true);
+      for (int c = 0; c < C; ++c) wv[c] = V::load(b + c * K + k);
 #pragma GCC unroll 8
       for (int p = 0; p < NP; ++p) {
-        const VT d = V::load(a + p * Q + k, m, true);
+        const VT d = V::load(a + p * Q + k);
 #pragma GCC unroll 4
         for (int c = 0; c < C; ++c) acc[p * C + c] = V::fma(d, wv[c], acc[p * C + c]);
       }
@@ -783,7 +743,7 @@ __attribute__((target("avx2,fma"))) inline void smallc_dx_block_avx2(
 template <typename T>
 inline void smallc_dx_block(int64_t C, const T* const* src, int64_t ntap, int64_t Q,
                             const T* bt, int64_t K, T* out, int64_t ostride) {
-  using V = typename SmallCVec<T>::type;
+  using V = VecAvx2<T>;
   switch (C) {
     case 1: return smallc_dx_block_avx2<V, 1, 8>(src, ntap, Q, bt, K, out, ostride);
     case 2: return smallc_dx_block_avx2<V, 2, 4>(src, ntap, Q, bt, K, out, ostride);
@@ -841,64 +801,25 @@ inline void smallc_dw_block_portable_acc(const SmallCPlan& pl, const T* xp, cons
 
 #if NABLAGRAD_X86
 
-// One (tap block, filter block) over output rows [r0, r1): NRW x NCL accumulators (+ bias).
-template <typename V, int NRW, int NCL>
-__attribute__((target("avx2,fma"))) inline void smallc_dw_block_avx2(
-    const SmallCPlan& pl, const typename V::T* xp, const typename V::T* dy, int64_t Ho,
-    int64_t Wo, int64_t S_h, int64_t Q, int64_t r0, int64_t r1, int64_t fh0, int64_t j0,
-    int64_t q0, int64_t nq, typename V::T* acc, typename V::T* accb) {
-  using T = typename V::T;
-  using VT = typename V::VT;
-  const bool full = nq == V::L;
-  const __m256i m = V::mask(nq);
-  VT a[NRW * NCL];
-#pragma GCC unroll 12
-  for (int t = 0; t < NRW * NCL; ++t) a[t] = V::zero();
-  VT b = V::zero();
-  const int64_t prow = pl.prow, xs = pl.xs;
-  for (int64_t r = r0; r < r1; ++r) {
-    const int64_t n = r / Ho, ho = r % Ho;
-    const T* xrow = xp + (n * pl.Hp + ho * S_h + fh0) * prow + j0;
-    const T* drow = dy + r * Wo * Q + q0;
-    for (int64_t wo = 0; wo < Wo; ++wo) {  // indexed: see smallc_dw_block_portable_acc
-      const T* xb = xrow + wo * xs;
-      const T* d = drow + wo * Q;
-      const VT dv = V::load(d, m, full);
-#pragma GCC unroll 4
-      for (int ra = 0; ra < NRW; ++ra)
-#pragma GCC unroll 3
-        for (int cb = 0; cb < NCL; ++cb)
-          a[ra * NCL + cb] = V::fma(V::bcast(xb + ra * prow + cb), dv, a[ra * NCL + cb]);
-      b = V::add(b, dv);
-    }
-  }
-#pragma GCC unroll 12
-  for (int t = 0; t < NRW * NCL; ++t) V::store(acc + t * kSmallCAccStride, a[t]);
-  if (accb) V::store(accb, b);
-}
-
 // The tap blocks backward_weight_smallc cuts (1-4 kernel rows x 1-3 run values), for the
 // switches of the vector levels' dispatchers: X(rows, values) for each.
 #define NG_SMALLC_TAP_BLOCKS(X) \
   X(1, 1) X(1, 2) X(1, 3) X(2, 1) X(2, 2) X(2, 3) X(3, 1) X(3, 2) X(3, 3) X(4, 1) X(4, 2) X(4, 3)
 
-template <typename T>
-inline void smallc_dw_block_avx2_dispatch(const SmallCPlan& pl, const T* xp, const T* dy,
-                                          int64_t Ho, int64_t Wo, int64_t S_h, int64_t Q,
-                                          int64_t r0, int64_t r1, int64_t fh0, int64_t nrw,
-                                          int64_t j0, int64_t ncl, int64_t q0, int64_t nq,
-                                          T* acc, T* accb) {
-  using V = typename SmallCVec<T>::type;
-#define NG_SC(R, Cc)                                                                         \
-  case (R) * 4 + (Cc):                                                                       \
-    return smallc_dw_block_avx2<V, R, Cc>(pl, xp, dy, Ho, Wo, S_h, Q, r0, r1, fh0, j0, q0, nq, \
-                                          acc, accb);
-  switch (nrw * 4 + ncl) {
-    NG_SMALLC_TAP_BLOCKS(NG_SC)
-    default: break;
-  }
-#undef NG_SC
-}
+// The small-C kernel-gradient blocks, once per instruction set (see small_c_kernel.inc).
+namespace smallc_detail {
+namespace avx2 {
+#define NABLAGRAD_SMALLC_TARGET NABLAGRAD_VEC_AVX2
+#include "small_c_kernel.inc"
+#undef NABLAGRAD_SMALLC_TARGET
+}  // namespace avx2
+namespace avx512 {
+#define NABLAGRAD_SMALLC_TARGET NABLAGRAD_VEC_AVX512
+#include "small_c_kernel.inc"
+#undef NABLAGRAD_SMALLC_TARGET
+}  // namespace avx512
+}  // namespace smallc_detail
+#undef NG_SMALLC_TAP_BLOCKS
 #endif
 
 #if NABLAGRAD_X86
@@ -1284,82 +1205,6 @@ __attribute__((target("avx512f,avx2,fma"))) inline void column_kernel_avx512(
       z_store(c + i * ldc + v * W, z_add(z_load(c + i * ldc + v * W), acc[i][v]));
 }
 
-// The small-C kernel gradient block at AVX-512: smallc_dw_block_avx2's sums, but each block of
-// filters is NV zmm vectors (NV = 2: 32 floats / 16 doubles), so a broadcast input value feeds
-// NV FMAs and one pass over the chunk covers 4x (floats) the filters of an AVX2 block: 12 taps
-// x 2 vectors = 24 accumulators + 2 bias sums + 2 dY vectors + a broadcast, 29 registers. Per
-// pixel 2 loads + 12 broadcasts for 24 FMAs where the 8-wide block needs 13 loads for 12 FMAs
-// of a third the width. Each sum runs over the same pixels in the same order as the AVX2 and
-// portable blocks, so the results are the same bits.
-template <typename T, int NRW, int NCL, int NV>
-__attribute__((target("avx512f,avx2,fma"))) inline void smallc_dw_block_avx512(
-    const SmallCPlan& pl, const T* xp, const T* dy, int64_t Ho, int64_t Wo, int64_t S_h, int64_t Q,
-    int64_t r0, int64_t r1, int64_t fh0, int64_t j0, int64_t q0, int64_t nq, T* acc, T* accb) {
-  using VT = typename Avx512<T>::VT;
-  constexpr int W = Avx512<T>::W;
-  const int64_t nlast = nq - (NV - 1) * W;  // 1 .. W filters in the last vector
-  const bool full = nlast == W;
-  const __mmask16 m = static_cast<__mmask16>((1u << nlast) - 1u);
-  VT a[NRW * NCL][NV], b[NV];
-#pragma GCC unroll 12
-  for (int t = 0; t < NRW * NCL; ++t)
-#pragma GCC unroll 2
-    for (int v = 0; v < NV; ++v) a[t][v] = z_zero(T());
-#pragma GCC unroll 2
-  for (int v = 0; v < NV; ++v) b[v] = z_zero(T());
-  const int64_t prow = pl.prow, xs = pl.xs;
-  for (int64_t r = r0; r < r1; ++r) {
-    const int64_t n = r / Ho, ho = r % Ho;
-    const T* xrow = xp + (n * pl.Hp + ho * S_h + fh0) * prow + j0;
-    const T* drow = dy + r * Wo * Q + q0;
-    for (int64_t wo = 0; wo < Wo; ++wo) {  // indexed: see smallc_dw_block_portable_acc
-      const T* xb = xrow + wo * xs;
-      const T* d = drow + wo * Q;
-      VT dv[NV];
-#pragma GCC unroll 2
-      for (int v = 0; v + 1 < NV; ++v) dv[v] = z_load(d + v * W);
-      dv[NV - 1] = full ? z_load(d + (NV - 1) * W) : z_maskz_load(m, d + (NV - 1) * W);
-#pragma GCC unroll 4
-      for (int ra = 0; ra < NRW; ++ra)
-#pragma GCC unroll 3
-        for (int cb = 0; cb < NCL; ++cb) {
-          const VT xv = z_bcast(xb + ra * prow + cb);
-#pragma GCC unroll 2
-          for (int v = 0; v < NV; ++v) a[ra * NCL + cb][v] = z_fma(xv, dv[v], a[ra * NCL + cb][v]);
-        }
-#pragma GCC unroll 2
-      for (int v = 0; v < NV; ++v) b[v] = z_add(b[v], dv[v]);
-    }
-  }
-#pragma GCC unroll 12
-  for (int t = 0; t < NRW * NCL; ++t)
-#pragma GCC unroll 2
-    for (int v = 0; v < NV; ++v) z_store(acc + t * kSmallCAccStride + v * W, a[t][v]);
-  if (accb)
-#pragma GCC unroll 2
-    for (int v = 0; v < NV; ++v) z_store(accb + v * W, b[v]);
-}
-
-template <typename T>
-inline void smallc_dw_block_avx512_dispatch(const SmallCPlan& pl, const T* xp, const T* dy,
-                                            int64_t Ho, int64_t Wo, int64_t S_h, int64_t Q,
-                                            int64_t r0, int64_t r1, int64_t fh0, int64_t nrw,
-                                            int64_t j0, int64_t ncl, int64_t q0, int64_t nq,
-                                            T* acc, T* accb) {
-  const bool two = nq > Avx512<T>::W;
-#define NG_SC(R, Cc)                                                                             \
-  case (R) * 4 + (Cc):                                                                           \
-    return two ? smallc_dw_block_avx512<T, R, Cc, 2>(pl, xp, dy, Ho, Wo, S_h, Q, r0, r1, fh0, j0, \
-                                                     q0, nq, acc, accb)                           \
-               : smallc_dw_block_avx512<T, R, Cc, 1>(pl, xp, dy, Ho, Wo, S_h, Q, r0, r1, fh0, j0, \
-                                                     q0, nq, acc, accb);
-  switch (nrw * 4 + ncl) {
-    NG_SMALLC_TAP_BLOCKS(NG_SC)
-    default: break;
-  }
-#undef NG_SC
-}
-#undef NG_SMALLC_TAP_BLOCKS
 
 #endif
 
@@ -1482,7 +1327,7 @@ inline ConvKernels<float> conv_kernels<float>(SimdLevel level, bool alt_tile) {
             &direct_kernel_avx512<float, 24, 1>, &indirect_kernel_avx512<float, 24, 1>, &column_kernel_avx512<float, 24, 1>,
             &store_tile_avx512<float>,
             &dot_avx2, &narrow_row_avx2, &smallc_dx_block<float>,
-            &smallc_dw_block_avx512_dispatch<float>,
+            &smallc_detail::avx512::smallc_dw_block_dispatch<VecAvx512F, 2>,
             8, &micro_kernel_avx512<float, 8, 1>, &column_kernel_avx512<float, 8, 1>};
     k.MR_direct_tail = 8;
     k.direct_tail = &direct_kernel_avx512<float, 8, 1>;
@@ -1496,7 +1341,7 @@ inline ConvKernels<float> conv_kernels<float>(SimdLevel level, bool alt_tile) {
             &direct_kernel_avx512<float, 12, 2>, &indirect_kernel_avx512<float, 12, 2>, &column_kernel_avx512<float, 12, 2>,
             &store_tile_avx512<float>,
             &dot_avx2, &narrow_row_avx2, &smallc_dx_block<float>,
-            &smallc_dw_block_avx512_dispatch<float>,
+            &smallc_detail::avx512::smallc_dw_block_dispatch<VecAvx512F, 2>,
             4, &micro_kernel_avx512<float, 4, 2>, &column_kernel_avx512<float, 4, 2>};
     k.MR_direct_tail = 8;
     k.direct_tail = &direct_kernel_avx512<float, 8, 2>;
@@ -1516,7 +1361,7 @@ inline ConvKernels<float> conv_kernels<float>(SimdLevel level, bool alt_tile) {
     ConvKernels<float> k{SimdLevel::AVX2, 4, 24, 256, 8, &micro_kernel_avx2_tile<float, 4, 3>,
             &direct_kernel_avx2_rows<float, 4, 3>, &indirect_kernel_avx2<float, 4, 3>,
             &column_kernel_avx2<float, 4, 3>, &store_tile_avx2<float>, &dot_avx2, &narrow_row_avx2,
-            &smallc_dx_block<float>, &smallc_dw_block_avx2_dispatch<float>, 0, nullptr, nullptr};
+            &smallc_dx_block<float>, &smallc_detail::avx2::smallc_dw_block_dispatch<VecAvx2F, 1>, 0, nullptr, nullptr};
     k.NR_indirect_last = 16;
     k.indirect_last = &indirect_kernel_avx2<float, 4, 2>;
     return k;
@@ -1524,7 +1369,7 @@ inline ConvKernels<float> conv_kernels<float>(SimdLevel level, bool alt_tile) {
   if (level >= SimdLevel::AVX2) {
     ConvKernels<float> k{SimdLevel::AVX2, 6, 16, 256, 8, &micro_kernel_avx2, &direct_kernel_avx2,
             &indirect_kernel_avx2<float>, &column_kernel_avx2<float>, &store_tile_avx2<float>, &dot_avx2,
-            &narrow_row_avx2, &smallc_dx_block<float>, &smallc_dw_block_avx2_dispatch<float>, 0, nullptr, nullptr};
+            &narrow_row_avx2, &smallc_dx_block<float>, &smallc_detail::avx2::smallc_dw_block_dispatch<VecAvx2F, 1>, 0, nullptr, nullptr};
     k.MR_direct_tail = 4;
     k.direct_tail = &direct_kernel_avx2_rows<float, 4>;
     k.NR_indirect_last = 8;
@@ -1547,7 +1392,7 @@ inline ConvKernels<double> conv_kernels<double>(SimdLevel level, bool alt_tile) 
             &direct_kernel_avx512<double, 24, 1>, &indirect_kernel_avx512<double, 24, 1>, &column_kernel_avx512<double, 24, 1>,
             &store_tile_avx512<double>,
             &dot_avx2, &narrow_row_avx2, &smallc_dx_block<double>,
-            &smallc_dw_block_avx512_dispatch<double>,
+            &smallc_detail::avx512::smallc_dw_block_dispatch<VecAvx512D, 2>,
             8, &micro_kernel_avx512<double, 8, 1>, &column_kernel_avx512<double, 8, 1>};
     k.MR_direct_tail = 8;
     k.direct_tail = &direct_kernel_avx512<double, 8, 1>;
@@ -1561,7 +1406,7 @@ inline ConvKernels<double> conv_kernels<double>(SimdLevel level, bool alt_tile) 
             &direct_kernel_avx512<double, 12, 2>, &indirect_kernel_avx512<double, 12, 2>, &column_kernel_avx512<double, 12, 2>,
             &store_tile_avx512<double>,
             &dot_avx2, &narrow_row_avx2, &smallc_dx_block<double>,
-            &smallc_dw_block_avx512_dispatch<double>,
+            &smallc_detail::avx512::smallc_dw_block_dispatch<VecAvx512D, 2>,
             4, &micro_kernel_avx512<double, 4, 2>, &column_kernel_avx512<double, 4, 2>};
     k.MR_direct_tail = 8;
     k.direct_tail = &direct_kernel_avx512<double, 8, 2>;
@@ -1581,7 +1426,7 @@ inline ConvKernels<double> conv_kernels<double>(SimdLevel level, bool alt_tile) 
     ConvKernels<double> k{SimdLevel::AVX2, 4, 12, 128, 4, &micro_kernel_avx2_tile<double, 4, 3>,
             &direct_kernel_avx2_rows<double, 4, 3>, &indirect_kernel_avx2<double, 4, 3>,
             &column_kernel_avx2<double, 4, 3>, &store_tile_avx2<double>, &dot_avx2, &narrow_row_avx2,
-            &smallc_dx_block<double>, &smallc_dw_block_avx2_dispatch<double>, 0, nullptr, nullptr};
+            &smallc_dx_block<double>, &smallc_detail::avx2::smallc_dw_block_dispatch<VecAvx2D, 1>, 0, nullptr, nullptr};
     k.NR_indirect_last = 8;
     k.indirect_last = &indirect_kernel_avx2<double, 4, 2>;
     return k;
@@ -1589,7 +1434,7 @@ inline ConvKernels<double> conv_kernels<double>(SimdLevel level, bool alt_tile) 
   if (level >= SimdLevel::AVX2) {
     ConvKernels<double> k{SimdLevel::AVX2, 6, 8, 128, 4, &micro_kernel_avx2, &direct_kernel_avx2,
             &indirect_kernel_avx2<double>, &column_kernel_avx2<double>, &store_tile_avx2<double>, &dot_avx2,
-            &narrow_row_avx2, &smallc_dx_block<double>, &smallc_dw_block_avx2_dispatch<double>, 0, nullptr, nullptr};
+            &narrow_row_avx2, &smallc_dx_block<double>, &smallc_detail::avx2::smallc_dw_block_dispatch<VecAvx2D, 1>, 0, nullptr, nullptr};
     k.MR_direct_tail = 4;
     k.direct_tail = &direct_kernel_avx2_rows<double, 4>;
     k.NR_indirect_last = 4;

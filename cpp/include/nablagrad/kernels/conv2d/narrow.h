@@ -24,130 +24,12 @@
 #include "../simd.h"
 #include "forward.h"
 #include "geometry.h"
+#include "vec.h"
 
 namespace nablagrad {
 namespace kernels {
 namespace conv_detail {
 namespace narrow_detail {
-
-// The vector types of narrow_kernel.inc: zero, load, load_n (the first n < W values, the rest
-// zero, nothing read past them), bcast, store, fma, and sum (a fixed order).
-template <typename Tp>
-struct NarrowScalar {
-  using T = Tp;
-  static constexpr int W = 4;
-  struct VT {
-    T v[W];
-  };
-  static VT zero() { return {}; }
-  static VT load(const T* p) {
-    VT r;
-    for (int l = 0; l < W; ++l) r.v[l] = p[l];
-    return r;
-  }
-  static VT load_n(const T* p, int64_t n) {
-    VT r{};
-    for (int l = 0; l < n; ++l) r.v[l] = p[l];
-    return r;
-  }
-  static VT bcast(const T* p) {
-    VT r;
-    for (int l = 0; l < W; ++l) r.v[l] = *p;
-    return r;
-  }
-  static void store(T* p, VT a) {
-    for (int l = 0; l < W; ++l) p[l] = a.v[l];
-  }
-  static VT fma(VT a, VT b, VT c) {
-    for (int l = 0; l < W; ++l) c.v[l] += a.v[l] * b.v[l];
-    return c;
-  }
-  static T sum(VT a) { return (a.v[0] + a.v[1]) + (a.v[2] + a.v[3]); }
-};
-
-#if NABLAGRAD_X86
-#define NABLAGRAD_NARROW_AVX2 __attribute__((target("avx2,fma")))
-#define NABLAGRAD_NARROW_AVX512 __attribute__((target("avx512f,avx2,fma")))
-struct NarrowAvx2F {
-  using T = float;
-  using VT = __m256;
-  static constexpr int W = 8;
-  NABLAGRAD_NARROW_AVX2 static VT zero() { return _mm256_setzero_ps(); }
-  NABLAGRAD_NARROW_AVX2 static VT load(const T* p) { return _mm256_loadu_ps(p); }
-  NABLAGRAD_NARROW_AVX2 static VT load_n(const T* p, int64_t n) {
-    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    return _mm256_maskload_ps(p, _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)), lane));
-  }
-  NABLAGRAD_NARROW_AVX2 static VT bcast(const T* p) { return _mm256_broadcast_ss(p); }
-  NABLAGRAD_NARROW_AVX2 static void store(T* p, VT v) { _mm256_storeu_ps(p, v); }
-  NABLAGRAD_NARROW_AVX2 static VT fma(VT a, VT b, VT c) { return _mm256_fmadd_ps(a, b, c); }
-  NABLAGRAD_NARROW_AVX2 static T sum(VT v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
-  }
-};
-struct NarrowAvx2D {
-  using T = double;
-  using VT = __m256d;
-  static constexpr int W = 4;
-  NABLAGRAD_NARROW_AVX2 static VT zero() { return _mm256_setzero_pd(); }
-  NABLAGRAD_NARROW_AVX2 static VT load(const T* p) { return _mm256_loadu_pd(p); }
-  NABLAGRAD_NARROW_AVX2 static VT load_n(const T* p, int64_t n) {
-    const __m256i lane = _mm256_setr_epi64x(0, 1, 2, 3);
-    return _mm256_maskload_pd(p, _mm256_cmpgt_epi64(_mm256_set1_epi64x(n), lane));
-  }
-  NABLAGRAD_NARROW_AVX2 static VT bcast(const T* p) { return _mm256_broadcast_sd(p); }
-  NABLAGRAD_NARROW_AVX2 static void store(T* p, VT v) { _mm256_storeu_pd(p, v); }
-  NABLAGRAD_NARROW_AVX2 static VT fma(VT a, VT b, VT c) { return _mm256_fmadd_pd(a, b, c); }
-  NABLAGRAD_NARROW_AVX2 static T sum(VT v) {
-    const __m128d s = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
-    return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
-  }
-};
-struct NarrowAvx512F {
-  using T = float;
-  using VT = __m512;
-  static constexpr int W = 16;
-  NABLAGRAD_NARROW_AVX512 static VT zero() { return _mm512_setzero_ps(); }
-  NABLAGRAD_NARROW_AVX512 static VT load(const T* p) { return _mm512_loadu_ps(p); }
-  NABLAGRAD_NARROW_AVX512 static VT load_n(const T* p, int64_t n) {
-    return _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1u), p);
-  }
-  NABLAGRAD_NARROW_AVX512 static VT bcast(const T* p) { return _mm512_set1_ps(*p); }
-  NABLAGRAD_NARROW_AVX512 static void store(T* p, VT v) { _mm512_storeu_ps(p, v); }
-  NABLAGRAD_NARROW_AVX512 static VT fma(VT a, VT b, VT c) { return _mm512_fmadd_ps(a, b, c); }
-  // Folds of halves, quarters, pairs and neighbours (the maskz forms with every lane set:
-  // GCC 12's unmasked shuffles and _mm512_reduce_add_* trip -Wuninitialized on their
-  // _mm512_undefined_* operand, as vmath.h notes).
-  NABLAGRAD_NARROW_AVX512 static T sum(VT v) {
-    const __mmask16 all = 0xFFFF;
-    v = _mm512_add_ps(v, _mm512_maskz_shuffle_f32x4(all, v, v, 0x4E));
-    v = _mm512_add_ps(v, _mm512_maskz_shuffle_f32x4(all, v, v, 0xB1));
-    v = _mm512_add_ps(v, _mm512_maskz_permute_ps(all, v, 0x4E));
-    return _mm512_cvtss_f32(_mm512_add_ps(v, _mm512_maskz_permute_ps(all, v, 0xB1)));
-  }
-};
-struct NarrowAvx512D {
-  using T = double;
-  using VT = __m512d;
-  static constexpr int W = 8;
-  NABLAGRAD_NARROW_AVX512 static VT zero() { return _mm512_setzero_pd(); }
-  NABLAGRAD_NARROW_AVX512 static VT load(const T* p) { return _mm512_loadu_pd(p); }
-  NABLAGRAD_NARROW_AVX512 static VT load_n(const T* p, int64_t n) {
-    return _mm512_maskz_loadu_pd(static_cast<__mmask8>((1u << n) - 1u), p);
-  }
-  NABLAGRAD_NARROW_AVX512 static VT bcast(const T* p) { return _mm512_set1_pd(*p); }
-  NABLAGRAD_NARROW_AVX512 static void store(T* p, VT v) { _mm512_storeu_pd(p, v); }
-  NABLAGRAD_NARROW_AVX512 static VT fma(VT a, VT b, VT c) { return _mm512_fmadd_pd(a, b, c); }
-  NABLAGRAD_NARROW_AVX512 static T sum(VT v) {  // as NarrowAvx512F::sum
-    const __mmask8 all = 0xFF;
-    v = _mm512_add_pd(v, _mm512_maskz_shuffle_f64x2(all, v, v, 0x4E));
-    v = _mm512_add_pd(v, _mm512_maskz_shuffle_f64x2(all, v, v, 0xB1));
-    return _mm512_cvtsd_f64(_mm512_add_pd(v, _mm512_maskz_permute_pd(all, v, 0x55)));
-  }
-};
-#endif
 
 template <typename T>
 using NarrowKernel = void (*)(int64_t nh, int64_t len, const T* const* rows, const T* w, int64_t K, T* out,
@@ -181,17 +63,15 @@ namespace portable {
 }  // namespace portable
 #if NABLAGRAD_X86
 namespace avx2 {
-#define NABLAGRAD_NARROW_TARGET NABLAGRAD_NARROW_AVX2
+#define NABLAGRAD_NARROW_TARGET NABLAGRAD_VEC_AVX2
 #include "narrow_kernel.inc"
 #undef NABLAGRAD_NARROW_TARGET
 }  // namespace avx2
 namespace avx512 {
-#define NABLAGRAD_NARROW_TARGET NABLAGRAD_NARROW_AVX512
+#define NABLAGRAD_NARROW_TARGET NABLAGRAD_VEC_AVX512
 #include "narrow_kernel.inc"
 #undef NABLAGRAD_NARROW_TARGET
 }  // namespace avx512
-#undef NABLAGRAD_NARROW_AVX2
-#undef NABLAGRAD_NARROW_AVX512
 #endif
 }  // namespace narrow_detail
 
@@ -204,13 +84,13 @@ namespace avx512 {
 template <typename T>
 inline narrow_detail::NarrowKernels<T> narrow_kernels(SimdLevel level, int64_t Q) {
 #if NABLAGRAD_X86
-  using Z = std::conditional_t<std::is_same<T, float>::value, narrow_detail::NarrowAvx512F, narrow_detail::NarrowAvx512D>;
-  using Y = std::conditional_t<std::is_same<T, float>::value, narrow_detail::NarrowAvx2F, narrow_detail::NarrowAvx2D>;
+  using Z = VecAvx512<T>;
+  using Y = VecAvx2<T>;
   if (level >= SimdLevel::AVX512) return narrow_detail::avx512::narrow_table<Z, 6, 8, 12, 16>(Q);
   if (level >= SimdLevel::AVX2) return narrow_detail::avx2::narrow_table<Y, 3, 4, 6, 8>(Q);
 #endif
   (void)level;
-  return narrow_detail::portable::narrow_table<narrow_detail::NarrowScalar<T>, 4, 4, 8, 16>(Q);
+  return narrow_detail::portable::narrow_table<VecScalar<T>, 4, 4, 8, 16>(Q);
 }
 
 /// Forward by the narrow kernels: the output pixels walked flat in blocks of P with the
@@ -242,13 +122,13 @@ void forward_narrow(const narrow_detail::NarrowKernels<T>& nk, const Conv2dGeome
 template <typename T>
 inline narrow_detail::NarrowDwKernels<T> narrow_dw_kernels(SimdLevel level) {
 #if NABLAGRAD_X86
-  using Z = std::conditional_t<std::is_same<T, float>::value, narrow_detail::NarrowAvx512F, narrow_detail::NarrowAvx512D>;
-  using Y = std::conditional_t<std::is_same<T, float>::value, narrow_detail::NarrowAvx2F, narrow_detail::NarrowAvx2D>;
+  using Z = VecAvx512<T>;
+  using Y = VecAvx2<T>;
   if (level >= SimdLevel::AVX512) return narrow_detail::avx512::narrow_dw_table<Z, 4>();
   if (level >= SimdLevel::AVX2) return narrow_detail::avx2::narrow_dw_table<Y, 2>();
 #endif
   (void)level;
-  return narrow_detail::portable::narrow_dw_table<narrow_detail::NarrowScalar<T>, 2>();
+  return narrow_detail::portable::narrow_dw_table<VecScalar<T>, 2>();
 }
 
 /// Kernel (and bias) gradient for a few filters, the transpose of forward_narrow's layout:

@@ -1,0 +1,155 @@
+// nablagrad/kernels/conv2d/vec.h - the vector types that the kernels written once over a
+// vector type V take: narrow_kernel.inc (narrow.h) and small_c_kernel.inc (microkernel.h).
+// One per instruction set and type: VecScalar<T> (portable, 4 lanes), VecAvx2F/D, VecAvx512F/D,
+// each with W lanes and
+//   zero, load, load_n (the first n < W values, the rest zero, nothing read past them),
+//   bcast, store, fma (a b + c, one rounding), add, and sum (the lanes, in a fixed order).
+// Each AVX member carries its instruction set's target attribute (NABLAGRAD_VEC_AVX2,
+// NABLAGRAD_VEC_AVX512), as must every function that takes or returns its vectors.
+#pragma once
+
+#include <cstdint>
+#include <type_traits>
+
+#include "../simd.h"
+
+namespace nablagrad {
+namespace kernels {
+namespace conv_detail {
+
+template <typename Tp>
+struct VecScalar {
+  using T = Tp;
+  static constexpr int W = 4;
+  struct VT {
+    T v[W];
+  };
+  static VT zero() { return {}; }
+  static VT load(const T* p) {
+    VT r;
+    for (int l = 0; l < W; ++l) r.v[l] = p[l];
+    return r;
+  }
+  static VT load_n(const T* p, int64_t n) {
+    VT r{};
+    for (int l = 0; l < n; ++l) r.v[l] = p[l];
+    return r;
+  }
+  static VT bcast(const T* p) {
+    VT r;
+    for (int l = 0; l < W; ++l) r.v[l] = *p;
+    return r;
+  }
+  static void store(T* p, VT a) {
+    for (int l = 0; l < W; ++l) p[l] = a.v[l];
+  }
+  static VT fma(VT a, VT b, VT c) {
+    for (int l = 0; l < W; ++l) c.v[l] += a.v[l] * b.v[l];
+    return c;
+  }
+  static VT add(VT a, VT b) {
+    for (int l = 0; l < W; ++l) a.v[l] += b.v[l];
+    return a;
+  }
+  static T sum(VT a) { return (a.v[0] + a.v[1]) + (a.v[2] + a.v[3]); }
+};
+
+#if NABLAGRAD_X86
+#define NABLAGRAD_VEC_AVX2 __attribute__((target("avx2,fma")))
+#define NABLAGRAD_VEC_AVX512 __attribute__((target("avx512f,avx2,fma")))
+struct VecAvx2F {
+  using T = float;
+  using VT = __m256;
+  static constexpr int W = 8;
+  NABLAGRAD_VEC_AVX2 static VT zero() { return _mm256_setzero_ps(); }
+  NABLAGRAD_VEC_AVX2 static VT load(const T* p) { return _mm256_loadu_ps(p); }
+  NABLAGRAD_VEC_AVX2 static VT load_n(const T* p, int64_t n) {
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    return _mm256_maskload_ps(p, _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)), lane));
+  }
+  NABLAGRAD_VEC_AVX2 static VT bcast(const T* p) { return _mm256_broadcast_ss(p); }
+  NABLAGRAD_VEC_AVX2 static void store(T* p, VT v) { _mm256_storeu_ps(p, v); }
+  NABLAGRAD_VEC_AVX2 static VT fma(VT a, VT b, VT c) { return _mm256_fmadd_ps(a, b, c); }
+  NABLAGRAD_VEC_AVX2 static VT add(VT a, VT b) { return _mm256_add_ps(a, b); }
+  NABLAGRAD_VEC_AVX2 static T sum(VT v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+  }
+};
+struct VecAvx2D {
+  using T = double;
+  using VT = __m256d;
+  static constexpr int W = 4;
+  NABLAGRAD_VEC_AVX2 static VT zero() { return _mm256_setzero_pd(); }
+  NABLAGRAD_VEC_AVX2 static VT load(const T* p) { return _mm256_loadu_pd(p); }
+  NABLAGRAD_VEC_AVX2 static VT load_n(const T* p, int64_t n) {
+    const __m256i lane = _mm256_setr_epi64x(0, 1, 2, 3);
+    return _mm256_maskload_pd(p, _mm256_cmpgt_epi64(_mm256_set1_epi64x(n), lane));
+  }
+  NABLAGRAD_VEC_AVX2 static VT bcast(const T* p) { return _mm256_broadcast_sd(p); }
+  NABLAGRAD_VEC_AVX2 static void store(T* p, VT v) { _mm256_storeu_pd(p, v); }
+  NABLAGRAD_VEC_AVX2 static VT fma(VT a, VT b, VT c) { return _mm256_fmadd_pd(a, b, c); }
+  NABLAGRAD_VEC_AVX2 static VT add(VT a, VT b) { return _mm256_add_pd(a, b); }
+  NABLAGRAD_VEC_AVX2 static T sum(VT v) {
+    const __m128d s = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
+  }
+};
+struct VecAvx512F {
+  using T = float;
+  using VT = __m512;
+  static constexpr int W = 16;
+  NABLAGRAD_VEC_AVX512 static VT zero() { return _mm512_setzero_ps(); }
+  NABLAGRAD_VEC_AVX512 static VT load(const T* p) { return _mm512_loadu_ps(p); }
+  NABLAGRAD_VEC_AVX512 static VT load_n(const T* p, int64_t n) {
+    return _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1u), p);
+  }
+  NABLAGRAD_VEC_AVX512 static VT bcast(const T* p) { return _mm512_set1_ps(*p); }
+  NABLAGRAD_VEC_AVX512 static void store(T* p, VT v) { _mm512_storeu_ps(p, v); }
+  NABLAGRAD_VEC_AVX512 static VT fma(VT a, VT b, VT c) { return _mm512_fmadd_ps(a, b, c); }
+  NABLAGRAD_VEC_AVX512 static VT add(VT a, VT b) { return _mm512_add_ps(a, b); }
+  // Folds of halves, quarters, pairs and neighbours (the maskz forms with every lane set:
+  // GCC 12's unmasked shuffles and _mm512_reduce_add_* trip -Wuninitialized on their
+  // _mm512_undefined_* operand, as vmath.h notes).
+  NABLAGRAD_VEC_AVX512 static T sum(VT v) {
+    const __mmask16 all = 0xFFFF;
+    v = _mm512_add_ps(v, _mm512_maskz_shuffle_f32x4(all, v, v, 0x4E));
+    v = _mm512_add_ps(v, _mm512_maskz_shuffle_f32x4(all, v, v, 0xB1));
+    v = _mm512_add_ps(v, _mm512_maskz_permute_ps(all, v, 0x4E));
+    return _mm512_cvtss_f32(_mm512_add_ps(v, _mm512_maskz_permute_ps(all, v, 0xB1)));
+  }
+};
+struct VecAvx512D {
+  using T = double;
+  using VT = __m512d;
+  static constexpr int W = 8;
+  NABLAGRAD_VEC_AVX512 static VT zero() { return _mm512_setzero_pd(); }
+  NABLAGRAD_VEC_AVX512 static VT load(const T* p) { return _mm512_loadu_pd(p); }
+  NABLAGRAD_VEC_AVX512 static VT load_n(const T* p, int64_t n) {
+    return _mm512_maskz_loadu_pd(static_cast<__mmask8>((1u << n) - 1u), p);
+  }
+  NABLAGRAD_VEC_AVX512 static VT bcast(const T* p) { return _mm512_set1_pd(*p); }
+  NABLAGRAD_VEC_AVX512 static void store(T* p, VT v) { _mm512_storeu_pd(p, v); }
+  NABLAGRAD_VEC_AVX512 static VT fma(VT a, VT b, VT c) { return _mm512_fmadd_pd(a, b, c); }
+  NABLAGRAD_VEC_AVX512 static VT add(VT a, VT b) { return _mm512_add_pd(a, b); }
+  NABLAGRAD_VEC_AVX512 static T sum(VT v) {  // as VecAvx512F::sum
+    const __mmask8 all = 0xFF;
+    v = _mm512_add_pd(v, _mm512_maskz_shuffle_f64x2(all, v, v, 0x4E));
+    v = _mm512_add_pd(v, _mm512_maskz_shuffle_f64x2(all, v, v, 0xB1));
+    return _mm512_cvtsd_f64(_mm512_add_pd(v, _mm512_maskz_permute_pd(all, v, 0x55)));
+  }
+};
+#endif
+
+#if NABLAGRAD_X86
+/// The vector type of a level for T.
+template <typename T>
+using VecAvx2 = std::conditional_t<std::is_same<T, float>::value, VecAvx2F, VecAvx2D>;
+template <typename T>
+using VecAvx512 = std::conditional_t<std::is_same<T, float>::value, VecAvx512F, VecAvx512D>;
+#endif
+
+}  // namespace conv_detail
+}  // namespace kernels
+}  // namespace nablagrad
