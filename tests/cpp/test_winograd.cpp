@@ -307,6 +307,109 @@ void test_exact_integers() {
   CHECK(dw == dw_ref);
 }
 
+// The kernel transform's G (winograd_transforms.inc's gcol, as each instruction set compiles it)
+// against the kernel gradient's copy (g_entry's table): gcol of the unit tap e_a is column a of
+// G, and with one nonzero tap each sum is exact (the constants are 1/6 and 1/24 scaled by powers
+// of two, and 1/4, 1/2), so in double the two agree bit for bit; in float within an ulp.
+namespace wd = nablagrad::kernels::winograd_detail;
+
+template <int M, int R>
+void check_g(const char* where, int a, const double* col, double tol) {
+  for (int i = 0; i < M + R - 1; ++i) {
+    const double want = wd::g_entry<M, R>(i, a);
+    if (tol == 0) {
+      if (col[i] != want) std::printf("  %s F(%d,%d): G[%d][%d] = %.17g, g_entry %.17g\n", where, M, R, i, a, col[i], want);
+      CHECK(col[i] == want);
+    } else {
+      CHECK_NEAR(col[i], want, tol);
+    }
+  }
+}
+
+// gcol over the lanes of X (L lanes, one unit tap each): column a of G in every lane.
+template <class X, int M, int R>
+void gcol_columns(int a, double* out) {
+  using T = typename X::T;
+  typename X::V g[R], o[M + R - 1];
+  T lanes[16];
+  for (int d = 0; d < R; ++d) {
+    for (int l = 0; l < X::L; ++l) lanes[l] = T(d == a ? 1 : 0);
+    g[d] = X::load(lanes);
+  }
+  wd::portable::gcol<X, M, R>(g, 1, o, 1);
+  for (int i = 0; i < M + R - 1; ++i) {
+    X::store(lanes, o[i]);
+    out[i] = static_cast<double>(lanes[X::L - 1]);
+  }
+}
+
+#if NABLAGRAD_X86
+template <class X, int M, int R>
+__attribute__((target("avx512f,avx2,fma"))) void gcol_columns_avx512(int a, double* out) {
+  using T = typename X::T;
+  typename X::V g[R], o[M + R - 1];
+  alignas(64) T lanes[16];
+  for (int d = 0; d < R; ++d) {
+    for (int l = 0; l < X::L; ++l) lanes[l] = T(d == a ? 1 : 0);
+    g[d] = X::load(lanes);
+  }
+  wd::avx512::gcol<X, M, R>(g, 1, o, 1);
+  for (int i = 0; i < M + R - 1; ++i) {
+    X::store(lanes, o[i]);
+    out[i] = static_cast<double>(lanes[X::L - 1]);
+  }
+}
+
+template <class X, int M, int R>
+__attribute__((target("avx2,fma"))) void gcol_columns_avx2(int a, double* out) {
+  using T = typename X::T;
+  typename X::V g[R], o[M + R - 1];
+  alignas(32) T lanes[8];
+  for (int d = 0; d < R; ++d) {
+    for (int l = 0; l < X::L; ++l) lanes[l] = T(d == a ? 1 : 0);
+    g[d] = X::load(lanes);
+  }
+  wd::avx2::gcol<X, M, R>(g, 1, o, 1);
+  for (int i = 0; i < M + R - 1; ++i) {
+    X::store(lanes, o[i]);
+    out[i] = static_cast<double>(lanes[X::L - 1]);
+  }
+}
+#endif
+
+template <int M, int R>
+void check_gcol_against_g_entry() {
+  for (int a = 0; a < R; ++a) {
+    double col[6];
+    gcol_columns<wd::XScalar<double>, M, R>(a, col);  // kernel_run's lane-by-lane double sums
+    check_g<M, R>("XScalar<double>", a, col, 0);
+    gcol_columns<wd::XPortable<double, 4>, M, R>(a, col);
+    check_g<M, R>("XPortable<double>", a, col, 0);
+    gcol_columns<wd::XPortable<float, 8>, M, R>(a, col);
+    check_g<M, R>("XPortable<float>", a, col, 1e-7);
+#if NABLAGRAD_X86
+    if (nablagrad::cpu_simd_level() >= SimdLevel::AVX2) {
+      gcol_columns_avx2<wd::XAvx2D, M, R>(a, col);
+      check_g<M, R>("XAvx2D", a, col, 0);
+      gcol_columns_avx2<wd::XAvx2F, M, R>(a, col);
+      check_g<M, R>("XAvx2F", a, col, 1e-7);
+    }
+    if (nablagrad::cpu_simd_level() >= SimdLevel::AVX512) {
+      gcol_columns_avx512<wd::XAvx512D, M, R>(a, col);
+      check_g<M, R>("XAvx512D", a, col, 0);
+      gcol_columns_avx512<wd::XAvx512F, M, R>(a, col);
+      check_g<M, R>("XAvx512F", a, col, 1e-7);
+    }
+#endif
+  }
+}
+
+void test_kernel_transform_g() {
+  check_gcol_against_g_entry<2, 3>();
+  check_gcol_against_g_entry<4, 3>();
+  check_gcol_against_g_entry<2, 5>();
+}
+
 // Whether f() throws std::invalid_argument.
 template <typename F>
 bool throws_invalid_argument(const F& f) {
@@ -592,6 +695,7 @@ int main(int argc, char** argv) {
     return 0;
   }
   RUN_TEST(test_exact_integers);
+  RUN_TEST(test_kernel_transform_g);
   RUN_TEST(test_errors_and_empty);
   RUN_TEST(test_against_reference<double>);
   RUN_TEST(test_against_reference<float>);

@@ -154,6 +154,20 @@ struct XPortable {
   }
 };
 
+// One lane: kernel_run's double sums, lane by lane in loops the compiler vectorises.
+template <typename T_>
+struct XScalar {
+  using T = T_;
+  using V = T_;
+  static constexpr int L = 1;
+  static V load(const T* p) { return *p; }
+  static void store(T* p, V a) { *p = a; }
+  static V add(V a, V b) { return a + b; }
+  static V sub(V a, V b) { return a - b; }
+  static V madd(V a, T k, V b) { return a * k + b; }
+  static V mul(V a, T k) { return a * k; }
+};
+
 #if NABLAGRAD_X86
 #define NABLAGRAD_WINO_AVX2 __attribute__((target("avx2,fma")))
 #define NABLAGRAD_WINO_AVX512 __attribute__((target("avx512f,avx2,fma")))
@@ -265,45 +279,8 @@ struct BlockArgs {
   T* y;                  // output (N, Ho, Wo, Q)
 };
 
-/// One-dimensional kernel transform G g over `n` lanes (consecutive channels):
-/// g[i] = g + i * is, o[i] = o + i * os, each a run of n doubles. Divisions are products with
-/// the reciprocals (a vdivpd is ~16 cycles: they were most of the transform's arithmetic).
-///   F(2,3): G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1]
-///   F(4,3): G = [1/4 0 0; -1/6 -1/6 -1/6; -1/6 1/6 -1/6; 1/24 1/12 1/6; 1/24 -1/12 1/6; 0 0 1]
-///   F(2,5): G = [1/4 0 0 0 0; -1/6 (1 1 1 1 1); -1/6 (1 -1 1 -1 1); 1/24 (1 2 4 8 16);
-///                1/24 (1 -2 4 -8 16); 0 0 0 0 1]
-template <int M, int R>
-inline void g1d(const double* g, int is, double* o, int os, int n) {
-  constexpr double s6 = 1.0 / 6, s24 = 1.0 / 24;
-  const double *g0 = g, *g1 = g + is, *g2 = g + 2 * is;
-  for (int l = 0; l < n; ++l) {
-    if (R == 5) {
-      const double g3 = g[3 * is + l], g4 = g[4 * is + l];
-      const double even = g0[l] + g2[l] + g4, odd = g1[l] + g3;
-      const double even2 = g0[l] + 4 * g2[l] + 16 * g4, odd2 = 2 * g1[l] + 8 * g3;
-      o[l] = g0[l] * 0.25;
-      o[os + l] = -(even + odd) * s6;
-      o[2 * os + l] = -(even - odd) * s6;
-      o[3 * os + l] = (even2 + odd2) * s24;
-      o[4 * os + l] = (even2 - odd2) * s24;
-      o[5 * os + l] = g4;
-    } else if (M == 2) {
-      o[l] = g0[l];
-      o[os + l] = (g0[l] + g1[l] + g2[l]) * 0.5;
-      o[2 * os + l] = (g0[l] - g1[l] + g2[l]) * 0.5;
-      o[3 * os + l] = g2[l];
-    } else {
-      o[l] = g0[l] * 0.25;
-      o[os + l] = -(g0[l] + g1[l] + g2[l]) * s6;
-      o[2 * os + l] = -(g0[l] - g1[l] + g2[l]) * s6;
-      o[3 * os + l] = (g0[l] + 2 * g1[l] + 4 * g2[l]) * s24;
-      o[4 * os + l] = (g0[l] - 2 * g1[l] + 4 * g2[l]) * s24;
-      o[5 * os + l] = g2[l];
-    }
-  }
-}
-
-/// G of F(m x m, r x r) (A x r, the rows of g1d), for the kernel gradient's G^T S G.
+/// G of F(m x m, r x r) (A x r: winograd_transforms.inc's gcol as a table), for the kernel
+/// gradient's G^T S G.
 template <int M, int R>
 inline double g_entry(int i, int a) {
   static const double g25[6][5] = {{0.25, 0, 0, 0, 0},
