@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdio>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "test_util.h"
@@ -215,8 +216,36 @@ void at_every_level_and_thread_count(const Run& run) {
   nablagrad::set_num_threads(2);
 }
 
-// Fast vs reference over random shapes, at 1, 2 and 3 threads (bitwise equal) and both SIMD
-// levels. Every failure prints the full parameter set.
+// Fast vs reference for one shape at every SIMD level the CPU has and 1, 2, 3 threads: every
+// pass within tol of the reference (db too when with_bias), and at each level every thread
+// count bitwise the same as 1 thread. A failure prints the whole shape, the level, the thread
+// count and the errors.
+template <typename T>
+void check_against_reference(const Conv2dGeometry& g, const std::vector<T>& x, const std::vector<T>& w,
+                             const std::vector<T>& b, const std::vector<T>& dy, bool with_bias, const Results& ref,
+                             double tol, const char* label) {
+  Results first;
+  at_every_level_and_thread_count([&](int level, int threads) {
+    const Results r = run_fast(g, x, w, b, dy, with_bias);
+    const double ey = max_rel_diff(r.y, ref.y), edx = max_rel_diff(r.dx, ref.dx), edw = max_rel_diff(r.dw, ref.dw),
+                 edb = with_bias ? max_rel_diff(r.db, ref.db) : 0.0;
+    if (threads == 1) first = r;
+    const bool ok = ey < tol && edx < tol && edw < tol && edb < tol;
+    const bool same = bitwise_equal(r.y, first.y) && bitwise_equal(r.dx, first.dx) && bitwise_equal(r.dw, first.dw) &&
+                      bitwise_equal(r.db, first.db);
+    CHECK(ok && same);
+    if (!(ok && same))
+      std::printf(
+          "  %s %s: N=%lld H=%lld W=%lld C=%lld Q=%lld F=%lldx%lld S=%lldx%lld pad(t%lld,b%lld,l%lld,r%lld) "
+          "bias=%d simd=%d threads=%d: err y=%g dx=%g dw=%g db=%g bitwise_same=%d\n",
+          sizeof(T) == 4 ? "float" : "double", label, (long long)g.N, (long long)g.H, (long long)g.W,
+          (long long)g.C, (long long)g.Q, (long long)g.FH, (long long)g.FW, (long long)g.stride_h,
+          (long long)g.stride_w, (long long)g.pad_top, (long long)g.pad_bottom, (long long)g.pad_left,
+          (long long)g.pad_right, with_bias, level, threads, ey, edx, edw, edb, same);
+  });
+}
+
+// Fast vs reference over random shapes (check_against_reference: every level, 1-3 threads).
 template <typename T>
 void sweep(int cases, uint32_t seed, double tol) {
   std::mt19937 rng(seed);
@@ -234,25 +263,8 @@ void sweep(int cases, uint32_t seed, double tol) {
     auto x = random_vector<T>(N * H * W * C, rng), w = random_vector<T>(Q * FH * FW * C, rng),
          b = random_vector<T>(Q, rng), dy = random_vector<T>(N * g.Ho * g.Wo * Q, rng);
     const bool with_bias = t % 3 != 0;
-    const Results ref = run_reference(g, x, w, b, dy, with_bias);
-    Results first;
-    at_every_level_and_thread_count([&](int level, int threads) {
-      const Results r = run_fast(g, x, w, b, dy, with_bias);
-      const double ey = max_rel_diff(r.y, ref.y), edx = max_rel_diff(r.dx, ref.dx), edw = max_rel_diff(r.dw, ref.dw),
-                   edb = with_bias ? max_rel_diff(r.db, ref.db) : 0.0;
-      if (threads == 1) first = r;
-      const bool same = bitwise_equal(r.y, first.y) && bitwise_equal(r.dx, first.dx) &&
-                        bitwise_equal(r.dw, first.dw) && bitwise_equal(r.db, first.db);
-      CHECK(ey < tol && edx < tol && edw < tol && edb < tol && same);
-      if (!(ey < tol && edx < tol && edw < tol && edb < tol && same))
-        std::printf(
-            "  %s case %d: N=%lld H=%lld W=%lld C=%lld Q=%lld F=%lldx%lld S=%lldx%lld "
-            "pad(t%lld,b%lld,l%lld,r%lld) bias=%d simd=%d threads=%d: err y=%g dx=%g dw=%g "
-            "db=%g bitwise_same=%d\n",
-            sizeof(T) == 4 ? "float" : "double", t, (long long)N, (long long)H, (long long)W, (long long)C,
-            (long long)Q, (long long)FH, (long long)FW, (long long)sh, (long long)sw, (long long)pt,
-            (long long)pb, (long long)pl, (long long)pr, with_bias, level, threads, ey, edx, edw, edb, same);
-    });
+    check_against_reference(g, x, w, b, dy, with_bias, run_reference(g, x, w, b, dy, with_bias), tol,
+                            ("case " + std::to_string(t)).c_str());
   }
 }
 
@@ -260,7 +272,8 @@ void test_sweep_double() { sweep<double>(150, 1234, 1e-12); }
 void test_sweep_float() { sweep<float>(40, 99, 2e-5); }
 
 // A few larger shapes (several tiles, several weight-gradient chunks, K blocking) to exercise
-// the tiling and the chunked reduction; checked against the reference and across threads.
+// the tiling and the chunked reduction; checked against the reference at every level and across
+// threads (check_against_reference).
 void test_larger_shapes() {
   struct Case { int64_t N, H, W, C, Q, F, S, P; };
   // The last two take the small-depth direct forward and the GEMM + col2im input gradient
@@ -278,41 +291,15 @@ void test_larger_shapes() {
     auto x = random_vector<double>(c.N * c.H * c.W * c.C, rng),
          w = random_vector<double>(c.Q * c.F * c.F * c.C, rng), b = random_vector<double>(c.Q, rng),
          dy = random_vector<double>(c.N * g.Ho * g.Wo * c.Q, rng);
-    const Results ref = run_reference(g, x, w, b, dy, true);
-    nablagrad::set_num_threads(1);
-    const Results r1 = run_fast(g, x, w, b, dy, true);
-    nablagrad::set_num_threads(3);
-    const Results r3 = run_fast(g, x, w, b, dy, true);
-    CHECK(max_rel_diff(r1.y, ref.y) < 1e-12);
-    CHECK(max_rel_diff(r1.dx, ref.dx) < 1e-12);
-    CHECK(max_rel_diff(r1.dw, ref.dw) < 1e-12);
-    CHECK(max_rel_diff(r1.db, ref.db) < 1e-12);
-    CHECK(bitwise_equal(r1.y, r3.y) && bitwise_equal(r1.dx, r3.dx) &&
-          bitwise_equal(r1.dw, r3.dw) && bitwise_equal(r1.db, r3.db));
+    check_against_reference(g, x, w, b, dy, true, run_reference(g, x, w, b, dy, true), 1e-12, "larger");
   }
-  nablagrad::set_num_threads(2);
 }
 
-// Fast vs reference for one shape at every SIMD level the CPU has and 1..3 threads (bitwise).
+// check_against_reference on random x, w, b and dy drawn from seed, with a bias.
 template <typename T>
 void check_everywhere(const Conv2dGeometry& g, double tol, uint32_t seed) {
   const Case<T> c = make_case<T>(g, seed);
-  const Results& ref = c.ref;
-  Results first;
-  at_every_level_and_thread_count([&](int level, int threads) {
-    const Results r = run_fast(g, c.x, c.w, c.b, c.dy, true);
-    const bool ok = max_rel_diff(r.y, ref.y) < tol && max_rel_diff(r.dx, ref.dx) < tol &&
-                    max_rel_diff(r.dw, ref.dw) < tol && max_rel_diff(r.db, ref.db) < tol;
-    if (threads == 1) first = r;
-    const bool same = bitwise_equal(r.y, first.y) && bitwise_equal(r.dx, first.dx) &&
-                      bitwise_equal(r.dw, first.dw) && bitwise_equal(r.db, first.db);
-    CHECK(ok && same);
-    if (!(ok && same))
-      std::printf("  %s N=%lld H=%lld W=%lld C=%lld Q=%lld F=%lldx%lld S=%lld level=%d threads=%d ok=%d same=%d\n",
-                  sizeof(T) == 4 ? "float" : "double", (long long)g.N, (long long)g.H, (long long)g.W,
-                  (long long)g.C, (long long)g.Q, (long long)g.FH, (long long)g.FW, (long long)g.stride_h, level,
-                  threads, ok, same);
-  });
+  check_against_reference(g, c.x, c.w, c.b, c.dy, true, c.ref, tol, "");
 }
 
 // 1x1 convolutions without padding go straight to the GEMM (stride 1: the input as it lies;
