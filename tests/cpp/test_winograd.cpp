@@ -326,56 +326,31 @@ void check_g(const char* where, int a, const double* col, double tol) {
   }
 }
 
-// gcol over the lanes of X (L lanes, one unit tap each): column a of G in every lane.
-template <class X, int M, int R>
-void gcol_columns(int a, double* out) {
-  using T = typename X::T;
-  typename X::V g[R], o[M + R - 1];
-  T lanes[16];
-  for (int d = 0; d < R; ++d) {
-    for (int l = 0; l < X::L; ++l) lanes[l] = T(d == a ? 1 : 0);
-    g[d] = X::load(lanes);
+// gcol over the lanes of X (L lanes, one unit tap each) as namespace NS compiles it, with the
+// target attribute TARGET (a function that holds AVX vectors must have it): column a of G,
+// read from the last lane.
+#define NG_GCOL_COLUMNS(NAME, TARGET, NS)                              \
+  template <class X, int M, int R>                                     \
+  TARGET void NAME(int a, double* out) {                               \
+    using T = typename X::T;                                           \
+    typename X::V g[R], o[M + R - 1];                                  \
+    alignas(64) T lanes[16];                                           \
+    for (int d = 0; d < R; ++d) {                                      \
+      for (int l = 0; l < X::L; ++l) lanes[l] = T(d == a ? 1 : 0);     \
+      g[d] = X::load(lanes);                                           \
+    }                                                                  \
+    wd::NS::gcol<X, M, R>(g, 1, o, 1);                                 \
+    for (int i = 0; i < M + R - 1; ++i) {                              \
+      X::store(lanes, o[i]);                                           \
+      out[i] = static_cast<double>(lanes[X::L - 1]);                   \
+    }                                                                  \
   }
-  wd::portable::gcol<X, M, R>(g, 1, o, 1);
-  for (int i = 0; i < M + R - 1; ++i) {
-    X::store(lanes, o[i]);
-    out[i] = static_cast<double>(lanes[X::L - 1]);
-  }
-}
-
+NG_GCOL_COLUMNS(gcol_columns, , portable)
 #if NABLAGRAD_X86
-template <class X, int M, int R>
-__attribute__((target("avx512f,avx2,fma"))) void gcol_columns_avx512(int a, double* out) {
-  using T = typename X::T;
-  typename X::V g[R], o[M + R - 1];
-  alignas(64) T lanes[16];
-  for (int d = 0; d < R; ++d) {
-    for (int l = 0; l < X::L; ++l) lanes[l] = T(d == a ? 1 : 0);
-    g[d] = X::load(lanes);
-  }
-  wd::avx512::gcol<X, M, R>(g, 1, o, 1);
-  for (int i = 0; i < M + R - 1; ++i) {
-    X::store(lanes, o[i]);
-    out[i] = static_cast<double>(lanes[X::L - 1]);
-  }
-}
-
-template <class X, int M, int R>
-__attribute__((target("avx2,fma"))) void gcol_columns_avx2(int a, double* out) {
-  using T = typename X::T;
-  typename X::V g[R], o[M + R - 1];
-  alignas(32) T lanes[8];
-  for (int d = 0; d < R; ++d) {
-    for (int l = 0; l < X::L; ++l) lanes[l] = T(d == a ? 1 : 0);
-    g[d] = X::load(lanes);
-  }
-  wd::avx2::gcol<X, M, R>(g, 1, o, 1);
-  for (int i = 0; i < M + R - 1; ++i) {
-    X::store(lanes, o[i]);
-    out[i] = static_cast<double>(lanes[X::L - 1]);
-  }
-}
+NG_GCOL_COLUMNS(gcol_columns_avx2, __attribute__((target("avx2,fma"))), avx2)
+NG_GCOL_COLUMNS(gcol_columns_avx512, __attribute__((target("avx512f,avx2,fma"))), avx512)
 #endif
+#undef NG_GCOL_COLUMNS
 
 template <int M, int R>
 void check_gcol_against_g_entry() {
