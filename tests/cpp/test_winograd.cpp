@@ -333,16 +333,16 @@ void check_g(const char* where, int a, const double* col, double tol) {
   template <class X, int M, int R>                                     \
   TARGET void NAME(int a, double* out) {                               \
     using T = typename X::T;                                           \
-    typename X::V g[R], o[M + R - 1];                                  \
+    typename X::VT g[R], o[M + R - 1];                                  \
     alignas(64) T lanes[16];                                           \
     for (int d = 0; d < R; ++d) {                                      \
-      for (int l = 0; l < X::L; ++l) lanes[l] = T(d == a ? 1 : 0);     \
+      for (int l = 0; l < X::W; ++l) lanes[l] = T(d == a ? 1 : 0);     \
       g[d] = X::load(lanes);                                           \
     }                                                                  \
     wd::NS::gcol<X, M, R>(g, 1, o, 1);                                 \
     for (int i = 0; i < M + R - 1; ++i) {                              \
       X::store(lanes, o[i]);                                           \
-      out[i] = static_cast<double>(lanes[X::L - 1]);                   \
+      out[i] = static_cast<double>(lanes[X::W - 1]);                   \
     }                                                                  \
   }
 NG_GCOL_COLUMNS(gcol_columns, , portable)
@@ -364,16 +364,16 @@ void check_gcol_against_g_entry() {
     check_g<M, R>("XPortable<float>", a, col, 1e-7);
 #if NABLAGRAD_X86
     if (nablagrad::cpu_simd_level() >= SimdLevel::AVX2) {
-      gcol_columns_avx2<wd::XAvx2D, M, R>(a, col);
-      check_g<M, R>("XAvx2D", a, col, 0);
-      gcol_columns_avx2<wd::XAvx2F, M, R>(a, col);
-      check_g<M, R>("XAvx2F", a, col, 1e-7);
+      gcol_columns_avx2<conv_detail::VecAvx2D, M, R>(a, col);
+      check_g<M, R>("VecAvx2D", a, col, 0);
+      gcol_columns_avx2<conv_detail::VecAvx2F, M, R>(a, col);
+      check_g<M, R>("VecAvx2F", a, col, 1e-7);
     }
     if (nablagrad::cpu_simd_level() >= SimdLevel::AVX512) {
-      gcol_columns_avx512<wd::XAvx512D, M, R>(a, col);
-      check_g<M, R>("XAvx512D", a, col, 0);
-      gcol_columns_avx512<wd::XAvx512F, M, R>(a, col);
-      check_g<M, R>("XAvx512F", a, col, 1e-7);
+      gcol_columns_avx512<conv_detail::VecAvx512D, M, R>(a, col);
+      check_g<M, R>("VecAvx512D", a, col, 0);
+      gcol_columns_avx512<conv_detail::VecAvx512F, M, R>(a, col);
+      check_g<M, R>("VecAvx512F", a, col, 1e-7);
     }
 #endif
   }

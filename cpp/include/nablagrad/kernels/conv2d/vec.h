@@ -1,9 +1,13 @@
 // nablagrad/kernels/conv2d/vec.h - the vector types that the kernels written once over a
-// vector type V take: narrow_kernel.inc (narrow.h) and small_c_kernel.inc (microkernel.h).
-// One per instruction set and type: VecScalar<T> (portable, 4 lanes), VecAvx2F/D, VecAvx512F/D,
-// each with W lanes and
+// vector type take: narrow_kernel.inc (narrow.h), small_c_kernel.inc (microkernel.h) and
+// winograd_transforms.inc (winograd.h). One per instruction set and type: VecScalar<T>
+// (portable, 4 lanes; Winograd has its own portable XPortable of any width), VecAvx2F/D,
+// VecAvx512F/D, each with W lanes in a VT and
 //   zero, load, load_n (the first n < W values, the rest zero, nothing read past them),
-//   bcast, store, fma (a b + c, one rounding), add, and sum (the lanes, in a fixed order).
+//   bcast, store, fma (a b + c, one rounding), add, sub, madd (a k + b for a scalar k), mul
+//   (by a scalar), and sum (the lanes, in a fixed order);
+// the float AVX types also first(n) (the mask of the first n lanes), load_n(p, stride, n) (n
+// lanes p[j * stride], zeros past them) and store_n(p, a, n) (the first n lanes to p).
 // Each AVX member carries its instruction set's target attribute (NABLAGRAD_VEC_AVX2,
 // NABLAGRAD_VEC_AVX512), as must every function that takes or returns its vectors.
 #pragma once
@@ -71,6 +75,26 @@ struct VecAvx2F {
   NABLAGRAD_VEC_AVX2 static void store(T* p, VT v) { _mm256_storeu_ps(p, v); }
   NABLAGRAD_VEC_AVX2 static VT fma(VT a, VT b, VT c) { return _mm256_fmadd_ps(a, b, c); }
   NABLAGRAD_VEC_AVX2 static VT add(VT a, VT b) { return _mm256_add_ps(a, b); }
+  NABLAGRAD_VEC_AVX2 static VT sub(VT a, VT b) { return _mm256_sub_ps(a, b); }
+  NABLAGRAD_VEC_AVX2 static VT madd(VT a, float k, VT b) { return _mm256_fmadd_ps(a, _mm256_set1_ps(k), b); }
+  NABLAGRAD_VEC_AVX2 static VT mul(VT a, float k) { return _mm256_mul_ps(a, _mm256_set1_ps(k)); }
+  // The mask of the first n <= W lanes; the first n lanes p[j * stride], zeros past n (strided:
+  // scalar loads, cheaper than a gather on the Xeons measured); and their store to p[0, n).
+  NABLAGRAD_VEC_AVX2 static __m256i first(int n) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  }
+  NABLAGRAD_VEC_AVX2 static VT load_n(const float* p, int64_t stride, int n) {
+    if (stride == 1) return n == W ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, first(n));
+    alignas(32) float b[W] = {};
+    for (int j = 0; j < n; ++j) b[j] = p[j * stride];
+    return _mm256_load_ps(b);
+  }
+  NABLAGRAD_VEC_AVX2 static void store_n(float* p, VT a, int n) {
+    if (n == W)
+      _mm256_storeu_ps(p, a);
+    else
+      _mm256_maskstore_ps(p, first(n), a);
+  }
   NABLAGRAD_VEC_AVX2 static T sum(VT v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -91,6 +115,9 @@ struct VecAvx2D {
   NABLAGRAD_VEC_AVX2 static void store(T* p, VT v) { _mm256_storeu_pd(p, v); }
   NABLAGRAD_VEC_AVX2 static VT fma(VT a, VT b, VT c) { return _mm256_fmadd_pd(a, b, c); }
   NABLAGRAD_VEC_AVX2 static VT add(VT a, VT b) { return _mm256_add_pd(a, b); }
+  NABLAGRAD_VEC_AVX2 static VT sub(VT a, VT b) { return _mm256_sub_pd(a, b); }
+  NABLAGRAD_VEC_AVX2 static VT madd(VT a, double k, VT b) { return _mm256_fmadd_pd(a, _mm256_set1_pd(k), b); }
+  NABLAGRAD_VEC_AVX2 static VT mul(VT a, double k) { return _mm256_mul_pd(a, _mm256_set1_pd(k)); }
   NABLAGRAD_VEC_AVX2 static T sum(VT v) {
     const __m128d s = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
     return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
@@ -109,6 +136,23 @@ struct VecAvx512F {
   NABLAGRAD_VEC_AVX512 static void store(T* p, VT v) { _mm512_storeu_ps(p, v); }
   NABLAGRAD_VEC_AVX512 static VT fma(VT a, VT b, VT c) { return _mm512_fmadd_ps(a, b, c); }
   NABLAGRAD_VEC_AVX512 static VT add(VT a, VT b) { return _mm512_add_ps(a, b); }
+  NABLAGRAD_VEC_AVX512 static VT sub(VT a, VT b) { return _mm512_sub_ps(a, b); }
+  NABLAGRAD_VEC_AVX512 static VT madd(VT a, float k, VT b) { return _mm512_fmadd_ps(a, _mm512_set1_ps(k), b); }
+  NABLAGRAD_VEC_AVX512 static VT mul(VT a, float k) { return _mm512_mul_ps(a, _mm512_set1_ps(k)); }
+  // As VecAvx2F's: the mask of the first n <= W lanes, and the loads and stores through it.
+  static __mmask16 first(int n) { return static_cast<__mmask16>((1u << n) - 1); }
+  NABLAGRAD_VEC_AVX512 static VT load_n(const float* p, int64_t stride, int n) {
+    if (stride == 1) return n == W ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps(first(n), p);
+    alignas(64) float b[W] = {};
+    for (int j = 0; j < n; ++j) b[j] = p[j * stride];
+    return _mm512_load_ps(b);
+  }
+  NABLAGRAD_VEC_AVX512 static void store_n(float* p, VT a, int n) {
+    if (n == W)
+      _mm512_storeu_ps(p, a);
+    else
+      _mm512_mask_storeu_ps(p, first(n), a);
+  }
   // Folds of halves, quarters, pairs and neighbours (the maskz forms with every lane set:
   // GCC 12's unmasked shuffles and _mm512_reduce_add_* trip -Wuninitialized on their
   // _mm512_undefined_* operand, as vmath.h notes).
@@ -133,6 +177,9 @@ struct VecAvx512D {
   NABLAGRAD_VEC_AVX512 static void store(T* p, VT v) { _mm512_storeu_pd(p, v); }
   NABLAGRAD_VEC_AVX512 static VT fma(VT a, VT b, VT c) { return _mm512_fmadd_pd(a, b, c); }
   NABLAGRAD_VEC_AVX512 static VT add(VT a, VT b) { return _mm512_add_pd(a, b); }
+  NABLAGRAD_VEC_AVX512 static VT sub(VT a, VT b) { return _mm512_sub_pd(a, b); }
+  NABLAGRAD_VEC_AVX512 static VT madd(VT a, double k, VT b) { return _mm512_fmadd_pd(a, _mm512_set1_pd(k), b); }
+  NABLAGRAD_VEC_AVX512 static VT mul(VT a, double k) { return _mm512_mul_pd(a, _mm512_set1_pd(k)); }
   NABLAGRAD_VEC_AVX512 static T sum(VT v) {  // as VecAvx512F::sum
     const __mmask8 all = 0xFF;
     v = _mm512_add_pd(v, _mm512_maskz_shuffle_f64x2(all, v, v, 0x4E));

@@ -73,6 +73,7 @@
 #include "../simd.h"
 #include "geometry.h"
 #include "microkernel.h"  // kAvx512OneVectorRows
+#include "vec.h"
 
 namespace nablagrad {
 namespace kernels {
@@ -110,46 +111,47 @@ inline void* scratch_bytes(size_t bytes) {
 
 // ---------------------------------------------------------------------------------------
 // Vector types the transforms are written over: portable (a fixed array the compiler
-// vectorises), AVX2 and AVX-512. X::L lanes of X::T; madd(a, k, b) = a*k + b.
+// vectorises) here, AVX2 and AVX-512 from vec.h (VecAvx2F/D, VecAvx512F/D). X::W lanes of
+// X::T in an X::VT; madd(a, k, b) = a*k + b.
 // ---------------------------------------------------------------------------------------
 template <typename T_, int L_>
 struct XPortable {
   using T = T_;
-  static constexpr int L = L_;
-  struct V {
+  static constexpr int W = L_;
+  struct VT {
     T v[L_];
   };
-  static V load(const T* p) {
-    V r;
-    for (int i = 0; i < L; ++i) r.v[i] = p[i];
+  static VT load(const T* p) {
+    VT r;
+    for (int i = 0; i < W; ++i) r.v[i] = p[i];
     return r;
   }
-  static void store(T* p, const V& a) {
-    for (int i = 0; i < L; ++i) p[i] = a.v[i];
+  static void store(T* p, const VT& a) {
+    for (int i = 0; i < W; ++i) p[i] = a.v[i];
   }
-  static V zero() {
-    V r;
-    for (int i = 0; i < L; ++i) r.v[i] = T(0);
+  static VT zero() {
+    VT r;
+    for (int i = 0; i < W; ++i) r.v[i] = T(0);
     return r;
   }
-  static V add(const V& a, const V& b) {
-    V r;
-    for (int i = 0; i < L; ++i) r.v[i] = a.v[i] + b.v[i];
+  static VT add(const VT& a, const VT& b) {
+    VT r;
+    for (int i = 0; i < W; ++i) r.v[i] = a.v[i] + b.v[i];
     return r;
   }
-  static V sub(const V& a, const V& b) {
-    V r;
-    for (int i = 0; i < L; ++i) r.v[i] = a.v[i] - b.v[i];
+  static VT sub(const VT& a, const VT& b) {
+    VT r;
+    for (int i = 0; i < W; ++i) r.v[i] = a.v[i] - b.v[i];
     return r;
   }
-  static V madd(const V& a, T k, const V& b) {
-    V r;
-    for (int i = 0; i < L; ++i) r.v[i] = a.v[i] * k + b.v[i];
+  static VT madd(const VT& a, T k, const VT& b) {
+    VT r;
+    for (int i = 0; i < W; ++i) r.v[i] = a.v[i] * k + b.v[i];
     return r;
   }
-  static V mul(const V& a, T k) {
-    V r;
-    for (int i = 0; i < L; ++i) r.v[i] = a.v[i] * k;
+  static VT mul(const VT& a, T k) {
+    VT r;
+    for (int i = 0; i < W; ++i) r.v[i] = a.v[i] * k;
     return r;
   }
 };
@@ -158,99 +160,16 @@ struct XPortable {
 template <typename T_>
 struct XScalar {
   using T = T_;
-  using V = T_;
-  static constexpr int L = 1;
-  static V load(const T* p) { return *p; }
-  static void store(T* p, V a) { *p = a; }
-  static V add(V a, V b) { return a + b; }
-  static V sub(V a, V b) { return a - b; }
-  static V madd(V a, T k, V b) { return a * k + b; }
-  static V mul(V a, T k) { return a * k; }
+  using VT = T_;
+  static constexpr int W = 1;
+  static VT load(const T* p) { return *p; }
+  static void store(T* p, VT a) { *p = a; }
+  static VT add(VT a, VT b) { return a + b; }
+  static VT sub(VT a, VT b) { return a - b; }
+  static VT madd(VT a, T k, VT b) { return a * k + b; }
+  static VT mul(VT a, T k) { return a * k; }
 };
 
-#if NABLAGRAD_X86
-#define NABLAGRAD_WINO_AVX2 __attribute__((target("avx2,fma")))
-#define NABLAGRAD_WINO_AVX512 __attribute__((target("avx512f,avx2,fma")))
-struct XAvx2F {
-  using T = float;
-  using V = __m256;
-  static constexpr int L = 8;
-  NABLAGRAD_WINO_AVX2 static V load(const float* p) { return _mm256_loadu_ps(p); }
-  NABLAGRAD_WINO_AVX2 static void store(float* p, V a) { _mm256_storeu_ps(p, a); }
-  NABLAGRAD_WINO_AVX2 static V zero() { return _mm256_setzero_ps(); }
-  NABLAGRAD_WINO_AVX2 static V add(V a, V b) { return _mm256_add_ps(a, b); }
-  NABLAGRAD_WINO_AVX2 static V sub(V a, V b) { return _mm256_sub_ps(a, b); }
-  NABLAGRAD_WINO_AVX2 static V madd(V a, float k, V b) { return _mm256_fmadd_ps(a, _mm256_set1_ps(k), b); }
-  NABLAGRAD_WINO_AVX2 static V mul(V a, float k) { return _mm256_mul_ps(a, _mm256_set1_ps(k)); }
-  // The first n <= L lanes: p[j * stride], zeros past n (strided: scalar loads, cheaper than
-  // a gather on the Xeons measured); and their store to p[0, n).
-  NABLAGRAD_WINO_AVX2 static __m256i first(int n) {
-    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-  }
-  NABLAGRAD_WINO_AVX2 static V load_n(const float* p, int64_t stride, int n) {
-    if (stride == 1) return n == L ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, first(n));
-    alignas(32) float b[L] = {};
-    for (int j = 0; j < n; ++j) b[j] = p[j * stride];
-    return _mm256_load_ps(b);
-  }
-  NABLAGRAD_WINO_AVX2 static void store_n(float* p, V a, int n) {
-    if (n == L)
-      _mm256_storeu_ps(p, a);
-    else
-      _mm256_maskstore_ps(p, first(n), a);
-  }
-};
-struct XAvx2D {
-  using T = double;
-  using V = __m256d;
-  static constexpr int L = 4;
-  NABLAGRAD_WINO_AVX2 static V load(const double* p) { return _mm256_loadu_pd(p); }
-  NABLAGRAD_WINO_AVX2 static void store(double* p, V a) { _mm256_storeu_pd(p, a); }
-  NABLAGRAD_WINO_AVX2 static V zero() { return _mm256_setzero_pd(); }
-  NABLAGRAD_WINO_AVX2 static V add(V a, V b) { return _mm256_add_pd(a, b); }
-  NABLAGRAD_WINO_AVX2 static V sub(V a, V b) { return _mm256_sub_pd(a, b); }
-  NABLAGRAD_WINO_AVX2 static V madd(V a, double k, V b) { return _mm256_fmadd_pd(a, _mm256_set1_pd(k), b); }
-  NABLAGRAD_WINO_AVX2 static V mul(V a, double k) { return _mm256_mul_pd(a, _mm256_set1_pd(k)); }
-};
-struct XAvx512F {
-  using T = float;
-  using V = __m512;
-  static constexpr int L = 16;
-  NABLAGRAD_WINO_AVX512 static V load(const float* p) { return _mm512_loadu_ps(p); }
-  NABLAGRAD_WINO_AVX512 static void store(float* p, V a) { _mm512_storeu_ps(p, a); }
-  NABLAGRAD_WINO_AVX512 static V zero() { return _mm512_setzero_ps(); }
-  NABLAGRAD_WINO_AVX512 static V add(V a, V b) { return _mm512_add_ps(a, b); }
-  NABLAGRAD_WINO_AVX512 static V sub(V a, V b) { return _mm512_sub_ps(a, b); }
-  NABLAGRAD_WINO_AVX512 static V madd(V a, float k, V b) { return _mm512_fmadd_ps(a, _mm512_set1_ps(k), b); }
-  NABLAGRAD_WINO_AVX512 static V mul(V a, float k) { return _mm512_mul_ps(a, _mm512_set1_ps(k)); }
-  // As XAvx2F's: the mask of the first n <= L lanes, and the loads and stores through it.
-  static __mmask16 first(int n) { return static_cast<__mmask16>((1u << n) - 1); }
-  NABLAGRAD_WINO_AVX512 static V load_n(const float* p, int64_t stride, int n) {
-    if (stride == 1) return n == L ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps(first(n), p);
-    alignas(64) float b[L] = {};
-    for (int j = 0; j < n; ++j) b[j] = p[j * stride];
-    return _mm512_load_ps(b);
-  }
-  NABLAGRAD_WINO_AVX512 static void store_n(float* p, V a, int n) {
-    if (n == L)
-      _mm512_storeu_ps(p, a);
-    else
-      _mm512_mask_storeu_ps(p, first(n), a);
-  }
-};
-struct XAvx512D {
-  using T = double;
-  using V = __m512d;
-  static constexpr int L = 8;
-  NABLAGRAD_WINO_AVX512 static V load(const double* p) { return _mm512_loadu_pd(p); }
-  NABLAGRAD_WINO_AVX512 static void store(double* p, V a) { _mm512_storeu_pd(p, a); }
-  NABLAGRAD_WINO_AVX512 static V zero() { return _mm512_setzero_pd(); }
-  NABLAGRAD_WINO_AVX512 static V add(V a, V b) { return _mm512_add_pd(a, b); }
-  NABLAGRAD_WINO_AVX512 static V sub(V a, V b) { return _mm512_sub_pd(a, b); }
-  NABLAGRAD_WINO_AVX512 static V madd(V a, double k, V b) { return _mm512_fmadd_pd(a, _mm512_set1_pd(k), b); }
-  NABLAGRAD_WINO_AVX512 static V mul(V a, double k) { return _mm512_mul_pd(a, _mm512_set1_pd(k)); }
-};
-#endif  // NABLAGRAD_X86
 
 /// The kernel as the transforms read it: element (f, c, a, d) (filter f, channel c, tap row a,
 /// tap column d) at base[f * fs + c * cs + a * as + d * ds]. The forward reads w (Q, r, r, C)
@@ -309,12 +228,12 @@ namespace portable {
 #if NABLAGRAD_X86
 #define NABLAGRAD_WINO_AVX2_SHUFFLES 1  // gather_transposed8 with AVX2 shuffles (both x86 levels)
 namespace avx2 {
-#define NABLAGRAD_WINO_TARGET NABLAGRAD_WINO_AVX2
+#define NABLAGRAD_WINO_TARGET NABLAGRAD_VEC_AVX2
 #include "winograd_transforms.inc"
 #undef NABLAGRAD_WINO_TARGET
 }  // namespace avx2
 namespace avx512 {
-#define NABLAGRAD_WINO_TARGET NABLAGRAD_WINO_AVX512
+#define NABLAGRAD_WINO_TARGET NABLAGRAD_VEC_AVX512
 #include "winograd_transforms.inc"
 #undef NABLAGRAD_WINO_TARGET
 }  // namespace avx512
@@ -336,8 +255,8 @@ inline void block_fns(BlockFn<T>* in, BlockFn<T>* out) {
   *in = &portable::input_block<XP, XP, S, M, R>;
   *out = &portable::output_block<XP, XP, S, M, R>;
 #if NABLAGRAD_X86
-  using X512 = typename std::conditional<std::is_same<T, float>::value, XAvx512F, XAvx512D>::type;
-  using X2 = typename std::conditional<std::is_same<T, float>::value, XAvx2F, XAvx2D>::type;
+  using X512 = conv_detail::VecAvx512<T>;
+  using X2 = conv_detail::VecAvx2<T>;
   if (simd_at_least(SimdLevel::AVX512)) {
     *in = &avx512::input_block<X512, X2, S, M, R>;
     *out = &avx512::output_block<X512, X2, S, M, R>;
@@ -354,8 +273,8 @@ inline BlockFn<T> grad_block_fn() {
   using S = XPortable<T, 1>;
   using XP = XPortable<T, 32 / sizeof(T)>;
 #if NABLAGRAD_X86
-  using X512 = typename std::conditional<std::is_same<T, float>::value, XAvx512F, XAvx512D>::type;
-  using X2 = typename std::conditional<std::is_same<T, float>::value, XAvx2F, XAvx2D>::type;
+  using X512 = conv_detail::VecAvx512<T>;
+  using X2 = conv_detail::VecAvx2<T>;
   if (simd_at_least(SimdLevel::AVX512)) return &avx512::grad_block<X512, X2, S, M, R>;
   if (simd_at_least(SimdLevel::AVX2)) return &avx2::grad_block<X2, X2, S, M, R>;
 #endif
@@ -434,10 +353,10 @@ inline KernelRun<T, Kern> kernel_run_fn(const Kern& kern) {
   if constexpr (std::is_same<T, float>::value) {
     if (kern.cs == 1 || kern.fs == 1) {
       if (simd_at_least(SimdLevel::AVX512))
-        return {kern.cs == 1 ? &avx512::kernel_run_vec<XAvx2F, T, M, R, Kern>
-                             : &avx512::kernel_run_vec<XAvx512F, T, M, R, Kern>,
+        return {kern.cs == 1 ? &avx512::kernel_run_vec<conv_detail::VecAvx2F, T, M, R, Kern>
+                             : &avx512::kernel_run_vec<conv_detail::VecAvx512F, T, M, R, Kern>,
                 16, false};
-      if (simd_at_least(SimdLevel::AVX2)) return {&avx2::kernel_run_vec<XAvx2F, T, M, R, Kern>, 16, false};
+      if (simd_at_least(SimdLevel::AVX2)) return {&avx2::kernel_run_vec<conv_detail::VecAvx2F, T, M, R, Kern>, 16, false};
     }
   }
   if (simd_at_least(SimdLevel::AVX512)) return {&avx512::kernel_run<T, M, R, 8, Kern>, 8, true};
