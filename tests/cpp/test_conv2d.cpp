@@ -202,9 +202,11 @@ Case<T> make_case(const Conv2dGeometry& g, uint32_t seed) {
 
 // run(level, threads) at every SIMD level the CPU has and 1, 2, 3 threads (both set first;
 // threads = 1 comes first at each level, so a check can keep its result to compare the others
-// with bitwise), then the CPU's level and 2 threads restored.
+// with bitwise), then the level it found (NABLAGRAD_SIMD's, where that is set) and 2 threads
+// restored.
 template <typename Run>
 void at_every_level_and_thread_count(const Run& run) {
+  const SimdLevel found = nablagrad::simd_level();
   for (int level = 0; level <= static_cast<int>(nablagrad::cpu_simd_level()); ++level) {
     nablagrad::set_simd_level(static_cast<SimdLevel>(level));
     for (int threads = 1; threads <= 3; ++threads) {
@@ -212,7 +214,7 @@ void at_every_level_and_thread_count(const Run& run) {
       run(level, threads);
     }
   }
-  nablagrad::set_simd_level(nablagrad::cpu_simd_level());
+  nablagrad::set_simd_level(found);
   nablagrad::set_num_threads(2);
 }
 

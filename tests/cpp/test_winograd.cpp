@@ -326,14 +326,15 @@ void check_g(const char* where, int a, const double* col, double tol) {
   }
 }
 
-// gcol over the lanes of X (L lanes, one unit tap each) as namespace NS compiles it, with the
-// target attribute TARGET (a function that holds AVX vectors must have it): column a of G,
-// read from the last lane.
+// gcol of the unit tap e_a in every one of X's W lanes, as namespace NS compiles it with the
+// target attribute TARGET (a function that holds AVX vectors must have it): out[i * W + l] =
+// lane l of row i, i.e. G[i][a] in every lane.
 #define NG_GCOL_COLUMNS(NAME, TARGET, NS)                              \
   template <class X, int M, int R>                                     \
   TARGET void NAME(int a, double* out) {                               \
     using T = typename X::T;                                           \
-    typename X::VT g[R], o[M + R - 1];                                  \
+    static_assert(X::W <= 16, "lanes[] holds 16");                     \
+    typename X::VT g[R], o[M + R - 1];                                 \
     alignas(64) T lanes[16];                                           \
     for (int d = 0; d < R; ++d) {                                      \
       for (int l = 0; l < X::W; ++l) lanes[l] = T(d == a ? 1 : 0);     \
@@ -342,7 +343,7 @@ void check_g(const char* where, int a, const double* col, double tol) {
     wd::NS::gcol<X, M, R>(g, 1, o, 1);                                 \
     for (int i = 0; i < M + R - 1; ++i) {                              \
       X::store(lanes, o[i]);                                           \
-      out[i] = static_cast<double>(lanes[X::W - 1]);                   \
+      for (int l = 0; l < X::W; ++l) out[i * X::W + l] = static_cast<double>(lanes[l]); \
     }                                                                  \
   }
 NG_GCOL_COLUMNS(gcol_columns, , portable)
@@ -352,28 +353,43 @@ NG_GCOL_COLUMNS(gcol_columns_avx512, __attribute__((target("avx512f,avx2,fma")))
 #endif
 #undef NG_GCOL_COLUMNS
 
+// Every lane of each row of `lanes` (W per row, from NG_GCOL_COLUMNS) against column a of G.
+template <int M, int R>
+void check_g_lanes(const char* where, int a, const double* lanes, int W, double tol) {
+  double col[6];
+  for (int l = 0; l < W; ++l) {
+    for (int i = 0; i < M + R - 1; ++i) col[i] = lanes[i * W + l];
+    check_g<M, R>(where, a, col, tol);
+  }
+}
+
 template <int M, int R>
 void check_gcol_against_g_entry() {
   for (int a = 0; a < R; ++a) {
-    double col[6];
-    gcol_columns<wd::XScalar<double>, M, R>(a, col);  // kernel_run's lane-by-lane double sums
-    check_g<M, R>("XScalar<double>", a, col, 0);
-    gcol_columns<wd::XPortable<double, 4>, M, R>(a, col);
-    check_g<M, R>("XPortable<double>", a, col, 0);
-    gcol_columns<wd::XPortable<float, 8>, M, R>(a, col);
-    check_g<M, R>("XPortable<float>", a, col, 1e-7);
+    double out[6 * 16];
+    // kernel_run's lane-by-lane double sums, as each instruction set compiles them
+    gcol_columns<wd::XScalar<double>, M, R>(a, out);
+    check_g_lanes<M, R>("XScalar<double>", a, out, 1, 0);
+    gcol_columns<wd::XPortable<double, 4>, M, R>(a, out);
+    check_g_lanes<M, R>("XPortable<double>", a, out, 4, 0);
+    gcol_columns<wd::XPortable<float, 8>, M, R>(a, out);
+    check_g_lanes<M, R>("XPortable<float>", a, out, 8, 1e-7);
 #if NABLAGRAD_X86
     if (nablagrad::cpu_simd_level() >= SimdLevel::AVX2) {
-      gcol_columns_avx2<conv_detail::VecAvx2D, M, R>(a, col);
-      check_g<M, R>("VecAvx2D", a, col, 0);
-      gcol_columns_avx2<conv_detail::VecAvx2F, M, R>(a, col);
-      check_g<M, R>("VecAvx2F", a, col, 1e-7);
+      gcol_columns_avx2<wd::XScalar<double>, M, R>(a, out);
+      check_g_lanes<M, R>("avx2 XScalar<double>", a, out, 1, 0);
+      gcol_columns_avx2<conv_detail::VecAvx2D, M, R>(a, out);
+      check_g_lanes<M, R>("VecAvx2D", a, out, 4, 0);
+      gcol_columns_avx2<conv_detail::VecAvx2F, M, R>(a, out);
+      check_g_lanes<M, R>("VecAvx2F", a, out, 8, 1e-7);
     }
     if (nablagrad::cpu_simd_level() >= SimdLevel::AVX512) {
-      gcol_columns_avx512<conv_detail::VecAvx512D, M, R>(a, col);
-      check_g<M, R>("VecAvx512D", a, col, 0);
-      gcol_columns_avx512<conv_detail::VecAvx512F, M, R>(a, col);
-      check_g<M, R>("VecAvx512F", a, col, 1e-7);
+      gcol_columns_avx512<wd::XScalar<double>, M, R>(a, out);
+      check_g_lanes<M, R>("avx512 XScalar<double>", a, out, 1, 0);
+      gcol_columns_avx512<conv_detail::VecAvx512D, M, R>(a, out);
+      check_g_lanes<M, R>("VecAvx512D", a, out, 8, 0);
+      gcol_columns_avx512<conv_detail::VecAvx512F, M, R>(a, out);
+      check_g_lanes<M, R>("VecAvx512F", a, out, 16, 1e-7);
     }
 #endif
   }

@@ -693,7 +693,7 @@ __attribute__((target("avx2,fma"))) inline void direct_kernel_avx2_rows(int64_t 
 // (the phase sum of conv2d_backward_input; src[t] == nullptr: the tap reads a padding row).
 // NP*C vector accumulators, reduced in a fixed order at the end.
 template <typename V, int C, int NP>
-__attribute__((target("avx2,fma"))) inline void smallc_dx_block_avx2(
+NABLAGRAD_VEC_AVX2 inline void smallc_dx_block_avx2(
     const typename V::T* const* src, int64_t ntap, int64_t Q, const typename V::T* bt,
     int64_t K, typename V::T* out, int64_t ostride) {
   using T = typename V::T;
@@ -738,7 +738,6 @@ __attribute__((target("avx2,fma"))) inline void smallc_dx_block_avx2(
       out[p * ostride + c] = s + tail[p * C + c];
     }
 }
-
 
 template <typename T>
 inline void smallc_dx_block(int64_t C, const T* const* src, int64_t ntap, int64_t Q,
@@ -845,8 +844,6 @@ __attribute__((target("avx512f,avx2,fma"))) inline __m512 z_zero(float) { return
 __attribute__((target("avx512f,avx2,fma"))) inline __m512d z_zero(double) { return _mm512_setzero_pd(); }
 __attribute__((target("avx512f,avx2,fma"))) inline __m512 z_load(const float* p) { return _mm512_loadu_ps(p); }
 __attribute__((target("avx512f,avx2,fma"))) inline __m512d z_load(const double* p) { return _mm512_loadu_pd(p); }
-__attribute__((target("avx512f,avx2,fma"))) inline __m512 z_maskz_load(__mmask16 m, const float* p) { return _mm512_maskz_loadu_ps(m, p); }
-__attribute__((target("avx512f,avx2,fma"))) inline __m512d z_maskz_load(__mmask16 m, const double* p) { return _mm512_maskz_loadu_pd(static_cast<__mmask8>(m), p); }
 __attribute__((target("avx512f,avx2,fma"))) inline void z_store(float* p, __m512 v) { _mm512_storeu_ps(p, v); }
 __attribute__((target("avx512f,avx2,fma"))) inline void z_store(double* p, __m512d v) { _mm512_storeu_pd(p, v); }
 __attribute__((target("avx512f,avx2,fma"))) inline __m512 z_bcast(const float* p) { return _mm512_set1_ps(*p); }
@@ -1205,7 +1202,6 @@ __attribute__((target("avx512f,avx2,fma"))) inline void column_kernel_avx512(
       z_store(c + i * ldc + v * W, z_add(z_load(c + i * ldc + v * W), acc[i][v]));
 }
 
-
 #endif
 
 // Portable small-C kernel gradient block: acc (and accb) overwritten, as the vector variants do.
@@ -1315,7 +1311,8 @@ inline ConvKernels<T> conv_kernels(SimdLevel level, bool alt_tile = false);
 
 // The AVX-512 rows: 12 x 2-vector tile and direct kernels, or with `alt_tile` (for outputs
 // whose width is not a multiple of 2 vectors, e.g. 16 or 48 filters) 24 x 1-vector ones; the
-// dot, narrow-row and small-C kernels are the AVX2 ones (memory-bound: no gain from zmm).
+// dot, narrow-row and small-C input-gradient kernels are the AVX2 ones (memory-bound: no gain
+// from zmm); the small-C kernel gradient takes 2 zmm vectors of filters (small_c_kernel.inc).
 // The AVX2 rows: 6 x 2 vectors, or with `alt_tile` (widths of 3 vectors but not of 2: 24 or
 // 72 filters, which the main tile pads to 32 and 80) 4 x 3 vectors, 12 accumulators beside
 // the 3 vectors of the kernel's panel and the broadcast (all 16 ymm registers).

@@ -4,12 +4,13 @@
 // (portable, 4 lanes; Winograd has its own portable XPortable of any width), VecAvx2F/D,
 // VecAvx512F/D, each with W lanes in a VT and
 //   zero, load, load_n (the first n < W values, the rest zero, nothing read past them),
-//   bcast, store, fma (a b + c, one rounding), add, sub, madd (a k + b for a scalar k), mul
-//   (by a scalar), and sum (the lanes, in a fixed order);
-// the float AVX types also first(n) (the mask of the first n lanes), load_n(p, stride, n) (n
-// lanes p[j * stride], zeros past them) and store_n(p, a, n) (the first n lanes to p).
-// Each AVX member carries its instruction set's target attribute (NABLAGRAD_VEC_AVX2,
-// NABLAGRAD_VEC_AVX512), as must every function that takes or returns its vectors.
+//   bcast, store, fma (a b + c; one rounding on the AVX types), add, and sum (the lanes, in a
+//   fixed order);
+// the AVX types also sub, madd (a k + b for a scalar k, one rounding) and mul (by a scalar);
+// the float AVX types also first(n) (the mask of the first n lanes), load_n_strided(p, stride,
+// n) (n <= W lanes p[j * stride], zeros past them) and store_n(p, a, n) (the first n lanes).
+// Each AVX member that takes or returns a vector carries its instruction set's target
+// attribute (NABLAGRAD_VEC_AVX2, NABLAGRAD_VEC_AVX512), as must every function that holds them.
 #pragma once
 
 #include <cstdint>
@@ -67,10 +68,7 @@ struct VecAvx2F {
   static constexpr int W = 8;
   NABLAGRAD_VEC_AVX2 static VT zero() { return _mm256_setzero_ps(); }
   NABLAGRAD_VEC_AVX2 static VT load(const T* p) { return _mm256_loadu_ps(p); }
-  NABLAGRAD_VEC_AVX2 static VT load_n(const T* p, int64_t n) {
-    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    return _mm256_maskload_ps(p, _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)), lane));
-  }
+  NABLAGRAD_VEC_AVX2 static VT load_n(const T* p, int64_t n) { return _mm256_maskload_ps(p, first(static_cast<int>(n))); }
   NABLAGRAD_VEC_AVX2 static VT bcast(const T* p) { return _mm256_broadcast_ss(p); }
   NABLAGRAD_VEC_AVX2 static void store(T* p, VT v) { _mm256_storeu_ps(p, v); }
   NABLAGRAD_VEC_AVX2 static VT fma(VT a, VT b, VT c) { return _mm256_fmadd_ps(a, b, c); }
@@ -83,7 +81,7 @@ struct VecAvx2F {
   NABLAGRAD_VEC_AVX2 static __m256i first(int n) {
     return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
   }
-  NABLAGRAD_VEC_AVX2 static VT load_n(const float* p, int64_t stride, int n) {
+  NABLAGRAD_VEC_AVX2 static VT load_n_strided(const float* p, int64_t stride, int n) {
     if (stride == 1) return n == W ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, first(n));
     alignas(32) float b[W] = {};
     for (int j = 0; j < n; ++j) b[j] = p[j * stride];
@@ -129,9 +127,7 @@ struct VecAvx512F {
   static constexpr int W = 16;
   NABLAGRAD_VEC_AVX512 static VT zero() { return _mm512_setzero_ps(); }
   NABLAGRAD_VEC_AVX512 static VT load(const T* p) { return _mm512_loadu_ps(p); }
-  NABLAGRAD_VEC_AVX512 static VT load_n(const T* p, int64_t n) {
-    return _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1u), p);
-  }
+  NABLAGRAD_VEC_AVX512 static VT load_n(const T* p, int64_t n) { return _mm512_maskz_loadu_ps(first(static_cast<int>(n)), p); }
   NABLAGRAD_VEC_AVX512 static VT bcast(const T* p) { return _mm512_set1_ps(*p); }
   NABLAGRAD_VEC_AVX512 static void store(T* p, VT v) { _mm512_storeu_ps(p, v); }
   NABLAGRAD_VEC_AVX512 static VT fma(VT a, VT b, VT c) { return _mm512_fmadd_ps(a, b, c); }
@@ -141,7 +137,7 @@ struct VecAvx512F {
   NABLAGRAD_VEC_AVX512 static VT mul(VT a, float k) { return _mm512_mul_ps(a, _mm512_set1_ps(k)); }
   // As VecAvx2F's: the mask of the first n <= W lanes, and the loads and stores through it.
   static __mmask16 first(int n) { return static_cast<__mmask16>((1u << n) - 1); }
-  NABLAGRAD_VEC_AVX512 static VT load_n(const float* p, int64_t stride, int n) {
+  NABLAGRAD_VEC_AVX512 static VT load_n_strided(const float* p, int64_t stride, int n) {
     if (stride == 1) return n == W ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps(first(n), p);
     alignas(64) float b[W] = {};
     for (int j = 0; j < n; ++j) b[j] = p[j * stride];

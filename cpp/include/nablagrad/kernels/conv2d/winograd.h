@@ -170,7 +170,6 @@ struct XScalar {
   static VT mul(VT a, T k) { return a * k; }
 };
 
-
 /// The kernel as the transforms read it: element (f, c, a, d) (filter f, channel c, tap row a,
 /// tap column d) at base[f * fs + c * cs + a * as + d * ds]. The forward reads w (Q, r, r, C)
 /// as it lies (cs = 1); dX reads it flipped, with filters and channels exchanged (fs = 1,
