@@ -51,6 +51,21 @@ constexpr int kAvx512OneVectorRows = 24;
 inline void prefetch_ahead(const void* p, size_t bytes) {
   _mm_prefetch(reinterpret_cast<const char*>(reinterpret_cast<uintptr_t>(p) + bytes), _MM_HINT_T0);
 }
+
+// The register-tile kernels written once over a vector type, per instruction set (see
+// tile_kernel.inc).
+namespace tile_detail {
+namespace avx2 {
+#define NABLAGRAD_TILE_TARGET NABLAGRAD_VEC_AVX2
+#include "tile_kernel.inc"
+#undef NABLAGRAD_TILE_TARGET
+}  // namespace avx2
+namespace avx512 {
+#define NABLAGRAD_TILE_TARGET NABLAGRAD_VEC_AVX512
+#include "tile_kernel.inc"
+#undef NABLAGRAD_TILE_TARGET
+}  // namespace avx512
+}  // namespace tile_detail
 #endif
 
 // Pixels per block of the smallc_dx kernels: NP*C <= 8 accumulators.
@@ -451,105 +466,6 @@ inline void indirect_kernel_portable(int64_t nh, int64_t len, const T* const* ro
 }
 
 #if NABLAGRAD_X86
-// out[i*ldo ..] = acc[i][0..NV-1] (+ bias): store_acc_portable for MR x NV AVX2 vectors.
-template <typename T, int MR, int NV = 2>
-__attribute__((target("avx2,fma"))) inline void store_acc_avx2(const typename Avx2Vec<T>::VT (&acc)[MR][NV], T* out,
-                                                               int64_t ldo, const T* bias) {
-  using V = Avx2Vec<T>;
-  constexpr int W = V::W;
-  typename V::VT bv[NV];
-#pragma GCC unroll 3
-  for (int v = 0; v < NV; ++v) bv[v] = bias ? V::load(bias + v * W) : V::zero();
-#pragma GCC unroll 6
-  for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 3
-    for (int v = 0; v < NV; ++v) V::store(out + i * ldo + v * W, bias ? V::add(acc[i][v], bv[v]) : acc[i][v]);
-}
-
-// acc = 0, and c[i*ldc ..] += acc[i][..]: the AVX2 tile kernels' start and accumulating store.
-template <typename T, int MR, int NV>
-__attribute__((target("avx2,fma"), always_inline)) inline void zero_acc_avx2(typename Avx2Vec<T>::VT (&acc)[MR][NV]) {
-#pragma GCC unroll 6
-  for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 3
-    for (int v = 0; v < NV; ++v) acc[i][v] = Avx2Vec<T>::zero();
-}
-template <typename T, int MR, int NV>
-__attribute__((target("avx2,fma"), always_inline)) inline void add_acc_avx2(const typename Avx2Vec<T>::VT (&acc)[MR][NV], T* c,
-                                                             int64_t ldc) {
-  using V = Avx2Vec<T>;
-#pragma GCC unroll 6
-  for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 3
-    for (int v = 0; v < NV; ++v)
-      V::store(c + i * ldc + v * V::W, V::add(V::load(c + i * ldc + v * V::W), acc[i][v]));
-}
-
-// The same at AVX2+FMA: an MR x NV-vector tile (vector wrapper Avx2Vec: kernels/simd.h), the
-// level's 6 x 2 one (12 ymm accumulators, as direct_kernel_avx2) or its 4 x 3 one for widths
-// of 3 vectors (ConvKernels below).
-template <typename T, int MR = 6, int NV = 2>
-__attribute__((target("avx2,fma"))) inline void indirect_kernel_avx2(int64_t nh, int64_t len,
-                                                                     const T* const* rows, const T* b,
-                                                                     T* out, int64_t ldo, const T* bias) {
-  using V = Avx2Vec<T>;
-  using VT = typename V::VT;
-  constexpr int W = V::W;
-  VT acc[MR][NV];
-  zero_acc_avx2<T, MR, NV>(acc);
-  for (int64_t h = 0; h < nh; ++h) {
-    const T* r[MR];
-#pragma GCC unroll 6
-    for (int i = 0; i < MR; ++i) r[i] = rows[h * MR + i];
-    const T* bh = b + h * len * NV * W;
-    for (int64_t d = 0; d < len; ++d) {
-      VT bv[NV];
-#pragma GCC unroll 3
-      for (int v = 0; v < NV; ++v) bv[v] = V::load(bh + (d * NV + v) * W);
-      // The panel's lines 8 steps ahead, as in indirect_kernel_avx512 (a 64-byte line per two
-      // vectors): 3-6% on the stride-2 3x3 forwards at AVX2 (Xeon held to AVX2, 2 threads,
-      // alternated in one process: (16,32,32,32->64) 0.75 -> 0.72 ms, (8,56,56,64->128)
-      // 4.6 -> 4.4 ms).
-#pragma GCC unroll 3
-      for (int v = 0; v < NV; v += 2) prefetch_ahead(bh + d * NV * W, sizeof(T) * (8 * NV + v) * W);
-#pragma GCC unroll 6
-      for (int i = 0; i < MR; ++i) {
-        const VT ai = V::bcast(r[i] + d);
-#pragma GCC unroll 3
-        for (int v = 0; v < NV; ++v) acc[i][v] = V::fma(ai, bv[v], acc[i][v]);
-      }
-    }
-  }
-  store_acc_avx2<T, MR, NV>(acc, out, ldo, bias);
-}
-
-// column_kernel_portable at AVX2+FMA: MR x NV vectors.
-template <typename T, int MR = 6, int NV = 2>
-__attribute__((target("avx2,fma"))) inline void column_kernel_avx2(int64_t depth, const T* const* cols,
-                                                                   int64_t off, const T* b, T* c, int64_t ldc) {
-  using V = Avx2Vec<T>;
-  using VT = typename V::VT;
-  constexpr int W = V::W;
-  VT acc[MR][NV];
-  zero_acc_avx2<T, MR, NV>(acc);
-  for (int64_t d = 0; d < depth; ++d) {
-    VT bv[NV];
-#pragma GCC unroll 3
-    for (int v = 0; v < NV; ++v) bv[v] = V::load(b + (d * NV + v) * W);
-    const T* ad = cols[d] + off;
-    // One register for the column: the MR broadcasts then take constant displacements (left
-    // alone, GCC hoists off + i into MR loop-invariant offsets, which spill).
-    __asm__("" : "+r"(ad));
-#pragma GCC unroll 6
-    for (int i = 0; i < MR; ++i) {
-      const VT ai = V::bcast(ad + i);
-#pragma GCC unroll 3
-      for (int v = 0; v < NV; ++v) acc[i][v] = V::fma(ai, bv[v], acc[i][v]);
-    }
-  }
-  add_acc_avx2<T, MR, NV>(acc, c, ldc);
-}
-
 // The gather GEMM's tile kernel (micro_kernel_portable) at AVX2+FMA on an MR x NV-vector tile:
 // the level's 4 x 3 one (micro_kernel_avx2 is its 6 x 2 one).
 template <typename T, int MR, int NV>
@@ -559,7 +475,7 @@ __attribute__((target("avx2,fma"))) inline void micro_kernel_avx2_tile(int64_t d
   using VT = typename V::VT;
   constexpr int W = V::W;
   VT acc[MR][NV];
-  zero_acc_avx2<T, MR, NV>(acc);
+  tile_detail::avx2::zero_acc<VecAvx2<T>, MR, NV>(acc);
   for (int64_t d = 0; d < depth; ++d) {
     VT bv[NV];
 #pragma GCC unroll 3
@@ -572,7 +488,7 @@ __attribute__((target("avx2,fma"))) inline void micro_kernel_avx2_tile(int64_t d
       for (int v = 0; v < NV; ++v) acc[i][v] = V::fma(ai, bv[v], acc[i][v]);
     }
   }
-  add_acc_avx2<T, MR, NV>(acc, c, ldc);
+  tile_detail::avx2::add_acc<VecAvx2<T>, MR, NV>(acc, c, ldc);
 }
 #endif
 
@@ -662,7 +578,7 @@ __attribute__((target("avx2,fma"))) inline void direct_kernel_avx2_rows(int64_t 
   constexpr int W = V::W;
   const int64_t a_rs = RS > 0 ? RS : a_rs_runtime;
   VT acc[MR][NV];
-  zero_acc_avx2<T, MR, NV>(acc);
+  tile_detail::avx2::zero_acc<VecAvx2<T>, MR, NV>(acc);
   for (int64_t h = 0; h < nh; ++h) {
     const T* ah = a + h * a_hs;
     const T* bh = b + h * len * NV * W;
@@ -680,7 +596,7 @@ __attribute__((target("avx2,fma"))) inline void direct_kernel_avx2_rows(int64_t 
       }
     }
   }
-  store_acc_avx2<T, MR, NV>(acc, out, ldo, bias);
+  tile_detail::avx2::store_acc<VecAvx2<T>, MR, NV>(acc, out, ldo, bias);
 }
 #endif
 
@@ -963,28 +879,6 @@ __attribute__((target("avx512f,avx2,fma"))) inline void micro_kernel_avx512(
     micro_kernel_avx512_rows<T, MR, NV, false>(depth, a, a_rs, a_cs, b, c, ldc);
 }
 
-// out[i*ldo + v*W ..] = acc[i][v] (+ bias[v*W ..]): store_acc_portable for a tile of MR x NV
-// vectors.
-template <typename T, int MR, int NV, typename VT>
-__attribute__((target("avx512f,avx2,fma"))) inline void z_store_acc(const VT (&acc)[MR][NV], T* out,
-                                                                    int64_t ldo, const T* bias) {
-  constexpr int W = Avx512<T>::W;
-  if (bias) {
-    VT bv[NV];
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) bv[v] = z_load(bias + v * W);
-#pragma GCC unroll 32
-    for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) z_store(out + i * ldo + v * W, z_add(acc[i][v], bv[v]));
-  } else {
-#pragma GCC unroll 32
-    for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) z_store(out + i * ldo + v * W, acc[i][v]);
-  }
-}
-
 // out[MR x NR] = A B (+ bias) as direct_kernel_portable (A read in place from nh padded-input
 // rows). RS > 0: the pixels are RS values apart (a_rs == RS, known at compile time), so a
 // depth step's MR broadcasts are constant displacements from one pointer. With a runtime
@@ -1014,12 +908,12 @@ __attribute__((target("avx512f,avx2,fma"))) inline void direct_kernel_avx512(
 #pragma GCC unroll 2
       for (int v = 0; v < NV; ++v) bv[v] = z_load(bh + (d * NV + v) * W);
       const T* ad = ah + d;
-      // RS: one register, the rows at ad + i RS (see column_kernel_avx512).
+      // RS: one register, the rows at ad + i RS (see tile_kernel.inc's column_kernel).
       if constexpr (RS > 0) __asm__("" : "+r"(ad));
       fma_rows<T, MR, NV, RS == 0 && NV == 1>(ad, RS > 0 ? RS : a_rs, rows, bv, acc);
     }
   }
-  z_store_acc<T, MR, NV>(acc, out, ldo, bias);
+  tile_detail::avx512::store_acc<VecAvx512<T>, MR, NV>(acc, out, ldo, bias);
 }
 
 // out[24 x NR] of a stride-1 direct convolution with one vector of filters (NR = W): the
@@ -1074,7 +968,7 @@ __attribute__((target("avx512f,avx2,fma"))) inline void direct_s1_kernel_avx512(
       }
     }
   }
-  z_store_acc<T, 2 * G, 1>(acc, out, ldo, bias);
+  tile_detail::avx512::store_acc<VecAvx512<T>, 2 * G, 1>(acc, out, ldo, bias);
 }
 
 // The kernel gradient's counterpart (stride 1, one vector of filters): for one output row of
@@ -1125,81 +1019,6 @@ __attribute__((target("avx512f,avx2,fma"))) inline void dw_s1_kernel_avx512(
       T* pk = p + k * p_kw + c * p_c;
       z_store(pk, z_add(z_load(pk), acc[k][c]));
     }
-}
-
-// out[MR x NR] (+ bias) as indirect_kernel_portable (each pixel's run of each kernel row at its
-// own pointer). The MR pointers of a kernel row are loaded once per row; the compiler keeps
-// what fits in registers and reloads the rest (a load per broadcast, which the load ports
-// absorb). The kernel's panel (K x NR, 36-72 KiB for 3x3 on 32-64 channels) does not stay in
-// L1 beside the input runs, so its lines are prefetched 8 depth steps ahead (as oneDNN's
-// brgemm kernels do): 2-5% on the stride-2 3x3 layers, alternated in one process at 2 threads
-// ((16,32,32,32->64) 0.457 -> 0.446 ms; (8,56,56,64->128) 2.89 -> 2.75 ms); distances 4 and 16
-// were within 1% of 8. Prefetches never fault, so the last steps' reach past the panel is
-// harmless.
-template <typename T, int MR, int NV>
-__attribute__((target("avx512f,avx2,fma"))) inline void indirect_kernel_avx512(
-    int64_t nh, int64_t len, const T* const* rows, const T* b, T* out, int64_t ldo, const T* bias) {
-  using VT = typename Avx512<T>::VT;
-  constexpr int W = Avx512<T>::W;
-  VT acc[MR][NV];
-#pragma GCC unroll 32
-  for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) acc[i][v] = z_zero(T());
-  for (int64_t h = 0; h < nh; ++h) {
-    const T* r[MR];
-#pragma GCC unroll 32
-    for (int i = 0; i < MR; ++i) r[i] = rows[h * MR + i];
-    const T* bh = b + h * len * NV * W;
-    for (int64_t d = 0; d < len; ++d) {
-      VT bv[NV];
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) bv[v] = z_load(bh + (d * NV + v) * W);
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v)
-        prefetch_ahead(bh + d * NV * W, sizeof(T) * (8 * NV + v) * W);
-#pragma GCC unroll 32
-      for (int i = 0; i < MR; ++i) {
-        const VT ai = z_bcast(r[i] + d);
-#pragma GCC unroll 4
-        for (int v = 0; v < NV; ++v) acc[i][v] = z_fma(ai, bv[v], acc[i][v]);
-      }
-    }
-  }
-  z_store_acc<T, MR, NV>(acc, out, ldo, bias);
-}
-
-// C[MR x NR] += A B as column_kernel_portable (depth step d's MR values at cols[d] + off).
-template <typename T, int MR, int NV>
-__attribute__((target("avx512f,avx2,fma"))) inline void column_kernel_avx512(
-    int64_t depth, const T* const* cols, int64_t off, const T* b, T* c, int64_t ldc) {
-  using VT = typename Avx512<T>::VT;
-  constexpr int W = Avx512<T>::W;
-  VT acc[MR][NV];
-#pragma GCC unroll 32
-  for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 2
-    for (int v = 0; v < NV; ++v) acc[i][v] = z_zero(T());
-  for (int64_t d = 0; d < depth; ++d) {
-    VT bv[NV];
-#pragma GCC unroll 2
-    for (int v = 0; v < NV; ++v) bv[v] = z_load(b + (d * NV + v) * W);
-    const T* ad = cols[d] + off;
-    // One register for the column: the MR broadcasts then take constant displacements (left
-    // alone, GCC hoists off + i into MR loop-invariant offsets, which spill).
-    __asm__("" : "+r"(ad));
-#pragma GCC unroll 32
-    for (int i = 0; i < MR; ++i) {
-      const VT ai = z_bcast(ad + i);
-#pragma GCC unroll 2
-      for (int v = 0; v < NV; ++v) acc[i][v] = z_fma(ai, bv[v], acc[i][v]);
-    }
-  }
-#pragma GCC unroll 32
-  for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 2
-    for (int v = 0; v < NV; ++v)
-      z_store(c + i * ldc + v * W, z_add(z_load(c + i * ldc + v * W), acc[i][v]));
 }
 
 #endif
@@ -1321,56 +1140,56 @@ inline ConvKernels<float> conv_kernels<float>(SimdLevel level, bool alt_tile) {
 #if NABLAGRAD_X86
   if (level >= SimdLevel::AVX512 && alt_tile) {
     ConvKernels<float> k{SimdLevel::AVX512, kAvx512OneVectorRows, 16, 256, 32, &micro_kernel_avx512<float, 24, 1>,
-            &direct_kernel_avx512<float, 24, 1>, &indirect_kernel_avx512<float, 24, 1>, &column_kernel_avx512<float, 24, 1>,
+            &direct_kernel_avx512<float, 24, 1>, &tile_detail::avx512::indirect_kernel<VecAvx512F, 24, 1>, &tile_detail::avx512::column_kernel<VecAvx512F, 24, 1>,
             &store_tile_avx512<float>,
             &dot_avx2, &narrow_row_avx2, &smallc_dx_block<float>,
             &smallc_detail::avx512::smallc_dw_block_dispatch<VecAvx512F, 2>,
-            8, &micro_kernel_avx512<float, 8, 1>, &column_kernel_avx512<float, 8, 1>};
+            8, &micro_kernel_avx512<float, 8, 1>, &tile_detail::avx512::column_kernel<VecAvx512F, 8, 1>};
     k.MR_direct_tail = 8;
     k.direct_tail = &direct_kernel_avx512<float, 8, 1>;
     k.MR_indirect_three = 8;
     k.NR_indirect_three = 48;
-    k.indirect_three = &indirect_kernel_avx512<float, 8, 3>;
+    k.indirect_three = &tile_detail::avx512::indirect_kernel<VecAvx512F, 8, 3>;
     return k;
   }
   if (level >= SimdLevel::AVX512) {
     ConvKernels<float> k{SimdLevel::AVX512, 12, 32, 256, 32, &micro_kernel_avx512<float, 12, 2>,
-            &direct_kernel_avx512<float, 12, 2>, &indirect_kernel_avx512<float, 12, 2>, &column_kernel_avx512<float, 12, 2>,
+            &direct_kernel_avx512<float, 12, 2>, &tile_detail::avx512::indirect_kernel<VecAvx512F, 12, 2>, &tile_detail::avx512::column_kernel<VecAvx512F, 12, 2>,
             &store_tile_avx512<float>,
             &dot_avx2, &narrow_row_avx2, &smallc_dx_block<float>,
             &smallc_detail::avx512::smallc_dw_block_dispatch<VecAvx512F, 2>,
-            4, &micro_kernel_avx512<float, 4, 2>, &column_kernel_avx512<float, 4, 2>};
+            4, &micro_kernel_avx512<float, 4, 2>, &tile_detail::avx512::column_kernel<VecAvx512F, 4, 2>};
     k.MR_direct_tail = 8;
     k.direct_tail = &direct_kernel_avx512<float, 8, 2>;
     k.MR_direct_wide = 14;
     k.direct_wide = &direct_kernel_avx512<float, 14, 2>;
     k.MR_indirect_wide = 6;
     k.NR_indirect_wide = 64;
-    k.indirect_wide = &indirect_kernel_avx512<float, 6, 4>;
+    k.indirect_wide = &tile_detail::avx512::indirect_kernel<VecAvx512F, 6, 4>;
     k.NR_indirect_last = 16;
-    k.indirect_last = &indirect_kernel_avx512<float, 12, 1>;
+    k.indirect_last = &tile_detail::avx512::indirect_kernel<VecAvx512F, 12, 1>;
     k.MR_indirect_three = 8;
     k.NR_indirect_three = 48;
-    k.indirect_three = &indirect_kernel_avx512<float, 8, 3>;
+    k.indirect_three = &tile_detail::avx512::indirect_kernel<VecAvx512F, 8, 3>;
     return k;
   }
   if (level >= SimdLevel::AVX2 && alt_tile) {
     ConvKernels<float> k{SimdLevel::AVX2, 4, 24, 256, 8, &micro_kernel_avx2_tile<float, 4, 3>,
-            &direct_kernel_avx2_rows<float, 4, 3>, &indirect_kernel_avx2<float, 4, 3>,
-            &column_kernel_avx2<float, 4, 3>, &store_tile_avx2<float>, &dot_avx2, &narrow_row_avx2,
+            &direct_kernel_avx2_rows<float, 4, 3>, &tile_detail::avx2::indirect_kernel<VecAvx2F, 4, 3>,
+            &tile_detail::avx2::column_kernel<VecAvx2F, 4, 3>, &store_tile_avx2<float>, &dot_avx2, &narrow_row_avx2,
             &smallc_dx_block<float>, &smallc_detail::avx2::smallc_dw_block_dispatch<VecAvx2F, 1>, 0, nullptr, nullptr};
     k.NR_indirect_last = 16;
-    k.indirect_last = &indirect_kernel_avx2<float, 4, 2>;
+    k.indirect_last = &tile_detail::avx2::indirect_kernel<VecAvx2F, 4, 2>;
     return k;
   }
   if (level >= SimdLevel::AVX2) {
     ConvKernels<float> k{SimdLevel::AVX2, 6, 16, 256, 8, &micro_kernel_avx2, &direct_kernel_avx2,
-            &indirect_kernel_avx2<float>, &column_kernel_avx2<float>, &store_tile_avx2<float>, &dot_avx2,
+            &tile_detail::avx2::indirect_kernel<VecAvx2F, 6, 2>, &tile_detail::avx2::column_kernel<VecAvx2F, 6, 2>, &store_tile_avx2<float>, &dot_avx2,
             &narrow_row_avx2, &smallc_dx_block<float>, &smallc_detail::avx2::smallc_dw_block_dispatch<VecAvx2F, 1>, 0, nullptr, nullptr};
     k.MR_direct_tail = 4;
     k.direct_tail = &direct_kernel_avx2_rows<float, 4>;
     k.NR_indirect_last = 8;
-    k.indirect_last = &indirect_kernel_avx2<float, 6, 1>;
+    k.indirect_last = &tile_detail::avx2::indirect_kernel<VecAvx2F, 6, 1>;
     return k;
   }
 #endif
@@ -1386,56 +1205,56 @@ inline ConvKernels<double> conv_kernels<double>(SimdLevel level, bool alt_tile) 
 #if NABLAGRAD_X86
   if (level >= SimdLevel::AVX512 && alt_tile) {
     ConvKernels<double> k{SimdLevel::AVX512, kAvx512OneVectorRows, 8, 128, 16, &micro_kernel_avx512<double, 24, 1>,
-            &direct_kernel_avx512<double, 24, 1>, &indirect_kernel_avx512<double, 24, 1>, &column_kernel_avx512<double, 24, 1>,
+            &direct_kernel_avx512<double, 24, 1>, &tile_detail::avx512::indirect_kernel<VecAvx512D, 24, 1>, &tile_detail::avx512::column_kernel<VecAvx512D, 24, 1>,
             &store_tile_avx512<double>,
             &dot_avx2, &narrow_row_avx2, &smallc_dx_block<double>,
             &smallc_detail::avx512::smallc_dw_block_dispatch<VecAvx512D, 2>,
-            8, &micro_kernel_avx512<double, 8, 1>, &column_kernel_avx512<double, 8, 1>};
+            8, &micro_kernel_avx512<double, 8, 1>, &tile_detail::avx512::column_kernel<VecAvx512D, 8, 1>};
     k.MR_direct_tail = 8;
     k.direct_tail = &direct_kernel_avx512<double, 8, 1>;
     k.MR_indirect_three = 8;
     k.NR_indirect_three = 24;
-    k.indirect_three = &indirect_kernel_avx512<double, 8, 3>;
+    k.indirect_three = &tile_detail::avx512::indirect_kernel<VecAvx512D, 8, 3>;
     return k;
   }
   if (level >= SimdLevel::AVX512) {
     ConvKernels<double> k{SimdLevel::AVX512, 12, 16, 128, 16, &micro_kernel_avx512<double, 12, 2>,
-            &direct_kernel_avx512<double, 12, 2>, &indirect_kernel_avx512<double, 12, 2>, &column_kernel_avx512<double, 12, 2>,
+            &direct_kernel_avx512<double, 12, 2>, &tile_detail::avx512::indirect_kernel<VecAvx512D, 12, 2>, &tile_detail::avx512::column_kernel<VecAvx512D, 12, 2>,
             &store_tile_avx512<double>,
             &dot_avx2, &narrow_row_avx2, &smallc_dx_block<double>,
             &smallc_detail::avx512::smallc_dw_block_dispatch<VecAvx512D, 2>,
-            4, &micro_kernel_avx512<double, 4, 2>, &column_kernel_avx512<double, 4, 2>};
+            4, &micro_kernel_avx512<double, 4, 2>, &tile_detail::avx512::column_kernel<VecAvx512D, 4, 2>};
     k.MR_direct_tail = 8;
     k.direct_tail = &direct_kernel_avx512<double, 8, 2>;
     k.MR_direct_wide = 14;
     k.direct_wide = &direct_kernel_avx512<double, 14, 2>;
     k.MR_indirect_wide = 6;
     k.NR_indirect_wide = 32;
-    k.indirect_wide = &indirect_kernel_avx512<double, 6, 4>;
+    k.indirect_wide = &tile_detail::avx512::indirect_kernel<VecAvx512D, 6, 4>;
     k.NR_indirect_last = 8;
-    k.indirect_last = &indirect_kernel_avx512<double, 12, 1>;
+    k.indirect_last = &tile_detail::avx512::indirect_kernel<VecAvx512D, 12, 1>;
     k.MR_indirect_three = 8;
     k.NR_indirect_three = 24;
-    k.indirect_three = &indirect_kernel_avx512<double, 8, 3>;
+    k.indirect_three = &tile_detail::avx512::indirect_kernel<VecAvx512D, 8, 3>;
     return k;
   }
   if (level >= SimdLevel::AVX2 && alt_tile) {
     ConvKernels<double> k{SimdLevel::AVX2, 4, 12, 128, 4, &micro_kernel_avx2_tile<double, 4, 3>,
-            &direct_kernel_avx2_rows<double, 4, 3>, &indirect_kernel_avx2<double, 4, 3>,
-            &column_kernel_avx2<double, 4, 3>, &store_tile_avx2<double>, &dot_avx2, &narrow_row_avx2,
+            &direct_kernel_avx2_rows<double, 4, 3>, &tile_detail::avx2::indirect_kernel<VecAvx2D, 4, 3>,
+            &tile_detail::avx2::column_kernel<VecAvx2D, 4, 3>, &store_tile_avx2<double>, &dot_avx2, &narrow_row_avx2,
             &smallc_dx_block<double>, &smallc_detail::avx2::smallc_dw_block_dispatch<VecAvx2D, 1>, 0, nullptr, nullptr};
     k.NR_indirect_last = 8;
-    k.indirect_last = &indirect_kernel_avx2<double, 4, 2>;
+    k.indirect_last = &tile_detail::avx2::indirect_kernel<VecAvx2D, 4, 2>;
     return k;
   }
   if (level >= SimdLevel::AVX2) {
     ConvKernels<double> k{SimdLevel::AVX2, 6, 8, 128, 4, &micro_kernel_avx2, &direct_kernel_avx2,
-            &indirect_kernel_avx2<double>, &column_kernel_avx2<double>, &store_tile_avx2<double>, &dot_avx2,
+            &tile_detail::avx2::indirect_kernel<VecAvx2D, 6, 2>, &tile_detail::avx2::column_kernel<VecAvx2D, 6, 2>, &store_tile_avx2<double>, &dot_avx2,
             &narrow_row_avx2, &smallc_dx_block<double>, &smallc_detail::avx2::smallc_dw_block_dispatch<VecAvx2D, 1>, 0, nullptr, nullptr};
     k.MR_direct_tail = 4;
     k.direct_tail = &direct_kernel_avx2_rows<double, 4>;
     k.NR_indirect_last = 4;
-    k.indirect_last = &indirect_kernel_avx2<double, 6, 1>;
+    k.indirect_last = &tile_detail::avx2::indirect_kernel<VecAvx2D, 6, 1>;
     return k;
   }
 #endif
