@@ -493,82 +493,13 @@ __attribute__((target("avx2,fma"))) inline void micro_kernel_avx2_tile(int64_t d
 #endif
 
 #if NABLAGRAD_X86
-#define NG_DK_ROW(i)                                                    \
-  {                                                                     \
-    const VT ai = BCAST(ad + (i) * a_rs);                               \
-    c##i##0 = FMA(ai, b0, c##i##0);                                     \
-    c##i##1 = FMA(ai, b1, c##i##1);                                     \
-  }
-#define NG_DK_STORE(i)                                              \
-  {                                                                 \
-    STORE(out + (i) * ldo, bias ? ADD(c##i##0, bias0) : c##i##0);     \
-    STORE(out + (i) * ldo + W, bias ? ADD(c##i##1, bias1) : c##i##1); \
-  }
-#define NG_DK_BODY                                                                    \
-  VT c00 = ZERO(), c01 = ZERO(), c10 = ZERO(), c11 = ZERO(), c20 = ZERO(), c21 = ZERO(); \
-  VT c30 = ZERO(), c31 = ZERO(), c40 = ZERO(), c41 = ZERO(), c50 = ZERO(), c51 = ZERO(); \
-  for (int64_t h = 0; h < nh; ++h) {                                                  \
-    const auto* ah = a + h * a_hs;                                                    \
-    const auto* bh = b + h * len * 2 * W;                                             \
-    for (int64_t d = 0; d < len; ++d) {                                               \
-      const VT b0 = LOAD(bh + d * 2 * W);                                             \
-      const VT b1 = LOAD(bh + d * 2 * W + W);                                         \
-      const auto* ad = ah + d;                                                        \
-      NG_DK_ROW(0) NG_DK_ROW(1) NG_DK_ROW(2) NG_DK_ROW(3) NG_DK_ROW(4) NG_DK_ROW(5)   \
-    }                                                                                 \
-  }                                                                                   \
-  const VT bias0 = bias ? LOAD(bias) : ZERO(), bias1 = bias ? LOAD(bias + W) : ZERO();         \
-  NG_DK_STORE(0) NG_DK_STORE(1) NG_DK_STORE(2) NG_DK_STORE(3) NG_DK_STORE(4) NG_DK_STORE(5)
-
-__attribute__((target("avx2,fma"))) inline void direct_kernel_avx2(int64_t nh, int64_t len,
-                                                                   const float* a, int64_t a_rs,
-                                                                   int64_t a_hs, const float* b,
-                                                                   float* out, int64_t ldo, const float* bias) {
-  using VT = __m256;
-  constexpr int64_t W = 8;
-#define ZERO _mm256_setzero_ps
-#define LOAD _mm256_loadu_ps
-#define STORE _mm256_storeu_ps
-#define FMA _mm256_fmadd_ps
-#define BCAST _mm256_broadcast_ss
-#define ADD _mm256_add_ps
-  NG_DK_BODY
-#undef ADD
-#undef ZERO
-#undef LOAD
-#undef STORE
-#undef FMA
-#undef BCAST
-}
-
-__attribute__((target("avx2,fma"))) inline void direct_kernel_avx2(int64_t nh, int64_t len,
-                                                                   const double* a, int64_t a_rs,
-                                                                   int64_t a_hs, const double* b,
-                                                                   double* out, int64_t ldo, const double* bias) {
-  using VT = __m256d;
-  constexpr int64_t W = 4;
-#define ZERO _mm256_setzero_pd
-#define LOAD _mm256_loadu_pd
-#define STORE _mm256_storeu_pd
-#define FMA _mm256_fmadd_pd
-#define BCAST _mm256_broadcast_sd
-#define ADD _mm256_add_pd
-  NG_DK_BODY
-#undef ADD
-#undef ZERO
-#undef LOAD
-#undef STORE
-#undef FMA
-#undef BCAST
-}
-#undef NG_DK_ROW
-#undef NG_DK_STORE
-#undef NG_DK_BODY
-
-// The same sums on a tile of MR pixels x NV vectors: MR < 6 x 2 for the blocks at the end of
-// an output row that the 6-row tile would run part empty (forward_direct): rows of 32 pixels
-// run as 6+6+6+6+4+4 instead of 6 x 6 = 36; and the level's 4 x 3 tile (ConvKernels below).
-// RS > 0: the pixel stride fixed at compile time, as direct_kernel_avx512's RS.
+// out[MR x NR] = A B (+ bias) as direct_kernel_portable at AVX2+FMA, on a tile of MR pixels x
+// NV vectors: the level's 6 x 2 one (12 ymm accumulators), MR < 6 x 2 for the blocks at the
+// end of an output row that the 6-row tile would run part empty (forward_direct): rows of 32
+// pixels run as 6+6+6+6+4+4 instead of 6 x 6 = 36; and the level's 4 x 3 tile (ConvKernels
+// below). RS > 0: the pixel stride fixed at compile time, as direct_kernel_avx512's RS. (A
+// hand-unrolled 6 x 2 copy, once the level's main direct kernel, gave the same bits in the same
+// time: removed.)
 template <typename T, int MR, int NV = 2, int RS = 0>
 __attribute__((target("avx2,fma"))) inline void direct_kernel_avx2_rows(int64_t nh, int64_t len, const T* a,
                                                                         int64_t a_rs_runtime, int64_t a_hs, const T* b,
@@ -1183,7 +1114,7 @@ inline ConvKernels<float> conv_kernels<float>(SimdLevel level, bool alt_tile) {
     return k;
   }
   if (level >= SimdLevel::AVX2) {
-    ConvKernels<float> k{SimdLevel::AVX2, 6, 16, 256, 8, &micro_kernel_avx2, &direct_kernel_avx2,
+    ConvKernels<float> k{SimdLevel::AVX2, 6, 16, 256, 8, &micro_kernel_avx2, &direct_kernel_avx2_rows<float, 6, 2>,
             &tile_detail::avx2::indirect_kernel<VecAvx2F, 6, 2>, &tile_detail::avx2::column_kernel<VecAvx2F, 6, 2>, &store_tile_avx2<float>, &dot_avx2,
             &narrow_row_avx2, &smallc_dx_block<float>, &smallc_detail::avx2::smallc_dw_block_dispatch<VecAvx2F, 1>, 0, nullptr, nullptr};
     k.MR_direct_tail = 4;
@@ -1248,7 +1179,7 @@ inline ConvKernels<double> conv_kernels<double>(SimdLevel level, bool alt_tile) 
     return k;
   }
   if (level >= SimdLevel::AVX2) {
-    ConvKernels<double> k{SimdLevel::AVX2, 6, 8, 128, 4, &micro_kernel_avx2, &direct_kernel_avx2,
+    ConvKernels<double> k{SimdLevel::AVX2, 6, 8, 128, 4, &micro_kernel_avx2, &direct_kernel_avx2_rows<double, 6, 2>,
             &tile_detail::avx2::indirect_kernel<VecAvx2D, 6, 2>, &tile_detail::avx2::column_kernel<VecAvx2D, 6, 2>, &store_tile_avx2<double>, &dot_avx2,
             &narrow_row_avx2, &smallc_dx_block<double>, &smallc_detail::avx2::smallc_dw_block_dispatch<VecAvx2D, 1>, 0, nullptr, nullptr};
     k.MR_direct_tail = 4;
