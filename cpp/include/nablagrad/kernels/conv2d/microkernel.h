@@ -52,6 +52,39 @@ inline void prefetch_ahead(const void* p, size_t bytes) {
   _mm_prefetch(reinterpret_cast<const char*>(reinterpret_cast<uintptr_t>(p) + bytes), _MM_HINT_T0);
 }
 
+// Rows at a runtime stride without a register per row. A 24-row tile whose rows lie a_rs
+// apart needs 24 addresses per depth step; left to itself GCC keeps 24 row pointers, 13 of
+// which spill, and the step then loads a pointer for every other broadcast (seen in objdump:
+// the 24 x 1 direct kernel ran at 55% of peak on a Xeon with two 512-bit FMA ports). Here the
+// rows go in groups of 8 from one base pointer per group, and x86's scaled addressing reaches
+// the 8 rows of a group from 4 stride registers (rs, 3 rs, 5 rs, 7 rs): 0, rs, 2 rs, 3 rs,
+// 4 rs, 5 rs, 2 (3 rs), 7 rs. The base pointers pass through an empty asm so that GCC cannot
+// fold them back into per-row pointers. Only for 1-vector tiles, whose broadcasts are FMA
+// memory operands: with 2 vectors each broadcast needs a register, and GCC then hoists all 12
+// broadcasts of a step and spills accumulators (12 x 2 direct kernel: 161 -> 109 GF/s).
+struct RowStrides {
+  int64_t rs, rs3, rs5, rs7, rs8;  // bytes
+  // The multiples pass through the asm too: knowing rs3 = 3 rs, GCC would rebuild the rows
+  // as a chain of rs additions, one register each.
+  explicit RowStrides(int64_t bytes) : rs(bytes), rs3(3 * bytes), rs5(5 * bytes), rs7(7 * bytes), rs8(8 * bytes) {
+    __asm__("" : "+r"(rs), "+r"(rs3), "+r"(rs5), "+r"(rs7), "+r"(rs8));
+  }
+};
+
+// Row j (< 8) of the group at p.
+__attribute__((always_inline)) inline const char* group_row(const char* p, int j, const RowStrides& s) {
+  switch (j) {
+    case 0: return p;
+    case 1: return p + s.rs;
+    case 2: return p + 2 * s.rs;
+    case 3: return p + s.rs3;
+    case 4: return p + 4 * s.rs;
+    case 5: return p + s.rs5;
+    case 6: return p + 2 * s.rs3;
+    default: return p + s.rs7;
+  }
+}
+
 // The register-tile kernels written once over a vector type, per instruction set (see
 // tile_kernel.inc).
 namespace tile_detail {
@@ -206,74 +239,6 @@ inline T dot_portable(const T* a, const T* b, int64_t n) {
 }
 
 #if NABLAGRAD_X86
-#define NG_UKR_ROW(i)                                                   \
-  {                                                                     \
-    const VT ai = BCAST(ad + (i) * a_rs);                               \
-    c##i##0 = FMA(ai, b0, c##i##0);                                     \
-    c##i##1 = FMA(ai, b1, c##i##1);                                     \
-  }
-#define NG_UKR_STORE(i)                                                          \
-  {                                                                              \
-    STORE(c + (i) * ldc, ADD(LOAD(c + (i) * ldc), c##i##0));                     \
-    STORE(c + (i) * ldc + W, ADD(LOAD(c + (i) * ldc + W), c##i##1));             \
-  }
-#define NG_UKR_BODY                                                                   \
-  VT c00 = ZERO(), c01 = ZERO(), c10 = ZERO(), c11 = ZERO(), c20 = ZERO(), c21 = ZERO(); \
-  VT c30 = ZERO(), c31 = ZERO(), c40 = ZERO(), c41 = ZERO(), c50 = ZERO(), c51 = ZERO(); \
-  for (int64_t d = 0; d < depth; ++d) {                                               \
-    const VT b0 = LOAD(b + d * 2 * W);                                                \
-    const VT b1 = LOAD(b + d * 2 * W + W);                                            \
-    const auto* ad = a + d * a_cs;                                                    \
-    NG_UKR_ROW(0) NG_UKR_ROW(1) NG_UKR_ROW(2) NG_UKR_ROW(3) NG_UKR_ROW(4) NG_UKR_ROW(5) \
-  }                                                                                   \
-  NG_UKR_STORE(0) NG_UKR_STORE(1) NG_UKR_STORE(2) NG_UKR_STORE(3) NG_UKR_STORE(4)     \
-  NG_UKR_STORE(5)
-
-__attribute__((target("avx2,fma"))) inline void micro_kernel_avx2(int64_t depth, const float* a,
-                                                                  int64_t a_rs, int64_t a_cs,
-                                                                  const float* b, float* c,
-                                                                  int64_t ldc) {
-  using VT = __m256;
-  constexpr int64_t W = 8;
-#define ZERO _mm256_setzero_ps
-#define LOAD _mm256_loadu_ps
-#define STORE _mm256_storeu_ps
-#define ADD _mm256_add_ps
-#define FMA _mm256_fmadd_ps
-#define BCAST _mm256_broadcast_ss
-  NG_UKR_BODY
-#undef ZERO
-#undef LOAD
-#undef STORE
-#undef ADD
-#undef FMA
-#undef BCAST
-}
-
-__attribute__((target("avx2,fma"))) inline void micro_kernel_avx2(int64_t depth, const double* a,
-                                                                  int64_t a_rs, int64_t a_cs,
-                                                                  const double* b, double* c,
-                                                                  int64_t ldc) {
-  using VT = __m256d;
-  constexpr int64_t W = 4;
-#define ZERO _mm256_setzero_pd
-#define LOAD _mm256_loadu_pd
-#define STORE _mm256_storeu_pd
-#define ADD _mm256_add_pd
-#define FMA _mm256_fmadd_pd
-#define BCAST _mm256_broadcast_sd
-  NG_UKR_BODY
-#undef ZERO
-#undef LOAD
-#undef STORE
-#undef ADD
-#undef FMA
-#undef BCAST
-}
-#undef NG_UKR_ROW
-#undef NG_UKR_STORE
-#undef NG_UKR_BODY
-
 __attribute__((target("avx2,fma"))) inline float dot_avx2(const float* a, const float* b,
                                                           int64_t n) {
   __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
@@ -466,69 +431,9 @@ inline void indirect_kernel_portable(int64_t nh, int64_t len, const T* const* ro
 }
 
 #if NABLAGRAD_X86
-// The gather GEMM's tile kernel (micro_kernel_portable) at AVX2+FMA on an MR x NV-vector tile:
-// the level's 4 x 3 one (micro_kernel_avx2 is its 6 x 2 one).
-template <typename T, int MR, int NV>
-__attribute__((target("avx2,fma"))) inline void micro_kernel_avx2_tile(int64_t depth, const T* a, int64_t a_rs,
-                                                                       int64_t a_cs, const T* b, T* c, int64_t ldc) {
-  using V = Avx2Vec<T>;
-  using VT = typename V::VT;
-  constexpr int W = V::W;
-  VT acc[MR][NV];
-  tile_detail::avx2::zero_acc<VecAvx2<T>, MR, NV>(acc);
-  for (int64_t d = 0; d < depth; ++d) {
-    VT bv[NV];
-#pragma GCC unroll 3
-    for (int v = 0; v < NV; ++v) bv[v] = V::load(b + (d * NV + v) * W);
-    const T* ad = a + d * a_cs;
-#pragma GCC unroll 6
-    for (int i = 0; i < MR; ++i) {
-      const VT ai = V::bcast(ad + i * a_rs);
-#pragma GCC unroll 3
-      for (int v = 0; v < NV; ++v) acc[i][v] = V::fma(ai, bv[v], acc[i][v]);
-    }
-  }
-  tile_detail::avx2::add_acc<VecAvx2<T>, MR, NV>(acc, c, ldc);
-}
 #endif
 
 #if NABLAGRAD_X86
-// out[MR x NR] = A B (+ bias) as direct_kernel_portable at AVX2+FMA, on a tile of MR pixels x
-// NV vectors: the level's 6 x 2 one (12 ymm accumulators), MR < 6 x 2 for the blocks at the
-// end of an output row that the 6-row tile would run part empty (forward_direct): rows of 32
-// pixels run as 6+6+6+6+4+4 instead of 6 x 6 = 36; and the level's 4 x 3 tile (ConvKernels
-// below). RS > 0: the pixel stride fixed at compile time, as direct_kernel_avx512's RS. (A
-// hand-unrolled 6 x 2 copy, once the level's main direct kernel, gave the same bits in the same
-// time: removed.)
-template <typename T, int MR, int NV = 2, int RS = 0>
-__attribute__((target("avx2,fma"))) inline void direct_kernel_avx2_rows(int64_t nh, int64_t len, const T* a,
-                                                                        int64_t a_rs_runtime, int64_t a_hs, const T* b,
-                                                                        T* out, int64_t ldo, const T* bias) {
-  using V = Avx2Vec<T>;
-  using VT = typename V::VT;
-  constexpr int W = V::W;
-  const int64_t a_rs = RS > 0 ? RS : a_rs_runtime;
-  VT acc[MR][NV];
-  tile_detail::avx2::zero_acc<VecAvx2<T>, MR, NV>(acc);
-  for (int64_t h = 0; h < nh; ++h) {
-    const T* ah = a + h * a_hs;
-    const T* bh = b + h * len * NV * W;
-    for (int64_t d = 0; d < len; ++d) {
-      VT bv[NV];
-#pragma GCC unroll 3
-      for (int v = 0; v < NV; ++v) bv[v] = V::load(bh + (d * NV + v) * W);
-      const T* ad = ah + d;
-      if (RS > 0) __asm__("" : "+r"(ad));  // one register, the rows at constant displacements
-#pragma GCC unroll 6
-      for (int i = 0; i < MR; ++i) {
-        const VT ai = V::bcast(ad + i * a_rs);
-#pragma GCC unroll 3
-        for (int v = 0; v < NV; ++v) acc[i][v] = V::fma(ai, bv[v], acc[i][v]);
-      }
-    }
-  }
-  tile_detail::avx2::store_acc<VecAvx2<T>, MR, NV>(acc, out, ldo, bias);
-}
 #endif
 
 #if NABLAGRAD_X86
@@ -699,153 +604,6 @@ __attribute__((target("avx512f,avx2,fma"))) inline __m512 z_fma(__m512 a, __m512
 __attribute__((target("avx512f,avx2,fma"))) inline __m512d z_fma(__m512d a, __m512d b, __m512d c) { return _mm512_fmadd_pd(a, b, c); }
 __attribute__((target("avx512f,avx2,fma"))) inline __m512 z_add(__m512 a, __m512 b) { return _mm512_add_ps(a, b); }
 __attribute__((target("avx512f,avx2,fma"))) inline __m512d z_add(__m512d a, __m512d b) { return _mm512_add_pd(a, b); }
-
-// Rows at a runtime stride without a register per row. A 24-row tile whose rows lie a_rs
-// apart needs 24 addresses per depth step; left to itself GCC keeps 24 row pointers, 13 of
-// which spill, and the step then loads a pointer for every other broadcast (seen in objdump:
-// the 24 x 1 direct kernel ran at 55% of peak on a Xeon with two 512-bit FMA ports). Here the
-// rows go in groups of 8 from one base pointer per group, and x86's scaled addressing reaches
-// the 8 rows of a group from 4 stride registers (rs, 3 rs, 5 rs, 7 rs): 0, rs, 2 rs, 3 rs,
-// 4 rs, 5 rs, 2 (3 rs), 7 rs. The base pointers pass through an empty asm so that GCC cannot
-// fold them back into per-row pointers. Only for 1-vector tiles, whose broadcasts are FMA
-// memory operands: with 2 vectors each broadcast needs a register, and GCC then hoists all 12
-// broadcasts of a step and spills accumulators (12 x 2 direct kernel: 161 -> 109 GF/s).
-struct RowStrides {
-  int64_t rs, rs3, rs5, rs7, rs8;  // bytes
-  // The multiples pass through the asm too: knowing rs3 = 3 rs, GCC would rebuild the rows
-  // as a chain of rs additions, one register each.
-  explicit RowStrides(int64_t bytes) : rs(bytes), rs3(3 * bytes), rs5(5 * bytes), rs7(7 * bytes), rs8(8 * bytes) {
-    __asm__("" : "+r"(rs), "+r"(rs3), "+r"(rs5), "+r"(rs7), "+r"(rs8));
-  }
-};
-
-// Row j (< 8) of the group at p.
-__attribute__((always_inline)) inline const char* group_row(const char* p, int j, const RowStrides& s) {
-  switch (j) {
-    case 0: return p;
-    case 1: return p + s.rs;
-    case 2: return p + 2 * s.rs;
-    case 3: return p + s.rs3;
-    case 4: return p + 4 * s.rs;
-    case 5: return p + s.rs5;
-    case 6: return p + 2 * s.rs3;
-    default: return p + s.rs7;
-  }
-}
-
-// bcast[i] = broadcast of row i's value at p + i * rs (bytes), i < MR.
-template <typename T, int MR, typename VT>
-__attribute__((target("avx512f,avx2,fma"), always_inline)) inline void broadcast_rows(const char* p, const RowStrides& s,
-                                                                                  VT* bcast) {
-#pragma GCC unroll 4
-  for (int g = 0; g < (MR + 7) / 8; ++g) {
-    const char* pg = p;
-    __asm__("" : "+r"(pg));
-#pragma GCC unroll 8
-    for (int j = 0; j < 8; ++j)
-      if (g * 8 + j < MR) bcast[g * 8 + j] = z_bcast(reinterpret_cast<const T*>(group_row(pg, j, s)));
-    p += s.rs8;
-  }
-}
-
-// One depth step of an MR x NV-vector tile: acc[i][v] += A(i) * bv[v], A(i) at ad + i * a_rs.
-// Grouped (the 1-vector tiles): the rows through broadcast_rows, each broadcast an FMA memory
-// operand. Else one broadcast per row feeding its NV FMAs (constant offsets, or 12 row offsets,
-// which fit in registers).
-template <typename T, int MR, int NV, bool Grouped, typename VT>
-__attribute__((target("avx512f,avx2,fma"), always_inline)) inline void fma_rows(const T* ad, int64_t a_rs,
-                                                                            const RowStrides& rows,
-                                                                            const VT* bv, VT (&acc)[MR][NV]) {
-  if constexpr (Grouped) {
-    VT ai[MR];
-    broadcast_rows<T, MR>(reinterpret_cast<const char*>(ad), rows, ai);
-#pragma GCC unroll 32
-    for (int i = 0; i < MR; ++i) acc[i][0] = z_fma(ai[i], bv[0], acc[i][0]);
-  } else {
-#pragma GCC unroll 32
-    for (int i = 0; i < MR; ++i) {
-      const VT ai = z_bcast(ad + i * a_rs);
-#pragma GCC unroll 2
-      for (int v = 0; v < NV; ++v) acc[i][v] = z_fma(ai, bv[v], acc[i][v]);
-    }
-  }
-}
-
-// C[MR x NR] += A B as micro_kernel_portable, NR = NV vectors; one FMA chain per element.
-// UnitRows: a_rs == 1 (A's column contiguous, the kernel gradient's im2col tile read
-// transposed), so the MR broadcasts of a step are constant offsets; with a runtime a_rs the
-// 12 or 24 row offsets do not fit in registers and spilled (perf: a third of the loop's
-// instructions) until broadcast_rows addressed them in groups. Same arithmetic either way.
-template <typename T, int MR, int NV, bool UnitRows>
-__attribute__((target("avx512f,avx2,fma"))) inline void micro_kernel_avx512_rows(
-    int64_t depth, const T* a, int64_t a_rs_runtime, int64_t a_cs, const T* b, T* c, int64_t ldc) {
-  using VT = typename Avx512<T>::VT;
-  constexpr int W = Avx512<T>::W;
-  const int64_t a_rs = UnitRows ? 1 : a_rs_runtime;
-  const RowStrides rows(a_rs * static_cast<int64_t>(sizeof(T)));
-  VT acc[MR][NV];
-#pragma GCC unroll 32
-  for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 2
-    for (int v = 0; v < NV; ++v) acc[i][v] = z_zero(T());
-  for (int64_t d = 0; d < depth; ++d) {
-    VT bv[NV];
-#pragma GCC unroll 2
-    for (int v = 0; v < NV; ++v) bv[v] = z_load(b + (d * NV + v) * W);
-    fma_rows<T, MR, NV, !UnitRows && NV == 1>(a + d * a_cs, a_rs, rows, bv, acc);
-  }
-#pragma GCC unroll 32
-  for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 2
-    for (int v = 0; v < NV; ++v)
-      z_store(c + i * ldc + v * W, z_add(z_load(c + i * ldc + v * W), acc[i][v]));
-}
-
-template <typename T, int MR, int NV>
-__attribute__((target("avx512f,avx2,fma"))) inline void micro_kernel_avx512(
-    int64_t depth, const T* a, int64_t a_rs, int64_t a_cs, const T* b, T* c, int64_t ldc) {
-  if (a_rs == 1)
-    micro_kernel_avx512_rows<T, MR, NV, true>(depth, a, a_rs, a_cs, b, c, ldc);
-  else
-    micro_kernel_avx512_rows<T, MR, NV, false>(depth, a, a_rs, a_cs, b, c, ldc);
-}
-
-// out[MR x NR] = A B (+ bias) as direct_kernel_portable (A read in place from nh padded-input
-// rows). RS > 0: the pixels are RS values apart (a_rs == RS, known at compile time), so a
-// depth step's MR broadcasts are constant displacements from one pointer. With a runtime
-// stride the 14 rows of the 14 x 2 tile take 14 pointer registers, three of them spilled and
-// reloaded every step, and even 12 leave the loop short of registers: for the few-channel
-// first layers (RS = S_w C: 1, 2, 3, 4, 6, 8, 12; direct_kernel_for) in L1, GFLOP/s on one
-// Xeon core, runtime -> fixed: 3x3 S 2 on 3 channels 180 -> 198 (14 rows), 170 -> 194 (12);
-// 3x3 S 1 on 3 channels 178 -> 199 (12); 3x3 on 1 channel 137-150 -> 170-172; 7x7 S 2 on 3
-// channels 190 -> 205. Same FMAs in the same order: the same bits.
-template <typename T, int MR, int NV, int RS = 0>
-__attribute__((target("avx512f,avx2,fma"))) inline void direct_kernel_avx512(
-    int64_t nh, int64_t len, const T* a, int64_t a_rs, int64_t a_hs, const T* b, T* out,
-    int64_t ldo, const T* bias) {
-  using VT = typename Avx512<T>::VT;
-  constexpr int W = Avx512<T>::W;
-  const RowStrides rows(a_rs * static_cast<int64_t>(sizeof(T)));
-  VT acc[MR][NV];
-#pragma GCC unroll 32
-  for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 2
-    for (int v = 0; v < NV; ++v) acc[i][v] = z_zero(T());
-  for (int64_t h = 0; h < nh; ++h) {
-    const T* ah = a + h * a_hs;
-    const T* bh = b + h * len * NV * W;
-    for (int64_t d = 0; d < len; ++d) {
-      VT bv[NV];
-#pragma GCC unroll 2
-      for (int v = 0; v < NV; ++v) bv[v] = z_load(bh + (d * NV + v) * W);
-      const T* ad = ah + d;
-      // RS: one register, the rows at ad + i RS (see tile_kernel.inc's column_kernel).
-      if constexpr (RS > 0) __asm__("" : "+r"(ad));
-      fma_rows<T, MR, NV, RS == 0 && NV == 1>(ad, RS > 0 ? RS : a_rs, rows, bv, acc);
-    }
-  }
-  tile_detail::avx512::store_acc<VecAvx512<T>, MR, NV>(acc, out, ldo, bias);
-}
 
 // out[24 x NR] of a stride-1 direct convolution with one vector of filters (NR = W): the
 // direct kernel's sums, but each input value is broadcast once and used for every tap that
@@ -1070,30 +828,30 @@ template <>
 inline ConvKernels<float> conv_kernels<float>(SimdLevel level, bool alt_tile) {
 #if NABLAGRAD_X86
   if (level >= SimdLevel::AVX512 && alt_tile) {
-    ConvKernels<float> k{SimdLevel::AVX512, kAvx512OneVectorRows, 16, 256, 32, &micro_kernel_avx512<float, 24, 1>,
-            &direct_kernel_avx512<float, 24, 1>, &tile_detail::avx512::indirect_kernel<VecAvx512F, 24, 1>, &tile_detail::avx512::column_kernel<VecAvx512F, 24, 1>,
+    ConvKernels<float> k{SimdLevel::AVX512, kAvx512OneVectorRows, 16, 256, 32, &tile_detail::avx512::micro_kernel<VecAvx512F, 24, 1>,
+            &tile_detail::avx512::direct_kernel<VecAvx512F, 24, 1>, &tile_detail::avx512::indirect_kernel<VecAvx512F, 24, 1>, &tile_detail::avx512::column_kernel<VecAvx512F, 24, 1>,
             &store_tile_avx512<float>,
             &dot_avx2, &narrow_row_avx2, &smallc_dx_block<float>,
             &smallc_detail::avx512::smallc_dw_block_dispatch<VecAvx512F, 2>,
-            8, &micro_kernel_avx512<float, 8, 1>, &tile_detail::avx512::column_kernel<VecAvx512F, 8, 1>};
+            8, &tile_detail::avx512::micro_kernel<VecAvx512F, 8, 1>, &tile_detail::avx512::column_kernel<VecAvx512F, 8, 1>};
     k.MR_direct_tail = 8;
-    k.direct_tail = &direct_kernel_avx512<float, 8, 1>;
+    k.direct_tail = &tile_detail::avx512::direct_kernel<VecAvx512F, 8, 1>;
     k.MR_indirect_three = 8;
     k.NR_indirect_three = 48;
     k.indirect_three = &tile_detail::avx512::indirect_kernel<VecAvx512F, 8, 3>;
     return k;
   }
   if (level >= SimdLevel::AVX512) {
-    ConvKernels<float> k{SimdLevel::AVX512, 12, 32, 256, 32, &micro_kernel_avx512<float, 12, 2>,
-            &direct_kernel_avx512<float, 12, 2>, &tile_detail::avx512::indirect_kernel<VecAvx512F, 12, 2>, &tile_detail::avx512::column_kernel<VecAvx512F, 12, 2>,
+    ConvKernels<float> k{SimdLevel::AVX512, 12, 32, 256, 32, &tile_detail::avx512::micro_kernel<VecAvx512F, 12, 2>,
+            &tile_detail::avx512::direct_kernel<VecAvx512F, 12, 2>, &tile_detail::avx512::indirect_kernel<VecAvx512F, 12, 2>, &tile_detail::avx512::column_kernel<VecAvx512F, 12, 2>,
             &store_tile_avx512<float>,
             &dot_avx2, &narrow_row_avx2, &smallc_dx_block<float>,
             &smallc_detail::avx512::smallc_dw_block_dispatch<VecAvx512F, 2>,
-            4, &micro_kernel_avx512<float, 4, 2>, &tile_detail::avx512::column_kernel<VecAvx512F, 4, 2>};
+            4, &tile_detail::avx512::micro_kernel<VecAvx512F, 4, 2>, &tile_detail::avx512::column_kernel<VecAvx512F, 4, 2>};
     k.MR_direct_tail = 8;
-    k.direct_tail = &direct_kernel_avx512<float, 8, 2>;
+    k.direct_tail = &tile_detail::avx512::direct_kernel<VecAvx512F, 8, 2>;
     k.MR_direct_wide = 14;
-    k.direct_wide = &direct_kernel_avx512<float, 14, 2>;
+    k.direct_wide = &tile_detail::avx512::direct_kernel<VecAvx512F, 14, 2>;
     k.MR_indirect_wide = 6;
     k.NR_indirect_wide = 64;
     k.indirect_wide = &tile_detail::avx512::indirect_kernel<VecAvx512F, 6, 4>;
@@ -1105,8 +863,8 @@ inline ConvKernels<float> conv_kernels<float>(SimdLevel level, bool alt_tile) {
     return k;
   }
   if (level >= SimdLevel::AVX2 && alt_tile) {
-    ConvKernels<float> k{SimdLevel::AVX2, 4, 24, 256, 8, &micro_kernel_avx2_tile<float, 4, 3>,
-            &direct_kernel_avx2_rows<float, 4, 3>, &tile_detail::avx2::indirect_kernel<VecAvx2F, 4, 3>,
+    ConvKernels<float> k{SimdLevel::AVX2, 4, 24, 256, 8, &tile_detail::avx2::micro_kernel<VecAvx2F, 4, 3>,
+            &tile_detail::avx2::direct_kernel<VecAvx2F, 4, 3>, &tile_detail::avx2::indirect_kernel<VecAvx2F, 4, 3>,
             &tile_detail::avx2::column_kernel<VecAvx2F, 4, 3>, &store_tile_avx2<float>, &dot_avx2, &narrow_row_avx2,
             &smallc_dx_block<float>, &smallc_detail::avx2::smallc_dw_block_dispatch<VecAvx2F, 1>, 0, nullptr, nullptr};
     k.NR_indirect_last = 16;
@@ -1114,11 +872,11 @@ inline ConvKernels<float> conv_kernels<float>(SimdLevel level, bool alt_tile) {
     return k;
   }
   if (level >= SimdLevel::AVX2) {
-    ConvKernels<float> k{SimdLevel::AVX2, 6, 16, 256, 8, &micro_kernel_avx2, &direct_kernel_avx2_rows<float, 6, 2>,
+    ConvKernels<float> k{SimdLevel::AVX2, 6, 16, 256, 8, &tile_detail::avx2::micro_kernel<VecAvx2F, 6, 2>, &tile_detail::avx2::direct_kernel<VecAvx2F, 6, 2>,
             &tile_detail::avx2::indirect_kernel<VecAvx2F, 6, 2>, &tile_detail::avx2::column_kernel<VecAvx2F, 6, 2>, &store_tile_avx2<float>, &dot_avx2,
             &narrow_row_avx2, &smallc_dx_block<float>, &smallc_detail::avx2::smallc_dw_block_dispatch<VecAvx2F, 1>, 0, nullptr, nullptr};
     k.MR_direct_tail = 4;
-    k.direct_tail = &direct_kernel_avx2_rows<float, 4>;
+    k.direct_tail = &tile_detail::avx2::direct_kernel<VecAvx2F, 4, 2>;
     k.NR_indirect_last = 8;
     k.indirect_last = &tile_detail::avx2::indirect_kernel<VecAvx2F, 6, 1>;
     return k;
@@ -1135,30 +893,30 @@ template <>
 inline ConvKernels<double> conv_kernels<double>(SimdLevel level, bool alt_tile) {
 #if NABLAGRAD_X86
   if (level >= SimdLevel::AVX512 && alt_tile) {
-    ConvKernels<double> k{SimdLevel::AVX512, kAvx512OneVectorRows, 8, 128, 16, &micro_kernel_avx512<double, 24, 1>,
-            &direct_kernel_avx512<double, 24, 1>, &tile_detail::avx512::indirect_kernel<VecAvx512D, 24, 1>, &tile_detail::avx512::column_kernel<VecAvx512D, 24, 1>,
+    ConvKernels<double> k{SimdLevel::AVX512, kAvx512OneVectorRows, 8, 128, 16, &tile_detail::avx512::micro_kernel<VecAvx512D, 24, 1>,
+            &tile_detail::avx512::direct_kernel<VecAvx512D, 24, 1>, &tile_detail::avx512::indirect_kernel<VecAvx512D, 24, 1>, &tile_detail::avx512::column_kernel<VecAvx512D, 24, 1>,
             &store_tile_avx512<double>,
             &dot_avx2, &narrow_row_avx2, &smallc_dx_block<double>,
             &smallc_detail::avx512::smallc_dw_block_dispatch<VecAvx512D, 2>,
-            8, &micro_kernel_avx512<double, 8, 1>, &tile_detail::avx512::column_kernel<VecAvx512D, 8, 1>};
+            8, &tile_detail::avx512::micro_kernel<VecAvx512D, 8, 1>, &tile_detail::avx512::column_kernel<VecAvx512D, 8, 1>};
     k.MR_direct_tail = 8;
-    k.direct_tail = &direct_kernel_avx512<double, 8, 1>;
+    k.direct_tail = &tile_detail::avx512::direct_kernel<VecAvx512D, 8, 1>;
     k.MR_indirect_three = 8;
     k.NR_indirect_three = 24;
     k.indirect_three = &tile_detail::avx512::indirect_kernel<VecAvx512D, 8, 3>;
     return k;
   }
   if (level >= SimdLevel::AVX512) {
-    ConvKernels<double> k{SimdLevel::AVX512, 12, 16, 128, 16, &micro_kernel_avx512<double, 12, 2>,
-            &direct_kernel_avx512<double, 12, 2>, &tile_detail::avx512::indirect_kernel<VecAvx512D, 12, 2>, &tile_detail::avx512::column_kernel<VecAvx512D, 12, 2>,
+    ConvKernels<double> k{SimdLevel::AVX512, 12, 16, 128, 16, &tile_detail::avx512::micro_kernel<VecAvx512D, 12, 2>,
+            &tile_detail::avx512::direct_kernel<VecAvx512D, 12, 2>, &tile_detail::avx512::indirect_kernel<VecAvx512D, 12, 2>, &tile_detail::avx512::column_kernel<VecAvx512D, 12, 2>,
             &store_tile_avx512<double>,
             &dot_avx2, &narrow_row_avx2, &smallc_dx_block<double>,
             &smallc_detail::avx512::smallc_dw_block_dispatch<VecAvx512D, 2>,
-            4, &micro_kernel_avx512<double, 4, 2>, &tile_detail::avx512::column_kernel<VecAvx512D, 4, 2>};
+            4, &tile_detail::avx512::micro_kernel<VecAvx512D, 4, 2>, &tile_detail::avx512::column_kernel<VecAvx512D, 4, 2>};
     k.MR_direct_tail = 8;
-    k.direct_tail = &direct_kernel_avx512<double, 8, 2>;
+    k.direct_tail = &tile_detail::avx512::direct_kernel<VecAvx512D, 8, 2>;
     k.MR_direct_wide = 14;
-    k.direct_wide = &direct_kernel_avx512<double, 14, 2>;
+    k.direct_wide = &tile_detail::avx512::direct_kernel<VecAvx512D, 14, 2>;
     k.MR_indirect_wide = 6;
     k.NR_indirect_wide = 32;
     k.indirect_wide = &tile_detail::avx512::indirect_kernel<VecAvx512D, 6, 4>;
@@ -1170,8 +928,8 @@ inline ConvKernels<double> conv_kernels<double>(SimdLevel level, bool alt_tile) 
     return k;
   }
   if (level >= SimdLevel::AVX2 && alt_tile) {
-    ConvKernels<double> k{SimdLevel::AVX2, 4, 12, 128, 4, &micro_kernel_avx2_tile<double, 4, 3>,
-            &direct_kernel_avx2_rows<double, 4, 3>, &tile_detail::avx2::indirect_kernel<VecAvx2D, 4, 3>,
+    ConvKernels<double> k{SimdLevel::AVX2, 4, 12, 128, 4, &tile_detail::avx2::micro_kernel<VecAvx2D, 4, 3>,
+            &tile_detail::avx2::direct_kernel<VecAvx2D, 4, 3>, &tile_detail::avx2::indirect_kernel<VecAvx2D, 4, 3>,
             &tile_detail::avx2::column_kernel<VecAvx2D, 4, 3>, &store_tile_avx2<double>, &dot_avx2, &narrow_row_avx2,
             &smallc_dx_block<double>, &smallc_detail::avx2::smallc_dw_block_dispatch<VecAvx2D, 1>, 0, nullptr, nullptr};
     k.NR_indirect_last = 8;
@@ -1179,11 +937,11 @@ inline ConvKernels<double> conv_kernels<double>(SimdLevel level, bool alt_tile) 
     return k;
   }
   if (level >= SimdLevel::AVX2) {
-    ConvKernels<double> k{SimdLevel::AVX2, 6, 8, 128, 4, &micro_kernel_avx2, &direct_kernel_avx2_rows<double, 6, 2>,
+    ConvKernels<double> k{SimdLevel::AVX2, 6, 8, 128, 4, &tile_detail::avx2::micro_kernel<VecAvx2D, 6, 2>, &tile_detail::avx2::direct_kernel<VecAvx2D, 6, 2>,
             &tile_detail::avx2::indirect_kernel<VecAvx2D, 6, 2>, &tile_detail::avx2::column_kernel<VecAvx2D, 6, 2>, &store_tile_avx2<double>, &dot_avx2,
             &narrow_row_avx2, &smallc_dx_block<double>, &smallc_detail::avx2::smallc_dw_block_dispatch<VecAvx2D, 1>, 0, nullptr, nullptr};
     k.MR_direct_tail = 4;
-    k.direct_tail = &direct_kernel_avx2_rows<double, 4>;
+    k.direct_tail = &tile_detail::avx2::direct_kernel<VecAvx2D, 4, 2>;
     k.NR_indirect_last = 4;
     k.indirect_last = &tile_detail::avx2::indirect_kernel<VecAvx2D, 6, 1>;
     return k;
@@ -1210,7 +968,7 @@ inline bool one_vector_avx512(const ConvKernels<T>& cfg) {
 /// The direct kernel of cfg for blocks of mr pixels (cfg.MR, or the wide tile's
 /// cfg.MR_direct_wide) whose input runs lie rs values apart (S_w C in forward_direct): for
 /// floats on the 2-vector tiles (AVX-512 12 and 14 rows, AVX2 6), a copy with rs fixed at
-/// compile time where rs is one of the few-channel first layers' (direct_kernel_avx512's RS),
+/// compile time where rs is one of the few-channel first layers' (tile_kernel.inc's direct_kernel RS),
 /// else the tile's own. At AVX2, whose 6 rows fit the registers anyway, in L1 3x3 S 2 on 3
 /// channels 110 -> 117-120 GFLOP/s; whole forwards, 2 threads, 3 runs each (ms): (8,224,224,
 /// 3->32, 3x3 S 2) 1.03-1.12 -> 1.00-1.09, (4,224,224,3->64, 7x7 S 2) 4.46-4.61 -> 4.26-4.39.
@@ -1223,7 +981,9 @@ inline DirectKernel<T> direct_kernel_for(const ConvKernels<T>& cfg, int64_t mr, 
 #define NG_FIXED_STRIDES(X) X(1) X(2) X(3) X(4) X(6) X(8) X(12)
     if (cfg.level == SimdLevel::AVX512 && cfg.NR == 2 * Avx512<T>::W && (mr == 12 || mr == 14)) {
 #define NG_FIXED_CASE(RS) \
-  case RS: return mr == 12 ? &direct_kernel_avx512<T, 12, 2, RS> : &direct_kernel_avx512<T, 14, 2, RS>;
+  case RS:                                                                                    \
+    return mr == 12 ? &tile_detail::avx512::direct_kernel<VecAvx512<T>, 12, 2, RS>                \
+                    : &tile_detail::avx512::direct_kernel<VecAvx512<T>, 14, 2, RS>;
       switch (rs) {
         NG_FIXED_STRIDES(NG_FIXED_CASE)
         default: break;
@@ -1232,7 +992,7 @@ inline DirectKernel<T> direct_kernel_for(const ConvKernels<T>& cfg, int64_t mr, 
     }
     if (cfg.level == SimdLevel::AVX2 && cfg.NR == 2 * Avx2Vec<T>::W && mr == 6) {
 #define NG_FIXED_CASE(RS) \
-  case RS: return &direct_kernel_avx2_rows<T, 6, 2, RS>;
+  case RS: return &tile_detail::avx2::direct_kernel<VecAvx2<T>, 6, 2, RS>;
       switch (rs) {
         NG_FIXED_STRIDES(NG_FIXED_CASE)
         default: break;
