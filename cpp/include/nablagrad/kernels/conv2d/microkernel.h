@@ -579,31 +579,7 @@ namespace avx512 {
 // 12 x 32 floats / 12 x 16 doubles), twice the AVX2 tile's rows and width, so each loaded
 // kernel vector and each broadcast input value feeds twice as many FMAs.
 // ============================================================================================
-template <typename T>
-struct Avx512;
-template <>
-struct Avx512<float> {
-  using VT = __m512;
-  static constexpr int W = 16;
-};
-template <>
-struct Avx512<double> {
-  using VT = __m512d;
-  static constexpr int W = 8;
-};
-
-__attribute__((target("avx512f,avx2,fma"))) inline __m512 z_zero(float) { return _mm512_setzero_ps(); }
-__attribute__((target("avx512f,avx2,fma"))) inline __m512d z_zero(double) { return _mm512_setzero_pd(); }
-__attribute__((target("avx512f,avx2,fma"))) inline __m512 z_load(const float* p) { return _mm512_loadu_ps(p); }
-__attribute__((target("avx512f,avx2,fma"))) inline __m512d z_load(const double* p) { return _mm512_loadu_pd(p); }
-__attribute__((target("avx512f,avx2,fma"))) inline void z_store(float* p, __m512 v) { _mm512_storeu_ps(p, v); }
-__attribute__((target("avx512f,avx2,fma"))) inline void z_store(double* p, __m512d v) { _mm512_storeu_pd(p, v); }
-__attribute__((target("avx512f,avx2,fma"))) inline __m512 z_bcast(const float* p) { return _mm512_set1_ps(*p); }
-__attribute__((target("avx512f,avx2,fma"))) inline __m512d z_bcast(const double* p) { return _mm512_set1_pd(*p); }
-__attribute__((target("avx512f,avx2,fma"))) inline __m512 z_fma(__m512 a, __m512 b, __m512 c) { return _mm512_fmadd_ps(a, b, c); }
-__attribute__((target("avx512f,avx2,fma"))) inline __m512d z_fma(__m512d a, __m512d b, __m512d c) { return _mm512_fmadd_pd(a, b, c); }
-__attribute__((target("avx512f,avx2,fma"))) inline __m512 z_add(__m512 a, __m512 b) { return _mm512_add_ps(a, b); }
-__attribute__((target("avx512f,avx2,fma"))) inline __m512d z_add(__m512d a, __m512d b) { return _mm512_add_pd(a, b); }
+// (The AVX-512 vector types are vec.h's VecAvx512F / VecAvx512D.)
 
 // out[24 x NR] of a stride-1 direct convolution with one vector of filters (NR = W): the
 // direct kernel's sums, but each input value is broadcast once and used for every tap that
@@ -621,21 +597,22 @@ __attribute__((target("avx512f,avx2,fma"))) inline __m512d z_add(__m512d a, __m5
 template <typename T, int FW>
 __attribute__((target("avx512f,avx2,fma"))) inline void direct_s1_kernel_avx512(
     int64_t nh, int64_t C, const T* a, int64_t a_hs, const T* b, T* out, int64_t ldo, const T* bias) {
-  using VT = typename Avx512<T>::VT;
-  constexpr int W = Avx512<T>::W, G = 12, S = G + FW - 1;  // S input pixels per group
+  using V = VecAvx512<T>;
+  using VT = typename V::VT;
+  constexpr int W = V::W, G = 12, S = G + FW - 1;  // S input pixels per group
   constexpr int NG = (G + S + 7) / 8;                       // groups of 8 input pixels
   static_assert(2 * G + FW + 2 <= 32, "direct_s1: the tile must fit the 32 vector registers");
   const RowStrides px(C * static_cast<int64_t>(sizeof(T)));
   VT acc[2 * G][1];
 #pragma GCC unroll 32
-  for (int i = 0; i < 2 * G; ++i) acc[i][0] = z_zero(T());
+  for (int i = 0; i < 2 * G; ++i) acc[i][0] = V::zero();
   for (int64_t h = 0; h < nh; ++h) {
     const char* ah = reinterpret_cast<const char*>(a + h * a_hs);
     const T* bh = b + h * FW * C * W;
     for (int64_t c = 0; c < C; ++c) {
       VT wv[FW];
 #pragma GCC unroll 8
-      for (int kx = 0; kx < FW; ++kx) wv[kx] = z_load(bh + (kx * C + c) * W);
+      for (int kx = 0; kx < FW; ++kx) wv[kx] = V::load(bh + (kx * C + c) * W);
       const char* pg[NG];
 #pragma GCC unroll 8
       for (int j = 0; j < NG; ++j) {
@@ -644,14 +621,14 @@ __attribute__((target("avx512f,avx2,fma"))) inline void direct_s1_kernel_avx512(
       }
 #pragma GCC unroll 32
       for (int s = 0; s < S; ++s) {
-        const VT x0 = z_bcast(reinterpret_cast<const T*>(group_row(pg[s / 8], s % 8, px)));
-        const VT x1 = z_bcast(reinterpret_cast<const T*>(group_row(pg[(G + s) / 8], (G + s) % 8, px)));
+        const VT x0 = V::bcast(reinterpret_cast<const T*>(group_row(pg[s / 8], s % 8, px)));
+        const VT x1 = V::bcast(reinterpret_cast<const T*>(group_row(pg[(G + s) / 8], (G + s) % 8, px)));
 #pragma GCC unroll 8
         for (int kx = 0; kx < FW; ++kx) {
           const int o = s - kx;
           if (o >= 0 && o < G) {
-            acc[o][0] = z_fma(x0, wv[kx], acc[o][0]);
-            acc[G + o][0] = z_fma(x1, wv[kx], acc[G + o][0]);
+            acc[o][0] = V::fma(x0, wv[kx], acc[o][0]);
+            acc[G + o][0] = V::fma(x1, wv[kx], acc[G + o][0]);
           }
         }
       }
@@ -674,31 +651,32 @@ __attribute__((target("avx512f,avx2,fma"))) inline void direct_s1_kernel_avx512(
 template <typename T, int FW, int CB>
 __attribute__((target("avx512f,avx2,fma"))) inline void dw_s1_kernel_avx512(
     int64_t np, const T* x, int64_t C, const T* dy, T* p, int64_t p_kw, int64_t p_c) {
-  using VT = typename Avx512<T>::VT;
-  constexpr int W = Avx512<T>::W;
+  using V = VecAvx512<T>;
+  using VT = typename V::VT;
+  constexpr int W = V::W;
   static_assert(2 * FW * CB + 1 <= 32, "dw_s1: the broadcasts and sums must fit the 32 vector registers");
   VT acc[FW][CB], xb[FW][CB];
 #pragma GCC unroll 8
   for (int k = 0; k < FW; ++k)
 #pragma GCC unroll 8
-    for (int c = 0; c < CB; ++c) acc[k][c] = z_zero(T());
+    for (int c = 0; c < CB; ++c) acc[k][c] = V::zero();
 #pragma GCC unroll 8
   for (int k = 0; k + 1 < FW; ++k)
 #pragma GCC unroll 8
-    for (int c = 0; c < CB; ++c) xb[k][c] = z_bcast(x + k * C + c);
+    for (int c = 0; c < CB; ++c) xb[k][c] = V::bcast(x + k * C + c);
   const T* xn = x + (FW - 1) * C;  // the pixel that step j adds: j + FW - 1
   for (int64_t j0 = 0; j0 < np; j0 += FW) {
 #pragma GCC unroll 8
     for (int u = 0; u < FW; ++u) {
       if (j0 + u >= np) break;
 #pragma GCC unroll 8
-      for (int c = 0; c < CB; ++c) xb[(u + FW - 1) % FW][c] = z_bcast(xn + c);
+      for (int c = 0; c < CB; ++c) xb[(u + FW - 1) % FW][c] = V::bcast(xn + c);
       xn += C;
-      const VT d = z_load(dy + (j0 + u) * W);
+      const VT d = V::load(dy + (j0 + u) * W);
 #pragma GCC unroll 8
       for (int k = 0; k < FW; ++k)
 #pragma GCC unroll 8
-        for (int c = 0; c < CB; ++c) acc[k][c] = z_fma(xb[(u + k) % FW][c], d, acc[k][c]);
+        for (int c = 0; c < CB; ++c) acc[k][c] = V::fma(xb[(u + k) % FW][c], d, acc[k][c]);
     }
   }
 #pragma GCC unroll 8
@@ -706,7 +684,7 @@ __attribute__((target("avx512f,avx2,fma"))) inline void dw_s1_kernel_avx512(
 #pragma GCC unroll 8
     for (int c = 0; c < CB; ++c) {
       T* pk = p + k * p_kw + c * p_c;
-      z_store(pk, z_add(z_load(pk), acc[k][c]));
+      V::store(pk, V::add(V::load(pk), acc[k][c]));
     }
 }
 
@@ -958,7 +936,7 @@ inline ConvKernels<double> conv_kernels<double>(SimdLevel level, bool alt_tile) 
 template <typename T>
 inline bool one_vector_avx512(const ConvKernels<T>& cfg) {
 #if NABLAGRAD_X86
-  return cfg.level == SimdLevel::AVX512 && cfg.MR == kAvx512OneVectorRows && cfg.NR == Avx512<T>::W;
+  return cfg.level == SimdLevel::AVX512 && cfg.MR == kAvx512OneVectorRows && cfg.NR == VecAvx512<T>::W;
 #else
   (void)cfg;
   return false;
@@ -979,7 +957,7 @@ inline DirectKernel<T> direct_kernel_for(const ConvKernels<T>& cfg, int64_t mr, 
   if constexpr (std::is_same<T, float>::value) {
 // The strides with a copy, listed once for both levels' switches.
 #define NG_FIXED_STRIDES(X) X(1) X(2) X(3) X(4) X(6) X(8) X(12)
-    if (cfg.level == SimdLevel::AVX512 && cfg.NR == 2 * Avx512<T>::W && (mr == 12 || mr == 14)) {
+    if (cfg.level == SimdLevel::AVX512 && cfg.NR == 2 * VecAvx512<T>::W && (mr == 12 || mr == 14)) {
 #define NG_FIXED_CASE(RS) \
   case RS:                                                                                    \
     return mr == 12 ? &tile_detail::avx512::direct_kernel<VecAvx512<T>, 12, 2, RS>                \
@@ -990,7 +968,7 @@ inline DirectKernel<T> direct_kernel_for(const ConvKernels<T>& cfg, int64_t mr, 
       }
 #undef NG_FIXED_CASE
     }
-    if (cfg.level == SimdLevel::AVX2 && cfg.NR == 2 * Avx2Vec<T>::W && mr == 6) {
+    if (cfg.level == SimdLevel::AVX2 && cfg.NR == 2 * VecAvx2<T>::W && mr == 6) {
 #define NG_FIXED_CASE(RS) \
   case RS: return &tile_detail::avx2::direct_kernel<VecAvx2<T>, 6, 2, RS>;
       switch (rs) {

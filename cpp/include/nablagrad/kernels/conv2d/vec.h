@@ -1,6 +1,7 @@
-// nablagrad/kernels/conv2d/vec.h - the vector types that the kernels written once over a
-// vector type take: narrow_kernel.inc (narrow.h), small_c_kernel.inc (microkernel.h) and
-// winograd_transforms.inc (winograd.h). One per instruction set and type: VecScalar<T>
+// nablagrad/kernels/conv2d/vec.h - the vector types that the conv kernels take: those written
+// once over a vector type (tile_kernel.inc and small_c_kernel.inc in microkernel.h,
+// narrow_kernel.inc in narrow.h, winograd_transforms.inc in winograd.h) and the AVX-512-only
+// stride-1 kernels of microkernel.h. One per instruction set and type: VecScalar<T>
 // (portable, 4 lanes; Winograd has its own portable XPortable of any width), VecAvx2F/D,
 // VecAvx512F/D, each with W lanes in a VT and
 //   zero, load, load_n (the first n < W values, the rest zero, nothing read past them),
