@@ -365,33 +365,36 @@ void check_g_lanes(const char* where, int a, const double* lanes, int W, double 
 
 template <int M, int R>
 void check_gcol_against_g_entry() {
-  for (int a = 0; a < R; ++a) {
-    double out[6 * 16];
-    // kernel_run's lane-by-lane double sums, as each instruction set compiles them
-    gcol_columns<wd::XScalar<double>, M, R>(a, out);
-    check_g_lanes<M, R>("XScalar<double>", a, out, 1, 0);
-    gcol_columns<wd::XPortable<double, 4>, M, R>(a, out);
-    check_g_lanes<M, R>("XPortable<double>", a, out, 4, 0);
-    gcol_columns<wd::XPortable<float, 8>, M, R>(a, out);
-    check_g_lanes<M, R>("XPortable<float>", a, out, 8, 1e-7);
+  // Each compiled gcol: (name, the level it needs, its columns, lanes, tolerance). The double
+  // sums must agree bit for bit (unit taps make every sum exact); the XScalar<double> rows are
+  // kernel_run's lane-by-lane sums as each instruction set compiles them.
+  struct Case {
+    const char* name;
+    SimdLevel level;
+    void (*columns)(int, double*);
+    int lanes;
+    double tol;
+  };
+  const Case cases[] = {
+      {"XScalar<double>", SimdLevel::Portable, &gcol_columns<wd::XScalar<double>, M, R>, 1, 0},
+      {"XPortable<double>", SimdLevel::Portable, &gcol_columns<wd::XPortable<double, 4>, M, R>, 4, 0},
+      {"XPortable<float>", SimdLevel::Portable, &gcol_columns<wd::XPortable<float, 8>, M, R>, 8, 1e-7},
 #if NABLAGRAD_X86
-    if (nablagrad::cpu_simd_level() >= SimdLevel::AVX2) {
-      gcol_columns_avx2<wd::XScalar<double>, M, R>(a, out);
-      check_g_lanes<M, R>("avx2 XScalar<double>", a, out, 1, 0);
-      gcol_columns_avx2<conv_detail::VecAvx2D, M, R>(a, out);
-      check_g_lanes<M, R>("VecAvx2D", a, out, 4, 0);
-      gcol_columns_avx2<conv_detail::VecAvx2F, M, R>(a, out);
-      check_g_lanes<M, R>("VecAvx2F", a, out, 8, 1e-7);
-    }
-    if (nablagrad::cpu_simd_level() >= SimdLevel::AVX512) {
-      gcol_columns_avx512<wd::XScalar<double>, M, R>(a, out);
-      check_g_lanes<M, R>("avx512 XScalar<double>", a, out, 1, 0);
-      gcol_columns_avx512<conv_detail::VecAvx512D, M, R>(a, out);
-      check_g_lanes<M, R>("VecAvx512D", a, out, 8, 0);
-      gcol_columns_avx512<conv_detail::VecAvx512F, M, R>(a, out);
-      check_g_lanes<M, R>("VecAvx512F", a, out, 16, 1e-7);
-    }
+      {"avx2 XScalar<double>", SimdLevel::AVX2, &gcol_columns_avx2<wd::XScalar<double>, M, R>, 1, 0},
+      {"VecAvx2D", SimdLevel::AVX2, &gcol_columns_avx2<conv_detail::VecAvx2D, M, R>, 4, 0},
+      {"VecAvx2F", SimdLevel::AVX2, &gcol_columns_avx2<conv_detail::VecAvx2F, M, R>, 8, 1e-7},
+      {"avx512 XScalar<double>", SimdLevel::AVX512, &gcol_columns_avx512<wd::XScalar<double>, M, R>, 1, 0},
+      {"VecAvx512D", SimdLevel::AVX512, &gcol_columns_avx512<conv_detail::VecAvx512D, M, R>, 8, 0},
+      {"VecAvx512F", SimdLevel::AVX512, &gcol_columns_avx512<conv_detail::VecAvx512F, M, R>, 16, 1e-7},
 #endif
+  };
+  for (const Case& c : cases) {
+    if (nablagrad::cpu_simd_level() < c.level) continue;
+    for (int a = 0; a < R; ++a) {
+      double out[6 * 16];
+      c.columns(a, out);
+      check_g_lanes<M, R>(c.name, a, out, c.lanes, c.tol);
+    }
   }
 }
 
