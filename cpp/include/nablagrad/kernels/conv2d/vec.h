@@ -83,7 +83,7 @@ struct VecAvx2F {
     return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
   }
   NABLAGRAD_VEC_AVX2 static VT load_n_strided(const float* p, int64_t stride, int n) {
-    if (stride == 1) return n == W ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, first(n));
+    if (stride == 1) return n == W ? load(p) : load_n(p, n);
     alignas(32) float b[W] = {};
     for (int j = 0; j < n; ++j) b[j] = p[j * stride];
     return _mm256_load_ps(b);
@@ -139,7 +139,7 @@ struct VecAvx512F {
   // As VecAvx2F's: the mask of the first n <= W lanes, and the loads and stores through it.
   static __mmask16 first(int n) { return static_cast<__mmask16>((1u << n) - 1); }
   NABLAGRAD_VEC_AVX512 static VT load_n_strided(const float* p, int64_t stride, int n) {
-    if (stride == 1) return n == W ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps(first(n), p);
+    if (stride == 1) return n == W ? load(p) : load_n(p, n);
     alignas(64) float b[W] = {};
     for (int j = 0; j < n; ++j) b[j] = p[j * stride];
     return _mm512_load_ps(b);
