@@ -377,8 +377,8 @@ void check_gcol_against_g_entry() {
   };
   const Case cases[] = {
       {"XScalar<double>", SimdLevel::Portable, &gcol_columns<wd::XScalar<double>, M, R>, 1, 0},
-      {"XPortable<double>", SimdLevel::Portable, &gcol_columns<wd::XPortable<double, 4>, M, R>, 4, 0},
-      {"XPortable<float>", SimdLevel::Portable, &gcol_columns<wd::XPortable<float, 8>, M, R>, 8, 1e-7},
+      {"VecPortable<double>", SimdLevel::Portable, &gcol_columns<conv_detail::VecPortable<double, 4>, M, R>, 4, 0},
+      {"VecPortable<float>", SimdLevel::Portable, &gcol_columns<conv_detail::VecPortable<float, 8>, M, R>, 8, 1e-7},
 #if NABLAGRAD_X86
       {"avx2 XScalar<double>", SimdLevel::AVX2, &gcol_columns_avx2<wd::XScalar<double>, M, R>, 1, 0},
       {"VecAvx2D", SimdLevel::AVX2, &gcol_columns_avx2<conv_detail::VecAvx2D, M, R>, 4, 0},

@@ -106,7 +106,7 @@ inline void set_simd_level(SimdLevel level) {
 
 #if NABLAGRAD_X86
 /// The AVX2+FMA vector of T (8 floats / 4 doubles) for kernels written once for both types
-/// (conv2d/microkernel.h, gemm.h's in-place tiles). load and store are unaligned.
+/// (gemm.h's in-place tiles; the conv kernels take conv2d/vec.h's). load and store are unaligned.
 template <typename T>
 struct Avx2Vec;
 template <>

@@ -431,12 +431,6 @@ inline void indirect_kernel_portable(int64_t nh, int64_t len, const T* const* ro
 }
 
 #if NABLAGRAD_X86
-#endif
-
-#if NABLAGRAD_X86
-#endif
-
-#if NABLAGRAD_X86
 
 // Input gradient for few input channels (C <= 4), NP consecutive pixels of one phase row at
 // once. In a phase, tap t = (th, tw) of pixel ix + p reads the dY pixel src[t] + p*Q (the next
@@ -575,11 +569,9 @@ namespace avx512 {
 
 #if NABLAGRAD_X86
 // ============================================================================================
-// AVX-512F kernels: 32 vector registers allow a 12 x 2-vector register tile (24 accumulators:
-// 12 x 32 floats / 12 x 16 doubles), twice the AVX2 tile's rows and width, so each loaded
-// kernel vector and each broadcast input value feeds twice as many FMAs.
+// The AVX-512F stride-1 kernels (the level's other tiles are tile_kernel.inc's): 32 vector
+// registers hold a tile's accumulators beside FW kernel vectors and broadcasts.
 // ============================================================================================
-// (The AVX-512 vector types are vec.h's VecAvx512F / VecAvx512D.)
 
 // out[24 x NR] of a stride-1 direct convolution with one vector of filters (NR = W): the
 // direct kernel's sums, but each input value is broadcast once and used for every tap that

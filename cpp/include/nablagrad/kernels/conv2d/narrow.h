@@ -89,7 +89,7 @@ inline narrow_detail::NarrowKernels<T> narrow_kernels(SimdLevel level, int64_t Q
   if (level >= SimdLevel::AVX2) return narrow_detail::avx2::narrow_table<Y, 3, 4, 6, 8>(Q);
 #endif
   (void)level;
-  return narrow_detail::portable::narrow_table<VecScalar<T>, 4, 4, 8, 16>(Q);
+  return narrow_detail::portable::narrow_table<VecPortable<T, 4>, 4, 4, 8, 16>(Q);
 }
 
 /// Forward by the narrow kernels: the output pixels walked flat in blocks of P with the
@@ -127,7 +127,7 @@ inline narrow_detail::NarrowDwKernels<T> narrow_dw_kernels(SimdLevel level) {
   if (level >= SimdLevel::AVX2) return narrow_detail::avx2::narrow_dw_table<Y, 2>();
 #endif
   (void)level;
-  return narrow_detail::portable::narrow_dw_table<VecScalar<T>, 2>();
+  return narrow_detail::portable::narrow_dw_table<VecPortable<T, 4>, 2>();
 }
 
 /// Kernel (and bias) gradient for a few filters, the transpose of forward_narrow's layout:

@@ -1,13 +1,14 @@
 // nablagrad/kernels/conv2d/vec.h - the vector types that the conv kernels take: those written
 // once over a vector type (tile_kernel.inc and small_c_kernel.inc in microkernel.h,
 // narrow_kernel.inc in narrow.h, winograd_transforms.inc in winograd.h) and the AVX-512-only
-// stride-1 kernels of microkernel.h. One per instruction set and type: VecScalar<T>
-// (portable, 4 lanes; Winograd has its own portable XPortable of any width), VecAvx2F/D,
-// VecAvx512F/D, each with W lanes in a VT and
+// stride-1 kernels of microkernel.h. One per instruction set and type: VecPortable<T, W> (any
+// power-of-two width: the narrow kernels take 4 lanes, Winograd 1 and 32 bytes' worth),
+// VecAvx2F/D, VecAvx512F/D, each with W lanes in a VT and
 //   zero, load, load_n (the first n < W values, the rest zero, nothing read past them),
 //   bcast, store, fma (a b + c; one rounding on the AVX types), add, and sum (the lanes, in a
 //   fixed order);
-// the AVX types also sub, madd (a k + b for a scalar k, one rounding) and mul (by a scalar);
+// all also sub, madd (a k + b for a scalar k; one rounding on the AVX types) and mul (by a
+// scalar);
 // the float AVX types also first(n) (the mask of the first n lanes), load_n_strided(p, stride,
 // n) (n <= W lanes p[j * stride], zeros past them) and store_n(p, a, n) (the first n lanes).
 // Each AVX member that takes or returns a vector carries its instruction set's target
@@ -23,10 +24,13 @@ namespace nablagrad {
 namespace kernels {
 namespace conv_detail {
 
-template <typename Tp>
-struct VecScalar {
+// The portable vector: Wp lanes in an array, each operation a loop over them that the compiler
+// may vectorise. fma and madd round twice (a product, then a sum), as scalar code does.
+template <typename Tp, int Wp>
+struct VecPortable {
   using T = Tp;
-  static constexpr int W = 4;
+  static constexpr int W = Wp;
+  static_assert(W > 0 && (W & (W - 1)) == 0, "sum pairs lanes: W is a power of two");
   struct VT {
     T v[W];
   };
@@ -46,18 +50,35 @@ struct VecScalar {
     for (int l = 0; l < W; ++l) r.v[l] = *p;
     return r;
   }
-  static void store(T* p, VT a) {
+  static void store(T* p, const VT& a) {
     for (int l = 0; l < W; ++l) p[l] = a.v[l];
   }
-  static VT fma(VT a, VT b, VT c) {
+  static VT fma(const VT& a, const VT& b, VT c) {
     for (int l = 0; l < W; ++l) c.v[l] += a.v[l] * b.v[l];
     return c;
   }
-  static VT add(VT a, VT b) {
+  static VT add(VT a, const VT& b) {
     for (int l = 0; l < W; ++l) a.v[l] += b.v[l];
     return a;
   }
-  static T sum(VT a) { return (a.v[0] + a.v[1]) + (a.v[2] + a.v[3]); }
+  static VT sub(VT a, const VT& b) {
+    for (int l = 0; l < W; ++l) a.v[l] -= b.v[l];
+    return a;
+  }
+  static VT madd(VT a, T k, const VT& b) {  // a k + b
+    for (int l = 0; l < W; ++l) a.v[l] = a.v[l] * k + b.v[l];
+    return a;
+  }
+  static VT mul(VT a, T k) {
+    for (int l = 0; l < W; ++l) a.v[l] *= k;
+    return a;
+  }
+  // Adjacent lanes in pairs, then pairs of those: (v0 + v1) + (v2 + v3) for 4 lanes.
+  static T sum(VT a) {
+    for (int n = W; n > 1; n /= 2)
+      for (int l = 0; l < n / 2; ++l) a.v[l] = a.v[2 * l] + a.v[2 * l + 1];
+    return a.v[0];
+  }
 };
 
 #if NABLAGRAD_X86

@@ -110,52 +110,10 @@ inline void* scratch_bytes(size_t bytes) {
 }
 
 // ---------------------------------------------------------------------------------------
-// Vector types the transforms are written over: portable (a fixed array the compiler
-// vectorises) here, AVX2 and AVX-512 from vec.h (VecAvx2F/D, VecAvx512F/D). X::W lanes of
-// X::T in an X::VT; madd(a, k, b) = a*k + b.
+// Vector types the transforms are written over: vec.h's VecPortable (a fixed array the
+// compiler vectorises), VecAvx2F/D and VecAvx512F/D, and XScalar below. X::W lanes of X::T in
+// an X::VT; madd(a, k, b) = a*k + b.
 // ---------------------------------------------------------------------------------------
-template <typename T_, int L_>
-struct XPortable {
-  using T = T_;
-  static constexpr int W = L_;
-  struct VT {
-    T v[L_];
-  };
-  static VT load(const T* p) {
-    VT r;
-    for (int i = 0; i < W; ++i) r.v[i] = p[i];
-    return r;
-  }
-  static void store(T* p, const VT& a) {
-    for (int i = 0; i < W; ++i) p[i] = a.v[i];
-  }
-  static VT zero() {
-    VT r;
-    for (int i = 0; i < W; ++i) r.v[i] = T(0);
-    return r;
-  }
-  static VT add(const VT& a, const VT& b) {
-    VT r;
-    for (int i = 0; i < W; ++i) r.v[i] = a.v[i] + b.v[i];
-    return r;
-  }
-  static VT sub(const VT& a, const VT& b) {
-    VT r;
-    for (int i = 0; i < W; ++i) r.v[i] = a.v[i] - b.v[i];
-    return r;
-  }
-  static VT madd(const VT& a, T k, const VT& b) {
-    VT r;
-    for (int i = 0; i < W; ++i) r.v[i] = a.v[i] * k + b.v[i];
-    return r;
-  }
-  static VT mul(const VT& a, T k) {
-    VT r;
-    for (int i = 0; i < W; ++i) r.v[i] = a.v[i] * k;
-    return r;
-  }
-};
-
 // One lane: kernel_run's double sums, lane by lane in loops the compiler vectorises.
 template <typename T_>
 struct XScalar {
@@ -249,8 +207,8 @@ using BlockFn = void (*)(const BlockArgs<T>&);
 /// (8,56,56,24->24) forward 1.04 ms against 0.66 for 32->32.)
 template <typename T, int M, int R>
 inline void block_fns(BlockFn<T>* in, BlockFn<T>* out) {
-  using S = XPortable<T, 1>;
-  using XP = XPortable<T, 32 / sizeof(T)>;
+  using S = conv_detail::VecPortable<T, 1>;
+  using XP = conv_detail::VecPortable<T, 32 / sizeof(T)>;
   *in = &portable::input_block<XP, XP, S, M, R>;
   *out = &portable::output_block<XP, XP, S, M, R>;
 #if NABLAGRAD_X86
@@ -269,8 +227,8 @@ inline void block_fns(BlockFn<T>* in, BlockFn<T>* out) {
 /// The kernel gradient's dY-tile transform of one block for T at the current SIMD level.
 template <typename T, int M, int R>
 inline BlockFn<T> grad_block_fn() {
-  using S = XPortable<T, 1>;
-  using XP = XPortable<T, 32 / sizeof(T)>;
+  using S = conv_detail::VecPortable<T, 1>;
+  using XP = conv_detail::VecPortable<T, 32 / sizeof(T)>;
 #if NABLAGRAD_X86
   using X512 = conv_detail::VecAvx512<T>;
   using X2 = conv_detail::VecAvx2<T>;
