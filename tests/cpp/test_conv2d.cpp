@@ -339,6 +339,27 @@ void test_pointwise() {
   });
   check_everywhere<float>(gtiny, 2e-5, 13);
   check_everywhere<double>(gtiny, 1e-12, 13);
+  // A strided 1x1 with filters at most 128 and at most its channels (>= 64), on more than 800
+  // output pixels: the indirect forward reads the pixels in place (strided_pointwise_indirect)
+  // at the vector levels; with more filters than channels, or at the portable level, the
+  // gathered GEMM. Strides (2, 2) and (3, 2); 2 x 20 x 21 = 840 and 2 x 14 x 31 = 868 pixels.
+  const auto gsi = make_conv2d_geometry(2, 40, 42, 64, 48, 1, 1, 64, 2, 2, 0, 0, 0, 0);
+  const auto gsi3 = make_conv2d_geometry(2, 40, 62, 80, 80, 1, 1, 80, 3, 2, 0, 0, 0, 0);
+  const auto gsw = make_conv2d_geometry(2, 40, 42, 64, 96, 1, 1, 64, 2, 2, 0, 0, 0, 0);
+  const auto gsf = make_conv2d_geometry(2, 38, 42, 64, 48, 1, 1, 64, 2, 2, 0, 0, 0, 0);  // 798 pixels
+  CHECK(gsi.N * gsi.Ho * gsi.Wo == 840 && gsi3.N * gsi3.Ho * gsi3.Wo == 868 && gsf.N * gsf.Ho * gsf.Wo == 798);
+  at_every_level_and_thread_count([&](int level, int) {
+    const bool vector = level > static_cast<int>(SimdLevel::Portable);
+    CHECK(std::string(conv_kernel_choice<float>(gsi).forward) == (vector ? "indirect" : "1x1_gemm"));
+    CHECK(std::string(conv_kernel_choice<double>(gsi3).forward) == (vector ? "indirect" : "1x1_gemm"));
+    CHECK(std::string(conv_kernel_choice<float>(gsi).backward_input) == "1x1_gemm");
+    CHECK(std::string(conv_kernel_choice<float>(gsw).forward) == "1x1_gemm");
+    CHECK(std::string(conv_kernel_choice<float>(gsf).forward) == "1x1_gemm");
+  });
+  for (const auto* g : {&gsi, &gsi3}) {
+    check_everywhere<double>(*g, 1e-12, 17);
+    check_everywhere<float>(*g, 2e-5, 18);
+  }
   // A padded 1x1 (its border outputs are the bias alone) is not a plain GEMM.
   const auto gp = make_conv2d_geometry(1, 5, 5, 16, 16, 1, 1, 16, 1, 1, 1, 1, 1, 1);
   CHECK(std::string(conv_kernel_choice<float>(gp).forward) != "1x1_gemm");

@@ -165,6 +165,28 @@ inline bool kernel_fits_cache(const Conv2dGeometry& g) {
   return saturating_mul(K, saturating_mul(g.Q, static_cast<int64_t>(sizeof(T)))) <= (int64_t{1} << 20);
 }
 
+/// A strided 1x1 forward (a ResNet block's projection shortcut) by the indirect kernel rather
+/// than the pointwise GEMM: the GEMM first gathers the output pixels' rows (C values each,
+/// written and read again) for C Q multiply-adds per pixel, the indirect kernel reads them in
+/// place but streams the whole packed kernel once per block of MR pixels. So where the filters
+/// are at most 128 and at most the channels, and the output has more pixels than the few-rows
+/// rule of select_forward sends to the GEMM. Measured (2 threads, C++, ms, pointwise ->
+/// indirect), AVX-512: (8,56,56,256->128, S 2) 1.42 -> 1.23, (8,56,56,256->64) 0.86 -> 0.66,
+/// (8,56,56,128->128) 0.87 -> 0.77, (16,56,56,64->64) 0.46 -> 0.39, (8,112,112,64->32) 0.72
+/// -> 0.54; AVX2 2.18 -> 1.89, 1.25 -> 1.02, 1.14 -> 1.05, 0.70 -> 0.62, 0.89 -> 0.71. Not
+/// with more filters: (16,28,28,64->128) 0.171 -> 0.188, (8,28,28,128->256) 0.30 -> 0.36,
+/// (8,56,56,256->512) 4.6 -> 5.2, (8,28,28,256->256) 0.61 -> 0.63, (8,28,28,512->256) 1.27 ->
+/// 1.34 (AVX2 ties on the last two); nor with 32 channels ((8,56,56,32->32) 0.069 -> 0.073), nor
+/// at the portable level (8.0 vs 7.6 at (8,56,56,256->128)). Double as float: 2.94 -> 2.71,
+/// 1.79 -> 1.32 at (8,56,56,256->64).
+template <typename T>
+inline bool strided_pointwise_indirect(const Conv2dGeometry& g, const conv_detail::ConvKernels<T>& cfg) {
+  return conv_detail::is_pointwise(g) && (g.stride_h > 1 || g.stride_w > 1) && cfg.indirect != nullptr &&
+         cfg.level != SimdLevel::Portable && g.Q * 4 > cfg.NR && g.Q <= 128 && g.Q <= g.C && g.C >= 64 &&
+         kernel_fits_cache<T>(g) &&
+         saturating_mul(g.N, saturating_mul(g.Ho, g.Wo)) > 800;
+}
+
 /// [WINOGRAD] A deep layer on small images: Winograd transforms its kernel ((m+r-1)^2 C Q
 /// values) afresh in every call, a cost of C Q that only enough tiles (its GEMMs' rows) repay.
 /// Where the kernel is past kernel_fits_cache (the alternative being the gemm() paths), the
@@ -299,6 +321,7 @@ inline ForwardKernel select_forward(const Conv2dGeometry& g, const conv_detail::
   // reads the input in place. Too few filters for that tile (and the narrow kernel above
   // declined): the GEMM all the same, e.g. (32,28,28,2->4) 0.248 ms by the im2col gather
   // GEMM that took these before -> 0.071 at AVX-512, 0.260 -> 0.062 at AVX2 (2 threads).
+  if (strided_pointwise_indirect<T>(g, cfg)) return ForwardKernel::Indirect;
   if (conv_detail::is_pointwise(g) && (g.C >= 8 || g.Q * 4 <= cfg.NR)) return ForwardKernel::Pointwise;
   // The indirect kernel (forward_indirect: each pixel's runs read in place through a pointer
   // table, no im2col, no padded copy) where the packed kernel fits kernel_fits_cache and the
