@@ -5,6 +5,7 @@
 #include "nablagrad/kernels/conv2d.h"
 
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <random>
 #include <string>
@@ -87,6 +88,26 @@ void test_helpers() {
   std::vector<double> k = {1, 2, 3, 4}, kr(4);
   flip_kernel(k.data(), 2, 2, 1, 1, kr.data());
   CHECK((kr == std::vector<double>{2, 4, 1, 3}));
+  // The packed kernel panels and the per-thread scratch start on a cache line (the kernels'
+  // whole-vector loads from them would straddle two lines otherwise), whatever their size and
+  // however the scratch grew; std::vector's own allocator gave 16 or 48 past a line here.
+  const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 64 == 0; };
+  using conv_detail::AlignedVector;
+  using conv_detail::PackedB;
+  using conv_detail::scratch;
+  const auto cf = conv_detail::conv_kernels<float>(nablagrad::simd_level());
+  const auto cd = conv_detail::conv_kernels<double>(nablagrad::simd_level());
+  for (int64_t K : {1, 7, 288, 1568, 4608}) {
+    PackedB<float> bf;
+    bf.pack(cf, K, 64, [](int64_t k, int64_t q) { return float(k + q); });
+    PackedB<double> bd;
+    bd.pack(cd, K, 3, [](int64_t k, int64_t q) { return double(k - q); });  // the narrow layout
+    CHECK(aligned(bf.data.data()) && aligned(bd.data.data()));
+    CHECK(aligned(scratch<float, 0>(static_cast<size_t>(K) * 37)) && aligned(scratch<double, 1>(static_cast<size_t>(K) * 5 + 3)));
+  }
+  AlignedVector<float> v(5, 1.0f);
+  v.resize(100003, 2.0f);  // grown: a new aligned block, the values kept
+  CHECK(aligned(v.data()) && v[4] == 1.0f && v[5] == 2.0f && v.back() == 2.0f);
 }
 
 // Finite differences of the reference forward check the reference backward.

@@ -48,8 +48,8 @@ void backward_weight_gemm(const ConvKernels<T>& cfg, const Conv2dGeometry& g, co
   T* const partial = partial_buf.get();
   T* const dbpartial = dbpartial_buf.get();
   parallel_chunks(pixels, chunk, [&](int64_t ci, int64_t lo, int64_t hi) {
-    std::vector<T> tile(static_cast<size_t>(PT * Kpad), T(0));  // columns K..Kpad stay zero
-    std::vector<T> dyp(static_cast<size_t>(panels * PT * NR), T(0));
+    AlignedVector<T> tile(static_cast<size_t>(PT * Kpad), T(0));  // columns K..Kpad stay zero
+    AlignedVector<T> dyp(static_cast<size_t>(panels * PT * NR), T(0));
     T* P = partial + ci * Kpad * ldq;
     T* dbp = dbpartial + ci * Q;
     for (int64_t p0 = lo; p0 < hi; p0 += PT) {

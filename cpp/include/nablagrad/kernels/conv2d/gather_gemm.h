@@ -32,7 +32,7 @@ template <typename T>
 struct PackedB {
   int64_t K = 0, ncols = 0, NR = 0;
   bool narrow = false;
-  std::vector<T> data;
+  AlignedVector<T> data;  // whole vectors from line starts (AlignedAllocator)
   template <typename F>
   void pack(const ConvKernels<T>& cfg, int64_t K_, int64_t ncols_, const F& at, int64_t last_nr = 0) {
     NR = cfg.NR;

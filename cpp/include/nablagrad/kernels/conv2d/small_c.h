@@ -161,7 +161,7 @@ void backward_input_smallc(const ConvKernels<T>& cfg, const Conv2dGeometry& g, c
       ix_hi = std::max(ix_hi, ix_lo);
       // Flipped sub-kernel of the phase, transposed: bt[c*K + (th*ntw + tw)*Q + q] = W[q,fh,fw,c].
       const int64_t K = nth * ntw * Q;
-      std::vector<T> bt(static_cast<size_t>(std::max<int64_t>(C * K, 1)));
+      AlignedVector<T> bt(static_cast<size_t>(std::max<int64_t>(C * K, 1)));
       for (int64_t c = 0; c < C; ++c)
         for (int64_t t = 0; t < nth * ntw; ++t)
           for (int64_t q = 0; q < Q; ++q)
