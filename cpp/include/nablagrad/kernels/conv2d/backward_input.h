@@ -69,7 +69,7 @@ void backward_input_col2im(const ConvKernels<T>& cfg, const Conv2dGeometry& g, c
   const int64_t rows = g.N * g.Ho * g.Wo;
   Scratch<T> dcol(std::max<int64_t>(rows * K, 1), "conv2d backward: dY.W columns");  // <= 2^26 (caller)
   PackedB<T> B;
-  B.pack(cfg, Q, K, [&](int64_t q, int64_t k) { return w[q * K + k]; });
+  B.pack_strided(cfg, Q, K, w, K, 1);
   gather_gemm<T>(
       cfg, rows, B,
       [&](int64_t r0, int64_t r1, T* tile, int64_t lda) {
@@ -314,7 +314,7 @@ void backward_input_phases_direct(const ConvKernels<T>& cfg, const Conv2dGeometr
           for (int64_t b = ph.ntw; b-- > 0;)
             for (int64_t q = 0; q < Q; ++q, dst += C)
               std::copy_n(w + ((q * g.FH + th.taps[a]) * g.FW + tw.taps[b]) * C, C, dst);
-        ph.B.pack(cfg, K, C, [&](int64_t k, int64_t c) { return sub[k * C + c]; });
+        ph.B.pack_strided(cfg, K, C, sub.data(), C, 1);
         // dX pixel (iy, ix) reads from flat padded position iy*Wp + ix + first.
         ph.first = (th.off[ph.nth - 1] + pt) * Wp + tw.off[ph.ntw - 1] + pl;
         // Row by row, in full and tail blocks, where that computes no more positions per row

@@ -243,7 +243,7 @@ void forward_indirect(const ConvKernels<T>& cfg_in, const Conv2dGeometry& g, con
   // The last panel on the row's narrower kernel where that covers it, packed NRl wide.
   const bool narrower = cfg.indirect_last && Q % NR != 0 && Q % NR <= NRl;
   PackedB<T> B;
-  B.pack(cfg, K, Q, [&](int64_t k, int64_t q) { return w[q * K + k]; }, narrower ? NRl : 0);
+  B.pack_strided(cfg, K, Q, w, 1, K, narrower ? NRl : 0);
   const int64_t panels = (Q + NR - 1) / NR;
   for_each_indirect_block(g, x, MR, [&](int64_t r0, int64_t nr, int64_t nh, const T* const* ph, int64_t h0) {
     for (int64_t p = 0; p < panels; ++p) {

@@ -54,7 +54,7 @@ void forward_direct(const ConvKernels<T>& cfg, const Conv2dGeometry& g, const T*
   const int64_t Hp = g.H + g.pad_top + g.pad_bottom;
   const int64_t prow = forward_direct_row_values(g, MR);  // values per padded row (>= 0: see caller)
   PackedB<T> B;
-  B.pack(cfg, K, Q, [&](int64_t k, int64_t q) { return w[q * K + k]; });
+  B.pack_strided(cfg, K, Q, w, 1, K);
   const int64_t panels = (Q + NR - 1) / NR;
   // Stride 1 and a tile that has one: the kernel that broadcasts each input value once.
   const DirectS1Kernel<T> s1 = S_w == 1 ? direct_s1_kernel(cfg, FW) : nullptr;
