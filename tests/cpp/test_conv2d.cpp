@@ -652,6 +652,11 @@ void test_indirect_big_panel() {
   const auto g = make_conv2d_geometry(2, 9, 9, 64, 64, 7, 7, 64, 1, 1, 3, 3, 3, 3);
   check_indirect_straight<float>(g, 2e-4, 38);
   check_indirect_straight<double>(g, 1e-12, 39);
+  // A kernel past 1 MiB (1.13 MiB, K = 1152 x 256 filters) that the forward's indirect kernel
+  // still takes (forward_kernel_fits_cache), its dX and dW on the gemm() paths.
+  const auto deep = make_conv2d_geometry(1, 58, 58, 128, 256, 3, 3, 128, 2, 2, 1, 1, 1, 1);
+  CHECK(std::string(conv_kernel_choice<float>(deep).forward) == "indirect");
+  check_everywhere<float>(deep, 2e-4, 40);
 }
 
 // A kernel K x Q beyond 1 MiB: every pass through gemm() (forward_gemm, dX by
@@ -1135,6 +1140,15 @@ void test_kernel_choice() {
     CHECK(std::string(conv_kernel_choice<float>(deep_7x7).forward) == "indirect");
     const auto huge_kq = make_conv2d_geometry(1, 8, 8, 512, 64, 3, 3, 512, 2, 2, 1, 1, 1, 1);
     CHECK(std::string(conv_kernel_choice<float>(huge_kq).forward) == "gemm");
+    // The forward's indirect kernel up to 1.25 MiB of kernel (forward_kernel_fits_cache), its
+    // dX and dW's paths only up to 1 MiB (kernel_fits_cache): 1.13 MiB at 128 -> 256 (841
+    // output pixels), 1.41 MiB at 160 -> 256.
+    const auto mib_1_13 = make_conv2d_geometry(1, 58, 58, 128, 256, 3, 3, 128, 2, 2, 1, 1, 1, 1);
+    const auto mib_1_41 = make_conv2d_geometry(1, 58, 58, 160, 256, 3, 3, 160, 2, 2, 1, 1, 1, 1);
+    CHECK(std::string(conv_kernel_choice<float>(mib_1_13).forward) == "indirect");
+    CHECK(std::string(conv_kernel_choice<float>(mib_1_13).backward_input) == "col2im_gemm");
+    CHECK(std::string(conv_kernel_choice<float>(mib_1_13).backward_weight) == "im2col_gemm");
+    CHECK(std::string(conv_kernel_choice<float>(mib_1_41).forward) == "gemm");
 
     CHECK(std::string(conv_kernel_choice<float>(wide).backward_input) == "phases_direct");
     // 32 times more filters than channels on dY rows of 8: dY.W by gemm() and col2im (with

@@ -165,6 +165,22 @@ inline bool kernel_fits_cache(const Conv2dGeometry& g) {
   return saturating_mul(K, saturating_mul(g.Q, static_cast<int64_t>(sizeof(T)))) <= (int64_t{1} << 20);
 }
 
+/// The forward's own limit for the indirect kernel (forward_indirect), a quarter above
+/// kernel_fits_cache: the kernel passes from L2 once per block of MR pixels, and the 2 MiB L2
+/// of the machine measured still holds a 1.25 MiB one beside the input runs. (The input
+/// gradient's and kernel gradient's paths keep kernel_fits_cache.) 2 threads, ms, gemm ->
+/// indirect, AVX-512 / AVX2: (8,28,28,128->256, 3x3 S 2; 1.13 MiB) 2.78-2.83 -> 2.61-2.68 /
+/// 4.36-4.52 -> 4.20-4.39; (8,28,28,160->192, S 2) 2.92-2.98 -> 2.54-2.60 / 4.17-4.20 -> 3.91-3.93;
+/// (8,56,56,128->256, S 2) 11.8-12.0 -> 11.2-11.3; (8,14,14,160->192, 3x3 S 1) 2.83-2.85 ->
+/// 2.48-2.53 / 4.30 -> 4.06; (8,28,28,128->256, S 1) 11.2 -> 10.5 / 18.1 -> 18.5. Ties from
+/// 1.3 to 1.8 MiB ((8,56,56,96->384, S 2), (16,28,28,128->320), (8,28,28,192->256)), and at
+/// 2.25 MiB the gemm() path wins by a quarter ((8,28,28,256->256, S 2) 7.8 vs 5.9).
+template <typename T>
+inline bool forward_kernel_fits_cache(const Conv2dGeometry& g) {
+  const int64_t K = g.FH * g.FW * g.C;  // the kernel is allocated: fits in int64
+  return saturating_mul(K, saturating_mul(g.Q, static_cast<int64_t>(sizeof(T)))) <= (int64_t{5} << 18);
+}
+
 /// A strided 1x1 forward (a ResNet block's projection shortcut) by the indirect kernel rather
 /// than the pointwise GEMM: the GEMM first gathers the output pixels' rows (C values each,
 /// written and read again) for C Q multiply-adds per pixel, the indirect kernel reads them in
@@ -324,7 +340,7 @@ inline ForwardKernel select_forward(const Conv2dGeometry& g, const conv_detail::
   if (strided_pointwise_indirect<T>(g, cfg)) return ForwardKernel::Indirect;
   if (conv_detail::is_pointwise(g) && (g.C >= 8 || g.Q * 4 <= cfg.NR)) return ForwardKernel::Pointwise;
   // The indirect kernel (forward_indirect: each pixel's runs read in place through a pointer
-  // table, no im2col, no padded copy) where the packed kernel fits kernel_fits_cache and the
+  // table, no im2col, no padded copy) where the packed kernel fits forward_kernel_fits_cache and the
   // output has enough filters to fill a register tile. Measured against the im2col GEMM 5-15%
   // faster on every shape tried, 1 thread, Zen 5 (ms): (16,32,32,32->64, 3x3 S2) 0.83 -> 0.72,
   // (8,28,28,128->256, S2) 5.0 -> 4.5, (8,64,64,32->64, 5x5 S2) 4.65 -> 4.04,
@@ -338,8 +354,8 @@ inline ForwardKernel select_forward(const Conv2dGeometry& g, const conv_detail::
   // 2.00, (8,28,28,256->64, S2) 1.62 -> 1.33, (16,16,16,384->64, S2) 1.76 -> 1.42; AVX2
   // (panels of 16): (8,32,32,128->32, 7x7) 19.1 -> 13.6, (8,32,32,512->32, S2) 3.74 -> 2.86,
   // (8,32,32,768->24, S2) 4.42 -> 3.22. It reads all of the packed kernel once per block of
-  // pixels: beyond kernel_fits_cache, im2col + gemm() (forward_gemm).
-  const bool indirect_ok = cfg.indirect != nullptr && g.Q * 4 > cfg.NR && kernel_fits_cache<T>(g);
+  // pixels: beyond forward_kernel_fits_cache, im2col + gemm() (forward_gemm).
+  const bool indirect_ok = cfg.indirect != nullptr && g.Q * 4 > cfg.NR && forward_kernel_fits_cache<T>(g);
   // But at most 800 output pixels (about 64 blocks of 12): im2col + gemm() (forward_gemm).
   // With so few blocks the indirect kernel's two threads get uneven shares, and its serial
   // packing of the kernel is a large part of the call; gemm() splits the filters too. AVX-512,
