@@ -89,24 +89,11 @@ namespace winograd_detail {
 // ---------------------------------------------------------------------------------------
 // Thread-local, 64-byte aligned scratch (one per slot), grown on demand and kept for reuse.
 // ---------------------------------------------------------------------------------------
+// (gemm.h's AlignedBuffer, one per slot: contents are not kept when it grows.)
 template <int Slot>
 inline void* scratch_bytes(size_t bytes) {
-  struct Buf {
-    void* data = nullptr;
-    size_t capacity = 0;
-    ~Buf() { std::free(data); }
-  };
-  static thread_local Buf buf;
-  if (bytes > buf.capacity) {
-    std::free(buf.data);
-    buf.data = nullptr;
-    buf.capacity = 0;
-    const size_t rounded = (bytes + 4095) & ~size_t{4095};
-    buf.data = std::aligned_alloc(64, rounded);
-    if (buf.data == nullptr) throw std::bad_alloc();
-    buf.capacity = rounded;
-  }
-  return buf.data;
+  static thread_local gemm_detail::AlignedBuffer buf;
+  return buf.get(bytes);
 }
 
 // ---------------------------------------------------------------------------------------
