@@ -785,143 +785,83 @@ struct ConvKernels {
 /// AVX-512 24 x 1 vectors (main 12 x 2), AVX2 4 x 3 vectors (main 6 x 2); the portable level
 /// has one.
 template <typename T>
-inline ConvKernels<T> conv_kernels(SimdLevel level, bool alt_tile = false);
-
-// The AVX-512 rows: 12 x 2-vector tile and direct kernels, or with `alt_tile` (for outputs
-// whose width is not a multiple of 2 vectors, e.g. 16 or 48 filters) 24 x 1-vector ones; the
-// dot, narrow-row and small-C input-gradient kernels are the AVX2 ones (memory-bound: no gain
-// from zmm); the small-C kernel gradient takes 2 zmm vectors of filters (small_c_kernel.inc).
-// The AVX2 rows: 6 x 2 vectors, or with `alt_tile` (widths of 3 vectors but not of 2: 24 or
-// 72 filters, which the main tile pads to 32 and 80) 4 x 3 vectors, 12 accumulators beside
-// the 3 vectors of the kernel's panel and the broadcast (all 16 ymm registers).
-template <>
-inline ConvKernels<float> conv_kernels<float>(SimdLevel level, bool alt_tile) {
+inline ConvKernels<T> conv_kernels(SimdLevel level, bool alt_tile = false) {
 #if NABLAGRAD_X86
-  if (level >= SimdLevel::AVX512 && alt_tile) {
-    ConvKernels<float> k{SimdLevel::AVX512, kAvx512OneVectorRows, 16, 256, 32, &tile_detail::avx512::micro_kernel<VecAvx512F, 24, 1>,
-            &tile_detail::avx512::direct_kernel<VecAvx512F, 24, 1>, &tile_detail::avx512::indirect_kernel<VecAvx512F, 24, 1>, &tile_detail::avx512::column_kernel<VecAvx512F, 24, 1>,
-            &store_tile_avx512<float>,
-            &dot_avx2, &narrow_row_avx2, &smallc_dx_block<float>,
-            &smallc_detail::avx512::smallc_dw_block_dispatch<VecAvx512F, 2>,
-            8, &tile_detail::avx512::micro_kernel<VecAvx512F, 8, 1>, &tile_detail::avx512::column_kernel<VecAvx512F, 8, 1>};
-    k.MR_direct_tail = 8;
-    k.direct_tail = &tile_detail::avx512::direct_kernel<VecAvx512F, 8, 1>;
-    k.MR_indirect_three = 8;
-    k.NR_indirect_three = 48;
-    k.indirect_three = &tile_detail::avx512::indirect_kernel<VecAvx512F, 8, 3>;
-    return k;
-  }
+  // The AVX-512 rows: 12 x 2-vector tile and direct kernels, or with `alt_tile` (for outputs
+  // whose width is not a multiple of 2 vectors, e.g. 16 or 48 filters) 24 x 1-vector ones; the
+  // dot, narrow-row and small-C input-gradient kernels are the AVX2 ones (memory-bound: no gain
+  // from zmm); the small-C kernel gradient takes 2 zmm vectors of filters (small_c_kernel.inc).
+  // The AVX2 rows: 6 x 2 vectors, or with `alt_tile` (widths of 3 vectors but not of 2: 24 or
+  // 72 filters, which the main tile pads to 32 and 80) 4 x 3 vectors, 12 accumulators beside
+  // the 3 vectors of the kernel's panel and the broadcast (all 16 ymm registers).
+  // One table for float and double: the tiles are counted in vectors (W5 / W2 values of T
+  // per AVX-512 / AVX2 vector), the GEMM depth KC in 1 KiB of T.
+  namespace z = tile_detail::avx512;
+  namespace y = tile_detail::avx2;
+  using V5 = VecAvx512<T>;
+  using V2 = VecAvx2<T>;
+  constexpr int64_t W5 = V5::W, W2 = V2::W, KC = 1024 / sizeof(T);
   if (level >= SimdLevel::AVX512) {
-    ConvKernels<float> k{SimdLevel::AVX512, 12, 32, 256, 32, &tile_detail::avx512::micro_kernel<VecAvx512F, 12, 2>,
-            &tile_detail::avx512::direct_kernel<VecAvx512F, 12, 2>, &tile_detail::avx512::indirect_kernel<VecAvx512F, 12, 2>, &tile_detail::avx512::column_kernel<VecAvx512F, 12, 2>,
-            &store_tile_avx512<float>,
-            &dot_avx2, &narrow_row_avx2, &smallc_dx_block<float>,
-            &smallc_detail::avx512::smallc_dw_block_dispatch<VecAvx512F, 2>,
-            4, &tile_detail::avx512::micro_kernel<VecAvx512F, 4, 2>, &tile_detail::avx512::column_kernel<VecAvx512F, 4, 2>};
+    if (alt_tile) {
+      ConvKernels<T> k{SimdLevel::AVX512, kAvx512OneVectorRows, W5, KC, 2 * W5, &z::micro_kernel<V5, 24, 1>,
+                       &z::direct_kernel<V5, 24, 1>, &z::indirect_kernel<V5, 24, 1>, &z::column_kernel<V5, 24, 1>,
+                       &store_tile_avx512<T>, &dot_avx2, &narrow_row_avx2, &smallc_dx_block<T>,
+                       &smallc_detail::avx512::smallc_dw_block_dispatch<V5, 2>,
+                       8, &z::micro_kernel<V5, 8, 1>, &z::column_kernel<V5, 8, 1>};
+      k.MR_direct_tail = 8;
+      k.direct_tail = &z::direct_kernel<V5, 8, 1>;
+      k.MR_indirect_three = 8;
+      k.NR_indirect_three = 3 * W5;
+      k.indirect_three = &z::indirect_kernel<V5, 8, 3>;
+      return k;
+    }
+    ConvKernels<T> k{SimdLevel::AVX512, 12, 2 * W5, KC, 2 * W5, &z::micro_kernel<V5, 12, 2>,
+                     &z::direct_kernel<V5, 12, 2>, &z::indirect_kernel<V5, 12, 2>, &z::column_kernel<V5, 12, 2>,
+                     &store_tile_avx512<T>, &dot_avx2, &narrow_row_avx2, &smallc_dx_block<T>,
+                     &smallc_detail::avx512::smallc_dw_block_dispatch<V5, 2>,
+                     4, &z::micro_kernel<V5, 4, 2>, &z::column_kernel<V5, 4, 2>};
     k.MR_direct_tail = 8;
-    k.direct_tail = &tile_detail::avx512::direct_kernel<VecAvx512F, 8, 2>;
+    k.direct_tail = &z::direct_kernel<V5, 8, 2>;
     k.MR_direct_wide = 14;
-    k.direct_wide = &tile_detail::avx512::direct_kernel<VecAvx512F, 14, 2>;
+    k.direct_wide = &z::direct_kernel<V5, 14, 2>;
     k.MR_indirect_wide = 6;
-    k.NR_indirect_wide = 64;
-    k.indirect_wide = &tile_detail::avx512::indirect_kernel<VecAvx512F, 6, 4>;
-    k.NR_indirect_last = 16;
-    k.indirect_last = &tile_detail::avx512::indirect_kernel<VecAvx512F, 12, 1>;
+    k.NR_indirect_wide = 4 * W5;
+    k.indirect_wide = &z::indirect_kernel<V5, 6, 4>;
+    k.NR_indirect_last = W5;
+    k.indirect_last = &z::indirect_kernel<V5, 12, 1>;
     k.MR_indirect_three = 8;
-    k.NR_indirect_three = 48;
-    k.indirect_three = &tile_detail::avx512::indirect_kernel<VecAvx512F, 8, 3>;
-    return k;
-  }
-  if (level >= SimdLevel::AVX2 && alt_tile) {
-    ConvKernels<float> k{SimdLevel::AVX2, 4, 24, 256, 8, &tile_detail::avx2::micro_kernel<VecAvx2F, 4, 3>,
-            &tile_detail::avx2::direct_kernel<VecAvx2F, 4, 3>, &tile_detail::avx2::indirect_kernel<VecAvx2F, 4, 3>,
-            &tile_detail::avx2::column_kernel<VecAvx2F, 4, 3>, &store_tile_avx2<float>, &dot_avx2, &narrow_row_avx2,
-            &smallc_dx_block<float>, &smallc_detail::avx2::smallc_dw_block_dispatch<VecAvx2F, 1>, 0, nullptr, nullptr};
-    k.NR_indirect_last = 16;
-    k.indirect_last = &tile_detail::avx2::indirect_kernel<VecAvx2F, 4, 2>;
+    k.NR_indirect_three = 3 * W5;
+    k.indirect_three = &z::indirect_kernel<V5, 8, 3>;
     return k;
   }
   if (level >= SimdLevel::AVX2) {
-    ConvKernels<float> k{SimdLevel::AVX2, 6, 16, 256, 8, &tile_detail::avx2::micro_kernel<VecAvx2F, 6, 2>, &tile_detail::avx2::direct_kernel<VecAvx2F, 6, 2>,
-            &tile_detail::avx2::indirect_kernel<VecAvx2F, 6, 2>, &tile_detail::avx2::column_kernel<VecAvx2F, 6, 2>, &store_tile_avx2<float>, &dot_avx2,
-            &narrow_row_avx2, &smallc_dx_block<float>, &smallc_detail::avx2::smallc_dw_block_dispatch<VecAvx2F, 1>, 0, nullptr, nullptr};
+    if (alt_tile) {
+      ConvKernels<T> k{SimdLevel::AVX2, 4, 3 * W2, KC, W2, &y::micro_kernel<V2, 4, 3>, &y::direct_kernel<V2, 4, 3>,
+                       &y::indirect_kernel<V2, 4, 3>, &y::column_kernel<V2, 4, 3>, &store_tile_avx2<T>, &dot_avx2,
+                       &narrow_row_avx2, &smallc_dx_block<T>, &smallc_detail::avx2::smallc_dw_block_dispatch<V2, 1>, 0,
+                       nullptr, nullptr};
+      k.NR_indirect_last = 2 * W2;
+      k.indirect_last = &y::indirect_kernel<V2, 4, 2>;
+      return k;
+    }
+    ConvKernels<T> k{SimdLevel::AVX2, 6, 2 * W2, KC, W2, &y::micro_kernel<V2, 6, 2>, &y::direct_kernel<V2, 6, 2>,
+                     &y::indirect_kernel<V2, 6, 2>, &y::column_kernel<V2, 6, 2>, &store_tile_avx2<T>, &dot_avx2,
+                     &narrow_row_avx2, &smallc_dx_block<T>, &smallc_detail::avx2::smallc_dw_block_dispatch<V2, 1>, 0,
+                     nullptr, nullptr};
     k.MR_direct_tail = 4;
-    k.direct_tail = &tile_detail::avx2::direct_kernel<VecAvx2F, 4, 2>;
-    k.NR_indirect_last = 8;
-    k.indirect_last = &tile_detail::avx2::indirect_kernel<VecAvx2F, 6, 1>;
+    k.direct_tail = &y::direct_kernel<V2, 4, 2>;
+    k.NR_indirect_last = W2;
+    k.indirect_last = &y::indirect_kernel<V2, 6, 1>;
     return k;
   }
 #endif
+  // The portable row: 6 x 64 bytes of T.
   (void)level, (void)alt_tile;
-  return {SimdLevel::Portable, 6, 16, 256, 8, &micro_kernel_portable<float, 6, 16>,
-          &direct_kernel_portable<float, 6, 16>, &indirect_kernel_portable<float, 6, 16>, &column_kernel_portable<float, 6, 16>, &store_tile_portable<float>,
-          &dot_portable<float>, &narrow_row_portable<float>,
-          nullptr, &smallc_dw_block_portable<float>, 0, nullptr, nullptr};
-}
-
-template <>
-inline ConvKernels<double> conv_kernels<double>(SimdLevel level, bool alt_tile) {
-#if NABLAGRAD_X86
-  if (level >= SimdLevel::AVX512 && alt_tile) {
-    ConvKernels<double> k{SimdLevel::AVX512, kAvx512OneVectorRows, 8, 128, 16, &tile_detail::avx512::micro_kernel<VecAvx512D, 24, 1>,
-            &tile_detail::avx512::direct_kernel<VecAvx512D, 24, 1>, &tile_detail::avx512::indirect_kernel<VecAvx512D, 24, 1>, &tile_detail::avx512::column_kernel<VecAvx512D, 24, 1>,
-            &store_tile_avx512<double>,
-            &dot_avx2, &narrow_row_avx2, &smallc_dx_block<double>,
-            &smallc_detail::avx512::smallc_dw_block_dispatch<VecAvx512D, 2>,
-            8, &tile_detail::avx512::micro_kernel<VecAvx512D, 8, 1>, &tile_detail::avx512::column_kernel<VecAvx512D, 8, 1>};
-    k.MR_direct_tail = 8;
-    k.direct_tail = &tile_detail::avx512::direct_kernel<VecAvx512D, 8, 1>;
-    k.MR_indirect_three = 8;
-    k.NR_indirect_three = 24;
-    k.indirect_three = &tile_detail::avx512::indirect_kernel<VecAvx512D, 8, 3>;
-    return k;
-  }
-  if (level >= SimdLevel::AVX512) {
-    ConvKernels<double> k{SimdLevel::AVX512, 12, 16, 128, 16, &tile_detail::avx512::micro_kernel<VecAvx512D, 12, 2>,
-            &tile_detail::avx512::direct_kernel<VecAvx512D, 12, 2>, &tile_detail::avx512::indirect_kernel<VecAvx512D, 12, 2>, &tile_detail::avx512::column_kernel<VecAvx512D, 12, 2>,
-            &store_tile_avx512<double>,
-            &dot_avx2, &narrow_row_avx2, &smallc_dx_block<double>,
-            &smallc_detail::avx512::smallc_dw_block_dispatch<VecAvx512D, 2>,
-            4, &tile_detail::avx512::micro_kernel<VecAvx512D, 4, 2>, &tile_detail::avx512::column_kernel<VecAvx512D, 4, 2>};
-    k.MR_direct_tail = 8;
-    k.direct_tail = &tile_detail::avx512::direct_kernel<VecAvx512D, 8, 2>;
-    k.MR_direct_wide = 14;
-    k.direct_wide = &tile_detail::avx512::direct_kernel<VecAvx512D, 14, 2>;
-    k.MR_indirect_wide = 6;
-    k.NR_indirect_wide = 32;
-    k.indirect_wide = &tile_detail::avx512::indirect_kernel<VecAvx512D, 6, 4>;
-    k.NR_indirect_last = 8;
-    k.indirect_last = &tile_detail::avx512::indirect_kernel<VecAvx512D, 12, 1>;
-    k.MR_indirect_three = 8;
-    k.NR_indirect_three = 24;
-    k.indirect_three = &tile_detail::avx512::indirect_kernel<VecAvx512D, 8, 3>;
-    return k;
-  }
-  if (level >= SimdLevel::AVX2 && alt_tile) {
-    ConvKernels<double> k{SimdLevel::AVX2, 4, 12, 128, 4, &tile_detail::avx2::micro_kernel<VecAvx2D, 4, 3>,
-            &tile_detail::avx2::direct_kernel<VecAvx2D, 4, 3>, &tile_detail::avx2::indirect_kernel<VecAvx2D, 4, 3>,
-            &tile_detail::avx2::column_kernel<VecAvx2D, 4, 3>, &store_tile_avx2<double>, &dot_avx2, &narrow_row_avx2,
-            &smallc_dx_block<double>, &smallc_detail::avx2::smallc_dw_block_dispatch<VecAvx2D, 1>, 0, nullptr, nullptr};
-    k.NR_indirect_last = 8;
-    k.indirect_last = &tile_detail::avx2::indirect_kernel<VecAvx2D, 4, 2>;
-    return k;
-  }
-  if (level >= SimdLevel::AVX2) {
-    ConvKernels<double> k{SimdLevel::AVX2, 6, 8, 128, 4, &tile_detail::avx2::micro_kernel<VecAvx2D, 6, 2>, &tile_detail::avx2::direct_kernel<VecAvx2D, 6, 2>,
-            &tile_detail::avx2::indirect_kernel<VecAvx2D, 6, 2>, &tile_detail::avx2::column_kernel<VecAvx2D, 6, 2>, &store_tile_avx2<double>, &dot_avx2,
-            &narrow_row_avx2, &smallc_dx_block<double>, &smallc_detail::avx2::smallc_dw_block_dispatch<VecAvx2D, 1>, 0, nullptr, nullptr};
-    k.MR_direct_tail = 4;
-    k.direct_tail = &tile_detail::avx2::direct_kernel<VecAvx2D, 4, 2>;
-    k.NR_indirect_last = 4;
-    k.indirect_last = &tile_detail::avx2::indirect_kernel<VecAvx2D, 6, 1>;
-    return k;
-  }
-#endif
-  (void)level, (void)alt_tile;
-  return {SimdLevel::Portable, 6, 8, 128, 4, &micro_kernel_portable<double, 6, 8>,
-          &direct_kernel_portable<double, 6, 8>, &indirect_kernel_portable<double, 6, 8>, &column_kernel_portable<double, 6, 8>, &store_tile_portable<double>,
-          &dot_portable<double>, &narrow_row_portable<double>,
-          nullptr, &smallc_dw_block_portable<double>, 0, nullptr, nullptr};
+  constexpr int NRp = 64 / sizeof(T);
+  return {SimdLevel::Portable, 6, NRp, 1024 / sizeof(T), NRp / 2, &micro_kernel_portable<T, 6, NRp>,
+          &direct_kernel_portable<T, 6, NRp>, &indirect_kernel_portable<T, 6, NRp>, &column_kernel_portable<T, 6, NRp>,
+          &store_tile_portable<T>, &dot_portable<T>, &narrow_row_portable<T>, nullptr, &smallc_dw_block_portable<T>, 0,
+          nullptr, nullptr};
 }
 
 /// Whether cfg is the AVX-512 24 x 1-vector row, the one the stride-1 kernels below belong to.
