@@ -36,12 +36,7 @@ struct PackedB {
   AlignedVector<T> data;  // whole vectors from line starts (AlignedAllocator)
   template <typename F>
   void pack(const ConvKernels<T>& cfg, int64_t K_, int64_t ncols_, const F& at, int64_t last_nr = 0) {
-    NR = cfg.NR;
-    K = K_;
-    ncols = ncols_;
-    narrow = ncols * 4 <= NR;
-    // K x ncols is (a part of) the kernel, already allocated: these sizes fit in int64.
-    checked_product({K, (ncols + NR - 1) / NR * NR}, [] { return "conv2d: packed kernel"; });
+    set_shape(cfg, K_, ncols_);
     if (narrow) {
       data.assign(static_cast<size_t>(K * ncols), T(0));
       for (int64_t j = 0; j < ncols; ++j)
@@ -64,21 +59,27 @@ struct PackedB {
   // on one thread before the parallel region of every call.
   void pack_strided(const ConvKernels<T>& cfg, int64_t K_, int64_t ncols_, const T* src, int64_t rs, int64_t cs,
                     int64_t last_nr = 0) {
-    if (ncols_ * 4 <= cfg.NR) {  // the narrow layout
+    set_shape(cfg, K_, ncols_);
+    if (narrow) {
       pack(cfg, K_, ncols_, [&](int64_t k, int64_t j) { return src[k * rs + j * cs]; }, last_nr);
       return;
     }
-    NR = cfg.NR;
-    K = K_;
-    ncols = ncols_;
-    narrow = false;
-    checked_product({K, (ncols + NR - 1) / NR * NR}, [] { return "conv2d: packed kernel"; });
     const int64_t panels = (ncols + NR - 1) / NR;
     const int64_t full = last_nr > 0 ? panels - 1 : panels;  // panels NR wide
     data.resize(static_cast<size_t>(panels * K * NR));       // every value is written below
     gemm_detail::pack_b<T>(K, std::min(ncols, full * NR), src, rs, cs, NR, data.data());
     if (full < panels)
       gemm_detail::pack_b<T>(K, ncols - full * NR, src + full * NR * cs, rs, cs, last_nr, data.data() + full * K * NR);
+  }
+
+ private:
+  void set_shape(const ConvKernels<T>& cfg, int64_t K_, int64_t ncols_) {
+    NR = cfg.NR;
+    K = K_;
+    ncols = ncols_;
+    narrow = ncols * 4 <= NR;
+    // K x ncols is (a part of) the kernel, already allocated: these sizes fit in int64.
+    checked_product({K, (ncols + NR - 1) / NR * NR}, [] { return "conv2d: packed kernel"; });
   }
 };
 

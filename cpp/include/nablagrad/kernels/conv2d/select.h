@@ -159,10 +159,11 @@ inline conv_detail::ConvKernels<T> conv_kernels_for_width(int64_t ncols, bool we
 /// gemm(), whose cache blocking packs each panel once per block of rows and reuses it for all
 /// of them. Measured (8,14,14,256->512, 3x3 S 2; 4.7 MB of kernel) at AVX-512, 2 threads (ms):
 /// forward 5.2 -> 2.5, dX 9.5 -> 2.9, dW 5.4 -> 2.6 (PyTorch: forward 2.8-3.3, f+b ~11).
+/// (`bytes`: another limit on the same size, forward_kernel_fits_cache's.)
 template <typename T>
-inline bool kernel_fits_cache(const Conv2dGeometry& g) {
+inline bool kernel_fits_cache(const Conv2dGeometry& g, int64_t bytes = int64_t{1} << 20) {
   const int64_t K = g.FH * g.FW * g.C;  // the kernel is allocated: fits in int64
-  return saturating_mul(K, saturating_mul(g.Q, static_cast<int64_t>(sizeof(T)))) <= (int64_t{1} << 20);
+  return saturating_mul(K, saturating_mul(g.Q, static_cast<int64_t>(sizeof(T)))) <= bytes;
 }
 
 /// The forward's own limit for the indirect kernel (forward_indirect), a quarter above
@@ -177,8 +178,7 @@ inline bool kernel_fits_cache(const Conv2dGeometry& g) {
 /// 2.25 MiB the gemm() path wins by a quarter ((8,28,28,256->256, S 2) 7.8 vs 5.9).
 template <typename T>
 inline bool forward_kernel_fits_cache(const Conv2dGeometry& g) {
-  const int64_t K = g.FH * g.FW * g.C;  // the kernel is allocated: fits in int64
-  return saturating_mul(K, saturating_mul(g.Q, static_cast<int64_t>(sizeof(T)))) <= (int64_t{5} << 18);
+  return kernel_fits_cache<T>(g, int64_t{5} << 18);  // 1.25 MiB
 }
 
 /// A strided 1x1 forward (a ResNet block's projection shortcut) by the indirect kernel rather
