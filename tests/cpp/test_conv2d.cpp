@@ -4,6 +4,7 @@
 // checks; 1x1 convolutions through the GEMM; the kernel choice and the algorithm setting.
 #include "nablagrad/kernels/conv2d.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -1058,6 +1059,60 @@ void test_backward_weight_direct() {
   set_conv_algorithm(ConvAlgorithm::Auto);
 }
 
+// indirect_block_table's pointers against the runs they stand for (copy_clipped_run of the
+// kernel row's input row, zeros above and below the image and past the block's last pixel),
+// value for value: one border copy serves the consecutive border pixels of an output row
+// where S_w <= FW (7x7 padded by 3: three on each side; images narrower than the kernel:
+// every pixel on both borders; blocks that start or end inside such a run of pixels), and
+// where S_w > FW each pixel has its own.
+template <typename T>
+void check_indirect_table(const Conv2dGeometry& g, int64_t MR) {
+  std::mt19937 rng(static_cast<uint32_t>(g.W * 131 + g.FW * 17 + MR));
+  const auto x = random_vector<T>(g.N * g.H * g.W * g.C, rng);
+  const int64_t len = g.FW * g.C, rows = g.N * g.Ho * g.Wo;
+  const std::vector<T> zeros(static_cast<size_t>(len), T(0));
+  std::vector<const T*> ptr(static_cast<size_t>(g.FH * MR));
+  std::vector<T> edge(static_cast<size_t>(g.FH * MR * len)), want(static_cast<size_t>(len));
+  bool ok = true;
+  for (int64_t r0 = 0; r0 < rows; r0 += MR) {
+    const int64_t nr = std::min(MR, rows - r0);
+    std::fill(edge.begin(), edge.end(), T(777));
+    int64_t h0 = -1, h1 = -1;
+    conv_detail::indirect_block_table(g, x.data(), zeros.data(), MR, r0, nr, ptr.data(), edge.data(), h0, h1);
+    for (int64_t i = 0; i < MR; ++i)
+      for (int64_t h = 0; h < g.FH; ++h) {
+        std::fill(want.begin(), want.end(), T(0));
+        const int64_t r = r0 + i, n = r / (g.Ho * g.Wo), ho = r / g.Wo % g.Ho, wo = r % g.Wo;
+        const int64_t ih = ho * g.stride_h - g.pad_top + h;
+        if (i < nr && ih >= 0 && ih < g.H)
+          conv_detail::copy_clipped_run(want.data(), x.data() + (n * g.H + ih) * g.W * g.C, wo * g.stride_w - g.pad_left,
+                                        g.FW, g.C, g.W);
+        const T* got = ptr[static_cast<size_t>(h * MR + i)];
+        ok = ok && std::equal(want.begin(), want.end(), got);
+        if (i < nr && ih >= 0 && ih < g.H) ok = ok && h >= h0 && h < h1;
+      }
+  }
+  CHECK(ok);
+  if (!ok)
+    std::printf("  table W=%lld FW=%lld S_w=%lld MR=%lld\n", (long long)g.W, (long long)g.FW, (long long)g.stride_w,
+                (long long)MR);
+}
+
+void test_indirect_table_border_runs() {
+  const Conv2dGeometry shapes[] = {
+      make_conv2d_geometry(2, 6, 11, 3, 8, 7, 7, 3, 1, 1, 3, 3, 3, 3),   // 3 + 5 inside + 3
+      make_conv2d_geometry(2, 5, 4, 2, 8, 7, 7, 2, 1, 1, 3, 3, 3, 3),    // W < FW: all on both
+      make_conv2d_geometry(1, 7, 13, 4, 8, 3, 5, 4, 2, 2, 1, 2, 2, 3),   // S 2, uneven pads
+      make_conv2d_geometry(1, 6, 14, 3, 8, 3, 2, 3, 1, 3, 1, 1, 1, 2),   // S_w 3 > FW 2
+      make_conv2d_geometry(2, 4, 9, 5, 8, 2, 4, 5, 1, 4, 0, 1, 3, 3),    // S_w 4 = FW 4
+      make_conv2d_geometry(1, 9, 20, 1, 8, 5, 5, 1, 2, 1, 4, 4, 4, 4)};  // pads of 4 (FW - 1)
+  for (const Conv2dGeometry& g : shapes)
+    for (int64_t MR : {1, 2, 5, 12, 24}) {
+      check_indirect_table<float>(g, MR);
+      check_indirect_table<double>(g, MR);
+    }
+}
+
 // The small-C kernel gradient (backward_weight_smallc) at every level, called directly: filter
 // counts below, at and past one vector and two (the AVX-512 block is two zmm vectors, the last
 // one masked), tap blocks of 1-4 kernel rows x 1-3 run values (7x7: row groups 4 + 3), strides
@@ -1358,6 +1413,7 @@ int main() {
   RUN_TEST(test_uneven_stride_28_to_14);
   RUN_TEST(test_geometry_errors);
   RUN_TEST(test_backward_weight_direct);
+  RUN_TEST(test_indirect_table_border_runs);
   RUN_TEST(test_backward_input_phases_direct);
   RUN_TEST(test_backward_input_phases_gather);
   RUN_TEST(test_indirect_big_panel);
