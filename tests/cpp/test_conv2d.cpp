@@ -1059,6 +1059,36 @@ void test_backward_weight_direct() {
   set_conv_algorithm(ConvAlgorithm::Auto);
 }
 
+// The kernel gradient's stride-1 kernel on two vectors of filters (dw_s1_kernel_avx512 <FW = 7,
+// 1 channel, 2 vectors>, the AVX-512 12 x 2-vector tile) from output rows of 24 pixels: chosen
+// for exactly that, and right (float and double, every level and thread count) on rows of 24,
+// 30 and 70 pixels, 1-3 panels of filters, uneven paddings, a 3 x 7 kernel with vertical
+// stride 2, and rows of 23 (the column kernel's).
+void test_dw_s1_two_vectors() {
+  if (nablagrad::cpu_simd_level() >= SimdLevel::AVX512) {
+    const auto f2 = conv_detail::conv_kernels<float>(SimdLevel::AVX512);
+    const auto d2 = conv_detail::conv_kernels<double>(SimdLevel::AVX512);
+    const auto f1 = conv_detail::conv_kernels<float>(SimdLevel::AVX512, /*alt_tile=*/true);
+    const auto k = conv_detail::dw_s1_kernels(f2, 7);
+    CHECK(k.cb == 1 && k.min_wo == 24 && k.by_count[1] != nullptr);
+    CHECK(conv_detail::dw_s1_kernels(d2, 7).cb == 1);
+    CHECK(conv_detail::dw_s1_kernels(f2, 5).cb == 0 && conv_detail::dw_s1_kernels(f2, 3).cb == 0);
+    CHECK(conv_detail::dw_s1_kernels(f1, 7).cb == 0 && conv_detail::dw_s1_kernels(f1, 5).cb == 3);
+  }
+  CHECK(conv_detail::dw_s1_kernels(conv_detail::conv_kernels<float>(SimdLevel::Portable), 7).cb == 0);
+  const Conv2dGeometry shapes[] = {
+      make_conv2d_geometry(2, 9, 24, 32, 32, 7, 7, 32, 1, 1, 3, 3, 3, 3),   // rows of 24, one panel
+      make_conv2d_geometry(2, 8, 30, 5, 64, 7, 7, 5, 1, 1, 2, 4, 1, 5),     // 30, two panels, uneven
+      make_conv2d_geometry(1, 5, 70, 3, 96, 7, 7, 3, 1, 1, 3, 3, 3, 3),     // 70 (per row anyway), three
+      make_conv2d_geometry(2, 11, 26, 12, 32, 3, 7, 12, 2, 1, 1, 0, 2, 2),  // 3 x 7, S_h 2
+      make_conv2d_geometry(2, 7, 23, 8, 32, 7, 7, 8, 1, 1, 3, 3, 3, 3)};    // 23: column kernel
+  for (const Conv2dGeometry& g : shapes) {
+    CHECK(std::string(conv_kernel_choice<float>(g).backward_weight) == "direct");
+    check_everywhere<double>(g, 1e-12, 91);
+    check_everywhere<float>(g, 1e-4, 92);  // sums of 200-1400 float products
+  }
+}
+
 // indirect_block_table's pointers against the runs they stand for (copy_clipped_run of the
 // kernel row's input row, zeros above and below the image and past the block's last pixel),
 // value for value: one border copy serves the consecutive border pixels of an output row
@@ -1413,6 +1443,7 @@ int main() {
   RUN_TEST(test_uneven_stride_28_to_14);
   RUN_TEST(test_geometry_errors);
   RUN_TEST(test_backward_weight_direct);
+  RUN_TEST(test_dw_s1_two_vectors);
   RUN_TEST(test_indirect_table_border_runs);
   RUN_TEST(test_backward_input_phases_direct);
   RUN_TEST(test_backward_input_phases_gather);

@@ -95,8 +95,9 @@ inline int64_t direct_dw_rows(const ConvKernels<T>& cfg, int64_t len) {
 /// tail, which only feed rows of the partial sums that are dropped). Fixed chunks of pixels (a
 /// function of the shape only) sum into their own partials, added in chunk order: the same
 /// result for any thread count. db is summed with the dY packing. Long rows go per row (the
-/// tile kernel at a fixed pixel stride), and at stride 1 with one vector of filters rows of
-/// >= 16 pixels go per row through dw_s1_kernel_avx512 (see the block comment below).
+/// tile kernel at a fixed pixel stride), and at stride 1 rows of enough pixels go per row
+/// through dw_s1_kernel_avx512 where the tile has one for FW (dw_s1_kernels: 3 and 5 on one
+/// vector of filters, 7 on two; see the block comment below).
 template <typename T>
 void backward_weight_direct(const ConvKernels<T>& cfg, const Conv2dGeometry& g, const T* x,
                             const T* dy, T* dw, T* db) {
@@ -109,16 +110,18 @@ void backward_weight_direct(const ConvKernels<T>& cfg, const Conv2dGeometry& g, 
   // Blocks: whole output rows when they are long (Wo >= 64), each one a strided GEMM of depth
   // Wo (the tile micro-kernel with column stride S_w*C: measured ~10% faster than the column
   // kernel there, which loads a pointer per step), or at stride 1 with a tile that has them
-  // and rows of >= 16 pixels, per output row through the kernels that broadcast each input
-  // value once (dw_s1_kernel_avx512, in balanced blocks of <= cb channels); else 64 pixels
-  // across rows through the column kernel, in fixed chunks of whole 256-pixel groups
+  // and rows long enough for them, per output row through the kernels that broadcast each input
+  // value once (dw_s1_kernel_avx512, in balanced blocks of <= cb channels; dw_s1_kernels says
+  // for which tiles, kernel widths and rows); else 64 pixels across rows through the column
+  // kernel, in fixed chunks of whole 256-pixel groups
   // (dw_pixel_chunks). A column-kernel call reads its block's MR values of each pixel's run
   // (a cache line or two per pixel) against the NR-wide dY panel: at 256 pixels that was
   // 48-64 KiB, past L1, at 64 a quarter. 2 threads, ms, 256 -> 64 (3 runs, C++ harness):
   // AVX-512 (8,56,56,64->128, 3x3 S 2) 3.41-3.54 -> 3.27-3.52, (16,32,32,32->64, S 2)
   // 0.56-0.61 -> 0.54-0.57, (8,56,56,32->64, S 2) 0.88-0.90 -> 0.83-0.86; AVX2 5.49-5.84 ->
   // 4.89-5.31, 0.93-0.99 -> 0.86-0.88, 1.41-1.49 -> 1.30-1.34. (32 was slower than 64.)
-  const DwS1Kernels<T> s1 = g.stride_w == 1 && g.Wo >= 16 ? dw_s1_kernels(cfg, g.FW) : DwS1Kernels<T>{};
+  DwS1Kernels<T> s1 = g.stride_w == 1 ? dw_s1_kernels(cfg, g.FW) : DwS1Kernels<T>{};
+  if (g.Wo < s1.min_wo) s1 = DwS1Kernels<T>{};
   const int64_t nblk = s1.cb > 0 ? (C + s1.cb - 1) / s1.cb : 0;  // channel blocks, balanced sizes
   const bool by_rows = g.Wo >= 64 || s1.cb > 0;
   const int64_t PT = by_rows ? g.Wo : 64, group = by_rows ? PT : 256;

@@ -629,29 +629,31 @@ __attribute__((target("avx512f,avx2,fma"))) inline void direct_s1_kernel_avx512(
   tile_detail::avx512::store_acc<VecAvx512<T>, 2 * G, 1>(acc, out, ldo, bias);
 }
 
-// The kernel gradient's counterpart (stride 1, one vector of filters): for one output row of
+// The kernel gradient's counterpart (stride 1, NV vectors of filters): for one output row of
 // np pixels and CB channels c of one kernel row, p[kw p_kw + c p_c] += sum_j x[(j + kw) C + c]
-// * dy[j W + :] for kw < FW. The direct path's tile kernel broadcasts x[(j + kw) C + c] anew
+// * dy[j NV W + :] for kw < FW. The direct path's tile kernel broadcasts x[(j + kw) C + c] anew
 // for every (j, kw, c); here the broadcast of input pixel i serves the FW steps j = i - kw that
 // use it: the FW x CB broadcasts of pixels j .. j + FW - 1 stay in registers (slot i mod FW,
-// so the loop is unrolled by FW), and a step loads one dY vector and the CB values of pixel
-// j + FW - 1: (1 + CB) loads per FW CB FMAs (0.27 for 5x5 with CB = 3) instead of ~1. Every
-// step is a real pixel (no padding of dY, so no 0 x Inf), and each sum runs over j in
-// ascending order from zero, then is added to p: the same bits as the tile kernel's.
-// Registers: 2 FW CB + 1 <= 32 (31 for both instantiated shapes). x: pixel 0 of the run at
-// channel c0 (np + FW - 1 pixels C apart readable); dy: np vectors W apart.
-template <typename T, int FW, int CB>
+// so the loop is unrolled by FW), and a step loads NV dY vectors and the CB values of pixel
+// j + FW - 1: (NV + CB) loads per FW CB NV FMAs (0.27 for 5x5 with CB = 3 on one vector, 0.21
+// for 7x7 with CB = 1 on two) instead of ~1. Every step is a real pixel (no padding of dY, so
+// no 0 x Inf), and each sum runs over j in ascending order from zero, then is added to p: the
+// same bits as the tile kernel's. Registers: FW CB (NV + 1) + NV <= 32. x: pixel 0 of the run
+// at channel c0 (np + FW - 1 pixels C apart readable); dy: np rows of NV vectors.
+template <typename T, int FW, int CB, int NV = 1>
 __attribute__((target("avx512f,avx2,fma"))) inline void dw_s1_kernel_avx512(
     int64_t np, const T* x, int64_t C, const T* dy, T* p, int64_t p_kw, int64_t p_c) {
   using V = VecAvx512<T>;
   using VT = typename V::VT;
   constexpr int W = V::W;
-  static_assert(2 * FW * CB + 1 <= 32, "dw_s1: the broadcasts and sums must fit the 32 vector registers");
-  VT acc[FW][CB], xb[FW][CB];
+  static_assert(FW * CB * (NV + 1) + NV <= 32, "dw_s1: the broadcasts and sums must fit the 32 vector registers");
+  VT acc[FW][CB][NV], xb[FW][CB];
 #pragma GCC unroll 8
   for (int k = 0; k < FW; ++k)
 #pragma GCC unroll 8
-    for (int c = 0; c < CB; ++c) acc[k][c] = V::zero();
+    for (int c = 0; c < CB; ++c)
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; ++v) acc[k][c][v] = V::zero();
 #pragma GCC unroll 8
   for (int k = 0; k + 1 < FW; ++k)
 #pragma GCC unroll 8
@@ -664,20 +666,26 @@ __attribute__((target("avx512f,avx2,fma"))) inline void dw_s1_kernel_avx512(
 #pragma GCC unroll 8
       for (int c = 0; c < CB; ++c) xb[(u + FW - 1) % FW][c] = V::bcast(xn + c);
       xn += C;
-      const VT d = V::load(dy + (j0 + u) * W);
+      VT d[NV];
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; ++v) d[v] = V::load(dy + ((j0 + u) * NV + v) * W);
 #pragma GCC unroll 8
       for (int k = 0; k < FW; ++k)
 #pragma GCC unroll 8
-        for (int c = 0; c < CB; ++c) acc[k][c] = V::fma(xb[(u + k) % FW][c], d, acc[k][c]);
+        for (int c = 0; c < CB; ++c)
+#pragma GCC unroll 2
+          for (int v = 0; v < NV; ++v) acc[k][c][v] = V::fma(xb[(u + k) % FW][c], d[v], acc[k][c][v]);
     }
   }
 #pragma GCC unroll 8
   for (int k = 0; k < FW; ++k)
 #pragma GCC unroll 8
-    for (int c = 0; c < CB; ++c) {
-      T* pk = p + k * p_kw + c * p_c;
-      V::store(pk, V::add(V::load(pk), acc[k][c]));
-    }
+    for (int c = 0; c < CB; ++c)
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; ++v) {
+        T* pk = p + k * p_kw + c * p_c + v * W;
+        V::store(pk, V::add(V::load(pk), acc[k][c][v]));
+      }
 }
 
 #endif
@@ -936,25 +944,35 @@ inline DirectS1Kernel<T> direct_s1_kernel(const ConvKernels<T>& cfg, int64_t FW)
 }
 
 /// The kernel gradient's stride-1 kernels of cfg for kernels FW wide (dw_s1_kernel_avx512):
-/// by_count[n] takes n <= cb channels at a time; cb = 0 where there are none (only the
-/// 24 x 1-vector AVX-512 tile, FW = 3 or 5).
+/// by_count[n] takes n <= cb channels at a time, for output rows of at least min_wo pixels;
+/// cb = 0 where there are none. The 24 x 1-vector AVX-512 tile has them for FW = 3 and 5
+/// (from rows of 16), the 12 x 2-vector one for FW = 7 (1 channel a call, 14 sums and 7
+/// broadcasts), from rows of 24: the column kernel it replaces ran 64 pixels across rows a
+/// call, and a call per row of 16 loads and stores its 14 sums too often. AVX-512, 2 threads,
+/// C++, ms, column kernel -> this one: (8,32,32,32->32, 7x7) 2.86-3.05 -> 2.82-2.99,
+/// (4,64,64,32->32) 5.58-5.60 -> 5.40-5.48, (8,32,32,64->64) 11.8 -> 11.2-11.3, (8,24,24,
+/// 32->64) 3.79 -> 3.40-3.50, (8,28,28,32->32) 2.46-2.49 -> 2.30-2.34; even at rows of 20
+/// ((16,20,20,32->32) 2.40-2.49 vs 2.38-2.55), slower at 16 ((8,16,16,32->64) 1.57-1.61 ->
+/// 1.78-1.83).
 template <typename T>
 using DwS1Kernel = void (*)(int64_t np, const T* x, int64_t C, const T* dy, T* p, int64_t p_kw, int64_t p_c);
 template <typename T>
 struct DwS1Kernels {
-  int64_t cb = 0;
+  int64_t cb = 0, min_wo = 0;
   DwS1Kernel<T> by_count[6] = {};
 };
 template <typename T>
 inline DwS1Kernels<T> dw_s1_kernels(const ConvKernels<T>& cfg, int64_t FW) {
   DwS1Kernels<T> k;
 #if NABLAGRAD_X86
+  if (cfg.level == SimdLevel::AVX512 && cfg.NR == 2 * VecAvx512<T>::W && FW == 7)
+    k = {1, 24, {nullptr, &dw_s1_kernel_avx512<T, 7, 1, 2>}};
   if (one_vector_avx512(cfg)) {
     if (FW == 3)
-      k = {5, {nullptr, &dw_s1_kernel_avx512<T, 3, 1>, &dw_s1_kernel_avx512<T, 3, 2>, &dw_s1_kernel_avx512<T, 3, 3>,
-               &dw_s1_kernel_avx512<T, 3, 4>, &dw_s1_kernel_avx512<T, 3, 5>}};
+      k = {5, 16, {nullptr, &dw_s1_kernel_avx512<T, 3, 1>, &dw_s1_kernel_avx512<T, 3, 2>, &dw_s1_kernel_avx512<T, 3, 3>,
+                   &dw_s1_kernel_avx512<T, 3, 4>, &dw_s1_kernel_avx512<T, 3, 5>}};
     if (FW == 5)
-      k = {3, {nullptr, &dw_s1_kernel_avx512<T, 5, 1>, &dw_s1_kernel_avx512<T, 5, 2>, &dw_s1_kernel_avx512<T, 5, 3>}};
+      k = {3, 16, {nullptr, &dw_s1_kernel_avx512<T, 5, 1>, &dw_s1_kernel_avx512<T, 5, 2>, &dw_s1_kernel_avx512<T, 5, 3>}};
   }
 #endif
   (void)cfg, (void)FW;
