@@ -377,15 +377,15 @@ void check_gcol_against_g_entry() {
   };
   const Case cases[] = {
       {"XScalar<double>", SimdLevel::Portable, &gcol_columns<wd::XScalar<double>, M, R>, 1, 0},
-      {"VecPortable<double>", SimdLevel::Portable, &gcol_columns<conv_detail::VecPortable<double, 4>, M, R>, 4, 0},
-      {"VecPortable<float>", SimdLevel::Portable, &gcol_columns<conv_detail::VecPortable<float, 8>, M, R>, 8, 1e-7},
+      {"VecPortable<double>", SimdLevel::Portable, &gcol_columns<VecPortable<double, 4>, M, R>, 4, 0},
+      {"VecPortable<float>", SimdLevel::Portable, &gcol_columns<VecPortable<float, 8>, M, R>, 8, 1e-7},
 #if NABLAGRAD_X86
       {"avx2 XScalar<double>", SimdLevel::AVX2, &gcol_columns_avx2<wd::XScalar<double>, M, R>, 1, 0},
-      {"VecAvx2D", SimdLevel::AVX2, &gcol_columns_avx2<conv_detail::VecAvx2D, M, R>, 4, 0},
-      {"VecAvx2F", SimdLevel::AVX2, &gcol_columns_avx2<conv_detail::VecAvx2F, M, R>, 8, 1e-7},
+      {"VecAvx2D", SimdLevel::AVX2, &gcol_columns_avx2<VecAvx2D, M, R>, 4, 0},
+      {"VecAvx2F", SimdLevel::AVX2, &gcol_columns_avx2<VecAvx2F, M, R>, 8, 1e-7},
       {"avx512 XScalar<double>", SimdLevel::AVX512, &gcol_columns_avx512<wd::XScalar<double>, M, R>, 1, 0},
-      {"VecAvx512D", SimdLevel::AVX512, &gcol_columns_avx512<conv_detail::VecAvx512D, M, R>, 8, 0},
-      {"VecAvx512F", SimdLevel::AVX512, &gcol_columns_avx512<conv_detail::VecAvx512F, M, R>, 16, 1e-7},
+      {"VecAvx512D", SimdLevel::AVX512, &gcol_columns_avx512<VecAvx512D, M, R>, 8, 0},
+      {"VecAvx512F", SimdLevel::AVX512, &gcol_columns_avx512<VecAvx512F, M, R>, 16, 1e-7},
 #endif
   };
   for (const Case& c : cases) {

@@ -26,6 +26,8 @@
 //   with fewer than 48 rows (gemm_config()), or 8x48 / 8x24 or 8x32 / 8x16 where that pads
 //   the column count less (gemm_config_for(): 48 or 96 columns, not 64 or 128).
 //   Row-major and column-major A are read in place (AMode), other layouts are packed.
+//   The AVX2 and AVX-512 tiles are one template over vec.h's vector types (gemm_kernel.inc,
+//   compiled once per instruction set), except the packed 6x16 / 6x8 AVX2 ones, hand-written.
 //   A portable C++ micro-kernel (plain loops, auto-vectorised by the compiler) is used on
 //   other CPUs or when simd_level() is SimdLevel::Portable.
 //
@@ -61,6 +63,7 @@
 
 #include "nablagrad/checked.h"
 #include "nablagrad/kernels/simd.h"
+#include "nablagrad/kernels/vec.h"
 #include "nablagrad/threading.h"
 
 namespace nablagrad {
@@ -204,10 +207,18 @@ inline void micro_kernel_portable(int64_t kc, const T* Ap, const T* Bp, T* C, in
 }
 
 // ---------------------------------------------------------------------------------------
-// AVX2 + FMA micro-kernels (compiled for AVX2 via the target attribute, chosen at run time).
+// AVX2 + FMA and AVX-512F micro-kernels: one template over the vector type (vec.h), compiled
+// per instruction set (gemm_kernel.inc) and chosen at run time. AVX2 tiles are MR x NV vectors
+// of 8 floats / 4 doubles in 16 ymm registers (6 x 2: 12 accumulators, 2 B vectors, the
+// broadcast); AVX-512 ones MR x NV of 16 floats / 8 doubles in 32 zmm (6 x 4: 24
+// accumulators). The loops over MR and NV have constant trip counts and are unrolled, so the
+// accumulators live in registers.
 // ---------------------------------------------------------------------------------------
 #if NABLAGRAD_X86
-
+// The packed 6 x 2-vector AVX2 tiles (gemm_config's main ones) stay hand-written: the
+// template's code for them moves accumulators between registers (16 ymm hold the 12 sums, 2
+// B vectors and the broadcast only just) and ran 6-8% slower (one Xeon core held to AVX2,
+// 512^2 to 1024^2 and 3136 x 256 x 128, prefetch distances 8 and 16 alike).
 // float, 6 x 16: 12 ymm accumulators, 2 ymm for the B row, 1 for the broadcast of A.
 __attribute__((target("avx2,fma"))) inline void micro_kernel_avx2_f32_6x16(
     int64_t kc, const float* Ap, const float* Bp, float* C, int64_t ldc, bool add, const float* bias) {
@@ -415,211 +426,35 @@ __attribute__((target("avx2,fma"))) inline void micro_kernel_avx2_f64_6x8(
   _mm256_storeu_pd(c5 + 4, c51);
 }
 
-// ---------------------------------------------------------------------------------------
-// AVX-512F micro-kernels: 32 zmm registers allow an MR x (16*NV) float tile (NV zmm per
-// row, MR*NV accumulators) or MR x (8*NV) double tile. One template serves both types and
-// every tile shape (the loops over MR and NV have constant trip counts and are unrolled,
-// so the accumulators live in registers).
-// ---------------------------------------------------------------------------------------
+namespace avx2 {
+#define NABLAGRAD_GEMM_TARGET NABLAGRAD_VEC_AVX2
+#include "gemm_kernel.inc"
+#undef NABLAGRAD_GEMM_TARGET
+}  // namespace avx2
+namespace avx512 {
+#define NABLAGRAD_GEMM_TARGET NABLAGRAD_VEC_AVX512
+#include "gemm_kernel.inc"
+#undef NABLAGRAD_GEMM_TARGET
+}  // namespace avx512
+
+/// The GemmConfig of the MR x NV-vector tile of V (its level's micro-kernels in the three A
+/// modes) with block sizes MC, KC, NC.
+template <typename V, int MR, int NV>
+inline GemmConfig<typename V::T> simd_tile(int64_t MC, int64_t KC, int64_t NC) {
+  using T = typename V::T;
+  if constexpr (V::W * sizeof(T) == 64)
+    return {MR, NV * V::W, MC, KC, NC, &avx512::micro_kernel_packed<V, MR, NV>, &avx512::micro_kernel_rows<V, MR, NV>,
+            &avx512::micro_kernel_cols<V, MR, NV>};
+  else
+    return {MR, NV * V::W, MC, KC, NC, &avx2::micro_kernel_packed<V, MR, NV>, &avx2::micro_kernel_rows<V, MR, NV>,
+            &avx2::micro_kernel_cols<V, MR, NV>};
+}
+/// cfg with its packed-A kernel replaced.
 template <typename T>
-struct Avx512Vec;
-template <>
-struct Avx512Vec<float> {
-  using V = __m512;
-  static constexpr int kLanes = 16;
-  __attribute__((target("avx512f"))) static V zero() { return _mm512_setzero_ps(); }
-  __attribute__((target("avx512f"))) static V load(const float* p) { return _mm512_load_ps(p); }
-  __attribute__((target("avx512f"))) static V loadu(const float* p) { return _mm512_loadu_ps(p); }
-  __attribute__((target("avx512f"))) static void storeu(float* p, V v) { _mm512_storeu_ps(p, v); }
-  __attribute__((target("avx512f"))) static V bcast(const float* p) { return _mm512_set1_ps(*p); }
-  __attribute__((target("avx512f"))) static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
-  __attribute__((target("avx512f"))) static V add(V a, V b) { return _mm512_add_ps(a, b); }
-};
-template <>
-struct Avx512Vec<double> {
-  using V = __m512d;
-  static constexpr int kLanes = 8;
-  __attribute__((target("avx512f"))) static V zero() { return _mm512_setzero_pd(); }
-  __attribute__((target("avx512f"))) static V load(const double* p) { return _mm512_load_pd(p); }
-  __attribute__((target("avx512f"))) static V loadu(const double* p) { return _mm512_loadu_pd(p); }
-  __attribute__((target("avx512f"))) static void storeu(double* p, V v) { _mm512_storeu_pd(p, v); }
-  __attribute__((target("avx512f"))) static V bcast(const double* p) { return _mm512_set1_pd(*p); }
-  __attribute__((target("avx512f"))) static V fma(V a, V b, V c) { return _mm512_fmadd_pd(a, b, c); }
-  __attribute__((target("avx512f"))) static V add(V a, V b) { return _mm512_add_pd(a, b); }
-};
-
-/// MR x (NV * lanes) tile; Bp rows are 64-byte aligned (packed panels of NR = NV * lanes).
-/// Mode says how A is read (AMode): the packed panel Ap[k*MR + i], or in place as MR rows lda
-/// apart (Rows: MR row pointers and one index stay in registers) or as columns lda apart
-/// (Cols: one pointer that steps lda per k). Each broadcast is a memory operand of its FMA
-/// either way, and the arithmetic is the same in every mode.
-template <typename T, int MR, int NV, AMode Mode>
-__attribute__((target("avx512f,avx2,fma"), flatten)) inline void micro_kernel_avx512_impl(
-    int64_t kc, const T* Ap, int64_t lda, const T* Bp, T* C, int64_t ldc, bool add, const T* bias) {
-  using X = Avx512Vec<T>;
-  using V = typename X::V;
-  constexpr int NR = NV * X::kLanes;
-  constexpr bool kRows = Mode == AMode::Rows;
-  const int64_t a_step = Mode == AMode::Cols ? lda : MR;
-  const T* rows[MR];
-#pragma GCC unroll 16
-  for (int i = 0; i < MR; ++i) rows[i] = Ap + (kRows ? i * lda : 0);
-  V acc[MR][NV];
-#pragma GCC unroll 16
-  for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) acc[i][v] = X::zero();
-#pragma GCC unroll 16
-  for (int i = 0; i < MR; ++i) _mm_prefetch(reinterpret_cast<const char*>(C + i * ldc), _MM_HINT_T0);
-#pragma GCC unroll 2
-  for (int64_t k = 0; k < kc; ++k) {
-    V b[NV];
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) b[v] = X::load(Bp + v * X::kLanes);
-    if (!kRows) _mm_prefetch(reinterpret_cast<const char*>(Ap + 8 * a_step), _MM_HINT_T0);
-#pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i) {
-      const V a = kRows ? X::bcast(rows[i] + k) : X::bcast(Ap + i);
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) acc[i][v] = X::fma(a, b[v], acc[i][v]);
-    }
-    if (!kRows) Ap += a_step;
-    Bp += NR;
-  }
-#pragma GCC unroll 16
-  for (int i = 0; i < MR; ++i) {
-    T* c = C + i * ldc;
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) {
-      V r = acc[i][v];
-      if (add)
-        r = X::add(X::loadu(c + v * X::kLanes), r);
-      else if (bias)
-        r = X::add(X::loadu(bias + v * X::kLanes), r);
-      X::storeu(c + v * X::kLanes, r);
-    }
-  }
+inline GemmConfig<T> with_kernel(GemmConfig<T> cfg, MicroKernel<T> packed) {
+  cfg.kernel = packed;
+  return cfg;
 }
-
-template <typename T, int MR, int NV>
-inline void micro_kernel_avx512(int64_t kc, const T* Ap, const T* Bp, T* C, int64_t ldc, bool add,
-                                const T* bias) {
-  micro_kernel_avx512_impl<T, MR, NV, AMode::Packed>(kc, Ap, 0, Bp, C, ldc, add, bias);
-}
-template <typename T, int MR, int NV>
-inline void micro_kernel_avx512_rows(int64_t kc, const T* A, int64_t lda, const T* Bp, T* C, int64_t ldc,
-                                     bool add, const T* bias) {
-  micro_kernel_avx512_impl<T, MR, NV, AMode::Rows>(kc, A, lda, Bp, C, ldc, add, bias);
-}
-template <typename T, int MR, int NV>
-inline void micro_kernel_avx512_cols(int64_t kc, const T* A, int64_t lda, const T* Bp, T* C, int64_t ldc,
-                                     bool add, const T* bias) {
-  micro_kernel_avx512_impl<T, MR, NV, AMode::Cols>(kc, A, lda, Bp, C, ldc, add, bias);
-}
-
-// ---------------------------------------------------------------------------------------
-// AVX2 + FMA in-place tiles: the 6 x 16 float / 6 x 8 double tiles above with A read in place
-// (AMode::Rows or AMode::Cols) instead of packed. Same FMA chain per element (k ascending from
-// zero, then C + acc), so the same bits as the packed kernels. The k loop must be unrolled (by
-// 4, as the hand-written tiles are): rolled, it ran no faster than packing A. On the Xeon in
-// AVX2 mode, the 1x1 (16,14,14,128->256) at one thread: forward 2.20-2.30 -> 2.11-2.13 ms,
-// input gradient 1.90-1.92 -> 1.70-1.76 ms (the same run). Avx2Vec: kernels/simd.h.
-// ---------------------------------------------------------------------------------------
-template <typename T, AMode Mode>
-__attribute__((target("avx2,fma"), flatten)) inline void micro_kernel_avx2_in_place(
-    int64_t kc, const T* A, int64_t lda, const T* Bp, T* C, int64_t ldc, bool add, const T* bias) {
-  static_assert(Mode != AMode::Packed, "the packed AVX2 tiles are the hand-written ones above");
-  using X = Avx2Vec<T>;
-  using V = typename X::VT;
-  constexpr int MR = 6, NR = 2 * X::W;
-  constexpr bool kRows = Mode == AMode::Rows;
-  const int64_t step = kRows ? 1 : lda;  // from one k to the next
-  const T* r[MR];
-#pragma GCC unroll 8
-  for (int i = 0; i < MR; ++i) r[i] = A + (kRows ? i * lda : i);
-  V acc[MR][2];
-#pragma GCC unroll 8
-  for (int i = 0; i < MR; ++i) acc[i][0] = acc[i][1] = X::zero();
-#pragma GCC unroll 8
-  for (int i = 0; i < MR; ++i) _mm_prefetch(reinterpret_cast<const char*>(C + i * ldc), _MM_HINT_T0);
-#pragma GCC unroll 4
-  for (int64_t k = 0; k < kc; ++k) {
-    const V b0 = X::load(Bp + k * NR), b1 = X::load(Bp + k * NR + X::W);
-#pragma GCC unroll 8
-    for (int i = 0; i < MR; ++i) {
-      const V a = X::bcast(r[i] + k * step);
-      acc[i][0] = X::fma(a, b0, acc[i][0]);
-      acc[i][1] = X::fma(a, b1, acc[i][1]);
-    }
-  }
-#pragma GCC unroll 8
-  for (int i = 0; i < MR; ++i) {
-    T* c = C + i * ldc;
-#pragma GCC unroll 2
-    for (int v = 0; v < 2; ++v) {
-      V s = acc[i][v];
-      if (add)
-        s = X::add(X::load(c + v * X::W), s);
-      else if (bias)
-        s = X::add(X::load(bias + v * X::W), s);
-      X::store(c + v * X::W, s);
-    }
-  }
-}
-
-/// AVX2 + FMA tile of MR rows x NV vectors (8 floats / 4 doubles each), A packed or read in
-/// place (AMode): the tiles for column counts that the 6 x 2-vector one pads (gemm_config_for):
-/// 8 x 1 vector for products at most one vector wide (which it runs at most half full), 4 x 3
-/// vectors for 24 or 72 floats (which it runs as 32 and 80). Same FMA chain per element as the
-/// other tiles.
-template <typename T, int MR, int NV, AMode Mode>
-__attribute__((target("avx2,fma"), flatten)) inline void micro_kernel_avx2_vectors(
-    int64_t kc, const T* Ap, int64_t lda, const T* Bp, T* C, int64_t ldc, bool add, const T* bias) {
-  using X = Avx2Vec<T>;
-  using V = typename X::VT;
-  constexpr bool kRows = Mode == AMode::Rows;
-  const int64_t a_step = Mode == AMode::Cols ? lda : MR;
-  const T* rows[MR];
-#pragma GCC unroll 16
-  for (int i = 0; i < MR; ++i) rows[i] = Ap + (kRows ? i * lda : 0);
-  V acc[MR][NV];
-#pragma GCC unroll 16
-  for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) acc[i][v] = X::zero();
-#pragma GCC unroll 2
-  for (int64_t k = 0; k < kc; ++k) {
-    V b[NV];
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) b[v] = X::load(Bp + v * X::W);
-#pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i) {
-      const V a = kRows ? X::bcast(rows[i] + k) : X::bcast(Ap + i);
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) acc[i][v] = X::fma(a, b[v], acc[i][v]);
-    }
-    if (!kRows) Ap += a_step;
-    Bp += NV * X::W;
-  }
-#pragma GCC unroll 16
-  for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) {
-      T* c = C + i * ldc + v * X::W;
-      V r = acc[i][v];
-      if (add)
-        r = X::add(X::load(c), r);
-      else if (bias)
-        r = X::add(X::load(bias + v * X::W), r);
-      X::store(c, r);
-    }
-}
-template <typename T, int MR, int NV>
-inline void micro_kernel_avx2_vectors_packed(int64_t kc, const T* Ap, const T* Bp, T* C, int64_t ldc, bool add,
-                                             const T* bias) {
-  micro_kernel_avx2_vectors<T, MR, NV, AMode::Packed>(kc, Ap, 0, Bp, C, ldc, add, bias);
-}
-
 #endif  // NABLAGRAD_X86
 
 /// The variant to run for T at the current simd_level(), for a product with M rows
@@ -644,14 +479,11 @@ inline GemmConfig<float> gemm_config<float>(int64_t M) {
 #if NABLAGRAD_X86
   if (simd_at_least(SimdLevel::AVX512)) {
     if (M >= 0 && M < 48)
-      return {8, 32, 128, 256, 4064, &micro_kernel_avx512<float, 8, 2>, &micro_kernel_avx512_rows<float, 8, 2>,
-              &micro_kernel_avx512_cols<float, 8, 2>};
-    return {6, 64, 144, 256, 4032, &micro_kernel_avx512<float, 6, 4>, &micro_kernel_avx512_rows<float, 6, 4>,
-            &micro_kernel_avx512_cols<float, 6, 4>};
+      return simd_tile<VecAvx512F, 8, 2>(128, 256, 4064);
+    return simd_tile<VecAvx512F, 6, 4>(144, 256, 4032);
   }
   if (simd_at_least(SimdLevel::AVX2))
-    return {6, 16, 144, 256, 4080, &micro_kernel_avx2_f32_6x16, &micro_kernel_avx2_in_place<float, AMode::Rows>,
-            &micro_kernel_avx2_in_place<float, AMode::Cols>};
+    return with_kernel(simd_tile<VecAvx2F, 6, 2>(144, 256, 4080), &micro_kernel_avx2_f32_6x16);
 #endif
   (void)M;
   return {4, 8, 128, 256, 4080, &micro_kernel_portable<float, 4, 8>, nullptr, nullptr};
@@ -662,14 +494,11 @@ inline GemmConfig<double> gemm_config<double>(int64_t M) {
 #if NABLAGRAD_X86
   if (simd_at_least(SimdLevel::AVX512)) {
     if (M >= 0 && M < 48)
-      return {8, 16, 64, 256, 4064, &micro_kernel_avx512<double, 8, 2>, &micro_kernel_avx512_rows<double, 8, 2>,
-              &micro_kernel_avx512_cols<double, 8, 2>};
-    return {6, 32, 72, 256, 4064, &micro_kernel_avx512<double, 6, 4>, &micro_kernel_avx512_rows<double, 6, 4>,
-            &micro_kernel_avx512_cols<double, 6, 4>};
+      return simd_tile<VecAvx512D, 8, 2>(64, 256, 4064);
+    return simd_tile<VecAvx512D, 6, 4>(72, 256, 4064);
   }
   if (simd_at_least(SimdLevel::AVX2))
-    return {6, 8, 72, 256, 4080, &micro_kernel_avx2_f64_6x8, &micro_kernel_avx2_in_place<double, AMode::Rows>,
-            &micro_kernel_avx2_in_place<double, AMode::Cols>};
+    return with_kernel(simd_tile<VecAvx2D, 6, 2>(72, 256, 4080), &micro_kernel_avx2_f64_6x8);
 #endif
   (void)M;
   return {4, 4, 96, 256, 4080, &micro_kernel_portable<double, 4, 4>, nullptr, nullptr};
@@ -690,9 +519,8 @@ template <typename T>
 inline GemmConfig<T> gemm_config_rows(int64_t rows) {
 #if NABLAGRAD_X86
   if (rows >= 1 && rows <= 4 && simd_at_least(SimdLevel::AVX512)) {
-    const int64_t nr = 4 * Avx512Vec<T>::kLanes;
-    return {4, nr, 32 * (64 / nr) * 4, 256, (4096 / nr - 1) * nr, &micro_kernel_avx512<T, 4, 4>,
-            &micro_kernel_avx512_rows<T, 4, 4>, &micro_kernel_avx512_cols<T, 4, 4>};
+    const int64_t nr = 4 * VecAvx512<T>::W;
+    return simd_tile<VecAvx512<T>, 4, 4>(32 * (64 / nr) * 4, 256, (4096 / nr - 1) * nr);
   }
 #endif
   return gemm_config<T>(rows);
@@ -715,31 +543,27 @@ inline GemmConfig<T> gemm_config_for(int64_t M, int64_t N) {
   const GemmConfig<T> cfg = gemm_config<T>(M);
 #if NABLAGRAD_X86
   if (simd_at_least(SimdLevel::AVX512) && N > 0) {
-    constexpr int64_t W = Avx512Vec<T>::kLanes;
+    constexpr int64_t W = VecAvx512<T>::W;
     if (N <= W)  // one vector wide: 8 x 1 vector
-      return {8, W, 128, cfg.KC, (4096 / W - 1) * W, &micro_kernel_avx512<T, 8, 1>,
-              &micro_kernel_avx512_rows<T, 8, 1>, &micro_kernel_avx512_cols<T, 8, 1>};
+      return simd_tile<VecAvx512<T>, 8, 1>(128, cfg.KC, (4096 / W - 1) * W);
     auto padded = [N](int64_t nr) { return (N + nr - 1) / nr * nr; };
     const int64_t best = std::min(padded(2 * W), padded(3 * W));  // 4W never pads less than 2W
     if (padded(cfg.NR) == best) return cfg;
     if (padded(3 * W) == best)
-      return {8, 3 * W, 128, cfg.KC, (4096 / (3 * W)) * 3 * W, &micro_kernel_avx512<T, 8, 3>,
-              &micro_kernel_avx512_rows<T, 8, 3>, &micro_kernel_avx512_cols<T, 8, 3>};
+      return simd_tile<VecAvx512<T>, 8, 3>(128, cfg.KC, (4096 / (3 * W)) * 3 * W);
     return gemm_config<T>(0);  // the 8 x 2-vector tile
   }
   if (simd_level() == SimdLevel::AVX2 && N > 0) {
-    constexpr int64_t W = Avx2Vec<T>::W;
+    constexpr int64_t W = VecAvx2<T>::W;
     if (N <= W)  // 8 x 1 vector
-      return {8, W, 144, cfg.KC, (4096 / W - 1) * W, &micro_kernel_avx2_vectors_packed<T, 8, 1>,
-              &micro_kernel_avx2_vectors<T, 8, 1, AMode::Rows>, &micro_kernel_avx2_vectors<T, 8, 1, AMode::Cols>};
+      return simd_tile<VecAvx2<T>, 8, 1>(144, cfg.KC, (4096 / W - 1) * W);
     // 4 x 3 vectors for whole panels of them that 6 x 2 would pad (24, 72, 120 floats: the
     // conv kernels' rule, conv_kernels_for_width). 1x1 convolutions at AVX2, 2 threads (ms,
     // 6 x 2 -> 4 x 3; forward, dX, dW): (8,56,56,24->24) 0.21 -> 0.14, 0.21 -> 0.14, 0.43 ->
     // 0.35; (8,28,28,144->24) forward 0.26 -> 0.20; (8,14,14,72->72) 0.086 -> 0.074 each. Not
     // where the last panel is partial: (8,56,56,20->20) dX 0.19 -> 0.23.
     if (N % (3 * W) == 0 && N % (2 * W) != 0)
-      return {4, 3 * W, 144, cfg.KC, (4096 / (3 * W)) * 3 * W, &micro_kernel_avx2_vectors_packed<T, 4, 3>,
-              &micro_kernel_avx2_vectors<T, 4, 3, AMode::Rows>, &micro_kernel_avx2_vectors<T, 4, 3, AMode::Cols>};
+      return simd_tile<VecAvx2<T>, 4, 3>(144, cfg.KC, (4096 / (3 * W)) * 3 * W);
   }
 #endif
   (void)N;

@@ -104,33 +104,4 @@ inline void set_simd_level(SimdLevel level) {
   detail::simd_level_setting().store(static_cast<int>(level));
 }
 
-#if NABLAGRAD_X86
-/// The AVX2+FMA vector of T (8 floats / 4 doubles) for kernels written once for both types
-/// (gemm.h's in-place tiles; the conv kernels take conv2d/vec.h's). load and store are unaligned.
-template <typename T>
-struct Avx2Vec;
-template <>
-struct Avx2Vec<float> {
-  using VT = __m256;
-  static constexpr int W = 8;
-  __attribute__((target("avx2,fma"))) static VT zero() { return _mm256_setzero_ps(); }
-  __attribute__((target("avx2,fma"))) static VT load(const float* p) { return _mm256_loadu_ps(p); }
-  __attribute__((target("avx2,fma"))) static VT bcast(const float* p) { return _mm256_broadcast_ss(p); }
-  __attribute__((target("avx2,fma"))) static VT fma(VT a, VT b, VT c) { return _mm256_fmadd_ps(a, b, c); }
-  __attribute__((target("avx2,fma"))) static void store(float* p, VT v) { _mm256_storeu_ps(p, v); }
-  __attribute__((target("avx2,fma"))) static VT add(VT a, VT b) { return _mm256_add_ps(a, b); }
-};
-template <>
-struct Avx2Vec<double> {
-  using VT = __m256d;
-  static constexpr int W = 4;
-  __attribute__((target("avx2,fma"))) static VT zero() { return _mm256_setzero_pd(); }
-  __attribute__((target("avx2,fma"))) static VT load(const double* p) { return _mm256_loadu_pd(p); }
-  __attribute__((target("avx2,fma"))) static VT bcast(const double* p) { return _mm256_broadcast_sd(p); }
-  __attribute__((target("avx2,fma"))) static VT fma(VT a, VT b, VT c) { return _mm256_fmadd_pd(a, b, c); }
-  __attribute__((target("avx2,fma"))) static void store(double* p, VT v) { _mm256_storeu_pd(p, v); }
-  __attribute__((target("avx2,fma"))) static VT add(VT a, VT b) { return _mm256_add_pd(a, b); }
-};
-#endif
-
 }  // namespace nablagrad

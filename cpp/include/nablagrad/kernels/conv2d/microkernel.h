@@ -30,7 +30,7 @@
 #include <vector>
 
 #include "../simd.h"
-#include "vec.h"
+#include "../vec.h"
 
 namespace nablagrad {
 namespace kernels {

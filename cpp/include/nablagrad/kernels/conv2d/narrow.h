@@ -23,7 +23,7 @@
 #include "../simd.h"
 #include "forward.h"
 #include "geometry.h"
-#include "vec.h"
+#include "../vec.h"
 
 namespace nablagrad {
 namespace kernels {

@@ -73,7 +73,7 @@
 #include "../simd.h"
 #include "geometry.h"
 #include "microkernel.h"  // kAvx512OneVectorRows
-#include "vec.h"
+#include "../vec.h"
 
 namespace nablagrad {
 namespace kernels {
@@ -194,13 +194,13 @@ using BlockFn = void (*)(const BlockArgs<T>&);
 /// (8,56,56,24->24) forward 1.04 ms against 0.66 for 32->32.)
 template <typename T, int M, int R>
 inline void block_fns(BlockFn<T>* in, BlockFn<T>* out) {
-  using S = conv_detail::VecPortable<T, 1>;
-  using XP = conv_detail::VecPortable<T, 32 / sizeof(T)>;
+  using S = VecPortable<T, 1>;
+  using XP = VecPortable<T, 32 / sizeof(T)>;
   *in = &portable::input_block<XP, XP, S, M, R>;
   *out = &portable::output_block<XP, XP, S, M, R>;
 #if NABLAGRAD_X86
-  using X512 = conv_detail::VecAvx512<T>;
-  using X2 = conv_detail::VecAvx2<T>;
+  using X512 = VecAvx512<T>;
+  using X2 = VecAvx2<T>;
   if (simd_at_least(SimdLevel::AVX512)) {
     *in = &avx512::input_block<X512, X2, S, M, R>;
     *out = &avx512::output_block<X512, X2, S, M, R>;
@@ -214,11 +214,11 @@ inline void block_fns(BlockFn<T>* in, BlockFn<T>* out) {
 /// The kernel gradient's dY-tile transform of one block for T at the current SIMD level.
 template <typename T, int M, int R>
 inline BlockFn<T> grad_block_fn() {
-  using S = conv_detail::VecPortable<T, 1>;
-  using XP = conv_detail::VecPortable<T, 32 / sizeof(T)>;
+  using S = VecPortable<T, 1>;
+  using XP = VecPortable<T, 32 / sizeof(T)>;
 #if NABLAGRAD_X86
-  using X512 = conv_detail::VecAvx512<T>;
-  using X2 = conv_detail::VecAvx2<T>;
+  using X512 = VecAvx512<T>;
+  using X2 = VecAvx2<T>;
   if (simd_at_least(SimdLevel::AVX512)) return &avx512::grad_block<X512, X2, S, M, R>;
   if (simd_at_least(SimdLevel::AVX2)) return &avx2::grad_block<X2, X2, S, M, R>;
 #endif
@@ -297,10 +297,10 @@ inline KernelRun<T, Kern> kernel_run_fn(const Kern& kern) {
   if constexpr (std::is_same<T, float>::value) {
     if (kern.cs == 1 || kern.fs == 1) {
       if (simd_at_least(SimdLevel::AVX512))
-        return {kern.cs == 1 ? &avx512::kernel_run_vec<conv_detail::VecAvx2F, T, M, R, Kern>
-                             : &avx512::kernel_run_vec<conv_detail::VecAvx512F, T, M, R, Kern>,
+        return {kern.cs == 1 ? &avx512::kernel_run_vec<VecAvx2F, T, M, R, Kern>
+                             : &avx512::kernel_run_vec<VecAvx512F, T, M, R, Kern>,
                 16, false};
-      if (simd_at_least(SimdLevel::AVX2)) return {&avx2::kernel_run_vec<conv_detail::VecAvx2F, T, M, R, Kern>, 16, false};
+      if (simd_at_least(SimdLevel::AVX2)) return {&avx2::kernel_run_vec<VecAvx2F, T, M, R, Kern>, 16, false};
     }
   }
   if (simd_at_least(SimdLevel::AVX512)) return {&avx512::kernel_run<T, M, R, 8, Kern>, 8, true};

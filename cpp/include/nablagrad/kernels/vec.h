@@ -1,7 +1,8 @@
-// nablagrad/kernels/conv2d/vec.h - the vector types that the conv kernels take: those written
-// once over a vector type (tile_kernel.inc and small_c_kernel.inc in microkernel.h,
-// narrow_kernel.inc in narrow.h, winograd_transforms.inc in winograd.h) and the AVX-512-only
-// stride-1 kernels of microkernel.h. One per instruction set and type: VecPortable<T, W> (any
+// nablagrad/kernels/vec.h - the vector types that the kernels written once over a vector type
+// take: gemm.h's register tiles (gemm_kernel.inc), the conv kernels (conv2d/: tile_kernel.inc
+// and small_c_kernel.inc in microkernel.h, narrow_kernel.inc in narrow.h,
+// winograd_transforms.inc in winograd.h) and the AVX-512-only stride-1 kernels of
+// microkernel.h. One per instruction set and type: VecPortable<T, W> (any
 // power-of-two width: the narrow kernels take 4 lanes, Winograd 1 and 32 bytes' worth),
 // VecAvx2F/D, VecAvx512F/D, each with W lanes in a VT and
 //   zero, load, load_n (the first n < W values, the rest zero, nothing read past them),
@@ -18,11 +19,10 @@
 #include <cstdint>
 #include <type_traits>
 
-#include "../simd.h"
+#include "nablagrad/kernels/simd.h"
 
 namespace nablagrad {
 namespace kernels {
-namespace conv_detail {
 
 // The portable vector: Wp lanes in an array, each operation a loop over them that the compiler
 // may vectorise. fma and madd round twice (a product, then a sum), as scalar code does.
@@ -215,6 +215,5 @@ template <typename T>
 using VecAvx512 = std::conditional_t<std::is_same<T, float>::value, VecAvx512F, VecAvx512D>;
 #endif
 
-}  // namespace conv_detail
 }  // namespace kernels
 }  // namespace nablagrad
