@@ -1018,6 +1018,38 @@ void test_backward_input_phases_direct() {
   }
 }
 
+// The strided input gradient's phases on the 3-vector direct tile (use_direct_three: 8 x 3
+// vectors at AVX-512) where the channels fill its panels (48 or 96 floats, 24 doubles) or
+// leave a last one at least two-thirds full (40 floats), not otherwise; right at every level
+// and thread count, by rows and by the flat walk, in place and from the padded copy, 3x3 to
+// 5x5, strides 2 and 3.
+void test_phases_direct_three() {
+  if (nablagrad::cpu_simd_level() >= SimdLevel::AVX512) {
+    nablagrad::set_simd_level(SimdLevel::AVX512);
+    for (int64_t c : {48, 40, 96, 144}) CHECK(conv_detail::use_direct_three(conv_kernels_for_width<float>(c), c));
+    for (int64_t c : {32, 16, 24, 64, 80}) CHECK(!conv_detail::use_direct_three(conv_kernels_for_width<float>(c), c));
+    CHECK(conv_detail::use_direct_three(conv_kernels_for_width<double>(24), 24));
+    CHECK(!conv_detail::use_direct_three(conv_kernels_for_width<double>(16), 16));
+    nablagrad::set_simd_level(nablagrad::cpu_simd_level());
+  }
+  if (nablagrad::cpu_simd_level() >= SimdLevel::AVX2) {
+    nablagrad::set_simd_level(SimdLevel::AVX2);
+    CHECK(!conv_detail::use_direct_three(conv_kernels_for_width<float>(48), 48));  // no such tile
+    nablagrad::set_simd_level(nablagrad::cpu_simd_level());
+  }
+  const Conv2dGeometry shapes[] = {
+      make_conv2d_geometry(2, 13, 15, 48, 24, 3, 3, 48, 2, 2, 1, 1, 1, 1),
+      make_conv2d_geometry(1, 11, 29, 48, 16, 5, 5, 48, 2, 2, 2, 2, 2, 2),
+      make_conv2d_geometry(2, 9, 10, 96, 8, 3, 3, 96, 2, 2, 1, 0, 0, 1),
+      make_conv2d_geometry(2, 14, 12, 40, 24, 3, 3, 40, 3, 2, 1, 2, 0, 1),
+      make_conv2d_geometry(2, 16, 22, 48, 32, 2, 2, 48, 2, 2, 0, 0, 0, 0)};  // in place
+  for (const Conv2dGeometry& g : shapes) {
+    CHECK(std::string(conv_kernel_choice<float>(g).backward_input) == "phases_direct");
+    check_everywhere<double>(g, 1e-12, 35);
+    check_everywhere<float>(g, 1e-4, 36);
+  }
+}
+
 // The kernel gradient read in place from the padded input (backward_weight_direct; from x
 // itself without padding, or through the indirect forward's pointer tables): shapes
 // whose kernel rows are not a multiple of MR (the last block reads past the run, the last
@@ -1446,6 +1478,7 @@ int main() {
   RUN_TEST(test_dw_s1_two_vectors);
   RUN_TEST(test_indirect_table_border_runs);
   RUN_TEST(test_backward_input_phases_direct);
+  RUN_TEST(test_phases_direct_three);
   RUN_TEST(test_backward_input_phases_gather);
   RUN_TEST(test_indirect_big_panel);
   RUN_TEST(test_forward_gemm);

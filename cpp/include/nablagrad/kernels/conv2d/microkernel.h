@@ -786,6 +786,10 @@ struct ConvKernels {
   // one panel of 48 rather than 32 + 16: each input value read once.
   int64_t MR_indirect_three = 0, NR_indirect_three = 0;
   IndirectKernel<T> indirect_three = nullptr;
+  // The direct kernel of that 3-vector tile (MR_indirect_three x NR_indirect_three; nullptr
+  // where the row has none), for the strided input gradient's phases
+  // (backward_input_phases_direct) on channels in whole panels of it.
+  DirectKernel<T> direct_three = nullptr;
 };
 
 /// The kernels of `level` (which the CPU must support); `alt_tile` asks for the level's other
@@ -821,6 +825,7 @@ inline ConvKernels<T> conv_kernels(SimdLevel level, bool alt_tile = false) {
       k.MR_indirect_three = 8;
       k.NR_indirect_three = 3 * W5;
       k.indirect_three = &z::indirect_kernel<V5, 8, 3>;
+      k.direct_three = &z::direct_kernel<V5, 8, 3>;
       return k;
     }
     ConvKernels<T> k{SimdLevel::AVX512, 12, 2 * W5, KC, 2 * W5, &z::micro_kernel<V5, 12, 2>,
@@ -840,6 +845,7 @@ inline ConvKernels<T> conv_kernels(SimdLevel level, bool alt_tile = false) {
     k.MR_indirect_three = 8;
     k.NR_indirect_three = 3 * W5;
     k.indirect_three = &z::indirect_kernel<V5, 8, 3>;
+    k.direct_three = &z::direct_kernel<V5, 8, 3>;
     return k;
   }
   if (level >= SimdLevel::AVX2) {
