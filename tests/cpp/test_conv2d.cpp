@@ -536,7 +536,7 @@ void test_direct_s1() {
   }
   const Conv2dGeometry shapes[] = {
       make_conv2d_geometry(2, 13, 30, 16, 16, 5, 5, 16, 1, 1, 2, 2, 2, 2),  // 30 = 24 + 6
-      make_conv2d_geometry(3, 7, 9, 12, 48, 3, 3, 12, 1, 1, 1, 1, 1, 1),    // 9 < 24, 3 panels
+      make_conv2d_geometry(3, 7, 9, 12, 80, 3, 3, 12, 1, 1, 1, 1, 1, 1),    // 9 < 24, 5 panels
       make_conv2d_geometry(2, 9, 51, 5, 12, 3, 5, 5, 1, 1, 0, 2, 1, 3),     // FH != FW, Q < NR
       make_conv2d_geometry(2, 10, 26, 1, 20, 5, 5, 1, 1, 1, 2, 2, 2, 2),    // C = 1
       make_conv2d_geometry(1, 12, 50, 16, 16, 5, 3, 16, 1, 1, 2, 2, 1, 1)};
@@ -1018,12 +1018,14 @@ void test_backward_input_phases_direct() {
   }
 }
 
-// The strided input gradient's phases on the 3-vector direct tile (use_direct_three: 8 x 3
-// vectors at AVX-512) where the channels fill its panels (48 or 96 floats, 24 doubles) or
-// leave a last one at least two-thirds full (40 floats), not otherwise; right at every level
-// and thread count, by rows and by the flat walk, in place and from the padded copy, 3x3 to
-// 5x5, strides 2 and 3.
-void test_phases_direct_three() {
+// The 3-vector direct tile (use_direct_three: 8 x 3 vectors at AVX-512) where the output
+// fills its panels (48 or 96 floats, 24 doubles) or leaves a last one at least two-thirds
+// full (40 floats), not otherwise. The strided input gradient's phases on it (channels) right
+// at every level and thread count, by rows and by the flat walk, in place and from the padded
+// copy, 3x3 to 5x5, strides 2 and 3; and the direct forward (filters): first layers of 3
+// channels at strides 2 and 1 (where the 24 x 1 tile has a stride-1 kernel), rows narrower
+// than 8 and not a multiple of it, 40 and 144 filters.
+void test_direct_three() {
   if (nablagrad::cpu_simd_level() >= SimdLevel::AVX512) {
     nablagrad::set_simd_level(SimdLevel::AVX512);
     for (int64_t c : {48, 40, 96, 144}) CHECK(conv_detail::use_direct_three(conv_kernels_for_width<float>(c), c));
@@ -1047,6 +1049,17 @@ void test_phases_direct_three() {
     CHECK(std::string(conv_kernel_choice<float>(g).backward_input) == "phases_direct");
     check_everywhere<double>(g, 1e-12, 35);
     check_everywhere<float>(g, 1e-4, 36);
+  }
+  const Conv2dGeometry forwards[] = {
+      make_conv2d_geometry(2, 17, 19, 3, 48, 3, 3, 3, 2, 2, 1, 1, 1, 1),
+      make_conv2d_geometry(1, 20, 21, 3, 48, 7, 7, 3, 2, 2, 3, 3, 3, 3),
+      make_conv2d_geometry(2, 9, 13, 8, 48, 3, 3, 8, 1, 1, 1, 1, 1, 1),   // stride 1, rows of 13
+      make_conv2d_geometry(2, 8, 6, 4, 40, 5, 5, 4, 1, 1, 2, 2, 2, 2),    // rows of 6 < 8
+      make_conv2d_geometry(1, 9, 10, 3, 144, 3, 3, 3, 1, 1, 1, 1, 1, 1)};
+  for (const Conv2dGeometry& g : forwards) {
+    CHECK(std::string(conv_kernel_choice<float>(g).forward) == "direct");
+    check_everywhere<double>(g, 1e-12, 37);
+    check_everywhere<float>(g, 1e-4, 38);
   }
 }
 
@@ -1478,7 +1491,7 @@ int main() {
   RUN_TEST(test_dw_s1_two_vectors);
   RUN_TEST(test_indirect_table_border_runs);
   RUN_TEST(test_backward_input_phases_direct);
-  RUN_TEST(test_phases_direct_three);
+  RUN_TEST(test_direct_three);
   RUN_TEST(test_backward_input_phases_gather);
   RUN_TEST(test_indirect_big_panel);
   RUN_TEST(test_forward_gemm);

@@ -234,21 +234,6 @@ inline void phase_reach(int64_t n, int64_t pad, int64_t S, int64_t F, int64_t no
   }
 }
 
-/// Whether the phases of a strided input gradient with C channels run on cfg's 3-vector
-/// direct tile (8 x 3 vectors at AVX-512): channels in whole panels of it (48 floats, 24
-/// doubles, ...), or a last panel at least two-thirds full, where the level's tiles of 1 or 2
-/// vectors would read each dY value 3 times (24 x 1) or pad. AVX-512, 2 threads, C++, ms,
-/// 24 x 1 -> 8 x 3: (8,56,56,48->48, 3x3 S 2) 1.27-1.32 -> 1.05-1.12, (8,56,56,40->40) 1.04-1.10
-/// -> 0.87-0.88, (16,28,28,36->64) 0.91 -> 0.75-0.76, (8,28,28,48->96, 5x5 S 2) 1.68-1.71 ->
-/// 1.41-1.43, (8,28,28,40->80, 5x5) 1.44-1.52 -> 1.19-1.23; 12 x 2 -> 8 x 3: (8,28,28,96->96)
-/// 1.06-1.08 vs 1.05-1.06.
-template <typename T>
-inline bool use_direct_three(const ConvKernels<T>& cfg, int64_t C) {
-  if (!cfg.direct_three) return false;
-  const int64_t r = C % cfg.NR_indirect_three;
-  return r == 0 || 3 * r > 2 * cfg.NR_indirect_three;
-}
-
 /// Strided input gradient, phase by phase, read in place from a zero-padded copy of dY (no
 /// gather): in phase (y0, x0) the dX pixel (iy, ix) sums, over its taps (th, tw), dY at
 /// (iy + off_h[th], ix + off_w[tw]); taps in descending order have ascending offsets (+1 each),
@@ -266,14 +251,7 @@ inline bool use_direct_three(const ConvKernels<T>& cfg, int64_t C) {
 template <typename T>
 void backward_input_phases_direct(const ConvKernels<T>& cfg_in, const Conv2dGeometry& g, const T* dy,
                                   const T* w, T* dx) {
-  ConvKernels<T> cfg = cfg_in;
-  if (use_direct_three(cfg, g.C)) {
-    cfg.MR = cfg.MR_indirect_three;
-    cfg.NR = cfg.NR_indirect_three;
-    cfg.direct = cfg.direct_three;
-    cfg.MR_direct_tail = cfg.MR_direct_wide = 0;
-    cfg.direct_tail = cfg.direct_wide = nullptr;
-  }
+  const ConvKernels<T> cfg = use_direct_three(cfg_in, g.C) ? with_direct_three(cfg_in) : cfg_in;
   const int64_t S_h = g.stride_h, S_w = g.stride_w, Q = g.Q, C = g.C, NR = cfg.NR, MR = cfg.MR;
   const int64_t nph = std::min(S_h, g.H), npw = std::min(S_w, g.W);
   // Padding of dY that every phase's reads fit in.

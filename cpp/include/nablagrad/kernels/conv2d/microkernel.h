@@ -787,8 +787,8 @@ struct ConvKernels {
   int64_t MR_indirect_three = 0, NR_indirect_three = 0;
   IndirectKernel<T> indirect_three = nullptr;
   // The direct kernel of that 3-vector tile (MR_indirect_three x NR_indirect_three; nullptr
-  // where the row has none), for the strided input gradient's phases
-  // (backward_input_phases_direct) on channels in whole panels of it.
+  // where the row has none), for outputs in whole panels of it (use_direct_three): the direct
+  // forward's filters, the strided input gradient's channels (backward_input_phases_direct).
   DirectKernel<T> direct_three = nullptr;
 };
 
@@ -928,6 +928,38 @@ inline DirectKernel<T> direct_kernel_for(const ConvKernels<T>& cfg, int64_t mr, 
 #endif
   (void)rs;
   return own;
+}
+
+/// Whether an output ncols wide (the strided input gradient's phases: channels; the direct
+/// forward: filters) runs on cfg's 3-vector direct tile (8 x 3 vectors at AVX-512): in whole
+/// panels of it (48 floats, 24 doubles, ...), or with a last panel at least two-thirds full,
+/// where the level's tiles of 1 or 2 vectors would read each input value 3 times (24 x 1) or
+/// pad. AVX-512, 2 threads, C++, ms, 24 x 1 -> 8 x 3. Phases (backward_input_phases_direct):
+/// (8,56,56,48->48, 3x3 S 2) 1.27-1.32 -> 1.05-1.12, (8,56,56,40->40) 1.04-1.10 -> 0.87-0.88,
+/// (16,28,28,36->64) 0.91 -> 0.75-0.76, (8,28,28,48->96, 5x5 S 2) 1.68-1.71 -> 1.41-1.43,
+/// (8,28,28,40->80, 5x5) 1.44-1.52 -> 1.19-1.23; 12 x 2 -> 8 x 3 (8,28,28,96->96) 1.06-1.08
+/// vs 1.05-1.06. Forward (forward_direct): (8,112,112,3->48, 3x3 S 2) 0.37 -> 0.31-0.32,
+/// (8,64,64,3->48, 7x7 S 2) 0.42-0.43 -> 0.33-0.35; over the stride-1 kernel of 24 x 1
+/// (16,32,32,8->48) 0.42 -> 0.35-0.37, (8,64,64,4->48, 5x5) 1.19-1.20 -> 0.98-1.07,
+/// (16,32,32,8->40) 0.42-0.44 -> 0.38-0.39; 12 x 2 -> 8 x 3 (8,64,64,3->144) 1.24 -> 1.06-1.09,
+/// (8,56,56,8->96) 1.18-1.21 -> 1.13-1.18, (8,112,112,3->96, S 2) 0.58-0.59 either way.
+template <typename T>
+inline bool use_direct_three(const ConvKernels<T>& cfg, int64_t ncols) {
+  if (!cfg.direct_three) return false;
+  const int64_t r = ncols % cfg.NR_indirect_three;
+  return r == 0 || 3 * r > 2 * cfg.NR_indirect_three;
+}
+
+/// cfg with the 3-vector tile as its direct kernel (MR_indirect_three x NR_indirect_three),
+/// no shorter or taller variants.
+template <typename T>
+inline ConvKernels<T> with_direct_three(ConvKernels<T> cfg) {
+  cfg.MR = cfg.MR_indirect_three;
+  cfg.NR = cfg.NR_indirect_three;
+  cfg.direct = cfg.direct_three;
+  cfg.MR_direct_tail = cfg.MR_direct_wide = 0;
+  cfg.direct_tail = cfg.direct_wide = nullptr;
+  return cfg;
 }
 
 /// The stride-1 direct kernel of cfg for kernels FW wide (direct_s1_kernel_avx512), or

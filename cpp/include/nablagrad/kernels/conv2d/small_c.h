@@ -46,8 +46,11 @@ inline int64_t forward_direct_row_values(const Conv2dGeometry& g, int64_t MR) {
 // and re-read. Work is split over (n, ho) output rows; every output element is computed by
 // one thread in the same order for any thread count.
 template <typename T>
-void forward_direct(const ConvKernels<T>& cfg, const Conv2dGeometry& g, const T* x, const T* w,
+void forward_direct(const ConvKernels<T>& cfg_in, const Conv2dGeometry& g, const T* x, const T* w,
                     const T* bias, T* y) {
+  // Filters that fill 3-vector panels: the 8 x 3-vector tile (use_direct_three), also over
+  // the 24 x 1-vector tile's stride-1 kernel below.
+  const ConvKernels<T> cfg = use_direct_three(cfg_in, g.Q) ? with_direct_three(cfg_in) : cfg_in;
   const int64_t NR = cfg.NR, MR = cfg.MR;
   const int64_t C = g.C, FH = g.FH, FW = g.FW, Q = g.Q, S_h = g.stride_h, S_w = g.stride_w;
   const int64_t len = FW * C, K = FH * len;
