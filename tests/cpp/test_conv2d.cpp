@@ -575,6 +575,41 @@ void test_direct_s1() {
   set_conv_algorithm(ConvAlgorithm::Auto);
 }
 
+// The stride-1 kernel of the AVX-512 2-vector tile (direct_s1_two_kernel_avx512: 7 wide, blocks
+// of 8 pixels and tails of 4), for the forward and, on the flipped kernel, the input gradient:
+// chosen at AVX-512 for 7-wide kernels on rows of >= 24 pixels (not on rows of 23, not for 48
+// filters, which the 3-vector tile takes, not for 5-wide kernels); right at every level and
+// thread count on rows of 24, 25 (one tail), 30 (two tails) and 32, a 3 x 7 kernel with
+// vertical stride 2, uneven paddings, 2 panels of filters, float and double.
+void test_direct_s1_two() {
+  const auto g24 = make_conv2d_geometry(2, 9, 24, 8, 32, 7, 7, 8, 1, 1, 3, 3, 3, 3);
+  if (nablagrad::cpu_simd_level() >= SimdLevel::AVX512) {
+    nablagrad::set_simd_level(SimdLevel::AVX512);
+    const auto main = conv_kernels_for_width<float>(32);
+    CHECK(conv_detail::direct_s1_two_for(main, g24));
+    CHECK(!conv_detail::direct_s1_two_for(main, make_conv2d_geometry(2, 9, 23, 8, 32, 7, 7, 8, 1, 1, 3, 3, 3, 3)));
+    CHECK(!conv_detail::direct_s1_two_for(main, make_conv2d_geometry(2, 9, 24, 8, 32, 5, 5, 8, 1, 1, 2, 2, 2, 2)));
+    CHECK(!conv_detail::direct_s1_two_for(conv_kernels_for_width<float>(48),
+                                          make_conv2d_geometry(2, 9, 24, 8, 48, 7, 7, 8, 1, 1, 3, 3, 3, 3)));
+    CHECK(!conv_detail::direct_s1_two_for(conv_kernels_for_width<float>(16), g24));  // 1-vector tile
+    CHECK(std::string(conv_kernel_choice<float>(g24).forward) == "direct");
+    const auto gi = make_conv2d_geometry(2, 9, 24, 32, 16, 7, 7, 32, 1, 1, 3, 3, 3, 3);  // dX: 32 wide
+    CHECK(std::string(conv_kernel_choice<float>(gi).backward_input) == "flipped_direct");
+    nablagrad::set_simd_level(nablagrad::cpu_simd_level());
+  }
+  const Conv2dGeometry shapes[] = {
+      g24,
+      make_conv2d_geometry(1, 8, 25, 5, 64, 7, 7, 5, 1, 1, 3, 2, 3, 3),    // 25 = 3 x 8 + 1 tail, 2 panels
+      make_conv2d_geometry(2, 7, 30, 6, 32, 7, 7, 6, 1, 1, 2, 4, 1, 5),    // 30: two tails, uneven
+      make_conv2d_geometry(1, 11, 32, 3, 32, 3, 7, 3, 2, 1, 1, 1, 3, 3),   // 3 x 7, S_h 2
+      make_conv2d_geometry(1, 6, 32, 16, 16, 7, 7, 16, 1, 1, 3, 3, 3, 3),   // 16 doubles: 2 vectors
+      make_conv2d_geometry(2, 9, 24, 32, 16, 7, 7, 32, 1, 1, 3, 3, 3, 3)};  // dX on it
+  for (const Conv2dGeometry& g : shapes) {
+    check_everywhere<double>(g, 1e-12, 47);
+    check_everywhere<float>(g, 1e-4, 48);
+  }
+}
+
 // The direct kernel with its pixel stride fixed at compile time (direct_kernel_for: floats,
 // AVX-512's 12- and 14-row and AVX2's 6-row 2-vector tiles, strides 1, 2, 3, 4, 6, 8, 12): chosen for exactly
 // those, the same bits as the runtime-stride kernel (with and without bias, a wider output
@@ -1267,7 +1302,12 @@ void test_kernel_choice() {
     const auto deep_s2 = make_conv2d_geometry(2, 48, 48, 512, 48, 3, 3, 512, 2, 2, 1, 1, 1, 1);
     const auto deep_7x7 = make_conv2d_geometry(2, 32, 32, 64, 64, 7, 7, 64, 1, 1, 3, 3, 3, 3);
     CHECK(std::string(conv_kernel_choice<float>(deep_s2).forward) == "indirect");
-    CHECK(std::string(conv_kernel_choice<float>(deep_7x7).forward) == "indirect");
+    // (At AVX-512 the 7x7 on rows of 32 runs the 2-vector stride-1 direct kernel, panels up
+    // to 512 KiB; past that, 96 channels, the indirect kernel there too.)
+    const bool s1_two = nablagrad::simd_level() >= SimdLevel::AVX512;
+    CHECK(std::string(conv_kernel_choice<float>(deep_7x7).forward) == (s1_two ? "direct" : "indirect"));
+    CHECK(std::string(conv_kernel_choice<float>(make_conv2d_geometry(2, 32, 32, 96, 32, 7, 7, 96, 1, 1, 3, 3, 3, 3)).forward) ==
+          "indirect");
     const auto huge_kq = make_conv2d_geometry(1, 8, 8, 512, 64, 3, 3, 512, 2, 2, 1, 1, 1, 1);
     CHECK(std::string(conv_kernel_choice<float>(huge_kq).forward) == "gemm");
     // The forward's indirect kernel up to 1.25 MiB of kernel (forward_kernel_fits_cache), its
@@ -1492,6 +1532,7 @@ int main() {
   RUN_TEST(test_indirect_table_border_runs);
   RUN_TEST(test_backward_input_phases_direct);
   RUN_TEST(test_direct_three);
+  RUN_TEST(test_direct_s1_two);
   RUN_TEST(test_backward_input_phases_gather);
   RUN_TEST(test_indirect_big_panel);
   RUN_TEST(test_forward_gemm);

@@ -386,9 +386,16 @@ inline ForwardKernel select_forward(const Conv2dGeometry& g, const conv_detail::
   // at stride 2 the copy is 4x the output and (16,32,32,32->64, 3x3) measured 1.29 direct vs
   // 1.15 ms im2col), the output has
   // enough filters to fill a register tile, and the copy is about the input's size (a huge
-  // padding or stride would make it absurd; then im2col reads the padding as 0).
+  // padding or stride would make it absurd; then im2col reads the padding as 0). Where the
+  // 2-vector stride-1 kernel applies (7x7 on rows of >= 24: direct_s1_two_for), panels up to
+  // 512 KiB: it loads 0.25 values per multiply-add where the indirect kernel's 12 x 2 tile
+  // loads 0.58. AVX-512, 2 threads, C++, ms, indirect -> direct: (8,32,32,32->32, 7x7)
+  // forward 2.12-2.20 -> 1.94-2.04, dX (the same on the flipped kernel) 2.19-2.28 -> 1.95-2.14;
+  // (8,32,32,64->64) 8.4 -> 7.5-7.9, 8.6-8.7 -> 7.7-7.9; (8,28,28,32->32) 1.74-1.76 ->
+  // 1.61-1.63, 1.81-1.83 -> 1.64-1.71; (8,32,32,16->32) 1.13-1.15 -> 1.01-1.02.
   const bool direct_panel_fits =
-      g.stride_h == 1 && g.stride_w == 1 && conv_detail::panel_fits<T>(K, cfg.NR, int64_t{64} << 10);
+      g.stride_h == 1 && g.stride_w == 1 &&
+      conv_detail::panel_fits<T>(K, cfg.NR, (conv_detail::direct_s1_two_for(cfg, g) ? 512 : 64) << 10);
   if ((K <= cfg.KC || direct_panel_fits) && g.Q * 4 > cfg.NR &&
       conv_detail::padded_copy_is_small(g, g.H + g.pad_top + g.pad_bottom,
                                         conv_detail::forward_direct_row_values(g, cfg.MR)))

@@ -36,6 +36,15 @@ inline int64_t forward_direct_row_values(const Conv2dGeometry& g, int64_t MR) {
   return product_fits({wpe, g.C}, values) ? values : -1;
 }
 
+/// Whether the direct forward of g runs on the 2-vector stride-1 kernel (direct_s1_two): stride 1 along rows of at least 24 pixels (in
+/// blocks of 8 and 4; the indirect kernel walks pixels flat across rows, and on rows of 14 its
+/// 12 x 2 tile was 11% faster: (8,14,14,64->64, 7x7) 1.66-1.71 vs 1.87-1.90 ms). The choice of
+/// the direct forward for its kernel's panels (select_forward) asks the same.
+template <typename T>
+inline bool direct_s1_two_for(const ConvKernels<T>& cfg, const Conv2dGeometry& g) {
+  return g.stride_w == 1 && g.Wo >= 24 && direct_s1_two(cfg, g.FW) && !use_direct_three(cfg, g.Q);
+}
+
 // Direct forward (small depth K = FH*FW*C, or a K x NR kernel panel of <= 64 KiB; at least
 // NR/4 filters; the choice is in select.h): no im2col. Each task of output rows copies the
 // input rows it reads into a zero-padded buffer of its thread (extra zero columns on the
@@ -49,8 +58,22 @@ template <typename T>
 void forward_direct(const ConvKernels<T>& cfg_in, const Conv2dGeometry& g, const T* x, const T* w,
                     const T* bias, T* y) {
   // Filters that fill 3-vector panels: the 8 x 3-vector tile (use_direct_three), also over
-  // the 24 x 1-vector tile's stride-1 kernel below.
-  const ConvKernels<T> cfg = use_direct_three(cfg_in, g.Q) ? with_direct_three(cfg_in) : cfg_in;
+  // the 24 x 1-vector tile's stride-1 kernel below. Else where the 2-vector stride-1 kernel
+  // applies (7 wide): its blocks of 8 pixels, the rest of a row in its blocks of 4 (s1_tail),
+  // no direct blocks.
+  const bool two = direct_s1_two_for(cfg_in, g);
+  ConvKernels<T> cfg = use_direct_three(cfg_in, g.Q) ? with_direct_three(cfg_in) : cfg_in;
+  // Stride 1 and a tile that has one: the kernel that broadcasts each input value once.
+  DirectS1Kernel<T> s1 = g.stride_w == 1 ? direct_s1_kernel(cfg, g.FW) : nullptr, s1_tail = nullptr;
+#if NABLAGRAD_X86
+  if (two) {
+    cfg.MR = kDirectS1TwoRows;
+    cfg.MR_direct_tail = kDirectS1TwoTail;
+    cfg.MR_direct_wide = 0;
+    s1 = &direct_s1_two_kernel_avx512<T, 7>;
+    s1_tail = &direct_s1_two_kernel_avx512<T, 7, static_cast<int>(kDirectS1TwoTail)>;
+  }
+#endif
   const int64_t NR = cfg.NR, MR = cfg.MR;
   const int64_t C = g.C, FH = g.FH, FW = g.FW, Q = g.Q, S_h = g.stride_h, S_w = g.stride_w;
   const int64_t len = FW * C, K = FH * len;
@@ -59,8 +82,6 @@ void forward_direct(const ConvKernels<T>& cfg_in, const Conv2dGeometry& g, const
   PackedB<T> B;
   B.pack_strided(cfg, K, Q, w, 1, K);
   const int64_t panels = (Q + NR - 1) / NR;
-  // Stride 1 and a tile that has one: the kernel that broadcasts each input value once.
-  const DirectS1Kernel<T> s1 = S_w == 1 ? direct_s1_kernel(cfg, FW) : nullptr;
   // Each output row in blocks of MR pixels, the last ones of MR_direct_tail where the tile
   // has a shorter variant (beside s1, the remainder past its whole blocks: the tails then sum
   // in the direct kernel's order, (h, kx, c), where s1 sums (h, c, kx)).
@@ -115,7 +136,9 @@ void forward_direct(const ConvKernels<T>& cfg_in, const Conv2dGeometry& g, const
           const int64_t ldd = whole ? Q : NR;
           const T* bq = whole && bias ? bias + q0 : nullptr;
           const T* bp = B.data.data() + p * K * NR + h0 * len * NR;
-          if (tail)
+          if (tail && s1_tail)
+            s1_tail(nh, C, a, prow, bp, dst, ldd, bq);
+          else if (tail)
             cfg.direct_tail(nh, len, a, S_w * C, prow, bp, dst, ldd, bq);
           else if (s1)
             s1(nh, C, a, prow, bp, dst, ldd, bq);
