@@ -1195,8 +1195,8 @@ void check_indirect_table(const Conv2dGeometry& g, int64_t MR) {
         const int64_t r = r0 + i, n = r / (g.Ho * g.Wo), ho = r / g.Wo % g.Ho, wo = r % g.Wo;
         const int64_t ih = ho * g.stride_h - g.pad_top + h;
         if (i < nr && ih >= 0 && ih < g.H)
-          conv_detail::copy_clipped_run(want.data(), x.data() + (n * g.H + ih) * g.W * g.C, wo * g.stride_w - g.pad_left,
-                                        g.FW, g.C, g.W);
+          conv_detail::copy_clipped_run(want.data(), x.data() + (n * g.H + ih) * g.W * g.C,
+                                        wo * g.stride_w - g.pad_left, g.FW, g.C, g.W);
         const T* got = ptr[static_cast<size_t>(h * MR + i)];
         ok = ok && std::equal(want.begin(), want.end(), got);
         if (i < nr && ih >= 0 && ih < g.H) ok = ok && h >= h0 && h < h1;
@@ -1306,8 +1306,8 @@ void test_kernel_choice() {
     // to 512 KiB; past that, 96 channels, the indirect kernel there too.)
     const bool s1_two = nablagrad::simd_level() >= SimdLevel::AVX512;
     CHECK(std::string(conv_kernel_choice<float>(deep_7x7).forward) == (s1_two ? "direct" : "indirect"));
-    CHECK(std::string(conv_kernel_choice<float>(make_conv2d_geometry(2, 32, 32, 96, 32, 7, 7, 96, 1, 1, 3, 3, 3, 3)).forward) ==
-          "indirect");
+    const auto wide_7x7 = make_conv2d_geometry(2, 32, 32, 96, 32, 7, 7, 96, 1, 1, 3, 3, 3, 3);
+    CHECK(std::string(conv_kernel_choice<float>(wide_7x7).forward) == "indirect");
     const auto huge_kq = make_conv2d_geometry(1, 8, 8, 512, 64, 3, 3, 512, 2, 2, 1, 1, 1, 1);
     CHECK(std::string(conv_kernel_choice<float>(huge_kq).forward) == "gemm");
     // The forward's indirect kernel up to 1.25 MiB of kernel (forward_kernel_fits_cache), its

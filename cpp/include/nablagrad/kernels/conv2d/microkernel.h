@@ -1070,7 +1070,8 @@ inline DwS1Kernels<T> dw_s1_kernels(const ConvKernels<T>& cfg, int64_t FW) {
       k = {5, 16, {nullptr, &dw_s1_kernel_avx512<T, 3, 1>, &dw_s1_kernel_avx512<T, 3, 2>, &dw_s1_kernel_avx512<T, 3, 3>,
                    &dw_s1_kernel_avx512<T, 3, 4>, &dw_s1_kernel_avx512<T, 3, 5>}};
     if (FW == 5)
-      k = {3, 16, {nullptr, &dw_s1_kernel_avx512<T, 5, 1>, &dw_s1_kernel_avx512<T, 5, 2>, &dw_s1_kernel_avx512<T, 5, 3>}};
+      k = {3, 16,
+           {nullptr, &dw_s1_kernel_avx512<T, 5, 1>, &dw_s1_kernel_avx512<T, 5, 2>, &dw_s1_kernel_avx512<T, 5, 3>}};
   }
 #endif
   (void)cfg, (void)FW;

@@ -36,9 +36,10 @@ inline int64_t forward_direct_row_values(const Conv2dGeometry& g, int64_t MR) {
   return product_fits({wpe, g.C}, values) ? values : -1;
 }
 
-/// Whether the direct forward of g runs on the 2-vector stride-1 kernel (direct_s1_two): stride 1 along rows of at least 24 pixels (in
-/// blocks of 8 and 4; the indirect kernel walks pixels flat across rows, and on rows of 14 its
-/// 12 x 2 tile was 11% faster: (8,14,14,64->64, 7x7) 1.66-1.71 vs 1.87-1.90 ms). The choice of
+/// Whether the direct forward of g runs on the 2-vector stride-1 kernel (direct_s1_two): stride
+/// 1 along rows of at least 24 pixels (in blocks of 8 and 4; the indirect kernel walks pixels
+/// flat across rows, and on rows of 14 its 12 x 2 tile was 11% faster: (8,14,14,64->64, 7x7)
+/// 1.66-1.71 vs 1.87-1.90 ms), where the 3-vector tile does not take the filters. The choice of
 /// the direct forward for its kernel's panels (select_forward) asks the same.
 template <typename T>
 inline bool direct_s1_two_for(const ConvKernels<T>& cfg, const Conv2dGeometry& g) {
