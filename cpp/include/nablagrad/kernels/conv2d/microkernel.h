@@ -1063,8 +1063,7 @@ template <typename T>
 inline DwS1Kernels<T> dw_s1_kernels(const ConvKernels<T>& cfg, int64_t FW) {
   DwS1Kernels<T> k;
 #if NABLAGRAD_X86
-  if (cfg.level == SimdLevel::AVX512 && cfg.NR == 2 * VecAvx512<T>::W && FW == 7)
-    k = {1, 24, {nullptr, &dw_s1_kernel_avx512<T, 7, 1, 2>}};
+  if (direct_s1_two(cfg, FW)) k = {1, 24, {nullptr, &dw_s1_kernel_avx512<T, 7, 1, 2>}};
   if (one_vector_avx512(cfg)) {
     if (FW == 3)
       k = {5, 16, {nullptr, &dw_s1_kernel_avx512<T, 3, 1>, &dw_s1_kernel_avx512<T, 3, 2>, &dw_s1_kernel_avx512<T, 3, 3>,
