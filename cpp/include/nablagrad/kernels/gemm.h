@@ -178,32 +178,21 @@ struct GemmConfig {
 };
 
 // ---------------------------------------------------------------------------------------
-// Portable micro-kernel: fixed-size loops the compiler unrolls and vectorises.
+// Portable micro-kernel: the portable register tile (vec.h's PortableTile).
 // ---------------------------------------------------------------------------------------
 template <typename T, int MR, int NR>
 inline void micro_kernel_portable(int64_t kc, const T* Ap, const T* Bp, T* C, int64_t ldc,
                                   bool add, const T* bias) {
-  T acc[MR][NR];
-  for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < NR; ++j) acc[i][j] = T(0);
+  PortableTile<T, MR, NR> tile;
   for (int64_t k = 0; k < kc; ++k) {
-    const T* a = Ap + k * MR;
-    const T* b = Bp + k * NR;
-    for (int i = 0; i < MR; ++i) {
-      const T ai = a[i];
-      for (int j = 0; j < NR; ++j) acc[i][j] += ai * b[j];
-    }
+    T a[MR];
+    for (int i = 0; i < MR; ++i) a[i] = Ap[k * MR + i];
+    tile.step(a, Bp + k * NR);
   }
-  for (int i = 0; i < MR; ++i) {
-    T* c = C + i * ldc;
-    if (add) {
-      for (int j = 0; j < NR; ++j) c[j] = c[j] + acc[i][j];
-    } else if (bias) {
-      for (int j = 0; j < NR; ++j) c[j] = bias[j] + acc[i][j];
-    } else {
-      for (int j = 0; j < NR; ++j) c[j] = acc[i][j];
-    }
-  }
+  if (add)
+    tile.add_to(C, ldc);
+  else
+    tile.store_to(C, ldc, bias);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -112,17 +112,13 @@ inline int64_t smallc_dx_np(int64_t C) { return C == 1 ? 8 : C == 2 ? 4 : 2; }
 template <typename T, int MR, int NR>
 inline void micro_kernel_portable(int64_t depth, const T* a, int64_t a_rs, int64_t a_cs,
                                   const T* b, T* c, int64_t ldc) {
-  T acc[MR][NR] = {};
+  PortableTile<T, MR, NR> tile;
   for (int64_t d = 0; d < depth; ++d) {
-    const T* bd = b + d * NR;
-    const T* ad = a + d * a_cs;
-    for (int64_t i = 0; i < MR; ++i) {
-      const T ai = ad[i * a_rs];
-      for (int64_t j = 0; j < NR; ++j) acc[i][j] += ai * bd[j];
-    }
+    T ad[MR];
+    for (int i = 0; i < MR; ++i) ad[i] = a[i * a_rs + d * a_cs];
+    tile.step(ad, b + d * NR);
   }
-  for (int64_t i = 0; i < MR; ++i)
-    for (int64_t j = 0; j < NR; ++j) c[i * ldc + j] += acc[i][j];
+  tile.add_to(c, ldc);
 }
 
 // C[MR x NR] += A B where depth step d's column of A is MR consecutive values at its own
@@ -131,17 +127,13 @@ inline void micro_kernel_portable(int64_t depth, const T* a, int64_t a_rs, int64
 template <typename T, int64_t MR, int64_t NR>
 inline void column_kernel_portable(int64_t depth, const T* const* cols, int64_t off,
                                    const T* b, T* c, int64_t ldc) {
-  T acc[MR][NR] = {};
+  PortableTile<T, static_cast<int>(MR), static_cast<int>(NR)> tile;
   for (int64_t d = 0; d < depth; ++d) {
-    const T* bd = b + d * NR;
-    const T* ad = cols[d] + off;
-    for (int64_t i = 0; i < MR; ++i) {
-      const T ai = ad[i];
-      for (int64_t j = 0; j < NR; ++j) acc[i][j] += ai * bd[j];
-    }
+    T ad[MR];
+    for (int64_t i = 0; i < MR; ++i) ad[i] = cols[d][off + i];
+    tile.step(ad, b + d * NR);
   }
-  for (int64_t i = 0; i < MR; ++i)
-    for (int64_t j = 0; j < NR; ++j) c[i * ldc + j] += acc[i][j];
+  tile.add_to(c, ldc);
 }
 
 // Stores a finished register tile: dst[i*ldd + j] = out[i*ldo + j] (+ bias[j]) for i < rows,
@@ -368,14 +360,6 @@ __attribute__((target("avx2,fma"))) inline void narrow_row_avx2(const double* co
 }
 #endif
 
-// out[i*ldo + j] = acc[i][j] (+ bias[j]) for the whole MR x NR tile: the direct and indirect
-// kernels' stores.
-template <typename T, int MR, int NR>
-inline void store_acc_portable(const T (&acc)[MR][NR], T* out, int64_t ldo, const T* bias) {
-  for (int64_t i = 0; i < MR; ++i)
-    for (int64_t j = 0; j < NR; ++j) out[i * ldo + j] = bias ? acc[i][j] + bias[j] : acc[i][j];
-}
-
 // Direct micro-kernel for the small-depth forward pass (no im2col copy): the A operand is read
 // straight from the zero-padded input, the depth being nh kernel rows of len = FW*C
 // contiguous values each:
@@ -389,19 +373,17 @@ inline void store_acc_portable(const T (&acc)[MR][NR], T* out, int64_t ldo, cons
 template <typename T, int MR, int NR>
 inline void direct_kernel_portable(int64_t nh, int64_t len, const T* a, int64_t a_rs,
                                    int64_t a_hs, const T* b, T* out, int64_t ldo, const T* bias) {
-  T acc[MR][NR] = {};
+  PortableTile<T, MR, NR> tile;
   for (int64_t h = 0; h < nh; ++h) {
     const T* ah = a + h * a_hs;
     const T* bh = b + h * len * NR;
     for (int64_t d = 0; d < len; ++d) {
-      const T* bd = bh + d * NR;
-      for (int64_t i = 0; i < MR; ++i) {
-        const T ai = ah[i * a_rs + d];
-        for (int64_t j = 0; j < NR; ++j) acc[i][j] += ai * bd[j];
-      }
+      T ad[MR];
+      for (int i = 0; i < MR; ++i) ad[i] = ah[i * a_rs + d];
+      tile.step(ad, bh + d * NR);
     }
   }
-  store_acc_portable<T, MR, NR>(acc, out, ldo, bias);
+  tile.store_to(out, ldo, bias);
 }
 
 // Indirect micro-kernel: the direct kernel's sum, but the run of kernel row h of pixel i
@@ -415,19 +397,17 @@ inline void direct_kernel_portable(int64_t nh, int64_t len, const T* a, int64_t 
 template <typename T, int MR, int NR>
 inline void indirect_kernel_portable(int64_t nh, int64_t len, const T* const* rows, const T* b,
                                      T* out, int64_t ldo, const T* bias) {
-  T acc[MR][NR] = {};
+  PortableTile<T, MR, NR> tile;
   for (int64_t h = 0; h < nh; ++h) {
     const T* const* rh = rows + h * MR;
     const T* bh = b + h * len * NR;
     for (int64_t d = 0; d < len; ++d) {
-      const T* bd = bh + d * NR;
-      for (int64_t i = 0; i < MR; ++i) {
-        const T ai = rh[i][d];
-        for (int64_t j = 0; j < NR; ++j) acc[i][j] += ai * bd[j];
-      }
+      T ad[MR];
+      for (int i = 0; i < MR; ++i) ad[i] = rh[i][d];
+      tile.step(ad, bh + d * NR);
     }
   }
-  store_acc_portable<T, MR, NR>(acc, out, ldo, bias);
+  tile.store_to(out, ldo, bias);
 }
 
 #if NABLAGRAD_X86
