@@ -610,6 +610,49 @@ void test_direct_s1_two() {
   }
 }
 
+// Stride 1 without left or right padding, on output rows that the direct kernel's blocks cover
+// badly: the indirect kernel, which walks the pixels flat across rows (select_forward). LeNet's
+// second layer (64,14,14,6->16, 5x5), rows of 10: at AVX-512 two blocks of 8 of the 24 x 1
+// tile, on the portable 6-row tile two blocks of 6 (12 pixels) -> indirect; at AVX2 a block of
+// 6 and one of 4 (no waste) -> direct. Kept direct at every level: the same with padding
+// (border copies for every pixel), and at AVX-512 rows of 26 (a stride-1 block of 24 + 8) and
+// of 14 (16 = 1.14 x 14). The indirect kernel sums in the direct kernel's order: the same bits.
+void test_indirect_short_rows() {
+  // (16 images: 1600 output pixels, past the 800 that go to the GEMM.)
+  const auto lenet = make_conv2d_geometry(16, 14, 14, 6, 16, 5, 5, 6, 1, 1, 0, 0, 0, 0);
+  const auto padded = make_conv2d_geometry(16, 9, 9, 6, 16, 5, 5, 6, 1, 1, 2, 2, 2, 2);
+  for (int level = 0; level <= static_cast<int>(nablagrad::cpu_simd_level()); ++level) {
+    const auto lv = static_cast<SimdLevel>(level);
+    nablagrad::set_simd_level(lv);
+    const char* expect = lv == SimdLevel::AVX2 ? "direct" : "indirect";
+    CHECK(std::string(conv_kernel_choice<float>(lenet).forward) == expect);
+    CHECK(std::string(conv_kernel_choice<float>(padded).forward) == "direct");
+    if (lv == SimdLevel::AVX512) {
+      CHECK(std::string(conv_kernel_choice<float>(make_conv2d_geometry(16, 30, 30, 6, 16, 5, 5, 6, 1, 1, 0, 0, 0, 0)).forward) == "direct");
+      CHECK(std::string(conv_kernel_choice<float>(make_conv2d_geometry(16, 18, 18, 6, 16, 5, 5, 6, 1, 1, 0, 0, 0, 0)).forward) == "direct");
+    }
+    // The same bits by either kernel, float and double (a few filters past a panel too).
+    for (int64_t q : {16, 20}) {
+      const auto g = make_conv2d_geometry(3, 14, 14, 6, q, 5, 5, 6, 1, 1, 1, 0, 0, 0);
+      const Case<float> cf = make_case<float>(g, 61);
+      const Case<double> cd = make_case<double>(g, 62);
+      auto both = [&g](const auto& c) {
+        using T = typename std::decay_t<decltype(c.x)>::value_type;
+        const auto cfg = conv_kernels_for_width<T>(g.Q);
+        std::vector<T> y0(static_cast<size_t>(g.N * g.Ho * g.Wo * g.Q), T(7)), y1 = y0;
+        conv_detail::forward_direct(cfg, g, c.x.data(), c.w.data(), c.b.data(), y0.data());
+        conv_detail::forward_indirect(cfg, g, c.x.data(), c.w.data(), c.b.data(), y1.data());
+        CHECK(bitwise_equal(y0, y1));
+      };
+      both(cf);
+      both(cd);
+    }
+  }
+  nablagrad::set_simd_level(nablagrad::cpu_simd_level());
+  check_everywhere<double>(lenet, 1e-12, 63);
+  check_everywhere<float>(lenet, 2e-5, 64);
+}
+
 // The direct kernel with its pixel stride fixed at compile time (direct_kernel_for: floats,
 // AVX-512's 12- and 14-row and AVX2's 6-row 2-vector tiles, strides 1, 2, 3, 4, 6, 8, 12): chosen for exactly
 // those, the same bits as the runtime-stride kernel (with and without bias, a wider output
@@ -1533,6 +1576,7 @@ int main() {
   RUN_TEST(test_backward_input_phases_direct);
   RUN_TEST(test_direct_three);
   RUN_TEST(test_direct_s1_two);
+  RUN_TEST(test_indirect_short_rows);
   RUN_TEST(test_backward_input_phases_gather);
   RUN_TEST(test_indirect_big_panel);
   RUN_TEST(test_forward_gemm);

@@ -270,7 +270,7 @@ def test_conv_algorithm_settings_agree(name, shape, restore_conv_algorithm):
 FLIPPED_DIRECT = [  # stride 1, a direct-sized flipped kernel: dX runs the forward's direct kernel
     (2, 13, 11, 16, 16, 5, 5, 1, 2),            # the benchmark's 5x5 family
     (1, 9, 10, 12, 20, 4, 4, 1, "same"),        # even kernel: padding (1, 2) on each axis
-    (2, 8, 9, 16, 8, 4, 2, 1, (0, 1)),          # no padding on one axis (F-1 on the flipped one)
+    (2, 8, 9, 16, 8, 4, 2, 1, (1, 0)),          # no padding on one axis (F-1 on the flipped one)
     (3, 7, 7, 24, 32, 3, 5, 1, "valid"),
 ]
 

@@ -379,6 +379,20 @@ inline ForwardKernel select_forward(const Conv2dGeometry& g, const conv_detail::
   // 0.57); shorter runs (the 7x7 C = 3 first layer: 21 values) do not pay for the pointer
   // table and keep the direct kernel (0.33 vs 0.43 ms).
   if (indirect_ok && (g.stride_h > 1 || g.stride_w > 1) && g.FW * g.C >= 32) return indirect;
+  // Stride 1 without left or right padding (so no border copies in the pointer table), on
+  // output rows that the direct kernel covers badly: no whole block of a stride-1 kernel, and
+  // blocks spanning at least 1.2 Wo pixels (the indirect kernel walks the pixels flat across
+  // rows). Same sums in the same order (h, kx, c), so the same bits. AVX-512, 2 threads, C++,
+  // ms, direct -> indirect: LeNet's (64,14,14,6->16, 5x5; rows of 10 in two blocks of 8)
+  // 0.211 -> 0.151, (64,16,16,6->16) 0.261 -> 0.217, (64,12,12,6->16, 3x3) 0.085 -> 0.066,
+  // (64,14,14,6->32; one block of 12) 0.258-0.267 -> 0.237-0.239; kept: (64,18,18,6->16;
+  // rows of 14 in 16) 0.314 either way, (64,30,30,6->16; 24 + 8 for 26) 0.97 vs 1.06, and
+  // with padding (64,9,9,6->16, 5x5 P 2) 0.168 vs 0.208, (64,12,12,6->16, 3x3 P 1) 0.107 vs
+  // 0.132 (every pixel a border pixel).
+  if (indirect_ok && g.stride_w == 1 && g.pad_left == 0 && g.pad_right == 0) {
+    const conv_detail::DirectForwardPlan<T> plan = conv_detail::direct_forward_plan(cfg, g);
+    if ((plan.rb.full == 0 || plan.s1 == nullptr) && plan.rb.span * 5 >= g.Wo * 6) return indirect;
+  }
   // Direct from a zero-padded copy of the input (no im2col: each input value is read in place
   // by all the taps that use it) when the depth is small (C = 1..3 first layers) or the packed
   // kernel panel K x NR still fits in ~64 KiB (e.g. 5x5 on 16 channels: measured 3.5 vs 6.3 ms

@@ -46,6 +46,45 @@ inline bool direct_s1_two_for(const ConvKernels<T>& cfg, const Conv2dGeometry& g
   return g.stride_w == 1 && g.Wo >= 24 && direct_s1_two(cfg, g.FW) && !use_direct_three(cfg, g.Q);
 }
 
+/// What forward_direct runs for g on the kernels cfg_in: the tile (cfg: the 3-vector tile where
+/// the filters fill its panels, use_direct_three; the blocks of 8 and 4 of the 2-vector
+/// stride-1 kernel where direct_s1_two_for), the stride-1 kernels that broadcast each input
+/// value once (s1 for blocks of cfg.MR, s1_tail for the tails; nullptr where there are none)
+/// and the blocks of an output row (rb).
+template <typename T>
+struct DirectForwardPlan {
+  ConvKernels<T> cfg;
+  DirectS1Kernel<T> s1 = nullptr, s1_tail = nullptr;
+  DirectRowBlocks rb{};
+};
+template <typename T>
+inline DirectForwardPlan<T> direct_forward_plan(const ConvKernels<T>& cfg_in, const Conv2dGeometry& g) {
+  DirectForwardPlan<T> p;
+  // Filters that fill 3-vector panels: the 8 x 3-vector tile (use_direct_three), also over
+  // the 24 x 1-vector tile's stride-1 kernel below. Else where the 2-vector stride-1 kernel
+  // applies (7 wide): its blocks of 8 pixels, the rest of a row in its blocks of 4 (s1_tail),
+  // no direct blocks.
+  const bool two = direct_s1_two_for(cfg_in, g);
+  p.cfg = use_direct_three(cfg_in, g.Q) ? with_direct_three(cfg_in) : cfg_in;
+  // Stride 1 and a tile that has one: the kernel that broadcasts each input value once.
+  p.s1 = g.stride_w == 1 ? direct_s1_kernel(p.cfg, g.FW) : nullptr;
+#if NABLAGRAD_X86
+  if (two) {
+    p.cfg.MR = kDirectS1TwoRows;
+    p.cfg.MR_direct_tail = kDirectS1TwoTail;
+    p.cfg.MR_direct_wide = 0;
+    p.s1 = &direct_s1_two_kernel_avx512<T, 7>;
+    p.s1_tail = &direct_s1_two_kernel_avx512<T, 7, static_cast<int>(kDirectS1TwoTail)>;
+  }
+#endif
+  // Each output row in blocks of MR pixels, the last ones of MR_direct_tail where the tile
+  // has a shorter variant (beside s1, the remainder past its whole blocks: the tails then sum
+  // in the direct kernel's order, (h, kx, c), where s1 sums (h, c, kx)).
+  p.rb = p.s1 ? direct_row_blocks_s1(g.Wo, p.cfg.MR, p.cfg.MR_direct_tail)
+              : direct_row_blocks(g.Wo, p.cfg.MR, p.cfg.MR_direct_tail, p.cfg.MR_direct_wide);
+  return p;
+}
+
 // Direct forward (small depth K = FH*FW*C, or a K x NR kernel panel of <= 64 KiB; at least
 // NR/4 filters; the choice is in select.h): no im2col. Each task of output rows copies the
 // input rows it reads into a zero-padded buffer of its thread (extra zero columns on the
@@ -58,23 +97,10 @@ inline bool direct_s1_two_for(const ConvKernels<T>& cfg, const Conv2dGeometry& g
 template <typename T>
 void forward_direct(const ConvKernels<T>& cfg_in, const Conv2dGeometry& g, const T* x, const T* w,
                     const T* bias, T* y) {
-  // Filters that fill 3-vector panels: the 8 x 3-vector tile (use_direct_three), also over
-  // the 24 x 1-vector tile's stride-1 kernel below. Else where the 2-vector stride-1 kernel
-  // applies (7 wide): its blocks of 8 pixels, the rest of a row in its blocks of 4 (s1_tail),
-  // no direct blocks.
-  const bool two = direct_s1_two_for(cfg_in, g);
-  ConvKernels<T> cfg = use_direct_three(cfg_in, g.Q) ? with_direct_three(cfg_in) : cfg_in;
-  // Stride 1 and a tile that has one: the kernel that broadcasts each input value once.
-  DirectS1Kernel<T> s1 = g.stride_w == 1 ? direct_s1_kernel(cfg, g.FW) : nullptr, s1_tail = nullptr;
-#if NABLAGRAD_X86
-  if (two) {
-    cfg.MR = kDirectS1TwoRows;
-    cfg.MR_direct_tail = kDirectS1TwoTail;
-    cfg.MR_direct_wide = 0;
-    s1 = &direct_s1_two_kernel_avx512<T, 7>;
-    s1_tail = &direct_s1_two_kernel_avx512<T, 7, static_cast<int>(kDirectS1TwoTail)>;
-  }
-#endif
+  const DirectForwardPlan<T> plan = direct_forward_plan(cfg_in, g);
+  const ConvKernels<T>& cfg = plan.cfg;
+  const DirectS1Kernel<T> s1 = plan.s1, s1_tail = plan.s1_tail;
+  const DirectRowBlocks& rb = plan.rb;
   const int64_t NR = cfg.NR, MR = cfg.MR;
   const int64_t C = g.C, FH = g.FH, FW = g.FW, Q = g.Q, S_h = g.stride_h, S_w = g.stride_w;
   const int64_t len = FW * C, K = FH * len;
@@ -83,11 +109,6 @@ void forward_direct(const ConvKernels<T>& cfg_in, const Conv2dGeometry& g, const
   PackedB<T> B;
   B.pack_strided(cfg, K, Q, w, 1, K);
   const int64_t panels = (Q + NR - 1) / NR;
-  // Each output row in blocks of MR pixels, the last ones of MR_direct_tail where the tile
-  // has a shorter variant (beside s1, the remainder past its whole blocks: the tails then sum
-  // in the direct kernel's order, (h, kx, c), where s1 sums (h, c, kx)).
-  const DirectRowBlocks rb = s1 ? direct_row_blocks_s1(g.Wo, MR, cfg.MR_direct_tail)
-                                : direct_row_blocks(g.Wo, MR, cfg.MR_direct_tail, cfg.MR_direct_wide);
   const DirectKernel<T> direct = direct_kernel_for(cfg, rb.mr, S_w * C);
   const int64_t row_work = std::max<int64_t>(1, g.Wo * Q * K);
   // Tasks of consecutive output rows (>= ~64K multiply-adds, at most ~64 tasks), claimed
