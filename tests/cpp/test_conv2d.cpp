@@ -653,6 +653,37 @@ void test_indirect_short_rows() {
   check_everywhere<float>(lenet, 2e-5, 64);
 }
 
+// Strided first layers with wide kernels (FW >= 7 on <= 8 channels, runs of >= 32 values) keep
+// the direct forward on a packed panel of up to 64 KiB, its depth past KC (AlexNet's 11x11 on
+// 3 channels: 363), where the output rows fill its blocks; 5x5 on 8 channels and rows the
+// blocks cover badly take the indirect kernel (select_forward). Right at every level and
+// thread count, float and double.
+void test_direct_wide_first_layers() {
+  const auto alexnet = make_conv2d_geometry(8, 224, 224, 3, 64, 11, 11, 3, 4, 4, 2, 2, 2, 2);
+  for (int level = 0; level <= static_cast<int>(nablagrad::cpu_simd_level()); ++level) {
+    nablagrad::set_simd_level(static_cast<SimdLevel>(level));
+    CHECK(std::string(conv_kernel_choice<float>(alexnet).forward) == "direct");
+    CHECK(std::string(conv_kernel_choice<double>(alexnet).forward) == "direct");
+    CHECK(std::string(conv_kernel_choice<float>(make_conv2d_geometry(8, 112, 112, 6, 32, 7, 7, 6, 2, 2, 3, 3, 3, 3)).forward) ==
+          "direct");
+    CHECK(std::string(conv_kernel_choice<float>(make_conv2d_geometry(8, 64, 64, 8, 64, 5, 5, 8, 2, 2, 2, 2, 2, 2)).forward) ==
+          "indirect");
+    if (static_cast<SimdLevel>(level) == SimdLevel::AVX512)  // rows of 24 pixels for 17
+      CHECK(std::string(conv_kernel_choice<float>(make_conv2d_geometry(4, 72, 72, 3, 16, 11, 11, 3, 4, 4, 2, 2, 2, 2)).forward) ==
+            "indirect");
+  }
+  nablagrad::set_simd_level(nablagrad::cpu_simd_level());
+  const Conv2dGeometry shapes[] = {
+      make_conv2d_geometry(5, 60, 60, 3, 32, 11, 11, 3, 4, 4, 2, 2, 2, 2),  // K = 363, rows of 14
+      make_conv2d_geometry(4, 32, 32, 6, 40, 7, 7, 6, 2, 2, 3, 3, 3, 3),    // K = 294, 40 filters
+      make_conv2d_geometry(2, 45, 37, 4, 32, 9, 9, 4, 2, 3, 4, 3, 2, 5)};   // uneven strides and pads
+  for (const Conv2dGeometry& g : shapes) {
+    CHECK(std::string(conv_kernel_choice<float>(g).forward) == "direct");
+    check_everywhere<double>(g, 1e-12, 65);
+    check_everywhere<float>(g, 1e-4, 66);
+  }
+}
+
 // The direct kernel with its pixel stride fixed at compile time (direct_kernel_for: floats,
 // AVX-512's 12- and 14-row and AVX2's 6-row 2-vector tiles, strides 1, 2, 3, 4, 6, 8, 12): chosen for exactly
 // those, the same bits as the runtime-stride kernel (with and without bias, a wider output
@@ -1577,6 +1608,7 @@ int main() {
   RUN_TEST(test_direct_three);
   RUN_TEST(test_direct_s1_two);
   RUN_TEST(test_indirect_short_rows);
+  RUN_TEST(test_direct_wide_first_layers);
   RUN_TEST(test_backward_input_phases_gather);
   RUN_TEST(test_indirect_big_panel);
   RUN_TEST(test_forward_gemm);

@@ -378,7 +378,17 @@ inline ForwardKernel select_forward(const Conv2dGeometry& g, const conv_detail::
   // is 4x the output ((16,32,32,16->32, S2) 0.29 -> 0.23 ms, (16,32,32,24->48, S2) 0.72 ->
   // 0.57); shorter runs (the 7x7 C = 3 first layer: 21 values) do not pay for the pointer
   // table and keep the direct kernel (0.33 vs 0.43 ms).
-  if (indirect_ok && (g.stride_h > 1 || g.stride_w > 1) && g.FW * g.C >= 32) return indirect;
+  // But first layers with wide kernels (FW >= 7 on <= 8 channels: the kernel's depth is long
+  // against the input each output pixel adds) keep the direct kernel, on a packed panel of up
+  // to 64 KiB (below). 2 threads, C++, ms, indirect -> direct, AVX-512: AlexNet's
+  // (8,224,224,3->64, 11x11 S 4) 3.77-3.88 -> 3.56-3.60, (8,224,224,3->32) 2.14 -> 1.85,
+  // (8,112,112,4->32, 9x9 S 2) 1.91 -> 1.59, (8,112,112,6->32, 7x7 S 2) 1.62 -> 1.42,
+  // (8,56,56,8->32, 7x7 S 2) 0.55 -> 0.49; AVX2 5.86 -> 5.84, 2.85 -> 2.56, 2.45 -> 2.33,
+  // 0.82 -> 0.80. Not 5x5 on 8 channels: (8,64,64,8->64, 5x5 S 2) 0.69 vs 0.71, AVX2 1.07
+  // vs 1.12. Nor where the direct kernel's blocks cover the output rows badly (spanning
+  // >= 1.2 Wo pixels: (2,40,40,3->16, 11x11 S 4), rows of 9 in a block of 24, 0.027 vs 0.031).
+  const bool wide_first = g.FW >= 7 && g.C <= 8 && conv_detail::direct_forward_plan(cfg, g).rb.span * 5 < g.Wo * 6;
+  if (indirect_ok && (g.stride_h > 1 || g.stride_w > 1) && g.FW * g.C >= 32 && !wide_first) return indirect;
   // Stride 1 without left or right padding (so no border copies in the pointer table), on
   // output rows that the direct kernel covers badly: no whole block of a stride-1 kernel, and
   // blocks spanning at least 1.2 Wo pixels (the indirect kernel walks the pixels flat across
@@ -408,7 +418,7 @@ inline ForwardKernel select_forward(const Conv2dGeometry& g, const conv_detail::
   // (8,32,32,64->64) 8.4 -> 7.5-7.9, 8.6-8.7 -> 7.7-7.9; (8,28,28,32->32) 1.74-1.76 ->
   // 1.61-1.63, 1.81-1.83 -> 1.64-1.71; (8,32,32,16->32) 1.13-1.15 -> 1.01-1.02.
   const bool direct_panel_fits =
-      g.stride_h == 1 && g.stride_w == 1 &&
+      ((g.stride_h == 1 && g.stride_w == 1) || wide_first) &&
       conv_detail::panel_fits<T>(K, cfg.NR, (conv_detail::direct_s1_two_for(cfg, g) ? 512 : 64) << 10);
   if ((K <= cfg.KC || direct_panel_fits) && g.Q * 4 > cfg.NR &&
       conv_detail::padded_copy_is_small(g, g.H + g.pad_top + g.pad_bottom,
