@@ -684,6 +684,56 @@ void test_direct_wide_first_layers() {
   }
 }
 
+// The 1-vector AVX2 direct tiles (use_direct_one, with_direct_one; 12, 14 and 4 ymm rows) for
+// outputs of at most one AVX2 vector: the direct forward of 5-8 filters (3-4 in double) ahead of
+// the narrow kernel where its runs are short, and the strided input gradient's phases of <= 8
+// channels. The choices at each level, the plan's tile, and shapes whose rows take each of the
+// three tiles against the oracle at every level and thread count.
+void test_direct_one_vector() {
+  const auto lenet = make_conv2d_geometry(3, 28, 28, 1, 6, 5, 5, 1, 1, 1, 0, 0, 0, 0);    // rows of 24: 12 + 12
+  const auto rows17 = make_conv2d_geometry(2, 20, 17, 4, 8, 5, 5, 4, 1, 1, 2, 2, 2, 2);   // 17: 14 + 4
+  const auto first = make_conv2d_geometry(2, 30, 30, 3, 7, 7, 7, 3, 2, 2, 3, 3, 3, 3);    // strided first layer
+  const auto odd = make_conv2d_geometry(2, 18, 31, 5, 6, 3, 3, 5, 1, 1, 1, 1, 1, 1);      // dX flipped: 5 channels
+  const auto phases8 = make_conv2d_geometry(2, 28, 28, 8, 24, 7, 7, 8, 2, 2, 0, 0, 0, 0);  // dX phases of 14: 14
+  const auto phases6 = make_conv2d_geometry(2, 29, 27, 6, 16, 3, 3, 6, 2, 2, 1, 1, 1, 1);  // of 15 and 14
+  const auto long_runs = make_conv2d_geometry(2, 20, 20, 24, 8, 7, 7, 24, 1, 1, 0, 0, 0, 0);  // FW*C = 168 >= 160
+  const auto four = make_conv2d_geometry(2, 20, 20, 3, 4, 5, 5, 3, 1, 1, 2, 2, 2, 2);
+  for (int level = 0; level <= static_cast<int>(nablagrad::cpu_simd_level()); ++level) {
+    const auto lv = static_cast<SimdLevel>(level);
+    nablagrad::set_simd_level(lv);
+    const auto f8 = conv_kernels_for_width<float>(8), f9 = conv_kernels_for_width<float>(9);
+    const auto d4 = conv_kernels_for_width<double>(4);
+    if (lv == SimdLevel::Portable) {
+      CHECK(!conv_detail::use_direct_one(f8, 8) && !conv_detail::use_direct_one(d4, 4));
+      continue;
+    }
+    CHECK(conv_detail::use_direct_one(f8, 8) && !conv_detail::use_direct_one(f9, 9));
+    CHECK(conv_detail::use_direct_one(d4, 4) && !conv_detail::use_direct_one(conv_kernels_for_width<double>(5), 5));
+    CHECK(conv_detail::with_direct_one(f8).NR == 8 && conv_detail::with_direct_one(d4).NR == 4);
+    for (const auto* g : {&lenet, &rows17, &first, &odd})
+      CHECK(std::string(conv_kernel_choice<float>(*g).forward) == "direct");
+    CHECK(conv_detail::direct_forward_plan(conv_kernels_for_width<float>(6), lenet).cfg.NR == 8);
+    const auto rb17 = conv_detail::direct_forward_plan(f8, rows17).rb;
+    CHECK(rb17.mr == conv_detail::kDirectOneWideRows && rb17.full == 1 && rb17.tails == 1);
+    CHECK(std::string(conv_kernel_choice<float>(odd).backward_input) == "flipped_direct");
+    CHECK(std::string(conv_kernel_choice<float>(phases8).backward_input) == "phases_direct");
+    CHECK(std::string(conv_kernel_choice<float>(phases6).backward_input) == "phases_direct");
+    CHECK(std::string(conv_kernel_choice<float>(long_runs).forward) == "narrow");
+    // 5 filters: runs of 39 values direct, 48 narrow (the limit is 40).
+    CHECK(std::string(conv_kernel_choice<float>(make_conv2d_geometry(2, 12, 12, 13, 5, 3, 3, 13, 1, 1, 1, 1, 1, 1)).forward) ==
+          "direct");
+    CHECK(std::string(conv_kernel_choice<float>(make_conv2d_geometry(2, 12, 12, 16, 5, 3, 3, 16, 1, 1, 1, 1, 1, 1)).forward) ==
+          "narrow");
+    CHECK(std::string(conv_kernel_choice<float>(four).forward) == "narrow");
+    CHECK(std::string(conv_kernel_choice<double>(four).forward) == "direct");
+  }
+  nablagrad::set_simd_level(nablagrad::cpu_simd_level());
+  for (const auto* g : {&lenet, &rows17, &first, &odd, &phases8, &phases6, &four}) {
+    check_everywhere<double>(*g, 1e-12, 67);
+    check_everywhere<float>(*g, 1e-4, 68);
+  }
+}
+
 // The direct kernel with its pixel stride fixed at compile time (direct_kernel_for: floats,
 // AVX-512's 12- and 14-row and AVX2's 6-row 2-vector tiles, strides 1, 2, 3, 4, 6, 8, 12): chosen for exactly
 // those, the same bits as the runtime-stride kernel (with and without bias, a wider output
@@ -989,7 +1039,9 @@ void check_nan_reaches_its_windows(const Conv2dGeometry& g, uint32_t seed) {
 // FW, uneven strides and paddings, whole output rows in the padding, 1x1, a last partial
 // block of pixels, several blocks and chunks; at every level (the choice is checked at
 // each), bitwise across thread counts, and NaN reaching exactly the outputs whose windows
-// hold it.
+// hold it. (5-8 float or 3-4 double filters take the narrow kernel on runs of at least 20
+// values per filter past half an AVX2 vector, or where the direct forward does not apply:
+// test_direct_one_vector.)
 void test_narrow() {
   struct Case {
     Conv2dGeometry g;
@@ -1003,7 +1055,7 @@ void test_narrow() {
       {make_conv2d_geometry(2, 12, 9, 16, 3, 3, 3, 16, 1, 1, 1, 1, 1, 1), true, true},   // runs of 48
       {make_conv2d_geometry(2, 7, 8, 33, 4, 3, 3, 33, 2, 2, 3, 1, 2, 0), true, true},    // 99; rows of bias alone
       {make_conv2d_geometry(2, 9, 9, 20, 5, 3, 3, 20, 1, 1, 1, 1, 1, 1), false, true},   // 4 + 1 filters
-      {make_conv2d_geometry(3, 6, 10, 24, 7, 3, 3, 24, 1, 2, 0, 1, 1, 1), false, true},  // 4 + 3
+      {make_conv2d_geometry(3, 6, 10, 48, 7, 3, 3, 48, 1, 2, 0, 1, 1, 1), false, true},  // 4 + 3
       {make_conv2d_geometry(1, 11, 11, 40, 8, 2, 4, 40, 1, 1, 1, 0, 2, 1), false, true}, // 4 + 4, FW even
       {make_conv2d_geometry(4, 7, 9, 24, 2, 1, 1, 24, 1, 1, 0, 0, 0, 0), true, true},    // 1x1, 2 filters
       {make_conv2d_geometry(5, 17, 19, 9, 2, 3, 3, 9, 1, 1, 1, 1, 1, 1), true, true},    // 1615 pixels: 7 chunks
@@ -1048,12 +1100,13 @@ void test_narrow() {
   nablagrad::set_simd_level(nablagrad::cpu_simd_level());
   check_everywhere<float>(pw_wide, 2e-5, 298);
   // The stride-1 input gradient of layers with few channels: the narrow forward on the
-  // flipped geometry (C = 3..8 of dX's filters; C <= 2 keeps smallc), uneven paddings, a 5x3
-  // kernel, padding as deep as the kernel (zero rows of dX), NaN.
+  // flipped geometry (C = 3..8 of dX's filters, runs FW*Q long enough for C = 5..8; C <= 2
+  // keeps smallc), uneven paddings, a 5x3 kernel, padding as deep as the kernel (zero
+  // rows of dX), NaN.
   const Conv2dGeometry few_channels[] = {
-      make_conv2d_geometry(2, 9, 10, 8, 40, 3, 3, 8, 1, 1, 1, 1, 1, 1),
+      make_conv2d_geometry(2, 9, 10, 8, 56, 3, 3, 8, 1, 1, 1, 1, 1, 1),
       make_conv2d_geometry(3, 11, 9, 4, 32, 3, 3, 4, 1, 1, 2, 0, 1, 2),
-      make_conv2d_geometry(2, 8, 12, 6, 24, 5, 3, 6, 1, 1, 2, 2, 0, 1),
+      make_conv2d_geometry(2, 8, 12, 6, 48, 5, 3, 6, 1, 1, 2, 2, 0, 1),
       make_conv2d_geometry(2, 7, 7, 3, 16, 3, 3, 3, 1, 1, 0, 0, 0, 0)};
   for (const Conv2dGeometry& g : few_channels) {
     for (int level = 1; level <= static_cast<int>(nablagrad::cpu_simd_level()); ++level) {
@@ -1609,6 +1662,7 @@ int main() {
   RUN_TEST(test_direct_s1_two);
   RUN_TEST(test_indirect_short_rows);
   RUN_TEST(test_direct_wide_first_layers);
+  RUN_TEST(test_direct_one_vector);
   RUN_TEST(test_backward_input_phases_gather);
   RUN_TEST(test_indirect_big_panel);
   RUN_TEST(test_forward_gemm);

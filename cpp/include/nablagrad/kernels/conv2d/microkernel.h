@@ -43,6 +43,9 @@ constexpr int64_t kSmallCAccStride = 32;
 // Rows (output pixels) of the AVX-512 one-vector tile (24 x 1 vector: its direct, indirect and
 // stride-1 kernels); winograd_preferred's 5x5 rule counts how well output rows fill it.
 constexpr int kAvx512OneVectorRows = 24;
+// The rows of the 1-vector AVX2 direct tiles (ConvKernels::direct_one): 12 or 14 sums, the
+// panel's vector and a broadcast in AVX2's 16 registers; 4 for the tails.
+constexpr int kDirectOneRows = 12, kDirectOneWideRows = 14, kDirectOneTailRows = 4;
 
 #if NABLAGRAD_X86
 // Prefetches into L1 the line `bytes` past p. The address is formed as an integer, not as
@@ -825,6 +828,12 @@ struct ConvKernels {
   // where the row has none), for outputs in whole panels of it (use_direct_three): the direct
   // forward's filters, the strided input gradient's channels (backward_input_phases_direct).
   DirectKernel<T> direct_three = nullptr;
+  // Direct kernels one AVX2 vector wide (NR_direct_one values of T; 0 / nullptr where the row
+  // has none), for outputs no wider (use_direct_one): 12 x 1, 14 x 1 (rows they cut better)
+  // and 4 x 1 (tails) ymm vectors, at AVX2 and AVX-512 alike. The 2-vector tiles would run
+  // such outputs half empty, and the AVX-512 24 x 1 tile half-empty zmm vectors.
+  int64_t NR_direct_one = 0;
+  DirectKernel<T> direct_one = nullptr, direct_one_wide = nullptr, direct_one_tail = nullptr;
 };
 
 /// The kernels of `level` (which the CPU must support); `alt_tile` asks for the level's other
@@ -848,6 +857,14 @@ inline ConvKernels<T> conv_kernels(SimdLevel level, bool alt_tile = false) {
   using V5 = VecAvx512<T>;
   using V2 = VecAvx2<T>;
   constexpr int64_t W5 = V5::W, W2 = V2::W, KC = 1024 / sizeof(T);
+  // Every row: the 1-vector AVX2 direct kernels (use_direct_one).
+  const auto with_one = [](ConvKernels<T> k) {
+    k.NR_direct_one = W2;
+    k.direct_one = &y::direct_kernel<V2, kDirectOneRows, 1>;
+    k.direct_one_wide = &y::direct_kernel<V2, kDirectOneWideRows, 1>;
+    k.direct_one_tail = &y::direct_kernel<V2, kDirectOneTailRows, 1>;
+    return k;
+  };
   if (level >= SimdLevel::AVX512) {
     if (alt_tile) {
       ConvKernels<T> k{SimdLevel::AVX512, kAvx512OneVectorRows, W5, KC, 2 * W5, &z::micro_kernel<V5, 24, 1>,
@@ -861,7 +878,7 @@ inline ConvKernels<T> conv_kernels(SimdLevel level, bool alt_tile = false) {
       k.NR_indirect_three = 3 * W5;
       k.indirect_three = &z::indirect_kernel<V5, 8, 3>;
       k.direct_three = &z::direct_kernel<V5, 8, 3>;
-      return k;
+      return with_one(k);
     }
     ConvKernels<T> k{SimdLevel::AVX512, 12, 2 * W5, KC, 2 * W5, &z::micro_kernel<V5, 12, 2>,
                      &z::direct_kernel<V5, 12, 2>, &z::indirect_kernel<V5, 12, 2>, &z::column_kernel<V5, 12, 2>,
@@ -881,7 +898,7 @@ inline ConvKernels<T> conv_kernels(SimdLevel level, bool alt_tile = false) {
     k.NR_indirect_three = 3 * W5;
     k.indirect_three = &z::indirect_kernel<V5, 8, 3>;
     k.direct_three = &z::direct_kernel<V5, 8, 3>;
-    return k;
+    return with_one(k);
   }
   if (level >= SimdLevel::AVX2) {
     if (alt_tile) {
@@ -891,7 +908,7 @@ inline ConvKernels<T> conv_kernels(SimdLevel level, bool alt_tile = false) {
                        nullptr, nullptr};
       k.NR_indirect_last = 2 * W2;
       k.indirect_last = &y::indirect_kernel<V2, 4, 2>;
-      return k;
+      return with_one(k);
     }
     ConvKernels<T> k{SimdLevel::AVX2, 6, 2 * W2, KC, W2, &y::micro_kernel<V2, 6, 2>, &y::direct_kernel<V2, 6, 2>,
                      &y::indirect_kernel<V2, 6, 2>, &y::column_kernel<V2, 6, 2>, &store_tile_avx2<T>, &dot_avx2,
@@ -901,7 +918,7 @@ inline ConvKernels<T> conv_kernels(SimdLevel level, bool alt_tile = false) {
     k.direct_tail = &y::direct_kernel<V2, 4, 2>;
     k.NR_indirect_last = W2;
     k.indirect_last = &y::indirect_kernel<V2, 6, 1>;
-    return k;
+    return with_one(k);
   }
 #endif
   // The portable row: 6 x 64 bytes of T.
@@ -983,6 +1000,32 @@ inline bool use_direct_three(const ConvKernels<T>& cfg, int64_t ncols) {
   if (!cfg.direct_three) return false;
   const int64_t r = ncols % cfg.NR_indirect_three;
   return r == 0 || 3 * r > 2 * cfg.NR_indirect_three;
+}
+
+/// Whether an output ncols wide (the direct forward's filters, the strided input gradient's
+/// channels) runs on cfg's 1-vector AVX2 direct tiles (with_direct_one): at most one AVX2
+/// vector of T, which the level's other tiles would run half empty or worse. AVX2, 2 threads,
+/// C++, ms, 6 x 2 -> 12 / 14 x 1: forward (64,28,28,1->6, 5x5 P 0) 0.208 -> 0.158,
+/// (64,28,28,1->8, 5x5 P 2) 0.257 -> 0.138, (64,32,32,3->8) 0.375 -> 0.217; strided dX
+/// (32,28,28,8->48, 7x7 S 2) 2.42 -> 1.66, (16,32,32,8->32, S 2) 0.236 -> 0.164,
+/// (8,56,56,6->24, S 2) 0.301 -> 0.210.
+template <typename T>
+inline bool use_direct_one(const ConvKernels<T>& cfg, int64_t ncols) {
+  return cfg.direct_one != nullptr && ncols <= cfg.NR_direct_one;
+}
+
+/// cfg with the 1-vector AVX2 tiles as its direct kernels: blocks of kDirectOneRows, or of
+/// kDirectOneWideRows where they cut the rows better, tails of kDirectOneTailRows.
+template <typename T>
+inline ConvKernels<T> with_direct_one(ConvKernels<T> cfg) {
+  cfg.MR = kDirectOneRows;
+  cfg.NR = cfg.NR_direct_one;
+  cfg.direct = cfg.direct_one;
+  cfg.MR_direct_wide = kDirectOneWideRows;
+  cfg.direct_wide = cfg.direct_one_wide;
+  cfg.MR_direct_tail = kDirectOneTailRows;
+  cfg.direct_tail = cfg.direct_one_tail;
+  return cfg;
 }
 
 /// cfg with the 3-vector tile as its direct kernel (MR_indirect_three x NR_indirect_three),

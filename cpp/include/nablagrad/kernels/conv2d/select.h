@@ -315,6 +315,42 @@ inline ForwardKernel select_forward(const Conv2dGeometry& g, const conv_detail::
   // (winograd_preferred; measured crossover, docs/convolution.md "Winograd").
   if (use_winograd<T>(g, /*backward_input=*/false)) return ForwardKernel::Winograd;
   const int64_t K = g.FH * g.FW * g.C;
+  // Whether forward_direct applies on the tiles c: a small depth (the few-channel first
+  // layers) or, at stride 1 or for wide-kernel first layers (wide_first, below), a packed panel
+  // K x NR that stays in L1-L2 (see the rule at the end); filters enough to fill a quarter of
+  // the tile; a padded copy about the input's size.
+  const auto direct_applies = [&](const conv_detail::ConvKernels<T>& c, bool wide_first) {
+    const bool panel_fits =
+        ((g.stride_h == 1 && g.stride_w == 1) || wide_first) &&
+        conv_detail::panel_fits<T>(K, c.NR, (conv_detail::direct_s1_two_for(c, g) ? 512 : 64) << 10);
+    return (K <= c.KC || panel_fits) && g.Q * 4 > c.NR &&
+           conv_detail::padded_copy_is_small(g, g.H + g.pad_top + g.pad_bottom,
+                                             conv_detail::forward_direct_row_values(g, c.MR));
+  };
+  // More than half and at most one AVX2 vector of filters (5-8 floats, 3-4 doubles): the
+  // direct forward on the 1-vector tiles (use_direct_one) wherever it applies, ahead of the
+  // narrow kernel, whose vectors along the kernel-row runs of few channels are part empty and
+  // whose sums end in reductions. 2 threads, C++, ms, narrow -> direct (12 / 14 x 1 ymm),
+  // AVX-512 / AVX2: (8,56,56,8->8) 0.86 -> 0.28 / (Winograd), (8,56,56,16->8) 0.83 -> 0.55 /
+  // (Winograd), (8,56,56,32->8) 1.22 -> 1.09 / 0.40 either way, (8,56,56,4->8, 5x5) 1.26 ->
+  // 0.38 / 0.53 -> 0.19, (8,56,56,8->8, 5x5) 1.41 -> 0.69 / 0.52 either way,
+  // (8,56,56,8->8, 7x7) 1.11 -> 0.68 / 1.02 -> 0.68, (8,56,56,8->6, S 2) 0.096 -> 0.057 /
+  // 0.090 -> 0.060, (8,112,112,3->8, 7x7 S 2) 0.95 -> 0.30 / 0.76 -> 0.30. But not on
+  // kernel-row runs FW*C of at least 20 values per filter past half the vector (8 floats: 40
+  // values for 5 filters, 160 for 8; 4 doubles: 40 for 3, 80 for 4), which fill the narrow
+  // kernel's vectors while the direct tile's lanes stay part empty: (16,56,56,24->8, 7x7 P 0)
+  // 3.73 -> 3.95 / 3.79 -> 3.92, (8,28,28,64->8) 0.273 -> 0.284 / (Winograd), (4,64,64,32->5)
+  // 0.30 -> 0.42 / 0.37 -> 0.41, (4,64,64,16->5) 0.21 -> 0.23 / 0.25 -> 0.22, (4,64,64,32->6)
+  // 0.36 -> 0.43 / 0.44 -> 0.42; double (4,64,64,32->3) 0.48 -> 0.53 / 0.38 -> 0.52,
+  // (4,64,64,16->3) 0.27 either way / 0.23 -> 0.27. Kept: (4,64,64,16->6) 0.245 -> 0.234 /
+  // 0.28 -> 0.22, (4,64,64,8->5) 0.21 -> 0.14 / 0.18 -> 0.13, (8,56,56,16->8, 5x5) 0.89 ->
+  // 0.75 / (Winograd), double (8,56,56,8->4) 0.27 -> 0.18 / 0.30 -> 0.17.
+  if (conv_detail::use_direct_one(cfg, g.Q) && g.Q * 2 > cfg.NR_direct_one &&
+      g.FW * g.C < 20 * (2 * g.Q - cfg.NR_direct_one)) {
+    const auto one = conv_detail::with_direct_one(cfg);
+    const bool wide_first = g.FW >= 7 && g.C <= 8;
+    if (direct_applies(one, wide_first)) return ForwardKernel::Direct;
+  }
   // Few filters, at most half the register tile's width (1-8 floats, 1-4 doubles; the tiles
   // below would be at least half padding): the narrow kernel (narrow.h), vectors along each
   // pixel's kernel-row runs, where those runs fill a tile's width or the filters are at most a
@@ -417,13 +453,7 @@ inline ForwardKernel select_forward(const Conv2dGeometry& g, const conv_detail::
   // forward 2.12-2.20 -> 1.94-2.04, dX (the same on the flipped kernel) 2.19-2.28 -> 1.95-2.14;
   // (8,32,32,64->64) 8.4 -> 7.5-7.9, 8.6-8.7 -> 7.7-7.9; (8,28,28,32->32) 1.74-1.76 ->
   // 1.61-1.63, 1.81-1.83 -> 1.64-1.71; (8,32,32,16->32) 1.13-1.15 -> 1.01-1.02.
-  const bool direct_panel_fits =
-      ((g.stride_h == 1 && g.stride_w == 1) || wide_first) &&
-      conv_detail::panel_fits<T>(K, cfg.NR, (conv_detail::direct_s1_two_for(cfg, g) ? 512 : 64) << 10);
-  if ((K <= cfg.KC || direct_panel_fits) && g.Q * 4 > cfg.NR &&
-      conv_detail::padded_copy_is_small(g, g.H + g.pad_top + g.pad_bottom,
-                                        conv_detail::forward_direct_row_values(g, cfg.MR)))
-    return ForwardKernel::Direct;
+  if (direct_applies(cfg, wide_first)) return ForwardKernel::Direct;
   // (Every ConvKernels row has an indirect kernel, and a kernel that fits with filters too few
   // for its tile went to the narrow kernel or the GEMM above: what is left does not fit.)
   if (indirect_ok) return indirect;
