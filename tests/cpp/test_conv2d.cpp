@@ -698,6 +698,11 @@ void test_direct_one_vector() {
   const auto phases6 = make_conv2d_geometry(2, 29, 27, 6, 16, 3, 3, 6, 2, 2, 1, 1, 1, 1);  // of 15 and 14
   const auto long_runs = make_conv2d_geometry(2, 20, 20, 24, 8, 7, 7, 24, 1, 1, 0, 0, 0, 0);  // FW*C = 168 >= 160
   const auto four = make_conv2d_geometry(2, 20, 20, 3, 4, 5, 5, 3, 1, 1, 2, 2, 2, 2);
+  // Strided dX of 3-4 channels under at most 8 filters: the phases too (uneven strides, pads).
+  const auto rgb_phases = make_conv2d_geometry(2, 41, 38, 3, 8, 7, 7, 3, 2, 2, 3, 3, 3, 3);
+  const auto four_phases = make_conv2d_geometry(2, 33, 30, 4, 7, 5, 4, 4, 2, 3, 2, 1, 1, 2);
+  const auto rgb_col2im = make_conv2d_geometry(2, 41, 38, 3, 16, 7, 7, 3, 2, 2, 3, 3, 3, 3);
+  const auto two_phases = make_conv2d_geometry(2, 21, 19, 2, 4, 3, 3, 2, 2, 2, 1, 1, 1, 1);  // double: 2 of 4
   for (int level = 0; level <= static_cast<int>(nablagrad::cpu_simd_level()); ++level) {
     const auto lv = static_cast<SimdLevel>(level);
     nablagrad::set_simd_level(lv);
@@ -726,9 +731,14 @@ void test_direct_one_vector() {
           "narrow");
     CHECK(std::string(conv_kernel_choice<float>(four).forward) == "narrow");
     CHECK(std::string(conv_kernel_choice<double>(four).forward) == "direct");
+    CHECK(std::string(conv_kernel_choice<float>(rgb_phases).backward_input) == "phases_direct");
+    CHECK(std::string(conv_kernel_choice<float>(four_phases).backward_input) == "phases_direct");
+    CHECK(std::string(conv_kernel_choice<float>(rgb_col2im).backward_input) == "col2im");
+    CHECK(std::string(conv_kernel_choice<float>(two_phases).backward_input) != "phases_direct");
+    CHECK(std::string(conv_kernel_choice<double>(two_phases).backward_input) == "phases_direct");
   }
   nablagrad::set_simd_level(nablagrad::cpu_simd_level());
-  for (const auto* g : {&lenet, &rows17, &first, &odd, &phases8, &phases6, &four}) {
+  for (const auto* g : {&lenet, &rows17, &first, &odd, &phases8, &phases6, &four, &rgb_phases, &four_phases, &two_phases}) {
     check_everywhere<double>(*g, 1e-12, 67);
     check_everywhere<float>(*g, 1e-4, 68);
   }

@@ -513,7 +513,16 @@ inline BackwardInputKernel select_backward_input(const Conv2dGeometry& g,
   // 0.72 vs 0.82, (8,56,56,64->64) 2.48 vs 3.14, (8,28,28,128->96) 1.94 vs 2.28,
   // (4,112,112,64->128) 10.5 vs 11.7, (16,14,14,32->16) 0.078 vs 0.095. AVX2 (Xeon held to
   // AVX2): (8,14,14,128->128) 1.50 -> 0.84, (8,32,32,48->96) 1.37 -> 1.31, the rest even.
-  if ((g.stride_h > 1 || g.stride_w > 1) && C * 4 > cfg.NR) {
+  // Also 3-4 channels (3/8 of an AVX2 vector or more) under at most 8 filters (4 in double) on
+  // the 1-vector tiles (use_direct_one): the GEMM below would run dY.W at a depth of Q, writing
+  // FH*FW*C values per pixel for Q multiply-adds each. 2 threads, C++, ms, col2im ->
+  // phases_direct, AVX2 / AVX-512: (8,112,112,3->8, 7x7 S 2) 1.54 -> 0.88 / 1.48 -> 0.90,
+  // (8,112,112,4->8) 1.96 -> 0.91 / 1.79 -> 0.92, (8,64,64,4->8, 5x5 S 2) 0.33 -> 0.21 either
+  // level; even at 12 filters (1.82 vs 1.79 / 1.51 vs 1.58), lost from 16 ((8,112,112,3->32)
+  // 2.62 -> 3.20 / 2.25 -> 3.19, (8,112,112,3->16, 3x3) 0.47 -> 0.50).
+  const bool few_phase_channels = conv_detail::use_direct_one(cfg, C) && C * 8 >= 3 * cfg.NR_direct_one &&
+                                  g.Q <= cfg.NR_direct_one;
+  if ((g.stride_h > 1 || g.stride_w > 1) && (C * 4 > cfg.NR || few_phase_channels)) {
     const int64_t Kmax = (g.FH + g.stride_h - 1) / g.stride_h * ((g.FW + g.stride_w - 1) / g.stride_w) * g.Q;
     const bool fits = Kmax <= cfg.KC || conv_detail::panel_fits<T>(Kmax, cfg.NR);
     if (fits) {
