@@ -1004,11 +1004,14 @@ inline bool use_direct_three(const ConvKernels<T>& cfg, int64_t ncols) {
 
 /// Whether an output ncols wide (the direct forward's filters, the strided input gradient's
 /// channels) runs on cfg's 1-vector AVX2 direct tiles (with_direct_one): at most one AVX2
-/// vector of T, which the level's other tiles would run half empty or worse. AVX2, 2 threads,
-/// C++, ms, 6 x 2 -> 12 / 14 x 1: forward (64,28,28,1->6, 5x5 P 0) 0.208 -> 0.158,
-/// (64,28,28,1->8, 5x5 P 2) 0.257 -> 0.138, (64,32,32,3->8) 0.375 -> 0.217; strided dX
-/// (32,28,28,8->48, 7x7 S 2) 2.42 -> 1.66, (16,32,32,8->32, S 2) 0.236 -> 0.164,
-/// (8,56,56,6->24, S 2) 0.301 -> 0.210.
+/// vector of T, which the level's other tiles would run half empty or worse. 2 threads, C++,
+/// ms, AVX2 (6 x 2 -> 12 / 14 x 1) / AVX-512 (24 x 1 zmm -> the same): forward (64,28,28,1->6,
+/// 5x5 P 0) 0.202 -> 0.148 / 0.150 -> 0.145, (64,28,28,1->8, 5x5 P 2) 0.253 -> 0.121 / 0.204 ->
+/// 0.121, (64,32,32,3->8) 0.356 -> 0.183 / 0.262 -> 0.188; strided dX (32,28,28,8->48, 7x7
+/// S 2) 2.31 -> 1.13 / 1.63 -> 1.13, (16,32,32,8->32, S 2) 0.224 -> 0.149 / 0.197 -> 0.155,
+/// (8,56,56,6->24, S 2) 0.274 -> 0.178 / 0.221 -> 0.181. As the main tile, 12 rows against
+/// 8 and 14 (AVX2): (16,32,32,8->32) dX 0.151 (12) vs 0.145 (8) vs 0.170 (14), (32,28,28,8->48) 1.60
+/// vs 1.47 vs 1.14 (rows of 14): hence 12, and 14 where it cuts a row better.
 template <typename T>
 inline bool use_direct_one(const ConvKernels<T>& cfg, int64_t ncols) {
   return cfg.direct_one != nullptr && ncols <= cfg.NR_direct_one;

@@ -61,7 +61,8 @@ template <typename T>
 inline DirectForwardPlan<T> direct_forward_plan(const ConvKernels<T>& cfg_in, const Conv2dGeometry& g) {
   DirectForwardPlan<T> p;
   // Filters that fill 3-vector panels: the 8 x 3-vector tile (use_direct_three), also over
-  // the 24 x 1-vector tile's stride-1 kernel below. Else where the 2-vector stride-1 kernel
+  // the 24 x 1-vector tile's stride-1 kernel below. Filters of at most one AVX2 vector: the
+  // 1-vector ymm tiles (use_direct_one). Else where the 2-vector stride-1 kernel
   // applies (7 wide): its blocks of 8 pixels, the rest of a row in its blocks of 4 (s1_tail),
   // no direct blocks.
   const bool one = !use_direct_three(cfg_in, g.Q) && use_direct_one(cfg_in, g.Q);
