@@ -251,9 +251,7 @@ inline void phase_reach(int64_t n, int64_t pad, int64_t S, int64_t F, int64_t no
 template <typename T>
 void backward_input_phases_direct(const ConvKernels<T>& cfg_in, const Conv2dGeometry& g, const T* dy,
                                   const T* w, T* dx) {
-  const ConvKernels<T> cfg = use_direct_three(cfg_in, g.C) ? with_direct_three(cfg_in)
-                             : use_direct_one(cfg_in, g.C)  ? with_direct_one(cfg_in)
-                                                            : cfg_in;
+  const ConvKernels<T> cfg = with_direct_tiles_for(cfg_in, g.C);
   const int64_t S_h = g.stride_h, S_w = g.stride_w, Q = g.Q, C = g.C, NR = cfg.NR, MR = cfg.MR;
   const int64_t nph = std::min(S_h, g.H), npw = std::min(S_w, g.W);
   // Padding of dY that every phase's reads fit in.

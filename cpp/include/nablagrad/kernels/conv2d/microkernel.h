@@ -1043,6 +1043,17 @@ inline ConvKernels<T> with_direct_three(ConvKernels<T> cfg) {
   return cfg;
 }
 
+/// cfg with the direct tiles for an output ncols wide (the direct forward's filters, the
+/// strided input gradient's phases' channels): the 3-vector tile where they fill its panels
+/// (use_direct_three), else the 1-vector AVX2 tiles where they fit one vector (use_direct_one),
+/// else cfg's own.
+template <typename T>
+inline ConvKernels<T> with_direct_tiles_for(const ConvKernels<T>& cfg, int64_t ncols) {
+  if (use_direct_three(cfg, ncols)) return with_direct_three(cfg);
+  if (use_direct_one(cfg, ncols)) return with_direct_one(cfg);
+  return cfg;
+}
+
 /// Whether cfg (the AVX-512 12 x 2-vector row) has the 2-vector stride-1 kernel for kernels
 /// FW wide (direct_s1_two_kernel_avx512: FW = 7), which runs blocks of kDirectS1TwoRows.
 template <typename T>

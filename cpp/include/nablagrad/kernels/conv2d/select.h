@@ -315,6 +315,9 @@ inline ForwardKernel select_forward(const Conv2dGeometry& g, const conv_detail::
   // (winograd_preferred; measured crossover, docs/convolution.md "Winograd").
   if (use_winograd<T>(g, /*backward_input=*/false)) return ForwardKernel::Winograd;
   const int64_t K = g.FH * g.FW * g.C;
+  // First layers with wide kernels (FW >= 7 on <= 8 channels): the kernel's depth is long
+  // against the input each output pixel adds (see wide_first, below).
+  const bool wide_kernel_first_layer = g.FW >= 7 && g.C <= 8;
   // Whether forward_direct applies on the tiles c: a small depth (the few-channel first
   // layers) or, at stride 1 or for wide-kernel first layers (wide_first, below), a packed panel
   // K x NR that stays in L1-L2 (see the rule at the end); filters enough to fill a quarter of
@@ -347,9 +350,7 @@ inline ForwardKernel select_forward(const Conv2dGeometry& g, const conv_detail::
   // 0.75 / (Winograd), double (8,56,56,8->4) 0.27 -> 0.18 / 0.30 -> 0.17.
   if (conv_detail::use_direct_one(cfg, g.Q) && g.Q * 2 > cfg.NR_direct_one &&
       g.FW * g.C < 20 * (2 * g.Q - cfg.NR_direct_one)) {
-    const auto one = conv_detail::with_direct_one(cfg);
-    const bool wide_first = g.FW >= 7 && g.C <= 8;
-    if (direct_applies(one, wide_first)) return ForwardKernel::Direct;
+    if (direct_applies(conv_detail::with_direct_one(cfg), wide_kernel_first_layer)) return ForwardKernel::Direct;
   }
   // Few filters, at most half the register tile's width (1-8 floats, 1-4 doubles; the tiles
   // below would be at least half padding): the narrow kernel (narrow.h), vectors along each
@@ -414,16 +415,16 @@ inline ForwardKernel select_forward(const Conv2dGeometry& g, const conv_detail::
   // is 4x the output ((16,32,32,16->32, S2) 0.29 -> 0.23 ms, (16,32,32,24->48, S2) 0.72 ->
   // 0.57); shorter runs (the 7x7 C = 3 first layer: 21 values) do not pay for the pointer
   // table and keep the direct kernel (0.33 vs 0.43 ms).
-  // But first layers with wide kernels (FW >= 7 on <= 8 channels: the kernel's depth is long
-  // against the input each output pixel adds) keep the direct kernel, on a packed panel of up
-  // to 64 KiB (below). 2 threads, C++, ms, indirect -> direct, AVX-512: AlexNet's
+  // But first layers with wide kernels (wide_kernel_first_layer) keep the direct kernel, on a
+  // packed panel of up to 64 KiB (below). 2 threads, C++, ms, indirect -> direct, AVX-512: AlexNet's
   // (8,224,224,3->64, 11x11 S 4) 3.77-3.88 -> 3.56-3.60, (8,224,224,3->32) 2.14 -> 1.85,
   // (8,112,112,4->32, 9x9 S 2) 1.91 -> 1.59, (8,112,112,6->32, 7x7 S 2) 1.62 -> 1.42,
   // (8,56,56,8->32, 7x7 S 2) 0.55 -> 0.49; AVX2 5.86 -> 5.84, 2.85 -> 2.56, 2.45 -> 2.33,
   // 0.82 -> 0.80. Not 5x5 on 8 channels: (8,64,64,8->64, 5x5 S 2) 0.69 vs 0.71, AVX2 1.07
   // vs 1.12. Nor where the direct kernel's blocks cover the output rows badly (spanning
   // >= 1.2 Wo pixels: (2,40,40,3->16, 11x11 S 4), rows of 9 in a block of 24, 0.027 vs 0.031).
-  const bool wide_first = g.FW >= 7 && g.C <= 8 && conv_detail::direct_forward_plan(cfg, g).rb.span * 5 < g.Wo * 6;
+  const conv_detail::DirectForwardPlan<T> plan = conv_detail::direct_forward_plan(cfg, g);
+  const bool wide_first = wide_kernel_first_layer && plan.rb.span * 5 < g.Wo * 6;
   if (indirect_ok && (g.stride_h > 1 || g.stride_w > 1) && g.FW * g.C >= 32 && !wide_first) return indirect;
   // Stride 1 without left or right padding (so no border copies in the pointer table), on
   // output rows that the direct kernel covers badly: no whole block of a stride-1 kernel, and
@@ -435,10 +436,9 @@ inline ForwardKernel select_forward(const Conv2dGeometry& g, const conv_detail::
   // rows of 14 in 16) 0.314 either way, (64,30,30,6->16; 24 + 8 for 26) 0.97 vs 1.06, and
   // with padding (64,9,9,6->16, 5x5 P 2) 0.168 vs 0.208, (64,12,12,6->16, 3x3 P 1) 0.107 vs
   // 0.132 (every pixel a border pixel).
-  if (indirect_ok && g.stride_w == 1 && g.pad_left == 0 && g.pad_right == 0) {
-    const conv_detail::DirectForwardPlan<T> plan = conv_detail::direct_forward_plan(cfg, g);
-    if ((plan.rb.full == 0 || plan.s1 == nullptr) && plan.rb.span * 5 >= g.Wo * 6) return indirect;
-  }
+  if (indirect_ok && g.stride_w == 1 && g.pad_left == 0 && g.pad_right == 0 &&
+      (plan.rb.full == 0 || plan.s1 == nullptr) && plan.rb.span * 5 >= g.Wo * 6)
+    return indirect;
   // Direct from a zero-padded copy of the input (no im2col: each input value is read in place
   // by all the taps that use it) when the depth is small (C = 1..3 first layers) or the packed
   // kernel panel K x NR still fits in ~64 KiB (e.g. 5x5 on 16 channels: measured 3.5 vs 6.3 ms

@@ -65,9 +65,9 @@ inline DirectForwardPlan<T> direct_forward_plan(const ConvKernels<T>& cfg_in, co
   // 1-vector ymm tiles (use_direct_one). Else where the 2-vector stride-1 kernel
   // applies (7 wide): its blocks of 8 pixels, the rest of a row in its blocks of 4 (s1_tail),
   // no direct blocks.
-  const bool one = !use_direct_three(cfg_in, g.Q) && use_direct_one(cfg_in, g.Q);
-  const bool two = !one && direct_s1_two_for(cfg_in, g);
-  p.cfg = use_direct_three(cfg_in, g.Q) ? with_direct_three(cfg_in) : one ? with_direct_one(cfg_in) : cfg_in;
+  // (Neither swapped tile is the 12 x 2-vector one that direct_s1_two_for asks for.)
+  p.cfg = with_direct_tiles_for(cfg_in, g.Q);
+  const bool two = direct_s1_two_for(p.cfg, g);
   // Stride 1 and a tile that has one: the kernel that broadcasts each input value once.
   p.s1 = g.stride_w == 1 ? direct_s1_kernel(p.cfg, g.FW) : nullptr;
 #if NABLAGRAD_X86
