@@ -349,13 +349,14 @@ void transform_kernel(int64_t F, int64_t Cc, const Kern& kern, const GemmPlan<T>
   });
 }
 
-/// Tiles per block: the block's V and M buffers (P x tb x (C + Q) values) sized for L2,
-/// rounded to a multiple of the GEMM's register tile. A speed knob only: the result of every
-/// output does not depend on it.
+/// Tiles per block: the block's V and M buffers (P x tb x (C + Q) values) within `budget`
+/// bytes of L2 (512 KiB: 128 KiB..4 MiB measured within noise for 64 channels), rounded to a
+/// multiple of the GEMM's register tile. A speed knob only for the forward (the kernel
+/// gradient's reduction is chunked by it).
 template <typename T>
-inline int64_t block_tiles(int A, int64_t C, int64_t Q, int64_t tiles, int64_t mr = gemm_detail::gemm_config<T>().MR) {
+inline int64_t block_tiles(int A, int64_t C, int64_t Q, int64_t tiles, int64_t mr = gemm_detail::gemm_config<T>().MR,
+                           int64_t budget = int64_t{512} << 10) {
   const int64_t P = A * A;  // A = m + r - 1, the tile's extent
-  const int64_t budget = int64_t{512} << 10;  // measured: 128 KiB..4 MiB within noise for 64 channels
   int64_t tb = budget / (P * (C + Q) * static_cast<int64_t>(sizeof(T)));
   tb = std::max<int64_t>(2 * mr, tb / mr * mr);
   tb = std::min<int64_t>(tb, 32 * mr);
@@ -369,10 +370,18 @@ inline int64_t block_tiles(int A, int64_t C, int64_t Q, int64_t tiles, int64_t m
 /// wider register tile needs more rows. Then the block count is rounded up to a multiple of
 /// the thread count, so no thread runs one block more than the others. Measured at AVX-512
 /// (ms, 1 / 2 threads): (8,14,14,256->256, 5x5) forward 18.5 / 11.2 -> 15.0 / 9.2.
+/// The blocks' V and M within 128 KiB (not block_tiles' 512): on few channels a block was
+/// then 112 tiles of 252 KiB each of V and M per thread, which a 1 MiB L2 (Zen 4) held or
+/// not by where the pages fell: the same (4,96,96,16->16, 5x5) forward ran 1.7 or 2.4-5 ms
+/// from one process to the next (1.6 on 2 MiB huge pages). AVX-512, Zen 4, 2 threads, C++,
+/// ms, forward / dX, 512 -> 128 KiB: (4,96,96,16->16, 5x5) 2.4-5.0 -> 1.7-2.3 (24 tiles a
+/// block), (32,32,32,16->16, 3x3) 0.57 / 0.57 -> 0.40 / 0.40, (8,28,28,32->64, 5x5) 1.51-1.61
+/// -> 1.43-1.50; even on 64 channels and more ((8,56,56,64->64) 3.5-3.6, (32,16,16,48->96)
+/// 1.05-1.15 either way) and (8,28,28,24->24) 0.21.
 template <typename T>
 inline int64_t forward_block_tiles(int A, int64_t C, int64_t Q, int64_t tiles, int64_t mr) {
   const int64_t P = A * A, bytes = static_cast<int64_t>(sizeof(T));
-  int64_t tb = block_tiles<T>(A, C, Q, tiles, mr);
+  int64_t tb = block_tiles<T>(A, C, Q, tiles, mr, int64_t{128} << 10);
   const int64_t u_bytes = P * C * Q * bytes;
   if (u_bytes > (int64_t{1} << 20)) {
     const int64_t big = std::max<int64_t>(2 * mr, u_bytes / 2 / (P * (C + Q) * bytes) / mr * mr);
