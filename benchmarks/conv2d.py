@@ -165,7 +165,8 @@ def main() -> None:
     if args.shape:
         shapes = [parse_shape(s) for s in args.shape]
     have_torch = torch is not None
-    print(f"# CPU: {cpu_model()}; SIMD level: {ng._core._simd_level()} (CPU has {ng._core._cpu_simd_level()}); "
+    half = "; AVX-512 at half rate (256-bit units)" if ng._core._avx512_half_rate() else ""
+    print(f"# CPU: {cpu_model()}; SIMD level: {ng._core._simd_level()} (CPU has {ng._core._cpu_simd_level()}{half}); "
           f"conv algorithm: {ng.backends.conv_algorithm}")
     print(f"# load average {os.getloadavg()[0]:.2f}; torch {'%s' % torch.__version__ if have_torch else 'absent'}; "
           f"rounds {args.rounds}; times are medians in ms; torch = its faster layout (NCHW or channels_last); "

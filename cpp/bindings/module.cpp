@@ -526,6 +526,10 @@ void bind_math_ops(py::module_& m) {
         "The best kernel variant this CPU supports.");
   m.def("_set_simd_level", [](const std::string& level) { set_simd_level(parse_simd_level(level)); },
         "Chooses the kernel variant; a level above the CPU's raises ValueError.");
+  m.def("_avx512_half_rate", []() { return avx512_half_rate(); },
+        "Whether the shape rules take AVX-512 to run at half rate (Zen 4's 256-bit units).");
+  m.def("_set_avx512_half_rate", [](bool half) { set_avx512_half_rate(half); },
+        "Sets what _avx512_half_rate answers (for tests).");
 }
 
 }  // namespace bindings

@@ -520,7 +520,10 @@ void test_errors_and_empty() {
   CHECK(winograd_preferred_weight<float>(make_conv2d_geometry(2, 28, 28, 128, 128, 3, 3, 128, 1, 1, 1, 1, 1, 1)));
   // The AVX2 rule, where the CPU has AVX2: 8 -> 8 forward and dX by Winograd (3x3 and 5x5),
   // 5x5 dW from 24 channels; the other levels keep the direct kernels there.
+  // (The rules of CPUs whose AVX-512 runs at full rate; the half-rate ones after the loop.)
   const SimdLevel was = nablagrad::simd_level();
+  const bool half_was = nablagrad::avx512_half_rate();
+  nablagrad::set_avx512_half_rate(false);
   for (SimdLevel level : {SimdLevel::Portable, SimdLevel::AVX2, SimdLevel::AVX512}) {
     if (level > nablagrad::cpu_simd_level()) continue;
     nablagrad::set_simd_level(level);
@@ -578,6 +581,24 @@ void test_errors_and_empty() {
       CHECK(winograd_preferred_weight<float>(make_conv2d_geometry(2, 28, 28, 64, 128, 5, 5, 64, 1, 1, 2, 2, 2, 2)));
     }
   }
+  // Where AVX-512 runs at half rate (Zen 4), 5x5 16 -> 16 takes Winograd at AVX-512 on rows
+  // that fill the direct tiles too (forward and dX; the kernel gradient's rule is unchanged);
+  // 8 -> 16 and 16 -> 8 do not, nor does the portable level.
+  nablagrad::set_avx512_half_rate(true);
+  for (SimdLevel level : {SimdLevel::Portable, SimdLevel::AVX2, SimdLevel::AVX512}) {
+    if (level > nablagrad::cpu_simd_level()) continue;
+    nablagrad::set_simd_level(level);
+    const bool vectors = level != SimdLevel::Portable;
+    for (int64_t wide : {24, 48, 64, 96}) {
+      const auto g = make_conv2d_geometry(4, wide, wide, 16, 16, 5, 5, 16, 1, 1, 2, 2, 2, 2);
+      CHECK(winograd_preferred(g) == vectors && winograd_preferred(g, true) == vectors);
+      CHECK(!winograd_preferred_weight<float>(g));
+    }
+    const auto g816 = make_conv2d_geometry(4, 48, 48, 8, 16, 5, 5, 8, 1, 1, 2, 2, 2, 2);
+    CHECK(winograd_preferred(g816) == (level == SimdLevel::AVX2) &&
+          winograd_preferred(g816, true) == (level == SimdLevel::AVX2));
+  }
+  nablagrad::set_avx512_half_rate(half_was);
   nablagrad::set_simd_level(was);
 }
 

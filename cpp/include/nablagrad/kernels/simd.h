@@ -18,6 +18,9 @@
 #if defined(__x86_64__) || defined(__i386__)
 #define NABLAGRAD_X86 1
 #include <immintrin.h>
+#if defined(__GNUC__) || defined(__clang__)
+#include <cpuid.h>
+#endif
 #else
 #define NABLAGRAD_X86 0
 #endif
@@ -41,6 +44,29 @@ inline bool cpu_has_avx512f() {
 #if NABLAGRAD_X86 && (defined(__GNUC__) || defined(__clang__))
   static const bool has = cpu_has_avx2_fma() && __builtin_cpu_supports("avx512f");
   return has;
+#else
+  return false;
+#endif
+}
+
+/// True when this CPU's AVX-512 units are 256 bits wide, taking a 512-bit multiply-add in two
+/// halves: AMD Zen 4 (family 19h; Zen 3, the same family, has no AVX-512). Its 512-bit FMAs then
+/// do no more lanes per cycle than its 256-bit ones (measured 113 vs 135 GFLOP/s per core:
+/// the clock drops; ../shared/PERFORMANCE.md), so AVX-512 speeds kernels bound by
+/// multiply-adds less than on CPUs with full-width units (Intel's, Zen 5), and shape rules
+/// that weigh such kernels against memory-bound ones (Winograd's transforms) ask
+/// avx512_half_rate().
+inline bool cpu_avx512_half_rate() {
+#if NABLAGRAD_X86 && (defined(__GNUC__) || defined(__clang__))
+  static const bool half = [] {
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    if (!cpu_has_avx512f() || !__get_cpuid(0, &a, &b, &c, &d)) return false;
+    const bool amd = b == 0x68747541u && d == 0x69746e65u && c == 0x444d4163u;  // "AuthenticAMD"
+    if (!amd || !__get_cpuid(1, &a, &b, &c, &d)) return false;
+    const unsigned base = (a >> 8) & 0xfu, family = base == 0xfu ? base + ((a >> 20) & 0xffu) : base;
+    return family == 0x19u;
+  }();
+  return half;
 #else
   return false;
 #endif
@@ -94,6 +120,20 @@ inline SimdLevel simd_level() {
 inline bool simd_at_least(SimdLevel level) {
   return detail::simd_level_setting().load(std::memory_order_relaxed) >= static_cast<int>(level);
 }
+
+namespace detail {
+inline std::atomic<bool>& avx512_half_rate_setting() {
+  static std::atomic<bool> half{cpu_avx512_half_rate()};
+  return half;
+}
+}  // namespace detail
+
+/// Whether the shape rules take AVX-512 to run at half rate (cpu_avx512_half_rate, unless set).
+/// Only the AVX-512 level asks it.
+inline bool avx512_half_rate() { return detail::avx512_half_rate_setting().load(std::memory_order_relaxed); }
+
+/// Sets what avx512_half_rate() answers (tests check the rules of both kinds of CPU anywhere).
+inline void set_avx512_half_rate(bool half) { detail::avx512_half_rate_setting().store(half); }
 
 /// Chooses the kernel variant (tests use it to run every level the CPU has). Asking for a
 /// level the CPU does not support throws std::invalid_argument.

@@ -675,6 +675,12 @@ void kernel_grad(const Conv2dGeometry& g, const T* x, const T* dy, T* dw) {
 /// 16 -> 64 (8,28,28) 1.44 -> 0.89, (32,14,14) 1.49 -> 0.90. Kept direct, 16 -> 16 on rows
 /// that fill the tiles: (8,48,48) 0.865 vs 1.083 / 0.735 vs 0.800, (16,24,24) dX 0.383 vs
 /// 0.422, (4,96,96) 1.59 vs 1.64 / 1.58 vs 1.60, and (4,64,64) 0.755 vs 0.734 (89%).
+/// Where AVX-512 runs at half rate (avx512_half_rate: Zen 4), the direct kernels' multiply-adds
+/// cost twice as much against the transforms, and 16 -> 16 takes Winograd on rows that fill
+/// the tiles too. AVX-512, Zen 4, 2 threads, C++, ms, direct -> Winograd, forward / dX (with
+/// forward_block_tiles' blocks of 128 KiB): (4,96,96) 2.09 / 2.10 -> 1.69 / 1.69, (8,96,96)
+/// 4.22 -> 3.42, (8,48,48) 1.04-1.05 -> 0.84-0.87, (4,64,64) 0.92 -> 0.76, (16,24,24) 0.51 ->
+/// 0.43 (forward and dX alike).
 ///
 /// At AVX2 (8-lane vectors: the direct kernels do half the multiply-adds per load of the
 /// AVX-512 ones, while the transforms stay memory-bound) both passes, 3x3 and 5x5, run
@@ -696,7 +702,7 @@ inline bool winograd_preferred(const Conv2dGeometry& g, bool backward_input = fa
       const int64_t Wout = backward_input ? g.W : g.Wo, tiles = Wout / mr + (Wout % mr != 0 ? 1 : 0);
       const bool rows_fill_tiles =  // at least 85% of the tiles' rows
           saturating_mul(Wout, int64_t{20}) >= saturating_mul(tiles, int64_t{mr * 17});
-      return K >= 16 && (N >= 24 || (N >= 16 && (K >= 32 || !rows_fill_tiles)));
+      return K >= 16 && (N >= 24 || (N >= 16 && (K >= 32 || !rows_fill_tiles || avx512_half_rate())));
     }
     return (N >= 32 && K >= 16) || (N >= 24 && K >= 48);
   }
