@@ -37,6 +37,20 @@ def threads(n: int) -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def avx512_half_rate(half: bool) -> Iterator[None]:
+    """Runs the block with the shape rules of a CPU whose AVX-512 runs at half rate (Zen 4) or
+    at full rate, restoring the CPU's answer."""
+    from nablagrad import _core
+
+    was = _core._avx512_half_rate()
+    _core._set_avx512_half_rate(half)
+    try:
+        yield
+    finally:
+        _core._set_avx512_half_rate(was)
+
+
+@contextlib.contextmanager
 def simd(level: str) -> Iterator[None]:
     """Runs the block at SIMD level `level`, restoring the previous one."""
     from nablagrad import _core

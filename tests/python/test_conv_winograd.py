@@ -18,7 +18,7 @@ import pytest
 
 import nablagrad as ng
 from nablagrad import _core
-from conftest import SIMD_LEVELS, require_simd, simd, threads
+from conftest import SIMD_LEVELS, avx512_half_rate, require_simd, simd, threads
 
 
 @contextlib.contextmanager
@@ -145,16 +145,6 @@ def test_thread_counts_bitwise(dtype, k):
                 again = run(x, w, b, pads, r)
             for a, c in zip(first, again):
                 assert a.tobytes() == c.tobytes(), f"{n} threads differ from 1"
-
-
-@contextlib.contextmanager
-def avx512_half_rate(half: bool) -> Iterator[None]:
-    was = _core._avx512_half_rate()
-    _core._set_avx512_half_rate(half)
-    try:
-        yield
-    finally:
-        _core._set_avx512_half_rate(was)
 
 
 def test_half_rate_avx512_rule() -> None:
