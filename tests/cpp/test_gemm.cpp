@@ -438,6 +438,101 @@ void test_degenerate() {
   check_degenerate<double>();
 }
 
+// gemm_indirect: rows of A found through pointers per depth slice. Row i of each slice is read
+// in place from a row-major A (i % 3 == 0), copied by the rows function into its edge buffer
+// (i % 3 == 1), or, for every fifth row, given as the zero run (that row of A is zero). With
+// gemm()'s own slicing (k_slice_depth) the result must be bitwise gemm()'s on the same A, with
+// and without a bias; with uneven slices, within the rounding bound of the reference; at every
+// level (the portable one packs the rows) and thread count bitwise the same as 1 thread; with
+// partial row and column panels and several MC blocks. No slices: C = the bias (or 0).
+template <typename T>
+void check_indirect() {
+  using nablagrad::kernels::KSlice;
+  using nablagrad::kernels::gemm_indirect;
+  std::mt19937 rng(21);
+  std::uniform_real_distribution<double> dist(-1.0, 1.0);
+  const Shape shapes[] = {{301, 77, 600}, {47, 65, 257}, {150, 64, 256}, {13, 129, 70}, {301, 24, 600}, {47, 8, 300}};
+  for (const Shape& s : shapes) {
+    const int64_t M = s.M, N = s.N, K = s.K, lda = K + 3, ldc = N + 1;
+    std::vector<T> a(static_cast<size_t>(M * lda)), b(static_cast<size_t>(K * N)), bias(static_cast<size_t>(N));
+    for (auto& x : a) x = static_cast<T>(dist(rng));
+    for (int64_t i = 0; i < M; i += 5) std::fill(a.begin() + i * lda, a.begin() + (i + 1) * lda, T(0));
+    for (auto& x : b) x = static_cast<T>(dist(rng));
+    for (auto& x : bias) x = static_cast<T>(dist(rng));
+    std::vector<KSlice> even, uneven;
+    const int64_t depth = nablagrad::kernels::gemm_detail::k_slice_depth(K, 256);
+    for (int64_t k = 0; k < K; k += depth) even.push_back({k, std::min(depth, K - k)});
+    for (int64_t k = 0; k < K;) {  // slices of 1 .. 300 values
+      const int64_t kc = std::min<int64_t>(K - k, 1 + static_cast<int64_t>(rng() % 300));
+      uneven.push_back({k, kc});
+      k += kc;
+    }
+    for (const std::vector<KSlice>* slices : {&even, &uneven}) {
+      const auto rows = [&](size_t si, int64_t i0, int64_t m, const T** ptrs, T* edge, const T* zeros) {
+        const KSlice sl = (*slices)[si];
+        for (int64_t i = 0; i < m; ++i) {
+          const T* row = a.data() + (i0 + i) * lda + sl.k0;
+          if ((i0 + i) % 5 == 0) {
+            ptrs[i] = zeros;
+          } else if ((i0 + i) % 3 == 1) {
+            std::memcpy(edge + i * sl.kc, row, sizeof(T) * static_cast<size_t>(sl.kc));
+            ptrs[i] = edge + i * sl.kc;
+          } else {
+            ptrs[i] = row;
+          }
+        }
+      };
+      for (SimdLevel level : simd_levels()) {
+        nablagrad::set_simd_level(level);
+        std::vector<T> first;
+        for (int threads : {1, 2, 3}) {
+          nablagrad::set_num_threads(threads);
+          for (const T* bp : {static_cast<const T*>(bias.data()), static_cast<const T*>(nullptr)}) {
+            std::vector<T> got(static_cast<size_t>(M * ldc), T(7)), want(got);
+            gemm_indirect<T>(M, N, *slices, rows, b.data(), N, 1, got.data(), ldc, bp);
+            bool ok = true;
+            if (slices == &even) {
+              gemm<T>(M, N, K, a.data(), lda, 1, b.data(), N, 1, want.data(), ldc, false, bp);
+              ok = std::memcmp(got.data(), want.data(), sizeof(T) * got.size()) == 0;
+            } else {
+              for (int64_t i = 0; i < M; ++i)
+                for (int64_t j = 0; j < N; ++j) want[static_cast<size_t>(i * ldc + j)] = bp ? bp[j] : T(0);
+              gemm_reference<T>(M, N, K, a.data(), lda, 1, b.data(), N, 1, want.data(), ldc, true);
+              const double bound = (K + 2) * 4.0 * std::numeric_limits<T>::epsilon();
+              for (int64_t i = 0; i < M; ++i)
+                for (int64_t j = 0; j < ldc; ++j) {
+                  const T g = got[static_cast<size_t>(i * ldc + j)], w = want[static_cast<size_t>(i * ldc + j)];
+                  ok = ok && (j < N ? std::fabs(double(g) - double(w)) <= bound * (1.0 + std::fabs(double(w))) : g == T(7));
+                }
+            }
+            if (bp) {
+              if (threads == 1) first = got;
+              ok = ok && std::memcmp(got.data(), first.data(), sizeof(T) * got.size()) == 0;
+            }
+            CHECK(ok);
+            if (!ok)
+              std::printf("  %s simd=%s threads=%d M=%lld N=%lld K=%lld %s slices bias=%d: gemm_indirect wrong\n",
+                          sizeof(T) == 4 ? "float" : "double", level_name(level), threads, static_cast<long long>(M),
+                          static_cast<long long>(N), static_cast<long long>(K), slices == &even ? "even" : "uneven",
+                          int(bp != nullptr));
+          }
+        }
+      }
+    }
+  }
+  std::vector<T> c(6, T(9)), bias = {T(1), T(2), T(3)};
+  const auto none = [](size_t, int64_t, int64_t, const T**, T*, const T*) { CHECK(false); };
+  gemm_indirect<T>(2, 3, {}, none, nullptr, 3, 1, c.data(), 3, bias.data());
+  CHECK((c == std::vector<T>{1, 2, 3, 1, 2, 3}));
+  gemm_indirect<T>(2, 3, {}, none, nullptr, 3, 1, c.data(), 3, nullptr);
+  CHECK((c == std::vector<T>(6, T(0))));
+}
+
+void test_indirect() {
+  check_indirect<float>();
+  check_indirect<double>();
+}
+
 // Reference agrees with a hand-computed product (the oracle is itself checked).
 void test_reference() {
   const double a[4] = {1, 2, 3, 4}, b[4] = {5, 6, 7, 8};
@@ -466,6 +561,7 @@ int main() {
   RUN_TEST(test_column_count_independence);
   RUN_TEST(test_a_layout_independence);
   RUN_TEST(test_bias);
+  RUN_TEST(test_indirect);
   nablagrad::kernels::gemm_parallel_threshold().store(initial_threshold);
   RUN_TEST(test_default_threshold);
   nablagrad::set_simd_level(initial_level);

@@ -26,6 +26,9 @@
 //   with fewer than 48 rows (gemm_config()), or 8x48 / 8x24 or 8x32 / 8x16 where that pads
 //   the column count less (gemm_config_for(): 48 or 96 columns, not 64 or 128).
 //   Row-major and column-major A are read in place (AMode), other layouts are packed.
+//   gemm_indirect() runs the same loops on an A that is not a matrix: for each depth slice,
+//   every row at a pointer of its own (AMode::Ptrs), e.g. a convolution's output pixels' input
+//   runs, read where they lie (conv2d/forward.h) instead of gathered into im2col rows.
 //   The AVX2 and AVX-512 tiles are one template over vec.h's vector types (gemm_kernel.inc,
 //   compiled once per instruction set), except the packed 6x16 / 6x8 AVX2 ones, hand-written.
 //   A portable C++ micro-kernel (plain loops, auto-vectorised by the compiler) is used on
@@ -60,6 +63,7 @@
 #include <stdexcept>
 #include <new>
 #include <type_traits>
+#include <vector>
 
 #include "nablagrad/checked.h"
 #include "nablagrad/kernels/simd.h"
@@ -161,9 +165,15 @@ template <typename T>
 using MicroKernelRows = void (*)(int64_t kc, const T* A, int64_t lda, const T* Bp, T* C, int64_t ldc, bool add,
                                  const T* bias);
 
+// The same tile with row i of A at rows[i] (A(i, k) = rows[i][k]): rows gathered from anywhere
+// (gemm_indirect), the Rows tile's arithmetic, so the same bits.
+template <typename T>
+using MicroKernelPtrs = void (*)(int64_t kc, const T* const* rows, const T* Bp, T* C, int64_t ldc, bool add,
+                                 const T* bias);
+
 /// How a micro-kernel reads A: the packed panel Ap[k*MR + i], in place row-major
-/// A[i*lda + k], or in place column-major A[i + k*lda].
-enum class AMode { Packed, Rows, Cols };
+/// A[i*lda + k], in place column-major A[i + k*lda], or through row pointers rows[i][k].
+enum class AMode { Packed, Rows, Cols, Ptrs };
 
 /// Block sizes and micro-kernel of one (type, simd level) variant.
 template <typename T>
@@ -175,6 +185,7 @@ struct GemmConfig {
   MicroKernel<T> kernel;
   MicroKernelRows<T> kernel_rows;  // nullptr where the level has none: row-major A is packed
   MicroKernelRows<T> kernel_cols;  // nullptr where the level has none: column-major A is packed
+  MicroKernelPtrs<T> kernel_ptrs;  // nullptr where the level has none: gemm_indirect packs the rows
 };
 
 // ---------------------------------------------------------------------------------------
@@ -433,10 +444,10 @@ inline GemmConfig<typename V::T> simd_tile(int64_t MC, int64_t KC, int64_t NC) {
   using T = typename V::T;
   if constexpr (V::W * sizeof(T) == 64)
     return {MR, NV * V::W, MC, KC, NC, &avx512::micro_kernel_packed<V, MR, NV>, &avx512::micro_kernel_rows<V, MR, NV>,
-            &avx512::micro_kernel_cols<V, MR, NV>};
+            &avx512::micro_kernel_cols<V, MR, NV>, &avx512::micro_kernel_ptrs<V, MR, NV>};
   else
     return {MR, NV * V::W, MC, KC, NC, &avx2::micro_kernel_packed<V, MR, NV>, &avx2::micro_kernel_rows<V, MR, NV>,
-            &avx2::micro_kernel_cols<V, MR, NV>};
+            &avx2::micro_kernel_cols<V, MR, NV>, &avx2::micro_kernel_ptrs<V, MR, NV>};
 }
 /// cfg with its packed-A kernel replaced.
 template <typename T>
@@ -475,7 +486,7 @@ inline GemmConfig<float> gemm_config<float>(int64_t M) {
     return with_kernel(simd_tile<VecAvx2F, 6, 2>(144, 256, 4080), &micro_kernel_avx2_f32_6x16);
 #endif
   (void)M;
-  return {4, 8, 128, 256, 4080, &micro_kernel_portable<float, 4, 8>, nullptr, nullptr};
+  return {4, 8, 128, 256, 4080, &micro_kernel_portable<float, 4, 8>, nullptr, nullptr, nullptr};
 }
 
 template <>
@@ -490,7 +501,7 @@ inline GemmConfig<double> gemm_config<double>(int64_t M) {
     return with_kernel(simd_tile<VecAvx2D, 6, 2>(72, 256, 4080), &micro_kernel_avx2_f64_6x8);
 #endif
   (void)M;
-  return {4, 4, 96, 256, 4080, &micro_kernel_portable<double, 4, 4>, nullptr, nullptr};
+  return {4, 4, 96, 256, 4080, &micro_kernel_portable<double, 4, 4>, nullptr, nullptr, nullptr};
 }
 
 /// The variant for a product of unknown (large) row count.
@@ -851,6 +862,52 @@ inline void gemm_block(const GemmConfig<T>& cfg, int64_t m0, int64_t m1, int64_t
   }
 }
 
+/// Runs fn(m0, m1, n0, n1) for the blocks of an M x N product of `work` multiply-adds on the
+/// tile of cfg: on the calling thread when the product is small (gemm_parallel_threshold()) or
+/// there is one thread, else one block per thread of a tm x tn grid whose edges fall on tile
+/// boundaries. The grid is the one whose largest block costs least: its tiles' multiply-adds
+/// (MR NR per tile and k) plus its packing, bm MR rows of A and bn NR columns of B per k, each
+/// packed value priced at 16 multiply-adds (a scalar copy per cycle against 32 FMA lanes).
+/// Counting tiles alone split a 256 x 128 x 3136 product (the 1x1 conv's kernel gradient) into
+/// two 256 x 64 halves: each thread packed all of A to use it once, and 2 threads ran only 1.4x
+/// faster than 1.
+template <typename T, typename Fn>
+inline void for_each_gemm_block(const GemmConfig<T>& cfg, int64_t M, int64_t N, int64_t work, const Fn& fn) {
+  const int64_t threshold = gemm_parallel_threshold().load(std::memory_order_relaxed);
+  int64_t threads = get_num_threads();
+  if (work < threshold || threads <= 1) {
+    fn(int64_t{0}, M, int64_t{0}, N);
+    return;
+  }
+  // Give every thread at least ~threshold/2 of work.
+  if (threshold > 0) threads = std::min<int64_t>(threads, std::max<int64_t>(1, saturating_mul(2, work) / threshold));
+  const int64_t m_tiles = (M + cfg.MR - 1) / cfg.MR;
+  const int64_t n_tiles = (N + cfg.NR - 1) / cfg.NR;
+  int64_t best_tm = 1, best_tn = 1, best_cost = -1;
+  for (int64_t tm = 1; tm <= threads; ++tm) {
+    const int64_t tn = threads / tm;
+    if (tm * tn != threads || tm > m_tiles || tn > n_tiles) continue;
+    const int64_t bm = (m_tiles + tm - 1) / tm, bn = (n_tiles + tn - 1) / tn;
+    const int64_t cost = bm * bn * cfg.MR * cfg.NR + 16 * (bm * cfg.MR + bn * cfg.NR);
+    if (best_cost < 0 || cost < best_cost) best_tm = tm, best_tn = tn, best_cost = cost;
+  }
+  if (best_cost < 0) {  // e.g. a prime thread count larger than both tile counts
+    best_tm = std::min(threads, m_tiles);
+    best_tn = 1;
+  }
+  const int64_t tm = best_tm, tn = best_tn;
+  const int64_t bm = (m_tiles + tm - 1) / tm, bn = (n_tiles + tn - 1) / tn;
+  parallel_for(0, tm * tn, 1, [&](int64_t lo, int64_t hi) {
+    for (int64_t t = lo; t < hi; ++t) {
+      const int64_t m0 = std::min(M, (t / tn) * bm * cfg.MR);
+      const int64_t m1 = std::min(M, m0 + bm * cfg.MR);
+      const int64_t n0 = std::min(N, (t % tn) * bn * cfg.NR);
+      const int64_t n1 = std::min(N, n0 + bn * cfg.NR);
+      if (m0 < m1 && n0 < n1) fn(m0, m1, n0, n1);
+    }
+  });
+}
+
 }  // namespace gemm_detail
 
 /// C[M,N] (row-major with leading dimension ldc) = (accumulate ? C : 0) + A[M,K] * B[K,N].
@@ -889,47 +946,92 @@ void gemm(int64_t M, int64_t N, int64_t K,
   // The tile by rows and columns: 96 columns on the 6 x 64 float tile ran as 128 (3136 x 96
   // x 128: 134 -> 173 GFLOP/s on 8 x 48; 512 x 10 x 784: 30 -> 54 on 8 x 32; one Xeon core).
   const gemm_detail::GemmConfig<T> cfg = gemm_detail::gemm_config_for<T>(M, N);
-  const int64_t threshold = gemm_parallel_threshold().load(std::memory_order_relaxed);
-  int64_t threads = get_num_threads();
-  if (work < threshold || threads <= 1) {
-    gemm_detail::gemm_block(cfg, 0, M, 0, N, K, A, a_rs, a_cs, B, b_rs, b_cs, C, ldc, accumulate, bias);
+  gemm_detail::for_each_gemm_block(cfg, M, N, work, [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+    gemm_detail::gemm_block(cfg, m0, m1, n0, n1, K, A, a_rs, a_cs, B, b_rs, b_cs, C, ldc, accumulate, bias);
+  });
+}
+
+/// One depth slice of gemm_indirect: rows k0 .. k0 + kc - 1 of B.
+struct KSlice {
+  int64_t k0, kc;
+};
+
+namespace gemm_detail {
+
+/// gemm_indirect's block C[m0:m1, n0:n1] on the calling thread: gemm_block's loops, with each
+/// slice's rows of A found by `rows` (MC at a time) and read through their pointers.
+template <typename T, typename RowsFn>
+inline void gemm_indirect_block(const GemmConfig<T>& cfg, int64_t m0, int64_t m1, int64_t n0, int64_t n1,
+                                const std::vector<KSlice>& slices, int64_t kc_max, const RowsFn& rows,
+                                const T* zeros, const T* B, int64_t b_rs, int64_t b_cs, T* C, int64_t ldc,
+                                const T* bias) {
+  const int64_t MR = cfg.MR, NR = cfg.NR;
+  const int64_t mc_max = std::min(cfg.MC, (m1 - m0 + MR - 1) / MR * MR);
+  const int64_t nc_max = std::min(cfg.NC, (n1 - n0 + NR - 1) / NR * NR);
+  T* Bp = static_cast<T*>(packed_b_buffer().get(sizeof(T) * nc_max * kc_max));
+  // The rows' copies (rows' edge), then where the level has no pointer tile the packed panels.
+  const int64_t edge_values = mc_max * kc_max;
+  T* edge = static_cast<T*>(packed_a_buffer().get(sizeof(T) * edge_values * (cfg.kernel_ptrs ? 1 : 2)));
+  T* Ap = edge + edge_values;
+  std::vector<const T*> ptrs(static_cast<size_t>(mc_max));
+  for (int64_t jc = n0; jc < n1; jc += cfg.NC) {
+    const int64_t nc = std::min(cfg.NC, n1 - jc);
+    const T* bias_jc = bias ? bias + jc : nullptr;
+    for (size_t s = 0; s < slices.size(); ++s) {
+      const int64_t k0 = slices[s].k0, kc = slices[s].kc;
+      pack_b(kc, nc, B + k0 * b_rs + jc * b_cs, b_rs, b_cs, NR, Bp);
+      for (int64_t ic = m0; ic < m1; ic += cfg.MC) {
+        const int64_t mc = std::min(cfg.MC, m1 - ic), mc_tiles = (mc + MR - 1) / MR * MR;
+        rows(s, ic, mc, ptrs.data(), edge, zeros);
+        std::fill(ptrs.begin() + mc, ptrs.begin() + mc_tiles, zeros);  // a last tile's missing rows
+        T* c = C + ic * ldc + jc;
+        if (cfg.kernel_ptrs != nullptr) {
+          macro_tiles(cfg, mc, nc, kc, Bp, c, ldc, s > 0, bias_jc,
+                      [&](int64_t ir, const T* b, T* ct, int64_t ldc_, bool add_, const T* bias_) {
+                        cfg.kernel_ptrs(kc, ptrs.data() + ir, b, ct, ldc_, add_, bias_);
+                      });
+          continue;
+        }
+        for (int64_t p = 0; p < mc_tiles; p += MR)  // the packed panels: Ap[p kc + k MR + i]
+          for (int64_t k = 0; k < kc; ++k)
+            for (int64_t i = 0; i < MR; ++i) Ap[p * kc + k * MR + i] = ptrs[static_cast<size_t>(p + i)][k];
+        macro_kernel(cfg, mc, nc, kc, Ap, Bp, c, ldc, s > 0, bias_jc);
+      }
+    }
+  }
+}
+
+}  // namespace gemm_detail
+
+/// C[M,N] = bias + A B (bias: nullptr or N values; B(k, j) = B[k*b_rs + j*b_cs]) where A is not
+/// stored as a matrix: an indirect GEMM (as XNNPACK's for convolutions). K is cut into `slices`
+/// (in order, covering 0 .. K), and for slice s, rows(s, i0, m, ptrs, edge, zeros) sets ptrs[i]
+/// (i < m) to the start of row i0 + i's kc values of the slice, contiguous: in place, at `zeros`
+/// (as many zeros as the deepest slice), or at a copy it writes in `edge` (room for m kc values,
+/// the calling thread's own). A convolution's rows are its output pixels' input runs, read in
+/// place: no im2col matrix (forward_gemm). Every element of C is, slice by slice in order, one
+/// FMA chain from zero added to C (to the bias, or 0, for the first slice): the same bits for any
+/// thread count. Threads split M and N as gemm() does; B is packed slice by slice as there.
+template <typename T, typename RowsFn>
+void gemm_indirect(int64_t M, int64_t N, const std::vector<KSlice>& slices, const RowsFn& rows, const T* B,
+                   int64_t b_rs, int64_t b_cs, T* C, int64_t ldc, const T* bias) {
+  if (M <= 0 || N <= 0) return;
+  int64_t K = 0, kc_max = 0;
+  for (const KSlice& s : slices) {
+    K += s.kc;
+    kc_max = std::max(kc_max, s.kc);
+  }
+  if (K == 0) {
+    for (int64_t i = 0; i < M; ++i)
+      for (int64_t j = 0; j < N; ++j) C[i * ldc + j] = bias ? bias[j] : T(0);
     return;
   }
-  // Give every thread at least ~threshold/2 of work.
-  if (threshold > 0) threads = std::min<int64_t>(threads, std::max<int64_t>(1, saturating_mul(2, work) / threshold));
-
-  // Split M x N into a tm x tn grid of blocks whose edges fall on tile boundaries. Pick the
-  // grid whose largest block costs least: its tiles' multiply-adds (MR NR per tile and k) plus
-  // its packing, bm MR rows of A and bn NR columns of B per k, each packed value priced at 16
-  // multiply-adds (a scalar copy per cycle against 32 FMA lanes). Counting tiles alone split
-  // a 256 x 128 x 3136 product (the 1x1 conv's kernel gradient) into two 256 x 64 halves:
-  // each thread packed all of A to use it once, and 2 threads ran only 1.4x faster than 1.
-  const int64_t m_tiles = (M + cfg.MR - 1) / cfg.MR;
-  const int64_t n_tiles = (N + cfg.NR - 1) / cfg.NR;
-  int64_t best_tm = 1, best_tn = 1, best_cost = -1;
-  for (int64_t tm = 1; tm <= threads; ++tm) {
-    const int64_t tn = threads / tm;
-    if (tm * tn != threads || tm > m_tiles || tn > n_tiles) continue;
-    const int64_t bm = (m_tiles + tm - 1) / tm, bn = (n_tiles + tn - 1) / tn;
-    const int64_t cost = bm * bn * cfg.MR * cfg.NR + 16 * (bm * cfg.MR + bn * cfg.NR);
-    if (best_cost < 0 || cost < best_cost) best_tm = tm, best_tn = tn, best_cost = cost;
-  }
-  if (best_cost < 0) {  // e.g. a prime thread count larger than both tile counts
-    best_tm = std::min(threads, m_tiles);
-    best_tn = 1;
-  }
-  const int64_t tm = best_tm, tn = best_tn;
-  const int64_t bm = (m_tiles + tm - 1) / tm, bn = (n_tiles + tn - 1) / tn;
-  parallel_for(0, tm * tn, 1, [&](int64_t lo, int64_t hi) {
-    for (int64_t t = lo; t < hi; ++t) {
-      const int64_t m0 = std::min(M, (t / tn) * bm * cfg.MR);
-      const int64_t m1 = std::min(M, m0 + bm * cfg.MR);
-      const int64_t n0 = std::min(N, (t % tn) * bn * cfg.NR);
-      const int64_t n1 = std::min(N, n0 + bn * cfg.NR);
-      if (m0 < m1 && n0 < n1)
-        gemm_detail::gemm_block(cfg, m0, m1, n0, n1, K, A, a_rs, a_cs, B, b_rs, b_cs, C, ldc,
-                                accumulate, bias);
-    }
+  const gemm_detail::GemmConfig<T> cfg = gemm_detail::gemm_config_for<T>(M, N);
+  const std::vector<T> zeros(static_cast<size_t>(kc_max), T(0));
+  const int64_t work = saturating_mul(saturating_mul(M, N), K);
+  gemm_detail::for_each_gemm_block(cfg, M, N, work, [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+    gemm_detail::gemm_indirect_block(cfg, m0, m1, n0, n1, slices, kc_max, rows, zeros.data(), B, b_rs, b_cs, C,
+                                     ldc, bias);
   });
 }
 
