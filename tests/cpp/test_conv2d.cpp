@@ -822,10 +822,12 @@ void test_indirect_big_panel() {
   const auto g = make_conv2d_geometry(2, 9, 9, 64, 64, 7, 7, 64, 1, 1, 3, 3, 3, 3);
   check_indirect_straight<float>(g, 2e-4, 38);
   check_indirect_straight<double>(g, 1e-12, 39);
-  // A kernel past 1 MiB (1.13 MiB, K = 1152 x 256 filters) that the forward's indirect kernel
-  // still takes (forward_kernel_fits_cache), its dX and dW on the gemm() paths.
-  const auto deep = make_conv2d_geometry(1, 58, 58, 128, 256, 3, 3, 128, 2, 2, 1, 1, 1, 1);
+  // A kernel past 1 MiB (1.15 MiB, K = 1296 x 232 filters) that the forward's indirect kernel
+  // still takes (forward_kernel_fits_cache; 232 filters are no whole panels of the GEMM's
+  // tiles, which 256 would be: the GEMM in place), its dX and dW on the gemm() paths.
+  const auto deep = make_conv2d_geometry(1, 58, 58, 144, 232, 3, 3, 144, 2, 2, 1, 1, 1, 1);
   CHECK(std::string(conv_kernel_choice<float>(deep).forward) == "indirect");
+  CHECK(std::string(conv_kernel_choice<float>(make_conv2d_geometry(1, 58, 58, 128, 256, 3, 3, 128, 2, 2, 1, 1, 1, 1)).forward) == "gemm");
   check_everywhere<float>(deep, 2e-4, 40);
 }
 
@@ -856,6 +858,88 @@ void test_forward_gemm() {
   CHECK(std::string(conv_kernel_choice<double>(deepq).backward_input) == "col2im_gemm");
   check_everywhere<float>(narrow, 2e-5, 43);
   check_everywhere<double>(deepq, 1e-12, 44);
+}
+
+// The forward's GEMM called straight, each pixel's im2col row read in place slice by slice
+// (gemm_indirect) and gathered first, against the oracle at every level the CPU has, at 1-3
+// threads bitwise the same, into a y that it must overwrite.
+template <typename T>
+void check_forward_gemm_straight(const Conv2dGeometry& g, double tol, uint32_t seed) {
+  const Case<T> c = make_case<T>(g, seed);
+  for (bool in_place : {true, false}) {
+    std::vector<T> first;
+    at_every_level_and_thread_count([&](int level, int threads) {
+      std::vector<T> y(c.ref.y.size(), T(7));
+      conv_detail::forward_gemm(g, c.x.data(), c.w.data(), c.b.data(), y.data(), in_place);
+      if (threads == 1) first = y;
+      const double err = max_rel_diff(std::vector<double>(y.begin(), y.end()), c.ref.y);
+      CHECK(err < tol && bitwise_equal(y, first));
+      if (!(err < tol && bitwise_equal(y, first)))
+        std::printf("  forward_gemm(in_place=%d) C=%lld Q=%lld %lldx%lld: simd=%d threads=%d err=%g\n", int(in_place),
+                    (long long)g.C, (long long)g.Q, (long long)g.FH, (long long)g.FW, level, threads, err);
+    });
+  }
+}
+
+// The forward's GEMM with its rows read in place (forward_run_slices, forward_slice_rows):
+// slices of whole taps (256 channels), of half taps (384: two of 192; 300: two of 150), of a
+// kernel row's run (32 channels x 7: 224 values) and of parts of one that end inside a tap
+// (128 x 3 = 384: two of 192; 40 x 7 = 280: two of 140), so border pixels' slices are copied
+// whole or in part; kernel rows in the top and bottom padding; asymmetric padding and strides;
+// windows wider than the input (every pixel a border one); more pixels than one block of the
+// product's rows (MC).
+void test_forward_gemm_in_place() {
+  using conv_detail::forward_run_slices;
+  const auto taps = make_conv2d_geometry(2, 7, 9, 256, 40, 3, 3, 256, 2, 2, 1, 0, 1, 2);
+  const auto thirds = make_conv2d_geometry(2, 7, 9, 128, 40, 3, 3, 128, 2, 2, 1, 0, 1, 2);
+  const auto halves = make_conv2d_geometry(1, 5, 6, 384, 20, 3, 3, 384, 1, 1, 1, 1, 1, 1);
+  const auto uneven = make_conv2d_geometry(2, 4, 5, 300, 17, 2, 3, 300, 1, 2, 0, 1, 2, 0);
+  const auto runs = make_conv2d_geometry(2, 9, 10, 32, 24, 7, 7, 32, 1, 1, 3, 3, 3, 3);
+  const auto parts = make_conv2d_geometry(1, 8, 11, 40, 70, 7, 7, 40, 2, 1, 3, 2, 3, 1);
+  const auto wide = make_conv2d_geometry(3, 6, 3, 24, 16, 5, 5, 24, 1, 1, 2, 2, 2, 2);
+  const auto many = make_conv2d_geometry(3, 20, 20, 64, 72, 3, 3, 64, 1, 1, 1, 1, 1, 1);
+  CHECK(forward_run_slices(taps, 256).size() == 9 && forward_run_slices(taps, 256)[4].k0 == 4 * 256);
+  CHECK(forward_run_slices(thirds, 256).size() == 6 && forward_run_slices(thirds, 256)[1].k0 == 192 &&
+        forward_run_slices(thirds, 256)[1].kc == 192);
+  CHECK(forward_run_slices(halves, 256).size() == 18 && forward_run_slices(halves, 256)[1].kc == 192);
+  CHECK(forward_run_slices(uneven, 256).size() == 12 && forward_run_slices(uneven, 256)[1].kc == 150);
+  CHECK(forward_run_slices(runs, 256).size() == 7 && forward_run_slices(runs, 256)[2].k0 == 2 * 224);
+  const auto p = forward_run_slices(parts, 256);
+  CHECK(p.size() == 14 && p[1].k0 == 140 && p[1].kc == 140 && p[13].k0 + p[13].kc == 7 * 280);
+  for (const auto* g : {&taps, &thirds, &halves, &uneven, &runs, &parts, &wide, &many}) {
+    check_forward_gemm_straight<float>(*g, 2e-4, 51);
+    check_forward_gemm_straight<double>(*g, 1e-12, 52);
+  }
+  // The choice (select.h's gemm_rows_in_place): whole taps (or parts of one) always; runs of
+  // 64+ values with at most a quarter of the output columns on a border; not 48-value slices,
+  // nor 6 border columns of 14.
+  CHECK(gemm_rows_in_place<float>(make_conv2d_geometry(8, 14, 14, 256, 512, 3, 3, 256, 2, 2, 1, 1, 1, 1)));
+  CHECK(gemm_rows_in_place<float>(make_conv2d_geometry(2, 14, 14, 48, 64, 7, 7, 48, 1, 1, 0, 0, 0, 0)));
+  CHECK(gemm_rows_in_place<double>(make_conv2d_geometry(8, 16, 16, 64, 64, 2, 2, 64, 2, 2, 0, 0, 0, 0)));
+  CHECK(!gemm_rows_in_place<float>(make_conv2d_geometry(4, 224, 224, 3, 192, 16, 16, 3, 16, 16, 0, 0, 0, 0)));
+  CHECK(!gemm_rows_in_place<float>(make_conv2d_geometry(2, 14, 14, 32, 256, 7, 7, 32, 1, 1, 3, 3, 3, 3)));
+  CHECK(!gemm_rows_in_place<float>(make_conv2d_geometry(32, 8, 8, 32, 96, 7, 7, 32, 2, 2, 3, 3, 3, 3)));
+  // Strided with a deep kernel (K >= 1024) whose filters fill the GEMM's panels, on more than
+  // the 800 pixels that go to the GEMM anyway: the GEMM in place, not the indirect kernel, at
+  // both vector levels (not with the algorithm "direct").
+  // Through conv2d_forward at every level against the oracle.
+  const auto strided = make_conv2d_geometry(4, 30, 29, 160, 64, 3, 3, 160, 2, 2, 1, 1, 1, 0);  // 840 pixels
+  const auto shallow = make_conv2d_geometry(4, 30, 29, 96, 64, 3, 3, 96, 2, 2, 1, 1, 1, 0);  // K = 864
+  const auto q24 = make_conv2d_geometry(4, 30, 29, 160, 24, 3, 3, 160, 2, 2, 1, 1, 1, 0);
+  for (SimdLevel level : {SimdLevel::AVX2, SimdLevel::AVX512}) {
+    if (static_cast<int>(level) > static_cast<int>(nablagrad::cpu_simd_level())) continue;
+    nablagrad::set_simd_level(level);
+    CHECK(std::string(conv_kernel_choice<float>(strided).forward) == "gemm");
+    CHECK(std::string(conv_kernel_choice<float>(shallow).forward) == "indirect");
+    // 24 filters: the AVX-512 GEMM's 32-wide tile, a quarter empty; AVX2's 4 x 24 one, whole.
+    CHECK(std::string(conv_kernel_choice<float>(q24).forward) == (level == SimdLevel::AVX512 ? "indirect" : "gemm"));
+    set_conv_algorithm(ConvAlgorithm::Direct);
+    CHECK(std::string(conv_kernel_choice<float>(strided).forward) == "indirect");
+    set_conv_algorithm(ConvAlgorithm::Auto);
+  }
+  nablagrad::set_simd_level(nablagrad::cpu_simd_level());
+  check_everywhere<float>(strided, 2e-4, 53);
+  check_everywhere<double>(strided, 1e-12, 54);
 }
 
 // The strided dX by the phase gather GEMMs (backward_input_phases): one channel and a 2x2
@@ -1426,19 +1510,23 @@ void test_kernel_choice() {
     // 800 at 2 x 20 x 20): im2col + gemm(), except with the algorithm set to "direct".
     const auto wide = make_conv2d_geometry(2, 16, 16, 128, 64, 3, 3, 128, 2, 2, 1, 1, 1, 1);
     CHECK(std::string(conv_kernel_choice<float>(wide).forward) == "gemm");
-    CHECK(std::string(conv_kernel_choice<float>(make_conv2d_geometry(2, 40, 40, 128, 64, 3, 3, 128, 2, 2, 1, 1, 1, 1)).forward) == "gemm");
-    CHECK(std::string(conv_kernel_choice<float>(make_conv2d_geometry(2, 40, 42, 128, 64, 3, 3, 128, 2, 2, 1, 1, 1, 1)).forward) == "indirect");
+    CHECK(std::string(conv_kernel_choice<float>(make_conv2d_geometry(2, 40, 40, 96, 64, 3, 3, 96, 2, 2, 1, 1, 1, 1)).forward) == "gemm");
+    CHECK(std::string(conv_kernel_choice<float>(make_conv2d_geometry(2, 40, 42, 96, 64, 3, 3, 96, 2, 2, 1, 1, 1, 1)).forward) == "indirect");
+    // (With 128 channels, K = 1152, past 800 pixels too at the vector levels: the GEMM, in place.)
+    const bool vec = nablagrad::simd_level() != SimdLevel::Portable;
+    CHECK(std::string(conv_kernel_choice<float>(make_conv2d_geometry(2, 40, 42, 128, 64, 3, 3, 128, 2, 2, 1, 1, 1, 1)).forward) == (vec ? "gemm" : "indirect"));
     set_conv_algorithm(ConvAlgorithm::Direct);
     CHECK(std::string(conv_kernel_choice<float>(wide).forward) == "indirect");
     set_conv_algorithm(ConvAlgorithm::Auto);
-    // A kernel panel K x NR beyond 256 KiB (K = 4608, 884 KB of kernel): the indirect kernel
-    // all the same (gemm() on at most 800 pixels); with 64 filters the whole kernel passes
-    // 1 MiB: im2col + gemm().
+    // A kernel panel K x NR beyond 256 KiB (K = 4608, 884 KB of kernel): at the portable level
+    // the indirect kernel all the same, at the vector levels the GEMM in place (its filters
+    // whole panels of the GEMM's tile; gemm() on at most 800 pixels anyway); with 64 filters the
+    // whole kernel passes 1 MiB: gemm().
     const auto huge_k = make_conv2d_geometry(1, 8, 8, 512, 48, 3, 3, 512, 2, 2, 1, 1, 1, 1);
     CHECK(std::string(conv_kernel_choice<float>(huge_k).forward) == "gemm");
     const auto deep_s2 = make_conv2d_geometry(2, 48, 48, 512, 48, 3, 3, 512, 2, 2, 1, 1, 1, 1);
     const auto deep_7x7 = make_conv2d_geometry(2, 32, 32, 64, 64, 7, 7, 64, 1, 1, 3, 3, 3, 3);
-    CHECK(std::string(conv_kernel_choice<float>(deep_s2).forward) == "indirect");
+    CHECK(std::string(conv_kernel_choice<float>(deep_s2).forward) == (vec ? "gemm" : "indirect"));
     // (At AVX-512 the 7x7 on rows of 32 runs the 2-vector stride-1 direct kernel, panels up
     // to 512 KiB; past that, 96 channels, the indirect kernel there too.)
     const bool s1_two = nablagrad::simd_level() >= SimdLevel::AVX512;
@@ -1447,12 +1535,13 @@ void test_kernel_choice() {
     CHECK(std::string(conv_kernel_choice<float>(wide_7x7).forward) == "indirect");
     const auto huge_kq = make_conv2d_geometry(1, 8, 8, 512, 64, 3, 3, 512, 2, 2, 1, 1, 1, 1);
     CHECK(std::string(conv_kernel_choice<float>(huge_kq).forward) == "gemm");
-    // The forward's indirect kernel up to 1.25 MiB of kernel (forward_kernel_fits_cache), its
-    // dX and dW's paths only up to 1 MiB (kernel_fits_cache): 1.13 MiB at 128 -> 256 (841
-    // output pixels), 1.41 MiB at 160 -> 256.
+    // The forward's indirect kernel up to 1.25 MiB of kernel (forward_kernel_fits_cache; at the
+    // vector levels the GEMM in place takes these deep kernels first), its dX and dW's paths only
+    // up to 1 MiB (kernel_fits_cache): 1.13 MiB at 128 -> 256 (841 output pixels), 1.41 MiB at
+    // 160 -> 256.
     const auto mib_1_13 = make_conv2d_geometry(1, 58, 58, 128, 256, 3, 3, 128, 2, 2, 1, 1, 1, 1);
     const auto mib_1_41 = make_conv2d_geometry(1, 58, 58, 160, 256, 3, 3, 160, 2, 2, 1, 1, 1, 1);
-    CHECK(std::string(conv_kernel_choice<float>(mib_1_13).forward) == "indirect");
+    CHECK(std::string(conv_kernel_choice<float>(mib_1_13).forward) == (vec ? "gemm" : "indirect"));
     CHECK(std::string(conv_kernel_choice<float>(mib_1_13).backward_input) == "col2im_gemm");
     CHECK(std::string(conv_kernel_choice<float>(mib_1_13).backward_weight) == "im2col_gemm");
     CHECK(std::string(conv_kernel_choice<float>(mib_1_41).forward) == "gemm");
@@ -1676,6 +1765,7 @@ int main() {
   RUN_TEST(test_backward_input_phases_gather);
   RUN_TEST(test_indirect_big_panel);
   RUN_TEST(test_forward_gemm);
+  RUN_TEST(test_forward_gemm_in_place);
   RUN_TEST(test_weight_gradient_product);
   RUN_TEST(test_forward_indirect);
   RUN_TEST(test_indirect_tiles_by_filters);

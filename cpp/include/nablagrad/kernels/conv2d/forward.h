@@ -1,6 +1,7 @@
 // nablagrad/kernels/conv2d/forward.h - the forward pass as a GEMM: through a pointer table into
-// the input (the indirect kernel of microkernel.h on the packed kernel), as im2col + gemm() for
-// kernels beyond the cache, and as a plain GEMM for 1x1 convolutions.
+// the input (the indirect kernel of microkernel.h on the packed kernel), through gemm()'s cache
+// blocking for deep kernels and few pixels (each pixel's im2col row read in place by
+// gemm_indirect, or gathered first), and as a plain GEMM for 1x1 convolutions.
 //
 //   Y[(n,ho,wo), q] = sum_{(fh,fw,c)} X[n, ho*S_h+fh-pt, wo*S_w+fw-pl, c] * W[q, fh, fw, c] + b[q]
 //
@@ -79,16 +80,89 @@ void im2col_rows_parallel(const Conv2dGeometry& g, const T* x, int64_t r0, int64
                [&](int64_t lo, int64_t hi) { forward_im2col(g, x, r0 + lo, r0 + hi, dst + lo * K, K); });
 }
 
-/// Forward as im2col + gemm(): blocks of output pixels whose im2col rows stay within ~8 MiB
-/// are gathered (in parallel) into a buffer and multiplied by W^T with gemm(), whose cache
-/// blocking packs each panel of W once per block and reuses it across all the block's rows
-/// (the bias starts each tile of y). For deep layers, where W (K x Q) is megabytes, the gather
-/// GEMM and the indirect kernel stream all of W once per tile of pixels: (8,14,14,256->512,
-/// 3x3 S 2) 7.5 -> 4.9 ms at 1 thread, 5.2 -> 2.5 ms at 2 (Xeon, AVX-512).
+/// The depth slices of forward_gemm's in-place rows, each within one kernel row's run of FW*C
+/// values, so that a pixel's values of a slice are one run of x (or all padding, or, for a pixel
+/// on the left or right border whose slice takes taps both inside and outside the input, a
+/// copy). From KC channels each tap is a slice, or equal parts of one of at most KC: no copies
+/// at all; under that the run, in equal parts of at most KC (128 channels x 3: two of 192, which
+/// measured ahead of three taps of 128: (8,28,28,160->192, 3x3 S 2) 4.02-4.14 -> 3.94-3.98 ms,
+/// Zen 4, AVX-512, 2 threads). A function of the geometry and KC only.
+inline std::vector<KSlice> forward_run_slices(const Conv2dGeometry& g, int64_t KC) {
+  std::vector<KSlice> slices;
+  const int64_t C = g.C, len = g.FW * C;
+  if (C <= 0) return slices;
+  const bool by_tap = C >= KC;
+  const int64_t unit = by_tap ? C : len, parts = (unit + KC - 1) / KC, depth = (unit + parts - 1) / parts;
+  for (int64_t h = 0; h < g.FH; ++h)
+    for (int64_t u = 0; u < len; u += unit)
+      for (int64_t o = 0; o < unit; o += depth) slices.push_back({h * len + u + o, std::min(depth, unit - o)});
+  return slices;
+}
+
+/// gemm_indirect's rows for forward_gemm in place: pixels r0 .. r0 + m - 1's values k0 .. k0 +
+/// kc - 1 (within kernel row h's run) at ptrs: in x, at zeros (a kernel row in the top or bottom
+/// padding, or every tap of the slice in the left or right), or copied into edge (m kc values).
 template <typename T>
-void forward_gemm(const Conv2dGeometry& g, const T* x, const T* w, const T* bias, T* y) {
+void forward_slice_rows(const Conv2dGeometry& g, const T* x, int64_t k0, int64_t kc, int64_t r0, int64_t m,
+                        const T** ptrs, T* edge, const T* zeros) {
+  const int64_t C = g.C, H = g.H, W = g.W, Ho = g.Ho, Wo = g.Wo, len = g.FW * C;
+  const int64_t h = k0 / len, off = k0 % len, fa = off / C, fb = (off + kc - 1) / C;
+  int64_t n = r0 / (Ho * Wo), ho = (r0 / Wo) % Ho, wo = r0 % Wo;
+  for (int64_t i = 0; i < m; ++i) {
+    const int64_t ih = ho * g.stride_h - g.pad_top + h, iw0 = wo * g.stride_w - g.pad_left;
+    const T* p = zeros;
+    if (ih >= 0 && ih < H) {
+      const T* row = x + (n * H + ih) * W * C;
+      if (iw0 + fa >= 0 && iw0 + fb < W) {
+        p = row + (iw0 + fa) * C + (off - fa * C);
+      } else if (iw0 + fb >= 0 && iw0 + fa < W) {  // taps inside and outside: copied
+        T* e = edge + i * kc;
+        for (int64_t k = off; k < off + kc;) {
+          const int64_t fw = k / C, end = std::min(off + kc, (fw + 1) * C), iw = iw0 + fw;
+          if (iw < 0 || iw >= W)
+            zero_run(e + (k - off), end - k);
+          else
+            copy_run(e + (k - off), row + iw * C + (k - fw * C), end - k);
+          k = end;
+        }
+        p = e;
+      }
+    }
+    ptrs[i] = p;
+    if (++wo == Wo) {
+      wo = 0;
+      if (++ho == Ho) {
+        ho = 0;
+        ++n;
+      }
+    }
+  }
+}
+
+/// Forward as a GEMM, Y = X' W^T with X' the im2col matrix (a row of FH*FW*C values per output
+/// pixel), the bias starting each tile of y. In place (select.h's gemm_rows_in_place): by
+/// gemm_indirect, each pixel's row read slice by slice (forward_run_slices) where it lies in x,
+/// nothing gathered but a border pixel's part-padded slices. (8,14,14,256->512, 3x3 S 2),
+/// Zen 4, 2 threads: 4.43-4.55 -> 4.29-4.36 ms, 214 GFLOP/s, ~92% of the multiply-add peak.
+/// Else blocks of im2col rows within ~8 MiB are gathered (in parallel) into a buffer and
+/// multiplied by W^T with gemm(), whose cache blocking packs each panel of W once per block and
+/// reuses it across all the block's rows. For deep layers, where W (K x Q) is megabytes, the
+/// gather GEMM and the indirect kernel stream all of W once per tile of pixels: (8,14,14,256->
+/// 512, 3x3 S 2) 7.5 -> 4.9 ms at 1 thread, 5.2 -> 2.5 ms at 2 (Xeon, AVX-512).
+template <typename T>
+void forward_gemm(const Conv2dGeometry& g, const T* x, const T* w, const T* bias, T* y, bool in_place) {
   const int64_t K = g.FH * g.FW * g.C, Q = g.Q, rows = g.N * g.Ho * g.Wo;
   if (rows == 0) return;
+  if (in_place) {
+    const std::vector<KSlice> slices = forward_run_slices(g, gemm_detail::gemm_config_for<T>(rows, Q).KC);
+    gemm_indirect<T>(
+        rows, Q, slices,
+        [&](size_t s, int64_t r0, int64_t m, const T** ptrs, T* edge, const T* zeros) {
+          forward_slice_rows(g, x, slices[s].k0, slices[s].kc, r0, m, ptrs, edge, zeros);
+        },
+        w, 1, K, y, Q, bias);
+    return;
+  }
   const int64_t block = gemm_path_block<T>(K, rows);
   Scratch<T> a(checked_product({block, std::max<int64_t>(K, 1)}, "conv2d: im2col rows"), "conv2d: im2col rows");
   for (int64_t r0 = 0; r0 < rows; r0 += block) {

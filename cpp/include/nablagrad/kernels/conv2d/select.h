@@ -181,6 +181,35 @@ inline bool forward_kernel_fits_cache(const Conv2dGeometry& g) {
   return kernel_fits_cache<T>(g, int64_t{5} << 18);  // 1.25 MiB
 }
 
+/// Whether the forward's GEMM (ForwardKernel::Gemm) reads each output pixel's im2col row in
+/// place (forward_gemm's gemm_indirect) rather than gathering blocks of rows first: where its
+/// depth slices (forward_run_slices) are at least 64 values deep, and, unless they are whole
+/// taps or parts of one (never copied, from 128 channels), at most a quarter of the output
+/// columns take taps on both sides of the left or right border (their slices are copied, by
+/// each thread whose block of the product holds the pixel). Zen 4, 2 threads, C++, ms, gathered
+/// -> in place, AVX-512 / AVX2: (8,14,14,256->512, 3x3 S 2) 4.41-4.55 -> 4.29-4.36 / 4.48 ->
+/// 4.36; (8,16,16,256->16, S 2 P 0) 0.174 -> 0.136 / 0.184 -> 0.141; (2,14,14,128->128, S 2)
+/// 0.176 -> 0.146 / 0.174 -> 0.145; (4,14,14,160->160, S 2) 0.458 -> 0.445 / 0.498 -> 0.459;
+/// (2,14,14,48->64, 7x7 P 0) 0.211 -> 0.196 / 0.212 -> 0.196; (1,7,7,512->512) 1.44 -> 1.39 /
+/// 1.39 -> 1.32; (8,16,16,64->64, 2x2 S 2) 0.082 -> 0.079 / 0.107 -> 0.099. Not: 48-value
+/// slices, (4,224,224,3->192, 16x16 S 16) 1.078 -> 1.099 / 1.10 -> 1.15; 6 border columns of
+/// 14, (2,14,14,32->256, 7x7 P 3) 1.467 -> 1.455 / 1.486 -> 1.545; 3 of 4, (32,8,8,32->96, 7x7
+/// S 2) 0.718 -> 0.738 / 0.743 -> 0.750.
+template <typename T>
+inline bool gemm_rows_in_place(const Conv2dGeometry& g) {
+  const int64_t KC = gemm_detail::gemm_config_for<T>(saturating_mul(g.N, saturating_mul(g.Ho, g.Wo)), g.Q).KC;
+  const std::vector<KSlice> slices = conv_detail::forward_run_slices(g, KC);
+  for (const KSlice& s : slices)
+    if (s.kc < 64) return false;
+  if (g.C >= KC) return true;
+  // Output columns whose window [wo S - pl, wo S - pl + FW) is not inside [0, W): the first
+  // ceil(pl / S), and those past (W + pl - FW) / S (all of them where W + pl < FW).
+  const int64_t S = g.stride_w, left = std::min(g.Wo, (g.pad_left + S - 1) / S);
+  const int64_t last_inside = g.W + g.pad_left - g.FW;
+  const int64_t right = last_inside < 0 ? g.Wo : std::max<int64_t>(0, g.Wo - (last_inside / S + 1));
+  return 4 * std::min(g.Wo, left + right) <= g.Wo;
+}
+
 /// A strided 1x1 forward (a ResNet block's projection shortcut) by the indirect kernel rather
 /// than the pointwise GEMM: the GEMM first gathers the output pixels' rows (C values each,
 /// written and read again) for C Q multiply-adds per pixel, the indirect kernel reads them in
@@ -425,7 +454,27 @@ inline ForwardKernel select_forward(const Conv2dGeometry& g, const conv_detail::
   // >= 1.2 Wo pixels: (2,40,40,3->16, 11x11 S 4), rows of 9 in a block of 24, 0.027 vs 0.031).
   const conv_detail::DirectForwardPlan<T> plan = conv_detail::direct_forward_plan(cfg, g);
   const bool wide_first = wide_kernel_first_layer && plan.rb.span * 5 < g.Wo * 6;
-  if (indirect_ok && (g.stride_h > 1 || g.stride_w > 1) && g.FW * g.C >= 32 && !wide_first) return indirect;
+  if (indirect_ok && (g.stride_h > 1 || g.stride_w > 1) && g.FW * g.C >= 32 && !wide_first) {
+    // But a deep kernel (K >= 1024) whose filters fill whole panels of the GEMM's register tile:
+    // the GEMM with the rows read in place (gemm_rows_in_place), whose cache blocking keeps a
+    // KC x NR slice of the packed kernel in L1-L2 where the indirect kernel streams a K x NR
+    // panel of it per block of pixels. Zen 4, 2 threads, C++, ms, indirect -> gemm in place,
+    // AVX-512 / AVX2: (8,28,28,160->192, 3x3 S 2) 4.31-4.37 -> 3.94-3.98 / 4.47-4.57 ->
+    // 3.99-4.06, (8,28,28,256->64) 2.31-2.38 -> 2.13-2.15 / 2.35-2.54 -> 2.21-2.23,
+    // (16,16,16,384->64) 2.43-2.52 -> 2.15-2.27 / 2.45-2.61 -> 2.21-2.44, (8,32,32,512->32)
+    // 3.17-3.35 -> 2.99-3.17 / 3.27-3.75 -> 3.06-3.23, (8,28,28,96->96, 5x5 S 2) 3.62-3.67 ->
+    // 3.30-3.32 / 3.61-3.64 -> 3.39-3.47, (8,28,28,128->256) 4.21-4.26 -> 4.18-4.22 /
+    // 4.28-4.75 -> 4.33-4.36. Not below K = 1024: (16,32,32,32->64, S 2) 0.68-0.70 vs 0.70-0.74
+    // / 0.73 vs 0.74, (8,56,56,24->64) 0.79-0.80 vs 0.81-0.85 / 0.83-0.85 vs 0.86, (8,64,64,
+    // 32->64, 5x5 S 2) 3.71-3.86 vs 3.84-3.85 (but (8,32,32,64->64) 0.77 -> 0.69); nor 24
+    // filters on 32-wide tiles: (8,32,32,768->24) 4.36-4.45 vs 4.87-4.98 at AVX-512. (Not
+    // measured at the portable level, which keeps the indirect kernel.)
+    if (few_rows_gemm && cfg.level != SimdLevel::Portable && conv_algorithm() != ConvAlgorithm::Direct && K >= 1024 &&
+        g.Q % gemm_detail::gemm_config_for<T>(saturating_mul(g.N, saturating_mul(g.Ho, g.Wo)), g.Q).NR == 0 &&
+        gemm_rows_in_place<T>(g))
+      return ForwardKernel::Gemm;
+    return indirect;
+  }
   // Stride 1 without left or right padding (so no border copies in the pointer table), on
   // output rows that the direct kernel covers badly: no whole block of a stride-1 kernel, and
   // blocks spanning at least 1.2 Wo pixels (the indirect kernel walks the pixels flat across
@@ -656,7 +705,7 @@ void conv2d_forward(const Conv2dGeometry& g, const T* x, const T* w, const T* bi
     case ForwardKernel::Pointwise: conv_detail::forward_pointwise(g, x, w, bias, y); return;
     case ForwardKernel::Direct: conv_detail::forward_direct(cfg, g, x, w, bias, y); return;
     case ForwardKernel::Indirect: conv_detail::forward_indirect(cfg, g, x, w, bias, y); return;
-    case ForwardKernel::Gemm: conv_detail::forward_gemm(g, x, w, bias, y); return;
+    case ForwardKernel::Gemm: conv_detail::forward_gemm(g, x, w, bias, y, gemm_rows_in_place<T>(g)); return;
     case ForwardKernel::Winograd: winograd_conv2d_forward(g, x, w, bias, y); return;
     case ForwardKernel::Narrow:
       conv_detail::forward_narrow(conv_detail::narrow_kernels<T>(cfg.level, g.Q), g, x, w, bias, y);
