@@ -89,6 +89,20 @@ void test_helpers() {
   std::vector<double> k = {1, 2, 3, 4}, kr(4);
   flip_kernel(k.data(), 2, 2, 1, 1, kr.data());
   CHECK((kr == std::vector<double>{2, 4, 1, 3}));
+  // In 16 x 16 blocks of Q x C per tap, with partial blocks: the formula, value by value.
+  {
+    const int64_t Q = 37, FH = 3, FW = 2, C = 21;
+    std::vector<double> kq(Q * FH * FW * C), kf(kq.size(), -1.0);
+    for (size_t i = 0; i < kq.size(); ++i) kq[i] = double(i);
+    flip_kernel(kq.data(), Q, FH, FW, C, kf.data());
+    bool same = true;
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t a = 0; a < FH; ++a)
+        for (int64_t b = 0; b < FW; ++b)
+          for (int64_t q = 0; q < Q; ++q)
+            same = same && kf[((c * FH + a) * FW + b) * Q + q] == kq[((q * FH + (FH - 1 - a)) * FW + (FW - 1 - b)) * C + c];
+    CHECK(same);
+  }
   // The packed kernel panels and the per-thread scratch start on a cache line (the kernels'
   // whole-vector loads from them would straddle two lines otherwise), whatever their size and
   // however the scratch grew; std::vector's own allocator gave 16 or 48 past a line here.

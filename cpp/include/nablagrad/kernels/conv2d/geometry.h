@@ -161,16 +161,29 @@ void pad(const T* in, int64_t N, int64_t H, int64_t W, int64_t C, int64_t top, i
           out[((n * Hp + i + top) * Wp + j + left) * C + c] = in[((n * H + i) * W + j) * C + c];
 }
 
+/// One tap (a, b) of flip_kernel: k_r(c, a, b, q) = k(q, FH-1-a, FW-1-b, c) for every q and c,
+/// a Q x C transpose done in 16 x 16 blocks (a value at a time, in order, the reads of a block
+/// 16 runs of C values and its writes 16 runs of Q: the loop over c outside q had each read a
+/// cache line of its own, 0.12 ms of a 0.57 ms input gradient at (2,14,14,48->64, 7x7)).
+template <typename T>
+void flip_kernel_tap(const T* w, int64_t Q, int64_t FH, int64_t FW, int64_t C, int64_t a, int64_t b, T* out) {
+  const int64_t taps = FH * FW;
+  const T* src = w + ((FH - 1 - a) * FW + (FW - 1 - b)) * C;  // k(q, ., ., c) at src[q taps C + c]
+  T* dst = out + (a * FW + b) * Q;                            // k_r(c, a, b, q) at dst[c taps Q + q]
+  for (int64_t c0 = 0; c0 < C; c0 += 16)
+    for (int64_t q0 = 0; q0 < Q; q0 += 16) {
+      const int64_t c1 = std::min(C, c0 + 16), q1 = std::min(Q, q0 + 16);
+      for (int64_t c = c0; c < c1; ++c)
+        for (int64_t q = q0; q < q1; ++q) dst[c * taps * Q + q] = src[q * taps * C + c];
+    }
+}
+
 /// flip_kernel: (Q, FH, FW, C) -> (C, FH, FW, Q), k_r(c, a, b, q) = k(q, FH-1-a, FW-1-b, c):
 /// both spatial axes flipped and the roles of Q and C exchanged (the document's k_r).
 template <typename T>
 void flip_kernel(const T* w, int64_t Q, int64_t FH, int64_t FW, int64_t C, T* out) {
-  for (int64_t c = 0; c < C; ++c)
-    for (int64_t a = 0; a < FH; ++a)
-      for (int64_t b = 0; b < FW; ++b)
-        for (int64_t q = 0; q < Q; ++q)
-          out[((c * FH + a) * FW + b) * Q + q] =
-              w[((q * FH + (FH - 1 - a)) * FW + (FW - 1 - b)) * C + c];
+  for (int64_t a = 0; a < FH; ++a)
+    for (int64_t b = 0; b < FW; ++b) flip_kernel_tap(w, Q, FH, FW, C, a, b, out);
 }
 
 namespace conv_detail {

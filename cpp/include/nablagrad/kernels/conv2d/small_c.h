@@ -351,12 +351,9 @@ void backward_input_flipped(const ConvKernels<T>& cfg, const Conv2dGeometry& g, 
                             T* dx, FlippedBy by) {
   const Conv2dGeometry gf = flipped_geometry(g);
   Scratch<T> wf(std::max<int64_t>(g.Q * g.FH * g.FW * g.C, 1), "conv2d backward: flipped kernel");
-  for (int64_t c = 0; c < g.C; ++c)
-    for (int64_t i = 0; i < g.FH; ++i)
-      for (int64_t j = 0; j < g.FW; ++j) {
-        T* dst = wf.get() + ((c * g.FH + i) * g.FW + j) * g.Q;
-        for (int64_t q = 0; q < g.Q; ++q) dst[q] = w[((q * g.FH + (g.FH - 1 - i)) * g.FW + (g.FW - 1 - j)) * g.C + c];
-      }
+  parallel_for(0, g.FH * g.FW, 1, [&](int64_t lo, int64_t hi) {  // flip_kernel, tap by tap
+    for (int64_t t = lo; t < hi; ++t) flip_kernel_tap(w, g.Q, g.FH, g.FW, g.C, t / g.FW, t % g.FW, wf.get());
+  });
   const T* const none = nullptr;  // no bias
   switch (by) {
     case FlippedBy::Direct: forward_direct(cfg, gf, dy, wf.get(), none, dx); return;
