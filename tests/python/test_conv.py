@@ -297,6 +297,21 @@ def test_backward_input_flipped_direct(case, dtype, restore_conv_algorithm):
     np.testing.assert_allclose(dx, dx_ref, rtol=tol, atol=tol * np.abs(dx_ref).max())
 
 
+# The forward's GEMM with each pixel's im2col row read in place (gemm_indirect): a strided
+# layer with a deep kernel (K = 1440, 900 output pixels: ahead of the indirect kernel at the
+# vector levels), and a 7x7 on few pixels with no padding (slices of half a kernel row's run,
+# so parts of taps), at each level the CPU has; forward and gradients against the oracle.
+@pytest.mark.parametrize("level", SIMD_LEVELS)
+def test_forward_gemm_in_place(level, restore_conv_algorithm):
+    require_simd(level)
+    with simd(level):
+        deep = _core._conv_algorithm_for((4, 30, 30, 160), (64, 3, 3, 160), 2, 2, 1, 1, 1, 1)
+        assert deep["forward"] == ("indirect" if level == "portable" else "gemm"), deep
+        assert _core._conv_algorithm_for((2, 14, 14, 48), (64, 7, 7, 48), 1, 1, 0, 0, 0, 0)["forward"] == "gemm"
+        check_conv_vs_reference(4, 30, 30, 160, 64, 3, 3, stride=2, padding=1, rtol=1e-10, atol=1e-10)
+        check_conv_vs_reference(2, 14, 14, 48, 64, 7, 7, rtol=1e-10, atol=1e-10)
+
+
 def test_conv_algorithm_for():
     pick = _core._conv_algorithm_for
     one = pick((16, 14, 14, 128), (256, 1, 1, 128), 1, 1, 0, 0, 0, 0)
