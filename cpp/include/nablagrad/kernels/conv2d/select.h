@@ -184,7 +184,7 @@ inline bool forward_kernel_fits_cache(const Conv2dGeometry& g) {
 /// Whether the forward's GEMM (ForwardKernel::Gemm) reads each output pixel's im2col row in
 /// place (forward_gemm's gemm_indirect) rather than gathering blocks of rows first: where its
 /// depth slices (forward_run_slices) are at least 64 values deep, and, unless they are whole
-/// taps or parts of one (never copied, from 128 channels), at most a quarter of the output
+/// taps or parts of one (never copied, from KC = 256 channels), at most a quarter of the output
 /// columns take taps on both sides of the left or right border (their slices are copied, by
 /// each thread whose block of the product holds the pixel). Zen 4, 2 threads, C++, ms, gathered
 /// -> in place, AVX-512 / AVX2: (8,14,14,256->512, 3x3 S 2) 4.41-4.55 -> 4.29-4.36 / 4.48 ->
