@@ -899,7 +899,8 @@ void check_forward_gemm_straight(const Conv2dGeometry& g, double tol, uint32_t s
 // slices of whole taps (256 channels), of half taps (384: two of 192; 300: two of 150), of a
 // kernel row's run (32 channels x 7: 224 values) and of parts of one that end inside a tap
 // (128 x 3 = 384: two of 192; 40 x 7 = 280: two of 140), so border pixels' slices are copied
-// whole or in part; kernel rows in the top and bottom padding; asymmetric padding and strides;
+// whole or in part; kernel rows in the top and bottom padding (whole register tiles of them,
+// skipped, in `runs` and `many`); asymmetric padding and strides;
 // windows wider than the input (every pixel a border one); more pixels than one block of the
 // product's rows (MC).
 void test_forward_gemm_in_place() {
@@ -924,15 +925,16 @@ void test_forward_gemm_in_place() {
     check_forward_gemm_straight<float>(*g, 2e-4, 51);
     check_forward_gemm_straight<double>(*g, 1e-12, 52);
   }
-  // The choice (select.h's gemm_rows_in_place): whole taps (or parts of one) always; runs of
-  // 64+ values with at most a quarter of the output columns on a border; not 48-value slices,
-  // nor 6 border columns of 14.
+  // The choice (select.h's gemm_rows_in_place): slices of 64+ values, however many output
+  // columns are border ones (6 of 14, 3 of 4: their tiles of padding are skipped); not 48-value
+  // slices.
   CHECK(gemm_rows_in_place<float>(make_conv2d_geometry(8, 14, 14, 256, 512, 3, 3, 256, 2, 2, 1, 1, 1, 1)));
   CHECK(gemm_rows_in_place<float>(make_conv2d_geometry(2, 14, 14, 48, 64, 7, 7, 48, 1, 1, 0, 0, 0, 0)));
   CHECK(gemm_rows_in_place<double>(make_conv2d_geometry(8, 16, 16, 64, 64, 2, 2, 64, 2, 2, 0, 0, 0, 0)));
   CHECK(!gemm_rows_in_place<float>(make_conv2d_geometry(4, 224, 224, 3, 192, 16, 16, 3, 16, 16, 0, 0, 0, 0)));
-  CHECK(!gemm_rows_in_place<float>(make_conv2d_geometry(2, 14, 14, 32, 256, 7, 7, 32, 1, 1, 3, 3, 3, 3)));
-  CHECK(!gemm_rows_in_place<float>(make_conv2d_geometry(32, 8, 8, 32, 96, 7, 7, 32, 2, 2, 3, 3, 3, 3)));
+  CHECK(gemm_rows_in_place<float>(make_conv2d_geometry(2, 14, 14, 32, 256, 7, 7, 32, 1, 1, 3, 3, 3, 3)));
+  CHECK(gemm_rows_in_place<float>(make_conv2d_geometry(32, 8, 8, 32, 96, 7, 7, 32, 2, 2, 3, 3, 3, 3)));
+  CHECK(!gemm_rows_in_place<float>(make_conv2d_geometry(8, 28, 28, 7, 64, 3, 3, 7, 1, 1, 1, 1, 1, 1)));  // 21
   // Strided with a deep kernel (K >= 1024) whose filters fill the GEMM's panels, on more than
   // the 800 pixels that go to the GEMM anyway: the GEMM in place, not the indirect kernel, at
   // both vector levels (not with the algorithm "direct").

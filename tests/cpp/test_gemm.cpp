@@ -445,6 +445,52 @@ void test_degenerate() {
 // and without a bias; with uneven slices, within the rounding bound of the reference; at every
 // level (the portable one packs the rows) and thread count bitwise the same as 1 thread; with
 // partial row and column panels and several MC blocks. No slices: C = the bias (or 0).
+// A register tile whose rows are all the zero run skips its multiply-adds: its outputs are the
+// bias (+ 0) even where B holds inf and NaN (0 * inf would be NaN), at every level and thread
+// count; a tile with one row that is not the zero run multiplies them.
+template <typename T>
+void check_indirect_zero_tiles_skip_non_finite() {
+  using nablagrad::kernels::KSlice;
+  const int64_t M = 100, N = 40, K = 300;
+  std::vector<T> a(static_cast<size_t>(M * K), T(0.5)), b(static_cast<size_t>(K * N), T(0.25)), bias(static_cast<size_t>(N));
+  for (int64_t j = 0; j < N; ++j) bias[static_cast<size_t>(j)] = T(j);
+  b[static_cast<size_t>(7 * N + 3)] = std::numeric_limits<T>::infinity();
+  b[static_cast<size_t>(290 * N + 5)] = std::numeric_limits<T>::quiet_NaN();
+  const std::vector<KSlice> slices = {{0, 100}, {100, 100}, {200, 100}};
+  for (SimdLevel level : simd_levels()) {
+    nablagrad::set_simd_level(level);
+    const int64_t MR = nablagrad::kernels::gemm_detail::gemm_config_for<T>(M, N).MR;
+    const int64_t z0 = (40 + MR - 1) / MR * MR, z1 = z0 + 2 * MR;  // two whole tiles of zero rows
+    const auto rows = [&](size_t, int64_t i0, int64_t m, const T** ptrs, T*, const T* zeros) {
+      for (int64_t i = 0; i < m; ++i) ptrs[i] = (i0 + i >= z0 && i0 + i < z1) || i0 + i == z1 + 1 ? zeros : a.data();
+    };
+    for (int threads : {1, 2, 3}) {
+      nablagrad::set_num_threads(threads);
+      std::vector<T> c(static_cast<size_t>(M * N), T(7));
+      nablagrad::kernels::gemm_indirect<T>(M, N, slices, rows, b.data(), N, 1, c.data(), N, bias.data());
+      bool ok = true;
+      for (int64_t i = 0; i < M; ++i)
+        for (int64_t j = 0; j < N; ++j) {
+          const T v = c[static_cast<size_t>(i * N + j)];
+          if (i >= z0 && i < z1)
+            ok = ok && v == T(j);
+          else if (i == z1 + 1)  // the zero run in a tile with other rows: 0 * inf, 0 * NaN
+            ok = ok && (j == 3 || j == 5 ? std::isnan(v) : v == T(j));
+          else if (j == 3)
+            ok = ok && std::isinf(v);
+          else if (j == 5)
+            ok = ok && std::isnan(v);
+          else
+            ok = ok && std::isfinite(v) && v != T(j);
+        }
+      CHECK(ok);
+      if (!ok)
+        std::printf("  %s simd=%s threads=%d: zero tiles not skipped, or others skipped\n",
+                    sizeof(T) == 4 ? "float" : "double", level_name(level), threads);
+    }
+  }
+}
+
 template <typename T>
 void check_indirect() {
   using nablagrad::kernels::KSlice;
@@ -457,8 +503,12 @@ void check_indirect() {
     std::vector<T> a(static_cast<size_t>(M * lda)), b(static_cast<size_t>(K * N)), bias(static_cast<size_t>(N));
     for (auto& x : a) x = static_cast<T>(dist(rng));
     for (int64_t i = 0; i < M; i += 5) std::fill(a.begin() + i * lda, a.begin() + (i + 1) * lda, T(0));
+    // Rows 32 .. 95 all zero: whole register tiles of the zero run (skipped, zero_rows_tile).
+    const auto zero_row = [&](int64_t i) { return i % 5 == 0 || (i >= 32 && i < 96); };
+    for (int64_t i = 32; i < std::min<int64_t>(M, 96); ++i) std::fill(a.begin() + i * lda, a.begin() + (i + 1) * lda, T(0));
     for (auto& x : b) x = static_cast<T>(dist(rng));
     for (auto& x : bias) x = static_cast<T>(dist(rng));
+    bias[0] = T(-0.0);  // a skipped tile writes bias + 0 = +0, as the chain from zero does
     std::vector<KSlice> even, uneven;
     const int64_t depth = nablagrad::kernels::gemm_detail::k_slice_depth(K, 256);
     for (int64_t k = 0; k < K; k += depth) even.push_back({k, std::min(depth, K - k)});
@@ -472,7 +522,7 @@ void check_indirect() {
         const KSlice sl = (*slices)[si];
         for (int64_t i = 0; i < m; ++i) {
           const T* row = a.data() + (i0 + i) * lda + sl.k0;
-          if ((i0 + i) % 5 == 0) {
+          if (zero_row(i0 + i)) {
             ptrs[i] = zeros;
           } else if ((i0 + i) % 3 == 1) {
             std::memcpy(edge + i * sl.kc, row, sizeof(T) * static_cast<size_t>(sl.kc));
@@ -520,6 +570,7 @@ void check_indirect() {
       }
     }
   }
+  check_indirect_zero_tiles_skip_non_finite<T>();
   std::vector<T> c(6, T(9)), bias = {T(1), T(2), T(3)};
   const auto none = [](size_t, int64_t, int64_t, const T**, T*, const T*) { CHECK(false); };
   gemm_indirect<T>(2, 3, {}, none, nullptr, 3, 1, c.data(), 3, bias.data());

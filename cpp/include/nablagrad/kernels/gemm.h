@@ -958,6 +958,17 @@ struct KSlice {
 
 namespace gemm_detail {
 
+/// The pointer tile's result where all its rows are the zero run: each FMA chain sums products
+/// 0 * b from +0, which is +0 for finite b, so c + 0 (add), bias + 0 or +0 are its bits, without
+/// the kc-deep chains. A convolution's padding (gemm_indirect's doc).
+template <typename T>
+inline void zero_rows_tile(int64_t MR, int64_t NR, T* c, int64_t ldc, bool add, const T* bias) {
+  for (int64_t i = 0; i < MR; ++i) {
+    T* ci = c + i * ldc;
+    for (int64_t j = 0; j < NR; ++j) ci[j] = add ? ci[j] + T(0) : (bias ? bias[j] + T(0) : T(0));
+  }
+}
+
 /// gemm_indirect's block C[m0:m1, n0:n1] on the calling thread: gemm_block's loops, with each
 /// slice's rows of A found by `rows` (MC at a time) and read through their pointers.
 template <typename T, typename RowsFn>
@@ -984,18 +995,20 @@ inline void gemm_indirect_block(const GemmConfig<T>& cfg, int64_t m0, int64_t m1
         const int64_t mc = std::min(cfg.MC, m1 - ic), mc_tiles = (mc + MR - 1) / MR * MR;
         rows(s, ic, mc, ptrs.data(), edge, zeros);
         std::fill(ptrs.begin() + mc, ptrs.begin() + mc_tiles, zeros);  // a last tile's missing rows
-        T* c = C + ic * ldc + jc;
-        if (cfg.kernel_ptrs != nullptr) {
-          macro_tiles(cfg, mc, nc, kc, Bp, c, ldc, s > 0, bias_jc,
-                      [&](int64_t ir, const T* b, T* ct, int64_t ldc_, bool add_, const T* bias_) {
-                        cfg.kernel_ptrs(kc, ptrs.data() + ir, b, ct, ldc_, add_, bias_);
-                      });
-          continue;
-        }
-        for (int64_t p = 0; p < mc_tiles; p += MR)  // the packed panels: Ap[p kc + k MR + i]
-          for (int64_t k = 0; k < kc; ++k)
-            for (int64_t i = 0; i < MR; ++i) Ap[p * kc + k * MR + i] = ptrs[static_cast<size_t>(p + i)][k];
-        macro_kernel(cfg, mc, nc, kc, Ap, Bp, c, ldc, s > 0, bias_jc);
+        if (cfg.kernel_ptrs == nullptr)  // the packed panels: Ap[p kc + k MR + i]
+          for (int64_t p = 0; p < mc_tiles; p += MR)
+            for (int64_t k = 0; k < kc; ++k)
+              for (int64_t i = 0; i < MR; ++i) Ap[p * kc + k * MR + i] = ptrs[static_cast<size_t>(p + i)][k];
+        macro_tiles(cfg, mc, nc, kc, Bp, C + ic * ldc + jc, ldc, s > 0, bias_jc,
+                    [&](int64_t ir, const T* b, T* ct, int64_t ldc_, bool add_, const T* bias_) {
+                      const T* const* tile_ptrs = ptrs.data() + ir;
+                      if (std::all_of(tile_ptrs, tile_ptrs + MR, [&](const T* p) { return p == zeros; }))
+                        zero_rows_tile(MR, NR, ct, ldc_, add_, bias_);
+                      else if (cfg.kernel_ptrs != nullptr)
+                        cfg.kernel_ptrs(kc, tile_ptrs, b, ct, ldc_, add_, bias_);
+                      else
+                        cfg.kernel(kc, Ap + ir * kc, b, ct, ldc_, add_, bias_);  // macro_kernel's tile
+                    });
       }
     }
   }
@@ -1012,6 +1025,11 @@ inline void gemm_indirect_block(const GemmConfig<T>& cfg, int64_t m0, int64_t m1
 /// place: no im2col matrix (forward_gemm). Every element of C is, slice by slice in order, one
 /// FMA chain from zero added to C (to the bias, or 0, for the first slice): the same bits for any
 /// thread count. Threads split M and N as gemm() does; B is packed slice by slice as there.
+/// A register tile whose MR rows all point at `zeros` (a convolution's padding: a kernel row
+/// above or below the input for all of the tile's pixels) skips its chains (zero_rows_tile):
+/// the same bits where B is finite, and the padding's zeros are never multiplied by an inf or
+/// NaN in B (as the convolution's direct and indirect kernels skip the padded taps). Tiles are
+/// MR rows from row 0 whatever the thread count, so that holds for any thread count too.
 template <typename T, typename RowsFn>
 void gemm_indirect(int64_t M, int64_t N, const std::vector<KSlice>& slices, const RowsFn& rows, const T* B,
                    int64_t b_rs, int64_t b_cs, T* C, int64_t ldc, const T* bias) {

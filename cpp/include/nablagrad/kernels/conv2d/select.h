@@ -17,6 +17,7 @@
 // kernels (winograd.h) join are marked [WINOGRAD].
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <stdexcept>
@@ -183,31 +184,24 @@ inline bool forward_kernel_fits_cache(const Conv2dGeometry& g) {
 
 /// Whether the forward's GEMM (ForwardKernel::Gemm) reads each output pixel's im2col row in
 /// place (forward_gemm's gemm_indirect) rather than gathering blocks of rows first: where its
-/// depth slices (forward_run_slices) are at least 64 values deep, and, unless they are whole
-/// taps or parts of one (never copied, from KC = 256 channels), at most a quarter of the output
-/// columns take taps on both sides of the left or right border (their slices are copied, by
-/// each thread whose block of the product holds the pixel). Zen 4, 2 threads, C++, ms, gathered
-/// -> in place, AVX-512 / AVX2: (8,14,14,256->512, 3x3 S 2) 4.41-4.55 -> 4.29-4.36 / 4.48 ->
-/// 4.36; (8,16,16,256->16, S 2 P 0) 0.174 -> 0.136 / 0.184 -> 0.141; (2,14,14,128->128, S 2)
-/// 0.176 -> 0.146 / 0.174 -> 0.145; (4,14,14,160->160, S 2) 0.458 -> 0.445 / 0.498 -> 0.459;
-/// (2,14,14,48->64, 7x7 P 0) 0.211 -> 0.196 / 0.212 -> 0.196; (1,7,7,512->512) 1.44 -> 1.39 /
-/// 1.39 -> 1.32; (8,16,16,64->64, 2x2 S 2) 0.082 -> 0.079 / 0.107 -> 0.099. Not: 48-value
-/// slices, (4,224,224,3->192, 16x16 S 16) 1.078 -> 1.099 / 1.10 -> 1.15; 6 border columns of
-/// 14, (2,14,14,32->256, 7x7 P 3) 1.467 -> 1.455 / 1.486 -> 1.545; 3 of 4, (32,8,8,32->96, 7x7
-/// S 2) 0.718 -> 0.738 / 0.743 -> 0.750.
+/// depth slices (forward_run_slices) are at least 64 values deep. A border pixel's slices that
+/// take taps on both sides of the left or right border are copied (by each thread whose block
+/// of the product holds the pixel), and a tile whose pixels' slice is all padding (a kernel row
+/// in the top or bottom padding) skips its multiply-adds (gemm_indirect): so padded layers gain
+/// most. Zen 4, 2 threads, C++, ms, gathered -> in place, AVX-512 / AVX2: (8,14,14,256->512,
+/// 3x3 S 2) 4.41-4.55 -> 4.29-4.36 / 4.48 -> 4.36; (8,16,16,256->16, S 2 P 0) 0.174 -> 0.136 /
+/// 0.184 -> 0.141; (2,14,14,128->128, S 2) 0.176 -> 0.146 / 0.174 -> 0.145; (1,7,7,512->512)
+/// 1.44 -> 1.39 / 1.39 -> 1.32; (8,16,16,64->64, 2x2 S 2) 0.082 -> 0.079 / 0.107 -> 0.099; and
+/// with many border columns, since the skip, AVX-512: (2,14,14,32->256, 7x7 P 3), 6 border
+/// columns of 14, 1.47-1.52 -> 1.33-1.37; (32,8,8,32->96, 7x7 S 2), 3 of 4, 0.72-0.74 ->
+/// 0.69-0.70; (4,7,7,64->256, 7x7 P 3), all of them, 1.58-1.78 -> 1.27-1.41; (8,14,14,128->256,
+/// 5x5 S 2) 3.28-3.34 -> 2.99-3.09; (16,14,14,64->64, 7x7 S 2) 1.74-1.78 -> 1.41-1.46. Not:
+/// 48-value slices, (4,224,224,3->192, 16x16 S 16) 1.078 -> 1.099 / 1.10 -> 1.15.
 template <typename T>
 inline bool gemm_rows_in_place(const Conv2dGeometry& g) {
   const int64_t KC = gemm_detail::gemm_config_for<T>(saturating_mul(g.N, saturating_mul(g.Ho, g.Wo)), g.Q).KC;
   const std::vector<KSlice> slices = conv_detail::forward_run_slices(g, KC);
-  for (const KSlice& s : slices)
-    if (s.kc < 64) return false;
-  if (g.C >= KC) return true;
-  // Output columns whose window [wo S - pl, wo S - pl + FW) is not inside [0, W): the first
-  // ceil(pl / S), and those past (W + pl - FW) / S (all of them where W + pl < FW).
-  const int64_t S = g.stride_w, left = std::min(g.Wo, (g.pad_left + S - 1) / S);
-  const int64_t last_inside = g.W + g.pad_left - g.FW;
-  const int64_t right = last_inside < 0 ? g.Wo : std::max<int64_t>(0, g.Wo - (last_inside / S + 1));
-  return 4 * std::min(g.Wo, left + right) <= g.Wo;
+  return std::all_of(slices.begin(), slices.end(), [](const KSlice& s) { return s.kc >= 64; });
 }
 
 /// A strided 1x1 forward (a ResNet block's projection shortcut) by the indirect kernel rather
