@@ -272,29 +272,36 @@ inline bool winograd_amortized(const Conv2dGeometry& g, bool weight) {
                                          saturating_mul(g.Q, static_cast<int64_t>(sizeof(T))));  // transformed kernel
   if (!weight) {
     if (tiles >= 96) return true;
-    const bool avx512 = simd_level() >= SimdLevel::AVX512;
     // 5x5 (F(2x2,5x5): 36 multiplies per tile and channel pair against 100) from 24 tiles at
-    // AVX-512 in float, with C Q >= 16384 (a kernel of 1.6 MB and up): AVX-512, 2 threads, ms,
-    // gemm paths -> Winograd, forward / dX, one process alternating: (2,8,8,128->128), 32
-    // tiles, 0.49-0.57 -> 0.29-0.36 / 0.51-0.55 -> 0.28-0.34; (2,8,8,256->256) 1.80-2.02 ->
+    // the vector levels in float, with C Q >= 16384 (a kernel of 1.6 MB and up). 2 threads, ms,
+    // gemm paths -> Winograd, forward / dX, one process alternating, AVX-512: (2,8,8,128->128),
+    // 32 tiles, 0.49-0.57 -> 0.29-0.36 / 0.51-0.55 -> 0.28-0.34; (2,8,8,256->256) 1.80-2.02 ->
     // 1.21-1.48 / 2.23-2.62 -> 1.12-1.40; (2,8,8,512->512), 1.2 MB of transformed kernel per
     // tile, 8.07 -> 6.14 / 10.4 -> 6.33; (1,10,10,256->256), 25 tiles, 1.61 -> 1.56 / 2.13 ->
     // 1.70; (1,12,12,192->192) 1.35-1.41 -> 0.83-0.88 / 1.33-1.44 -> 0.86-0.92; (1,16,16,
     // 256->256) 3.94 -> 2.56 / 4.86 -> 2.44; (2,7,7,256->256), 32 tiles past the output,
     // 1.46-1.50 -> 1.34 / 1.93-1.98 -> 1.22-1.33; (4,6,6,256->256) 1.87 -> 1.49 / 2.51 -> 1.55;
     // (4,8,8,96->192) 1.03-1.20 -> 0.53-0.55 / 1.10-1.12 -> 0.54-0.59; (2,8,8,64->256) 0.46
-    // -> 0.29 / 0.52 -> 0.32. Not under 24 tiles: (1,8,8,512->512), 16, 5.19 vs 6.34 (dX 7.39
-    // vs 6.74), (2,6,6,128->128), 18, 0.26-0.28 vs 0.27-0.32, (1,4,4,256->256), 4, 0.36 vs
-    // 0.99; nor for C Q just past the kernel_fits_cache limit, where the GEMM in place is
-    // quick: (1,10,10,96->128) 0.28 vs 0.39, (2,8,8,96->128) 0.37 vs 0.40, (1,12,12,112->112)
-    // 0.48-0.50 vs 0.48. Not at AVX2, where it lost as often as it won: (2,8,8,256->256) 2.07
-    // -> 1.89, (4,6,6,256->256) 2.14 -> 1.79, but (1,10,10,256->256) 1.71 vs 1.95,
-    // (2,7,7,256->256) 1.69 vs 2.16, (1,12,12,112->112) 0.48 vs 1.18.
+    // -> 0.29 / 0.52 -> 0.32. AVX2: (2,8,8,128->128) 0.55 -> 0.47-0.48 / 0.65-0.66 -> 0.49;
+    // (2,8,8,256->256) 2.19 -> 2.01-2.03 / 3.36-3.41 -> 2.15-2.21; (1,12,12,192->192) 1.31 ->
+    // 0.82-0.84 / 1.79-1.88 -> 0.87; (1,14,14,128->128) 0.81-0.86 -> 0.59 / 0.97-0.98 -> 0.61;
+    // (4,6,6,256->256) 2.21 -> 1.78-1.82 / 3.74-3.83 -> 1.91; (4,8,8,96->192) 1.09-1.11 ->
+    // 0.77-0.78 / 1.32-1.35 -> 0.79-0.80; (4,7,7,256->256) 3.20-3.45 -> 3.13-3.20 / 4.72-4.78
+    // -> 3.26-3.40; ties (1,10,10,256->256) 1.74-1.77 vs 1.69-1.75 / 2.45-2.58 -> 1.84-1.92,
+    // (2,8,8,512->512) 8.96-9.31 vs 8.98-9.11 / 13.4-13.5 -> 9.8-9.9; and (2,7,7,256->256)
+    // loses its forward, 1.61-1.67 vs 1.83-1.94, for its dX, 2.30-2.49 -> 2.07-2.10. Not under
+    // 24 tiles: (1,8,8,512->512), 16, 5.19 vs 6.34 (dX 7.39 vs 6.74), AVX2 4.59-4.64 vs
+    // 6.27-6.46; (1,8,8,256->256) AVX2 1.15-1.20 vs 1.51-1.55; (1,4,4,256->256), 4, 0.36 vs
+    // 0.99; nor for C Q just past the kernel_fits_cache limit, where the GEMM in place is quick:
+    // (1,10,10,96->128) 0.28 vs 0.39, (2,8,8,96->128) 0.37 vs 0.40, (1,12,12,112->112)
+    // 0.48-0.50 vs 0.48.
     if (g.FH == 5)
-      return std::is_same<T, float>::value && avx512 && tiles >= 24 && saturating_mul(g.C, g.Q) >= 16384;
+      return std::is_same<T, float>::value && simd_level() >= SimdLevel::AVX2 && tiles >= 24 &&
+             saturating_mul(g.C, g.Q) >= 16384;
     // Batch 1 and small batches (see above; 3x3 in float, the measured cases): on outputs of
     // even height and width (F(2x2)'s tiles cover them whole), from 36 tiles at AVX-512 with a
     // transformed kernel of at most 192 KB per tile, at AVX2 from 24 tiles and up to 384 KB.
+    const bool avx512 = simd_level() >= SimdLevel::AVX512;
     if (!std::is_same<T, float>::value || g.FH != 3 || simd_level() < SimdLevel::AVX2 || g.Ho % 2 != 0 ||
         g.Wo % 2 != 0 || tiles < (avx512 ? 36 : 24))
       return false;
