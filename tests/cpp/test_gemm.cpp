@@ -440,46 +440,75 @@ void test_degenerate() {
 
 // A register tile whose rows are all the zero run skips its multiply-adds: its outputs are the
 // bias (+ 0) even where B holds inf and NaN (0 * inf would be NaN), at every level and thread
-// count; a tile with one row that is not the zero run multiplies them.
+// count; a tile with one row that is not the zero run multiplies them. Likewise a tile whose
+// rows' spans all leave out B's inf and NaN (rows z2 .. z2 + 2 MR - 1: values 10 .. 79 of each
+// slice, zero outside) runs only those 70 values (bias + 3 * 70 * 0.125 exactly), while such a
+// row in a tile with whole rows (z3) multiplies its zeros by them. With the rows stored in C
+// through c_rows (whole tiles in reverse order; rows ascending within them, or reversed) the
+// same per row of C.
 template <typename T>
 void check_indirect_zero_tiles_skip_non_finite() {
   using nablagrad::kernels::KSlice;
+  using nablagrad::kernels::KSpan;
   const int64_t M = 100, N = 40, K = 300;
-  std::vector<T> a(static_cast<size_t>(M * K), T(0.5)), b(static_cast<size_t>(K * N), T(0.25)), bias(static_cast<size_t>(N));
+  std::vector<T> b(static_cast<size_t>(K * N), T(0.25)), bias(static_cast<size_t>(N));
   for (int64_t j = 0; j < N; ++j) bias[static_cast<size_t>(j)] = T(j);
   b[static_cast<size_t>(7 * N + 3)] = std::numeric_limits<T>::infinity();
   b[static_cast<size_t>(290 * N + 5)] = std::numeric_limits<T>::quiet_NaN();
   const std::vector<KSlice> slices = {{0, 100}, {100, 100}, {200, 100}};
+  std::vector<T> whole(100, T(0.5)), part(100, T(0));  // a row's values of one slice
+  std::fill(part.begin() + 10, part.begin() + 80, T(0.5));
   for (SimdLevel level : simd_levels()) {
     nablagrad::set_simd_level(level);
     const int64_t MR = nablagrad::kernels::gemm_detail::gemm_config_for<T>(M, N).MR;
     const int64_t z0 = (40 + MR - 1) / MR * MR, z1 = z0 + 2 * MR;  // two whole tiles of zero rows
-    const auto rows = [&](size_t, int64_t i0, int64_t m, const T** ptrs, T*, const T* zeros) {
-      for (int64_t i = 0; i < m; ++i) ptrs[i] = (i0 + i >= z0 && i0 + i < z1) || i0 + i == z1 + 1 ? zeros : a.data();
-    };
-    for (int threads : {1, 2, 3}) {
-      nablagrad::set_num_threads(threads);
-      std::vector<T> c(static_cast<size_t>(M * N), T(7));
-      nablagrad::kernels::gemm_indirect<T>(M, N, slices, rows, b.data(), N, 1, c.data(), N, bias.data());
-      bool ok = true;
-      for (int64_t i = 0; i < M; ++i)
-        for (int64_t j = 0; j < N; ++j) {
-          const T v = c[static_cast<size_t>(i * N + j)];
-          if (i >= z0 && i < z1)
-            ok = ok && v == T(j);
-          else if (i == z1 + 1)  // the zero run in a tile with other rows: 0 * inf, 0 * NaN
-            ok = ok && (j == 3 || j == 5 ? std::isnan(v) : v == T(j));
-          else if (j == 3)
-            ok = ok && std::isinf(v);
-          else if (j == 5)
-            ok = ok && std::isnan(v);
-          else
-            ok = ok && std::isfinite(v) && v != T(j);
+    const int64_t z2 = (z1 + 2 + MR - 1) / MR * MR, z3 = z2 + 2 * MR + 1;  // two tiles of spans, one row
+    const auto narrowed = [&](int64_t r) { return (r >= z2 && r < z2 + 2 * MR) || r == z3; };
+    for (int order = 0; order < 3; ++order) {
+      // GEMM row r holds row src(r) of A and goes to C row src(r).
+      const int64_t tiles = M / MR;
+      const auto src = [&](int64_t r) {
+        if (order == 0 || r >= tiles * MR) return r;
+        const int64_t t = tiles - 1 - r / MR, i = order == 1 ? r % MR : MR - 1 - r % MR;
+        return t * MR + i;
+      };
+      std::vector<int64_t> c_rows(static_cast<size_t>(M));
+      for (int64_t r = 0; r < M; ++r) c_rows[static_cast<size_t>(r)] = src(r);
+      const auto rows = [&](size_t, int64_t i0, int64_t m, const T** ptrs, KSpan* spans, T*, const T* zeros) {
+        for (int64_t i = 0; i < m; ++i) {
+          const int64_t r = src(i0 + i);
+          ptrs[i] = (r >= z0 && r < z1) || r == z1 + 1 ? zeros : narrowed(r) ? part.data() : whole.data();
+          if (narrowed(r)) spans[i] = {10, 80};
         }
-      CHECK(ok);
-      if (!ok)
-        std::printf("  %s simd=%s threads=%d: zero tiles not skipped, or others skipped\n",
-                    sizeof(T) == 4 ? "float" : "double", level_name(level), threads);
+        return true;
+      };
+      for (int threads : {1, 2, 3}) {
+        nablagrad::set_num_threads(threads);
+        std::vector<T> c(static_cast<size_t>(M * N), T(7));
+        nablagrad::kernels::gemm_indirect<T>(M, N, slices, rows, b.data(), N, 1, c.data(), N, bias.data(),
+                                             order == 0 ? nullptr : c_rows.data());
+        bool ok = true;
+        for (int64_t i = 0; i < M; ++i)
+          for (int64_t j = 0; j < N; ++j) {
+            const T v = c[static_cast<size_t>(i * N + j)];
+            if (i >= z0 && i < z1)
+              ok = ok && v == T(j);
+            else if (i == z1 + 1 || i == z3)  // zeros in a tile with whole rows: 0 * inf, 0 * NaN
+              ok = ok && (j == 3 || j == 5 ? std::isnan(v) : v == T(j) + (i == z3 ? T(26.25) : T(0)));
+            else if (narrowed(i))
+              ok = ok && v == T(j) + T(26.25);
+            else if (j == 3)
+            ok = ok && std::isinf(v);
+            else if (j == 5)
+              ok = ok && std::isnan(v);
+            else
+              ok = ok && v == T(j) + T(37.5);
+          }
+        CHECK(ok);
+        if (!ok)
+          std::printf("  %s simd=%s threads=%d order=%d: padding not skipped, or more than it\n",
+                      sizeof(T) == 4 ? "float" : "double", level_name(level), threads, order);
+      }
     }
   }
 }
@@ -487,7 +516,9 @@ void check_indirect_zero_tiles_skip_non_finite() {
 // gemm_indirect: rows of A found through pointers per depth slice. Row i of each slice is read
 // in place from a row-major A (i % 3 == 0), copied by the rows function into its edge buffer
 // (i % 3 == 1), or, for every fifth row and rows 32 .. 95 (whole register tiles, skipped),
-// given as the zero run (that row of A is zero); a bias with a -0. With
+// given as the zero run (that row of A is zero); rows zero in one half of K with their spans
+// narrowed to the other (tiles of them run only the union); a bias with a -0; rows in order
+// and permuted through c_rows (tiles evenly spaced in C and not). With
 // gemm()'s own slicing (k_slice_depth) the result must be bitwise gemm()'s on the same A, with
 // and without a bias; with uneven slices, within the rounding bound of the reference; at every
 // level (the portable one packs the rows) and thread count bitwise the same as 1 thread; with
@@ -495,6 +526,7 @@ void check_indirect_zero_tiles_skip_non_finite() {
 template <typename T>
 void check_indirect() {
   using nablagrad::kernels::KSlice;
+  using nablagrad::kernels::KSpan;
   using nablagrad::kernels::gemm_indirect;
   std::mt19937 rng(21);
   std::uniform_real_distribution<double> dist(-1.0, 1.0);
@@ -508,6 +540,12 @@ void check_indirect() {
     const auto zero_row = [&](int64_t i) { return i % 5 == 0 || (i >= 32 && i < 96); };
     for (int64_t i = 0; i < M; ++i)
       if (zero_row(i)) std::fill(a.begin() + i * lda, a.begin() + (i + 1) * lda, T(0));
+    // Rows zero in their first (i % 7 == 3) or last (i % 7 == 4) half of K: spans narrowed.
+    for (int64_t i = 0; i < M; ++i)
+      if (i % 7 == 3)
+        std::fill(a.begin() + i * lda, a.begin() + i * lda + K / 2, T(0));
+      else if (i % 7 == 4)
+        std::fill(a.begin() + i * lda + K / 2, a.begin() + (i + 1) * lda, T(0));
     for (auto& x : b) x = static_cast<T>(dist(rng));
     for (auto& x : bias) x = static_cast<T>(dist(rng));
     bias[0] = T(-0.0);  // a skipped tile writes bias + 0 = +0, as the chain from zero does
@@ -519,54 +557,69 @@ void check_indirect() {
       uneven.push_back({k, kc});
       k += kc;
     }
+    // A permutation of the rows for c_rows: evens ascending (tiles evenly spaced in C, run there),
+    // then odds descending (stored row by row).
+    std::vector<int64_t> perm;
+    for (int64_t i = 0; i < M; i += 2) perm.push_back(i);
+    for (int64_t i = (M - 1) / 2 * 2 + 1; i > 0; i -= 2)
+      if (i < M) perm.push_back(i);
     for (const std::vector<KSlice>* slices : {&even, &uneven}) {
-      const auto rows = [&](size_t si, int64_t i0, int64_t m, const T** ptrs, T* edge, const T* zeros) {
-        const KSlice sl = (*slices)[si];
-        for (int64_t i = 0; i < m; ++i) {
-          const T* row = a.data() + (i0 + i) * lda + sl.k0;
-          if (zero_row(i0 + i)) {
-            ptrs[i] = zeros;
-          } else if ((i0 + i) % 3 == 1) {
-            std::memcpy(edge + i * sl.kc, row, sizeof(T) * static_cast<size_t>(sl.kc));
-            ptrs[i] = edge + i * sl.kc;
-          } else {
-            ptrs[i] = row;
-          }
-        }
-      };
-      for (SimdLevel level : simd_levels()) {
-        nablagrad::set_simd_level(level);
-        std::vector<T> first;
-        for (int threads : {1, 2, 3}) {
-          nablagrad::set_num_threads(threads);
-          for (const T* bp : {static_cast<const T*>(bias.data()), static_cast<const T*>(nullptr)}) {
-            std::vector<T> got(static_cast<size_t>(M * ldc), T(7)), want(got);
-            gemm_indirect<T>(M, N, *slices, rows, b.data(), N, 1, got.data(), ldc, bp);
-            bool ok = true;
-            if (slices == &even) {
-              gemm<T>(M, N, K, a.data(), lda, 1, b.data(), N, 1, want.data(), ldc, false, bp);
-              ok = std::memcmp(got.data(), want.data(), sizeof(T) * got.size()) == 0;
+      for (bool permuted : {false, true}) {
+        // GEMM row r is row src(r) of A (and, permuted, goes to C row src(r)).
+        const auto src = [&](int64_t r) { return permuted ? perm[static_cast<size_t>(r)] : r; };
+        const auto rows = [&](size_t si, int64_t i0, int64_t m, const T** ptrs, KSpan* spans, T* edge, const T* zeros) {
+          const KSlice sl = (*slices)[si];
+          for (int64_t i = 0; i < m; ++i) {
+            const int64_t r = src(i0 + i);
+            const T* row = a.data() + r * lda + sl.k0;
+            if (zero_row(r)) {
+              ptrs[i] = zeros;
+            } else if (r % 3 == 1) {
+              std::memcpy(edge + i * sl.kc, row, sizeof(T) * static_cast<size_t>(sl.kc));
+              ptrs[i] = edge + i * sl.kc;
             } else {
-              for (int64_t i = 0; i < M; ++i)
-                for (int64_t j = 0; j < N; ++j) want[static_cast<size_t>(i * ldc + j)] = bp ? bp[j] : T(0);
-              gemm_reference<T>(M, N, K, a.data(), lda, 1, b.data(), N, 1, want.data(), ldc, true);
-              const double bound = (K + 2) * 4.0 * std::numeric_limits<T>::epsilon();
-              for (int64_t i = 0; i < M; ++i)
-                for (int64_t j = 0; j < ldc; ++j) {
-                  const T g = got[static_cast<size_t>(i * ldc + j)], w = want[static_cast<size_t>(i * ldc + j)];
-                  ok = ok && (j < N ? std::fabs(double(g) - double(w)) <= bound * (1.0 + std::fabs(double(w))) : g == T(7));
-                }
+              ptrs[i] = row;
             }
-            if (bp) {
-              if (threads == 1) first = got;
-              ok = ok && std::memcmp(got.data(), first.data(), sizeof(T) * got.size()) == 0;
+            const int64_t half = std::min(std::max<int64_t>(K / 2 - sl.k0, 0), sl.kc);
+            if (r % 7 == 3) spans[i].lo = half;
+            if (r % 7 == 4) spans[i].hi = half;
+          }
+          return true;
+        };
+        for (SimdLevel level : simd_levels()) {
+          nablagrad::set_simd_level(level);
+          std::vector<T> first;
+          for (int threads : {1, 2, 3}) {
+            nablagrad::set_num_threads(threads);
+            for (const T* bp : {static_cast<const T*>(bias.data()), static_cast<const T*>(nullptr)}) {
+              std::vector<T> got(static_cast<size_t>(M * ldc), T(7)), want(got);
+              gemm_indirect<T>(M, N, *slices, rows, b.data(), N, 1, got.data(), ldc, bp, permuted ? perm.data() : nullptr);
+              bool ok = true;
+              if (slices == &even) {
+                gemm<T>(M, N, K, a.data(), lda, 1, b.data(), N, 1, want.data(), ldc, false, bp);
+                ok = std::memcmp(got.data(), want.data(), sizeof(T) * got.size()) == 0;
+              } else {
+                for (int64_t i = 0; i < M; ++i)
+                  for (int64_t j = 0; j < N; ++j) want[static_cast<size_t>(i * ldc + j)] = bp ? bp[j] : T(0);
+                gemm_reference<T>(M, N, K, a.data(), lda, 1, b.data(), N, 1, want.data(), ldc, true);
+                const double bound = (K + 2) * 4.0 * std::numeric_limits<T>::epsilon();
+                for (int64_t i = 0; i < M; ++i)
+                  for (int64_t j = 0; j < ldc; ++j) {
+                    const T g = got[static_cast<size_t>(i * ldc + j)], w = want[static_cast<size_t>(i * ldc + j)];
+                    ok = ok && (j < N ? std::fabs(double(g) - double(w)) <= bound * (1.0 + std::fabs(double(w))) : g == T(7));
+                  }
+              }
+              if (bp) {
+                if (threads == 1) first = got;
+                ok = ok && std::memcmp(got.data(), first.data(), sizeof(T) * got.size()) == 0;
+              }
+              CHECK(ok);
+              if (!ok)
+                std::printf("  %s simd=%s threads=%d M=%lld N=%lld K=%lld %s slices bias=%d permuted=%d: gemm_indirect wrong\n",
+                            sizeof(T) == 4 ? "float" : "double", level_name(level), threads, static_cast<long long>(M),
+                            static_cast<long long>(N), static_cast<long long>(K), slices == &even ? "even" : "uneven",
+                            int(bp != nullptr), int(permuted));
             }
-            CHECK(ok);
-            if (!ok)
-              std::printf("  %s simd=%s threads=%d M=%lld N=%lld K=%lld %s slices bias=%d: gemm_indirect wrong\n",
-                          sizeof(T) == 4 ? "float" : "double", level_name(level), threads, static_cast<long long>(M),
-                          static_cast<long long>(N), static_cast<long long>(K), slices == &even ? "even" : "uneven",
-                          int(bp != nullptr));
           }
         }
       }
@@ -574,7 +627,10 @@ void check_indirect() {
   }
   check_indirect_zero_tiles_skip_non_finite<T>();
   std::vector<T> c(6, T(9)), bias = {T(1), T(2), T(3)};
-  const auto none = [](size_t, int64_t, int64_t, const T**, T*, const T*) { CHECK(false); };
+  const auto none = [](size_t, int64_t, int64_t, const T**, nablagrad::kernels::KSpan*, T*, const T*) {
+    CHECK(false);
+    return false;
+  };
   gemm_indirect<T>(2, 3, {}, none, nullptr, 3, 1, c.data(), 3, bias.data());
   CHECK((c == std::vector<T>{1, 2, 3, 1, 2, 3}));
   gemm_indirect<T>(2, 3, {}, none, nullptr, 3, 1, c.data(), 3, nullptr);

@@ -734,6 +734,25 @@ inline void pack_b(int64_t kc, int64_t nc, const T* B, int64_t rs, int64_t cs, i
   }
 }
 
+/// Row i < mr of a tile computed into scratch (e, NR apart) stored to its row of C, c_row(i):
+/// C = C + acc (add), bias + acc, or acc, on the nr columns that exist (macro_tiles' partial
+/// tiles, macro_tiles_mapped's scattered ones): the micro-kernel's own per-element arithmetic.
+template <typename T, typename RowFn>
+inline void store_tile_rows(const T* e, int64_t NR, int64_t mr, int64_t nr, const RowFn& c_row, bool add,
+                            const T* bias) {
+  for (int64_t i = 0; i < mr; ++i) {
+    T* ci = c_row(i);
+    const T* ei = e + i * NR;
+    if (add) {
+      for (int64_t j = 0; j < nr; ++j) ci[j] = ci[j] + ei[j];
+    } else if (bias) {
+      for (int64_t j = 0; j < nr; ++j) ci[j] = bias[j] + ei[j];
+    } else {
+      for (int64_t j = 0; j < nr; ++j) ci[j] = ei[j];
+    }
+  }
+}
+
 /// The loop of a macro-kernel over an mc x nc block of C against the packed B panels:
 /// tile(ir, b, c, ldc, add, bias) runs one micro-kernel call for the MR rows from ir against
 /// panel b. A partial tile (fewer than MR rows or NR columns) runs the same call into scratch
@@ -756,17 +775,36 @@ inline void macro_tiles(const GemmConfig<T>& cfg, int64_t mc, int64_t nc, int64_
         tile(ir, b, c, ldc, add, init ? bias + jr : nullptr);
       } else {
         tile(ir, b, edge, NR, false, nullptr);
-        for (int64_t i = 0; i < mr; ++i) {
-          T* ci = c + i * ldc;
-          const T* ei = edge + i * NR;
-          if (add) {
-            for (int64_t j = 0; j < nr; ++j) ci[j] = ci[j] + ei[j];
-          } else if (init) {
-            for (int64_t j = 0; j < nr; ++j) ci[j] = bias[jr + j] + ei[j];
-          } else {
-            for (int64_t j = 0; j < nr; ++j) ci[j] = ei[j];
-          }
-        }
+        store_tile_rows(edge, NR, mr, nr, [&](int64_t i) { return c + i * ldc; }, add, init ? bias + jr : nullptr);
+      }
+    }
+  }
+}
+
+/// macro_tiles where row ir + i of the block goes to C row c_rows[ir + i] (gemm_indirect's
+/// row order): a whole tile whose rows lie evenly spaced in C is run there (its ldc the spacing
+/// times ldc), any other into scratch and stored row by row (store_tile_rows).
+template <typename T, typename Tile>
+inline void macro_tiles_mapped(const GemmConfig<T>& cfg, int64_t mc, int64_t nc, int64_t kc, const T* Bp, T* C,
+                               int64_t ldc, const int64_t* c_rows, bool add, const T* bias, const Tile& tile) {
+  const int64_t MR = cfg.MR, NR = cfg.NR;
+  const bool init = !add && bias != nullptr;
+  alignas(64) T edge[16 * 64];
+  for (int64_t jr = 0; jr < nc; jr += NR) {
+    const int64_t nr = std::min(NR, nc - jr);
+    const T* b = Bp + jr * kc;
+    const T* bias_jr = init ? bias + jr : nullptr;
+    for (int64_t ir = 0; ir < mc; ir += MR) {
+      const int64_t mr = std::min(MR, mc - ir);
+      const int64_t* r = c_rows + ir;
+      const int64_t step = mr > 1 ? r[1] - r[0] : 1;
+      bool even = mr == MR && nr == NR && step > 0;
+      for (int64_t i = 2; even && i < mr; ++i) even = r[i] - r[i - 1] == step;
+      if (even) {
+        tile(ir, b, C + r[0] * ldc + jr, step * ldc, add, bias_jr);
+      } else {
+        tile(ir, b, edge, NR, false, nullptr);
+        store_tile_rows(edge, NR, mr, nr, [&](int64_t i) { return C + r[i] * ldc + jr; }, add, bias_jr);
       }
     }
   }
@@ -870,9 +908,13 @@ inline void gemm_block(const GemmConfig<T>& cfg, int64_t m0, int64_t m1, int64_t
 /// packed value priced at 16 multiply-adds (a scalar copy per cycle against 32 FMA lanes).
 /// Counting tiles alone split a 256 x 128 x 3136 product (the 1x1 conv's kernel gradient) into
 /// two 256 x 64 halves: each thread packed all of A to use it once, and 2 threads ran only 1.4x
-/// faster than 1.
+/// faster than 1. a_pack_cost is that price per row of A: 0 where A is read in place by pointer
+/// tiles (gemm_indirect), so that such a product splits N where it can. Each thread then packs
+/// its part of B, not all of it, and has all the rows: forward_pixel_order puts a layer's tiles
+/// of padding together, which split by rows gave one thread most of them.
 template <typename T, typename Fn>
-inline void for_each_gemm_block(const GemmConfig<T>& cfg, int64_t M, int64_t N, int64_t work, const Fn& fn) {
+inline void for_each_gemm_block(const GemmConfig<T>& cfg, int64_t M, int64_t N, int64_t work, const Fn& fn,
+                                int64_t a_pack_cost = 16) {
   const int64_t threshold = gemm_parallel_threshold().load(std::memory_order_relaxed);
   int64_t threads = get_num_threads();
   if (work < threshold || threads <= 1) {
@@ -888,7 +930,7 @@ inline void for_each_gemm_block(const GemmConfig<T>& cfg, int64_t M, int64_t N, 
     const int64_t tn = threads / tm;
     if (tm * tn != threads || tm > m_tiles || tn > n_tiles) continue;
     const int64_t bm = (m_tiles + tm - 1) / tm, bn = (n_tiles + tn - 1) / tn;
-    const int64_t cost = bm * bn * cfg.MR * cfg.NR + 16 * (bm * cfg.MR + bn * cfg.NR);
+    const int64_t cost = bm * bn * cfg.MR * cfg.NR + a_pack_cost * bm * cfg.MR + 16 * bn * cfg.NR;
     if (best_cost < 0 || cost < best_cost) best_tm = tm, best_tn = tn, best_cost = cost;
   }
   if (best_cost < 0) {  // e.g. a prime thread count larger than both tile counts
@@ -956,11 +998,17 @@ struct KSlice {
   int64_t k0, kc;
 };
 
+/// The part [lo, hi) of a row's values of a depth slice that may be nonzero (gemm_indirect).
+struct KSpan {
+  int64_t lo, hi;
+};
+
 namespace gemm_detail {
 
-/// The pointer tile's result where all its rows are the zero run: each FMA chain sums products
-/// 0 * b from +0, which is +0 for finite b, so c + 0 (add), bias + 0 or +0 are its bits, without
-/// the kc-deep chains. A convolution's padding (gemm_indirect's doc).
+/// The pointer tile's result where no row has values in the slice (each points at the zero run,
+/// or its span is empty): each FMA chain sums products 0 * b from +0, which is +0 for finite b,
+/// so c + 0 (add), bias + 0 or +0 are its bits, without the kc-deep chains. A convolution's
+/// padding (gemm_indirect's doc).
 template <typename T>
 inline void zero_rows_tile(int64_t MR, int64_t NR, T* c, int64_t ldc, bool add, const T* bias) {
   for (int64_t i = 0; i < MR; ++i) {
@@ -970,12 +1018,13 @@ inline void zero_rows_tile(int64_t MR, int64_t NR, T* c, int64_t ldc, bool add, 
 }
 
 /// gemm_indirect's block C[m0:m1, n0:n1] on the calling thread: gemm_block's loops, with each
-/// slice's rows of A found by `rows` (MC at a time) and read through their pointers.
+/// slice's rows of A found by `rows` (MC at a time) and read through their pointers, each tile's
+/// chains run over the union of its rows' spans only.
 template <typename T, typename RowsFn>
 inline void gemm_indirect_block(const GemmConfig<T>& cfg, int64_t m0, int64_t m1, int64_t n0, int64_t n1,
                                 const std::vector<KSlice>& slices, int64_t kc_max, const RowsFn& rows,
                                 const T* zeros, const T* B, int64_t b_rs, int64_t b_cs, T* C, int64_t ldc,
-                                const T* bias) {
+                                const T* bias, const int64_t* c_rows) {
   const int64_t MR = cfg.MR, NR = cfg.NR;
   const int64_t mc_max = std::min(cfg.MC, (m1 - m0 + MR - 1) / MR * MR);
   const int64_t nc_max = std::min(cfg.NC, (n1 - n0 + NR - 1) / NR * NR);
@@ -985,6 +1034,7 @@ inline void gemm_indirect_block(const GemmConfig<T>& cfg, int64_t m0, int64_t m1
   T* edge = static_cast<T*>(packed_a_buffer().get(sizeof(T) * edge_values * (cfg.kernel_ptrs ? 1 : 2)));
   T* Ap = edge + edge_values;
   std::vector<const T*> ptrs(static_cast<size_t>(mc_max));
+  std::vector<KSpan> spans(static_cast<size_t>(mc_max)), tile_span(static_cast<size_t>(mc_max / MR));
   for (int64_t jc = n0; jc < n1; jc += cfg.NC) {
     const int64_t nc = std::min(cfg.NC, n1 - jc);
     const T* bias_jc = bias ? bias + jc : nullptr;
@@ -993,22 +1043,43 @@ inline void gemm_indirect_block(const GemmConfig<T>& cfg, int64_t m0, int64_t m1
       pack_b(kc, nc, B + k0 * b_rs + jc * b_cs, b_rs, b_cs, NR, Bp);
       for (int64_t ic = m0; ic < m1; ic += cfg.MC) {
         const int64_t mc = std::min(cfg.MC, m1 - ic), mc_tiles = (mc + MR - 1) / MR * MR;
-        rows(s, ic, mc, ptrs.data(), edge, zeros);
+        std::fill(spans.begin(), spans.begin() + mc, KSpan{0, kc});
+        const bool partial = rows(s, ic, mc, ptrs.data(), spans.data(), edge, zeros);
         std::fill(ptrs.begin() + mc, ptrs.begin() + mc_tiles, zeros);  // a last tile's missing rows
         if (cfg.kernel_ptrs == nullptr)  // the packed panels: Ap[p kc + k MR + i]
           for (int64_t p = 0; p < mc_tiles; p += MR)
             for (int64_t k = 0; k < kc; ++k)
               for (int64_t i = 0; i < MR; ++i) Ap[p * kc + k * MR + i] = ptrs[static_cast<size_t>(p + i)][k];
-        macro_tiles(cfg, mc, nc, kc, Bp, C + ic * ldc + jc, ldc, s > 0, bias_jc,
-                    [&](int64_t ir, const T* b, T* ct, int64_t ldc_, bool add_, const T* bias_) {
-                      const T* const* tile_ptrs = ptrs.data() + ir;
-                      if (std::all_of(tile_ptrs, tile_ptrs + MR, [&](const T* p) { return p == zeros; }))
-                        zero_rows_tile(MR, NR, ct, ldc_, add_, bias_);
-                      else if (cfg.kernel_ptrs != nullptr)
-                        cfg.kernel_ptrs(kc, tile_ptrs, b, ct, ldc_, add_, bias_);
-                      else
-                        cfg.kernel(kc, Ap + ir * kc, b, ct, ldc_, add_, bias_);  // macro_kernel's tile
-                    });
+        // Each tile's chains run over the union [lo, hi) of its rows' spans (outside it every
+        // product is 0 * b): its row pointers advanced to lo once for all column panels.
+        for (int64_t t = 0; t < mc_tiles; t += MR) {
+          if (!partial && t + MR <= mc) {
+            tile_span[static_cast<size_t>(t / MR)] = {0, kc};
+            continue;
+          }
+          int64_t lo = kc, hi = 0;
+          for (int64_t i = t; i < std::min(t + MR, mc); ++i)
+            if (ptrs[static_cast<size_t>(i)] != zeros) {
+              lo = std::min(lo, spans[static_cast<size_t>(i)].lo);
+              hi = std::max(hi, spans[static_cast<size_t>(i)].hi);
+            }
+          tile_span[static_cast<size_t>(t / MR)] = {lo, hi};
+          if (lo < hi && lo > 0)
+            for (int64_t i = t; i < t + MR; ++i) ptrs[static_cast<size_t>(i)] += lo;
+        }
+        const auto tile = [&](int64_t ir, const T* b, T* ct, int64_t ldc_, bool add_, const T* bias_) {
+          const KSpan sp = tile_span[static_cast<size_t>(ir / MR)];
+          if (sp.lo >= sp.hi)
+            zero_rows_tile(MR, NR, ct, ldc_, add_, bias_);
+          else if (cfg.kernel_ptrs != nullptr)
+            cfg.kernel_ptrs(sp.hi - sp.lo, ptrs.data() + ir, b + sp.lo * NR, ct, ldc_, add_, bias_);
+          else  // macro_kernel's tile
+            cfg.kernel(sp.hi - sp.lo, Ap + ir * kc + sp.lo * MR, b + sp.lo * NR, ct, ldc_, add_, bias_);
+        };
+        if (c_rows == nullptr)
+          macro_tiles(cfg, mc, nc, kc, Bp, C + ic * ldc + jc, ldc, s > 0, bias_jc, tile);
+        else
+          macro_tiles_mapped(cfg, mc, nc, kc, Bp, C + jc, ldc, c_rows + ic, s > 0, bias_jc, tile);
       }
     }
   }
@@ -1018,21 +1089,31 @@ inline void gemm_indirect_block(const GemmConfig<T>& cfg, int64_t m0, int64_t m1
 
 /// C[M,N] = bias + A B (bias: nullptr or N values; B(k, j) = B[k*b_rs + j*b_cs]) where A is not
 /// stored as a matrix: an indirect GEMM (as XNNPACK's for convolutions). K is cut into `slices`
-/// (in order, covering 0 .. K), and for slice s, rows(s, i0, m, ptrs, edge, zeros) sets ptrs[i]
-/// (i < m) to the start of row i0 + i's kc values of the slice, contiguous: in place, at `zeros`
-/// (as many zeros as the deepest slice), or at a copy it writes in `edge` (room for m kc values,
-/// the calling thread's own). A convolution's rows are its output pixels' input runs, read in
-/// place: no im2col matrix (forward_gemm). Every element of C is, slice by slice in order, one
-/// FMA chain from zero added to C (to the bias, or 0, for the first slice): the same bits for any
-/// thread count. Threads split M and N as gemm() does; B is packed slice by slice as there.
-/// A register tile whose MR rows all point at `zeros` (a convolution's padding: a kernel row
-/// above or below the input for all of the tile's pixels) skips its chains (zero_rows_tile):
-/// the same bits where B is finite, and the padding's zeros are never multiplied by an inf or
-/// NaN in B (as the convolution's direct and indirect kernels skip the padded taps). Tiles are
-/// MR rows from row 0 whatever the thread count, so that holds for any thread count too.
+/// (in order, covering 0 .. K), and for slice s, rows(s, i0, m, ptrs, spans, edge, zeros) sets
+/// ptrs[i] (i < m) to the start of row i0 + i's kc values of the slice, contiguous: in place, at
+/// `zeros` (as many zeros as the deepest slice), or at a copy it writes in `edge` (room for m kc
+/// values, the calling thread's own). spans[i] comes in as {0, kc}; the function may narrow it
+/// to the part of the row that may be nonzero (the row's values outside it must be zero). It
+/// returns whether it set any row to `zeros` or narrowed any span (false: the tiles do not look,
+/// and run every product, which for finite B gives the same bits). A convolution's rows are its
+/// output pixels' input runs, read in place: no im2col matrix (forward_gemm). Every element of C
+/// is, slice by slice in order, one FMA chain from zero added to C (to the bias, or 0, for the
+/// first slice): the same bits for any thread count. Threads split M and N as gemm() does; B is
+/// packed slice by slice as there.
+/// A register tile runs its chains over the union of its rows' spans only, and none where every
+/// row points at `zeros` or has an empty span (zero_rows_tile): a convolution's padding (a
+/// kernel row above or below the input, taps left or right of it). The products left out are
+/// 0 * b, which leave a chain from +0 unchanged, so these are the bits of the whole chain where
+/// B is finite; and B's inf or NaN is not multiplied by the zeros outside the union (as the
+/// convolution's direct and indirect kernels skip the padded taps; a row's zeros inside its
+/// tile's union are). Tiles are MR rows from row 0 whatever the thread count, so that holds for
+/// any thread count too.
+/// With c_rows (M distinct row indices of C, or nullptr: row i), row i of the product is
+/// stored to C row c_rows[i]: rows ordered so that a tile's rows share their padding
+/// (forward_pixel_order) while C keeps its own order. It changes no element's chain.
 template <typename T, typename RowsFn>
 void gemm_indirect(int64_t M, int64_t N, const std::vector<KSlice>& slices, const RowsFn& rows, const T* B,
-                   int64_t b_rs, int64_t b_cs, T* C, int64_t ldc, const T* bias) {
+                   int64_t b_rs, int64_t b_cs, T* C, int64_t ldc, const T* bias, const int64_t* c_rows = nullptr) {
   if (M <= 0 || N <= 0) return;
   int64_t K = 0, kc_max = 0;
   for (const KSlice& s : slices) {
@@ -1049,8 +1130,8 @@ void gemm_indirect(int64_t M, int64_t N, const std::vector<KSlice>& slices, cons
   const int64_t work = saturating_mul(saturating_mul(M, N), K);
   gemm_detail::for_each_gemm_block(cfg, M, N, work, [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
     gemm_detail::gemm_indirect_block(cfg, m0, m1, n0, n1, slices, kc_max, rows, zeros.data(), B, b_rs, b_cs, C,
-                                     ldc, bias);
-  });
+                                     ldc, bias, c_rows);
+  }, cfg.kernel_ptrs ? 0 : 16);
 }
 
 // A kernel header lists its entry points as LIST(PREFIX, T); where NABLAGRAD_EXTERN_KERNELS is

@@ -10,6 +10,8 @@
 // for which shape is decided in select.h; the small-C direct forward is in small_c.h.
 #pragma once
 
+#include <algorithm>
+#include <array>
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -99,16 +101,31 @@ inline std::vector<KSlice> forward_run_slices(const Conv2dGeometry& g, int64_t K
   return slices;
 }
 
-/// gemm_indirect's rows for forward_gemm in place: pixels r0 .. r0 + m - 1's values k0 .. k0 +
-/// kc - 1 (within kernel row h's run) at ptrs: in x, at zeros (a kernel row in the top or bottom
-/// padding, or every tap of the slice in the left or right), or copied into edge (m kc values).
+/// gemm_indirect's rows for forward_gemm in place: the values k0 .. k0 + kc - 1 (within kernel
+/// row h's run) of pixels pix[0 .. m - 1] (pixels r0 .. r0 + m - 1 where pix is null) at ptrs: in x, at zeros (a kernel row in the top or
+/// bottom padding, or every tap of the slice in the left or right), or copied into edge (m kc
+/// values) with spans[i] narrowed to the copy's taps inside the input. Whether any row is at
+/// zeros or narrowed (gemm_indirect's rows).
 template <typename T>
-void forward_slice_rows(const Conv2dGeometry& g, const T* x, int64_t k0, int64_t kc, int64_t r0, int64_t m,
-                        const T** ptrs, T* edge, const T* zeros) {
+bool forward_slice_rows(const Conv2dGeometry& g, const T* x, int64_t k0, int64_t kc, int64_t r0, const int64_t* pix,
+                        int64_t m, const T** ptrs, KSpan* spans, T* edge, const T* zeros) {
   const int64_t C = g.C, H = g.H, W = g.W, Ho = g.Ho, Wo = g.Wo, len = g.FW * C;
   const int64_t h = k0 / len, off = k0 % len, fa = off / C, fb = (off + kc - 1) / C;
+  bool partial = false;
   int64_t n = r0 / (Ho * Wo), ho = (r0 / Wo) % Ho, wo = r0 % Wo;
   for (int64_t i = 0; i < m; ++i) {
+    if (pix != nullptr) {
+      if (i > 0 && pix[i] == pix[i - 1] + Ho * Wo)  // the same pixel of the next image
+        ++n;
+      else
+        n = pix[i] / (Ho * Wo), ho = (pix[i] / Wo) % Ho, wo = pix[i] % Wo;
+    } else if (i > 0 && ++wo == Wo) {  // the next pixel
+      wo = 0;
+      if (++ho == Ho) {
+        ho = 0;
+        ++n;
+      }
+    }
     const int64_t ih = ho * g.stride_h - g.pad_top + h, iw0 = wo * g.stride_w - g.pad_left;
     const T* p = zeros;
     if (ih >= 0 && ih < H) {
@@ -125,42 +142,146 @@ void forward_slice_rows(const Conv2dGeometry& g, const T* x, int64_t k0, int64_t
             copy_run(e + (k - off), row + iw * C + (k - fw * C), end - k);
           k = end;
         }
+        const int64_t fw_lo = std::max<int64_t>(0, -iw0), fw_hi = std::min(g.FW, W - iw0);
+        spans[i] = {std::max(off, fw_lo * C) - off, std::min(off + kc, fw_hi * C) - off};
+        partial = true;
         p = e;
       }
     }
     ptrs[i] = p;
-    if (++wo == Wo) {
-      wo = 0;
-      if (++ho == Ho) {
-        ho = 0;
-        ++n;
+    partial = partial || p == zeros;
+  }
+  return partial;
+}
+
+/// forward_gemm's order of the output pixels for gemm_indirect (empty: raster order, y's own).
+/// Pixels that read the same taps inside the input (the same kernel rows and columns miss the
+/// padding: a class) have the same span in every slice, so a register tile of one class skips
+/// the same padding for all its rows. Candidates: raster order; the classes one after another,
+/// each image by image in raster order; the classes, each pixel by pixel with the images
+/// innermost (a tile of MR images of one pixel, evenly spaced in y). Each is priced by what
+/// gemm_indirect then runs: per tile and slice the depth of the union of its rows' spans, plus
+/// kScatter where the tile's rows are not evenly spaced in y (computed into scratch and stored
+/// row by row). A reordering is taken where it is at least 3% cheaper than raster order:
+/// (32,8,8,256->512, 3x3 S 2) 5.6 -> 4.8 ms (its top row and left column, 16% of the
+/// multiply-adds, in tiles of their own); not (1,7,7,512->512, 3x3), whose classes are a few
+/// pixels each (1.14 -> 1.17 ms reordered). A function of the geometry, the slices and MR.
+inline std::vector<int64_t> forward_pixel_order(const Conv2dGeometry& g, const std::vector<KSlice>& slices,
+                                                int64_t MR) {
+  constexpr int64_t kScatter = 16;  // in multiply-adds per row of a tile, as a slice's depth
+  const int64_t Ho = g.Ho, Wo = g.Wo, P = Ho * Wo, M = g.N * P, C = g.C, len = g.FW * C;
+  std::vector<int64_t> order;
+  if (M == 0 || slices.empty()) return order;
+  // Each position's class: its first and last kernel rows and columns inside the input.
+  const auto taps = [](int64_t o, int64_t S, int64_t pad, int64_t F, int64_t In) {
+    const int64_t i0 = o * S - pad;
+    return std::array<int64_t, 2>{std::max<int64_t>(0, -i0), std::min(F, In - i0)};
+  };
+  std::vector<std::array<int64_t, 5>> pos;  // {kh_lo, kh_hi, kw_lo, kw_hi, position}
+  pos.reserve(static_cast<size_t>(P));
+  for (int64_t ho = 0; ho < Ho; ++ho)
+    for (int64_t wo = 0; wo < Wo; ++wo) {
+      const auto v = taps(ho, g.stride_h, g.pad_top, g.FH, g.H), u = taps(wo, g.stride_w, g.pad_left, g.FW, g.W);
+      pos.push_back({v[0], v[1], u[0], u[1], ho * Wo + wo});
+    }
+  std::sort(pos.begin(), pos.end());
+  const auto same = [](const std::array<int64_t, 5>& a, const std::array<int64_t, 5>& b) {
+    return a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3];
+  };
+  if (same(pos.front(), pos.back())) return order;  // one class: nothing to group
+  // Class ids by position, and each class's span in each slice (gemm_indirect's KSpan).
+  std::vector<int32_t> cls(static_cast<size_t>(P));
+  std::vector<std::array<int64_t, 5>> classes;
+  std::vector<size_t> first;  // the class's first entry in pos
+  for (size_t i = 0; i < pos.size(); ++i) {
+    if (i == 0 || !same(pos[i], pos[i - 1])) {
+      classes.push_back(pos[i]);
+      first.push_back(i);
+    }
+    cls[static_cast<size_t>(pos[i][4])] = static_cast<int32_t>(classes.size() - 1);
+  }
+  const size_t S = slices.size();
+  std::vector<KSpan> span(classes.size() * S);
+  for (size_t c = 0; c < classes.size(); ++c)
+    for (size_t si = 0; si < S; ++si) {
+      const int64_t h = slices[si].k0 / len, off = slices[si].k0 % len, kc = slices[si].kc;
+      const auto& t = classes[c];
+      span[c * S + si] = h < t[0] || h >= t[1] ? KSpan{0, 0}
+                                               : KSpan{std::max(off, t[2] * C) - off, std::min(off + kc, t[3] * C) - off};
+    }
+  // The price of an order (row i is pixel at(i)).
+  const auto price = [&](const auto& at) {
+    int64_t total = 0;
+    int32_t ids[16];
+    for (int64_t t = 0; t < M; t += MR) {
+      const int64_t mr = std::min(MR, M - t);
+      int64_t nid = 0;
+      bool even = true;
+      for (int64_t i = 0; i < mr; ++i) {
+        const int64_t r = at(t + i);
+        const int32_t c = cls[static_cast<size_t>(r % P)];
+        if (std::find(ids, ids + nid, c) == ids + nid) ids[nid++] = c;
+        if (i >= 2) even = even && r - at(t + i - 1) == at(t + 1) - at(t);
+      }
+      even = even && (mr < 2 || at(t + 1) > at(t));
+      for (size_t si = 0; si < S; ++si) {
+        int64_t lo = slices[si].kc, hi = 0;
+        for (int64_t j = 0; j < nid; ++j) {
+          const KSpan sp = span[static_cast<size_t>(ids[j]) * S + si];
+          if (sp.lo < sp.hi) lo = std::min(lo, sp.lo), hi = std::max(hi, sp.hi);
+        }
+        total += std::max<int64_t>(hi - lo, 1) + (even ? 0 : kScatter);
       }
     }
+    return total;
+  };
+  const int64_t raster = price([](int64_t i) { return i; });
+  std::vector<int64_t> by_image, by_pixel;  // the two class orders
+  by_image.reserve(static_cast<size_t>(M));
+  by_pixel.reserve(static_cast<size_t>(M));
+  for (size_t c = 0; c < classes.size(); ++c) {
+    const size_t end = c + 1 < classes.size() ? first[c + 1] : pos.size();
+    for (int64_t n = 0; n < g.N; ++n)
+      for (size_t i = first[c]; i < end; ++i) by_image.push_back(n * P + pos[i][4]);
+    for (size_t i = first[c]; i < end; ++i)
+      for (int64_t n = 0; n < g.N; ++n) by_pixel.push_back(n * P + pos[i][4]);
   }
+  const int64_t image_price = price([&](int64_t i) { return by_image[static_cast<size_t>(i)]; });
+  const int64_t pixel_price = price([&](int64_t i) { return by_pixel[static_cast<size_t>(i)]; });
+  const int64_t best = std::min(image_price, pixel_price);
+  if (best * 100 > raster * 97) return order;
+  return pixel_price <= image_price ? by_pixel : by_image;
 }
 
 /// Forward as a GEMM, Y = X' W^T with X' the im2col matrix (a row of FH*FW*C values per output
 /// pixel), the bias starting each tile of y. In place (select.h's gemm_rows_in_place): by
 /// gemm_indirect, each pixel's row read slice by slice (forward_run_slices) where it lies in x,
-/// nothing gathered but a border pixel's part-padded slices. (8,14,14,256->512, 3x3 S 2),
-/// Zen 4, 2 threads: 4.43-4.55 -> 4.29-4.36 ms, 214 GFLOP/s, ~92% of the multiply-add peak.
+/// nothing gathered but a border pixel's part-padded slices, the pixels in forward_pixel_order
+/// (not with reorder false: raster order, the same bits). (8,14,14,256->512, 3x3 S 2), Zen 4,
+/// 2 threads: 4.43-4.55 -> 4.29-4.36 ms, 214 GFLOP/s, ~92% of the multiply-add peak; with the
+/// order 4.22-4.25 -> 3.91-3.97.
 /// Else blocks of im2col rows within ~8 MiB are gathered (in parallel) into a buffer and
 /// multiplied by W^T with gemm(), whose cache blocking packs each panel of W once per block and
 /// reuses it across all the block's rows. For deep layers, where W (K x Q) is megabytes, the
 /// gather GEMM and the indirect kernel stream all of W once per tile of pixels: (8,14,14,256->
 /// 512, 3x3 S 2) 7.5 -> 4.9 ms at 1 thread, 5.2 -> 2.5 ms at 2 (Xeon, AVX-512).
 template <typename T>
-void forward_gemm(const Conv2dGeometry& g, const T* x, const T* w, const T* bias, T* y, bool in_place) {
+void forward_gemm(const Conv2dGeometry& g, const T* x, const T* w, const T* bias, T* y, bool in_place,
+                  bool reorder = true) {
   const int64_t K = g.FH * g.FW * g.C, Q = g.Q, rows = g.N * g.Ho * g.Wo;
   if (rows == 0) return;
   if (in_place) {
-    const std::vector<KSlice> slices = forward_run_slices(g, gemm_detail::gemm_config_for<T>(rows, Q).KC);
+    const gemm_detail::GemmConfig<T> cfg = gemm_detail::gemm_config_for<T>(rows, Q);
+    const std::vector<KSlice> slices = forward_run_slices(g, cfg.KC);
+    const std::vector<int64_t> order = reorder ? forward_pixel_order(g, slices, cfg.MR) : std::vector<int64_t>();
+    const int64_t* pix = order.empty() ? nullptr : order.data();
     gemm_indirect<T>(
         rows, Q, slices,
-        [&](size_t s, int64_t r0, int64_t m, const T** ptrs, T* edge, const T* zeros) {
-          forward_slice_rows(g, x, slices[s].k0, slices[s].kc, r0, m, ptrs, edge, zeros);
+        [&](size_t s, int64_t r0, int64_t m, const T** ptrs, KSpan* spans, T* edge, const T* zeros) {
+          return forward_slice_rows(g, x, slices[s].k0, slices[s].kc, r0, pix ? pix + r0 : nullptr, m, ptrs, spans,
+                                    edge, zeros);
         },
-        w, 1, K, y, Q, bias);
+        w, 1, K, y, Q, bias, pix);
     return;
   }
   const int64_t block = gemm_path_block<T>(K, rows);
