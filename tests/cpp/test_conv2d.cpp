@@ -877,7 +877,8 @@ void test_forward_gemm() {
 // The forward's GEMM called straight, each pixel's im2col row read in place slice by slice
 // (gemm_indirect) and gathered first, against the oracle at every level the CPU has, at 1-3
 // threads bitwise the same, into a y that it must overwrite. In place, the pixels reordered
-// (forward_pixel_order, where it does) bitwise as in raster order: only zero products skipped.
+// and the tile chosen (forward_rows_plan) bitwise as in raster order on the default tile: only
+// zero products skipped.
 template <typename T>
 void check_forward_gemm_straight(const Conv2dGeometry& g, double tol, uint32_t seed) {
   const Case<T> c = make_case<T>(g, seed);
@@ -904,8 +905,9 @@ void check_forward_gemm_straight(const Conv2dGeometry& g, double tol, uint32_t s
 // whole or in part; kernel rows in the top and bottom padding (whole register tiles of them,
 // skipped, in `runs` and `many`); asymmetric padding and strides;
 // windows wider than the input (every pixel a border one); more pixels than one block of the
-// product's rows (MC); pixels reordered by class (forward_pixel_order): image by image (`many`
-// at 6-row tiles), pixel by pixel (`b12`, `b5`, `wide`), and not (the rest).
+// product's rows (MC); pixels reordered by class (forward_rows_plan): image by image (`many`
+// at 6-row tiles), pixel by pixel (`b12`, `b5`, `wide`), and not (the rest); 4-row tiles at
+// AVX-512 (`seven`).
 void test_forward_gemm_in_place() {
   using conv_detail::forward_run_slices;
   const auto taps = make_conv2d_geometry(2, 7, 9, 256, 40, 3, 3, 256, 2, 2, 1, 0, 1, 2);
@@ -918,6 +920,7 @@ void test_forward_gemm_in_place() {
   const auto many = make_conv2d_geometry(3, 20, 20, 64, 72, 3, 3, 64, 1, 1, 1, 1, 1, 1);
   const auto b12 = make_conv2d_geometry(12, 8, 8, 256, 40, 3, 3, 256, 2, 2, 1, 1, 1, 1);
   const auto b5 = make_conv2d_geometry(5, 7, 7, 64, 48, 7, 7, 64, 1, 1, 3, 3, 3, 3);
+  const auto seven = make_conv2d_geometry(4, 7, 7, 64, 256, 7, 7, 64, 1, 1, 3, 3, 3, 3);
   CHECK(forward_run_slices(taps, 256).size() == 9 && forward_run_slices(taps, 256)[4].k0 == 4 * 256);
   CHECK(forward_run_slices(thirds, 256).size() == 6 && forward_run_slices(thirds, 256)[1].k0 == 192 &&
         forward_run_slices(thirds, 256)[1].kc == 192);
@@ -926,16 +929,23 @@ void test_forward_gemm_in_place() {
   CHECK(forward_run_slices(runs, 256).size() == 7 && forward_run_slices(runs, 256)[2].k0 == 2 * 224);
   const auto p = forward_run_slices(parts, 256);
   CHECK(p.size() == 14 && p[1].k0 == 140 && p[1].kc == 140 && p[13].k0 + p[13].kc == 7 * 280);
-  for (const auto* g : {&taps, &thirds, &halves, &uneven, &runs, &parts, &wide, &many, &b12, &b5}) {
+  for (const auto* g : {&taps, &thirds, &halves, &uneven, &runs, &parts, &wide, &many, &b12, &b5, &seven}) {
     check_forward_gemm_straight<float>(*g, 2e-4, 51);
     check_forward_gemm_straight<double>(*g, 1e-12, 52);
   }
-  // The order itself (6-row tiles, 256-deep slices): a permutation of the pixels, each class
-  // together; pixel by pixel where a layer has many images, image by image where tiles fill a
-  // class's pixels of one image, none where classes are a few pixels each ((1,7,7,512->512):
-  // reordered it ran 1.14 -> 1.17 ms) or where every pixel is one class (unpadded).
-  const auto order_of = [](const Conv2dGeometry& g) {
-    return conv_detail::forward_pixel_order(g, forward_run_slices(g, 256), 6);
+  // The plan itself (6-row tiles, 256-deep slices): the order a permutation of the pixels,
+  // each class together; pixel by pixel where a layer has many images, image by image where
+  // tiles fill a class's pixels of one image, none where classes are a few pixels each
+  // ((1,7,7,512->512): reordered it ran 1.14 -> 1.17 ms) or where every pixel is one class
+  // (unpadded). With groups, each group of images in turn. With 4-row tiles offered, taken
+  // where their tiles hold whole classes better.
+  const auto plan_of = [](const Conv2dGeometry& g, std::vector<int64_t> tile_rows, int64_t groups) {
+    return conv_detail::forward_rows_plan(g, forward_run_slices(g, 256), tile_rows, groups);
+  };
+  const auto order_of = [&](const Conv2dGeometry& g) {
+    const conv_detail::ForwardRowsPlan plan = plan_of(g, {6}, 1);
+    CHECK(plan.tile_rows == 6);
+    return plan.order;
   };
   const auto permutation = [](const std::vector<int64_t>& o, int64_t M) {
     std::vector<int64_t> sorted(o);
@@ -955,6 +965,13 @@ void test_forward_gemm_in_place() {
   CHECK(order_of(make_conv2d_geometry(1, 7, 7, 512, 512, 3, 3, 512, 1, 1, 1, 1, 1, 1)).empty());
   CHECK(order_of(make_conv2d_geometry(8, 16, 16, 256, 16, 3, 3, 256, 2, 2, 0, 0, 0, 0)).empty());
   CHECK(order_of(runs).empty());
+  // Two groups: images 0-15, then 16-31, each pixel by pixel.
+  const std::vector<int64_t> og = plan_of(big, {6}, 2).order;
+  CHECK(permutation(og, 32 * 16) && og[0] == 5 && og[15] == 15 * 16 + 5 && og[16] == 6);
+  for (size_t i = 0; i < og.size(); ++i) CHECK((og[i] / 16 < 16) == (i < og.size() / 2));
+  const conv_detail::ForwardRowsPlan p4 = plan_of(seven, {6, 4}, 1);
+  CHECK(p4.tile_rows == 4 && permutation(p4.order, 4 * 49));
+  CHECK(plan_of(make_conv2d_geometry(1, 7, 7, 512, 512, 3, 3, 512, 1, 1, 1, 1, 1, 1), {6, 4}, 1).tile_rows == 6);
   // The choice (select.h's gemm_rows_in_place): slices of 64+ values, however many output
   // columns are border ones (6 of 14, 3 of 4: their tiles of padding are skipped); not 48-value
   // slices.

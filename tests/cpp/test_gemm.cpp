@@ -518,7 +518,8 @@ void check_indirect_zero_tiles_skip_non_finite() {
 // (i % 3 == 1), or, for every fifth row and rows 32 .. 95 (whole register tiles, skipped),
 // given as the zero run (that row of A is zero); rows zero in one half of K with their spans
 // narrowed to the other (tiles of them run only the union); a bias with a -0; rows in order
-// and permuted through c_rows (tiles evenly spaced in C and not). With
+// and permuted through c_rows (tiles evenly spaced in C and not), on the default tile and on
+// 4-row ones (gemm_indirect_config: AVX-512's 4 x 4 vectors). With
 // gemm()'s own slicing (k_slice_depth) the result must be bitwise gemm()'s on the same A, with
 // and without a bias; with uneven slices, within the rounding bound of the reference; at every
 // level (the portable one packs the rows) and thread count bitwise the same as 1 thread; with
@@ -564,7 +565,9 @@ void check_indirect() {
     for (int64_t i = (M - 1) / 2 * 2 + 1; i > 0; i -= 2)
       if (i < M) perm.push_back(i);
     for (const std::vector<KSlice>* slices : {&even, &uneven}) {
-      for (bool permuted : {false, true}) {
+      for (int variant = 0; variant < 3; ++variant) {
+        const bool permuted = variant > 0;
+        const int64_t tile_rows = variant == 2 ? 4 : 0;  // 4-row tiles where the level has them
         // GEMM row r is row src(r) of A (and, permuted, goes to C row src(r)).
         const auto src = [&](int64_t r) { return permuted ? perm[static_cast<size_t>(r)] : r; };
         const auto rows = [&](size_t si, int64_t i0, int64_t m, const T** ptrs, KSpan* spans, T* edge, const T* zeros) {
@@ -593,7 +596,8 @@ void check_indirect() {
             nablagrad::set_num_threads(threads);
             for (const T* bp : {static_cast<const T*>(bias.data()), static_cast<const T*>(nullptr)}) {
               std::vector<T> got(static_cast<size_t>(M * ldc), T(7)), want(got);
-              gemm_indirect<T>(M, N, *slices, rows, b.data(), N, 1, got.data(), ldc, bp, permuted ? perm.data() : nullptr);
+              gemm_indirect<T>(M, N, *slices, rows, b.data(), N, 1, got.data(), ldc, bp, permuted ? perm.data() : nullptr,
+                               tile_rows);
               bool ok = true;
               if (slices == &even) {
                 gemm<T>(M, N, K, a.data(), lda, 1, b.data(), N, 1, want.data(), ldc, false, bp);
@@ -615,10 +619,10 @@ void check_indirect() {
               }
               CHECK(ok);
               if (!ok)
-                std::printf("  %s simd=%s threads=%d M=%lld N=%lld K=%lld %s slices bias=%d permuted=%d: gemm_indirect wrong\n",
+                std::printf("  %s simd=%s threads=%d M=%lld N=%lld K=%lld %s slices bias=%d variant=%d: gemm_indirect wrong\n",
                             sizeof(T) == 4 ? "float" : "double", level_name(level), threads, static_cast<long long>(M),
                             static_cast<long long>(N), static_cast<long long>(K), slices == &even ? "even" : "uneven",
-                            int(bp != nullptr), int(permuted));
+                            int(bp != nullptr), variant);
             }
           }
         }
@@ -640,6 +644,20 @@ void check_indirect() {
 void test_indirect() {
   check_indirect<float>();
   check_indirect<double>();
+  // The 4-row tile: at AVX-512 in place of the 6 x 4-vector one (the 150 x 64 product above),
+  // not of other tiles nor at other levels.
+  using nablagrad::kernels::gemm_detail::gemm_config_for;
+  using nablagrad::kernels::gemm_detail::gemm_indirect_config;
+  for (SimdLevel level : simd_levels()) {
+    nablagrad::set_simd_level(level);
+    const bool avx512 = level == SimdLevel::AVX512;
+    CHECK(gemm_indirect_config<float>(150, 64, 4).MR == (avx512 ? 4 : gemm_config_for<float>(150, 64).MR));
+    CHECK(gemm_indirect_config<double>(150, 64, 4).MR == (avx512 ? 4 : gemm_config_for<double>(150, 64).MR));
+    CHECK(gemm_indirect_config<float>(150, 64, 4).KC == gemm_config_for<float>(150, 64).KC);
+    CHECK(gemm_indirect_config<float>(150, 64, 0).MR == gemm_config_for<float>(150, 64).MR);
+    CHECK(gemm_indirect_config<float>(301, 96, 4).MR == gemm_config_for<float>(301, 96).MR);  // 8 x 3 vectors
+  }
+  nablagrad::set_simd_level(nablagrad::cpu_simd_level());
 }
 
 // Reference agrees with a hand-computed product (the oracle is itself checked).

@@ -154,24 +154,38 @@ bool forward_slice_rows(const Conv2dGeometry& g, const T* x, int64_t k0, int64_t
   return partial;
 }
 
-/// forward_gemm's order of the output pixels for gemm_indirect (empty: raster order, y's own).
+/// forward_gemm's plan for gemm_indirect: the order of the output pixels (empty: raster order,
+/// y's own) and the register tile's rows (one of `tile_rows`, the first the default).
+struct ForwardRowsPlan {
+  std::vector<int64_t> order;
+  int64_t tile_rows;
+};
+
 /// Pixels that read the same taps inside the input (the same kernel rows and columns miss the
 /// padding: a class) have the same span in every slice, so a register tile of one class skips
-/// the same padding for all its rows. Candidates: raster order; the classes one after another,
-/// each image by image in raster order; the classes, each pixel by pixel with the images
-/// innermost (a tile of MR images of one pixel, evenly spaced in y). Each is priced by what
-/// gemm_indirect then runs: per tile and slice the depth of the union of its rows' spans, plus
-/// kScatter where the tile's rows are not evenly spaced in y (computed into scratch and stored
-/// row by row). A reordering is taken where it is at least 3% cheaper than raster order:
-/// (32,8,8,256->512, 3x3 S 2) 5.6 -> 4.8 ms (its top row and left column, 16% of the
-/// multiply-adds, in tiles of their own); not (1,7,7,512->512, 3x3), whose classes are a few
-/// pixels each (1.14 -> 1.17 ms reordered). A function of the geometry, the slices and MR.
-inline std::vector<int64_t> forward_pixel_order(const Conv2dGeometry& g, const std::vector<KSlice>& slices,
-                                                int64_t MR) {
+/// the same padding for all its rows. Candidate orders: raster order; the classes one after
+/// another, each image by image in raster order; the classes, each pixel by pixel with the
+/// images innermost (a tile of one pixel of several images, evenly spaced in y). Each, with
+/// each tile height, is priced by what gemm_indirect then runs: per tile and slice the depth
+/// of the union of its rows' spans times its rows, plus kScatter per row where the tile's rows
+/// are not evenly spaced in y (computed into scratch and stored row by row). The cheapest is
+/// taken where it is at least 3% cheaper than raster order on the default tile (Zen 4, 2
+/// threads, ms): (32,8,8,256->512, 3x3 S 2) 5.6 -> 4.7 (its top row and left column, 16% of
+/// the multiply-adds, in tiles of their own), (4,7,7,64->256, 7x7 P 3) 1.29 -> 1.13 on 6-row
+/// tiles, 0.95 on 4-row ones; not (1,7,7,512->512, 3x3), whose classes are a few pixels each
+/// (1.14 -> 1.17 reordered). With `groups`, the class orders run within each of that many
+/// groups of images in turn: where threads split the product's rows into runs (its columns
+/// are one panel), each run gets its share of the padding. (16,14,14,64->64, 7x7 S 2), whose
+/// top rows' classes came last, in the second thread's half: 1.31-1.34 -> 1.24-1.31 ms;
+/// (8,16,16,256->16, 3x3 S 2 P 1) 0.23-0.25 -> 0.20. A
+/// function of the geometry, the slices, the tile heights and the groups (the order changes no
+/// result: the same bits for any of them).
+inline ForwardRowsPlan forward_rows_plan(const Conv2dGeometry& g, const std::vector<KSlice>& slices,
+                                         const std::vector<int64_t>& tile_rows, int64_t groups = 1) {
   constexpr int64_t kScatter = 16;  // in multiply-adds per row of a tile, as a slice's depth
   const int64_t Ho = g.Ho, Wo = g.Wo, P = Ho * Wo, M = g.N * P, C = g.C, len = g.FW * C;
-  std::vector<int64_t> order;
-  if (M == 0 || slices.empty()) return order;
+  ForwardRowsPlan plan{{}, tile_rows.front()};
+  if (M == 0 || slices.empty()) return plan;
   // Each position's class: its first and last kernel rows and columns inside the input.
   const auto taps = [](int64_t o, int64_t S, int64_t pad, int64_t F, int64_t In) {
     const int64_t i0 = o * S - pad;
@@ -188,7 +202,7 @@ inline std::vector<int64_t> forward_pixel_order(const Conv2dGeometry& g, const s
   const auto same = [](const std::array<int64_t, 5>& a, const std::array<int64_t, 5>& b) {
     return a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3];
   };
-  if (same(pos.front(), pos.back())) return order;  // one class: nothing to group
+  if (same(pos.front(), pos.back())) return plan;  // one class: nothing to group
   // Class ids by position, and each class's span in each slice (gemm_indirect's KSpan).
   std::vector<int32_t> cls(static_cast<size_t>(P));
   std::vector<std::array<int64_t, 5>> classes;
@@ -209,55 +223,65 @@ inline std::vector<int64_t> forward_pixel_order(const Conv2dGeometry& g, const s
       span[c * S + si] = h < t[0] || h >= t[1] ? KSpan{0, 0}
                                                : KSpan{std::max(off, t[2] * C) - off, std::min(off + kc, t[3] * C) - off};
     }
-  // The price of an order (row i is pixel at(i)).
-  const auto price = [&](const auto& at) {
+  std::vector<int64_t> by_image, by_pixel;  // the two class orders, in each group of images
+  by_image.reserve(static_cast<size_t>(M));
+  by_pixel.reserve(static_cast<size_t>(M));
+  const int64_t G = std::max<int64_t>(1, std::min(groups, g.N));
+  for (int64_t gi = 0; gi < G; ++gi) {
+    const int64_t n0 = g.N * gi / G, n1 = g.N * (gi + 1) / G;
+    for (size_t c = 0; c < classes.size(); ++c) {
+      const size_t end = c + 1 < classes.size() ? first[c + 1] : pos.size();
+      for (int64_t n = n0; n < n1; ++n)
+        for (size_t i = first[c]; i < end; ++i) by_image.push_back(n * P + pos[i][4]);
+      for (size_t i = first[c]; i < end; ++i)
+        for (int64_t n = n0; n < n1; ++n) by_pixel.push_back(n * P + pos[i][4]);
+    }
+  }
+  // The price of an order (row i is pixel at(i)) on tiles of MR rows.
+  const auto price = [&](const std::vector<int64_t>* order, int64_t MR) {
+    const auto at = [&](int64_t i) { return order ? (*order)[static_cast<size_t>(i)] : i; };
     int64_t total = 0;
     int32_t ids[16];
     for (int64_t t = 0; t < M; t += MR) {
       const int64_t mr = std::min(MR, M - t);
       int64_t nid = 0;
-      bool even = true;
+      bool even = mr < 2 || at(t + 1) > at(t);
       for (int64_t i = 0; i < mr; ++i) {
         const int64_t r = at(t + i);
         const int32_t c = cls[static_cast<size_t>(r % P)];
         if (std::find(ids, ids + nid, c) == ids + nid) ids[nid++] = c;
         if (i >= 2) even = even && r - at(t + i - 1) == at(t + 1) - at(t);
       }
-      even = even && (mr < 2 || at(t + 1) > at(t));
       for (size_t si = 0; si < S; ++si) {
         int64_t lo = slices[si].kc, hi = 0;
         for (int64_t j = 0; j < nid; ++j) {
           const KSpan sp = span[static_cast<size_t>(ids[j]) * S + si];
           if (sp.lo < sp.hi) lo = std::min(lo, sp.lo), hi = std::max(hi, sp.hi);
         }
-        total += std::max<int64_t>(hi - lo, 1) + (even ? 0 : kScatter);
+        total += (std::max<int64_t>(hi - lo, 1) + (even ? 0 : kScatter)) * MR;
       }
     }
     return total;
   };
-  const int64_t raster = price([](int64_t i) { return i; });
-  std::vector<int64_t> by_image, by_pixel;  // the two class orders
-  by_image.reserve(static_cast<size_t>(M));
-  by_pixel.reserve(static_cast<size_t>(M));
-  for (size_t c = 0; c < classes.size(); ++c) {
-    const size_t end = c + 1 < classes.size() ? first[c + 1] : pos.size();
-    for (int64_t n = 0; n < g.N; ++n)
-      for (size_t i = first[c]; i < end; ++i) by_image.push_back(n * P + pos[i][4]);
-    for (size_t i = first[c]; i < end; ++i)
-      for (int64_t n = 0; n < g.N; ++n) by_pixel.push_back(n * P + pos[i][4]);
-  }
-  const int64_t image_price = price([&](int64_t i) { return by_image[static_cast<size_t>(i)]; });
-  const int64_t pixel_price = price([&](int64_t i) { return by_pixel[static_cast<size_t>(i)]; });
-  const int64_t best = std::min(image_price, pixel_price);
-  if (best * 100 > raster * 97) return order;
-  return pixel_price <= image_price ? by_pixel : by_image;
+  const int64_t raster = price(nullptr, tile_rows.front());
+  int64_t best = raster;
+  const std::vector<int64_t>* orders[] = {nullptr, &by_image, &by_pixel};
+  for (int64_t MR : tile_rows)
+    for (const std::vector<int64_t>* order : orders) {
+      const int64_t p = price(order, MR);
+      if (p * 100 <= raster * 97 && p < best) {
+        best = p;
+        plan = {order ? *order : std::vector<int64_t>(), MR};
+      }
+    }
+  return plan;
 }
 
 /// Forward as a GEMM, Y = X' W^T with X' the im2col matrix (a row of FH*FW*C values per output
 /// pixel), the bias starting each tile of y. In place (select.h's gemm_rows_in_place): by
 /// gemm_indirect, each pixel's row read slice by slice (forward_run_slices) where it lies in x,
-/// nothing gathered but a border pixel's part-padded slices, the pixels in forward_pixel_order
-/// (not with reorder false: raster order, the same bits). (8,14,14,256->512, 3x3 S 2), Zen 4,
+/// nothing gathered but a border pixel's part-padded slices, the pixels and tiles as
+/// forward_rows_plan has them (not with reorder false: raster order, the same bits). (8,14,14,256->512, 3x3 S 2), Zen 4,
 /// 2 threads: 4.43-4.55 -> 4.29-4.36 ms, 214 GFLOP/s, ~92% of the multiply-add peak; with the
 /// order 4.22-4.25 -> 3.91-3.97.
 /// Else blocks of im2col rows within ~8 MiB are gathered (in parallel) into a buffer and
@@ -273,15 +297,20 @@ void forward_gemm(const Conv2dGeometry& g, const T* x, const T* w, const T* bias
   if (in_place) {
     const gemm_detail::GemmConfig<T> cfg = gemm_detail::gemm_config_for<T>(rows, Q);
     const std::vector<KSlice> slices = forward_run_slices(g, cfg.KC);
-    const std::vector<int64_t> order = reorder ? forward_pixel_order(g, slices, cfg.MR) : std::vector<int64_t>();
-    const int64_t* pix = order.empty() ? nullptr : order.data();
+    std::vector<int64_t> tile_rows = {cfg.MR};
+    if (gemm_detail::gemm_indirect_config<T>(rows, Q, 4).MR == 4) tile_rows.push_back(4);
+    // Threads split the rows where the columns are one panel (gemm_detail::for_each_gemm_block).
+    const int64_t groups = Q <= cfg.NR ? get_num_threads() : 1;
+    const ForwardRowsPlan plan =
+        reorder ? forward_rows_plan(g, slices, tile_rows, groups) : ForwardRowsPlan{{}, cfg.MR};
+    const int64_t* pix = plan.order.empty() ? nullptr : plan.order.data();
     gemm_indirect<T>(
         rows, Q, slices,
         [&](size_t s, int64_t r0, int64_t m, const T** ptrs, KSpan* spans, T* edge, const T* zeros) {
           return forward_slice_rows(g, x, slices[s].k0, slices[s].kc, r0, pix ? pix + r0 : nullptr, m, ptrs, spans,
                                     edge, zeros);
         },
-        w, 1, K, y, Q, bias, pix);
+        w, 1, K, y, Q, bias, pix, plan.tile_rows);
     return;
   }
   const int64_t block = gemm_path_block<T>(K, rows);
