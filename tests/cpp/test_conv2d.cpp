@@ -898,6 +898,61 @@ void check_forward_gemm_straight(const Conv2dGeometry& g, double tol, uint32_t s
   }
 }
 
+// dX by dY.W and col2im (backward_input_col2im_gemm) called straight: against the oracle at
+// every level and 1-3 threads, and bitwise the same with the tiles of padded taps skipped
+// (dy_columns_plan, gemm_indirect's keep) as through gemm() (skip_padding false) and as with 1
+// thread, into a dx that it must overwrite.
+template <typename T>
+void check_dx_col2im_gemm_straight(const Conv2dGeometry& g, double tol, uint32_t seed) {
+  const Case<T> c = make_case<T>(g, seed);
+  std::vector<T> first;
+  at_every_level_and_thread_count([&](int level, int threads) {
+    std::vector<T> dx(c.ref.dx.size(), T(7)), plain(c.ref.dx.size(), T(9));
+    conv_detail::backward_input_col2im_gemm(g, c.dy.data(), c.w.data(), dx.data());
+    conv_detail::backward_input_col2im_gemm(g, c.dy.data(), c.w.data(), plain.data(), false);
+    if (threads == 1) first = dx;
+    const double err = max_rel_diff(std::vector<double>(dx.begin(), dx.end()), c.ref.dx);
+    const bool ok = err < tol && bitwise_equal(dx, first) && bitwise_equal(dx, plain);
+    CHECK(ok);
+    if (!ok)
+      std::printf("  col2im_gemm C=%lld Q=%lld %lldx%lld: simd=%d threads=%d err=%g\n", (long long)g.C,
+                  (long long)g.Q, (long long)g.FH, (long long)g.FW, level, threads, err);
+  });
+}
+
+// Its plan: the columns of padded taps per class (valid), a permutation when reordered.
+void test_dx_col2im_gemm_skips_padding() {
+  const auto seven = make_conv2d_geometry(4, 7, 7, 64, 256, 7, 7, 64, 1, 1, 3, 3, 3, 3);
+  const auto strided = make_conv2d_geometry(12, 8, 8, 256, 40, 3, 3, 256, 2, 2, 1, 1, 1, 1);
+  const auto straddle = make_conv2d_geometry(3, 6, 5, 40, 24, 5, 5, 40, 1, 2, 2, 1, 2, 2);  // 40-channel taps across panels
+  const auto unpadded = make_conv2d_geometry(2, 9, 9, 64, 32, 3, 3, 64, 1, 1, 0, 0, 0, 0);
+  const auto many = make_conv2d_geometry(3, 20, 20, 64, 72, 3, 3, 64, 1, 1, 1, 1, 1, 1);
+  for (const auto* g : {&seven, &strided, &straddle, &unpadded, &many}) {
+    check_dx_col2im_gemm_straight<float>(*g, 2e-4, 61);
+    check_dx_col2im_gemm_straight<double>(*g, 1e-12, 62);
+  }
+  // seven: the corner class (output pixel (0,0), taps 3..6 x 3..6 inside) has no valid panel
+  // among the taps of kernel rows 0-2, and one at tap (3,3); all 49 taps for the centre.
+  const conv_detail::PixelClasses pc = conv_detail::pixel_classes(seven);
+  const auto plan = conv_detail::dy_columns_plan<float>(seven, pc, 4);
+  const size_t corner = static_cast<size_t>(pc.cls[0]), centre = static_cast<size_t>(pc.cls[3 * 7 + 3]);
+  const int64_t per_tap = 64 / plan.NR > 0 ? 64 / plan.NR : 1;  // panels per tap (NR <= 64)
+  CHECK(plan.panels == static_cast<size_t>(49 * 64 / plan.NR));
+  int corner_valid = 0, centre_valid = 0;
+  for (size_t p = 0; p < plan.panels; ++p) {
+    corner_valid += plan.valid[corner * plan.panels + p];
+    centre_valid += plan.valid[centre * plan.panels + p];
+  }
+  CHECK(corner_valid == 16 * per_tap && centre_valid == static_cast<int>(plan.panels));
+  CHECK(plan.valid[corner * plan.panels + static_cast<size_t>((3 * 7 + 3) * per_tap)] == 1);
+  CHECK(plan.valid[corner * plan.panels + 0] == 0);
+  std::vector<int64_t> sorted(plan.rows.order);
+  std::sort(sorted.begin(), sorted.end());
+  bool perm = sorted.empty() || sorted.size() == 4 * 49;
+  for (size_t i = 0; perm && i < sorted.size(); ++i) perm = sorted[i] == static_cast<int64_t>(i);
+  CHECK(perm && !plan.rows.order.empty());
+}
+
 // The forward's GEMM with its rows read in place (forward_run_slices, forward_slice_rows):
 // slices of whole taps (256 channels), of half taps (384: two of 192; 300: two of 150), of a
 // kernel row's run (32 channels x 7: 224 values) and of parts of one that end inside a tap
@@ -943,7 +998,7 @@ void test_forward_gemm_in_place() {
     return conv_detail::forward_rows_plan(g, forward_run_slices(g, 256), tile_rows, groups);
   };
   const auto order_of = [&](const Conv2dGeometry& g) {
-    const conv_detail::ForwardRowsPlan plan = plan_of(g, {6}, 1);
+    const conv_detail::PixelRowsPlan plan = plan_of(g, {6}, 1);
     CHECK(plan.tile_rows == 6);
     return plan.order;
   };
@@ -969,7 +1024,7 @@ void test_forward_gemm_in_place() {
   const std::vector<int64_t> og = plan_of(big, {6}, 2).order;
   CHECK(permutation(og, 32 * 16) && og[0] == 5 && og[15] == 15 * 16 + 5 && og[16] == 6);
   for (size_t i = 0; i < og.size(); ++i) CHECK((og[i] / 16 < 16) == (i < og.size() / 2));
-  const conv_detail::ForwardRowsPlan p4 = plan_of(seven, {6, 4}, 1);
+  const conv_detail::PixelRowsPlan p4 = plan_of(seven, {6, 4}, 1);
   CHECK(p4.tile_rows == 4 && permutation(p4.order, 4 * 49));
   CHECK(plan_of(make_conv2d_geometry(1, 7, 7, 512, 512, 3, 3, 512, 1, 1, 1, 1, 1, 1), {6, 4}, 1).tile_rows == 6);
   // The choice (select.h's gemm_rows_in_place): slices of 64+ values, however many output
@@ -1848,6 +1903,7 @@ int main() {
   RUN_TEST(test_indirect_big_panel);
   RUN_TEST(test_forward_gemm);
   RUN_TEST(test_forward_gemm_in_place);
+  RUN_TEST(test_dx_col2im_gemm_skips_padding);
   RUN_TEST(test_weight_gradient_product);
   RUN_TEST(test_forward_indirect);
   RUN_TEST(test_indirect_tiles_by_filters);

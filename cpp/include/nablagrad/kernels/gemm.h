@@ -1035,11 +1035,11 @@ inline void zero_rows_tile(int64_t MR, int64_t NR, T* c, int64_t ldc, bool add, 
 /// gemm_indirect's block C[m0:m1, n0:n1] on the calling thread: gemm_block's loops, with each
 /// slice's rows of A found by `rows` (MC at a time) and read through their pointers, each tile's
 /// chains run over the union of its rows' spans only.
-template <typename T, typename RowsFn>
+template <typename T, typename RowsFn, typename KeepFn>
 inline void gemm_indirect_block(const GemmConfig<T>& cfg, int64_t m0, int64_t m1, int64_t n0, int64_t n1,
                                 const std::vector<KSlice>& slices, int64_t kc_max, const RowsFn& rows,
                                 const T* zeros, const T* B, int64_t b_rs, int64_t b_cs, T* C, int64_t ldc,
-                                const T* bias, const int64_t* c_rows) {
+                                const T* bias, const int64_t* c_rows, const KeepFn& keep) {
   const int64_t MR = cfg.MR, NR = cfg.NR;
   const int64_t mc_max = std::min(cfg.MC, (m1 - m0 + MR - 1) / MR * MR);
   const int64_t nc_max = std::min(cfg.NC, (n1 - n0 + NR - 1) / NR * NR);
@@ -1083,6 +1083,10 @@ inline void gemm_indirect_block(const GemmConfig<T>& cfg, int64_t m0, int64_t m1
             for (int64_t i = t; i < t + MR; ++i) ptrs[static_cast<size_t>(i)] += lo;
         }
         const auto tile = [&](int64_t ir, const T* b, T* ct, int64_t ldc_, bool add_, const T* bias_) {
+          if constexpr (!std::is_same_v<KeepFn, std::nullptr_t>) {
+            const int64_t jr = (b - Bp) / kc;  // the panel's first column in the block
+            if (!keep(ic + ir, std::min(MR, mc - ir), jc + jr, std::min(NR, nc - jr))) return;
+          }
           const KSpan sp = tile_span[static_cast<size_t>(ir / MR)];
           if (sp.lo >= sp.hi)
             zero_rows_tile(MR, NR, ct, ldc_, add_, bias_);
@@ -1127,10 +1131,13 @@ inline void gemm_indirect_block(const GemmConfig<T>& cfg, int64_t m0, int64_t m1
 /// stored to C row c_rows[i]: rows ordered so that a tile's rows share their padding
 /// (forward_rows_plan) while C keeps its own order. It changes no element's chain. tile_rows
 /// picks the register tile's rows where the level has such a tile (gemm_indirect_config).
-template <typename T, typename RowsFn>
+/// With keep, keep(i0, m, j0, n) says whether the tile of rows i0 .. i0 + m - 1 and columns
+/// j0 .. j0 + n - 1 is wanted at all: one it rejects is not computed, and those elements of C
+/// are left unspecified (dY.W's columns of taps in the padding, which col2im never reads).
+template <typename T, typename RowsFn, typename KeepFn = std::nullptr_t>
 void gemm_indirect(int64_t M, int64_t N, const std::vector<KSlice>& slices, const RowsFn& rows, const T* B,
                    int64_t b_rs, int64_t b_cs, T* C, int64_t ldc, const T* bias, const int64_t* c_rows = nullptr,
-                   int64_t tile_rows = 0) {
+                   int64_t tile_rows = 0, const KeepFn& keep = nullptr) {
   if (M <= 0 || N <= 0) return;
   int64_t K = 0, kc_max = 0;
   for (const KSlice& s : slices) {
@@ -1147,7 +1154,7 @@ void gemm_indirect(int64_t M, int64_t N, const std::vector<KSlice>& slices, cons
   const int64_t work = saturating_mul(saturating_mul(M, N), K);
   gemm_detail::for_each_gemm_block(cfg, M, N, work, [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
     gemm_detail::gemm_indirect_block(cfg, m0, m1, n0, n1, slices, kc_max, rows, zeros.data(), B, b_rs, b_cs, C,
-                                     ldc, bias, c_rows);
+                                     ldc, bias, c_rows, keep);
   }, cfg.kernel_ptrs ? 0 : 16);
 }
 

@@ -14,6 +14,7 @@
 
 #include "../../threading.h"
 #include "../gemm.h"
+#include "forward.h"
 #include "gather_gemm.h"
 #include "geometry.h"
 #include "microkernel.h"
@@ -84,21 +85,102 @@ void backward_input_col2im(const ConvKernels<T>& cfg, const Conv2dGeometry& g, c
   col2im_images(g, dcol.get(), 0, g.N, dx);
 }
 
+/// backward_input_col2im_gemm's dY.W product by gemm_indirect on `images` images: its rows (dY's
+/// pixels, read in place) ordered and tiled by pixel_rows_plan so that a tile's pixels share
+/// the taps that fall in the padding, whose columns of the product col2im never reads: a tile
+/// of rows and a panel of NR columns all of such taps is not computed (keep). valid[c *
+/// panels + p]: whether panel p holds a tap of class c inside the input. The depth slices are
+/// gemm()'s (k_slice_depth), so each product element is gemm()'s chain: the same bits.
+template <typename T>
+struct DyColumnsPlan {
+  int64_t images = -1, NR = 1;
+  size_t panels = 0;
+  std::vector<KSlice> slices;
+  std::vector<char> valid;
+  PixelRowsPlan rows;
+};
+
+template <typename T>
+DyColumnsPlan<T> dy_columns_plan(const Conv2dGeometry& g, const PixelClasses& pc, int64_t images) {
+  constexpr int64_t kScatter = 16;  // multiply-adds per row of a tile stored row by row
+  DyColumnsPlan<T> plan;
+  plan.images = images;
+  const int64_t Q = g.Q, C = g.C, FW = g.FW, K = g.FH * FW * C, M = images * g.Ho * g.Wo;
+  const gemm_detail::GemmConfig<T> cfg = gemm_detail::gemm_config_for<T>(M, K);
+  plan.NR = cfg.NR;
+  plan.panels = static_cast<size_t>((K + cfg.NR - 1) / cfg.NR);
+  const int64_t depth = gemm_detail::k_slice_depth(Q, cfg.KC);
+  for (int64_t k = 0; k < Q; k += depth) plan.slices.push_back({k, std::min(depth, Q - k)});
+  plan.valid.assign(pc.taps.size() * plan.panels, 0);
+  for (size_t c = 0; c < pc.taps.size(); ++c) {
+    const auto& t = pc.taps[c];
+    for (size_t p = 0; p < plan.panels; ++p) {
+      const int64_t j0 = static_cast<int64_t>(p) * cfg.NR, j1 = std::min(K, j0 + cfg.NR);
+      for (int64_t tap = j0 / C; tap <= (j1 - 1) / C; ++tap) {
+        const int64_t fh = tap / FW, fw = tap % FW;
+        if (fh >= t[0] && fh < t[1] && fw >= t[2] && fw < t[3]) plan.valid[c * plan.panels + p] = 1;
+      }
+    }
+  }
+  std::vector<int64_t> tile_rows = {cfg.MR};
+  if (gemm_detail::gemm_indirect_config<T>(M, K, 4).MR == 4) tile_rows.push_back(4);
+  Conv2dGeometry gb = g;
+  gb.N = images;
+  plan.rows = pixel_rows_plan(gb, pc, tile_rows, K <= cfg.NR ? get_num_threads() : 1,
+                              [&](const int32_t* ids, int64_t nid, bool even) {
+                                int64_t cost = 0;
+                                for (size_t p = 0; p < plan.panels; ++p) {
+                                  bool any = false;
+                                  for (int64_t j = 0; j < nid && !any; ++j)
+                                    any = plan.valid[static_cast<size_t>(ids[j]) * plan.panels + p] != 0;
+                                  cost += any ? Q + (even ? 0 : kScatter) : 1;
+                                }
+                                return cost;
+                              });
+  return plan;
+}
+
 /// Input gradient as dY.W with gemm() then col2im, in blocks of whole images (<= ~8 MiB of dY.W
 /// rows each), for kernels over 1 MiB (deep layers): the phase GEMMs read all of their
 /// sub-kernels once per tile of pixels. dcol = dY_b (pixels x Q) W (Q x K) by gemm() (W
 /// row-major, packed once per block), then col2im_images. (8,14,14,256->512, 3x3 S 2) at
-/// AVX-512, 2 threads: phases 9.5 -> 2.9 ms.
+/// AVX-512, 2 threads: phases 9.5 -> 2.9 ms. Where some pixels' taps fall in the padding (and
+/// not with skip_padding false), by gemm_indirect instead, which leaves out the tiles of
+/// those taps' columns (dy_columns_plan): the same bits.
 template <typename T>
-void backward_input_col2im_gemm(const Conv2dGeometry& g, const T* dy, const T* w, T* dx) {
+void backward_input_col2im_gemm(const Conv2dGeometry& g, const T* dy, const T* w, T* dx, bool skip_padding = true) {
   const int64_t Q = g.Q, K = g.FH * g.FW * g.C, per_image = g.Ho * g.Wo;
   const int64_t images = gemm_path_block<T>(per_image * K, g.N);
   Scratch<T> dcol(checked_product({images, std::max<int64_t>(per_image, 1), std::max<int64_t>(K, 1)},
                                   "conv2d backward: dY.W columns"),
                   "conv2d backward: dY.W columns");
+  const PixelClasses pc = pixel_classes(g);
+  DyColumnsPlan<T> plan;
   for (int64_t n0 = 0; n0 < g.N; n0 += images) {
     const int64_t nb = std::min(images, g.N - n0);
-    gemm<T>(nb * per_image, K, Q, dy + n0 * per_image * Q, Q, 1, w, K, 1, dcol.get(), K, /*accumulate=*/false);
+    const T* dyb = dy + n0 * per_image * Q;
+    if (!skip_padding || pc.taps.size() < 2) {
+      gemm<T>(nb * per_image, K, Q, dyb, Q, 1, w, K, 1, dcol.get(), K, /*accumulate=*/false);
+    } else {
+      if (plan.images != nb) plan = dy_columns_plan<T>(g, pc, nb);
+      const int64_t* order = plan.rows.order.empty() ? nullptr : plan.rows.order.data();
+      gemm_indirect<T>(
+          nb * per_image, K, plan.slices,
+          [&](size_t s, int64_t i0, int64_t m, const T** ptrs, KSpan*, T*, const T*) {
+            for (int64_t i = 0; i < m; ++i) ptrs[i] = dyb + (order ? order[i0 + i] : i0 + i) * Q + plan.slices[s].k0;
+            return false;
+          },
+          w, K, 1, dcol.get(), K, nullptr, order, plan.rows.tile_rows,
+          [&](int64_t i0, int64_t m, int64_t j0, int64_t) {
+            const size_t panel = static_cast<size_t>(j0 / plan.NR);
+            for (int64_t i = i0; i < i0 + m; ++i) {
+              const int64_t pix = order ? order[i] : i;
+              if (plan.valid[static_cast<size_t>(pc.cls[static_cast<size_t>(pix % per_image)]) * plan.panels + panel])
+                return true;
+            }
+            return false;
+          });
+    }
     col2im_images(g, dcol.get(), n0, n0 + nb, dx);
   }
 }

@@ -154,87 +154,82 @@ bool forward_slice_rows(const Conv2dGeometry& g, const T* x, int64_t k0, int64_t
   return partial;
 }
 
-/// forward_gemm's plan for gemm_indirect: the order of the output pixels (empty: raster order,
-/// y's own) and the register tile's rows (one of `tile_rows`, the first the default).
-struct ForwardRowsPlan {
+/// A plan for gemm_indirect over a convolution's output pixels (forward_gemm's rows, the dY.W
+/// rows of backward_input_col2im_gemm): the order of the pixels (empty: raster order, the
+/// output's own) and the register tile's rows.
+struct PixelRowsPlan {
   std::vector<int64_t> order;
   int64_t tile_rows;
 };
 
-/// Pixels that read the same taps inside the input (the same kernel rows and columns miss the
-/// padding: a class) have the same span in every slice, so a register tile of one class skips
-/// the same padding for all its rows. Candidate orders: raster order; the classes one after
-/// another, each image by image in raster order; the classes, each pixel by pixel with the
-/// images innermost (a tile of one pixel of several images, evenly spaced in y). Each, with
-/// each tile height, is priced by what gemm_indirect then runs: per tile and slice the depth
-/// of the union of its rows' spans times its rows, plus kScatter per row where the tile's rows
-/// are not evenly spaced in y (computed into scratch and stored row by row). The cheapest is
-/// taken where it is at least 3% cheaper than raster order on the default tile (Zen 4, 2
-/// threads, ms): (32,8,8,256->512, 3x3 S 2) 5.6 -> 4.7 (its top row and left column, 16% of
-/// the multiply-adds, in tiles of their own), (4,7,7,64->256, 7x7 P 3) 1.29 -> 1.13 on 6-row
-/// tiles, 0.95 on 4-row ones; not (1,7,7,512->512, 3x3), whose classes are a few pixels each
-/// (1.14 -> 1.17 reordered). With `groups`, the class orders run within each of that many
-/// groups of images in turn: where threads split the product's rows into runs (its columns
-/// are one panel), each run gets its share of the padding. (16,14,14,64->64, 7x7 S 2), whose
-/// top rows' classes came last, in the second thread's half: 1.31-1.34 -> 1.24-1.31 ms;
-/// (8,16,16,256->16, 3x3 S 2 P 1) 0.23-0.25 -> 0.20. A
-/// function of the geometry, the slices, the tile heights and the groups (the order changes no
-/// result: the same bits for any of them).
-inline ForwardRowsPlan forward_rows_plan(const Conv2dGeometry& g, const std::vector<KSlice>& slices,
-                                         const std::vector<int64_t>& tile_rows, int64_t groups = 1) {
-  constexpr int64_t kScatter = 16;  // in multiply-adds per row of a tile, as a slice's depth
-  const int64_t Ho = g.Ho, Wo = g.Wo, P = Ho * Wo, M = g.N * P, C = g.C, len = g.FW * C;
-  ForwardRowsPlan plan{{}, tile_rows.front()};
-  if (M == 0 || slices.empty()) return plan;
-  // Each position's class: its first and last kernel rows and columns inside the input.
+/// The output positions grouped by the taps they read inside the input: a class is one range
+/// of kernel rows and one of kernel columns that miss the padding. taps[c] = {kh_lo, kh_hi,
+/// kw_lo, kw_hi}; cls[position] its class; pos the positions sorted by class.
+struct PixelClasses {
+  std::vector<std::array<int64_t, 5>> pos;  // {kh_lo, kh_hi, kw_lo, kw_hi, position}, sorted
+  std::vector<int32_t> cls;
+  std::vector<std::array<int64_t, 4>> taps;
+  std::vector<size_t> first;  // each class's first entry in pos
+};
+
+inline PixelClasses pixel_classes(const Conv2dGeometry& g) {
+  PixelClasses pc;
+  const int64_t Ho = g.Ho, Wo = g.Wo;
   const auto taps = [](int64_t o, int64_t S, int64_t pad, int64_t F, int64_t In) {
     const int64_t i0 = o * S - pad;
     return std::array<int64_t, 2>{std::max<int64_t>(0, -i0), std::min(F, In - i0)};
   };
-  std::vector<std::array<int64_t, 5>> pos;  // {kh_lo, kh_hi, kw_lo, kw_hi, position}
-  pos.reserve(static_cast<size_t>(P));
+  pc.pos.reserve(static_cast<size_t>(Ho * Wo));
   for (int64_t ho = 0; ho < Ho; ++ho)
     for (int64_t wo = 0; wo < Wo; ++wo) {
       const auto v = taps(ho, g.stride_h, g.pad_top, g.FH, g.H), u = taps(wo, g.stride_w, g.pad_left, g.FW, g.W);
-      pos.push_back({v[0], v[1], u[0], u[1], ho * Wo + wo});
+      pc.pos.push_back({v[0], v[1], u[0], u[1], ho * Wo + wo});
     }
-  std::sort(pos.begin(), pos.end());
-  const auto same = [](const std::array<int64_t, 5>& a, const std::array<int64_t, 5>& b) {
-    return a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3];
-  };
-  if (same(pos.front(), pos.back())) return plan;  // one class: nothing to group
-  // Class ids by position, and each class's span in each slice (gemm_indirect's KSpan).
-  std::vector<int32_t> cls(static_cast<size_t>(P));
-  std::vector<std::array<int64_t, 5>> classes;
-  std::vector<size_t> first;  // the class's first entry in pos
-  for (size_t i = 0; i < pos.size(); ++i) {
-    if (i == 0 || !same(pos[i], pos[i - 1])) {
-      classes.push_back(pos[i]);
-      first.push_back(i);
+  std::sort(pc.pos.begin(), pc.pos.end());
+  pc.cls.resize(pc.pos.size());
+  for (size_t i = 0; i < pc.pos.size(); ++i) {
+    const auto& q = pc.pos[i];
+    if (i == 0 || !std::equal(q.begin(), q.begin() + 4, pc.pos[i - 1].begin())) {
+      pc.taps.push_back({q[0], q[1], q[2], q[3]});
+      pc.first.push_back(i);
     }
-    cls[static_cast<size_t>(pos[i][4])] = static_cast<int32_t>(classes.size() - 1);
+    pc.cls[static_cast<size_t>(q[4])] = static_cast<int32_t>(pc.taps.size() - 1);
   }
-  const size_t S = slices.size();
-  std::vector<KSpan> span(classes.size() * S);
-  for (size_t c = 0; c < classes.size(); ++c)
-    for (size_t si = 0; si < S; ++si) {
-      const int64_t h = slices[si].k0 / len, off = slices[si].k0 % len, kc = slices[si].kc;
-      const auto& t = classes[c];
-      span[c * S + si] = h < t[0] || h >= t[1] ? KSpan{0, 0}
-                                               : KSpan{std::max(off, t[2] * C) - off, std::min(off + kc, t[3] * C) - off};
-    }
+  return pc;
+}
+
+/// The plan of the cheapest rows for gemm_indirect. Pixels of one class skip the same padding,
+/// so a register tile of one class skips it for all its rows. Candidate orders: raster order;
+/// the classes one after another, each image by image in raster order; the classes, each
+/// pixel by pixel with the images innermost (a tile of one pixel of several images, evenly
+/// spaced in the output). Each, with each tile height of `tile_rows` (the first the default),
+/// is priced as the sum over its tiles of tile_cost(ids, nid, even) times the tile's rows:
+/// what a row of a tile holding classes ids[0 .. nid - 1] costs, its rows evenly spaced in the
+/// output or not (then computed into scratch and stored row by row). The cheapest is taken
+/// where it is at least 3% cheaper than raster order on the default tile. With `groups`, the
+/// class orders run within each of that many groups of images in turn: where threads split
+/// the product's rows into runs (its columns are one panel), each run gets its share of the
+/// padding. (16,14,14,64->64, 7x7 S 2), whose top rows' classes came last, in the second
+/// thread's half: 1.31-1.34 -> 1.24-1.31 ms; (8,16,16,256->16, 3x3 S 2 P 1) 0.23-0.25 -> 0.20.
+/// A function of its arguments (an order changes no result: the same bits for any of them).
+template <typename CostFn>
+PixelRowsPlan pixel_rows_plan(const Conv2dGeometry& g, const PixelClasses& pc, const std::vector<int64_t>& tile_rows,
+                              int64_t groups, const CostFn& tile_cost) {
+  const int64_t P = g.Ho * g.Wo, M = g.N * P;
+  PixelRowsPlan plan{{}, tile_rows.front()};
+  if (M == 0 || pc.taps.size() < 2) return plan;  // one class: nothing to group
   std::vector<int64_t> by_image, by_pixel;  // the two class orders, in each group of images
   by_image.reserve(static_cast<size_t>(M));
   by_pixel.reserve(static_cast<size_t>(M));
   const int64_t G = std::max<int64_t>(1, std::min(groups, g.N));
   for (int64_t gi = 0; gi < G; ++gi) {
     const int64_t n0 = g.N * gi / G, n1 = g.N * (gi + 1) / G;
-    for (size_t c = 0; c < classes.size(); ++c) {
-      const size_t end = c + 1 < classes.size() ? first[c + 1] : pos.size();
+    for (size_t c = 0; c < pc.taps.size(); ++c) {
+      const size_t end = c + 1 < pc.taps.size() ? pc.first[c + 1] : pc.pos.size();
       for (int64_t n = n0; n < n1; ++n)
-        for (size_t i = first[c]; i < end; ++i) by_image.push_back(n * P + pos[i][4]);
-      for (size_t i = first[c]; i < end; ++i)
-        for (int64_t n = n0; n < n1; ++n) by_pixel.push_back(n * P + pos[i][4]);
+        for (size_t i = pc.first[c]; i < end; ++i) by_image.push_back(n * P + pc.pos[i][4]);
+      for (size_t i = pc.first[c]; i < end; ++i)
+        for (int64_t n = n0; n < n1; ++n) by_pixel.push_back(n * P + pc.pos[i][4]);
     }
   }
   // The price of an order (row i is pixel at(i)) on tiles of MR rows.
@@ -245,21 +240,14 @@ inline ForwardRowsPlan forward_rows_plan(const Conv2dGeometry& g, const std::vec
     for (int64_t t = 0; t < M; t += MR) {
       const int64_t mr = std::min(MR, M - t);
       int64_t nid = 0;
-      bool even = mr < 2 || at(t + 1) > at(t);
+      bool even = mr == MR && (mr < 2 || at(t + 1) > at(t));
       for (int64_t i = 0; i < mr; ++i) {
         const int64_t r = at(t + i);
-        const int32_t c = cls[static_cast<size_t>(r % P)];
+        const int32_t c = pc.cls[static_cast<size_t>(r % P)];
         if (std::find(ids, ids + nid, c) == ids + nid) ids[nid++] = c;
         if (i >= 2) even = even && r - at(t + i - 1) == at(t + 1) - at(t);
       }
-      for (size_t si = 0; si < S; ++si) {
-        int64_t lo = slices[si].kc, hi = 0;
-        for (int64_t j = 0; j < nid; ++j) {
-          const KSpan sp = span[static_cast<size_t>(ids[j]) * S + si];
-          if (sp.lo < sp.hi) lo = std::min(lo, sp.lo), hi = std::max(hi, sp.hi);
-        }
-        total += (std::max<int64_t>(hi - lo, 1) + (even ? 0 : kScatter)) * MR;
-      }
+      total += tile_cost(ids, nid, even) * MR;
     }
     return total;
   };
@@ -275,6 +263,40 @@ inline ForwardRowsPlan forward_rows_plan(const Conv2dGeometry& g, const std::vec
       }
     }
   return plan;
+}
+
+/// forward_gemm's plan: a tile's row of a class costs, per slice, the depth of the union of
+/// its classes' spans there (gemm_indirect runs no more), and kScatter more where its rows are
+/// stored one by one. (Zen 4, 2 threads, ms) (32,8,8,256->512, 3x3 S 2) 5.6 -> 4.7 (its top
+/// row and left column, 16% of the multiply-adds, in tiles of their own), (4,7,7,64->256, 7x7
+/// P 3) 1.29 -> 1.13 on 6-row tiles, 0.95 on 4-row ones; not (1,7,7,512->512, 3x3), whose
+/// classes are a few pixels each (1.14 -> 1.17 reordered).
+inline PixelRowsPlan forward_rows_plan(const Conv2dGeometry& g, const std::vector<KSlice>& slices,
+                                       const std::vector<int64_t>& tile_rows, int64_t groups = 1) {
+  constexpr int64_t kScatter = 16;  // in multiply-adds per row of a tile, as a slice's depth
+  const PixelClasses pc = pixel_classes(g);
+  const int64_t C = g.C, len = g.FW * C;
+  const size_t S = slices.size();
+  std::vector<KSpan> span(pc.taps.size() * S);  // each class's span in each slice
+  for (size_t c = 0; c < pc.taps.size(); ++c)
+    for (size_t si = 0; si < S; ++si) {
+      const int64_t h = slices[si].k0 / len, off = slices[si].k0 % len, kc = slices[si].kc;
+      const auto& t = pc.taps[c];
+      span[c * S + si] = h < t[0] || h >= t[1] ? KSpan{0, 0}
+                                               : KSpan{std::max(off, t[2] * C) - off, std::min(off + kc, t[3] * C) - off};
+    }
+  return pixel_rows_plan(g, pc, tile_rows, groups, [&](const int32_t* ids, int64_t nid, bool even) {
+    int64_t cost = 0;
+    for (size_t si = 0; si < S; ++si) {
+      int64_t lo = slices[si].kc, hi = 0;
+      for (int64_t j = 0; j < nid; ++j) {
+        const KSpan sp = span[static_cast<size_t>(ids[j]) * S + si];
+        if (sp.lo < sp.hi) lo = std::min(lo, sp.lo), hi = std::max(hi, sp.hi);
+      }
+      cost += std::max<int64_t>(hi - lo, 1) + (even ? 0 : kScatter);
+    }
+    return cost;
+  });
 }
 
 /// Forward as a GEMM, Y = X' W^T with X' the im2col matrix (a row of FH*FW*C values per output
@@ -301,8 +323,7 @@ void forward_gemm(const Conv2dGeometry& g, const T* x, const T* w, const T* bias
     if (gemm_detail::gemm_indirect_config<T>(rows, Q, 4).MR == 4) tile_rows.push_back(4);
     // Threads split the rows where the columns are one panel (gemm_detail::for_each_gemm_block).
     const int64_t groups = Q <= cfg.NR ? get_num_threads() : 1;
-    const ForwardRowsPlan plan =
-        reorder ? forward_rows_plan(g, slices, tile_rows, groups) : ForwardRowsPlan{{}, cfg.MR};
+    const PixelRowsPlan plan = reorder ? forward_rows_plan(g, slices, tile_rows, groups) : PixelRowsPlan{{}, cfg.MR};
     const int64_t* pix = plan.order.empty() ? nullptr : plan.order.data();
     gemm_indirect<T>(
         rows, Q, slices,
