@@ -160,6 +160,7 @@ bool forward_slice_rows(const Conv2dGeometry& g, const T* x, int64_t k0, int64_t
 struct PixelRowsPlan {
   std::vector<int64_t> order;
   int64_t tile_rows;
+  int64_t price = 0;  // pixel_rows_plan's price of the plan (0: not priced)
 };
 
 /// The output positions grouped by the taps they read inside the input: a class is one range
@@ -253,13 +254,14 @@ PixelRowsPlan pixel_rows_plan(const Conv2dGeometry& g, const PixelClasses& pc, c
   };
   const int64_t raster = price(nullptr, tile_rows.front());
   int64_t best = raster;
+  plan.price = raster;
   const std::vector<int64_t>* orders[] = {nullptr, &by_image, &by_pixel};
   for (int64_t MR : tile_rows)
     for (const std::vector<int64_t>* order : orders) {
       const int64_t p = price(order, MR);
       if (p * 100 <= raster * 97 && p < best) {
         best = p;
-        plan = {order ? *order : std::vector<int64_t>(), MR};
+        plan = {order ? *order : std::vector<int64_t>(), MR, p};
       }
     }
   return plan;
