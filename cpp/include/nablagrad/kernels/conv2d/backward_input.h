@@ -8,6 +8,7 @@
 #pragma once
 
 #include <algorithm>
+#include <bitset>
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -125,25 +126,36 @@ DyColumnsPlan<T> dy_columns_plan(const Conv2dGeometry& g, const PixelClasses& pc
       }
     }
   }
+  // The same as bits, 64 panels a word, for the pricing: a tile's panels are the union of its
+  // classes' (the pricing visits every tile of every candidate).
+  const size_t words = (plan.panels + 63) / 64;
+  std::vector<uint64_t> bits(pc.taps.size() * words, 0);
+  for (size_t c = 0; c < pc.taps.size(); ++c)
+    for (size_t p = 0; p < plan.panels; ++p)
+      if (plan.valid[c * plan.panels + p]) bits[c * words + p / 64] |= uint64_t{1} << (p % 64);
   std::vector<int64_t> tile_rows = {cfg.MR};
   if (gemm_detail::gemm_indirect_config<T>(M, K, 4).MR == 4) tile_rows.push_back(4);
   Conv2dGeometry gb = g;
   gb.N = images;
+  const int64_t panels = static_cast<int64_t>(plan.panels);
   plan.rows = pixel_rows_plan(gb, pc, tile_rows, K <= cfg.NR ? get_num_threads() : 1,
                               [&](const int32_t* ids, int64_t nid, bool even) {
-                                int64_t cost = 0;
-                                for (size_t p = 0; p < plan.panels; ++p) {
-                                  bool any = false;
-                                  for (int64_t j = 0; j < nid && !any; ++j)
-                                    any = plan.valid[static_cast<size_t>(ids[j]) * plan.panels + p] != 0;
-                                  cost += any ? Q + (even ? 0 : kScatter) : 1;
+                                int64_t live = 0;
+                                for (size_t wi = 0; wi < words; ++wi) {
+                                  uint64_t u = 0;
+                                  for (int64_t j = 0; j < nid; ++j) u |= bits[static_cast<size_t>(ids[j]) * words + wi];
+                                  live += static_cast<int64_t>(std::bitset<64>(u).count());
                                 }
-                                return cost;
+                                return live * (Q + (even ? 0 : kScatter)) + (panels - live);
                               });
-  // Worth it where it leaves out 6% of gemm()'s multiply-adds: (2,32,32,480->64, 3x3 S 2),
-  // 2% of them, ran 1.86 -> 2.07 ms (short 64-deep chains, tiles stored row by row).
+  // Worth it at AVX-512 where it leaves out 6% of gemm()'s multiply-adds: (2,32,32,480->64,
+  // 3x3 S 2), 2% of them, ran 1.86 -> 2.07 ms (short 64-deep chains, tiles stored row by row).
+  // At the other levels gemm()'s packed tile (AVX2's hand-written 6 x 16) is quicker than the
+  // pointer tile, so 25%: AVX2, 2 threads, ms, (4,7,7,64->256, 7x7 P 3), 43% left out, 1.91-1.99
+  // -> 1.61-1.72, but (16,14,14,64->64, 7x7 S 2), 23%, 2.12-2.18 -> 2.62-2.70 and
+  // (32,8,8,256->512, 3x3 S 2), 16%, 5.9-6.3 -> 6.2-7.0.
   const int64_t full = M * static_cast<int64_t>(plan.panels) * Q;
-  plan.skip = plan.rows.price * 100 <= full * 94;
+  plan.skip = plan.rows.price * 100 <= full * (simd_at_least(SimdLevel::AVX512) ? 94 : 75);
   if (!plan.skip) return plan;
   const int64_t MR = plan.rows.tile_rows, P = g.Ho * g.Wo, tiles = (M + MR - 1) / MR;
   plan.tile_keep.assign(static_cast<size_t>(tiles) * plan.panels, 0);
