@@ -102,10 +102,10 @@ inline std::vector<KSlice> forward_run_slices(const Conv2dGeometry& g, int64_t K
 }
 
 /// gemm_indirect's rows for forward_gemm in place: the values k0 .. k0 + kc - 1 (within kernel
-/// row h's run) of pixels pix[0 .. m - 1] (pixels r0 .. r0 + m - 1 where pix is null) at ptrs: in x, at zeros (a kernel row in the top or
-/// bottom padding, or every tap of the slice in the left or right), or copied into edge (m kc
-/// values) with spans[i] narrowed to the copy's taps inside the input. Whether any row is at
-/// zeros or narrowed (gemm_indirect's rows).
+/// row h's run) of pixels pix[0 .. m - 1] (pixels r0 .. r0 + m - 1 where pix is null) at ptrs:
+/// in x, at zeros (a kernel row in the top or bottom padding, or every tap of the slice in the
+/// left or right), or copied into edge (m kc values) with spans[i] narrowed to the copy's taps
+/// inside the input. Returns whether any row is at zeros or narrowed (gemm_indirect's rows).
 template <typename T>
 bool forward_slice_rows(const Conv2dGeometry& g, const T* x, int64_t k0, int64_t kc, int64_t r0, const int64_t* pix,
                         int64_t m, const T** ptrs, KSpan* spans, T* edge, const T* zeros) {
@@ -305,9 +305,9 @@ inline PixelRowsPlan forward_rows_plan(const Conv2dGeometry& g, const std::vecto
 /// pixel), the bias starting each tile of y. In place (select.h's gemm_rows_in_place): by
 /// gemm_indirect, each pixel's row read slice by slice (forward_run_slices) where it lies in x,
 /// nothing gathered but a border pixel's part-padded slices, the pixels and tiles as
-/// forward_rows_plan has them (not with reorder false: raster order, the same bits). (8,14,14,256->512, 3x3 S 2), Zen 4,
-/// 2 threads: 4.43-4.55 -> 4.29-4.36 ms, 214 GFLOP/s, ~92% of the multiply-add peak; with the
-/// order 4.22-4.25 -> 3.91-3.97.
+/// forward_rows_plan has them (not with reorder false: raster order, the same bits).
+/// (8,14,14,256->512, 3x3 S 2), Zen 4, 2 threads: 4.43-4.55 -> 4.29-4.36 ms, 214 GFLOP/s, ~92%
+/// of the multiply-add peak; with the plan 4.22-4.25 -> 3.91-3.97.
 /// Else blocks of im2col rows within ~8 MiB are gathered (in parallel) into a buffer and
 /// multiplied by W^T with gemm(), whose cache blocking packs each panel of W once per block and
 /// reuses it across all the block's rows. For deep layers, where W (K x Q) is megabytes, the
@@ -325,7 +325,8 @@ void forward_gemm(const Conv2dGeometry& g, const T* x, const T* w, const T* bias
     if (gemm_detail::gemm_indirect_config<T>(rows, Q, 4).MR == 4) tile_rows.push_back(4);
     // Threads split the rows where the columns are one panel (gemm_detail::for_each_gemm_block).
     const int64_t groups = Q <= cfg.NR ? get_num_threads() : 1;
-    const PixelRowsPlan plan = reorder ? forward_rows_plan(g, slices, tile_rows, groups) : PixelRowsPlan{{}, cfg.MR};
+    const PixelRowsPlan plan =
+        reorder ? forward_rows_plan(g, slices, tile_rows, groups) : PixelRowsPlan{{}, cfg.MR};
     const int64_t* pix = plan.order.empty() ? nullptr : plan.order.data();
     gemm_indirect<T>(
         rows, Q, slices,
