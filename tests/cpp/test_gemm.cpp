@@ -513,6 +513,65 @@ void check_indirect_zero_tiles_skip_non_finite() {
   }
 }
 
+// gemm_indirect's keep: a tile it rejects runs no chains and is stored as if its rows were
+// zero (the bias exactly), even where B holds NaN; the others are bitwise gemm()'s. Every level,
+// 1-3 threads, both tile heights.
+template <typename T>
+void check_indirect_keep() {
+  using nablagrad::kernels::KSlice;
+  using nablagrad::kernels::KSpan;
+  const int64_t M = 90, N = 150, K = 70;
+  std::mt19937 rng(5);
+  std::uniform_real_distribution<double> dist(-1.0, 1.0);
+  std::vector<T> a(static_cast<size_t>(M * K)), b(static_cast<size_t>(K * N)), bias(static_cast<size_t>(N));
+  for (auto& x : a) x = static_cast<T>(dist(rng));
+  for (auto& x : b) x = static_cast<T>(dist(rng));
+  for (auto& x : bias) x = static_cast<T>(dist(rng));
+  const std::vector<KSlice> slices = {{0, K}};
+  const auto rows = [&](size_t, int64_t i0, int64_t m, const T** ptrs, KSpan*, T*, const T*) {
+    for (int64_t i = 0; i < m; ++i) ptrs[i] = a.data() + (i0 + i) * K;
+    return false;
+  };
+  for (SimdLevel level : simd_levels()) {
+    nablagrad::set_simd_level(level);
+    for (int64_t tile_rows : {0, 4}) {
+      const auto cfg = nablagrad::kernels::gemm_detail::gemm_indirect_config<T>(M, N, tile_rows);
+      // Rejected: odd tiles of rows in odd panels of columns.
+      const auto rejected = [&](int64_t i, int64_t j) { return (i / cfg.MR) % 2 == 1 && (j / cfg.NR) % 2 == 1; };
+      std::vector<T> nan_b(b);
+      for (int64_t j = 0; j < N; ++j)  // NaN in B under every rejected column
+        if ((j / cfg.NR) % 2 == 1) nan_b[static_cast<size_t>(3 * N + j)] = std::numeric_limits<T>::quiet_NaN();
+      std::vector<T> want(static_cast<size_t>(M * N));
+      gemm<T>(M, N, K, a.data(), K, 1, b.data(), N, 1, want.data(), N, false, bias.data());
+      for (int threads : {1, 2, 3}) {
+        nablagrad::set_num_threads(threads);
+        for (const std::vector<T>* bp : {&b, &nan_b}) {
+          std::vector<T> got(static_cast<size_t>(M * N), T(7));
+          nablagrad::kernels::gemm_indirect<T>(M, N, slices, rows, bp->data(), N, 1, got.data(), N, bias.data(), nullptr,
+                                               tile_rows, [&](int64_t i0, int64_t, int64_t j0, int64_t) {
+                                                 return !rejected(i0, j0);
+                                               });
+          bool ok = true;
+          for (int64_t i = 0; i < M; ++i)
+            for (int64_t j = 0; j < N; ++j) {
+              const T g = got[static_cast<size_t>(i * N + j)];
+              if (rejected(i, j))
+                ok = ok && g == bias[static_cast<size_t>(j)];
+              else if (bp == &b)
+                ok = ok && std::memcmp(&g, &want[static_cast<size_t>(i * N + j)], sizeof(T)) == 0;
+              else
+                ok = ok && ((j / cfg.NR) % 2 == 1 ? std::isnan(g) : g == want[static_cast<size_t>(i * N + j)]);
+            }
+          CHECK(ok);
+          if (!ok)
+            std::printf("  %s simd=%s threads=%d tile_rows=%lld: gemm_indirect's keep wrong\n",
+                        sizeof(T) == 4 ? "float" : "double", level_name(level), threads, static_cast<long long>(tile_rows));
+        }
+      }
+    }
+  }
+}
+
 // gemm_indirect: rows of A found through pointers per depth slice. Row i of each slice is read
 // in place from a row-major A (i % 3 == 0), copied by the rows function into its edge buffer
 // (i % 3 == 1), or, for every fifth row and rows 32 .. 95 (whole register tiles, skipped),
@@ -644,6 +703,8 @@ void check_indirect() {
 void test_indirect() {
   check_indirect<float>();
   check_indirect<double>();
+  check_indirect_keep<float>();
+  check_indirect_keep<double>();
   // The 4-row tile: at AVX-512 in place of the 6 x 4-vector one (the 150 x 64 product above),
   // not of other tiles nor at other levels.
   using nablagrad::kernels::gemm_detail::gemm_config_for;

@@ -1085,7 +1085,10 @@ inline void gemm_indirect_block(const GemmConfig<T>& cfg, int64_t m0, int64_t m1
         const auto tile = [&](int64_t ir, const T* b, T* ct, int64_t ldc_, bool add_, const T* bias_) {
           if constexpr (!std::is_same_v<KeepFn, std::nullptr_t>) {
             const int64_t jr = (b - Bp) / kc;  // the panel's first column in the block
-            if (!keep(ic + ir, std::min(MR, mc - ir), jc + jr, std::min(NR, nc - jr))) return;
+            if (!keep(ic + ir, std::min(MR, mc - ir), jc + jr, std::min(NR, nc - jr))) {
+              zero_rows_tile(MR, NR, ct, ldc_, add_, bias_);  // no chains; defined values in C
+              return;
+            }
           }
           const KSpan sp = tile_span[static_cast<size_t>(ir / MR)];
           if (sp.lo >= sp.hi)
@@ -1132,8 +1135,9 @@ inline void gemm_indirect_block(const GemmConfig<T>& cfg, int64_t m0, int64_t m1
 /// (forward_rows_plan) while C keeps its own order. It changes no element's chain. tile_rows
 /// picks the register tile's rows where the level has such a tile (gemm_indirect_config).
 /// With keep, keep(i0, m, j0, n) says whether the tile of rows i0 .. i0 + m - 1 and columns
-/// j0 .. j0 + n - 1 is wanted at all: one it rejects is not computed, and those elements of C
-/// are left unspecified (dY.W's columns of taps in the padding, which col2im never reads).
+/// j0 .. j0 + n - 1 is wanted at all: one it rejects runs no chains and is stored as if its
+/// rows were zero (zero_rows_tile), whatever they are: dY.W's columns of taps in the padding,
+/// which col2im never reads.
 template <typename T, typename RowsFn, typename KeepFn = std::nullptr_t>
 void gemm_indirect(int64_t M, int64_t N, const std::vector<KSlice>& slices, const RowsFn& rows, const T* B,
                    int64_t b_rs, int64_t b_cs, T* C, int64_t ldc, const T* bias, const int64_t* c_rows = nullptr,
