@@ -751,7 +751,7 @@ inline void pack_b(int64_t kc, int64_t nc, const T* B, int64_t rs, int64_t cs, i
 
 /// Row i < mr of a tile computed into scratch (e, NR apart) stored to its row of C, c_row(i):
 /// C = C + acc (add), bias + acc, or acc, on the nr columns that exist (macro_tiles' partial
-/// tiles, macro_tiles_mapped's scattered ones): the micro-kernel's own per-element arithmetic.
+/// and scattered tiles): the micro-kernel's own per-element arithmetic.
 template <typename T, typename RowFn>
 inline void store_tile_rows(const T* e, int64_t NR, int64_t mr, int64_t nr, const RowFn& c_row, bool add,
                             const T* bias) {
@@ -774,52 +774,32 @@ inline void store_tile_rows(const T* e, int64_t NR, int64_t mr, int64_t nr, cons
 /// (same per-element arithmetic), then C = C + acc (or acc) on the part that exists.
 /// With `bias` (the block's first nc of gemm's row vector) and !add, C = bias + acc: the
 /// micro-kernel adds a full tile's bias from the row itself, a partial tile's is added here.
+/// With c_rows, row ir + i of the block goes to C row c_rows[ir + i] (gemm_indirect's row
+/// order): a whole tile whose rows lie evenly spaced in C is run there (its ldc the spacing
+/// times ldc), any other into scratch and stored row by row, as a partial tile.
 template <typename T, typename Tile>
 inline void macro_tiles(const GemmConfig<T>& cfg, int64_t mc, int64_t nc, int64_t kc, const T* Bp, T* C,
-                        int64_t ldc, bool add, const T* bias, const Tile& tile) {
+                        int64_t ldc, bool add, const T* bias, const Tile& tile, const int64_t* c_rows = nullptr) {
   const int64_t MR = cfg.MR, NR = cfg.NR;
   const bool init = !add && bias != nullptr;
   alignas(64) T edge[16 * 64];  // MR x NR scratch for partial tiles (MR <= 16, NR <= 64)
   for (int64_t jr = 0; jr < nc; jr += NR) {
     const int64_t nr = std::min(NR, nc - jr);
     const T* b = Bp + jr * kc;
-    for (int64_t ir = 0; ir < mc; ir += MR) {
-      const int64_t mr = std::min(MR, mc - ir);
-      T* c = C + ir * ldc + jr;
-      if (mr == MR && nr == NR) {
-        tile(ir, b, c, ldc, add, init ? bias + jr : nullptr);
-      } else {
-        tile(ir, b, edge, NR, false, nullptr);
-        store_tile_rows(edge, NR, mr, nr, [&](int64_t i) { return c + i * ldc; }, add, init ? bias + jr : nullptr);
-      }
-    }
-  }
-}
-
-/// macro_tiles where row ir + i of the block goes to C row c_rows[ir + i] (gemm_indirect's
-/// row order): a whole tile whose rows lie evenly spaced in C is run there (its ldc the spacing
-/// times ldc), any other into scratch and stored row by row (store_tile_rows).
-template <typename T, typename Tile>
-inline void macro_tiles_mapped(const GemmConfig<T>& cfg, int64_t mc, int64_t nc, int64_t kc, const T* Bp, T* C,
-                               int64_t ldc, const int64_t* c_rows, bool add, const T* bias, const Tile& tile) {
-  const int64_t MR = cfg.MR, NR = cfg.NR;
-  const bool init = !add && bias != nullptr;
-  alignas(64) T edge[16 * 64];
-  for (int64_t jr = 0; jr < nc; jr += NR) {
-    const int64_t nr = std::min(NR, nc - jr);
-    const T* b = Bp + jr * kc;
     const T* bias_jr = init ? bias + jr : nullptr;
     for (int64_t ir = 0; ir < mc; ir += MR) {
       const int64_t mr = std::min(MR, mc - ir);
-      const int64_t* r = c_rows + ir;
-      const int64_t step = mr > 1 ? r[1] - r[0] : 1;
-      bool even = mr == MR && nr == NR && step > 0;
-      for (int64_t i = 2; even && i < mr; ++i) even = r[i] - r[i - 1] == step;
-      if (even) {
-        tile(ir, b, C + r[0] * ldc + jr, step * ldc, add, bias_jr);
+      const int64_t* r = c_rows ? c_rows + ir : nullptr;
+      const int64_t step = r && mr > 1 ? r[1] - r[0] : 1;  // C rows between the tile's rows
+      bool whole = mr == MR && nr == NR && step > 0;
+      for (int64_t i = 2; r && whole && i < mr; ++i) whole = r[i] - r[i - 1] == step;
+      T* c = C + (r ? r[0] : ir) * ldc + jr;
+      if (whole) {
+        tile(ir, b, c, step * ldc, add, bias_jr);
       } else {
         tile(ir, b, edge, NR, false, nullptr);
-        store_tile_rows(edge, NR, mr, nr, [&](int64_t i) { return C + r[i] * ldc + jr; }, add, bias_jr);
+        store_tile_rows(
+            edge, NR, mr, nr, [&](int64_t i) { return r ? C + r[i] * ldc + jr : c + i * ldc; }, add, bias_jr);
       }
     }
   }
@@ -1101,7 +1081,7 @@ inline void gemm_indirect_block(const GemmConfig<T>& cfg, int64_t m0, int64_t m1
         if (c_rows == nullptr)
           macro_tiles(cfg, mc, nc, kc, Bp, C + ic * ldc + jc, ldc, s > 0, bias_jc, tile);
         else
-          macro_tiles_mapped(cfg, mc, nc, kc, Bp, C + jc, ldc, c_rows + ic, s > 0, bias_jc, tile);
+          macro_tiles(cfg, mc, nc, kc, Bp, C + jc, ldc, s > 0, bias_jc, tile, c_rows + ic);
       }
     }
   }
