@@ -107,6 +107,7 @@ struct DyColumnsPlan {
 template <typename T>
 DyColumnsPlan<T> dy_columns_plan(const Conv2dGeometry& g, const PixelClasses& pc, int64_t images) {
   constexpr int64_t kScatter = 16;  // multiply-adds per row of a tile stored row by row
+  constexpr int64_t kTile = 8;      // per row and panel of a tile run: its pointers and keep test
   DyColumnsPlan<T> plan;
   plan.images = images;
   const int64_t Q = g.Q, C = g.C, FW = g.FW, K = g.FH * FW * C, M = images * g.Ho * g.Wo;
@@ -146,10 +147,14 @@ DyColumnsPlan<T> dy_columns_plan(const Conv2dGeometry& g, const PixelClasses& pc
                                   for (int64_t j = 0; j < nid; ++j) u |= bits[static_cast<size_t>(ids[j]) * words + wi];
                                   live += static_cast<int64_t>(std::bitset<64>(u).count());
                                 }
-                                return live * (Q + (even ? 0 : kScatter)) + (panels - live);
+                                return live * (Q + kTile + (even ? 0 : kScatter)) + (panels - live);
                               });
   // Worth it at AVX-512 where it leaves out 6% of gemm()'s multiply-adds: (2,32,32,480->64,
   // 3x3 S 2), 2% of them, ran 1.86 -> 2.07 ms (short 64-deep chains, tiles stored row by row).
+  // The pointer tile is charged kTile more per row and panel, so that short chains (depth Q)
+  // need more left out: (32,16,16,64->128, 3x3 S 2), 8% at depth 128, ran 1.75 by gemm() and
+  // 1.96 through the plan (Zen 4, 2 threads, alternating processes); (8,14,14,256->512, S 2),
+  // 9% at 256, gains 4.50 -> 4.32, and (16,14,14,64->64, 7x7 S 2), 23% at 64, 1.64 -> 1.48.
   // At the other levels gemm()'s packed tile (AVX2's hand-written 6 x 16) is quicker than the
   // pointer tile, so 25%: AVX2, 2 threads, ms, (4,7,7,64->256, 7x7 P 3), 43% left out, 1.91-1.99
   // -> 1.61-1.72, but (16,14,14,64->64, 7x7 S 2), 23%, 2.12-2.18 -> 2.62-2.70 and

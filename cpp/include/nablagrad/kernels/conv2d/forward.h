@@ -219,6 +219,42 @@ PixelRowsPlan pixel_rows_plan(const Conv2dGeometry& g, const PixelClasses& pc, c
   const int64_t P = g.Ho * g.Wo, M = g.N * P;
   PixelRowsPlan plan{{}, tile_rows.front()};
   if (M == 0 || pc.taps.size() < 2) return plan;  // one class: nothing to group
+  std::vector<int32_t> row_cls(static_cast<size_t>(M));  // each output row's class (no division per row)
+  for (int64_t n = 0; n < g.N; ++n) std::copy(pc.cls.begin(), pc.cls.end(), row_cls.begin() + n * P);
+  // The price of an order (row i is pixel at(i)) on tiles of MR rows.
+  const auto price = [&](const std::vector<int64_t>* order, int64_t MR) {
+    const auto at = [&](int64_t i) { return order ? (*order)[static_cast<size_t>(i)] : i; };
+    int64_t total = 0;
+    int32_t ids[16];
+    for (int64_t t = 0; t < M; t += MR) {
+      const int64_t mr = std::min(MR, M - t);
+      int64_t nid = 0;
+      uint64_t seen = 0;  // the classes below 64 among ids
+      bool even = mr == MR && (mr < 2 || at(t + 1) > at(t));
+      for (int64_t i = 0; i < mr; ++i) {
+        const int64_t r = at(t + i);
+        const int32_t c = row_cls[static_cast<size_t>(r)];
+        if (c < 64 ? !(seen >> c & 1) : std::find(ids, ids + nid, c) == ids + nid) ids[nid++] = c;
+        if (c < 64) seen |= uint64_t{1} << c;
+        if (order && i >= 2) even = even && r - at(t + i - 1) == at(t + 1) - at(t);
+      }
+      total += tile_cost(ids, nid, even) * MR;
+    }
+    return total;
+  };
+  const int64_t raster = price(nullptr, tile_rows.front());
+  int64_t best = raster;
+  plan.price = raster;
+  // No order prices below each row costing what it would in a tile of its class alone (a
+  // tile's cost grows with its classes): where even that is not 3% below raster order, the
+  // other candidates are not priced (most of the plan's time on layers with little padding).
+  int64_t floor = 0;
+  for (size_t c = 0; c < pc.taps.size(); ++c) {
+    const int32_t id = static_cast<int32_t>(c);
+    const size_t end = c + 1 < pc.taps.size() ? pc.first[c + 1] : pc.pos.size();
+    floor += tile_cost(&id, 1, true) * static_cast<int64_t>(end - pc.first[c]) * g.N;
+  }
+  if (floor * 100 > raster * 97) return plan;
   std::vector<int64_t> by_image, by_pixel;  // the two class orders, in each group of images
   by_image.reserve(static_cast<size_t>(M));
   by_pixel.reserve(static_cast<size_t>(M));
@@ -233,35 +269,15 @@ PixelRowsPlan pixel_rows_plan(const Conv2dGeometry& g, const PixelClasses& pc, c
         for (int64_t n = n0; n < n1; ++n) by_pixel.push_back(n * P + pc.pos[i][4]);
     }
   }
-  // The price of an order (row i is pixel at(i)) on tiles of MR rows.
-  const auto price = [&](const std::vector<int64_t>* order, int64_t MR) {
-    const auto at = [&](int64_t i) { return order ? (*order)[static_cast<size_t>(i)] : i; };
-    int64_t total = 0;
-    int32_t ids[16];
-    for (int64_t t = 0; t < M; t += MR) {
-      const int64_t mr = std::min(MR, M - t);
-      int64_t nid = 0;
-      bool even = mr == MR && (mr < 2 || at(t + 1) > at(t));
-      for (int64_t i = 0; i < mr; ++i) {
-        const int64_t r = at(t + i);
-        const int32_t c = pc.cls[static_cast<size_t>(r % P)];
-        if (std::find(ids, ids + nid, c) == ids + nid) ids[nid++] = c;
-        if (i >= 2) even = even && r - at(t + i - 1) == at(t + 1) - at(t);
-      }
-      total += tile_cost(ids, nid, even) * MR;
-    }
-    return total;
-  };
-  const int64_t raster = price(nullptr, tile_rows.front());
-  int64_t best = raster;
-  plan.price = raster;
   const std::vector<int64_t>* orders[] = {nullptr, &by_image, &by_pixel};
   for (int64_t MR : tile_rows)
     for (const std::vector<int64_t>* order : orders) {
+      if (!order && MR == tile_rows.front()) continue;  // raster, priced above
       const int64_t p = price(order, MR);
       if (p * 100 <= raster * 97 && p < best) {
         best = p;
         plan = {order ? *order : std::vector<int64_t>(), MR, p};
+        if (best == floor) return plan;  // none can be cheaper
       }
     }
   return plan;
