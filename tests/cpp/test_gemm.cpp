@@ -578,7 +578,7 @@ void check_indirect_keep() {
 // given as the zero run (that row of A is zero); rows zero in one half of K with their spans
 // narrowed to the other (tiles of them run only the union); a bias with a -0; rows in order
 // and permuted through c_rows (tiles evenly spaced in C and not), on the default tile and on
-// 4-row ones (gemm_indirect_config: AVX-512's 4 x 4 vectors). With
+// 4-row ones (gemm_indirect_config: 4 x 4 vectors at AVX-512, 4 x 2 at AVX2). With
 // gemm()'s own slicing (k_slice_depth) the result must be bitwise gemm()'s on the same A, with
 // and without a bias; with uneven slices, within the rounding bound of the reference; at every
 // level (the portable one packs the rows) and thread count bitwise the same as 1 thread; with
@@ -705,18 +705,25 @@ void test_indirect() {
   check_indirect<double>();
   check_indirect_keep<float>();
   check_indirect_keep<double>();
-  // The 4-row tile: at AVX-512 in place of the 6 x 4-vector one (the 150 x 64 product above),
-  // not of other tiles nor at other levels.
+  // The 4-row tile: in place of the 6-row one (6 x 4 vectors at AVX-512, 6 x 2 at AVX2; the
+  // 150 x 64 product above) with the same columns and KC, not of other tiles (AVX-512's 8 x 3
+  // vectors for 96 columns) nor at the portable level (4 rows already). Charged 10% more per
+  // multiply-add at AVX2 (gemm_indirect_tile_cost), where its 8 accumulators keep the FMAs
+  // less busy than 6 x 2's 12.
   using nablagrad::kernels::gemm_detail::gemm_config_for;
   using nablagrad::kernels::gemm_detail::gemm_indirect_config;
+  using nablagrad::kernels::gemm_detail::gemm_indirect_tile_cost;
   for (SimdLevel level : simd_levels()) {
     nablagrad::set_simd_level(level);
-    const bool avx512 = level == SimdLevel::AVX512;
-    CHECK(gemm_indirect_config<float>(150, 64, 4).MR == (avx512 ? 4 : gemm_config_for<float>(150, 64).MR));
-    CHECK(gemm_indirect_config<double>(150, 64, 4).MR == (avx512 ? 4 : gemm_config_for<double>(150, 64).MR));
+    const bool vector = level != SimdLevel::Portable;
+    CHECK(gemm_indirect_config<float>(150, 64, 4).MR == (vector ? 4 : gemm_config_for<float>(150, 64).MR));
+    CHECK(gemm_indirect_config<double>(150, 64, 4).MR == (vector ? 4 : gemm_config_for<double>(150, 64).MR));
+    CHECK(gemm_indirect_config<float>(150, 64, 4).NR == gemm_config_for<float>(150, 64).NR);
     CHECK(gemm_indirect_config<float>(150, 64, 4).KC == gemm_config_for<float>(150, 64).KC);
+    CHECK(gemm_indirect_config<double>(150, 64, 4).KC == gemm_config_for<double>(150, 64).KC);
     CHECK(gemm_indirect_config<float>(150, 64, 0).MR == gemm_config_for<float>(150, 64).MR);
-    CHECK(gemm_indirect_config<float>(301, 96, 4).MR == gemm_config_for<float>(301, 96).MR);  // 8 x 3 vectors
+    CHECK(gemm_indirect_config<float>(301, 96, 4).MR == (level == SimdLevel::AVX2 ? 4 : gemm_config_for<float>(301, 96).MR));
+    CHECK(gemm_indirect_tile_cost(4) == (level == SimdLevel::AVX2 ? 110 : 100) && gemm_indirect_tile_cost(6) == 100);
   }
   nablagrad::set_simd_level(nablagrad::cpu_simd_level());
 }

@@ -273,7 +273,7 @@ PixelRowsPlan pixel_rows_plan(const Conv2dGeometry& g, const PixelClasses& pc, c
   for (int64_t MR : tile_rows)
     for (const std::vector<int64_t>* order : orders) {
       if (!order && MR == tile_rows.front()) continue;  // raster, priced above
-      const int64_t p = price(order, MR);
+      const int64_t p = price(order, MR) / 100 * gemm_detail::gemm_indirect_tile_cost(MR);
       if (p * 100 <= raster * 97 && p < best) {
         best = p;
         plan = {order ? *order : std::vector<int64_t>(), MR, p};
