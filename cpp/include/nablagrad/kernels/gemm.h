@@ -570,6 +570,13 @@ inline GemmConfig<T> gemm_config_for(int64_t M, int64_t N) {
   return cfg;
 }
 
+/// The time per multiply-add of gemm_indirect_config's tile of `rows` rows against the level's
+/// default tile, in percent (see gemm_indirect_config): a plan (conv_detail::pixel_rows_plan)
+/// weighs shorter tiles that skip more against taller ones by it.
+inline int64_t gemm_indirect_tile_cost(int64_t rows) {
+  return rows == 4 && simd_level() == SimdLevel::AVX2 ? 110 : 100;
+}
+
 /// gemm_indirect's variant for M x N with register tiles of `rows` rows where the level has them
 /// (else, and for rows 0, gemm_config_for(M, N)): the 4-row tile in place of the 6-row one of the
 /// same columns and KC (the same bits), 4 x 4 vectors at AVX-512 and 4 x 2 at AVX2. Its smaller
@@ -579,13 +586,6 @@ inline GemmConfig<T> gemm_config_for(int64_t M, int64_t N) {
 /// (gemm_indirect_tile_cost charges it 10% more): (4,7,7,64->256) forward 1.10 -> 1.00 and dX
 /// 1.26 -> 1.14, while (32,8,8,256->512, 3x3 S 2), whose 4-row plan prices a few % lower, ran
 /// 4.92 -> 5.28 on it uncharged (Zen 4, 2 threads, alternating processes).
-/// The time per multiply-add of gemm_indirect_config's tile of `rows` rows against the level's
-/// default tile, in percent: where a plan (conv_detail::pixel_rows_plan) weighs shorter tiles
-/// that skip more against taller ones.
-inline int64_t gemm_indirect_tile_cost(int64_t rows) {
-  return rows == 4 && simd_level() == SimdLevel::AVX2 ? 110 : 100;
-}
-
 template <typename T>
 inline GemmConfig<T> gemm_indirect_config(int64_t M, int64_t N, int64_t rows) {
   const GemmConfig<T> cfg = gemm_config_for<T>(M, N);

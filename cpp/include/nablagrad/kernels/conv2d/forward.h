@@ -219,6 +219,7 @@ PixelRowsPlan pixel_rows_plan(const Conv2dGeometry& g, const PixelClasses& pc, c
   const int64_t P = g.Ho * g.Wo, M = g.N * P;
   PixelRowsPlan plan{{}, tile_rows.front()};
   if (M == 0 || pc.taps.size() < 2) return plan;  // one class: nothing to group
+  const auto class_end = [&](size_t c) { return c + 1 < pc.taps.size() ? pc.first[c + 1] : pc.pos.size(); };
   std::vector<int32_t> row_cls(static_cast<size_t>(M));  // each output row's class (no division per row)
   for (int64_t n = 0; n < g.N; ++n) std::copy(pc.cls.begin(), pc.cls.end(), row_cls.begin() + n * P);
   // The price of an order (row i is pixel at(i)) on tiles of MR rows.
@@ -251,8 +252,7 @@ PixelRowsPlan pixel_rows_plan(const Conv2dGeometry& g, const PixelClasses& pc, c
   int64_t floor = 0;
   for (size_t c = 0; c < pc.taps.size(); ++c) {
     const int32_t id = static_cast<int32_t>(c);
-    const size_t end = c + 1 < pc.taps.size() ? pc.first[c + 1] : pc.pos.size();
-    floor += tile_cost(&id, 1, true) * static_cast<int64_t>(end - pc.first[c]) * g.N;
+    floor += tile_cost(&id, 1, true) * static_cast<int64_t>(class_end(c) - pc.first[c]) * g.N;
   }
   if (floor * 100 > raster * 97) return plan;
   std::vector<int64_t> by_image, by_pixel;  // the two class orders, in each group of images
@@ -262,7 +262,7 @@ PixelRowsPlan pixel_rows_plan(const Conv2dGeometry& g, const PixelClasses& pc, c
   for (int64_t gi = 0; gi < G; ++gi) {
     const int64_t n0 = g.N * gi / G, n1 = g.N * (gi + 1) / G;
     for (size_t c = 0; c < pc.taps.size(); ++c) {
-      const size_t end = c + 1 < pc.taps.size() ? pc.first[c + 1] : pc.pos.size();
+      const size_t end = class_end(c);
       for (int64_t n = n0; n < n1; ++n)
         for (size_t i = pc.first[c]; i < end; ++i) by_image.push_back(n * P + pc.pos[i][4]);
       for (size_t i = pc.first[c]; i < end; ++i)
@@ -273,7 +273,7 @@ PixelRowsPlan pixel_rows_plan(const Conv2dGeometry& g, const PixelClasses& pc, c
   for (int64_t MR : tile_rows)
     for (const std::vector<int64_t>* order : orders) {
       if (!order && MR == tile_rows.front()) continue;  // raster, priced above
-      const int64_t p = price(order, MR) / 100 * gemm_detail::gemm_indirect_tile_cost(MR);
+      const int64_t p = price(order, MR) * gemm_detail::gemm_indirect_tile_cost(MR) / 100;
       if (p * 100 <= raster * 97 && p < best) {
         best = p;
         plan = {order ? *order : std::vector<int64_t>(), MR, p};
