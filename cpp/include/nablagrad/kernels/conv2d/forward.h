@@ -230,13 +230,11 @@ PixelRowsPlan pixel_rows_plan(const Conv2dGeometry& g, const PixelClasses& pc, c
     for (int64_t t = 0; t < M; t += MR) {
       const int64_t mr = std::min(MR, M - t);
       int64_t nid = 0;
-      uint64_t seen = 0;  // the classes below 64 among ids
       bool even = mr == MR && (mr < 2 || at(t + 1) > at(t));
       for (int64_t i = 0; i < mr; ++i) {
         const int64_t r = at(t + i);
         const int32_t c = row_cls[static_cast<size_t>(r)];
-        if (c < 64 ? !(seen >> c & 1) : std::find(ids, ids + nid, c) == ids + nid) ids[nid++] = c;
-        if (c < 64) seen |= uint64_t{1} << c;
+        if (std::find(ids, ids + nid, c) == ids + nid) ids[nid++] = c;
         if (order && i >= 2) even = even && r - at(t + i - 1) == at(t + 1) - at(t);
       }
       total += tile_cost(ids, nid, even) * MR;
